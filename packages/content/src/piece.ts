@@ -1,0 +1,76 @@
+import { createHash } from 'node:crypto'
+import { PieceDigestMismatchError } from '@guoce/interface'
+
+/**
+ * Smallest piece length.
+ * @default 256 KiB
+ */
+export const MIN_PIECE_LENGTH = 256 * 1024
+/**
+ * Largest piece length.
+ * @default 16 MiB
+ */
+export const MAX_PIECE_LENGTH = 16 * 1024 * 1024
+/**
+ * Target number of pieces per task before clamping. Fan-out measurements favour pieces between 128 KiB
+ * and 1 MiB for files of a few hundred MiB (DESIGN §3), so aim for ~1024 pieces.
+ * @default 1024
+ */
+export const TARGET_PIECE_COUNT = 1024
+
+export interface PieceLayout { pieceLength: number, pieceCount: number }
+
+function nextPow2 (n: number): number {
+  let p = 1
+  while (p < n) p *= 2
+  return p
+}
+
+/** Piece length chosen from the content length: next power of two of len/1024, clamped. */
+export function pieceLayout (contentLength: number, pieceLength?: number): PieceLayout {
+  if (!Number.isSafeInteger(contentLength) || contentLength < 0) throw new RangeError(`bad content length ${contentLength}`)
+  const len = pieceLength ?? Math.min(MAX_PIECE_LENGTH, Math.max(MIN_PIECE_LENGTH, nextPow2(Math.ceil(contentLength / TARGET_PIECE_COUNT))))
+  return { pieceLength: len, pieceCount: contentLength === 0 ? 0 : Math.ceil(contentLength / len) }
+}
+
+/** Byte range [start, end) of piece `n`. */
+export function pieceRange (n: number, pieceLength: number, contentLength: number): { start: number, end: number } {
+  const start = n * pieceLength
+  if (n < 0 || start >= contentLength) throw new RangeError(`piece ${n} out of range`)
+  return { start, end: Math.min(contentLength, start + pieceLength) }
+}
+
+/** Re-hash `data` and compare with the announced digest; throws PieceDigestMismatchError. */
+export function verifyPiece (n: number, data: Uint8Array, expected: Uint8Array): void {
+  const got = createHash('sha256').update(data).digest()
+  if (got.length !== expected.length || Buffer.compare(got, expected) !== 0) {
+    throw new PieceDigestMismatchError(`piece ${n}: sha256 ${got.toString('hex').slice(0, 16)}… does not match announced ${Buffer.from(expected).toString('hex').slice(0, 16)}…`)
+  }
+}
+
+/** Dense bitmap of pieces. */
+export class Bitmap {
+  readonly bytes: Uint8Array
+  private _count = 0
+  constructor (readonly size: number, bytes?: Uint8Array) {
+    this.bytes = new Uint8Array(Math.ceil(size / 8))
+    if (bytes != null) {
+      this.bytes.set(bytes.subarray(0, this.bytes.length))
+      for (let i = 0; i < size; i++) if (this.has(i)) this._count++
+    }
+  }
+
+  has (i: number): boolean { return ((this.bytes[i >> 3] ?? 0) & (1 << (i & 7))) !== 0 }
+  set (i: number): boolean {
+    if (i < 0 || i >= this.size) throw new RangeError(`bit ${i} out of range`)
+    if (this.has(i)) return false
+    this.bytes[i >> 3] = (this.bytes[i >> 3] ?? 0) | (1 << (i & 7))
+    this._count++
+    return true
+  }
+
+  get count (): number { return this._count }
+  get full (): boolean { return this._count === this.size }
+  * missing (): Iterable<number> { for (let i = 0; i < this.size; i++) if (!this.has(i)) yield i }
+  * present (): Iterable<number> { for (let i = 0; i < this.size; i++) if (this.has(i)) yield i }
+}

@@ -1,0 +1,63 @@
+import { describe, it, expect } from 'vitest'
+import { taskIdOf, normalizeUrl, pieceLayout, pieceRange, verifyPiece, sha256, digestToCid, cidToDigest, parseDigest, formatDigest, Bitmap, parseSourceUrl } from '../src/index.js'
+
+describe('content', () => {
+  it('maps OCI digests to CIDs and back', () => {
+    const d = formatDigest(sha256(Buffer.from('hello')))
+    expect(d).toBe('sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824')
+    const cid = digestToCid(d)
+    expect(cid.toString()).toMatch(/^b/)
+    expect(cidToDigest(cid.toString())).toBe(d)
+  })
+
+  it('rejects malformed digests by name', () => {
+    expect(() => parseDigest('sha256:abc')).toThrow(expect.objectContaining({ name: 'InvalidDigestError' }))
+    expect(() => parseDigest('md5:' + 'a'.repeat(64))).toThrow(expect.objectContaining({ name: 'InvalidDigestError' }))
+  })
+
+  it('gives one task id to the same content under signed URLs', () => {
+    const a = taskIdOf({ url: 'http://h/f.bin?b=2&a=1&X-Amz-Signature=x&Expires=1' })
+    const b = taskIdOf({ url: 'http://h/f.bin?a=1&b=2&X-Amz-Signature=y' })
+    expect(a).toBe(b)
+    expect(taskIdOf({ url: 'http://h/f.bin?a=2&b=2' })).not.toBe(a)
+    expect(taskIdOf({ url: 'http://h/f.bin', tag: 't' })).not.toBe(taskIdOf({ url: 'http://h/f.bin' }))
+    expect(normalizeUrl('http://h/x#frag')).toBe('http://h/x')
+  })
+
+  it('keys by digest when the digest is known', () => {
+    const digest = 'sha256:' + 'a'.repeat(64)
+    expect(taskIdOf({ url: 'http://one/x', digest })).toBe(taskIdOf({ url: 'http://two/y', digest }))
+  })
+
+  it('rejects malformed URLs by name', () => {
+    expect(() => parseSourceUrl('not a url')).toThrow(expect.objectContaining({ name: 'InvalidUrlError' }))
+    expect(() => parseSourceUrl('ftp://h/x')).toThrow(expect.objectContaining({ name: 'InvalidUrlError' }))
+  })
+
+  it('lays out pieces as clamped powers of two', () => {
+    expect(pieceLayout(64 * 1024 * 1024)).toEqual({ pieceLength: 256 * 1024, pieceCount: 256 })
+    expect(pieceLayout(1)).toEqual({ pieceLength: 256 * 1024, pieceCount: 1 })
+    expect(pieceLayout(0).pieceCount).toBe(0)
+    expect(pieceLayout(4 * 1024 ** 3).pieceLength).toBe(4 * 1024 * 1024)
+    expect(pieceLayout(1024 ** 4).pieceLength).toBe(16 * 1024 * 1024)
+    expect(pieceRange(1, 10, 15)).toEqual({ start: 10, end: 15 })
+    expect(() => pieceRange(2, 10, 15)).toThrow(RangeError)
+  })
+
+  it('verifies pieces and names the mismatch', () => {
+    const data = Buffer.from('piece data')
+    verifyPiece(0, data, sha256(data))
+    const bad = Buffer.from(data); bad[0] = 0
+    expect(() => verifyPiece(3, bad, sha256(data))).toThrow(expect.objectContaining({ name: 'PieceDigestMismatchError' }))
+  })
+
+  it('tracks a bitmap and survives a round trip', () => {
+    const b = new Bitmap(20)
+    b.set(0); b.set(9); b.set(19)
+    expect(b.set(9)).toBe(false)
+    const c = new Bitmap(20, b.bytes)
+    expect(c.count).toBe(3)
+    expect([...c.present()]).toEqual([0, 9, 19])
+    expect([...c.missing()].length).toBe(17)
+  })
+})
