@@ -1,0 +1,289 @@
+/*
+ * Ownership: a TaskStore owns one directory; a StoredTask owns the file handle of its data file and is
+ * shared by the downloader (writes) and the piece server (reads). In-memory `bitmap` says what may be
+ * served now (bytes are in the page cache); `durable` says what the state file on disk lists.
+ */
+import { open, mkdir, readFile, writeFile, rename, rm, readdir, type FileHandle } from 'node:fs/promises'
+import { join } from 'node:path'
+import { Bitmap, isTaskId, pieceRange } from '@guoce/content'
+import { NoSpaceError, NotFoundError, InvalidParametersError, type TaskInfo } from '@guoce/interface'
+
+/**
+ * Delay between a piece write and the flush that makes it durable (state file rewrite).
+ * @default 250 ms
+ */
+export const FLUSH_DELAY_MS = 250
+
+export interface TaskMeta {
+  url?: string
+  digest?: string
+  tag?: string
+  headers?: Record<string, string>
+}
+
+export interface StoreInit { dir: string }
+
+function wrapFsError (err: unknown): Error {
+  const e = err as NodeJS.ErrnoException
+  if (e.code === 'ENOSPC' || e.code === 'EDQUOT') return new NoSpaceError(`no space left on device: ${e.message}`, { cause: err })
+  return e
+}
+
+async function atomicWrite (path: string, data: Uint8Array | string): Promise<void> {
+  const tmp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`
+  const fh = await open(tmp, 'w', 0o644)
+  try {
+    await fh.writeFile(data)
+    await fh.sync()
+  } catch (err) {
+    await fh.close().catch(() => {})
+    await rm(tmp, { force: true })
+    throw wrapFsError(err)
+  }
+  await fh.close()
+  await rename(tmp, path)
+}
+
+/*
+ * state file: magic "GCS1" | u32be pieceCount | bitmap bytes | for each piece 32 bytes digest (zeros = unknown)
+ */
+const STATE_MAGIC = 0x47435331
+
+export class StoredTask {
+  readonly bitmap: Bitmap
+  private durable: Bitmap
+  readonly digests: Array<Uint8Array | undefined>
+  private flushTimer: NodeJS.Timeout | undefined
+  private flushing: Promise<void> = Promise.resolve()
+  private closed = false
+  private dirty = false
+
+  constructor (
+    readonly taskId: string,
+    readonly dir: string,
+    readonly info: TaskInfo,
+    readonly meta: TaskMeta,
+    private readonly fh: FileHandle,
+    bitmap?: Uint8Array,
+    digests?: Array<Uint8Array | undefined>
+  ) {
+    this.bitmap = new Bitmap(info.pieceCount, bitmap)
+    this.durable = new Bitmap(info.pieceCount, bitmap)
+    this.digests = digests ?? new Array(info.pieceCount).fill(undefined)
+  }
+
+  get complete (): boolean { return this.bitmap.full }
+  get dataPath (): string { return join(this.dir, 'data') }
+  /** pieces listed in the state file on disk */
+  get durableCount (): number { return this.durable.count }
+
+  setDigest (n: number, digest: Uint8Array): void {
+    if (n < 0 || n >= this.info.pieceCount) throw new RangeError(`piece ${n} out of range`)
+    if (digest.length !== 32) throw new InvalidParametersError('piece digest must be 32 bytes')
+    this.digests[n] = Uint8Array.from(digest)
+    this.dirty = true
+  }
+
+  /** Write a verified piece. The caller verified `data` against `digest` before calling. */
+  async writePiece (n: number, data: Uint8Array, digest: Uint8Array): Promise<void> {
+    const { start, end } = pieceRange(n, this.info.pieceLength, this.info.contentLength)
+    if (data.byteLength !== end - start) throw new InvalidParametersError(`piece ${n} is ${data.byteLength} bytes, expected ${end - start}`)
+    if (this.bitmap.has(n)) return
+    try {
+      let off = 0
+      while (off < data.byteLength) {
+        const { bytesWritten } = await this.fh.write(data, off, data.byteLength - off, start + off)
+        off += bytesWritten
+      }
+    } catch (err) {
+      throw wrapFsError(err)
+    }
+    this.setDigest(n, digest)
+    this.bitmap.set(n)
+    this.scheduleFlush()
+  }
+
+  async readPiece (n: number): Promise<Uint8Array | null> {
+    if (!this.bitmap.has(n) || this.closed) return null
+    const { start, end } = pieceRange(n, this.info.pieceLength, this.info.contentLength)
+    const buf = Buffer.allocUnsafe(end - start)
+    let off = 0
+    while (off < buf.byteLength) {
+      const { bytesRead } = await this.fh.read(buf, off, buf.byteLength - off, start + off)
+      if (bytesRead === 0) throw new NotFoundError(`piece ${n} of ${this.taskId} is short on disk`)
+      off += bytesRead
+    }
+    return buf
+  }
+
+  /** Read [start, end) of the content; only valid when the covering pieces are held. */
+  async read (start: number, length: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(length)
+    let off = 0
+    while (off < length) {
+      const { bytesRead } = await this.fh.read(buf, off, length - off, start + off)
+      if (bytesRead === 0) break
+      off += bytesRead
+    }
+    return buf.subarray(0, off)
+  }
+
+  private scheduleFlush (): void {
+    this.dirty = true
+    if (this.flushTimer != null || this.closed) return
+    this.flushTimer = setTimeout(() => {
+      this.flushTimer = undefined
+      void this.flush().catch(() => {})
+    }, this.bitmap.full ? 0 : FLUSH_DELAY_MS)
+    this.flushTimer.unref()
+  }
+
+  /** Make every piece written so far durable and list it in the state file. */
+  async flush (): Promise<void> {
+    this.flushing = this.flushing.catch(() => {}).then(async () => {
+      if (!this.dirty) return
+      this.dirty = false
+      const snapshot = new Bitmap(this.info.pieceCount, this.bitmap.bytes)
+      try {
+        await this.fh.datasync()
+      } catch (err) {
+        this.dirty = true
+        throw wrapFsError(err)
+      }
+      await atomicWrite(join(this.dir, 'state'), encodeState(snapshot, this.digests))
+      this.durable = snapshot
+    })
+    return await this.flushing
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    if (this.flushTimer != null) { clearTimeout(this.flushTimer); this.flushTimer = undefined }
+    await this.flush().catch(() => {})
+    this.closed = true
+    await this.fh.close().catch(() => {})
+  }
+}
+
+function encodeState (bitmap: Bitmap, digests: Array<Uint8Array | undefined>): Uint8Array {
+  const n = bitmap.size
+  const out = Buffer.alloc(8 + bitmap.bytes.length + 32 * n)
+  out.writeUInt32BE(STATE_MAGIC, 0)
+  out.writeUInt32BE(n, 4)
+  out.set(bitmap.bytes, 8)
+  const base = 8 + bitmap.bytes.length
+  for (let i = 0; i < n; i++) {
+    const d = digests[i]
+    if (d != null) out.set(d, base + 32 * i)
+  }
+  return out
+}
+
+function decodeState (buf: Buffer, pieceCount: number): { bitmap: Uint8Array, digests: Array<Uint8Array | undefined> } | null {
+  const bmLen = Math.ceil(pieceCount / 8)
+  if (buf.byteLength !== 8 + bmLen + 32 * pieceCount || buf.readUInt32BE(0) !== STATE_MAGIC || buf.readUInt32BE(4) !== pieceCount) return null
+  const bitmap = buf.subarray(8, 8 + bmLen)
+  const digests: Array<Uint8Array | undefined> = []
+  const base = 8 + bmLen
+  for (let i = 0; i < pieceCount; i++) {
+    const d = buf.subarray(base + 32 * i, base + 32 * (i + 1))
+    digests.push(d.every(b => b === 0) ? undefined : Uint8Array.from(d))
+  }
+  return { bitmap, digests }
+}
+
+export class TaskStore {
+  private readonly open = new Map<string, Promise<StoredTask | null>>()
+  constructor (readonly dir: string) {}
+
+  private taskDir (taskId: string): string {
+    if (!isTaskId(taskId)) throw new InvalidParametersError(`bad task id "${taskId}"`)
+    return join(this.dir, 'tasks', taskId.slice(0, 2), taskId)
+  }
+
+  /** An existing task (shared instance), or null. */
+  async get (taskId: string): Promise<StoredTask | null> {
+    let p = this.open.get(taskId)
+    if (p == null) {
+      p = this.load(taskId)
+      this.open.set(taskId, p)
+      p.then(t => { if (t == null) this.open.delete(taskId) }, () => { this.open.delete(taskId) })
+    }
+    return await p
+  }
+
+  private async load (taskId: string): Promise<StoredTask | null> {
+    const dir = this.taskDir(taskId)
+    let meta: { info: TaskInfo, meta: TaskMeta }
+    try {
+      meta = JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8'))
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
+      throw err
+    }
+    let state: ReturnType<typeof decodeState> = null
+    try {
+      state = decodeState(await readFile(join(dir, 'state')), meta.info.pieceCount)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    }
+    const fh = await open(join(dir, 'data'), 'r+')
+    return new StoredTask(taskId, dir, meta.info, meta.meta, fh, state?.bitmap, state?.digests)
+  }
+
+  /** Create (or open, when the layout matches) a task. A task with a different layout is replaced. */
+  async create (taskId: string, info: TaskInfo, meta: TaskMeta = {}): Promise<StoredTask> {
+    const existing = await this.get(taskId)
+    if (existing != null) {
+      if (existing.info.contentLength === info.contentLength && existing.info.pieceLength === info.pieceLength) return existing
+      await this.remove(taskId)
+    }
+    const dir = this.taskDir(taskId)
+    const p = (async () => {
+      await mkdir(dir, { recursive: true })
+      const fh = await open(join(dir, 'data'), 'w+', 0o644)
+      try {
+        await fh.truncate(info.contentLength)
+        await atomicWrite(join(dir, 'meta.json'), JSON.stringify({ info: { ...info, taskId }, meta }))
+      } catch (err) {
+        await fh.close().catch(() => {})
+        await rm(dir, { recursive: true, force: true })
+        throw wrapFsError(err)
+      }
+      return new StoredTask(taskId, dir, { ...info, taskId }, meta, fh)
+    })()
+    this.open.set(taskId, p)
+    p.catch(() => { this.open.delete(taskId) })
+    return await p
+  }
+
+  async remove (taskId: string): Promise<void> {
+    const t = await this.open.get(taskId)?.catch(() => null)
+    this.open.delete(taskId)
+    await t?.close()
+    await rm(this.taskDir(taskId), { recursive: true, force: true })
+  }
+
+  /** Ids of every task on disk. */
+  async list (): Promise<string[]> {
+    const out: string[] = []
+    const root = join(this.dir, 'tasks')
+    let prefixes: string[]
+    try { prefixes = await readdir(root) } catch { return out }
+    for (const p of prefixes) {
+      for (const id of await readdir(join(root, p)).catch(() => [] as string[])) if (isTaskId(id)) out.push(id)
+    }
+    return out
+  }
+
+  async close (): Promise<void> {
+    const all = [...this.open.values()]
+    this.open.clear()
+    for (const p of all) await (await p.catch(() => null))?.close()
+  }
+}
+
+export async function openStore (init: StoreInit): Promise<TaskStore> {
+  await mkdir(join(init.dir, 'tasks'), { recursive: true })
+  return new TaskStore(init.dir)
+}

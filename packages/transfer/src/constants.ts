@@ -1,0 +1,34 @@
+/** Protocol ids. */
+export const SCHEDULER_PROTOCOL = '/guoce/scheduler/1'
+export const PIECE_PROTOCOL = '/guoce/piece/1'
+
+/**
+ * Largest length-prefixed control message accepted on any stream.
+ * @default 16 MiB (a full piece-digest list of a 1 TiB task at 16 MiB pieces is 2 MiB)
+ */
+export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+/**
+ * Largest piece a parent may send.
+ * @default 64 MiB
+ */
+export const MAX_PIECE_BYTES = 64 * 1024 * 1024
+/**
+ * Pieces one piece request may name.
+ * @default 64
+ */
+export const MAX_PIECES_PER_REQUEST = 64
+/**
+ * Requests a child may have outstanding on one parent stream; more are refused.
+ * @default 32
+ */
+export const MAX_PENDING_REQUESTS_PER_STREAM = 32
+/**
+ * Interval of keep-alive messages on the scheduler stream.
+ * @default 10 s
+ */
+export const KEEPALIVE_INTERVAL_MS = 10_000
+/**
+ * Idle timeout of TCP sockets; keep-alives keep the scheduler stream above it.
+ * @default 60 s
+ */
+export const SOCKET_INACTIVITY_TIMEOUT_MS = 60_000

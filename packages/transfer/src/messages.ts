@@ -1,0 +1,122 @@
+/**
+ * Wire schema of /guoce/scheduler/1 and /guoce/piece/1 requests: length-prefixed protobuf
+ * (proto3), parsed once at load time. doc/PROTOCOL.md describes the same messages.
+ */
+import protobuf from 'protobufjs'
+import { ProtocolError, type ErrorInfo } from '@guoce/interface'
+
+export const PROTO = `
+syntax = "proto3";
+package guoce.v1;
+
+message ErrorInfo { string name = 1; string code = 2; string message = 3; uint32 status = 4; }
+message TaskInfo { uint64 content_length = 1; uint32 piece_length = 2; uint32 piece_count = 3; }
+message HostInfo {
+  string type = 1;            // "normal" | "seed"
+  uint32 upload_slots = 2;    // concurrent children it will feed
+  uint64 upload_bps = 3;      // uplink bandwidth, bytes/s (0 = unknown)
+  string idc = 4;
+  string location = 5;        // "|"-separated, most significant first
+  repeated bytes addrs = 6;   // multiaddrs (binary)
+  string hostname = 7;
+  double load = 8;            // 0..1
+}
+
+// peer -> scheduler
+message Hello { HostInfo host = 1; }
+message Register {
+  string task_id = 1; string url = 2; map<string, string> headers = 3; string digest = 4; string tag = 5;
+  bytes bitmap = 6;           // pieces already held (re-registration, resume)
+  bool completed = 7;
+}
+message PieceDone { string task_id = 1; repeated uint32 numbers = 2; repeated bytes digests = 3; }
+message SourceInfo { string task_id = 1; TaskInfo info = 2; }
+message PeerResult { string task_id = 1; bool success = 2; ErrorInfo error = 3; }
+message BadParent { string task_id = 1; string parent = 2; string reason = 3; }
+message NeedParents { string task_id = 1; }
+message Leave { string task_id = 1; }
+message PeerMessage {
+  Hello hello = 1; Register register = 2; PieceDone piece_done = 3; SourceInfo source_info = 4;
+  PeerResult result = 5; BadParent bad_parent = 6; NeedParents need_parents = 7; Leave leave = 8; bool keepalive = 9;
+}
+
+// scheduler -> peer
+message Parent { string peer_id = 1; repeated bytes addrs = 2; bytes bitmap = 3; }
+message Parents { string task_id = 1; repeated Parent parents = 2; }
+message Have { string task_id = 1; string peer_id = 2; repeated uint32 numbers = 3; }
+message Digests { string task_id = 1; repeated uint32 numbers = 2; repeated bytes digests = 3; }
+message TaskInfoMsg { string task_id = 1; TaskInfo info = 2; }
+message BackToSource { string task_id = 1; string reason = 2; }
+message SeedOrder { string task_id = 1; string url = 2; map<string, string> headers = 3; string digest = 4; string tag = 5; }
+message TaskFailed { string task_id = 1; ErrorInfo error = 2; }
+message SchedulerMessage {
+  TaskInfoMsg task_info = 1; Parents parents = 2; Have have = 3; Digests digests = 4;
+  BackToSource back_to_source = 5; SeedOrder seed = 6; TaskFailed failed = 7; bool keepalive = 8;
+}
+
+// child -> parent on /guoce/piece/1
+message PieceRequest { string task_id = 1; repeated uint32 numbers = 2; uint32 priority = 3; }
+`
+
+export interface WireTaskInfo { contentLength: number, pieceLength: number, pieceCount: number }
+export interface WireHostInfo {
+  type: 'normal' | 'seed', uploadSlots: number, uploadBps: number, idc: string, location: string,
+  addrs: Uint8Array[], hostname: string, load: number
+}
+export interface WireTaskRef { url: string, headers?: Record<string, string>, digest?: string, tag?: string }
+
+export interface PeerMessage {
+  hello?: { host: WireHostInfo }
+  register?: { taskId: string, bitmap?: Uint8Array, completed?: boolean } & WireTaskRef
+  pieceDone?: { taskId: string, numbers: number[], digests?: Uint8Array[] }
+  sourceInfo?: { taskId: string, info: WireTaskInfo }
+  result?: { taskId: string, success: boolean, error?: ErrorInfo }
+  badParent?: { taskId: string, parent: string, reason: string }
+  needParents?: { taskId: string }
+  leave?: { taskId: string }
+  keepalive?: boolean
+}
+
+export interface WireParent { peerId: string, addrs: Uint8Array[], bitmap?: Uint8Array }
+export interface SchedulerMessage {
+  taskInfo?: { taskId: string, info: WireTaskInfo }
+  parents?: { taskId: string, parents: WireParent[] }
+  have?: { taskId: string, peerId: string, numbers: number[] }
+  digests?: { taskId: string, numbers: number[], digests: Uint8Array[] }
+  backToSource?: { taskId: string, reason: string }
+  seed?: { taskId: string } & WireTaskRef
+  failed?: { taskId: string, error: ErrorInfo }
+  keepalive?: boolean
+}
+
+export interface PieceRequest { taskId: string, numbers: number[], priority: number }
+
+/** Read priority: on-demand reads outrank prefetch, prefetch outranks background fills. */
+export const Priority = { ON_DEMAND: 0, PREFETCH: 1, BACKGROUND: 2 } as const
+
+const root = protobuf.parse(PROTO, { keepCase: false }).root
+const types = {
+  peer: root.lookupType('guoce.v1.PeerMessage'),
+  scheduler: root.lookupType('guoce.v1.SchedulerMessage'),
+  pieceRequest: root.lookupType('guoce.v1.PieceRequest')
+}
+const toObjectOpts: protobuf.IConversionOptions = { longs: Number, arrays: true, defaults: false }
+
+function codec<T extends object> (type: protobuf.Type): { encode(m: T): Uint8Array, decode(b: Uint8Array): T } {
+  return {
+    encode (m: T): Uint8Array {
+      return type.encode(type.fromObject(m as Record<string, unknown>)).finish()
+    },
+    decode (b: Uint8Array): T {
+      try {
+        return type.toObject(type.decode(b), toObjectOpts) as T
+      } catch (err) {
+        throw new ProtocolError(`undecodable ${type.name}: ${(err as Error).message}`)
+      }
+    }
+  }
+}
+
+export const peerMessage = codec<PeerMessage>(types.peer)
+export const schedulerMessage = codec<SchedulerMessage>(types.scheduler)
+export const pieceRequest = codec<PieceRequest>(types.pieceRequest)
