@@ -1,0 +1,212 @@
+/**
+ * Chunking and the data blob.
+ *
+ * A file's bytes are cut into fixed chunks (the chunk size, a power of two). Each chunk is
+ * - a hole if all zero (stored nowhere, read back as zeros),
+ * - else identified by its sha256; if that digest is already in this blob or in the chunk
+ *   dictionary (earlier layers, other images) the chunk is referenced there,
+ * - else appended to this layer's blob at the next 4 KiB boundary (EROFS addresses chunks in blocks).
+ *
+ * Who owns what: a BlobWriter owns its file handle and the temp file until `finish()`/`abort()`;
+ * the ChunkDict is owned by the caller and only read here (convertLayer adds the finished blob).
+ */
+import { createHash } from 'node:crypto'
+import type { FileHandle } from 'node:fs/promises'
+import { BLOCK_SIZE } from './constants.js'
+import type { ChunkRef } from './tree.js'
+
+/** A chunk known to a dictionary: which blob (1-based index in `blobs`), where, how long. */
+export interface DictChunk { blob: number, blkaddr: number, length: number, digest: Buffer }
+
+export interface DictBlob { digest: string, blocks: number }
+
+/** Chunks already stored somewhere, by sha256 hex. */
+export interface ChunkDict {
+  blobs: DictBlob[]
+  chunks: Map<string, DictChunk>
+}
+
+export function createChunkDict (): ChunkDict {
+  return { blobs: [], chunks: new Map() }
+}
+
+/** Chunk table entry: a chunk referenced by an image (device is 1-based in the image's device table). */
+export interface ChunkTableEntry { device: number, blkaddr: number, length: number, digest: Buffer }
+
+export interface ChunkStats {
+  /** Non-hole chunks in all files. */
+  chunks: number
+  /** All-zero chunks stored as holes. */
+  holes: number
+  /** Chunks stored in this layer's blob. */
+  unique: number
+  /** Chunks found earlier in this same blob. */
+  dedupInLayer: number
+  /** Chunks found in the dictionary (earlier layers or chunk-dict images). */
+  dedupFromDict: number
+  /** Bytes of file data (sum of file sizes). */
+  fileBytes: number
+  /** Bytes of chunk data written to the blob (without padding). */
+  storedBytes: number
+}
+
+interface OwnChunk { blkaddr: number, length: number, digest: Buffer }
+
+export class BlobWriter {
+  readonly chunkSize: number
+  /** Blob ordinal of this blob in device numbering during conversion: dict.blobs.length + 1. */
+  readonly ownOrdinal: number
+  private readonly fh: FileHandle
+  private readonly dict: ChunkDict | undefined
+  private readonly own = new Map<string, OwnChunk>()
+  private readonly hash = createHash('sha256')
+  private readonly buf: Buffer
+  private readonly zero: Buffer
+  private fill = 0
+  /** Bytes written to the blob (always a multiple of BLOCK_SIZE). */
+  size = 0
+  readonly stats: ChunkStats = { chunks: 0, holes: 0, unique: 0, dedupInLayer: 0, dedupFromDict: 0, fileBytes: 0, storedBytes: 0 }
+
+  constructor (fh: FileHandle, chunkSize: number, dict?: ChunkDict) {
+    this.fh = fh
+    this.chunkSize = chunkSize
+    this.dict = dict
+    this.ownOrdinal = (dict?.blobs.length ?? 0) + 1
+    this.buf = Buffer.allocUnsafe(chunkSize)
+    this.zero = Buffer.alloc(chunkSize)
+  }
+
+  /** Chunks a file's bytes; returns one ref per chunk (null for holes). */
+  async addFile (data: AsyncIterable<Buffer>, size: number): Promise<Array<ChunkRef | null>> {
+    const refs: Array<ChunkRef | null> = []
+    const cs = this.chunkSize
+    this.fill = 0
+    let seen = 0
+    for await (const slice of data) {
+      seen += slice.length
+      let pos = 0
+      while (pos < slice.length) {
+        if (this.fill === 0 && slice.length - pos >= cs) {
+          refs.push(await this.chunk(slice.subarray(pos, pos + cs)))
+          pos += cs
+          continue
+        }
+        const take = Math.min(cs - this.fill, slice.length - pos)
+        slice.copy(this.buf, this.fill, pos, pos + take)
+        this.fill += take
+        pos += take
+        if (this.fill === cs) {
+          refs.push(await this.chunk(this.buf))
+          this.fill = 0
+        }
+      }
+    }
+    if (this.fill > 0) {
+      refs.push(await this.chunk(this.buf.subarray(0, this.fill)))
+      this.fill = 0
+    }
+    this.stats.fileBytes += seen
+    if (seen !== size) throw new Error(`internal: file data ${seen} != ${size}`)
+    return refs
+  }
+
+  private async chunk (c: Buffer): Promise<ChunkRef | null> {
+    if (c.equals(this.zero.subarray(0, c.length))) {
+      this.stats.holes++
+      return null
+    }
+    this.stats.chunks++
+    const digest = createHash('sha256').update(c).digest()
+    const hex = digest.toString('hex')
+    const mine = this.own.get(hex)
+    if (mine !== undefined && mine.length === c.length) {
+      this.stats.dedupInLayer++
+      return { device: this.ownOrdinal, blkaddr: mine.blkaddr }
+    }
+    const known = this.dict?.chunks.get(hex)
+    if (known !== undefined && known.length === c.length) {
+      this.stats.dedupFromDict++
+      return { device: known.blob, blkaddr: known.blkaddr }
+    }
+    const blkaddr = this.size / BLOCK_SIZE
+    const pad = (BLOCK_SIZE - (c.length % BLOCK_SIZE)) % BLOCK_SIZE
+    await this.writeAll(c)
+    this.hash.update(c)
+    if (pad > 0) {
+      const z = this.zero.subarray(0, pad)
+      await this.writeAll(z)
+      this.hash.update(z)
+    }
+    this.size += c.length + pad
+    this.own.set(hex, { blkaddr, length: c.length, digest })
+    this.stats.unique++
+    this.stats.storedBytes += c.length
+    return { device: this.ownOrdinal, blkaddr }
+  }
+
+  private async writeAll (b: Buffer): Promise<void> {
+    let off = 0
+    while (off < b.length) {
+      const { bytesWritten } = await this.fh.write(b, off, b.length - off)
+      off += bytesWritten
+    }
+  }
+
+  /** The chunk stored at `blkaddr` of this blob. */
+  ownChunk (blkaddr: number): OwnChunk | undefined {
+    return this.byAddr().get(blkaddr)
+  }
+
+  private addrIndex: Map<number, OwnChunk> | undefined
+  private byAddr (): Map<number, OwnChunk> {
+    if (this.addrIndex === undefined) {
+      this.addrIndex = new Map()
+      for (const c of this.own.values()) this.addrIndex.set(c.blkaddr, c)
+    }
+    return this.addrIndex
+  }
+
+  ownChunks (): OwnChunk[] {
+    return [...this.own.values()]
+  }
+
+  /** sha256 hex of the blob's bytes. */
+  digest (): string {
+    return this.hash.copy().digest('hex')
+  }
+}
+
+/** Chunk table: appended to the metadata image at `superblock.blocks * 4096`. */
+export const CHUNK_TABLE_MAGIC = 'GUOCECT1'
+export const CHUNK_TABLE_HEADER = 32
+export const CHUNK_TABLE_ENTRY = 48
+
+export function encodeChunkTable (entries: ChunkTableEntry[], chunkSize: number): Buffer {
+  const out = Buffer.alloc(CHUNK_TABLE_HEADER + CHUNK_TABLE_ENTRY * entries.length)
+  out.write(CHUNK_TABLE_MAGIC, 0, 'latin1')
+  out.writeUInt32LE(1, 8)
+  out.writeUInt32LE(entries.length, 12)
+  out.writeUInt32LE(chunkSize, 16)
+  entries.forEach((e, i) => {
+    const p = CHUNK_TABLE_HEADER + i * CHUNK_TABLE_ENTRY
+    out.writeUInt16LE(e.device, p)
+    out.writeUInt32LE(e.blkaddr, p + 4)
+    out.writeUInt32LE(e.length, p + 8)
+    e.digest.copy(out, p + 16)
+  })
+  return out
+}
+
+export function decodeChunkTable (b: Buffer): { chunkSize: number, entries: ChunkTableEntry[] } | undefined {
+  if (b.length < CHUNK_TABLE_HEADER || b.toString('latin1', 0, 8) !== CHUNK_TABLE_MAGIC) return undefined
+  const version = b.readUInt32LE(8)
+  const count = b.readUInt32LE(12)
+  const chunkSize = b.readUInt32LE(16)
+  if (version !== 1 || b.length < CHUNK_TABLE_HEADER + count * CHUNK_TABLE_ENTRY) return undefined
+  const entries: ChunkTableEntry[] = []
+  for (let i = 0; i < count; i++) {
+    const p = CHUNK_TABLE_HEADER + i * CHUNK_TABLE_ENTRY
+    entries.push({ device: b.readUInt16LE(p), blkaddr: b.readUInt32LE(p + 4), length: b.readUInt32LE(p + 8), digest: Buffer.from(b.subarray(p + 16, p + 48)) })
+  }
+  return { chunkSize, entries }
+}

@@ -1,0 +1,177 @@
+/**
+ * Layer conversion: one OCI layer (tar, tar+gzip or tar+zstd, autodetected) streams into
+ *  (a) an EROFS metadata image with chunk-based inodes and a chunk table appended, and
+ *  (b) a data blob holding the chunks not already in the chunk dictionary.
+ *
+ * Both outputs are written to temp names next to their targets, fsynced, and renamed only when the
+ * whole layer converted; on any error the temp files are removed, so a failed conversion leaves nothing.
+ */
+import { randomBytes, createHash } from 'node:crypto'
+import { open, rename, rm, type FileHandle } from 'node:fs/promises'
+import { BlobWriter, encodeChunkTable, type ChunkDict, type ChunkStats, type ChunkTableEntry } from './blob.js'
+import { BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_LAYER_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE } from './constants.js'
+import { writeErofs, type ErofsDevice } from './erofs/writer.js'
+import { InvalidImageRefError } from './errors.js'
+import { LayerBuilder, type WhiteoutMode } from './layer.js'
+import { readTar } from './tar/reader.js'
+import { ByteReader, decodeLayer, type Compression } from './tar/stream.js'
+import type { DirNode, Node } from './tree.js'
+
+export interface ConvertLayerOptions {
+  /** Where the EROFS metadata image goes. */
+  metaPath: string
+  /** Where the data blob goes (not created when the layer adds no new chunk). */
+  blobPath: string
+  /** @default DEFAULT_CHUNK_SIZE */
+  chunkSize?: number
+  /** Uncompressed bytes the layer may expand to. @default DEFAULT_MAX_LAYER_SIZE */
+  maxSize?: number
+  /** @default DEFAULT_MAX_ENTRIES */
+  maxEntries?: number
+  /** Chunks stored by earlier layers or other images; the new blob is added to it on success. */
+  chunkDict?: ChunkDict
+  /** @default 'overlay' */
+  whiteouts?: WhiteoutMode
+  signal?: AbortSignal
+}
+
+export interface LayerResult {
+  compression: Compression
+  /** sha256 hex of the input bytes as given (the source layer digest). */
+  sourceDigest: string
+  sourceSize: number
+  /** sha256 hex of the uncompressed tar (the source DiffID). */
+  diffId: string
+  tarSize: number
+  metaDigest: string
+  metaSize: number
+  /** sha256 hex of the new blob, or undefined when the layer stored no new chunk. */
+  blobDigest: string | undefined
+  blobSize: number
+  /** Blobs this metadata image refers to, in device order (device id = index + 1). */
+  devices: ErofsDevice[]
+  chunkSize: number
+  entries: number
+  files: number
+  inodes: number
+  stats: ChunkStats
+}
+
+async function fsyncClose (fh: FileHandle): Promise<void> {
+  await fh.sync()
+  await fh.close()
+}
+
+function forEachFile (root: DirNode, fn: (n: Node & { kind: 'file' }) => void): void {
+  const seen = new Set<Node>()
+  const walk = (d: DirNode): void => {
+    for (const c of d.entries.values()) {
+      if (c.kind === 'dir') walk(c)
+      else if (c.kind === 'file' && !seen.has(c)) { seen.add(c); fn(c) }
+    }
+  }
+  walk(root)
+}
+
+export function checkChunkSize (chunkSize: number): void {
+  if (!Number.isInteger(Math.log2(chunkSize)) || chunkSize < MIN_CHUNK_SIZE || chunkSize > MAX_CHUNK_SIZE) {
+    throw new InvalidImageRefError(`chunk size ${chunkSize} must be a power of two in [${MIN_CHUNK_SIZE}, ${MAX_CHUNK_SIZE}]`)
+  }
+}
+
+/** Converts one layer. See the module comment for the outputs and their guarantees. */
+export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: ConvertLayerOptions): Promise<LayerResult> {
+  const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE
+  checkChunkSize(chunkSize)
+  const maxSize = opts.maxSize ?? DEFAULT_MAX_LAYER_SIZE
+  const suffix = `.tmp-${randomBytes(6).toString('hex')}`
+  const metaTmp = opts.metaPath + suffix
+  const blobTmp = opts.blobPath + suffix
+  let blobFh: FileHandle | undefined
+  let metaFh: FileHandle | undefined
+  try {
+    blobFh = await open(blobTmp, 'wx')
+    const blob = new BlobWriter(blobFh, chunkSize, opts.chunkDict)
+    const decoded = await decodeLayer(source, { maxSize, signal: opts.signal })
+    const reader = new ByteReader(decoded.stream)
+    const builder = new LayerBuilder(opts.whiteouts ?? 'overlay')
+    const { entries } = await readTar(reader, { maxEntries: opts.maxEntries ?? DEFAULT_MAX_ENTRIES, maxSize }, async (e, data) => {
+      opts.signal?.throwIfAborted()
+      await builder.apply(e, data, async (d, size) => await blob.addFile(d, size))
+    })
+    await reader.drain()
+    const root = builder.finish()
+
+    // Devices: referenced dictionary blobs in dictionary order, then this layer's blob.
+    const dict = opts.chunkDict
+    const used = new Set<number>()
+    forEachFile(root, f => { for (const c of f.chunks) if (c !== null) used.add(c.device) })
+    const ordinals = [...used].sort((a, b) => a - b)
+    const blobDigest = blob.size > 0 ? blob.digest() : undefined
+    const devices: ErofsDevice[] = ordinals.map(o => {
+      if (o === blob.ownOrdinal) return { tag: blobDigest!, blocks: blob.size / BLOCK_SIZE }
+      const b = dict!.blobs[o - 1]!
+      return { tag: b.digest, blocks: b.blocks }
+    })
+    const devOf = new Map(ordinals.map((o, i) => [o, i + 1]))
+    // Chunk table: every (device, blkaddr) the image refers to, with its digest.
+    const table = new Map<string, ChunkTableEntry>()
+    const dictByAddr = new Map<string, { length: number, digest: Buffer }>()
+    if (dict !== undefined) for (const c of dict.chunks.values()) dictByAddr.set(`${c.blob}:${c.blkaddr}`, c)
+    forEachFile(root, f => {
+      f.chunks = f.chunks.map(c => {
+        if (c === null) return null
+        const key = `${c.device}:${c.blkaddr}`
+        const device = devOf.get(c.device)!
+        if (!table.has(key)) {
+          const info = c.device === blob.ownOrdinal ? blob.ownChunk(c.blkaddr) : dictByAddr.get(key)
+          if (info === undefined) throw new Error(`internal: no chunk at ${key}`)
+          table.set(key, { device, blkaddr: c.blkaddr, length: info.length, digest: info.digest })
+        }
+        return { device, blkaddr: c.blkaddr }
+      })
+    })
+    const entriesSorted = [...table.values()].sort((a, b) => a.device - b.device || a.blkaddr - b.blkaddr)
+    const uuid = createHash('sha256').update(decoded.diffId()).update(String(chunkSize)).digest().subarray(0, 16)
+    const { image, inodes } = writeErofs(root, { chunkSize, devices, uuid })
+    const ct = encodeChunkTable(entriesSorted, chunkSize)
+    const meta = Buffer.concat([image, ct])
+    metaFh = await open(metaTmp, 'wx')
+    await metaFh.writeFile(meta)
+    await fsyncClose(metaFh)
+    metaFh = undefined
+    await fsyncClose(blobFh)
+    blobFh = undefined
+
+    if (blobDigest !== undefined) await rename(blobTmp, opts.blobPath)
+    else await rm(blobTmp, { force: true })
+    await rename(metaTmp, opts.metaPath)
+    if (dict !== undefined && blobDigest !== undefined) {
+      const ordinal = dict.blobs.push({ digest: blobDigest, blocks: blob.size / BLOCK_SIZE })
+      for (const c of blob.ownChunks()) dict.chunks.set(c.digest.toString('hex'), { blob: ordinal, blkaddr: c.blkaddr, length: c.length, digest: c.digest })
+    }
+    return {
+      compression: decoded.compression,
+      sourceDigest: decoded.compressedDigest(),
+      sourceSize: decoded.compressedSize(),
+      diffId: decoded.diffId(),
+      tarSize: decoded.uncompressedSize(),
+      metaDigest: createHash('sha256').update(meta).digest('hex'),
+      metaSize: meta.length,
+      blobDigest,
+      blobSize: blob.size,
+      devices,
+      chunkSize,
+      entries,
+      files: builder.files,
+      inodes,
+      stats: blob.stats
+    }
+  } catch (err) {
+    await blobFh?.close().catch(() => {})
+    await metaFh?.close().catch(() => {})
+    await rm(blobTmp, { force: true })
+    await rm(metaTmp, { force: true })
+    throw err
+  }
+}

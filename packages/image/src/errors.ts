@@ -1,0 +1,40 @@
+/**
+ * Errors of the image format. Compare by `name`; `code` is stable for machine use.
+ * Every conversion failure leaves no output file behind (outputs are written to a temp name
+ * and renamed only when the whole layer converted).
+ */
+import { GuoceError } from '@guoce/interface'
+
+function defineError (name: string, code: string): new (message: string, options?: ErrorOptions) => GuoceError {
+  const cls = class extends GuoceError {
+    static override name = name
+    override code = code
+  }
+  Object.defineProperty(cls, 'name', { value: name })
+  return cls
+}
+
+/** The layer stream is not a valid tar archive (bad checksum, bad number field, bad pax record). */
+export const InvalidTarError = defineError('InvalidTarError', 'ERR_TAR_INVALID')
+/** The tar stream ended inside a header or a member's data (a header lied about its size, or the file was cut). */
+export const TruncatedTarError = defineError('TruncatedTarError', 'ERR_TAR_TRUNCATED')
+/** A member name or hardlink target climbs out of the root (`../`), or is empty/too long. */
+export const UnsafePathError = defineError('UnsafePathError', 'ERR_TAR_UNSAFE_PATH')
+/** A hardlink names a member that is not (yet) in the layer, or a directory. */
+export const HardlinkTargetError = defineError('HardlinkTargetError', 'ERR_TAR_HARDLINK_TARGET')
+/** The compressed layer is corrupt or truncated (gzip/zstd error, CRC mismatch). */
+export const CorruptLayerError = defineError('CorruptLayerError', 'ERR_LAYER_CORRUPT')
+/** The layer expands past the configured cap (uncompressed bytes, members, or metadata). */
+export const LayerTooLargeError = defineError('LayerTooLargeError', 'ERR_LAYER_TOO_LARGE')
+/** A tar feature this converter does not store (e.g. GNU sparse members, unknown xattr namespaces). */
+export const UnsupportedTarError = defineError('UnsupportedTarError', 'ERR_TAR_UNSUPPORTED')
+/** A tree that cannot be written as EROFS (name too long, xattr too large, ...). */
+export const ErofsWriteError = defineError('ErofsWriteError', 'ERR_EROFS_WRITE')
+/** An EROFS image or chunk table that is not well formed. The message names the structure. */
+export const CorruptImageError = defineError('CorruptImageError', 'ERR_IMAGE_CORRUPT')
+/** A chunk whose bytes do not hash to the digest in the chunk table. */
+export const ChunkDigestMismatchError = defineError('ChunkDigestMismatchError', 'ERR_CHUNK_DIGEST')
+/** A bad `oci:` reference, OCI layout or manifest. */
+export const InvalidImageRefError = defineError('InvalidImageRefError', 'ERR_IMAGE_REF')
+/** A compressed layer's bytes do not hash to the digest its manifest names. */
+export const LayerDigestMismatchError = defineError('LayerDigestMismatchError', 'ERR_LAYER_DIGEST')

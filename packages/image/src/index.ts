@@ -1,0 +1,17 @@
+/**
+ * @guoce/image — the lazy image format: OCI layer tar -> EROFS metadata image + data blob of unique chunks.
+ *
+ * ```ts
+ * import { convertLayer, createChunkDict } from '@guoce/image'
+ * import { createReadStream } from 'node:fs'
+ * const dict = createChunkDict()
+ * const r = await convertLayer(createReadStream('layer.tar.gz'), { metaPath: 'layer.erofs', blobPath: 'layer.blob', chunkDict: dict })
+ * // mount(2): source layer.erofs, type erofs, data `device=layer.blob` (one device= per r.devices entry, in order)
+ * ```
+ */
+export { convertLayer, type ConvertLayerOptions, type LayerResult } from './convert.js'
+export { createChunkDict, type ChunkDict, type ChunkStats, type ChunkTableEntry } from './blob.js'
+export { writeErofs, type WriteErofsOptions, type ErofsDevice, type ErofsImageInfo } from './erofs/writer.js'
+export * from './tree.js'
+export * from './errors.js'
+export * from './constants.js'
