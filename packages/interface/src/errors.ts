@@ -31,6 +31,8 @@ export class OriginStatusError extends GuoceError {
 }
 /** The origin did not answer in time. */
 export const OriginTimeoutError = defineError('OriginTimeoutError', 'ERR_ORIGIN_TIMEOUT')
+/** The origin could not be reached (refused, reset, DNS). */
+export const OriginUnreachableError = defineError('OriginUnreachableError', 'ERR_ORIGIN_UNREACHABLE')
 /** The origin closed the body before Content-Length bytes arrived (or sent more). */
 export const ContentLengthMismatchError = defineError('ContentLengthMismatchError', 'ERR_CONTENT_LENGTH')
 /** A piece's bytes do not hash to the digest the seed peer announced. */
@@ -68,7 +70,7 @@ export function toErrorInfo (err: unknown): ErrorInfo {
 }
 
 const byName: Record<string, new (message: string) => GuoceError> = {
-  InvalidUrlError, OriginTimeoutError, ContentLengthMismatchError, PieceDigestMismatchError, DigestMismatchError,
+  InvalidUrlError, OriginTimeoutError, OriginUnreachableError, ContentLengthMismatchError, PieceDigestMismatchError, DigestMismatchError,
   InvalidDigestError, ProtocolError, ParentTimeoutError, NotFoundError, NoSpaceError, TaskFailedError, AbortError,
   InvalidParametersError
 }

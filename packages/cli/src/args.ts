@@ -1,0 +1,33 @@
+import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { homedir } from 'node:os'
+import { join } from 'node:path'
+import { InvalidParametersError } from '@guoce/interface'
+
+export type Options = NonNullable<ParseArgsConfig['options']>
+
+export function parse (argv: string[], options: Options, allowPositionals = false): { values: Record<string, string | boolean | string[] | undefined>, positionals: string[] } {
+  try {
+    const r = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' }, json: { type: 'boolean' } }, allowPositionals, strict: true })
+    return { values: r.values as Record<string, string | boolean | string[] | undefined>, positionals: r.positionals }
+  } catch (err) {
+    throw new InvalidParametersError((err as Error).message)
+  }
+}
+
+export function defaultHome (): string { return process.env.GUOCE_HOME ?? join(homedir(), '.guoce') }
+
+export function hostPort (s: string, what: string): { host: string, port: number } {
+  const m = /^(.*):(\d+)$/.exec(s)
+  if (m?.[1] == null || m[2] == null) throw new InvalidParametersError(`${what} must be HOST:PORT, got "${s}"`)
+  const port = Number(m[2])
+  if (port > 65535) throw new InvalidParametersError(`${what}: bad port ${port}`)
+  return { host: m[1].replace(/^\[|\]$/g, ''), port }
+}
+
+export function durationMs (s: string | undefined, what: string): number | undefined {
+  if (s == null) return undefined
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(s)
+  if (m?.[1] == null) throw new InvalidParametersError(`${what} must be a duration like 30s or 500ms, got "${s}"`)
+  const n = Number(m[1])
+  return m[2] === 'ms' ? n : m[2] === 'm' ? n * 60_000 : n * 1000
+}

@@ -1,0 +1,166 @@
+/**
+ * `guoce get URL -O FILE`: asks a peer daemon to fetch URL through the swarm, follows its progress
+ * (a bar on a TTY), then copies the verified content to FILE through a temp file + fsync + rename,
+ * so FILE appears only complete and verified.
+ */
+import { open, rename, rm, stat } from 'node:fs/promises'
+import { basename, dirname, join, resolve } from 'node:path'
+import { createHash, randomBytes } from 'node:crypto'
+import { request } from 'undici'
+import { parseSourceUrl, parseDigest } from '@guoce/content'
+import { DigestMismatchError, InvalidParametersError, NoSpaceError, TaskFailedError, ContentLengthMismatchError, fromErrorInfo, type TaskProgress } from '@guoce/interface'
+import { parse, durationMs } from './args.js'
+
+export const GET_USAGE = `Usage: guoce get URL -O FILE [--daemon http://HOST:PORT] [--digest sha256:HEX] [--header K:V]...
+                 [--timeout 1h] [--json]
+
+  -O, --output FILE    where the file goes; it appears only when complete and verified
+  --daemon URL         peer daemon API (default $GUOCE_DAEMON or http://127.0.0.1:65001)
+  --digest DIGEST      expected sha256 of the whole file; also makes the task id content-addressed
+  --header K:V         request header for the origin (repeatable)
+  --timeout DURATION   give up after this long (default: none)
+`
+
+function fmtBytes (n: number): string {
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
+  let i = 0
+  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++ }
+  return `${n.toFixed(i === 0 ? 0 : 1)} ${u[i]}`
+}
+
+async function api (base: string, path: string, init: { method?: string, body?: unknown, signal?: AbortSignal } = {}): Promise<Awaited<ReturnType<typeof request>>> {
+  try {
+    return await request(new URL(path, base), {
+      method: (init.method ?? 'GET') as 'GET',
+      headers: init.body != null ? { 'content-type': 'application/json' } : {},
+      body: init.body != null ? JSON.stringify(init.body) : null,
+      signal: init.signal
+    })
+  } catch (err) {
+    const code = (err as { code?: string }).code
+    if (code === 'ECONNREFUSED') throw new TaskFailedError(`no peer daemon at ${base} (start one with "guoce up" or "guoce daemon")`)
+    throw err
+  }
+}
+
+async function errorFrom (res: Awaited<ReturnType<typeof request>>): Promise<Error> {
+  const text = await res.body.text()
+  try {
+    const e = (JSON.parse(text) as { error: { name: string, code: string, message: string } }).error
+    return fromErrorInfo(e)
+  } catch {
+    return new TaskFailedError(`daemon answered HTTP ${res.statusCode}: ${text.slice(0, 200)}`)
+  }
+}
+
+export async function get (argv: string[]): Promise<number> {
+  const { values: v, positionals } = parse(argv, {
+    output: { type: 'string', short: 'O' },
+    daemon: { type: 'string' },
+    digest: { type: 'string' },
+    header: { type: 'string', multiple: true },
+    timeout: { type: 'string' }
+  }, true)
+  if (v.help === true) { process.stdout.write(GET_USAGE); return 0 }
+  const json = v.json === true
+  if (positionals.length !== 1) throw new InvalidParametersError('exactly one URL is required (guoce get URL -O FILE)')
+  const url = positionals[0]!
+  parseSourceUrl(url)
+  if (typeof v.output !== 'string' || v.output === '') throw new InvalidParametersError('-O FILE is required')
+  const digest = v.digest as string | undefined
+  if (digest != null) parseDigest(digest)
+  const headers: Record<string, string> = {}
+  for (const h of (v.header as string[] | undefined) ?? []) {
+    const i = h.indexOf(':')
+    if (i <= 0) throw new InvalidParametersError(`--header must be K:V, got "${h}"`)
+    headers[h.slice(0, i).trim().toLowerCase()] = h.slice(i + 1).trim()
+  }
+  const base = (v.daemon as string | undefined) ?? process.env.GUOCE_DAEMON ?? 'http://127.0.0.1:65001'
+  try { new URL(base) } catch { throw new InvalidParametersError(`--daemon must be a URL like http://127.0.0.1:65001, got "${base}"`) }
+  const timeoutMs = durationMs(v.timeout as string | undefined, '--timeout')
+  const signal = timeoutMs != null ? AbortSignal.timeout(timeoutMs) : undefined
+  const output = resolve(v.output)
+  const dir = dirname(output)
+  const st = await stat(dir).catch(() => null)
+  if (st?.isDirectory() !== true) throw new InvalidParametersError(`output directory ${dir} does not exist`)
+
+  const started = Date.now()
+  const res = await api(base, '/api/v1/tasks', { method: 'POST', body: { url, ...(Object.keys(headers).length > 0 ? { headers } : {}), ...(digest != null ? { digest } : {}) }, signal })
+  if (res.statusCode !== 200) throw await errorFrom(res)
+  const first = await res.body.json() as TaskProgress
+  const final = await follow(base, first.taskId, json, signal)
+  if (final.state !== 'succeeded') {
+    throw final.error != null ? fromErrorInfo(final.error) : new TaskFailedError(`download ended in state ${final.state}`)
+  }
+  const bytes = await copyOut(base, final, output, digest, signal)
+  const secs = (Date.now() - started) / 1000
+  const summary = { event: 'done', url, output, taskId: final.taskId, bytes, seconds: secs, piecesFromStore: final.piecesFromStore, piecesFromPeers: final.piecesFromPeers, piecesFromSource: final.piecesFromSource }
+  if (json) process.stdout.write(JSON.stringify(summary) + '\n')
+  else process.stderr.write(`${basename(output)}: ${fmtBytes(bytes)} in ${secs.toFixed(1)} s\n`)
+  return 0
+}
+
+async function follow (base: string, taskId: string, json: boolean, signal?: AbortSignal): Promise<TaskProgress> {
+  const res = await api(base, `/api/v1/tasks/${taskId}/progress`, { signal })
+  if (res.statusCode !== 200) throw await errorFrom(res)
+  const tty = !json && process.stderr.isTTY === true
+  let last: TaskProgress | undefined
+  let buf = ''
+  const t0 = Date.now()
+  for await (const chunk of res.body) {
+    buf += chunk.toString()
+    let i: number
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i); buf = buf.slice(i + 1)
+      if (line.trim() === '') continue
+      last = JSON.parse(line) as TaskProgress
+      if (tty && last.contentLength != null) {
+        const frac = last.contentLength === 0 ? 1 : last.bytesDone / last.contentLength
+        const width = 30
+        const bar = '#'.repeat(Math.round(frac * width)).padEnd(width, '.')
+        const rate = last.bytesDone / Math.max(0.001, (Date.now() - t0) / 1000)
+        process.stderr.write(`\r[${bar}] ${(frac * 100).toFixed(1).padStart(5)}%  ${fmtBytes(last.bytesDone)}/${fmtBytes(last.contentLength)}  ${fmtBytes(rate)}/s `)
+      }
+    }
+  }
+  if (tty) process.stderr.write('\n')
+  if (last == null || (last.state !== 'succeeded' && last.state !== 'failed')) throw new TaskFailedError('the daemon closed the progress stream before the task ended')
+  return last
+}
+
+async function copyOut (base: string, p: TaskProgress, output: string, digest: string | undefined, signal?: AbortSignal): Promise<number> {
+  const tmp = join(dirname(output), `.${basename(output)}.guoce-${randomBytes(4).toString('hex')}`)
+  const fh = await open(tmp, 'wx', 0o644)
+  let ok = false
+  try {
+    const res = await api(base, `/api/v1/tasks/${p.taskId}/content`, { signal })
+    if (res.statusCode !== 200) throw await errorFrom(res)
+    const h = createHash('sha256')
+    let n = 0
+    for await (const chunk of res.body) {
+      h.update(chunk)
+      let off = 0
+      while (off < chunk.byteLength) {
+        const { bytesWritten } = await fh.write(chunk, off, chunk.byteLength - off)
+        off += bytesWritten
+      }
+      n += chunk.byteLength
+    }
+    if (p.contentLength != null && n !== p.contentLength) throw new ContentLengthMismatchError(`daemon sent ${n} of ${p.contentLength} bytes`)
+    if (digest != null && `sha256:${h.digest('hex')}` !== digest) throw new DigestMismatchError(`downloaded content does not match ${digest}`)
+    await fh.sync()
+    await fh.close()
+    await rename(tmp, output)
+    ok = true
+    return n
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'ENOSPC' || code === 'EDQUOT') throw new NoSpaceError(`no space left on device writing ${output}`)
+    throw err
+  } finally {
+    if (!ok) {
+      await fh.close().catch(() => {})
+      await rm(tmp, { force: true })
+    }
+  }
+}

@@ -1,0 +1,127 @@
+/**
+ * The `guoce` command: parses options and wires the parts; nothing else lives here.
+ */
+import { join } from 'node:path'
+import { jsonLogger, type LogLevel } from '@guoce/transfer'
+import { InvalidParametersError } from '@guoce/interface'
+import { parse, defaultHome, hostPort, durationMs } from './args.js'
+import { startScheduler, startSeed, startDaemon, type Running } from './services.js'
+import { get, GET_USAGE } from './get.js'
+
+const USAGE = `guoce: P2P content distribution and lazy-loading images
+
+Usage: guoce <command> [options]
+
+Commands:
+  get URL -O FILE      download a file through the swarm
+  up                   scheduler + seed peer + peer daemon in one process (embedded defaults)
+  scheduler            run the scheduler
+  seed                 run a seed peer
+  daemon               run a peer daemon (P2P node + local API)
+
+Every command takes --help and --json. Logs are JSON lines on stderr (GUOCE_LOG=debug|info|warn|error).
+`
+
+const SCHEDULER_USAGE = `Usage: guoce scheduler [--listen MULTIADDR] [--data DIR] [--json]
+
+  --listen MULTIADDR   where to listen (default /ip4/0.0.0.0/tcp/65003)
+  --data DIR           identity key lives here, so the PeerId survives restarts (default $GUOCE_HOME/scheduler)
+Prints the multiaddr it listens on, with /p2p/PEERID.
+`
+const SEED_USAGE = `Usage: guoce seed --scheduler MULTIADDR [--data DIR] [--listen MULTIADDR] [--origin-timeout 30s] [--json]
+`
+const DAEMON_USAGE = `Usage: guoce daemon --scheduler MULTIADDR [--data DIR] [--api HOST:PORT] [--listen MULTIADDR]
+                    [--origin-timeout 30s] [--idc NAME] [--location A|B|C] [--json]
+
+  --api HOST:PORT      local API (default 127.0.0.1:65001); keep it on loopback
+`
+const UP_USAGE = `Usage: guoce up [--data DIR] [--api HOST:PORT] [--listen-host IP] [--origin-timeout 30s] [--json]
+
+Runs a scheduler, a seed peer and a peer daemon in one process on embedded defaults, data under
+--data (default $GUOCE_HOME or ~/.guoce). Prints its endpoints; other machines join with
+  guoce daemon --scheduler <scheduler multiaddr>
+and \`guoce get --daemon <api>\` downloads through it.
+`
+
+function logger (json: boolean, fallback: LogLevel): ReturnType<typeof jsonLogger> {
+  const lvl = (process.env.GUOCE_LOG ?? fallback) as LogLevel
+  return jsonLogger(['debug', 'info', 'warn', 'error', 'silent'].includes(lvl) ? lvl : fallback, {}, json ? undefined : undefined)
+}
+
+function out (json: boolean, obj: Record<string, unknown>, text: string): void {
+  process.stdout.write(json ? JSON.stringify(obj) + '\n' : text + '\n')
+}
+
+async function runUntilSignal (services: Running[]): Promise<number> {
+  const { promise, resolve } = Promise.withResolvers<string>()
+  process.once('SIGINT', () => { resolve('SIGINT') })
+  process.once('SIGTERM', () => { resolve('SIGTERM') })
+  await promise
+  for (const s of services.reverse()) await s.stop().catch(() => {})
+  return 0
+}
+
+export async function main (argv: string[]): Promise<number | undefined> {
+  const [cmd, ...rest] = argv
+  if (cmd == null || cmd === '--help' || cmd === '-h' || cmd === 'help') { process.stdout.write(USAGE); return cmd == null ? 2 : 0 }
+  switch (cmd) {
+    case 'get': return await get(rest)
+    case 'scheduler': {
+      const { values: v } = parse(rest, { listen: { type: 'string' }, data: { type: 'string' } })
+      if (v.help === true) { process.stdout.write(SCHEDULER_USAGE); return 0 }
+      const json = v.json === true
+      const s = await startScheduler({ data: (v.data as string | undefined) ?? join(defaultHome(), 'scheduler'), listen: (v.listen as string | undefined) ?? '/ip4/0.0.0.0/tcp/65003', log: logger(json, 'info') })
+      out(json, { event: 'ready', service: 'scheduler', addr: s.addr, addrs: s.addrs }, `scheduler listening on ${s.addrs.join(' ')}`)
+      return await runUntilSignal([s])
+    }
+    case 'seed': {
+      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' } })
+      if (v.help === true) { process.stdout.write(SEED_USAGE); return 0 }
+      if (typeof v.scheduler !== 'string') throw new InvalidParametersError('--scheduler MULTIADDR is required')
+      const json = v.json === true
+      const s = await startSeed({ data: (v.data as string | undefined) ?? join(defaultHome(), 'seed'), listen: (v.listen as string | undefined) ?? '/ip4/0.0.0.0/tcp/0', scheduler: v.scheduler, log: logger(json, 'info'), originTimeoutMs: durationMs(v['origin-timeout'] as string | undefined, '--origin-timeout') })
+      await s.seed.ready
+      out(json, { event: 'ready', service: 'seed', peerId: s.node.peerId.toString(), addrs: s.node.getMultiaddrs().map(String) }, `seed peer ${s.node.peerId.toString()} joined ${v.scheduler}`)
+      return await runUntilSignal([s])
+    }
+    case 'daemon': {
+      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, api: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, idc: { type: 'string' }, location: { type: 'string' } })
+      if (v.help === true) { process.stdout.write(DAEMON_USAGE); return 0 }
+      if (typeof v.scheduler !== 'string') throw new InvalidParametersError('--scheduler MULTIADDR is required')
+      const json = v.json === true
+      const d = await startDaemon({
+        data: (v.data as string | undefined) ?? join(defaultHome(), 'daemon'),
+        listen: (v.listen as string | undefined) ?? '/ip4/0.0.0.0/tcp/0',
+        scheduler: v.scheduler,
+        api: hostPort((v.api as string | undefined) ?? '127.0.0.1:65001', '--api'),
+        log: logger(json, 'info'),
+        originTimeoutMs: durationMs(v['origin-timeout'] as string | undefined, '--origin-timeout'),
+        idc: v.idc as string | undefined,
+        location: v.location as string | undefined
+      })
+      out(json, { event: 'ready', service: 'daemon', api: d.apiUrl, peerId: d.node.peerId.toString(), addrs: d.node.getMultiaddrs().map(String) }, `daemon ${d.node.peerId.toString()} api ${d.apiUrl}`)
+      return await runUntilSignal([d])
+    }
+    case 'up': {
+      const { values: v } = parse(rest, { data: { type: 'string' }, api: { type: 'string' }, 'listen-host': { type: 'string' }, 'scheduler-port': { type: 'string' }, 'origin-timeout': { type: 'string' } })
+      if (v.help === true) { process.stdout.write(UP_USAGE); return 0 }
+      const json = v.json === true
+      const data = (v.data as string | undefined) ?? defaultHome()
+      const host = (v['listen-host'] as string | undefined) ?? '0.0.0.0'
+      const log = logger(json, 'info')
+      const originTimeoutMs = durationMs(v['origin-timeout'] as string | undefined, '--origin-timeout')
+      const sched = await startScheduler({ data: join(data, 'scheduler'), listen: `/ip4/${host}/tcp/${(v['scheduler-port'] as string | undefined) ?? '65003'}`, log })
+      const seed = await startSeed({ data: join(data, 'seed'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, log, originTimeoutMs })
+      const daemon = await startDaemon({ data: join(data, 'daemon'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, api: hostPort((v.api as string | undefined) ?? '127.0.0.1:65001', '--api'), log, originTimeoutMs })
+      await seed.seed.ready
+      await daemon.daemon.client.ready
+      out(json, { event: 'ready', service: 'up', scheduler: sched.addr, schedulerAddrs: sched.addrs, api: daemon.apiUrl, data },
+        `guoce up\n  scheduler  ${sched.addrs.join('\n             ')}\n  api        ${daemon.apiUrl}\n  data       ${data}\n` +
+        `join:  guoce daemon --scheduler ${sched.addr}\nget:   guoce get --daemon ${daemon.apiUrl} URL -O FILE`)
+      return await runUntilSignal([sched, seed, daemon])
+    }
+    default:
+      process.stderr.write(`guoce: error: unknown command "${cmd}"\n${USAGE}`)
+      return 2
+  }
+}

@@ -1,0 +1,46 @@
+/**
+ * Pieces requested from one parent at a time.
+ * @default 6
+ */
+export const PARENT_INFLIGHT = 6
+/**
+ * Pieces named in one request.
+ * @default 2
+ */
+export const REQUEST_BATCH = 2
+/**
+ * Pieces requested in total at a time.
+ * @default 32
+ */
+export const TOTAL_INFLIGHT = 32
+/**
+ * Base time a parent has to deliver a request, plus PIECE_TIMEOUT_PER_MIB_MS per requested MiB.
+ * @default 10 s
+ */
+export const PIECE_TIMEOUT_MS = 10_000
+export const PIECE_TIMEOUT_PER_MIB_MS = 4_000
+/**
+ * Time without anything requestable before the peer asks the scheduler for new parents.
+ * @default 1 s
+ */
+export const STARVE_MS = 1_000
+/**
+ * Time to wait for the task's layout from the scheduler before fetching from the origin directly.
+ * @default 15 s
+ */
+export const SCHEDULER_WAIT_MS = 15_000
+/**
+ * Pieces missing at which duplicate requests to a second parent are allowed (endgame).
+ * @default 4
+ */
+export const ENDGAME_PIECES = 4
+/**
+ * Upload slots a daemon announces.
+ * @default 8
+ */
+export const UPLOAD_SLOTS = 8
+/**
+ * Delay that batches piece-finished reports to the scheduler.
+ * @default 10 ms
+ */
+export const REPORT_DELAY_MS = 10

@@ -1,0 +1,135 @@
+/*
+ * The peer daemon: a libp2p host that downloads tasks piece by piece from parents the scheduler
+ * names, serves every piece it holds to others, and answers the local API.
+ * Ownership: `tasks` holds the live PeerTask per task id (one download per task, shared by every
+ * API caller); the TaskStore owns bytes on disk.
+ */
+import type { Libp2p } from 'libp2p'
+import { taskIdOf, parseSourceUrl, parseDigest } from '@guoce/content'
+import type { Logger, Startable, TaskRequest } from '@guoce/interface'
+import type { TaskStore } from '@guoce/store'
+import { SchedulerClient, servePieces, type SchedulerMessage, type WireHostInfo } from '@guoce/transfer'
+import { PeerTask } from './peer-task.js'
+import { UPLOAD_SLOTS } from './constants.js'
+import { hostname, loadavg, cpus } from 'node:os'
+
+export interface PeerDaemonInit {
+  node: Libp2p
+  store: TaskStore
+  scheduler: string
+  log: Logger
+  uploadSlots?: number
+  idc?: string
+  location?: string
+  originTimeoutMs?: number
+}
+
+export interface DaemonStats {
+  peerBytes: number
+  sourceBytes: number
+  uploadBytes: number
+  tasksStarted: number
+}
+
+export class PeerDaemon implements Startable {
+  readonly tasks = new Map<string, PeerTask>()
+  readonly client: SchedulerClient
+  readonly stats: DaemonStats = { peerBytes: 0, sourceBytes: 0, uploadBytes: 0, tasksStarted: 0 }
+  private readonly log: Logger
+
+  constructor (private readonly init: PeerDaemonInit) {
+    this.log = init.log.child({ component: 'peer:daemon' })
+    this.client = new SchedulerClient({
+      node: init.node,
+      scheduler: init.scheduler,
+      log: init.log,
+      host: () => this.hostInfo(),
+      onMessage: (m) => { this.onMessage(m) },
+      onConnect: async () => { await this.reregister() }
+    })
+  }
+
+  get peerId (): string { return this.init.node.peerId.toString() }
+  get store (): TaskStore { return this.init.store }
+
+  private hostInfo (): WireHostInfo {
+    return {
+      type: 'normal',
+      uploadSlots: this.init.uploadSlots ?? UPLOAD_SLOTS,
+      uploadBps: 0,
+      idc: this.init.idc ?? '',
+      location: this.init.location ?? '',
+      addrs: this.init.node.getMultiaddrs().map(a => a.bytes),
+      hostname: hostname(),
+      load: Math.min(1, (loadavg()[0] ?? 0) / Math.max(1, cpus().length))
+    }
+  }
+
+  async start (): Promise<void> {
+    await servePieces(this.init.node, {
+      log: this.init.log,
+      provider: {
+        getPiece: async (taskId, n) => {
+          const t = await this.init.store.get(taskId)
+          const data = await t?.readPiece(n)
+          const digest = t?.digests[n]
+          return data == null || digest == null ? null : { data, digest }
+        },
+        onUpload: (_t, bytes) => { this.stats.uploadBytes += bytes }
+      }
+    })
+    await this.client.start()
+  }
+
+  async stop (): Promise<void> {
+    for (const t of this.tasks.values()) t.stop()
+    await this.client.stop()
+    await this.init.store.close()
+  }
+
+  /** Start a download, or join the one already running for the same task. */
+  async download (req: TaskRequest): Promise<PeerTask> {
+    parseSourceUrl(req.url)
+    if (req.digest != null) parseDigest(req.digest)
+    const taskId = taskIdOf(req)
+    const running = this.tasks.get(taskId)
+    if (running != null && running.state !== 'failed') return running
+    const task = new PeerTask({
+      taskId,
+      request: req,
+      node: this.init.node,
+      store: this.init.store,
+      send: (m) => this.client.send(m),
+      log: this.init.log,
+      ...(this.init.originTimeoutMs != null ? { originTimeoutMs: this.init.originTimeoutMs } : {}),
+      onStats: (kind, bytes) => { if (kind === 'peer') this.stats.peerBytes += bytes; else this.stats.sourceBytes += bytes }
+    })
+    this.tasks.set(taskId, task)
+    this.stats.tasksStarted++
+    await task.start()
+    return task
+  }
+
+  private onMessage (msg: SchedulerMessage): void {
+    const taskId = msg.taskInfo?.taskId ?? msg.parents?.taskId ?? msg.have?.taskId ?? msg.digests?.taskId ??
+      msg.backToSource?.taskId ?? msg.failed?.taskId
+    if (taskId == null) return
+    this.tasks.get(taskId)?.onSchedulerMessage(msg)
+  }
+
+  /** After (re)connecting to a scheduler: announce every running download and every complete task held. */
+  private async reregister (): Promise<void> {
+    const seen = new Set<string>()
+    for (const t of this.tasks.values()) {
+      if (t.state === 'failed') continue
+      seen.add(t.taskId)
+      t.register()
+    }
+    for (const id of await this.init.store.list()) {
+      if (seen.has(id)) continue
+      const st = await this.init.store.get(id).catch(() => null)
+      if (st?.complete !== true || st.meta.url == null) continue
+      this.client.send({ register: { taskId: id, url: st.meta.url, bitmap: st.bitmap.bytes, completed: true } })
+    }
+  }
+}

@@ -1,0 +1,460 @@
+/*
+ * One download. Ownership: a PeerTask owns its parent connections and its in-flight table; the
+ * StoredTask (shared with the piece server) owns the bytes. Every piece is verified against the
+ * digest the scheduler relayed from a source before it is written, so a parent can cost time,
+ * never correctness. `pump()` is the only place requests are issued.
+ */
+import { createHash } from 'node:crypto'
+import type { Libp2p } from 'libp2p'
+import { multiaddr } from '@multiformats/multiaddr'
+import { Bitmap, verifyPiece, sha256, equalBytes } from '@guoce/content'
+import { DigestMismatchError, ParentTimeoutError, fromErrorInfo, toErrorInfo, type Logger, type TaskProgress, type TaskRequest, type PeerState, type TaskInfo } from '@guoce/interface'
+import type { StoredTask, TaskStore } from '@guoce/store'
+import { PieceConnection, Priority, type PeerMessage, type SchedulerMessage, type WireParent } from '@guoce/transfer'
+import { fillFromSource } from '@guoce/seed-peer'
+import { ENDGAME_PIECES, PARENT_INFLIGHT, PIECE_TIMEOUT_MS, PIECE_TIMEOUT_PER_MIB_MS, REPORT_DELAY_MS, REQUEST_BATCH, SCHEDULER_WAIT_MS, STARVE_MS, TOTAL_INFLIGHT } from './constants.js'
+
+interface ParentState {
+  id: string
+  addrs: string[]
+  bitmap: Bitmap | undefined
+  conn: PieceConnection | undefined
+  connecting: Promise<PieceConnection> | undefined
+  inflight: Set<number>
+  bytes: number
+}
+
+export interface PeerTaskInit {
+  taskId: string
+  request: TaskRequest
+  node: Libp2p
+  store: TaskStore
+  send: (msg: PeerMessage) => boolean
+  log: Logger
+  originTimeoutMs?: number
+  onStats?: (kind: 'peer' | 'source', bytes: number) => void
+}
+
+export class PeerTask {
+  state: PeerState = 'pending'
+  stored: StoredTask | undefined
+  digests: Array<Uint8Array | undefined> = []
+  readonly parents = new Map<string, ParentState>()
+  private readonly requested = new Map<number, Set<string>>()
+  piecesFromStore = 0
+  piecesFromPeers = 0
+  piecesFromSource = 0
+  error: Error | undefined
+  private readonly done = Promise.withResolvers<void>()
+  private readonly listeners = new Set<() => void>()
+  private readonly log: Logger
+  private starveTimer: NodeJS.Timeout | undefined
+  private waitTimer: NodeJS.Timeout | undefined
+  private reportQueue: number[] = []
+  private reportTimer: NodeJS.Timeout | undefined
+  private sourcing: Promise<void> | undefined
+  private isSource = false
+  private creating: Promise<StoredTask> | undefined
+  private readonly blamed = new Set<string>()
+
+  constructor (private readonly init: PeerTaskInit) {
+    this.log = init.log.child({ component: 'peer:task', task: init.taskId.slice(0, 12) })
+    this.done.promise.catch(() => {})
+  }
+
+  get taskId (): string { return this.init.taskId }
+  get finished (): Promise<void> { return this.done.promise }
+  get info (): TaskInfo | undefined { return this.stored?.info }
+
+  onProgress (fn: () => void): () => void {
+    this.listeners.add(fn)
+    return () => this.listeners.delete(fn)
+  }
+
+  private emit (): void { for (const l of this.listeners) l() }
+
+  progress (): TaskProgress {
+    const s = this.stored
+    const p: TaskProgress = {
+      taskId: this.taskId,
+      state: this.state,
+      piecesDone: s?.bitmap.count ?? 0,
+      bytesDone: s == null ? 0 : Math.min(s.info.contentLength, s.bitmap.count * s.info.pieceLength),
+      piecesFromStore: this.piecesFromStore,
+      piecesFromPeers: this.piecesFromPeers,
+      piecesFromSource: this.piecesFromSource
+    }
+    if (s != null) { p.contentLength = s.info.contentLength; p.pieceCount = s.info.pieceCount }
+    if (s?.complete === true) p.bytesDone = s.info.contentLength
+    if (this.error != null) p.error = { name: this.error.name, code: (this.error as { code?: string }).code ?? 'ERR_UNKNOWN', message: this.error.message }
+    return p
+  }
+
+  /** Start (or resume from the store). */
+  async start (): Promise<void> {
+    this.state = 'running'
+    const existing = await this.init.store.get(this.taskId)
+    if (existing != null) {
+      this.stored = existing
+      this.piecesFromStore = existing.bitmap.count
+      this.digests = [...existing.digests]
+      if (existing.complete) {
+        await this.succeed()
+        return
+      }
+    }
+    this.register()
+    this.waitTimer = setTimeout(() => {
+      if (this.stored == null && this.state === 'running') {
+        this.log.warn('no task layout from the scheduler in time; going to the origin')
+        this.goToSource('scheduler did not answer')
+      }
+    }, SCHEDULER_WAIT_MS)
+    this.waitTimer.unref()
+    this.emit()
+  }
+
+  /** (Re-)register with the scheduler: on start and after every reconnect. */
+  register (): void {
+    const r = this.init.request
+    const s = this.stored
+    this.init.send({
+      register: {
+        taskId: this.taskId,
+        url: r.url,
+        headers: r.headers ?? {},
+        ...(r.digest != null ? { digest: r.digest } : {}),
+        ...(r.tag != null ? { tag: r.tag } : {}),
+        ...(s != null ? { bitmap: s.bitmap.bytes, completed: s.complete } : {})
+      }
+    })
+    if (this.isSource && s != null) {
+      this.init.send({ sourceInfo: { taskId: this.taskId, info: s.info } })
+      const numbers = [...s.bitmap.present()]
+      if (numbers.length > 0) this.init.send({ pieceDone: { taskId: this.taskId, numbers, digests: numbers.map(n => s.digests[n]!) } })
+    }
+  }
+
+  /** Scheduler disconnected: parents we have keep serving; nothing else to do. */
+  onSchedulerMessage (msg: SchedulerMessage): void {
+    if (this.state !== 'running' && this.state !== 'back-to-source') return
+    if (msg.taskInfo != null) void this.onTaskInfo(msg.taskInfo.info)
+    if (msg.digests != null) {
+      const { numbers, digests } = msg.digests
+      numbers.forEach((n, i) => {
+        const d = digests[i]
+        if (d == null || d.length !== 32) return
+        const held = this.stored?.digests[n]
+        if (held != null && !equalBytes(held, d)) this.log.warn('announced digest differs from the held piece', { piece: n })
+        this.digests[n] = d
+      })
+      this.pump()
+    }
+    if (msg.parents != null) this.onParents(msg.parents.parents ?? [])
+    if (msg.have != null) {
+      const p = this.parents.get(msg.have.peerId)
+      if (p?.bitmap != null) for (const n of msg.have.numbers ?? []) if (n < p.bitmap.size) p.bitmap.set(n)
+      this.pump()
+    }
+    if (msg.backToSource != null) this.goToSource(msg.backToSource.reason)
+    if (msg.failed != null) void this.fail(fromErrorInfo(msg.failed.error))
+  }
+
+  private async onTaskInfo (info: { contentLength: number, pieceLength: number, pieceCount: number }): Promise<void> {
+    clearTimeout(this.waitTimer)
+    if (this.stored != null && this.stored.info.contentLength === info.contentLength && this.stored.info.pieceLength === info.pieceLength) return
+    if (this.creating != null) return
+    const r = this.init.request
+    this.creating = this.init.store.create(this.taskId, { taskId: this.taskId, ...info }, { url: r.url, ...(r.headers != null ? { headers: r.headers } : {}), ...(r.digest != null ? { digest: r.digest } : {}) })
+    try {
+      this.stored = await this.creating
+      if (this.digests.length !== info.pieceCount) {
+        const old = this.digests
+        this.digests = new Array(info.pieceCount).fill(undefined)
+        old.forEach((d, i) => { if (i < info.pieceCount) this.digests[i] = d })
+      }
+      for (const p of this.parents.values()) if (p.bitmap == null || p.bitmap.size !== info.pieceCount) p.bitmap = new Bitmap(info.pieceCount)
+      this.emit()
+      this.pump()
+    } catch (err) {
+      await this.fail(err as Error)
+    } finally {
+      this.creating = undefined
+    }
+  }
+
+  private onParents (list: WireParent[]): void {
+    const keep = new Set<string>()
+    const count = this.stored?.info.pieceCount
+    for (const wp of list) {
+      if (this.blamed.has(wp.peerId)) continue
+      keep.add(wp.peerId)
+      let p = this.parents.get(wp.peerId)
+      if (p == null) {
+        p = { id: wp.peerId, addrs: (wp.addrs ?? []).map(a => multiaddr(a).toString()), bitmap: undefined, conn: undefined, connecting: undefined, inflight: new Set(), bytes: 0 }
+        this.parents.set(wp.peerId, p)
+      }
+      if (count != null) {
+        const b = new Bitmap(count, wp.bitmap != null && wp.bitmap.length > 0 ? wp.bitmap : undefined)
+        if (p.bitmap == null) p.bitmap = b
+        else for (const n of b.present()) p.bitmap.set(n)
+      }
+    }
+    for (const [id, p] of this.parents) {
+      if (!keep.has(id) && p.inflight.size === 0) { p.conn?.close(); this.parents.delete(id) }
+    }
+    this.pump()
+  }
+
+  /** Issue requests while there is capacity. */
+  private pump (): void {
+    const s = this.stored
+    if (s == null || this.state !== 'running') return
+    if (s.complete) { void this.succeed(); return }
+    let total = 0
+    for (const p of this.parents.values()) total += p.inflight.size
+    const missing = s.info.pieceCount - s.bitmap.count
+    const endgame = missing <= ENDGAME_PIECES
+    let issued = true
+    while (issued && total < TOTAL_INFLIGHT) {
+      issued = false
+      // parents with the most idle capacity first
+      const order = [...this.parents.values()].filter(p => p.bitmap != null && p.inflight.size < PARENT_INFLIGHT).sort((a, b) => a.inflight.size - b.inflight.size)
+      for (const p of order) {
+        const want = Math.min(REQUEST_BATCH, PARENT_INFLIGHT - p.inflight.size, TOTAL_INFLIGHT - total)
+        if (want <= 0) continue
+        const picks = this.pickPieces(p, want, endgame)
+        if (picks.length === 0) continue
+        total += picks.length
+        issued = true
+        void this.requestFrom(p, picks)
+      }
+    }
+    if (total === 0) this.armStarve()
+    else this.disarmStarve()
+  }
+
+  /** Rarest first among the pieces this parent holds that we lack and have not requested. */
+  private pickPieces (p: ParentState, want: number, endgame: boolean): number[] {
+    const s = this.stored!
+    const candidates: Array<{ n: number, rarity: number }> = []
+    for (let n = 0; n < s.info.pieceCount; n++) {
+      if (s.bitmap.has(n) || this.digests[n] == null || !(p.bitmap?.has(n) ?? false)) continue
+      const req = this.requested.get(n)
+      if (req != null && (!endgame || req.has(p.id))) continue
+      let rarity = 0
+      for (const q of this.parents.values()) if (q.bitmap?.has(n) === true) rarity++
+      candidates.push({ n, rarity: rarity + (req?.size ?? 0) * 100 })
+    }
+    candidates.sort((a, b) => a.rarity - b.rarity || a.n - b.n)
+    // spread equal-rarity choices so children of one parent do not all chase the same pieces
+    const best = candidates.slice(0, Math.max(want * 4, 8))
+    for (let i = best.length - 1; i > 0; i--) {
+      if (best[i]!.rarity !== best[0]!.rarity) continue
+      const j = Math.floor(Math.random() * (i + 1))
+      if (best[j]!.rarity !== best[0]!.rarity) continue
+      const t = best[i]!; best[i] = best[j]!; best[j] = t
+    }
+    best.sort((a, b) => a.rarity - b.rarity)
+    return best.slice(0, want).map(c => c.n)
+  }
+
+  private async connection (p: ParentState): Promise<PieceConnection> {
+    if (p.conn?.isOpen === true) return p.conn
+    p.connecting ??= PieceConnection.open(this.init.node, p.addrs, { signal: AbortSignal.timeout(5_000) }).finally(() => { p.connecting = undefined })
+    p.conn = await p.connecting
+    return p.conn
+  }
+
+  private async requestFrom (p: ParentState, numbers: number[]): Promise<void> {
+    for (const n of numbers) {
+      p.inflight.add(n)
+      let set = this.requested.get(n)
+      if (set == null) this.requested.set(n, set = new Set())
+      set.add(p.id)
+    }
+    const s = this.stored!
+    const bytes = numbers.length * s.info.pieceLength
+    const timeout = PIECE_TIMEOUT_MS + PIECE_TIMEOUT_PER_MIB_MS * bytes / (1024 * 1024) * (1 + p.inflight.size / REQUEST_BATCH)
+    let timer: NodeJS.Timeout | undefined
+    try {
+      const conn = await this.connection(p)
+      const writes: Array<Promise<void>> = []
+      let bad: Error | undefined
+      await Promise.race([
+        conn.request({ taskId: this.taskId, numbers, priority: Priority.BACKGROUND }, (r) => {
+          if ('refused' in r) return
+          writes.push(this.accept(p, r.n, r.data).catch((err: Error) => { bad ??= err }))
+        }),
+        new Promise<never>((_resolve, reject) => {
+          timer = setTimeout(() => { reject(new ParentTimeoutError(`parent ${p.id} sent nothing for ${Math.round(timeout)} ms`)) }, timeout)
+        })
+      ])
+      await Promise.all(writes)
+      if (bad != null) throw bad
+    } catch (err) {
+      const e = err as Error
+      this.log.debug('request failed', { parent: p.id, err: e.message })
+      if (this.parents.get(p.id) === p) this.dropParent(p, e.name === 'PieceDigestMismatchError' || e.name === 'ParentTimeoutError' ? e : undefined)
+    } finally {
+      clearTimeout(timer)
+      for (const n of numbers) {
+        p.inflight.delete(n)
+        const set = this.requested.get(n)
+        set?.delete(p.id)
+        if (set?.size === 0) this.requested.delete(n)
+      }
+      this.pump()
+    }
+  }
+
+  private async accept (p: ParentState, n: number, data: Uint8Array): Promise<void> {
+    const s = this.stored!
+    if (s.bitmap.has(n)) return
+    const expected = this.digests[n]
+    if (expected == null) return
+    verifyPiece(n, data, expected) // throws PieceDigestMismatchError -> parent blamed
+    await s.writePiece(n, data, expected)
+    p.bytes += data.byteLength
+    this.piecesFromPeers++
+    this.init.onStats?.('peer', data.byteLength)
+    this.reportPiece(n)
+    if (s.complete) void this.succeed()
+  }
+
+  private reportPiece (n: number): void {
+    this.reportQueue.push(n)
+    this.emit()
+    if (this.reportTimer != null) return
+    this.reportTimer = setTimeout(() => {
+      this.reportTimer = undefined
+      const numbers = this.reportQueue.splice(0)
+      if (numbers.length === 0) return
+      const digests = this.isSource ? numbers.map(i => this.stored!.digests[i]!) : undefined
+      this.init.send({ pieceDone: { taskId: this.taskId, numbers, ...(digests != null ? { digests } : {}) } })
+    }, REPORT_DELAY_MS)
+  }
+
+  /** Drop a parent; with a reason, blame it to the scheduler. */
+  private dropParent (p: ParentState, reason?: Error): void {
+    p.conn?.close(reason)
+    this.parents.delete(p.id)
+    if (reason != null) {
+      this.blamed.add(p.id)
+      this.log.warn('parent blamed', { parent: p.id, reason: reason.message })
+      this.init.send({ badParent: { taskId: this.taskId, parent: p.id, reason: reason.message } })
+    } else {
+      this.init.send({ needParents: { taskId: this.taskId } })
+    }
+  }
+
+  private armStarve (): void {
+    if (this.starveTimer != null) return
+    this.starveTimer = setTimeout(() => {
+      this.starveTimer = undefined
+      if (this.state !== 'running' || this.stored?.complete === true) return
+      this.init.send({ needParents: { taskId: this.taskId } })
+      this.pump()
+    }, STARVE_MS)
+    this.starveTimer.unref()
+  }
+
+  private disarmStarve (): void {
+    if (this.starveTimer != null) { clearTimeout(this.starveTimer); this.starveTimer = undefined }
+  }
+
+  /** Fetch what is missing from the origin ourselves. */
+  private goToSource (reason: string): void {
+    if (this.sourcing != null || this.state !== 'running') return
+    clearTimeout(this.waitTimer)
+    this.log.info('back to source', { reason })
+    this.state = 'back-to-source'
+    this.isSource = true
+    this.disarmStarve()
+    const r = this.init.request
+    this.sourcing = (async () => {
+      try {
+        const task = await fillFromSource({
+          store: this.init.store,
+          taskId: this.taskId,
+          ref: { url: r.url, headers: r.headers ?? {}, ...(r.digest != null ? { digest: r.digest } : {}) },
+          meta: { url: r.url, ...(r.headers != null ? { headers: r.headers } : {}), ...(r.digest != null ? { digest: r.digest } : {}) },
+          ...(this.stored != null ? { task: this.stored } : {}),
+          digests: this.digests,
+          timeoutMs: this.init.originTimeoutMs,
+          onInfo: (info, t) => {
+            this.stored = t
+            this.init.send({ sourceInfo: { taskId: this.taskId, info } })
+            this.emit()
+          },
+          onPiece: (n, _digest, bytes) => {
+            this.piecesFromSource++
+            this.init.onStats?.('source', bytes)
+            this.reportPiece(n)
+          }
+        })
+        this.stored = task
+        this.state = 'running'
+        await this.succeed()
+      } catch (err) {
+        this.init.send({ result: { taskId: this.taskId, success: false, error: toErrorInfo(err) } })
+        await this.fail(err as Error, false)
+      }
+    })()
+  }
+
+  private succeeding: Promise<void> | undefined
+  private async succeed (): Promise<void> {
+    this.succeeding ??= (async () => {
+      const s = this.stored!
+      await s.flush()
+      const want = this.init.request.digest
+      if (want != null) {
+        const h = createHash('sha256')
+        const chunk = 4 * 1024 * 1024
+        for (let off = 0; off < s.info.contentLength; off += chunk) h.update(await s.read(off, Math.min(chunk, s.info.contentLength - off)))
+        if (`sha256:${h.digest('hex')}` !== want) {
+          await this.init.store.remove(this.taskId).catch(() => {})
+          this.stored = undefined
+          await this.fail(new DigestMismatchError(`downloaded content does not match ${want}`))
+          return
+        }
+      }
+      this.state = 'succeeded'
+      this.disarmStarve()
+      clearTimeout(this.waitTimer)
+      for (const p of this.parents.values()) p.conn?.close()
+      this.parents.clear()
+      this.init.send({ register: { taskId: this.taskId, url: this.init.request.url, bitmap: s.bitmap.bytes, completed: true } })
+      this.init.send({ result: { taskId: this.taskId, success: true } })
+      this.log.info('task succeeded', { fromStore: this.piecesFromStore, fromPeers: this.piecesFromPeers, fromSource: this.piecesFromSource })
+      this.emit()
+      this.done.resolve()
+    })()
+    await this.succeeding
+  }
+
+  async fail (err: Error, report = true): Promise<void> {
+    if (this.state === 'failed' || this.state === 'succeeded') return
+    this.state = 'failed'
+    this.error = err
+    this.disarmStarve()
+    clearTimeout(this.waitTimer)
+    for (const p of this.parents.values()) p.conn?.close()
+    this.parents.clear()
+    if (report) this.init.send({ leave: { taskId: this.taskId } })
+    this.log.warn('task failed', { err: err.message })
+    this.emit()
+    this.done.reject(err)
+  }
+
+  /** Stop downloading (daemon shutdown). */
+  stop (): void {
+    this.disarmStarve()
+    clearTimeout(this.waitTimer)
+    clearTimeout(this.reportTimer)
+    for (const p of this.parents.values()) p.conn?.close()
+  }
+}
+
+export function pieceDigestOf (data: Uint8Array): Uint8Array { return sha256(data) }

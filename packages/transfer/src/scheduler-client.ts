@@ -1,0 +1,103 @@
+/*
+ * The host side of /guoce/scheduler/1: one stream, re-dialled with backoff when it drops.
+ * After each (re)connect it sends hello and then calls `onConnect` so the owner re-registers
+ * every task it holds: a scheduler restart costs the swarm one round of registrations, no downloads.
+ */
+import type { Libp2p } from 'libp2p'
+import { multiaddr } from '@multiformats/multiaddr'
+import type { Logger, Startable } from '@guoce/interface'
+import { MessageChannel } from './channel.js'
+import { SCHEDULER_PROTOCOL, KEEPALIVE_INTERVAL_MS } from './constants.js'
+import { peerMessage, schedulerMessage, type PeerMessage, type SchedulerMessage, type WireHostInfo } from './messages.js'
+
+/**
+ * Reconnect backoff bounds.
+ * @default 100 ms .. 2 s
+ */
+export const RECONNECT_MIN_MS = 100
+export const RECONNECT_MAX_MS = 2_000
+
+export interface SchedulerClientInit {
+  node: Libp2p
+  scheduler: string
+  host: () => WireHostInfo
+  onMessage: (msg: SchedulerMessage) => void
+  onConnect: () => void | Promise<void>
+  onDisconnect?: () => void
+  log: Logger
+}
+
+export class SchedulerClient implements Startable {
+  private channel: MessageChannel<SchedulerMessage, PeerMessage> | undefined
+  private stopped = false
+  private loop: Promise<void> | undefined
+  private readonly log: Logger
+  private readonly controller = new AbortController()
+  private connectedOnce = Promise.withResolvers<void>()
+
+  constructor (private readonly init: SchedulerClientInit) {
+    this.log = init.log.child({ component: 'transfer:scheduler-client' })
+  }
+
+  get connected (): boolean { return this.channel != null }
+  /** resolves once the first connection is up */
+  get ready (): Promise<void> { return this.connectedOnce.promise }
+
+  async start (): Promise<void> {
+    this.stopped = false
+    this.loop = this.run()
+  }
+
+  async stop (): Promise<void> {
+    this.stopped = true
+    this.controller.abort()
+    this.channel?.close()
+    await this.loop?.catch(() => {})
+  }
+
+  /** Send if connected; false when not (the next onConnect re-registers state anyway). */
+  send (msg: PeerMessage): boolean {
+    if (this.channel == null) return false
+    void this.channel.send(msg)
+    return true
+  }
+
+  private async run (): Promise<void> {
+    let delay = RECONNECT_MIN_MS
+    while (!this.stopped) {
+      try {
+        const stream = await this.init.node.dialProtocol(multiaddr(this.init.scheduler), SCHEDULER_PROTOCOL, { signal: AbortSignal.any([this.controller.signal, AbortSignal.timeout(5_000)]) })
+        const channel = new MessageChannel<SchedulerMessage, PeerMessage>(stream, m => peerMessage.encode(m), b => schedulerMessage.decode(b))
+        await channel.send({ hello: { host: this.init.host() } })
+        this.channel = channel
+        delay = RECONNECT_MIN_MS
+        this.log.info('connected to scheduler', { scheduler: this.init.scheduler })
+        const keepalive = setInterval(() => { void channel.send({ keepalive: true }) }, KEEPALIVE_INTERVAL_MS)
+        try {
+          await this.init.onConnect()
+          this.connectedOnce.resolve()
+          for await (const msg of channel.messages()) {
+            if (msg.keepalive === true) continue
+            try {
+              this.init.onMessage(msg)
+            } catch (err) {
+              this.log.error('scheduler message handler failed', { err: (err as Error).message })
+            }
+          }
+        } finally {
+          clearInterval(keepalive)
+          this.channel = undefined
+          channel.close()
+          this.init.onDisconnect?.()
+        }
+        if (!this.stopped) this.log.warn('scheduler stream closed; reconnecting')
+      } catch (err) {
+        if (this.stopped) break
+        this.log.debug('scheduler connection failed', { err: (err as Error).message })
+      }
+      if (this.stopped) break
+      await new Promise<void>(resolve => { const t = setTimeout(resolve, delay); t.unref?.() })
+      delay = Math.min(RECONNECT_MAX_MS, delay * 2)
+    }
+  }
+}

@@ -1,0 +1,25 @@
+/**
+ * Parents handed to a child at once (Dragonfly: candidateParentLimit).
+ * @default 4
+ */
+export const CANDIDATE_PARENT_LIMIT = 4
+/**
+ * Upload slots assumed for a host that did not announce any.
+ * @default 8
+ */
+export const DEFAULT_UPLOAD_SLOTS = 8
+/**
+ * Times a child may ask for parents and get none before it is told to go back to source.
+ * @default 5
+ */
+export const MAX_SCHEDULE_RETRIES = 5
+/**
+ * Distinct children that must blame a parent before the scheduler stops offering it for the task.
+ * @default 2
+ */
+export const BAD_PARENT_REPORTS = 2
+/**
+ * How often piece announcements (have, digests) are batched out.
+ * @default 20 ms
+ */
+export const ANNOUNCE_INTERVAL_MS = 20

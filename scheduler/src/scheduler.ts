@@ -1,0 +1,319 @@
+/*
+ * The scheduler service. One long-lived /guoce/scheduler/1 stream per host; all state is soft.
+ * Ownership: `hosts` (by PeerId) own their channels; `tasks` own peers. Announcements (have,
+ * digests) are queued and flushed every ANNOUNCE_INTERVAL_MS so a busy swarm sends batches.
+ */
+import type { Libp2p } from 'libp2p'
+import type { Stream, Connection } from '@libp2p/interface'
+import { multiaddr } from '@multiformats/multiaddr'
+import { Bitmap } from '@guoce/content'
+import { toErrorInfo, type Logger, type ErrorInfo, type Startable } from '@guoce/interface'
+import { MessageChannel, SCHEDULER_PROTOCOL, peerMessage, schedulerMessage, KEEPALIVE_INTERVAL_MS, type PeerMessage, type SchedulerMessage, type WireParent } from '@guoce/transfer'
+import { Host, Peer, Task } from './resource/index.js'
+import { selectParents } from './scheduling/index.js'
+import { ANNOUNCE_INTERVAL_MS, BAD_PARENT_REPORTS, DEFAULT_UPLOAD_SLOTS, MAX_SCHEDULE_RETRIES } from './constants.js'
+import { createHash } from 'node:crypto'
+
+/** Errors of the origin itself: retrying elsewhere cannot help, so the task fails for everyone. */
+const TERMINAL_ERRORS = new Set(['OriginStatusError', 'ContentLengthMismatchError', 'OriginTimeoutError', 'InvalidUrlError', 'DigestMismatchError'])
+
+export interface SchedulerInit { node: Libp2p, log: Logger }
+
+export interface SchedulerStats { hosts: number, tasks: number, peers: number }
+
+export class Scheduler implements Startable {
+  readonly hosts = new Map<string, Host>()
+  readonly tasks = new Map<string, Task>()
+  private readonly log: Logger
+  private readonly pendingHave = new Map<Peer, number[]>()
+  private readonly pendingDigests = new Map<Task, number[]>()
+  private timer: NodeJS.Timeout | undefined
+
+  constructor (private readonly init: SchedulerInit) {
+    this.log = init.log.child({ component: 'scheduler' })
+  }
+
+  async start (): Promise<void> {
+    await this.init.node.handle(SCHEDULER_PROTOCOL, (stream: Stream, conn: Connection) => {
+      void this.serveHost(stream, conn.remotePeer.toString()).catch((err: Error) => {
+        this.log.debug('host stream error', { host: conn.remotePeer.toString(), err: err.message })
+      })
+    }, { maxInboundStreams: 4, runOnLimitedConnection: false })
+    this.timer = setInterval(() => { this.flushAnnouncements() }, ANNOUNCE_INTERVAL_MS)
+    this.timer.unref()
+  }
+
+  async stop (): Promise<void> {
+    clearInterval(this.timer)
+    await this.init.node.unhandle(SCHEDULER_PROTOCOL)
+    for (const h of this.hosts.values()) h.channel.close()
+  }
+
+  stats (): SchedulerStats {
+    let peers = 0
+    for (const t of this.tasks.values()) peers += t.peers.size
+    return { hosts: this.hosts.size, tasks: this.tasks.size, peers }
+  }
+
+  private async serveHost (stream: Stream, hostId: string): Promise<void> {
+    const channel = new MessageChannel<PeerMessage, SchedulerMessage>(stream, m => schedulerMessage.encode(m), b => peerMessage.decode(b))
+    let host: Host | undefined
+    const keepalive = setInterval(() => { void channel.send({ keepalive: true }) }, KEEPALIVE_INTERVAL_MS)
+    try {
+      for await (const msg of channel.messages()) {
+        if (msg.hello != null) {
+          const old = this.hosts.get(hostId)
+          if (old != null && old.channel !== channel) this.removeHost(old)
+          const info = msg.hello.host
+          host = new Host(hostId, { ...info, uploadSlots: info.uploadSlots > 0 ? info.uploadSlots : DEFAULT_UPLOAD_SLOTS, idc: info.idc ?? '', location: info.location ?? '', load: info.load ?? 0, addrs: info.addrs ?? [] }, channel)
+          this.hosts.set(hostId, host)
+          this.log.info('host joined', { host: hostId, type: host.info.type })
+          continue
+        }
+        if (host == null) { channel.close(new Error('first message must be hello')); return }
+        this.handle(host, msg)
+      }
+    } finally {
+      clearInterval(keepalive)
+      if (host != null && this.hosts.get(hostId) === host) this.removeHost(host)
+    }
+  }
+
+  private handle (host: Host, msg: PeerMessage): void {
+    if (msg.register != null) this.onRegister(host, msg.register)
+    else if (msg.sourceInfo != null) this.onSourceInfo(host, msg.sourceInfo.taskId, msg.sourceInfo.info)
+    else if (msg.pieceDone != null) this.onPieceDone(host, msg.pieceDone.taskId, msg.pieceDone.numbers ?? [], msg.pieceDone.digests ?? [])
+    else if (msg.result != null) this.onResult(host, msg.result.taskId, msg.result.success, msg.result.error)
+    else if (msg.badParent != null) this.onBadParent(host, msg.badParent.taskId, msg.badParent.parent, msg.badParent.reason)
+    else if (msg.needParents != null) this.onNeedParents(host, msg.needParents.taskId)
+    else if (msg.leave != null) this.onLeave(host, msg.leave.taskId)
+  }
+
+  private onRegister (host: Host, reg: NonNullable<PeerMessage['register']>): void {
+    let task = this.tasks.get(reg.taskId)
+    if (task == null) {
+      task = new Task(reg.taskId, { url: reg.url, headers: reg.headers ?? {}, ...(reg.digest != null && reg.digest !== '' ? { digest: reg.digest } : {}), ...(reg.tag != null && reg.tag !== '' ? { tag: reg.tag } : {}) })
+      this.tasks.set(task.id, task)
+    }
+    let peer = task.peers.get(host.id)
+    if (peer == null) {
+      peer = new Peer(host, task)
+      task.peers.set(host.id, peer)
+      host.peers.set(task.id, peer)
+    }
+    peer.state = reg.completed === true ? 'succeeded' : 'running'
+    if (host.isSeed) peer.isSource = true
+    if (task.info != null) {
+      peer.bitmap = new Bitmap(task.info.pieceCount, reg.bitmap != null && reg.bitmap.length > 0 ? reg.bitmap : undefined)
+      this.sendTaskState(peer)
+      if (peer.state === 'running' && !peer.isSource) this.schedule(peer)
+      return
+    }
+    if (peer.isSource) return // a seed re-registering: its source info follows
+    this.ensureSource(task, peer)
+  }
+
+  /** Make sure someone is fetching the task from its origin. */
+  private ensureSource (task: Task, asking?: Peer): void {
+    for (const p of task.peers.values()) if (p.isSource && p.state !== 'failed' && p.state !== 'left') return
+    if (task.seeding != null && this.hosts.has(task.seeding)) return
+    const seeds = [...this.hosts.values()].filter(h => h.isSeed)
+    if (seeds.length > 0) {
+      // rendezvous hashing: the same task goes to the same seed while the seed set is stable
+      const seed = seeds.map(h => ({ h, w: createHash('sha256').update(task.id).update(h.id).digest().readUInt32BE(0) })).sort((a, b) => b.w - a.w)[0]!.h
+      task.seeding = seed.id
+      this.log.info('seed ordered', { task: task.id.slice(0, 12), seed: seed.id })
+      seed.send({ seed: { taskId: task.id, ...task.ref } })
+      return
+    }
+    // no seed peer: the peer with the most pieces (or the one asking) goes to the origin itself
+    let best = asking
+    for (const p of task.peers.values()) {
+      if (p.state === 'failed' || p.state === 'left') continue
+      if (best == null || (p.bitmap?.count ?? 0) > (best.bitmap?.count ?? 0)) best = p
+    }
+    if (best == null) return
+    best.isSource = true
+    best.state = 'back-to-source'
+    this.log.info('back-to-source ordered', { task: task.id.slice(0, 12), peer: best.id, reason: 'no seed peer' })
+    best.host.send({ backToSource: { taskId: task.id, reason: 'no seed peer available' } })
+  }
+
+  private sendTaskState (peer: Peer): void {
+    const task = peer.task
+    if (task.info == null) return
+    peer.host.send({ taskInfo: { taskId: task.id, info: task.info } })
+    const numbers: number[] = []; const digests: Uint8Array[] = []
+    task.digests.forEach((d, i) => { if (d != null) { numbers.push(i); digests.push(d) } })
+    if (numbers.length > 0) peer.host.send({ digests: { taskId: task.id, numbers, digests } })
+  }
+
+  private onSourceInfo (host: Host, taskId: string, info: { contentLength: number, pieceLength: number, pieceCount: number }): void {
+    const task = this.tasks.get(taskId)
+    const peer = task?.peers.get(host.id)
+    if (task == null || peer == null || !peer.isSource) {
+      this.log.warn('source info from a peer that is not a source; ignored', { host: host.id, task: taskId.slice(0, 12) })
+      return
+    }
+    if (task.info != null) {
+      if (task.info.contentLength !== info.contentLength || task.info.pieceLength !== info.pieceLength) {
+        this.log.warn('conflicting source info; ignored', { host: host.id, task: taskId.slice(0, 12) })
+      }
+      return
+    }
+    task.setInfo({ taskId, contentLength: info.contentLength, pieceLength: info.pieceLength, pieceCount: info.pieceCount })
+    for (const p of task.peers.values()) {
+      if (p === peer) continue
+      this.sendTaskState(p)
+      if (p.state === 'running') this.schedule(p)
+    }
+  }
+
+  private onPieceDone (host: Host, taskId: string, numbers: number[], digests: Uint8Array[]): void {
+    const task = this.tasks.get(taskId)
+    const peer = task?.peers.get(host.id)
+    if (task?.info == null || peer == null) return
+    peer.bitmap ??= new Bitmap(task.info.pieceCount)
+    const fresh: number[] = []
+    numbers.forEach((n, i) => {
+      if (n >= task.info!.pieceCount) return
+      if (peer.bitmap!.set(n)) fresh.push(n)
+      const d = digests[i]
+      if (peer.isSource && d != null && d.length === 32 && task.digests[n] == null) {
+        task.digests[n] = d
+        let q = this.pendingDigests.get(task)
+        if (q == null) this.pendingDigests.set(task, q = [])
+        q.push(n)
+      }
+    })
+    if (fresh.length > 0 && peer.children.size > 0) {
+      let q = this.pendingHave.get(peer)
+      if (q == null) this.pendingHave.set(peer, q = [])
+      q.push(...fresh)
+    }
+  }
+
+  private flushAnnouncements (): void {
+    for (const [task, numbers] of this.pendingDigests) {
+      const digests = numbers.map(n => task.digests[n]!)
+      for (const p of task.peers.values()) {
+        if (p.isSource && p.state !== 'running') continue
+        p.host.send({ digests: { taskId: task.id, numbers, digests } })
+      }
+    }
+    this.pendingDigests.clear()
+    for (const [peer, numbers] of this.pendingHave) {
+      for (const child of peer.children) child.host.send({ have: { taskId: peer.task.id, peerId: peer.id, numbers } })
+    }
+    this.pendingHave.clear()
+  }
+
+  private onResult (host: Host, taskId: string, success: boolean, error?: ErrorInfo): void {
+    const task = this.tasks.get(taskId)
+    const peer = task?.peers.get(host.id)
+    if (task == null || peer == null) return
+    if (success) {
+      peer.state = 'succeeded'
+      if (task.seeding === host.id) task.seeding = undefined
+      return
+    }
+    this.log.info('peer failed', { task: taskId.slice(0, 12), peer: host.id, err: error?.message })
+    if (peer.isSource && error != null && TERMINAL_ERRORS.has(error.name)) {
+      this.failTask(task, error)
+      return
+    }
+    if (task.seeding === host.id) task.seeding = undefined
+    this.removePeer(peer, 'failed')
+    if (peer.isSource && !task.covered) this.ensureSource(task)
+  }
+
+  private failTask (task: Task, error: ErrorInfo): void {
+    this.log.info('task failed', { task: task.id.slice(0, 12), err: error.message })
+    for (const p of task.peers.values()) {
+      p.host.send({ failed: { taskId: task.id, error } })
+      p.host.peers.delete(task.id)
+    }
+    this.tasks.delete(task.id)
+  }
+
+  private onBadParent (host: Host, taskId: string, parentId: string, reason: string): void {
+    const task = this.tasks.get(taskId)
+    const child = task?.peers.get(host.id)
+    const parent = task?.peers.get(parentId)
+    if (child == null) return
+    this.log.warn('parent blamed', { task: taskId.slice(0, 12), child: host.id, parent: parentId, reason })
+    child.blamed.add(parentId)
+    if (parent != null) {
+      parent.reportedBy.add(host.id)
+      child.parents.delete(parent)
+      parent.children.delete(child)
+      if (parent.reportedBy.size >= BAD_PARENT_REPORTS) {
+        for (const c of [...parent.children]) { c.parents.delete(parent); parent.children.delete(c); this.schedule(c) }
+      }
+    }
+    this.schedule(child)
+  }
+
+  private onNeedParents (host: Host, taskId: string): void {
+    const task = this.tasks.get(taskId)
+    const peer = task?.peers.get(host.id)
+    if (task == null || peer == null) return
+    if (task.info == null) { this.ensureSource(task, peer); return }
+    peer.scheduleRetries++
+    if (!task.covered) {
+      this.ensureSource(task, peer)
+    } else if (peer.scheduleRetries > MAX_SCHEDULE_RETRIES) {
+      peer.isSource = true
+      peer.state = 'back-to-source'
+      peer.host.send({ backToSource: { taskId, reason: `no usable parent after ${MAX_SCHEDULE_RETRIES} tries` } })
+      return
+    }
+    this.schedule(peer)
+  }
+
+  private onLeave (host: Host, taskId: string): void {
+    const peer = this.tasks.get(taskId)?.peers.get(host.id)
+    if (peer != null) this.removePeer(peer, 'left')
+  }
+
+  /** Compute and send a new parent set for `child`. */
+  schedule (child: Peer): void {
+    if (child.task.info == null || child.state === 'succeeded') return
+    const chosen = selectParents(child, this.log)
+    for (const old of [...child.parents]) {
+      if (!chosen.includes(old)) { child.parents.delete(old); old.children.delete(child) }
+    }
+    for (const p of chosen) { child.parents.add(p); p.children.add(child) }
+    const parents: WireParent[] = chosen.map(p => ({ peerId: p.id, addrs: p.host.info.addrs, bitmap: p.bitmap?.bytes ?? new Uint8Array() }))
+    this.log.debug('parents', { task: child.task.id.slice(0, 12), child: child.id, parents: chosen.map(p => p.id) })
+    child.host.send({ parents: { taskId: child.task.id, parents } })
+  }
+
+  private removePeer (peer: Peer, state: 'failed' | 'left'): void {
+    const task = peer.task
+    peer.state = state
+    task.peers.delete(peer.id)
+    peer.host.peers.delete(task.id)
+    this.pendingHave.delete(peer)
+    for (const p of peer.parents) p.children.delete(peer)
+    const orphans = [...peer.children]
+    for (const c of orphans) c.parents.delete(peer)
+    peer.children.clear(); peer.parents.clear()
+    if (task.peers.size === 0) { this.tasks.delete(task.id); return }
+    if (peer.isSource && !task.covered) this.ensureSource(task)
+    for (const c of orphans) this.schedule(c)
+  }
+
+  private removeHost (host: Host): void {
+    this.hosts.delete(host.id)
+    this.log.info('host left', { host: host.id })
+    for (const peer of [...host.peers.values()]) {
+      if (peer.task.seeding === host.id) peer.task.seeding = undefined
+      this.removePeer(peer, 'left')
+    }
+    for (const t of this.tasks.values()) if (t.seeding === host.id) { t.seeding = undefined; this.ensureSource(t) }
+  }
+}
+
+export function errorInfo (err: unknown): ErrorInfo { return toErrorInfo(err) }
+export function addrStrings (addrs: Uint8Array[]): string[] { return addrs.map(a => multiaddr(a).toString()) }

@@ -1,0 +1,99 @@
+/**
+ * Fill a task from its origin: the whole body when nothing is held yet (learning the layout),
+ * else Range requests over runs of missing pieces. Every piece is hashed from origin bytes; where a
+ * digest is already known (from the seed) the bytes must match it.
+ */
+import { createHash } from 'node:crypto'
+import { pieceLayout, verifyPiece, sha256 } from '@guoce/content'
+import { DigestMismatchError, ContentLengthMismatchError, type AbortOptions, type TaskInfo } from '@guoce/interface'
+import type { StoredTask, TaskStore, TaskMeta } from '@guoce/store'
+import { openSource, pieces, type SourceRef } from './source.js'
+
+export interface SourceFillInit extends AbortOptions {
+  store: TaskStore
+  taskId: string
+  ref: SourceRef & { digest?: string }
+  meta?: TaskMeta
+  timeoutMs?: number
+  /** the task, when its layout is already known */
+  task?: StoredTask
+  /** known piece digests (from the scheduler), index = piece number */
+  digests?: Array<Uint8Array | undefined>
+  onInfo?: (info: TaskInfo, task: StoredTask) => void
+  onPiece?: (n: number, digest: Uint8Array, bytes: number) => void
+  /** bytes received from the origin */
+  onBytes?: (n: number) => void
+}
+
+export async function fillFromSource (init: SourceFillInit): Promise<StoredTask> {
+  if (init.task == null) return await fetchWhole(init)
+  await fetchMissing(init, init.task)
+  return init.task
+}
+
+async function fetchWhole (init: SourceFillInit): Promise<StoredTask> {
+  const res = await openSource(init.ref, { signal: init.signal, timeoutMs: init.timeoutMs })
+  if (res.length == null) throw new ContentLengthMismatchError(`origin sent no Content-Length for ${init.ref.url}; unknown lengths are not supported`)
+  const layout = pieceLayout(res.length)
+  const info: TaskInfo = { taskId: init.taskId, contentLength: res.length, ...layout }
+  const task = await init.store.create(init.taskId, info, init.meta ?? {})
+  init.onInfo?.(info, task)
+  const whole = init.ref.digest != null ? createHash('sha256') : null
+  let n = 0
+  const counted = countBytes(res.body, init.onBytes)
+  for await (const piece of pieces(counted, layout.pieceLength)) {
+    whole?.update(piece)
+    if (!task.bitmap.has(n)) {
+      const digest = sha256(piece)
+      const known = init.digests?.[n]
+      if (known != null) verifyPiece(n, piece, known)
+      await task.writePiece(n, piece, digest)
+      init.onPiece?.(n, digest, piece.byteLength)
+    }
+    n++
+  }
+  if (whole != null && `sha256:${whole.digest('hex')}` !== init.ref.digest) {
+    await init.store.remove(init.taskId)
+    throw new DigestMismatchError(`content of ${init.ref.url} does not match ${init.ref.digest}`)
+  }
+  await task.flush()
+  return task
+}
+
+async function * countBytes (body: AsyncIterable<Uint8Array>, onBytes?: (n: number) => void): AsyncGenerator<Uint8Array> {
+  for await (const c of body) { onBytes?.(c.byteLength); yield c }
+}
+
+async function fetchMissing (init: SourceFillInit, task: StoredTask): Promise<void> {
+  const { pieceLength, pieceCount, contentLength } = task.info
+  let n = 0
+  while (n < pieceCount) {
+    if (task.bitmap.has(n)) { n++; continue }
+    let end = n
+    while (end < pieceCount && !task.bitmap.has(end)) end++
+    const start = n * pieceLength
+    const stop = Math.min(contentLength, end * pieceLength)
+    const res = await openSource(init.ref, { signal: init.signal, timeoutMs: init.timeoutMs, range: { start, end: stop } })
+    let body = countBytes(res.body, init.onBytes)
+    let i = n
+    if (!res.ranged) {
+      // the origin ignored Range: skip to the run's first piece
+      i = 0
+    }
+    if (res.totalLength != null && res.totalLength !== contentLength) throw new ContentLengthMismatchError(`origin length changed: ${res.totalLength} != ${contentLength}`)
+    for await (const piece of pieces(body, pieceLength)) {
+      if (i >= end) break
+      if (i >= n && !task.bitmap.has(i)) {
+        const digest = sha256(piece)
+        const known = init.digests?.[i] ?? task.digests[i]
+        if (known != null) verifyPiece(i, piece, known)
+        await task.writePiece(i, piece, digest)
+        init.onPiece?.(i, digest, piece.byteLength)
+      }
+      i++
+    }
+    body = undefined as never
+    n = end
+  }
+  await task.flush()
+}
