@@ -128,7 +128,8 @@ export class LayerBuilder {
         return
       }
       case 'symlink':
-        parent.entries.set(base, { ...this.meta(e), kind: 'symlink', target: Buffer.from(e.linkpath, 'latin1') })
+        // Linux symlinks are always 0777 whatever the header says (symlink(2) ignores the mode)
+        parent.entries.set(base, { ...this.meta(e), mode: 0o777, kind: 'symlink', target: Buffer.from(e.linkpath, 'latin1') })
         if (e.linkpath.length === 0) throw new UnsafePathError(`symlink ${JSON.stringify(e.path)} has an empty target`)
         return
       case 'hardlink': {

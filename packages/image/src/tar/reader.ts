@@ -8,7 +8,7 @@
  * field says (as Go's archive/tar and containerd read them).
  */
 import { MAX_EXTENDED_HEADER } from '../constants.js'
-import { InvalidTarError, LayerTooLargeError, UnsupportedTarError } from '../errors.js'
+import { InvalidTarError, LayerTooLargeError, TruncatedTarError, UnsupportedTarError } from '../errors.js'
 import type { ByteReader } from './stream.js'
 
 export type TarType = 'file' | 'hardlink' | 'symlink' | 'char' | 'block' | 'dir' | 'fifo'
@@ -160,10 +160,10 @@ export async function readTar (
     const h = await r.readUpTo(BLOCK)
     if (h.length === 0) {
       // end of stream without end-of-archive marker: accepted (GNU tar does too) if no header is pending
-      if (localPax !== undefined || longName !== undefined || longLink !== undefined) throw new InvalidTarError('tar stream ended after an extended header')
+      if (localPax !== undefined || longName !== undefined || longLink !== undefined) throw new TruncatedTarError('tar stream ended after an extended header')
       return { entries }
     }
-    if (h.length < BLOCK) throw new InvalidTarError(`tar stream ended inside a header at byte ${r.offset - h.length}`)
+    if (h.length < BLOCK) throw new TruncatedTarError(`tar stream ended inside a header at byte ${r.offset - h.length}`)
     if (h.every(c => c === 0)) return { entries }
     if (!checksumOk(h)) throw new InvalidTarError(`tar header checksum mismatch at byte ${r.offset - BLOCK}`)
     const typeflag = String.fromCharCode(h[156]!)
