@@ -13,7 +13,9 @@
  * The promise forms run on the libuv thread pool, so the kernel may open a blob served by FUSE from this
  * same process without deadlock; the `*Sync` forms block the calling thread.
  */
+import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
 
 export interface MountConstants {
   MS_RDONLY: number, MS_NOSUID: number, MS_NODEV: number, MS_NOEXEC: number, MS_NOATIME: number
@@ -33,8 +35,23 @@ interface Addon {
 export interface MountError extends Error { code: string, errno: number, syscall: 'mount' | 'umount2', path: string }
 
 const require = createRequire(import.meta.url)
-// dist/src/index.js and src/index.ts both sit two levels below the package root
-const addon = require('../../build/Release/guoce_mount.node') as Addon
+
+/** The package root: the nearest directory above this module that holds binding.gyp (src/ or dist/src/). */
+function packageRoot (): string {
+  let dir = import.meta.dirname
+  while (!existsSync(join(dir, 'binding.gyp'))) {
+    const up = dirname(dir)
+    if (up === dir) throw new Error(`@guoce/native-mount: binding.gyp not found above ${import.meta.dirname}`)
+    dir = up
+  }
+  return dir
+}
+
+const addonPath = join(packageRoot(), 'build/Release/guoce_mount.node')
+if (!existsSync(addonPath)) {
+  throw new Error(`@guoce/native-mount: ${addonPath} is missing; build it with \`npm run build -w @guoce/native-mount\` (node-gyp, needs gcc, make, python3 and Node headers)`)
+}
+const addon = require(addonPath) as Addon
 
 export const constants: MountConstants = addon.constants
 
