@@ -51,8 +51,10 @@ setfattr -n security.test -v sec "$R/etc/passwd"
 for f in "$R/data/multi" "$R/data/multi-copy" "$R/data/empty"; do setfattr -n user.shared -v "same value on many inodes" "$f"; done
 setfattr -n user.dirattr -v yes "$R/data"
 setfattr -n user.big -v "$(head -c 3000 /dev/zero | tr '\0' 'x')" "$R/data/empty"
-# OCI whiteouts (regular files in the layer tar)
-mkdir -p "$R/gone" "$R/opaque"; : > "$R/gone/.wh.removed"; : > "$R/opaque/.wh..wh..opq"; printf 'kept\n' > "$R/opaque/kept"
+# OCI whiteouts (regular files in the layer tar), unless this is a base layer
+if [ "$2" = whiteouts ]; then
+  mkdir -p "$R/gone" "$R/opaque"; : > "$R/gone/.wh.removed"; : > "$R/opaque/.wh..wh..opq"; printf 'kept\n' > "$R/opaque/kept"
+fi
 # times: nanoseconds, the epoch, far future, before the epoch
 touch -h -d @1234567890.123456789 "$R/data/owned"
 touch -h -d @0 "$R/data/empty"
@@ -61,8 +63,8 @@ touch -h -d @-1000 "$R/data/h1"
 touch -h -d @1600000000 "$R/data/abs"
 `
 
-export async function makeRootfs (dir: string): Promise<void> {
-  await run('sh', ['-c', ROOTFS_SCRIPT, 'sh', dir], { maxBuffer: 64 * 1024 * 1024 })
+export async function makeRootfs (dir: string, opts: { whiteouts?: boolean } = {}): Promise<void> {
+  await run('sh', ['-c', ROOTFS_SCRIPT, 'sh', dir, (opts.whiteouts ?? true) ? 'whiteouts' : 'base'], { maxBuffer: 64 * 1024 * 1024 })
 }
 
 export type TarFormat = 'pax' | 'gnu' | 'ustar'
