@@ -12,6 +12,8 @@
 export { convertLayer, type ConvertLayerOptions, type LayerResult } from './convert.js'
 export { createChunkDict, type ChunkDict, type ChunkStats, type ChunkTableEntry } from './blob.js'
 export { writeErofs, type WriteErofsOptions, type ErofsDevice, type ErofsImageInfo } from './erofs/writer.js'
+export { checkImage, inspectImage, type CheckImageOptions, type CheckReport, type ImageInspection, type InspectFile } from './check.js'
+export { ErofsReader, type ErofsInode, type ErofsSuper, type ErofsDirent } from './erofs/reader.js'
 export * from './tree.js'
 export * from './errors.js'
 export * from './constants.js'

@@ -7,7 +7,7 @@ import { createReadStream } from 'node:fs'
 import { mkdir, readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { convertLayer, type LayerResult } from '../src/index.js'
+import { checkImage, convertLayer, type LayerResult } from '../src/index.js'
 import { makeRootfs, tarDir, untar, type TarFormat } from './fixtures.js'
 import { cleanup, mountErofs, overlayForm, requireTools, run, snapshot, tempDir, umount } from './helpers.js'
 
@@ -57,6 +57,9 @@ describe('layer conversion validated by fsck.erofs, the kernel and GNU tar', () 
       expect((await stat(blob)).size).toBe(r.blobSize)
       // no temp files left next to the outputs
       expect((await readdir(dir)).filter(n => n.includes('.tmp-'))).toEqual([])
+
+      // our own checker agrees (every structure, every chunk digest, the blob digest)
+      expect((await checkImage(meta, { blobs: [blob] })).paths).toBeGreaterThan(700)
 
       // validator 1: fsck.erofs (erofs-utils), reading every file's data through the blob
       const fsckOut = join(dir, 'fsck')

@@ -7,7 +7,7 @@ import { createReadStream } from 'node:fs'
 import { mkdir, readdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { convertLayer, createChunkDict, type LayerResult } from '../src/index.js'
+import { checkImage, convertLayer, createChunkDict, type LayerResult } from '../src/index.js'
 import { makeRootfs, tarDir } from './fixtures.js'
 import { cleanup, mountErofs, nativeMount, requireTools, run, snapshot, tempDir, umount } from './helpers.js'
 
@@ -104,6 +104,7 @@ describe('converted layers stack with overlayfs', () => {
       const meta = join(work, `l${i + 1}.erofs`)
       const blobs = results[i]!.devices.map(d => blobFor(d.tag))
       await run('fsck.erofs', [...blobs.map(b => `--device=${b}`), meta])
+      await checkImage(meta, { blobs })
       const mnt = join(work, `m${i + 1}`)
       await mkdir(mnt)
       await mountErofs(meta, blobs, mnt)

@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { convertLayer } from '../src/index.js'
+import { checkImage, convertLayer } from '../src/index.js'
 import { cleanup, makeTar, mountErofs, requireTools, run, snapshot, tempDir, umount, type EntrySnapshot, type TarMember, type TreeSnapshot } from './helpers.js'
 
 const CHUNK = 4096
@@ -170,6 +170,7 @@ describe('property: generated trees round-trip through tar, conversion and the k
         const r = await convertLayer(Readable.from([makeTar(members)]), { metaPath: meta, blobPath: blob, chunkSize: CHUNK })
         const blobs = r.blobDigest === undefined ? [] : [blob]
         await run('fsck.erofs', [...blobs.map(b => `--device=${b}`), meta])
+        await checkImage(meta, { blobs })
         await mountErofs(meta, blobs, mnt)
         try {
           const actual = await snapshot(mnt)
