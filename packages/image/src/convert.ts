@@ -11,8 +11,8 @@ import { open, rename, rm, type FileHandle } from 'node:fs/promises'
 import { BlobWriter, encodeChunkTable, type ChunkDict, type ChunkStats, type ChunkTableEntry } from './blob.js'
 import { BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_LAYER_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE } from './constants.js'
 import { writeErofs, type ErofsDevice } from './erofs/writer.js'
-import { InvalidImageRefError } from './errors.js'
-import { LayerBuilder, type WhiteoutMode } from './layer.js'
+import { InvalidImageRefError, LayerDigestMismatchError } from './errors.js'
+import { LayerBuilder, type LowerDirs, type WhiteoutMode } from './layer.js'
 import { readTar } from './tar/reader.js'
 import { ByteReader, decodeLayer, type Compression } from './tar/stream.js'
 import type { DirNode, Node } from './tree.js'
@@ -32,6 +32,10 @@ export interface ConvertLayerOptions {
   chunkDict?: ChunkDict
   /** @default 'overlay' */
   whiteouts?: WhiteoutMode
+  /** Directory attributes of the layers below (see LowerDirs); updated with this layer on success. */
+  lowerDirs?: LowerDirs
+  /** sha256 of the input bytes (`sha256:<hex>` or hex); a mismatch is LayerDigestMismatchError and nothing is written. */
+  expectedDigest?: string
   signal?: AbortSignal
 }
 
@@ -94,12 +98,16 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
     const blob = new BlobWriter(blobFh, chunkSize, opts.chunkDict)
     const decoded = await decodeLayer(source, { maxSize, signal: opts.signal })
     const reader = new ByteReader(decoded.stream)
-    const builder = new LayerBuilder(opts.whiteouts ?? 'overlay')
+    const builder = new LayerBuilder(opts.whiteouts ?? 'overlay', opts.lowerDirs)
     const { entries } = await readTar(reader, { maxEntries: opts.maxEntries ?? DEFAULT_MAX_ENTRIES, maxSize }, async (e, data) => {
       opts.signal?.throwIfAborted()
       await builder.apply(e, data, async (d, size) => await blob.addFile(d, size))
     })
     await reader.drain()
+    if (opts.expectedDigest !== undefined) {
+      const want = opts.expectedDigest.replace(/^sha256:/, '')
+      if (decoded.compressedDigest() !== want) throw new LayerDigestMismatchError(`layer bytes hash to sha256:${decoded.compressedDigest()}, expected sha256:${want}`)
+    }
     const root = builder.finish()
 
     // Devices: referenced dictionary blobs in dictionary order, then this layer's blob.
@@ -146,6 +154,7 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
     if (blobDigest !== undefined) await rename(blobTmp, opts.blobPath)
     else await rm(blobTmp, { force: true })
     await rename(metaTmp, opts.metaPath)
+    opts.lowerDirs?.apply(root)
     if (dict !== undefined && blobDigest !== undefined) {
       const ordinal = dict.blobs.push({ digest: blobDigest, blocks: blob.size / BLOCK_SIZE })
       for (const c of blob.ownChunks()) dict.chunks.set(c.digest.toString('hex'), { blob: ordinal, blkaddr: c.blkaddr, length: c.length, digest: c.digest })

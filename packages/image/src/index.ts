@@ -15,5 +15,12 @@ export { writeErofs, type WriteErofsOptions, type ErofsDevice, type ErofsImageIn
 export { checkImage, inspectImage, type CheckImageOptions, type CheckReport, type ImageInspection, type InspectFile } from './check.js'
 export { ErofsReader, type ErofsInode, type ErofsSuper, type ErofsDirent } from './erofs/reader.js'
 export * from './tree.js'
+export { LowerDirs, normalizePath } from './layer.js'
 export * from './errors.js'
 export * from './constants.js'
+export {
+  convertImage, convertedLayers, addToChunkDict, parseOciRef, readManifest,
+  MEDIA_TYPE_EROFS_META, MEDIA_TYPE_CHUNK_BLOB, ANNOTATION_FORMAT, ANNOTATION_CHUNK_SIZE, ANNOTATION_SOURCE_DIGEST,
+  ANNOTATION_SOURCE_DIFF_ID, ANNOTATION_BLOBS, FORMAT_VERSION,
+  type ConvertImageOptions, type ConvertImageResult, type Manifest, type Descriptor, type OciRef
+} from './oci.js'

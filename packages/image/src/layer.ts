@@ -4,7 +4,8 @@
  *   root is an UnsafePathError;
  * - a later member replaces an earlier one of the same name (the last one wins); a directory member
  *   over an existing directory updates its metadata and keeps its children;
- * - parents that have no member of their own are created (0755, root, the member's mtime);
+ * - parents that have no member of their own are created with the attributes the layers below give
+ *   them (LowerDirs), else 0755, root, the member's mtime;
  * - a path through a non-directory (e.g. a symlink) is an UnsafePathError: symlinks are never followed;
  * - hardlinks share the target's node (one inode), the target must be an earlier non-directory;
  * - OCI whiteouts become overlayfs whiteouts: `.wh.NAME` -> char device 0/0 `NAME`,
@@ -40,14 +41,57 @@ export function normalizePath (raw: string, what = 'member name'): string[] {
   return out
 }
 
+function copyMeta (m: NodeMeta): NodeMeta {
+  return { mode: m.mode, uid: m.uid, gid: m.gid, mtime: m.mtime, mtimeNsec: m.mtimeNsec, xattrs: new Map(m.xattrs) }
+}
+
+/**
+ * Directory attributes of the layers below, as the overlay of them shows them (path '' is the root).
+ * A layer that has a member `a/b/c` but none for `a/` or `a/b/` still needs those directories in its
+ * own filesystem; with overlayfs the upper directory's attributes win, so they are copied from here
+ * instead of invented. Updated by each converted layer (whiteouts and opaque directories applied).
+ */
+export class LowerDirs {
+  private readonly dirs = new Map<string, NodeMeta>()
+
+  get (path: string): NodeMeta | undefined {
+    const m = this.dirs.get(path)
+    return m === undefined ? undefined : copyMeta(m)
+  }
+
+  private dropUnder (path: string, self: boolean): void {
+    if (self) this.dirs.delete(path)
+    const prefix = path === '' ? '' : `${path}/`
+    for (const k of [...this.dirs.keys()]) if (k !== '' && k.startsWith(prefix) && k !== path) this.dirs.delete(k)
+  }
+
+  /** Stacks a converted layer's tree on top. */
+  apply (root: DirNode): void {
+    const walk = (dir: DirNode, path: string): void => {
+      if (dir.xattrs.get(OVERLAY_OPAQUE_XATTR)?.toString() === 'y') this.dropUnder(path, false)
+      const meta = copyMeta(dir)
+      meta.xattrs.delete(OVERLAY_OPAQUE_XATTR)
+      this.dirs.set(path, meta)
+      for (const [name, node] of dir.entries) {
+        const p = path === '' ? name : `${path}/${name}`
+        if (node.kind === 'dir') walk(node, p)
+        else this.dropUnder(p, true)
+      }
+    }
+    walk(root, '')
+  }
+}
+
 export class LayerBuilder {
   readonly root: DirNode
   private readonly opaque = new Set<DirNode>()
   private readonly whiteouts: WhiteoutMode
+  private readonly lower: LowerDirs | undefined
   files = 0
 
-  constructor (whiteouts: WhiteoutMode = 'overlay') {
-    this.root = newDir({ mode: 0o755, uid: 0, gid: 0, mtime: 0, mtimeNsec: 0, xattrs: new Map() })
+  constructor (whiteouts: WhiteoutMode = 'overlay', lower?: LowerDirs) {
+    this.lower = lower
+    this.root = newDir(lower?.get('') ?? { mode: 0o755, uid: 0, gid: 0, mtime: 0, mtimeNsec: 0, xattrs: new Map() })
     this.whiteouts = whiteouts
   }
 
@@ -65,7 +109,7 @@ export class LayerBuilder {
       const name = parts[i]!
       const child = dir.entries.get(name)
       if (child === undefined) {
-        const d = newDir({ mode: 0o755, uid: 0, gid: 0, mtime: e.mtime, mtimeNsec: e.mtimeNsec, xattrs: new Map() })
+        const d = newDir(this.lower?.get(parts.slice(0, i + 1).join('/')) ?? { mode: 0o755, uid: 0, gid: 0, mtime: e.mtime, mtimeNsec: e.mtimeNsec, xattrs: new Map() })
         dir.entries.set(name, d)
         dir = d
       } else if (child.kind === 'dir') {

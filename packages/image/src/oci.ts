@@ -1,0 +1,244 @@
+/**
+ * OCI image conversion: `oci:DIR[:TAG]` (OCI image layout) in, `oci:DIR[:TAG]` out.
+ *
+ * The output manifest keeps the source config (with rootfs.diff_ids set to the metadata images' digests)
+ * and has, for each source layer, its data blob (when it stored new chunks) followed by its EROFS metadata
+ * image, marked by the media types and annotations documented in doc/FORMAT.md. Blobs of `chunkDict`
+ * images that a layer references are added to the manifest (and copied into the target layout).
+ */
+import { createReadStream } from 'node:fs'
+import { copyFile, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises'
+import { createHash, randomBytes } from 'node:crypto'
+import { join } from 'node:path'
+import { createChunkDict, decodeChunkTable, type ChunkDict } from './blob.js'
+import { BLOCK_SIZE, DEFAULT_CHUNK_SIZE } from './constants.js'
+import { convertLayer, type LayerResult } from './convert.js'
+import { ErofsReader } from './erofs/reader.js'
+import { LowerDirs } from './layer.js'
+import { CorruptImageError, InvalidImageRefError } from './errors.js'
+
+export const MEDIA_TYPE_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
+export const MEDIA_TYPE_INDEX = 'application/vnd.oci.image.index.v1+json'
+/** An EROFS metadata image with chunk-based inodes and a chunk table appended. */
+export const MEDIA_TYPE_EROFS_META = 'application/vnd.guoce.image.erofs.v1'
+/** A data blob: unique chunks, each at a 4 KiB boundary, referenced by metadata images' device tables. */
+export const MEDIA_TYPE_CHUNK_BLOB = 'application/vnd.guoce.image.blob.v1'
+
+export const ANNOTATION_FORMAT = 'io.guoce.image.format'
+export const FORMAT_VERSION = 'erofs-chunked-v1'
+export const ANNOTATION_CHUNK_SIZE = 'io.guoce.image.chunk-size'
+export const ANNOTATION_SOURCE_DIGEST = 'io.guoce.image.source-digest'
+export const ANNOTATION_SOURCE_DIFF_ID = 'io.guoce.image.source-diff-id'
+/** On a metadata layer: JSON array of the blob digests of its device table, in device order. */
+export const ANNOTATION_BLOBS = 'io.guoce.image.blobs'
+export const ANNOTATION_REF_NAME = 'org.opencontainers.image.ref.name'
+
+export interface Descriptor {
+  mediaType: string
+  digest: string
+  size: number
+  annotations?: Record<string, string>
+  platform?: { architecture: string, os: string }
+}
+export interface Manifest { schemaVersion: 2, mediaType?: string, config: Descriptor, layers: Descriptor[], annotations?: Record<string, string> }
+interface Index { schemaVersion: 2, mediaType?: string, manifests: Descriptor[] }
+
+export interface OciRef { dir: string, tag: string | undefined }
+
+export function parseOciRef (ref: string): OciRef {
+  if (!ref.startsWith('oci:')) throw new InvalidImageRefError(`${JSON.stringify(ref)}: only oci:DIR[:TAG] references are supported`)
+  const rest = ref.slice(4)
+  const colon = rest.lastIndexOf(':')
+  if (colon > 0 && !rest.slice(colon + 1).includes('/')) return { dir: rest.slice(0, colon), tag: rest.slice(colon + 1) }
+  return { dir: rest, tag: undefined }
+}
+
+function blobPath (dir: string, digest: string): string {
+  const m = /^sha256:([0-9a-f]{64})$/.exec(digest)
+  if (m === null) throw new InvalidImageRefError(`unsupported digest ${JSON.stringify(digest)}`)
+  return join(dir, 'blobs', 'sha256', m[1]!)
+}
+
+async function readJson<T> (path: string, what: string): Promise<T> {
+  try {
+    return JSON.parse(await readFile(path, 'utf8')) as T
+  } catch (err) {
+    throw new InvalidImageRefError(`${what} at ${path}: ${(err as Error).message}`, { cause: err })
+  }
+}
+
+async function readIndex (dir: string): Promise<Index> {
+  return await readJson<Index>(join(dir, 'index.json'), 'OCI index')
+}
+
+/** Resolves a reference to its manifest (following one level of image index, preferring linux/amd64). */
+export async function readManifest (ref: OciRef): Promise<{ manifest: Manifest, descriptor: Descriptor }> {
+  const index = await readIndex(ref.dir)
+  const candidates = index.manifests.filter(d => ref.tag === undefined || d.annotations?.[ANNOTATION_REF_NAME] === ref.tag)
+  if (candidates.length !== 1) throw new InvalidImageRefError(`oci:${ref.dir}${ref.tag !== undefined ? ':' + ref.tag : ''}: ${candidates.length} matching manifests`)
+  let descriptor = candidates[0]!
+  let doc = await readJson<Manifest | Index>(blobPath(ref.dir, descriptor.digest), 'manifest')
+  if ('manifests' in doc) {
+    const pick = doc.manifests.find(d => d.platform?.os === 'linux' && d.platform.architecture === 'amd64') ?? doc.manifests[0]
+    if (pick === undefined) throw new InvalidImageRefError('empty image index')
+    descriptor = pick
+    doc = await readJson<Manifest>(blobPath(ref.dir, descriptor.digest), 'manifest')
+  }
+  if (!('layers' in doc)) throw new InvalidImageRefError('not an image manifest')
+  return { manifest: doc, descriptor }
+}
+
+async function writeAtomic (path: string, data: string | Buffer): Promise<void> {
+  const tmp = `${path}.tmp-${randomBytes(6).toString('hex')}`
+  const fh = await open(tmp, 'wx')
+  try {
+    await fh.writeFile(data)
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
+  await rename(tmp, path)
+}
+
+async function putBlob (dir: string, data: Buffer): Promise<Descriptor & { mediaType: '' }> {
+  const digest = `sha256:${createHash('sha256').update(data).digest('hex')}`
+  const p = blobPath(dir, digest)
+  if (!await exists(p)) await writeAtomic(p, data)
+  return { mediaType: '', digest, size: data.length }
+}
+
+async function exists (p: string): Promise<boolean> {
+  return await stat(p).then(() => true, () => false)
+}
+
+/** Adds every chunk of a converted metadata image to a chunk dictionary. */
+export async function addToChunkDict (dict: ChunkDict, metaPath: string): Promise<void> {
+  const img = await readFile(metaPath)
+  const reader = new ErofsReader(img)
+  const ct = decodeChunkTable(img.subarray(reader.sb.blocks * BLOCK_SIZE))
+  if (ct === undefined) throw new CorruptImageError(`${metaPath}: no chunk table`)
+  const ordinal = reader.sb.devices.map(d => {
+    const i = dict.blobs.findIndex(b => b.digest === d.tag)
+    return i === -1 ? dict.blobs.push({ digest: d.tag, blocks: d.blocks }) : i + 1
+  })
+  for (const e of ct.entries) {
+    const hex = e.digest.toString('hex')
+    if (!dict.chunks.has(hex)) dict.chunks.set(hex, { blob: ordinal[e.device - 1]!, blkaddr: e.blkaddr, length: e.length, digest: e.digest })
+  }
+}
+
+export interface ConvertImageOptions {
+  chunkSize?: number
+  /** Converted images (oci:DIR[:TAG]) whose chunks are referenced instead of stored again. */
+  chunkDict?: string[]
+  maxLayerSize?: number
+  signal?: AbortSignal
+}
+
+export interface ConvertImageResult {
+  manifestDigest: string
+  manifest: Manifest
+  layers: LayerResult[]
+}
+
+const LAYER_TYPES = new Set([
+  'application/vnd.oci.image.layer.v1.tar', 'application/vnd.oci.image.layer.v1.tar+gzip', 'application/vnd.oci.image.layer.v1.tar+zstd',
+  'application/vnd.docker.image.rootfs.diff.tar.gzip', 'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip'
+])
+
+/** Converts an OCI image. See the module comment. */
+export async function convertImage (source: string, target: string, opts: ConvertImageOptions = {}): Promise<ConvertImageResult> {
+  const src = parseOciRef(source)
+  const dst = parseOciRef(target)
+  const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE
+  const { manifest, descriptor } = await readManifest(src)
+  await mkdir(join(dst.dir, 'blobs', 'sha256'), { recursive: true })
+  if (!await exists(join(dst.dir, 'oci-layout'))) await writeAtomic(join(dst.dir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }))
+
+  const dict = createChunkDict()
+  const dictBlobSource = new Map<string, string>() // blob digest hex -> path of the blob file
+  for (const d of opts.chunkDict ?? []) {
+    const ref = parseOciRef(d)
+    const { manifest: m } = await readManifest(ref)
+    for (const l of m.layers) {
+      if (l.mediaType === MEDIA_TYPE_EROFS_META) await addToChunkDict(dict, blobPath(ref.dir, l.digest))
+      if (l.mediaType === MEDIA_TYPE_CHUNK_BLOB) dictBlobSource.set(l.digest.slice(7), blobPath(ref.dir, l.digest))
+    }
+  }
+
+  const layers: Descriptor[] = []
+  const results: LayerResult[] = []
+  const lowerDirs = new LowerDirs()
+  const inManifest = new Set<string>()
+  const work = join(dst.dir, `.guoce-convert-${randomBytes(6).toString('hex')}`)
+  await mkdir(work)
+  try {
+    for (const [i, l] of manifest.layers.entries()) {
+      if (!LAYER_TYPES.has(l.mediaType)) throw new InvalidImageRefError(`layer ${i}: unsupported media type ${l.mediaType}`)
+      const metaTmp = join(work, `${i}.erofs`)
+      const blobTmp = join(work, `${i}.blob`)
+      const r = await convertLayer(createReadStream(blobPath(src.dir, l.digest)), {
+        metaPath: metaTmp, blobPath: blobTmp, chunkSize, chunkDict: dict, lowerDirs, expectedDigest: l.digest, signal: opts.signal,
+        ...(opts.maxLayerSize !== undefined ? { maxSize: opts.maxLayerSize } : {})
+      })
+      results.push(r)
+      if (r.blobDigest !== undefined) {
+        await rename(blobTmp, blobPath(dst.dir, `sha256:${r.blobDigest}`))
+        dictBlobSource.set(r.blobDigest, blobPath(dst.dir, `sha256:${r.blobDigest}`))
+      }
+      // every blob this layer's device table names is in the manifest before the metadata layer
+      for (const dev of r.devices) {
+        if (inManifest.has(dev.tag)) continue
+        const from = dictBlobSource.get(dev.tag)
+        if (from === undefined) throw new CorruptImageError(`layer ${i}: blob ${dev.tag} of its device table is nowhere`)
+        const to = blobPath(dst.dir, `sha256:${dev.tag}`)
+        if (!await exists(to)) await copyFile(from, to)
+        layers.push({ mediaType: MEDIA_TYPE_CHUNK_BLOB, digest: `sha256:${dev.tag}`, size: dev.blocks * BLOCK_SIZE, annotations: { [ANNOTATION_FORMAT]: FORMAT_VERSION } })
+        inManifest.add(dev.tag)
+      }
+      await rename(metaTmp, blobPath(dst.dir, `sha256:${r.metaDigest}`))
+      layers.push({
+        mediaType: MEDIA_TYPE_EROFS_META,
+        digest: `sha256:${r.metaDigest}`,
+        size: r.metaSize,
+        annotations: {
+          [ANNOTATION_FORMAT]: FORMAT_VERSION,
+          [ANNOTATION_CHUNK_SIZE]: String(chunkSize),
+          [ANNOTATION_SOURCE_DIGEST]: l.digest,
+          [ANNOTATION_SOURCE_DIFF_ID]: `sha256:${r.diffId}`,
+          [ANNOTATION_BLOBS]: JSON.stringify(r.devices.map(d => `sha256:${d.tag}`))
+        }
+      })
+    }
+  } finally {
+    await rm(work, { recursive: true, force: true })
+  }
+
+  const config = await readJson<Record<string, unknown> & { rootfs?: { type: string, diff_ids: string[] } }>(blobPath(src.dir, manifest.config.digest), 'config')
+  config.rootfs = { type: 'layers', diff_ids: results.map(r => `sha256:${r.metaDigest}`) }
+  const configDesc = await putBlob(dst.dir, Buffer.from(JSON.stringify(config)))
+  const out: Manifest = {
+    schemaVersion: 2,
+    mediaType: MEDIA_TYPE_MANIFEST,
+    config: { ...configDesc, mediaType: manifest.config.mediaType },
+    layers,
+    annotations: { [ANNOTATION_FORMAT]: FORMAT_VERSION, [ANNOTATION_CHUNK_SIZE]: String(chunkSize), [ANNOTATION_SOURCE_DIGEST]: descriptor.digest }
+  }
+  const mDesc = await putBlob(dst.dir, Buffer.from(JSON.stringify(out)))
+  const index: Index = await exists(join(dst.dir, 'index.json')) ? await readIndex(dst.dir) : { schemaVersion: 2, mediaType: MEDIA_TYPE_INDEX, manifests: [] }
+  const tag = dst.tag ?? src.tag ?? 'latest'
+  index.manifests = index.manifests.filter(d => d.annotations?.[ANNOTATION_REF_NAME] !== tag)
+  index.manifests.push({ mediaType: MEDIA_TYPE_MANIFEST, digest: mDesc.digest, size: mDesc.size, annotations: { [ANNOTATION_REF_NAME]: tag } })
+  await writeAtomic(join(dst.dir, 'index.json'), JSON.stringify(index))
+  return { manifestDigest: mDesc.digest, manifest: out, layers: results }
+}
+
+/** The files of a converted image's layers: for each metadata layer, its path and its blobs' paths in device order. */
+export async function convertedLayers (ref: string): Promise<Array<{ meta: string, blobs: string[], descriptor: Descriptor }>> {
+  const r = parseOciRef(ref)
+  const { manifest } = await readManifest(r)
+  return manifest.layers.filter(l => l.mediaType === MEDIA_TYPE_EROFS_META).map(l => {
+    const blobs = JSON.parse(l.annotations?.[ANNOTATION_BLOBS] ?? '[]') as string[]
+    return { meta: blobPath(r.dir, l.digest), blobs: blobs.map(b => blobPath(r.dir, b)), descriptor: l }
+  })
+}
