@@ -52,6 +52,9 @@ export interface ChunkStats {
 
 interface OwnChunk { blkaddr: number, length: number, digest: Buffer }
 
+/** Blob bytes queued before a write is issued. */
+const WRITE_BATCH = 8 * 1024 * 1024
+
 export class BlobWriter {
   readonly chunkSize: number
   /** Blob ordinal of this blob in device numbering during conversion: dict.blobs.length + 1. */
@@ -130,13 +133,16 @@ export class BlobWriter {
     }
     const blkaddr = this.size / BLOCK_SIZE
     const pad = (BLOCK_SIZE - (c.length % BLOCK_SIZE)) % BLOCK_SIZE
-    await this.writeAll(c)
-    this.hash.update(c)
+    // the chunk buffer is reused for the next chunk: queue a copy of it; stream slices are never reused
+    const data = c.buffer === this.buf.buffer ? Buffer.from(c) : c
+    this.hash.update(data)
+    this.queue(data)
     if (pad > 0) {
       const z = this.zero.subarray(0, pad)
-      await this.writeAll(z)
       this.hash.update(z)
+      this.queue(z)
     }
+    if (this.pendingBytes >= WRITE_BATCH) await this.flushPending()
     this.size += c.length + pad
     this.own.set(hex, { blkaddr, length: c.length, digest })
     this.stats.unique++
@@ -144,12 +150,53 @@ export class BlobWriter {
     return { device: this.ownOrdinal, blkaddr }
   }
 
-  private async writeAll (b: Buffer): Promise<void> {
-    let off = 0
-    while (off < b.length) {
-      const { bytesWritten } = await this.fh.write(b, off, b.length - off)
-      off += bytesWritten
+  private pending: Buffer[] = []
+  private pendingBytes = 0
+  private inflight: Promise<void> = Promise.resolve()
+
+  private queue (b: Buffer): void {
+    this.pending.push(b)
+    this.pendingBytes += b.length
+  }
+
+  /** Starts writing the queued buffers after the previous batch (one batch in flight, so writes overlap hashing). */
+  private async flushPending (): Promise<void> {
+    await this.inflight
+    const bufs = this.pending
+    this.pending = []
+    this.pendingBytes = 0
+    const write = this.writeAll(bufs)
+    write.catch(() => {}) // surfaced by the next flush or by flush()
+    this.inflight = write
+  }
+
+  private async writeAll (bufs: Buffer[]): Promise<void> {
+    let rest = bufs
+    while (rest.length > 0) {
+      const batch = rest.slice(0, 512) // IOV_MAX is 1024
+      rest = rest.slice(512)
+      let { bytesWritten } = await this.fh.writev(batch)
+      const total = batch.reduce((s, b) => s + b.length, 0)
+      // short writes: finish the remainder
+      let i = 0
+      while (bytesWritten < total) {
+        let skip = bytesWritten
+        const left: Buffer[] = []
+        for (const b of batch) {
+          if (skip >= b.length) { skip -= b.length; continue }
+          left.push(b.subarray(skip)); skip = 0
+        }
+        const r = await this.fh.writev(left)
+        bytesWritten += r.bytesWritten
+        if (++i > 1000) throw new Error('blob write makes no progress')
+      }
     }
+  }
+
+  /** Writes everything queued; call before closing the file. */
+  async flush (): Promise<void> {
+    await this.flushPending()
+    await this.inflight
   }
 
   /** The chunk stored at `blkaddr` of this blob. */

@@ -104,6 +104,7 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
       await builder.apply(e, data, async (d, size) => await blob.addFile(d, size))
     })
     await reader.drain()
+    await blob.flush()
     if (opts.expectedDigest !== undefined) {
       const want = opts.expectedDigest.replace(/^sha256:/, '')
       if (decoded.compressedDigest() !== want) throw new LayerDigestMismatchError(`layer bytes hash to sha256:${decoded.compressedDigest()}, expected sha256:${want}`)

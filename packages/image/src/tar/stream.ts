@@ -9,7 +9,7 @@ import { CorruptLayerError, LayerTooLargeError, TruncatedTarError } from '../err
 
 export type Compression = 'gzip' | 'zstd' | 'none'
 
-const ZLIB_CHUNK = 256 * 1024
+const ZLIB_CHUNK = 1024 * 1024
 
 export interface DecodeResult {
   compression: Compression
@@ -105,11 +105,13 @@ export async function decodeLayer (source: AsyncIterable<Uint8Array>, opts: { ma
   }
 }
 
-/** Exact reads over an async stream of buffers. */
+/** Exact reads over an async stream of buffers; slices are handed out without copying where possible. */
 export class ByteReader {
   private readonly it: AsyncIterator<Buffer>
-  private buf: Buffer = Buffer.alloc(0)
+  /** Unconsumed buffers; the first one starts at `pos`. */
+  private readonly bufs: Buffer[] = []
   private pos = 0
+  private avail = 0
   private eof = false
   /** Bytes consumed so far. */
   offset = 0
@@ -120,26 +122,43 @@ export class ByteReader {
 
   private async fill (): Promise<boolean> {
     if (this.eof) return false
-    const r = await this.it.next()
-    if (r.done === true) { this.eof = true; return false }
-    if (this.pos < this.buf.length) {
-      this.buf = Buffer.concat([this.buf.subarray(this.pos), r.value])
-    } else {
-      this.buf = r.value
+    for (;;) {
+      const r = await this.it.next()
+      if (r.done === true) { this.eof = true; return false }
+      if (r.value.length === 0) continue
+      this.bufs.push(r.value)
+      this.avail += r.value.length
+      return true
     }
-    this.pos = 0
-    return true
+  }
+
+  /** Takes up to n bytes from the first buffer (no copy). */
+  private take (n: number): Buffer {
+    const head = this.bufs[0]!
+    const end = Math.min(head.length, this.pos + n)
+    const out = head.subarray(this.pos, end)
+    this.pos = end
+    if (this.pos === head.length) { this.bufs.shift(); this.pos = 0 }
+    this.avail -= out.length
+    this.offset += out.length
+    return out
   }
 
   /** Reads exactly n bytes, or returns what is left (possibly 0 bytes) at end of stream. */
   async readUpTo (n: number): Promise<Buffer> {
-    while (this.buf.length - this.pos < n) {
+    while (this.avail < n) {
       if (!await this.fill()) break
     }
-    const end = Math.min(this.buf.length, this.pos + n)
-    const out = this.buf.subarray(this.pos, end)
-    this.pos = end
-    this.offset += out.length
+    const want = Math.min(n, this.avail)
+    if (want === 0) return Buffer.alloc(0)
+    if (this.bufs[0]!.length - this.pos >= want) return this.take(want)
+    const out = Buffer.allocUnsafe(want)
+    let o = 0
+    while (o < want) {
+      const part = this.take(want - o)
+      part.copy(out, o)
+      o += part.length
+    }
     return out
   }
 
@@ -154,28 +173,29 @@ export class ByteReader {
   async * readSlices (n: number, what: string): AsyncGenerator<Buffer> {
     let left = n
     while (left > 0) {
-      if (this.pos >= this.buf.length) {
-        if (!await this.fill()) throw new TruncatedTarError(`tar stream ended in ${what} at byte ${this.offset}: ${left} bytes missing`)
+      if (this.avail === 0 && !await this.fill()) {
+        throw new TruncatedTarError(`tar stream ended in ${what} at byte ${this.offset}: ${left} bytes missing`)
       }
-      const take = Math.min(left, this.buf.length - this.pos)
-      const out = this.buf.subarray(this.pos, this.pos + take)
-      this.pos += take
-      this.offset += take
-      left -= take
+      const out = this.take(left)
+      left -= out.length
       yield out
     }
   }
 
   async skip (n: number, what: string): Promise<void> {
-    for await (const _ of this.readSlices(n, what)) { /* discard */ }
+    let left = n
+    while (left > 0) {
+      if (this.avail === 0 && !await this.fill()) {
+        throw new TruncatedTarError(`tar stream ended in ${what} at byte ${this.offset}: ${left} bytes missing`)
+      }
+      left -= this.take(left).length
+    }
   }
 
   /** Consumes the rest of the stream (so decompressors verify their trailers); returns the byte count. */
   async drain (): Promise<number> {
-    let n = this.buf.length - this.pos
-    this.pos = this.buf.length
-    while (await this.fill()) { n += this.buf.length; this.pos = this.buf.length }
-    this.offset += n
+    let n = 0
+    while (this.avail > 0 || await this.fill()) n += this.take(this.avail).length
     return n
   }
 }
