@@ -23,3 +23,8 @@ export const BAD_PARENT_REPORTS = 2
  * @default 20 ms
  */
 export const ANNOUNCE_INTERVAL_MS = 20
+/**
+ * Retryable source failures (seed died, origin unreachable) before the task fails for everyone.
+ * @default 3
+ */
+export const MAX_SOURCE_FAILURES = 3

@@ -11,7 +11,7 @@ import { toErrorInfo, type Logger, type ErrorInfo, type Startable } from '@guoce
 import { MessageChannel, SCHEDULER_PROTOCOL, peerMessage, schedulerMessage, KEEPALIVE_INTERVAL_MS, type PeerMessage, type SchedulerMessage, type WireParent } from '@guoce/transfer'
 import { Host, Peer, Task } from './resource/index.js'
 import { selectParents } from './scheduling/index.js'
-import { ANNOUNCE_INTERVAL_MS, BAD_PARENT_REPORTS, DEFAULT_UPLOAD_SLOTS, MAX_SCHEDULE_RETRIES } from './constants.js'
+import { ANNOUNCE_INTERVAL_MS, BAD_PARENT_REPORTS, DEFAULT_UPLOAD_SLOTS, MAX_SCHEDULE_RETRIES, MAX_SOURCE_FAILURES } from './constants.js'
 import { createHash } from 'node:crypto'
 
 /** Errors of the origin itself: retrying elsewhere cannot help, so the task fails for everyone. */
@@ -218,7 +218,7 @@ export class Scheduler implements Startable {
       return
     }
     this.log.info('peer failed', { task: taskId.slice(0, 12), peer: host.id, err: error?.message })
-    if (peer.isSource && error != null && TERMINAL_ERRORS.has(error.name)) {
+    if (peer.isSource && error != null && (TERMINAL_ERRORS.has(error.name) || ++task.sourceFailures >= MAX_SOURCE_FAILURES)) {
       this.failTask(task, error)
       return
     }

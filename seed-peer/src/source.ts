@@ -88,6 +88,7 @@ export async function openSource (ref: SourceRef, options: SourceOptions = {}): 
       try {
         for await (const chunk of body) { got += chunk.byteLength; yield chunk }
       } catch (err) {
+        if (length != null && got < length) throw new ContentLengthMismatchError(`origin sent ${got} of ${length} bytes promised by Content-Length: ${ref.url}`, { cause: err })
         throw mapError(err, url)
       }
       if (length != null && got !== length) throw new ContentLengthMismatchError(`origin sent ${got} of ${length} bytes promised by Content-Length: ${ref.url}`)

@@ -5,8 +5,7 @@ import { join } from 'node:path'
 import { jsonLogger, type LogLevel } from '@guoce/transfer'
 import { InvalidParametersError } from '@guoce/interface'
 import { parse, defaultHome, hostPort, durationMs } from './args.js'
-import { startScheduler, startSeed, startDaemon, type Running } from './services.js'
-import { get, GET_USAGE } from './get.js'
+import type { Running } from './services.js'
 
 const USAGE = `guoce: P2P content distribution and lazy-loading images
 
@@ -57,15 +56,20 @@ async function runUntilSignal (services: Running[]): Promise<number> {
   process.once('SIGINT', () => { resolve('SIGINT') })
   process.once('SIGTERM', () => { resolve('SIGTERM') })
   await promise
+  const force = setTimeout(() => { process.exit(1) }, 10_000)
+  force.unref()
   for (const s of services.reverse()) await s.stop().catch(() => {})
-  return 0
+  // services are stopped; do not wait for idle sockets of other parties to time out
+  process.exit(0)
 }
 
 export async function main (argv: string[]): Promise<number | undefined> {
   const [cmd, ...rest] = argv
   if (cmd == null || cmd === '--help' || cmd === '-h' || cmd === 'help') { process.stdout.write(USAGE); return cmd == null ? 2 : 0 }
+  // services load libp2p and fastify; `guoce get` needs neither, so load them only when asked
+  const { startScheduler, startSeed, startDaemon } = cmd === 'get' ? {} as typeof import('./services.js') : await import('./services.js')
   switch (cmd) {
-    case 'get': return await get(rest)
+    case 'get': return await (await import('./get.js')).get(rest)
     case 'scheduler': {
       const { values: v } = parse(rest, { listen: { type: 'string' }, data: { type: 'string' } })
       if (v.help === true) { process.stdout.write(SCHEDULER_USAGE); return 0 }

@@ -118,6 +118,8 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
       `guoce_peer_upload_bytes_total ${s.uploadBytes}`,
       '# TYPE guoce_peer_tasks_started_total counter',
       `guoce_peer_tasks_started_total ${s.tasksStarted}`,
+      '# TYPE guoce_peer_blamed_parents_total counter',
+      `guoce_peer_blamed_parents_total ${s.blamedParents}`,
       '# TYPE guoce_peer_scheduler_connected gauge',
       `guoce_peer_scheduler_connected ${daemon.client.connected ? 1 : 0}`
     ]

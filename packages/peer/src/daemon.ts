@@ -29,12 +29,13 @@ export interface DaemonStats {
   sourceBytes: number
   uploadBytes: number
   tasksStarted: number
+  blamedParents: number
 }
 
 export class PeerDaemon implements Startable {
   readonly tasks = new Map<string, PeerTask>()
   readonly client: SchedulerClient
-  readonly stats: DaemonStats = { peerBytes: 0, sourceBytes: 0, uploadBytes: 0, tasksStarted: 0 }
+  readonly stats: DaemonStats = { peerBytes: 0, sourceBytes: 0, uploadBytes: 0, tasksStarted: 0, blamedParents: 0 }
   private readonly log: Logger
 
   constructor (private readonly init: PeerDaemonInit) {
@@ -102,6 +103,7 @@ export class PeerDaemon implements Startable {
       send: (m) => this.client.send(m),
       log: this.init.log,
       ...(this.init.originTimeoutMs != null ? { originTimeoutMs: this.init.originTimeoutMs } : {}),
+      onBlame: () => { this.stats.blamedParents++ },
       onStats: (kind, bytes) => { if (kind === 'peer') this.stats.peerBytes += bytes; else this.stats.sourceBytes += bytes }
     })
     this.tasks.set(taskId, task)

@@ -33,6 +33,7 @@ export interface PeerTaskInit {
   log: Logger
   originTimeoutMs?: number
   onStats?: (kind: 'peer' | 'source', bytes: number) => void
+  onBlame?: (parent: string, reason: Error) => void
 }
 
 export class PeerTask {
@@ -341,6 +342,7 @@ export class PeerTask {
     this.parents.delete(p.id)
     if (reason != null) {
       this.blamed.add(p.id)
+      this.init.onBlame?.(p.id, reason)
       this.log.warn('parent blamed', { parent: p.id, reason: reason.message })
       this.init.send({ badParent: { taskId: this.taskId, parent: p.id, reason: reason.message } })
     } else {
@@ -443,6 +445,11 @@ export class PeerTask {
     for (const p of this.parents.values()) p.conn?.close()
     this.parents.clear()
     if (report) this.init.send({ leave: { taskId: this.taskId } })
+    // a failed download leaves nothing behind in the store: no half task to be served or resumed
+    if (this.stored != null && !this.stored.complete) {
+      this.stored = undefined
+      await this.init.store.remove(this.taskId).catch(() => {})
+    }
     this.log.warn('task failed', { err: err.message })
     this.emit()
     this.done.reject(err)

@@ -45,6 +45,8 @@ export class Task {
   readonly peers = new Map<string, Peer>()
   /** host asked to seed this task, while it runs */
   seeding: string | undefined
+  /** source attempts that failed with a retryable error */
+  sourceFailures = 0
 
   constructor (readonly id: string, public ref: WireTaskRef) {}
 

@@ -1,0 +1,4 @@
+/** Test and benchmark kit: a local origin, process spawning, loopback clusters. */
+export * from './origin.js'
+export * from './procs.js'
+export * from './cluster.js'

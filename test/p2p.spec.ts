@@ -1,0 +1,223 @@
+/**
+ * P2P file distribution end to end: real scheduler, seed and daemon processes on 127.0.0.1,
+ * `guoce get` as users run it, a local origin that counts the bytes it serves.
+ */
+import { describe, it, expect, afterEach } from 'vitest'
+import { randomBytes, createHash } from 'node:crypto'
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises'
+import { spawn } from 'node:child_process'
+import { createInterface } from 'node:readline'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { taskIdOf } from '@guoce/content'
+import { startOrigin, startCluster, runGuoce, stopAll, NODE, ROOT, type Origin, type Cluster } from '@guoce/testkit'
+
+const MiB = 1024 * 1024
+const cleanups: Array<() => Promise<void>> = []
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c().catch(() => {})
+  await stopAll()
+})
+
+async function setup (o: { files: Record<string, Buffer>, rate?: number, daemons: number, seedArgs?: string[] }): Promise<{ origin: Origin, cluster: Cluster, out: string }> {
+  const origin = await startOrigin({ files: o.files, rate: o.rate ?? 0 })
+  cleanups.push(async () => { await origin.close() })
+  const cluster = await startCluster({ daemons: o.daemons, ...(o.seedArgs != null ? { seedArgs: o.seedArgs } : {}) })
+  cleanups.push(async () => { await cluster.close() })
+  const out = await mkdtemp(join(tmpdir(), 'guoce-out-'))
+  cleanups.push(async () => { await rm(out, { recursive: true, force: true }) })
+  return { origin, cluster, out }
+}
+
+function sha (b: Buffer): string { return createHash('sha256').update(b).digest('hex') }
+
+async function getJson (url: string): Promise<any> {
+  const res = await fetch(url)
+  return await res.json()
+}
+
+async function metric (api: string, name: string): Promise<number> {
+  const text = await (await fetch(`${api}/metrics`)).text()
+  const line = text.split('\n').find(l => l.startsWith(name + ' ') || l.startsWith(name + '{'))
+  return line == null ? NaN : Number(line.split(' ').pop())
+}
+
+async function until (cond: () => Promise<boolean> | boolean, what: string, timeoutMs = 60_000): Promise<void> {
+  const end = Date.now() + timeoutMs
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+}
+
+describe('p2p file distribution', () => {
+  it('4 daemons get a 64 MiB file at once: identical copies, origin serves it about once', async () => {
+    const file = randomBytes(64 * MiB)
+    const { origin, cluster, out } = await setup({ files: { 'big.bin': file }, rate: 200 * MiB, daemons: 4 })
+    const results = await Promise.all(cluster.daemons.map(async (d, i) =>
+      await runGuoce(['get', `${origin.url}/big.bin`, '-O', join(out, `copy-${i}`), '--daemon', d.api, '--json'])))
+    for (const r of results) expect(r.code, r.stderr).toBe(0)
+    const want = sha(file)
+    for (let i = 0; i < 4; i++) expect(sha(await readFile(join(out, `copy-${i}`)))).toBe(want)
+    const ratio = origin.sent['big.bin']! / file.length
+    expect(ratio).toBeGreaterThanOrEqual(1)
+    expect(ratio).toBeLessThanOrEqual(1.05)
+    // the swarm did the work: most pieces came from peers, none from the origin directly
+    const done = results.map(r => JSON.parse(r.stdout.trim().split('\n').pop()!))
+    for (const d of done) expect(d.piecesFromSource).toBe(0)
+  })
+
+  it('a parent killed with SIGKILL mid-transfer does not stop the others', async () => {
+    const file = randomBytes(48 * MiB)
+    const { origin, cluster, out } = await setup({ files: { 'f.bin': file }, rate: 12 * MiB, daemons: 4 })
+    const gets = cluster.daemons.map(async (d, i) => await runGuoce(['get', `${origin.url}/f.bin`, '-O', join(out, `copy-${i}`), '--daemon', d.api]))
+    // a daemon that is feeding others and not finished yet
+    let victim = -1
+    await until(async () => {
+      for (let i = 0; i < cluster.daemons.length; i++) {
+        const d = cluster.daemons[i]!
+        const up = await metric(d.api, 'guoce_peer_upload_bytes_total').catch(() => 0)
+        if (up > 2 * MiB) { victim = i; return true }
+      }
+      return false
+    }, 'a daemon uploading to others')
+    const before = await getJson(`${cluster.daemons[victim]!.api}/api/v1/tasks/${taskIdOf({ url: `${origin.url}/f.bin` })}`)
+    expect(before.state).toBe('running')
+    await cluster.daemons[victim]!.kill('SIGKILL')
+    const results = await Promise.all(gets)
+    const want = sha(file)
+    for (let i = 0; i < 4; i++) {
+      if (i === victim) { expect(results[i]!.code).not.toBe(0); continue }
+      expect(results[i]!.code, results[i]!.stderr).toBe(0)
+      expect(sha(await readFile(join(out, `copy-${i}`)))).toBe(want)
+    }
+    const left = await readdir(out)
+    expect(left.filter(f => f.startsWith('.'))).toEqual([])
+  })
+
+  it('a peer serving corrupted bytes is detected and blamed; the download completes correctly', async () => {
+    const file = randomBytes(16 * MiB)
+    const { origin, cluster, out } = await setup({ files: { 'f.bin': file }, rate: 16 * MiB, daemons: 1 })
+    const url = `${origin.url}/f.bin`
+    const evil = spawn(NODE, [join(ROOT, 'test', 'fixtures', 'evil-peer.js'), cluster.schedulerAddr, url], { stdio: ['ignore', 'pipe', 'inherit'] })
+    cleanups.push(async () => { evil.kill('SIGKILL') })
+    let served = 0
+    const ready = new Promise<void>(resolve => {
+      createInterface({ input: evil.stdout }).on('line', l => {
+        const m = JSON.parse(l)
+        if (m.event === 'ready') resolve()
+        if (m.event === 'served') served = m.served
+      })
+    })
+    await ready
+    const d = cluster.daemons[0]!
+    const r = await runGuoce(['get', url, '-O', join(out, 'f.bin'), '--daemon', d.api, '--json'])
+    expect(r.code, r.stderr).toBe(0)
+    expect(sha(await readFile(join(out, 'f.bin')))).toBe(sha(file))
+    expect(served).toBeGreaterThan(0)
+    expect(await metric(d.api, 'guoce_peer_blamed_parents_total')).toBeGreaterThanOrEqual(1)
+  })
+
+  it('a scheduler restarted mid-download does not fail the downloads', async () => {
+    const file = randomBytes(32 * MiB)
+    const { origin, cluster, out } = await setup({ files: { 'f.bin': file }, rate: 8 * MiB, daemons: 2 })
+    const url = `${origin.url}/f.bin`
+    const gets = cluster.daemons.map(async (d, i) => await runGuoce(['get', url, '-O', join(out, `copy-${i}`), '--daemon', d.api]))
+    const id = taskIdOf({ url })
+    await until(async () => {
+      const p = await getJson(`${cluster.daemons[0]!.api}/api/v1/tasks/${id}`).catch(() => null)
+      return p?.piecesDone > 4
+    }, 'first pieces')
+    await cluster.scheduler.kill('SIGKILL')
+    await new Promise(resolve => setTimeout(resolve, 1000))
+    const p = await getJson(`${cluster.daemons[0]!.api}/api/v1/tasks/${id}`)
+    expect(p.state).toBe('running')
+    await cluster.startScheduler()
+    const results = await Promise.all(gets)
+    for (let i = 0; i < 2; i++) {
+      expect(results[i]!.code, results[i]!.stderr).toBe(0)
+      expect(sha(await readFile(join(out, `copy-${i}`)))).toBe(sha(file))
+    }
+    expect(origin.sent['f.bin']! / file.length).toBeLessThanOrEqual(1.05)
+  })
+
+  it('a daemon killed with SIGKILL resumes without re-fetching completed pieces', async () => {
+    const file = randomBytes(32 * MiB)
+    const { origin, cluster, out } = await setup({ files: { 'f.bin': file }, rate: 8 * MiB, daemons: 1 })
+    const url = `${origin.url}/f.bin`
+    const id = taskIdOf({ url })
+    const d = cluster.daemons[0]!
+    const first = runGuoce(['get', url, '-O', join(out, 'f.bin'), '--daemon', d.api])
+    let pieceCount = 0
+    await until(async () => {
+      const p = await getJson(`${d.api}/api/v1/tasks/${id}`).catch(() => null)
+      pieceCount = p?.pieceCount ?? 0
+      return pieceCount > 0 && p.piecesDone > pieceCount * 0.4
+    }, 'half the pieces')
+    await d.kill('SIGKILL')
+    const interrupted = await first
+    expect(interrupted.code).not.toBe(0)
+    expect(await readdir(out)).toEqual([])
+    // what the daemon's state file lists as durable
+    const state = await readFile(join(d.data, 'tasks', id.slice(0, 2), id, 'state'))
+    let durable = 0
+    for (const byte of state.subarray(8, 8 + Math.ceil(pieceCount / 8))) for (let b = byte; b !== 0; b &= b - 1) durable++
+    expect(durable).toBeGreaterThan(0)
+    expect(durable).toBeLessThan(pieceCount)
+
+    const again = await cluster.addDaemon([], d.data)
+    const r = await runGuoce(['get', url, '-O', join(out, 'f.bin'), '--daemon', again.api, '--json'])
+    expect(r.code, r.stderr).toBe(0)
+    expect(sha(await readFile(join(out, 'f.bin')))).toBe(sha(file))
+    const done = JSON.parse(r.stdout.trim())
+    expect(done.piecesFromStore).toBe(durable)
+    expect(done.piecesFromPeers + done.piecesFromSource).toBe(pieceCount - durable)
+  })
+})
+
+describe('bad input: one-line error, non-zero exit, no partial output', () => {
+  async function expectFailure (args: string[], out: string, pattern: RegExp): Promise<void> {
+    const r = await runGuoce(args)
+    expect(r.code).not.toBe(0)
+    const lines = r.stderr.trim().split('\n')
+    expect(lines, r.stderr).toHaveLength(1)
+    expect(lines[0]).toMatch(/^guoce: error: /)
+    expect(lines[0]).toMatch(pattern)
+    expect(await readdir(out)).toEqual([])
+  }
+
+  it('rejects malformed URLs, origin errors, short bodies and digest mismatches', async () => {
+    const file = randomBytes(3 * MiB)
+    const { origin, cluster, out } = await setup({ files: { 'f.bin': file }, daemons: 1, seedArgs: ['--origin-timeout', '1s'] })
+    const api = cluster.daemons[0]!.api
+    const o = (name: string): string[] => ['-O', join(out, name), '--daemon', api]
+    await expectFailure(['get', 'ht!tp://nope', ...o('a')], out, /malformed URL/)
+    await expectFailure(['get', 'ftp://127.0.0.1/x', ...o('a')], out, /unsupported URL scheme/)
+    await expectFailure(['get', `${origin.url}/status/404`, ...o('a')], out, /HTTP 404/)
+    await expectFailure(['get', `${origin.url}/status/500`, ...o('a')], out, /HTTP 500/)
+    await expectFailure(['get', `${origin.url}/hang`, ...o('a')], out, /timed out/)
+    await expectFailure(['get', `${origin.url}/short/f.bin`, ...o('a')], out, /Content-Length/)
+    await expectFailure(['get', `${origin.url}/f.bin`, '--digest', 'sha256:' + '0'.repeat(64), ...o('a')], out, /does not match/)
+    await expectFailure(['get', `${origin.url}/f.bin`, '--digest', 'sha256:xyz', ...o('a')], out, /invalid digest/)
+    // after all that, the right digest works and nothing bad was cached
+    const r = await runGuoce(['get', `${origin.url}/f.bin`, '--digest', `sha256:${sha(file)}`, ...o('good')])
+    expect(r.code, r.stderr).toBe(0)
+    expect(sha(await readFile(join(out, 'good')))).toBe(sha(file))
+  })
+
+  it('fails cleanly when the output disk is full', async () => {
+    const file = randomBytes(4 * MiB)
+    const { origin, cluster, out } = await setup({ files: { 'f.bin': file }, daemons: 1 })
+    const small = await mkdtemp(join(tmpdir(), 'guoce-tmpfs-'))
+    const mount = await runCmd('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', small])
+    expect(mount, 'mounting a small tmpfs (needs root)').toBe(0)
+    cleanups.push(async () => { await runCmd('umount', ['-l', small]); await rm(small, { recursive: true, force: true }) })
+    await expectFailure(['get', `${origin.url}/f.bin`, '-O', join(small, 'f.bin'), '--daemon', cluster.daemons[0]!.api], small, /no space left/)
+    expect(out).toBeTruthy()
+  })
+})
+
+async function runCmd (cmd: string, args: string[]): Promise<number | null> {
+  const child = spawn(cmd, args, { stdio: 'inherit' })
+  return await new Promise(resolve => child.once('exit', resolve))
+}
