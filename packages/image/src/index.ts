@@ -19,8 +19,8 @@ export { LowerDirs, normalizePath } from './layer.js'
 export * from './errors.js'
 export * from './constants.js'
 export {
-  convertImage, convertedLayers, addToChunkDict, parseOciRef, readManifest,
+  convertImage, convertedLayers, addToChunkDict, parseOciRef, readManifest, inspectImageRef, checkImageRef,
   MEDIA_TYPE_EROFS_META, MEDIA_TYPE_CHUNK_BLOB, ANNOTATION_FORMAT, ANNOTATION_CHUNK_SIZE, ANNOTATION_SOURCE_DIGEST,
   ANNOTATION_SOURCE_DIFF_ID, ANNOTATION_BLOBS, FORMAT_VERSION,
-  type ConvertImageOptions, type ConvertImageResult, type Manifest, type Descriptor, type OciRef
+  type ConvertImageOptions, type ConvertImageResult, type ImageRefInspection, type Manifest, type Descriptor, type OciRef
 } from './oci.js'

@@ -242,3 +242,52 @@ export async function convertedLayers (ref: string): Promise<Array<{ meta: strin
     return { meta: blobPath(r.dir, l.digest), blobs: blobs.map(b => blobPath(r.dir, b)), descriptor: l }
   })
 }
+
+export interface ImageRefInspection {
+  manifestDigest: string
+  chunkSize: number
+  layers: Array<{ digest: string, sourceDigest?: string, blobs: string[], inspection: import('./check.js').ImageInspection }>
+  /** Distinct blobs of the image and their bytes. */
+  blobs: Array<{ digest: string, size: number }>
+  /** Sum of file bytes over all layers (each layer's view) and of blob bytes: their ratio is the dedup. */
+  fileBytes: number
+  blobBytes: number
+}
+
+/** inspectImage() over every layer of a converted image (`guoce image inspect REF`). */
+export async function inspectImageRef (ref: string, opts: { files?: boolean } = {}): Promise<ImageRefInspection> {
+  const { inspectImage } = await import('./check.js')
+  const r = parseOciRef(ref)
+  const { manifest, descriptor } = await readManifest(r)
+  const layers: ImageRefInspection['layers'] = []
+  for (const l of await convertedLayers(ref)) {
+    layers.push({
+      digest: l.descriptor.digest,
+      ...(l.descriptor.annotations?.[ANNOTATION_SOURCE_DIGEST] !== undefined ? { sourceDigest: l.descriptor.annotations[ANNOTATION_SOURCE_DIGEST] } : {}),
+      blobs: JSON.parse(l.descriptor.annotations?.[ANNOTATION_BLOBS] ?? '[]') as string[],
+      inspection: await inspectImage(l.meta, opts)
+    })
+  }
+  const blobs = manifest.layers.filter(l => l.mediaType === MEDIA_TYPE_CHUNK_BLOB).map(l => ({ digest: l.digest, size: l.size }))
+  return {
+    manifestDigest: descriptor.digest,
+    chunkSize: Number(manifest.annotations?.[ANNOTATION_CHUNK_SIZE] ?? DEFAULT_CHUNK_SIZE),
+    layers,
+    blobs,
+    fileBytes: layers.reduce((s, l) => s + l.inspection.fileBytes, 0),
+    blobBytes: blobs.reduce((s, b) => s + b.size, 0)
+  }
+}
+
+/** checkImage() over every layer of a converted image, blobs included (`guoce image check REF`). Throws on the first fault. */
+export async function checkImageRef (ref: string, opts: { signal?: AbortSignal } = {}): Promise<Array<import('./check.js').CheckReport & { digest: string }>> {
+  const { checkImage } = await import('./check.js')
+  const out = []
+  for (const l of await convertedLayers(ref)) {
+    const meta = await readFile(l.meta)
+    const got = `sha256:${createHash('sha256').update(meta).digest('hex')}`
+    if (got !== l.descriptor.digest) throw new CorruptImageError(`metadata layer ${l.descriptor.digest}: bytes hash to ${got}`)
+    out.push({ digest: l.descriptor.digest, ...await checkImage(l.meta, { blobs: l.blobs, ...(opts.signal !== undefined ? { signal: opts.signal } : {}) }) })
+  }
+  return out
+}

@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   checkImage, convertImage, convertedLayers, InvalidImageRefError, LayerDigestMismatchError, MEDIA_TYPE_CHUNK_BLOB, MEDIA_TYPE_EROFS_META,
-  ANNOTATION_BLOBS, readManifest, parseOciRef
+  ANNOTATION_BLOBS, readManifest, parseOciRef, checkImageRef, inspectImageRef
 } from '../src/index.js'
 import { makeRootfs } from './fixtures.js'
 import { cleanup, makeTar, mountErofs, nativeMount, requireTools, run, snapshot, tempDir, umount } from './helpers.js'
@@ -78,6 +78,27 @@ describe('OCI image conversion (oci:DIR:TAG)', () => {
     expect(JSON.parse(stdout)).toEqual(manifest)
     await run('skopeo', ['copy', `oci:${w('dst')}:v1`, `oci:${w('copy')}:v1`])
     expect((await readManifest(parseOciRef(`oci:${w('copy')}:v1`))).manifest.layers.map(l => l.digest)).toEqual(manifest.layers.map(l => l.digest))
+  })
+
+  it('checks and inspects by reference; conversion is reproducible', async () => {
+    const checked = await checkImageRef(`oci:${w('dst')}:v1`)
+    expect(checked).toHaveLength(3)
+    expect(checked.every(c => c.chunksChecked >= 0 && c.paths > 0)).toBe(true)
+    const info = await inspectImageRef(`oci:${w('dst')}:v1`)
+    expect(info.layers).toHaveLength(3)
+    expect(info.chunkSize).toBe(256 * 1024)
+    expect(info.layers[0]!.inspection.inodes.file).toBeGreaterThan(400)
+    expect(info.fileBytes).toBeGreaterThan(info.blobBytes) // copies and repeats stored once, holes not at all
+    const again = await convertImage(`oci:${w('src')}:v1`, `oci:${w('dst-again')}:v1`, { chunkSize: 256 * 1024 })
+    const first = await readManifest(parseOciRef(`oci:${w('dst')}:v1`))
+    expect(again.manifestDigest).toBe(first.descriptor.digest)
+    // a flipped byte in a data blob is found and named
+    const blobLayer = first.manifest.layers.find(l => l.mediaType === MEDIA_TYPE_CHUNK_BLOB)!
+    const p = join(w('dst-again'), 'blobs/sha256', blobLayer.digest.slice(7))
+    const b = await readFile(p)
+    b[100] = b[100]! ^ 1
+    await writeFile(p, b)
+    await expect(checkImageRef(`oci:${w('dst-again')}:v1`)).rejects.toMatchObject({ name: 'ChunkDigestMismatchError' })
   })
 
   it('references chunks of --chunk-dict images instead of storing them again', async () => {
