@@ -9,7 +9,7 @@
  * const scheduler = new Scheduler({ node, log }); await scheduler.start()
  * ```
  */
-export { Scheduler, type SchedulerInit, type SchedulerStats } from './scheduler.js'
+export { Scheduler, SchedulerCore, type SchedulerInit, type SchedulerStats } from './scheduler.js'
 export * from './constants.js'
 export { evaluate, locationAffinity } from './evaluator/index.js'
 export { selectParents, reaches, refuseReason } from './scheduling/index.js'

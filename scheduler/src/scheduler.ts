@@ -8,7 +8,7 @@ import type { Stream, Connection } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
 import { Bitmap } from '@guoce/content'
 import { toErrorInfo, type Logger, type ErrorInfo, type Startable } from '@guoce/interface'
-import { MessageChannel, SCHEDULER_PROTOCOL, peerMessage, schedulerMessage, KEEPALIVE_INTERVAL_MS, type PeerMessage, type SchedulerMessage, type WireParent } from '@guoce/transfer'
+import { MessageChannel, SCHEDULER_PROTOCOL, peerMessage, schedulerMessage, KEEPALIVE_INTERVAL_MS, type PeerMessage, type SchedulerMessage, type WireParent, type WireHostInfo } from '@guoce/transfer'
 import { Host, Peer, Task } from './resource/index.js'
 import { selectParents } from './scheduling/index.js'
 import { ANNOUNCE_INTERVAL_MS, BAD_PARENT_REPORTS, DEFAULT_UPLOAD_SLOTS, MAX_SCHEDULE_RETRIES, MAX_SOURCE_FAILURES } from './constants.js'
@@ -21,32 +21,34 @@ export interface SchedulerInit { node: Libp2p, log: Logger }
 
 export interface SchedulerStats { hosts: number, tasks: number, peers: number }
 
-export class Scheduler implements Startable {
+/**
+ * The scheduling logic without any network: hosts connect with a sink for outgoing messages,
+ * messages are fed in, `flushAnnouncements()` runs on a timer (or a simulator's clock).
+ */
+export class SchedulerCore {
   readonly hosts = new Map<string, Host>()
   readonly tasks = new Map<string, Task>()
-  private readonly log: Logger
+  protected readonly log: Logger
   private readonly pendingHave = new Map<Peer, number[]>()
   private readonly pendingDigests = new Map<Task, number[]>()
-  private timer: NodeJS.Timeout | undefined
 
-  constructor (private readonly init: SchedulerInit) {
-    this.log = init.log.child({ component: 'scheduler' })
+  constructor (log: Logger) {
+    this.log = log.child({ component: 'scheduler' })
   }
 
-  async start (): Promise<void> {
-    await this.init.node.handle(SCHEDULER_PROTOCOL, (stream: Stream, conn: Connection) => {
-      void this.serveHost(stream, conn.remotePeer.toString()).catch((err: Error) => {
-        this.log.debug('host stream error', { host: conn.remotePeer.toString(), err: err.message })
-      })
-    }, { maxInboundStreams: 4, runOnLimitedConnection: false })
-    this.timer = setInterval(() => { this.flushAnnouncements() }, ANNOUNCE_INTERVAL_MS)
-    this.timer.unref()
+  /** A host said hello. A second hello from the same id replaces the first connection. */
+  connectHost (hostId: string, info: WireHostInfo, sink: (msg: SchedulerMessage) => void, close?: () => void): Host {
+    const old = this.hosts.get(hostId)
+    if (old != null) { this.removeHost(old); old.close() }
+    const host = new Host(hostId, { ...info, uploadSlots: info.uploadSlots > 0 ? info.uploadSlots : DEFAULT_UPLOAD_SLOTS, idc: info.idc ?? '', location: info.location ?? '', load: info.load ?? 0, addrs: info.addrs ?? [] }, sink, close)
+    this.hosts.set(hostId, host)
+    this.log.info('host joined', { host: hostId, type: host.info.type })
+    return host
   }
 
-  async stop (): Promise<void> {
-    clearInterval(this.timer)
-    await this.init.node.unhandle(SCHEDULER_PROTOCOL)
-    for (const h of this.hosts.values()) h.channel.close()
+  /** The host's stream ended. */
+  disconnectHost (host: Host): void {
+    if (this.hosts.get(host.id) === host) this.removeHost(host)
   }
 
   stats (): SchedulerStats {
@@ -55,31 +57,8 @@ export class Scheduler implements Startable {
     return { hosts: this.hosts.size, tasks: this.tasks.size, peers }
   }
 
-  private async serveHost (stream: Stream, hostId: string): Promise<void> {
-    const channel = new MessageChannel<PeerMessage, SchedulerMessage>(stream, m => schedulerMessage.encode(m), b => peerMessage.decode(b))
-    let host: Host | undefined
-    const keepalive = setInterval(() => { void channel.send({ keepalive: true }) }, KEEPALIVE_INTERVAL_MS)
-    try {
-      for await (const msg of channel.messages()) {
-        if (msg.hello != null) {
-          const old = this.hosts.get(hostId)
-          if (old != null && old.channel !== channel) this.removeHost(old)
-          const info = msg.hello.host
-          host = new Host(hostId, { ...info, uploadSlots: info.uploadSlots > 0 ? info.uploadSlots : DEFAULT_UPLOAD_SLOTS, idc: info.idc ?? '', location: info.location ?? '', load: info.load ?? 0, addrs: info.addrs ?? [] }, channel)
-          this.hosts.set(hostId, host)
-          this.log.info('host joined', { host: hostId, type: host.info.type })
-          continue
-        }
-        if (host == null) { channel.close(new Error('first message must be hello')); return }
-        this.handle(host, msg)
-      }
-    } finally {
-      clearInterval(keepalive)
-      if (host != null && this.hosts.get(hostId) === host) this.removeHost(host)
-    }
-  }
-
-  private handle (host: Host, msg: PeerMessage): void {
+  /** One message from a connected host. */
+  handleMessage (host: Host, msg: PeerMessage): void {
     if (msg.register != null) this.onRegister(host, msg.register)
     else if (msg.sourceInfo != null) this.onSourceInfo(host, msg.sourceInfo.taskId, msg.sourceInfo.info)
     else if (msg.pieceDone != null) this.onPieceDone(host, msg.pieceDone.taskId, msg.pieceDone.numbers ?? [], msg.pieceDone.digests ?? [])
@@ -193,7 +172,8 @@ export class Scheduler implements Startable {
     }
   }
 
-  private flushAnnouncements (): void {
+  /** Send batched have/digest announcements. */
+  flushAnnouncements (): void {
     for (const [task, numbers] of this.pendingDigests) {
       const digests = numbers.map(n => task.digests[n]!)
       for (const p of task.peers.values()) {
@@ -312,6 +292,55 @@ export class Scheduler implements Startable {
       this.removePeer(peer, 'left')
     }
     for (const t of this.tasks.values()) if (t.seeding === host.id) { t.seeding = undefined; this.ensureSource(t) }
+  }
+}
+
+/** The scheduler service: SchedulerCore behind /guoce/scheduler/1 streams. */
+export class Scheduler extends SchedulerCore implements Startable {
+  private timer: NodeJS.Timeout | undefined
+
+  constructor (private readonly init: SchedulerInit) {
+    super(init.log)
+  }
+
+  async start (): Promise<void> {
+    await this.init.node.handle(SCHEDULER_PROTOCOL, (stream: Stream, conn: Connection) => {
+      void this.serveHost(stream, conn.remotePeer.toString()).catch((err: Error) => {
+        this.log.debug('host stream error', { host: conn.remotePeer.toString(), err: err.message })
+      })
+    }, { maxInboundStreams: 4, runOnLimitedConnection: false })
+    this.timer = setInterval(() => { this.flushAnnouncements() }, ANNOUNCE_INTERVAL_MS)
+    this.timer.unref()
+  }
+
+  async stop (): Promise<void> {
+    clearInterval(this.timer)
+    await this.init.node.unhandle(SCHEDULER_PROTOCOL)
+    for (const h of this.hosts.values()) h.close()
+  }
+
+  private async serveHost (stream: Stream, hostId: string): Promise<void> {
+    const channel = new MessageChannel<PeerMessage, SchedulerMessage>(stream, m => schedulerMessage.encode(m), b => peerMessage.decode(b))
+    let host: Host | undefined
+    const keepalive = setInterval(() => { void channel.send({ keepalive: true }) }, KEEPALIVE_INTERVAL_MS)
+    try {
+      for await (const msg of channel.messages()) {
+        if (msg.hello != null) {
+          host = this.connectHost(hostId, msg.hello.host, m => { void channel.send(m) }, () => { channel.close() })
+          continue
+        }
+        if (host == null) { channel.close(new Error('first message must be hello')); return }
+        if (msg.keepalive === true) continue
+        try {
+          this.handleMessage(host, msg)
+        } catch (err) {
+          this.log.error('message handler failed', { host: hostId, err: (err as Error).message })
+        }
+      }
+    } finally {
+      clearInterval(keepalive)
+      if (host != null) this.disconnectHost(host)
+    }
   }
 }
 

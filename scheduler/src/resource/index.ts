@@ -3,12 +3,13 @@
  * A Host owns its channel; a Task owns its Peers; Peer.parents/children are the DAG edges.
  */
 import { Bitmap } from '@guoce/content'
-import type { MessageChannel, PeerMessage, SchedulerMessage, WireHostInfo, WireTaskRef } from '@guoce/transfer'
+import type { SchedulerMessage, WireHostInfo, WireTaskRef } from '@guoce/transfer'
 import type { PeerState, TaskInfo } from '@guoce/interface'
 
 export class Host {
   readonly peers = new Map<string, Peer>()
-  constructor (readonly id: string, public info: WireHostInfo, readonly channel: MessageChannel<PeerMessage, SchedulerMessage>) {}
+  /** `sink` delivers a message to the host (its stream, or a simulator) */
+  constructor (readonly id: string, public info: WireHostInfo, private readonly sink: (msg: SchedulerMessage) => void, readonly close: () => void = () => {}) {}
   get isSeed (): boolean { return this.info.type === 'seed' }
   get uploadSlots (): number { return this.info.uploadSlots }
   /** children this host currently feeds, over all tasks */
@@ -18,7 +19,7 @@ export class Host {
     return n
   }
 
-  send (msg: SchedulerMessage): void { void this.channel.send(msg) }
+  send (msg: SchedulerMessage): void { this.sink(msg) }
 }
 
 export class Peer {
