@@ -15,6 +15,9 @@ import type { FileHandle } from 'node:fs/promises'
 import { BLOCK_SIZE } from './constants.js'
 import type { ChunkRef } from './tree.js'
 
+/** Data segments of a sparse file (sorted, not overlapping) and its full size. */
+export interface SparseMap { size: number, map: Array<{ offset: number, length: number }> }
+
 /** A chunk known to a dictionary: which blob (1-based index in `blobs`), where, how long. */
 export interface DictChunk { blob: number, blkaddr: number, length: number, digest: Buffer }
 
@@ -79,38 +82,93 @@ export class BlobWriter {
     this.zero = Buffer.alloc(chunkSize)
   }
 
-  /** Chunks a file's bytes; returns one ref per chunk (null for holes). */
-  async addFile (data: AsyncIterable<Buffer>, size: number): Promise<Array<ChunkRef | null>> {
+  /**
+   * Chunks a file's bytes; returns one ref per chunk (null for holes). With `sparse`, `data` holds only
+   * the listed segments (as a sparse tar member stores them) and the gaps up to `sparse.size` are zeros.
+   */
+  async addFile (data: AsyncIterable<Buffer>, size: number, sparse?: SparseMap): Promise<Array<ChunkRef | null>> {
     const refs: Array<ChunkRef | null> = []
-    const cs = this.chunkSize
     this.fill = 0
     let seen = 0
-    for await (const slice of data) {
-      seen += slice.length
-      let pos = 0
-      while (pos < slice.length) {
-        if (this.fill === 0 && slice.length - pos >= cs) {
-          refs.push(await this.chunk(slice.subarray(pos, pos + cs)))
-          pos += cs
-          continue
-        }
-        const take = Math.min(cs - this.fill, slice.length - pos)
-        slice.copy(this.buf, this.fill, pos, pos + take)
-        this.fill += take
-        pos += take
-        if (this.fill === cs) {
-          refs.push(await this.chunk(this.buf))
-          this.fill = 0
-        }
+    if (sparse === undefined) {
+      for await (const slice of data) {
+        seen += slice.length
+        await this.put(slice, refs)
       }
+      if (seen !== size) throw new Error(`internal: file data ${seen} != ${size}`)
+      this.stats.fileBytes += size
+    } else {
+      const it = data[Symbol.asyncIterator]()
+      let rest: Buffer | undefined
+      let pos = 0
+      for (const seg of sparse.map) {
+        await this.zeros(seg.offset - pos, refs)
+        let left = seg.length
+        while (left > 0) {
+          if (rest === undefined || rest.length === 0) {
+            const r = await it.next()
+            if (r.done === true) throw new Error('internal: sparse data shorter than its map')
+            rest = r.value
+          }
+          const part = rest.subarray(0, left)
+          rest = rest.subarray(part.length)
+          seen += part.length
+          left -= part.length
+          await this.put(part, refs)
+        }
+        pos = seg.offset + seg.length
+      }
+      await this.zeros(sparse.size - pos, refs)
+      if (seen !== size) throw new Error(`internal: sparse data ${seen} != ${size}`)
+      this.stats.fileBytes += sparse.size
     }
     if (this.fill > 0) {
       refs.push(await this.chunk(this.buf.subarray(0, this.fill)))
       this.fill = 0
     }
-    this.stats.fileBytes += seen
-    if (seen !== size) throw new Error(`internal: file data ${seen} != ${size}`)
     return refs
+  }
+
+  private async put (slice: Buffer, refs: Array<ChunkRef | null>): Promise<void> {
+    const cs = this.chunkSize
+    let pos = 0
+    while (pos < slice.length) {
+      if (this.fill === 0 && slice.length - pos >= cs) {
+        refs.push(await this.chunk(slice.subarray(pos, pos + cs)))
+        pos += cs
+        continue
+      }
+      const take = Math.min(cs - this.fill, slice.length - pos)
+      slice.copy(this.buf, this.fill, pos, pos + take)
+      this.fill += take
+      pos += take
+      if (this.fill === cs) {
+        refs.push(await this.chunk(this.buf))
+        this.fill = 0
+      }
+    }
+  }
+
+  /** n zero bytes: whole chunks become holes without touching memory. */
+  private async zeros (n: number, refs: Array<ChunkRef | null>): Promise<void> {
+    const cs = this.chunkSize
+    while (n > 0) {
+      if (this.fill === 0 && n >= cs) {
+        const whole = Math.floor(n / cs)
+        for (let i = 0; i < whole; i++) refs.push(null)
+        this.stats.holes += whole
+        n -= whole * cs
+        continue
+      }
+      const k = Math.min(cs - this.fill, n)
+      this.buf.fill(0, this.fill, this.fill + k)
+      this.fill += k
+      n -= k
+      if (this.fill === cs) {
+        refs.push(await this.chunk(this.buf))
+        this.fill = 0
+      }
+    }
   }
 
   private async chunk (c: Buffer): Promise<ChunkRef | null> {

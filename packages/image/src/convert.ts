@@ -101,7 +101,7 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
     const builder = new LayerBuilder(opts.whiteouts ?? 'overlay', opts.lowerDirs)
     const { entries } = await readTar(reader, { maxEntries: opts.maxEntries ?? DEFAULT_MAX_ENTRIES, maxSize }, async (e, data) => {
       opts.signal?.throwIfAborted()
-      await builder.apply(e, data, async (d, size) => await blob.addFile(d, size))
+      await builder.apply(e, data, async (d, size, sparse) => await blob.addFile(d, size, sparse))
     })
     await reader.drain()
     await blob.flush()

@@ -135,7 +135,7 @@ export class LayerBuilder {
   /**
    * Applies one member. For regular files `chunk` turns the data into chunk refs.
    */
-  async apply (e: TarEntry, data: AsyncIterable<Buffer>, chunk: (data: AsyncIterable<Buffer>, size: number) => Promise<Array<ChunkRef | null>>): Promise<void> {
+  async apply (e: TarEntry, data: AsyncIterable<Buffer>, chunk: (data: AsyncIterable<Buffer>, size: number, sparse?: TarEntry['sparse']) => Promise<Array<ChunkRef | null>>): Promise<void> {
     const parts = normalizePath(e.path)
     if (parts.length === 0) {
       if (e.type !== 'dir') throw new UnsafePathError(`member ${JSON.stringify(e.path)} names the root but is a ${e.type}`)
@@ -166,8 +166,8 @@ export class LayerBuilder {
         return
       }
       case 'file': {
-        const chunks = await chunk(data, e.size)
-        parent.entries.set(base, { ...this.meta(e), kind: 'file', size: e.size, chunks })
+        const chunks = await chunk(data, e.size, e.sparse)
+        parent.entries.set(base, { ...this.meta(e), kind: 'file', size: e.sparse?.size ?? e.size, chunks })
         this.files++
         return
       }

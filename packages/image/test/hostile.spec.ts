@@ -115,7 +115,7 @@ describe('hostile layers', () => {
   })
 
   it('rejects unsupported members and xattr namespaces clearly', async () => {
-    await expectRejected(makeTar([{ name: 'sparse', type: 'S', data: Buffer.alloc(0) }]), 'UnsupportedTarError', 'ERR_TAR_UNSUPPORTED')
+    await expectRejected(makeTar([file('s', 'x', { pax: { 'GNU.sparse.numblocks': '1', 'GNU.sparse.offset': '0', 'GNU.sparse.numbytes': '1', 'GNU.sparse.size': '10' } })]), 'UnsupportedTarError', 'ERR_TAR_UNSUPPORTED')
     await expectRejected(makeTar([file('a', 'x', { pax: { 'SCHILY.xattr.system.nfs4_acl': 'x' } })]), 'UnsupportedTarError', 'ERR_TAR_UNSUPPORTED')
   })
 

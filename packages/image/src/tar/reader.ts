@@ -28,6 +28,10 @@ export interface TarEntry {
   devmajor: number
   devminor: number
   xattrs: Map<string, Buffer>
+  /** Sparse members: `size` is the stored data; the file is `sparse.size` bytes with data at `sparse.map`. */
+  sparse?: { size: number, map: Array<{ offset: number, length: number }> }
+  /** GNU.sparse.* pax records, resolved by readTar. */
+  paxSparse?: Map<string, string>
 }
 
 export interface ReadTarOptions {
@@ -134,7 +138,7 @@ function applyPax (e: TarEntry, pax: Map<string, Buffer>): void {
           const name = decodeURIComponent(key.slice('LIBARCHIVE.xattr.'.length))
           e.xattrs.set(Buffer.from(name, 'utf8').toString('latin1'), Buffer.from(v, 'base64'))
         } else if (key.startsWith('GNU.sparse.')) {
-          throw new UnsupportedTarError('GNU sparse members (pax GNU.sparse.*) are not supported')
+          (e.paxSparse ??= new Map()).set(key.slice('GNU.sparse.'.length), v)
         }
       // atime, ctime, uname, gname, comment, charset, hdrcharset: not stored
     }
@@ -229,7 +233,7 @@ export async function readTar (
       case '5': e.type = 'dir'; break
       case '6': e.type = 'fifo'; break
       case 'D': e.type = 'dir'; break // GNU dumpdir: a directory whose data lists its contents
-      case 'S': throw new UnsupportedTarError(`GNU sparse member ${JSON.stringify(e.path)} is not supported`)
+      case 'S': e.type = 'file'; e.sparse = await oldGnuSparse(h, r); break
       case 'M': throw new UnsupportedTarError('multi-volume tar members are not supported')
       case 'V': // volume label: no member
         await r.skip(Math.ceil(e.size / BLOCK) * BLOCK, 'a volume label')
@@ -245,6 +249,9 @@ export async function readTar (
       e.size = 0
       if (skip > 0) await r.skip(skip, 'a dumpdir')
     }
+    const total = e.size
+    if (e.paxSparse !== undefined && e.type === 'file') await paxSparse(e, r)
+    if (e.sparse !== undefined) checkSparse(e, opts.maxSize)
     if (e.size > opts.maxSize) throw new LayerTooLargeError(`member ${JSON.stringify(e.path)} of ${e.size} bytes exceeds the cap of ${opts.maxSize}`)
     if (++entries > opts.maxEntries) throw new LayerTooLargeError(`layer has more than ${opts.maxEntries} members`)
     const dataSize = e.size
@@ -257,6 +264,88 @@ export async function readTar (
     if (!consumed) {
       for await (const _ of data) { /* skip */ }
     }
-    await r.skip(Math.ceil(dataSize / BLOCK) * BLOCK - dataSize, 'padding')
+    await r.skip(Math.ceil(total / BLOCK) * BLOCK - total, 'padding')
   }
+}
+
+const MAX_SPARSE_SEGMENTS = 1_000_000
+
+/** Old GNU sparse member ('S'): map in the header and in extension blocks, real size at 483. */
+async function oldGnuSparse (h: Buffer, r: ByteReader): Promise<{ size: number, map: Array<{ offset: number, length: number }> }> {
+  const map: Array<{ offset: number, length: number }> = []
+  const take = (b: Buffer, at: number, n: number): void => {
+    for (let i = 0; i < n; i++) {
+      const p = at + i * 24
+      if (b[p] === 0) return
+      map.push({ offset: parseNumber(b, p, 12, 'sparse offset'), length: parseNumber(b, p + 12, 12, 'sparse numbytes') })
+    }
+  }
+  take(h, 386, 4)
+  let extended = h[482] !== 0
+  const size = parseNumber(h, 483, 12, 'realsize')
+  while (extended) {
+    const x = await r.readExact(BLOCK, 'a sparse extension header')
+    take(x, 0, 21)
+    extended = x[504] !== 0
+    if (map.length > MAX_SPARSE_SEGMENTS) throw new LayerTooLargeError('sparse map too long')
+  }
+  return { size, map }
+}
+
+/** PAX sparse formats 0.1 (GNU.sparse.map) and 1.0 (map at the start of the data). */
+async function paxSparse (e: TarEntry, r: ByteReader): Promise<void> {
+  const ps = e.paxSparse!
+  const major = ps.get('major')
+  const minor = ps.get('minor')
+  const name = ps.get('name')
+  if (name !== undefined) e.path = name
+  if (major === '1' && minor === '0') {
+    const realSize = parseDecimal(ps.get('realsize') ?? '', 'GNU.sparse.realsize')
+    const nums: number[] = []
+    let want = -1
+    let text = ''
+    let consumed = 0
+    while (want === -1 || nums.length < want) {
+      if (consumed + BLOCK > e.size) throw new InvalidTarError(`sparse map of ${JSON.stringify(e.path)} runs past its data`)
+      text += (await r.readExact(BLOCK, 'a sparse map')).toString('latin1')
+      consumed += BLOCK
+      const lines = text.split('\n')
+      text = lines.pop()!
+      for (const l of lines) {
+        const n = parseDecimal(l, 'sparse map entry')
+        if (want === -1) {
+          if (n > MAX_SPARSE_SEGMENTS) throw new LayerTooLargeError('sparse map too long')
+          want = 2 * n
+        } else {
+          nums.push(n)
+        }
+        if (nums.length >= want && want !== -1) break
+      }
+    }
+    const map: Array<{ offset: number, length: number }> = []
+    for (let i = 0; i < want; i += 2) map.push({ offset: nums[i]!, length: nums[i + 1]! })
+    e.sparse = { size: realSize, map }
+    e.size -= consumed
+  } else if (ps.has('map')) {
+    const nums = ps.get('map')! === '' ? [] : ps.get('map')!.split(',').map(v => parseDecimal(v, 'GNU.sparse.map'))
+    if (nums.length % 2 !== 0) throw new InvalidTarError('GNU.sparse.map has an odd number of values')
+    const map: Array<{ offset: number, length: number }> = []
+    for (let i = 0; i < nums.length; i += 2) map.push({ offset: nums[i]!, length: nums[i + 1]! })
+    e.sparse = { size: parseDecimal(ps.get('size') ?? ps.get('realsize') ?? '', 'GNU.sparse.size'), map }
+  } else {
+    throw new UnsupportedTarError(`sparse member ${JSON.stringify(e.path)}: pax sparse format ${major ?? '0'}.${minor ?? '0'} is not supported (1.0 and 0.1 are)`)
+  }
+}
+
+function checkSparse (e: TarEntry, maxSize: number): void {
+  const sp = e.sparse!
+  if (sp.size > maxSize) throw new LayerTooLargeError(`sparse member ${JSON.stringify(e.path)} of ${sp.size} bytes exceeds the cap of ${maxSize}`)
+  let end = 0
+  let data = 0
+  for (const s of sp.map) {
+    if (s.offset < end || s.offset + s.length > sp.size) throw new InvalidTarError(`sparse map of ${JSON.stringify(e.path)} is out of order or past the file size`)
+    end = s.offset + s.length
+    data += s.length
+  }
+  if (data !== e.size) throw new InvalidTarError(`sparse map of ${JSON.stringify(e.path)} lists ${data} bytes, the member stores ${e.size}`)
 }
