@@ -119,6 +119,24 @@ describe('hostile layers', () => {
     await expectRejected(makeTar([file('a', 'x', { pax: { 'SCHILY.xattr.system.nfs4_acl': 'x' } })]), 'UnsupportedTarError', 'ERR_TAR_UNSUPPORTED')
   })
 
+  it('refuses members hidden after a lone zero block', async () => {
+    const hidden = Buffer.concat([makeTar([file('a', 'x')], { end: false }), Buffer.alloc(512), makeTar([file('hidden', 'y')])])
+    await expectRejected(hidden, 'InvalidTarError', 'ERR_TAR_INVALID')
+  })
+
+  it('stops on abort and leaves nothing', async () => {
+    const dir = await outDir()
+    const ac = new AbortController()
+    const slow = async function * (): AsyncGenerator<Buffer> {
+      yield makeTar([file('a', 'x'.repeat(10000))], { end: false })
+      ac.abort()
+      yield makeTar([file('b', 'y')])
+    }
+    const err = await convertLayer(slow(), { metaPath: join(dir, 'm'), blobPath: join(dir, 'b'), signal: ac.signal }).then(() => undefined, (e: Error) => e)
+    expect(err?.name).toBe('AbortError')
+    expect(await readdir(dir)).toEqual([])
+  })
+
   it('rejects garbage that is not a tar', async () => {
     await expectRejected(Buffer.from('this is not a tar archive'.repeat(40)), 'InvalidTarError', 'ERR_TAR_INVALID')
   })

@@ -168,7 +168,13 @@ export async function readTar (
       return { entries }
     }
     if (h.length < BLOCK) throw new TruncatedTarError(`tar stream ended inside a header at byte ${r.offset - h.length}`)
-    if (h.every(c => c === 0)) return { entries }
+    if (h.every(c => c === 0)) {
+      // end of archive: two zero blocks (or one at the end of the stream). A lone zero block followed by
+      // a header would hide members from some readers (GNU tar stops there, Go's archive/tar errors): refuse.
+      const next = await r.readUpTo(BLOCK)
+      if (next.length > 0 && !next.every(c => c === 0)) throw new InvalidTarError(`a lone zero block at byte ${r.offset - next.length - BLOCK} is followed by more data`)
+      return { entries }
+    }
     if (!checksumOk(h)) throw new InvalidTarError(`tar header checksum mismatch at byte ${r.offset - BLOCK}`)
     const typeflag = String.fromCharCode(h[156]!)
     const size = parseNumber(h, 124, 12, 'size')
