@@ -14,6 +14,13 @@ import { selectParents } from './scheduling/index.js'
 import { ANNOUNCE_INTERVAL_MS, BAD_PARENT_REPORTS, DEFAULT_UPLOAD_SLOTS, MAX_SCHEDULE_RETRIES, MAX_SOURCE_FAILURES } from './constants.js'
 import { createHash } from 'node:crypto'
 
+/**
+ * After a (re)start, time to wait for seed peers to reconnect before a peer is sent to the origin
+ * itself for lack of a seed: a restarted scheduler must not turn every resuming peer into a source.
+ * @default 5 s
+ */
+export const NO_SEED_GRACE_MS = 5_000
+
 /** Errors of the origin itself: retrying elsewhere cannot help, so the task fails for everyone. */
 const TERMINAL_ERRORS = new Set(['OriginStatusError', 'ContentLengthMismatchError', 'OriginTimeoutError', 'InvalidUrlError', 'DigestMismatchError'])
 
@@ -32,8 +39,12 @@ export class SchedulerCore {
   private readonly pendingHave = new Map<Peer, number[]>()
   private readonly pendingDigests = new Map<Task, number[]>()
 
-  constructor (log: Logger) {
+  private readonly graceUntil: number
+  private readonly graceWaiting = new Set<Task>()
+
+  constructor (log: Logger, noSeedGraceMs = NO_SEED_GRACE_MS) {
     this.log = log.child({ component: 'scheduler' })
+    this.graceUntil = Date.now() + noSeedGraceMs
   }
 
   /** A host said hello. A second hello from the same id replaces the first connection. */
@@ -88,6 +99,7 @@ export class SchedulerCore {
       if (peer.state === 'running' && !peer.isSource) this.schedule(peer)
       return
     }
+    if (reg.bitmap != null && reg.bitmap.length > 0) peer.rawBitmap = reg.bitmap
     if (peer.isSource) return // a seed re-registering: its source info follows
     this.ensureSource(task, peer)
   }
@@ -103,6 +115,15 @@ export class SchedulerCore {
       task.seeding = seed.id
       this.log.info('seed ordered', { task: task.id.slice(0, 12), seed: seed.id })
       seed.send({ seed: { taskId: task.id, ...task.ref } })
+      return
+    }
+    const wait = this.graceUntil - Date.now()
+    if (wait > 0) {
+      // seeds may still be reconnecting after a scheduler restart: look again when the grace ends
+      if (!this.graceWaiting.has(task)) {
+        this.graceWaiting.add(task)
+        setTimeout(() => { this.graceWaiting.delete(task); if (this.tasks.get(task.id) === task) this.ensureSource(task) }, wait).unref()
+      }
       return
     }
     // no seed peer: the peer with the most pieces (or the one asking) goes to the origin itself

@@ -11,7 +11,7 @@ function hostInfo (type: 'normal' | 'seed' = 'normal', extra: Partial<WireHostIn
 }
 
 function harness () {
-  const core = new SchedulerCore(silentLogger)
+  const core = new SchedulerCore(silentLogger, 0)
   const inbox = new Map<string, SchedulerMessage[]>()
   const hosts = new Map<string, Host>()
   const connect = (id: string, info = hostInfo()): Host => {
@@ -129,6 +129,19 @@ describe('scheduler', () => {
     h.send(first, { pieceDone: { taskId: TASK, numbers: [0], digests: [digest(0)] } })
     h.core.disconnectHost(first === 's1' ? s1 : h.core.hosts.get('s2')!)
     expect(h.last(other, 'seed')?.taskId).toBe(TASK)
+  })
+
+  it('waits for seeds to reconnect after a restart before sending a peer to the origin', async () => {
+    const core = new SchedulerCore(silentLogger, 200)
+    const box: SchedulerMessage[] = []
+    const p1 = core.connectHost('p1', hostInfo(), m => { box.push(m) })
+    core.handleMessage(p1, { register: { taskId: TASK, url: URL } })
+    expect(box.find(m => m.backToSource != null)).toBeUndefined()
+    const seedBox: SchedulerMessage[] = []
+    core.connectHost('seed', hostInfo('seed'), m => { seedBox.push(m) })
+    await new Promise(resolve => setTimeout(resolve, 300))
+    expect(seedBox.find(m => m.seed != null)?.seed?.taskId).toBe(TASK)
+    expect(box.find(m => m.backToSource != null)).toBeUndefined()
   })
 
   it('scores parents by pieces, free slots, load and locality', () => {

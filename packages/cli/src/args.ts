@@ -31,3 +31,12 @@ export function durationMs (s: string | undefined, what: string): number | undef
   const n = Number(m[1])
   return m[2] === 'ms' ? n : m[2] === 'm' ? n * 60_000 : n * 1000
 }
+
+/** "10GiB", "500MB", "1048576" -> bytes */
+export function sizeBytes (s: string | undefined, what: string): number | undefined {
+  if (s == null) return undefined
+  const m = /^(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)?$/i.exec(s)
+  if (m?.[1] == null) throw new InvalidParametersError(`${what} must be a size like 20GiB, got "${s}"`)
+  const units: Record<string, number> = { b: 1, kb: 1e3, kib: 1024, mb: 1e6, mib: 1024 ** 2, gb: 1e9, gib: 1024 ** 3, tb: 1e12, tib: 1024 ** 4 }
+  return Math.floor(Number(m[1]) * (units[(m[2] ?? 'b').toLowerCase()] ?? 1))
+}

@@ -4,7 +4,7 @@
 import { join } from 'node:path'
 import { jsonLogger, type LogLevel } from '@guoce/transfer'
 import { InvalidParametersError } from '@guoce/interface'
-import { parse, defaultHome, hostPort, durationMs } from './args.js'
+import { parse, defaultHome, hostPort, durationMs, sizeBytes } from './args.js'
 import type { Running } from './services.js'
 
 const USAGE = `guoce: P2P content distribution and lazy-loading images
@@ -27,14 +27,15 @@ const SCHEDULER_USAGE = `Usage: guoce scheduler [--listen MULTIADDR] [--data DIR
   --data DIR           identity key lives here, so the PeerId survives restarts (default $GUOCE_HOME/scheduler)
 Prints the multiaddr it listens on, with /p2p/PEERID.
 `
-const SEED_USAGE = `Usage: guoce seed --scheduler MULTIADDR [--data DIR] [--listen MULTIADDR] [--origin-timeout 30s] [--json]
+const SEED_USAGE = `Usage: guoce seed --scheduler MULTIADDR [--data DIR] [--listen MULTIADDR] [--origin-timeout 30s] [--quota SIZE] [--json]
 `
 const DAEMON_USAGE = `Usage: guoce daemon --scheduler MULTIADDR [--data DIR] [--api HOST:PORT] [--listen MULTIADDR]
-                    [--origin-timeout 30s] [--idc NAME] [--location A|B|C] [--json]
+                    [--origin-timeout 30s] [--idc NAME] [--location A|B|C] [--quota SIZE] [--json]
 
   --api HOST:PORT      local API (default 127.0.0.1:65001); keep it on loopback
+  --quota SIZE         most task data kept (e.g. 50GiB); least recently used tasks are evicted
 `
-const UP_USAGE = `Usage: guoce up [--data DIR] [--api HOST:PORT] [--listen-host IP] [--origin-timeout 30s] [--json]
+const UP_USAGE = `Usage: guoce up [--data DIR] [--api HOST:PORT] [--listen-host IP] [--scheduler-port N] [--origin-timeout 30s] [--quota SIZE] [--json]
 
 Runs a scheduler, a seed peer and a peer daemon in one process on embedded defaults, data under
 --data (default $GUOCE_HOME or ~/.guoce). Prints its endpoints; other machines join with
@@ -79,17 +80,17 @@ export async function main (argv: string[]): Promise<number | undefined> {
       return await runUntilSignal([s])
     }
     case 'seed': {
-      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' } })
+      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, quota: { type: 'string' } })
       if (v.help === true) { process.stdout.write(SEED_USAGE); return 0 }
       if (typeof v.scheduler !== 'string') throw new InvalidParametersError('--scheduler MULTIADDR is required')
       const json = v.json === true
-      const s = await startSeed({ data: (v.data as string | undefined) ?? join(defaultHome(), 'seed'), listen: (v.listen as string | undefined) ?? '/ip4/0.0.0.0/tcp/0', scheduler: v.scheduler, log: logger(json, 'info'), originTimeoutMs: durationMs(v['origin-timeout'] as string | undefined, '--origin-timeout') })
+      const s = await startSeed({ data: (v.data as string | undefined) ?? join(defaultHome(), 'seed'), listen: (v.listen as string | undefined) ?? '/ip4/0.0.0.0/tcp/0', scheduler: v.scheduler, log: logger(json, 'info'), originTimeoutMs: durationMs(v['origin-timeout'] as string | undefined, '--origin-timeout'), quotaBytes: sizeBytes(v.quota as string | undefined, '--quota') })
       await s.seed.ready
       out(json, { event: 'ready', service: 'seed', peerId: s.node.peerId.toString(), addrs: s.node.getMultiaddrs().map(String) }, `seed peer ${s.node.peerId.toString()} joined ${v.scheduler}`)
       return await runUntilSignal([s])
     }
     case 'daemon': {
-      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, api: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, idc: { type: 'string' }, location: { type: 'string' } })
+      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, api: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, idc: { type: 'string' }, location: { type: 'string' }, quota: { type: 'string' } })
       if (v.help === true) { process.stdout.write(DAEMON_USAGE); return 0 }
       if (typeof v.scheduler !== 'string') throw new InvalidParametersError('--scheduler MULTIADDR is required')
       const json = v.json === true
@@ -101,22 +102,24 @@ export async function main (argv: string[]): Promise<number | undefined> {
         log: logger(json, 'info'),
         originTimeoutMs: durationMs(v['origin-timeout'] as string | undefined, '--origin-timeout'),
         idc: v.idc as string | undefined,
-        location: v.location as string | undefined
+        location: v.location as string | undefined,
+        quotaBytes: sizeBytes(v.quota as string | undefined, '--quota')
       })
       out(json, { event: 'ready', service: 'daemon', api: d.apiUrl, peerId: d.node.peerId.toString(), addrs: d.node.getMultiaddrs().map(String) }, `daemon ${d.node.peerId.toString()} api ${d.apiUrl}`)
       return await runUntilSignal([d])
     }
     case 'up': {
-      const { values: v } = parse(rest, { data: { type: 'string' }, api: { type: 'string' }, 'listen-host': { type: 'string' }, 'scheduler-port': { type: 'string' }, 'origin-timeout': { type: 'string' } })
+      const { values: v } = parse(rest, { data: { type: 'string' }, api: { type: 'string' }, 'listen-host': { type: 'string' }, 'scheduler-port': { type: 'string' }, 'origin-timeout': { type: 'string' }, quota: { type: 'string' } })
       if (v.help === true) { process.stdout.write(UP_USAGE); return 0 }
       const json = v.json === true
       const data = (v.data as string | undefined) ?? defaultHome()
       const host = (v['listen-host'] as string | undefined) ?? '0.0.0.0'
       const log = logger(json, 'info')
       const originTimeoutMs = durationMs(v['origin-timeout'] as string | undefined, '--origin-timeout')
+      const quotaBytes = sizeBytes(v.quota as string | undefined, '--quota')
       const sched = await startScheduler({ data: join(data, 'scheduler'), listen: `/ip4/${host}/tcp/${(v['scheduler-port'] as string | undefined) ?? '65003'}`, log })
-      const seed = await startSeed({ data: join(data, 'seed'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, log, originTimeoutMs })
-      const daemon = await startDaemon({ data: join(data, 'daemon'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, api: hostPort((v.api as string | undefined) ?? '127.0.0.1:65001', '--api'), log, originTimeoutMs })
+      const seed = await startSeed({ data: join(data, 'seed'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, log, originTimeoutMs, quotaBytes })
+      const daemon = await startDaemon({ data: join(data, 'daemon'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, api: hostPort((v.api as string | undefined) ?? '127.0.0.1:65001', '--api'), log, originTimeoutMs, quotaBytes })
       await seed.seed.ready
       await daemon.daemon.client.ready
       out(json, { event: 'ready', service: 'up', scheduler: sched.addr, schedulerAddrs: sched.addrs, api: daemon.apiUrl, data },

@@ -27,19 +27,19 @@ export async function startScheduler (o: { data: string, listen: string, log: Lo
   }
 }
 
-export async function startSeed (o: { data: string, listen: string, scheduler: string, log: Logger, originTimeoutMs?: number | undefined }): Promise<Running & { seed: SeedPeer, node: Libp2p }> {
+export async function startSeed (o: { quotaBytes?: number | undefined, data: string, listen: string, scheduler: string, log: Logger, originTimeoutMs?: number | undefined }): Promise<Running & { seed: SeedPeer, node: Libp2p }> {
   await mkdir(o.data, { recursive: true })
   const node = await createNode({ listen: [o.listen], privateKey: await loadOrCreateKey(join(o.data, 'identity.key')) })
-  const store = await openStore({ dir: o.data })
+  const store = await openStore({ dir: o.data, ...(o.quotaBytes != null ? { quotaBytes: o.quotaBytes } : {}) })
   const seed = new SeedPeer({ node, store, scheduler: o.scheduler, log: o.log, ...(o.originTimeoutMs != null ? { originTimeoutMs: o.originTimeoutMs } : {}) })
   await seed.start()
   return { seed, node, stop: async () => { await seed.stop(); await store.close(); await node.stop() } }
 }
 
-export async function startDaemon (o: { data: string, listen: string, scheduler: string, api: { host: string, port: number }, log: Logger, originTimeoutMs?: number | undefined, idc?: string | undefined, location?: string | undefined }): Promise<Running & { daemon: PeerDaemon, apiUrl: string, app: FastifyInstance, node: Libp2p }> {
+export async function startDaemon (o: { quotaBytes?: number | undefined, data: string, listen: string, scheduler: string, api: { host: string, port: number }, log: Logger, originTimeoutMs?: number | undefined, idc?: string | undefined, location?: string | undefined }): Promise<Running & { daemon: PeerDaemon, apiUrl: string, app: FastifyInstance, node: Libp2p }> {
   await mkdir(o.data, { recursive: true })
   const node = await createNode({ listen: [o.listen], privateKey: await loadOrCreateKey(join(o.data, 'identity.key')) })
-  const store = await openStore({ dir: o.data })
+  const store = await openStore({ dir: o.data, ...(o.quotaBytes != null ? { quotaBytes: o.quotaBytes } : {}) })
   const daemon = new PeerDaemon({
     node, store, scheduler: o.scheduler, log: o.log,
     ...(o.originTimeoutMs != null ? { originTimeoutMs: o.originTimeoutMs } : {}),

@@ -108,6 +108,9 @@ export class PeerDaemon implements Startable {
     })
     this.tasks.set(taskId, task)
     this.stats.tasksStarted++
+    // a running download is never evicted by the store's quota
+    this.init.store.pin(taskId)
+    void task.finished.catch(() => {}).finally(() => { this.init.store.unpin(taskId) })
     await task.start()
     return task
   }

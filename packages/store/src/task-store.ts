@@ -3,7 +3,8 @@
  * shared by the downloader (writes) and the piece server (reads). In-memory `bitmap` says what may be
  * served now (bytes are in the page cache); `durable` says what the state file on disk lists.
  */
-import { open, mkdir, readFile, writeFile, rename, rm, readdir, type FileHandle } from 'node:fs/promises'
+import { open, mkdir, readFile, rename, rm, readdir, stat, type FileHandle } from 'node:fs/promises'
+import { LRUCache } from 'lru-cache'
 import { join } from 'node:path'
 import { Bitmap, isTaskId, pieceRange } from '@guoce/content'
 import { NoSpaceError, NotFoundError, InvalidParametersError, type TaskInfo } from '@guoce/interface'
@@ -21,7 +22,14 @@ export interface TaskMeta {
   headers?: Record<string, string>
 }
 
-export interface StoreInit { dir: string }
+export interface StoreInit {
+  dir: string
+  /**
+   * Most bytes of task data kept; least recently used tasks that nothing pins are evicted to make room.
+   * @default Infinity
+   */
+  quotaBytes?: number
+}
 
 function wrapFsError (err: unknown): Error {
   const e = err as NodeJS.ErrnoException
@@ -194,7 +202,67 @@ function decodeState (buf: Buffer, pieceCount: number): { bitmap: Uint8Array, di
 
 export class TaskStore {
   private readonly open = new Map<string, Promise<StoredTask | null>>()
-  constructor (readonly dir: string) {}
+  /** task id -> bytes, in recency order (the in-memory index behind quota eviction) */
+  private readonly usage = new LRUCache<string, number>({ max: 1_000_000 })
+  private readonly pins = new Map<string, number>()
+  private used = 0
+
+  constructor (readonly dir: string, readonly quotaBytes = Infinity) {}
+
+  /** bytes of task data the store accounts for */
+  get usedBytes (): number { return this.used }
+
+  /** Keep `taskId` from eviction until unpin (running downloads, open mounts). */
+  pin (taskId: string): void { this.pins.set(taskId, (this.pins.get(taskId) ?? 0) + 1) }
+  unpin (taskId: string): void {
+    const n = (this.pins.get(taskId) ?? 0) - 1
+    if (n <= 0) this.pins.delete(taskId); else this.pins.set(taskId, n)
+  }
+
+  /** Mark a task as just used. */
+  touch (taskId: string): void { this.usage.get(taskId) }
+
+  private account (taskId: string, bytes: number): void {
+    const old = this.usage.get(taskId)
+    if (old != null) this.used -= old
+    this.usage.set(taskId, bytes)
+    this.used += bytes
+  }
+
+  private forget (taskId: string): void {
+    const old = this.usage.get(taskId)
+    if (old != null) { this.used -= old; this.usage.delete(taskId) }
+  }
+
+  /** Evict least recently used, unpinned tasks until `bytes` more fit under the quota. */
+  private async makeRoom (bytes: number, except: string): Promise<void> {
+    if (this.used + bytes <= this.quotaBytes) return
+    const victims: string[] = []
+    let free = this.quotaBytes - this.used
+    for (const id of this.usage.rkeys()) {
+      if (free >= bytes) break
+      if (id === except || this.pins.has(id)) continue
+      victims.push(id)
+      free += this.usage.peek(id) ?? 0
+    }
+    if (free < bytes) throw new NoSpaceError(`store quota of ${this.quotaBytes} bytes exceeded: ${bytes} more bytes needed, ${this.used} used by tasks in use`)
+    for (const id of victims) await this.remove(id)
+  }
+
+  /** Read the sizes of every task on disk into the index, oldest state file first. */
+  async scan (): Promise<void> {
+    const found: Array<{ id: string, bytes: number, mtime: number }> = []
+    for (const id of await this.list()) {
+      const dir = this.taskDir(id)
+      try {
+        const meta = JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8')) as { info: TaskInfo }
+        const st = await stat(join(dir, 'data'))
+        found.push({ id, bytes: meta.info.contentLength, mtime: st.mtimeMs })
+      } catch {}
+    }
+    found.sort((a, b) => a.mtime - b.mtime)
+    for (const f of found) this.account(f.id, f.bytes)
+  }
 
   private taskDir (taskId: string): string {
     if (!isTaskId(taskId)) throw new InvalidParametersError(`bad task id "${taskId}"`)
@@ -203,6 +271,7 @@ export class TaskStore {
 
   /** An existing task (shared instance), or null. */
   async get (taskId: string): Promise<StoredTask | null> {
+    this.touch(taskId)
     let p = this.open.get(taskId)
     if (p == null) {
       p = this.load(taskId)
@@ -239,6 +308,8 @@ export class TaskStore {
       await this.remove(taskId)
     }
     const dir = this.taskDir(taskId)
+    await this.makeRoom(info.contentLength, taskId)
+    this.account(taskId, info.contentLength)
     const p = (async () => {
       await mkdir(dir, { recursive: true })
       const fh = await open(join(dir, 'data'), 'w+', 0o644)
@@ -248,6 +319,7 @@ export class TaskStore {
       } catch (err) {
         await fh.close().catch(() => {})
         await rm(dir, { recursive: true, force: true })
+        this.forget(taskId)
         throw wrapFsError(err)
       }
       return new StoredTask(taskId, dir, { ...info, taskId }, meta, fh)
@@ -260,6 +332,7 @@ export class TaskStore {
   async remove (taskId: string): Promise<void> {
     const t = await this.open.get(taskId)?.catch(() => null)
     this.open.delete(taskId)
+    this.forget(taskId)
     await t?.close()
     await rm(this.taskDir(taskId), { recursive: true, force: true })
   }
@@ -285,5 +358,7 @@ export class TaskStore {
 
 export async function openStore (init: StoreInit): Promise<TaskStore> {
   await mkdir(join(init.dir, 'tasks'), { recursive: true })
-  return new TaskStore(init.dir)
+  const store = new TaskStore(init.dir, init.quotaBytes)
+  await store.scan()
+  return store
 }

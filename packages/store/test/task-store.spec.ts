@@ -56,4 +56,27 @@ describe('task store', () => {
     expect(t2!.bitmap.count).toBe(0)
     await s2.close()
   })
+
+  it('evicts least recently used tasks past the quota, never pinned ones', async () => {
+    const dir = await tmp()
+    const store = await openStore({ dir, quotaBytes: 3000 })
+    const ids = ['a', 'b', 'c', 'd'].map(u => taskIdOf({ url: `http://h/${u}` }))
+    const mk = async (id: string): Promise<void> => {
+      const t = await store.create(id, { taskId: id, contentLength: 1000, pieceLength: 1000, pieceCount: 1 })
+      await t.writePiece(0, Buffer.alloc(1000, 1), sha256(Buffer.alloc(1000, 1)))
+    }
+    await mk(ids[0]!); await mk(ids[1]!); await mk(ids[2]!)
+    store.pin(ids[0]!)
+    await store.get(ids[1]!) // b is now more recent than c
+    await mk(ids[3]!)
+    expect((await store.list()).sort()).toEqual([ids[0]!, ids[1]!, ids[3]!].sort())
+    expect(store.usedBytes).toBe(3000)
+    store.pin(ids[1]!); store.pin(ids[3]!)
+    const e = taskIdOf({ url: 'http://h/e' })
+    await expect(store.create(e, { taskId: e, contentLength: 1000, pieceLength: 1000, pieceCount: 1 })).rejects.toMatchObject({ name: 'NoSpaceError' })
+    await store.close()
+    const again = await openStore({ dir, quotaBytes: 3000 })
+    expect(again.usedBytes).toBe(3000)
+    await again.close()
+  })
 })

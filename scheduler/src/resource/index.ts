@@ -34,6 +34,8 @@ export class Peer {
   /** may announce task info and piece digests */
   isSource = false
   scheduleRetries = 0
+  /** bitmap sent before the task's layout was known (a re-registration after a scheduler restart) */
+  rawBitmap: Uint8Array | undefined
 
   constructor (readonly host: Host, readonly task: Task) {}
   get id (): string { return this.host.id }
@@ -55,7 +57,8 @@ export class Task {
     this.info = info
     this.digests = new Array(info.pieceCount).fill(undefined)
     for (const p of this.peers.values()) {
-      if (p.bitmap == null || p.bitmap.size !== info.pieceCount) p.bitmap = new Bitmap(info.pieceCount, p.bitmap?.size === info.pieceCount ? p.bitmap.bytes : undefined)
+      if (p.bitmap == null || p.bitmap.size !== info.pieceCount) p.bitmap = new Bitmap(info.pieceCount, p.rawBitmap != null && p.rawBitmap.length === Math.ceil(info.pieceCount / 8) ? p.rawBitmap : undefined)
+      p.rawBitmap = undefined
     }
   }
 
