@@ -32,6 +32,8 @@ export interface ConvertLayerOptions {
   chunkDict?: ChunkDict
   /** @default 'overlay' */
   whiteouts?: WhiteoutMode
+  /** Also hash the uncompressed tar (the DiffID) of compressed layers; one more sha256 pass. @default false */
+  diffId?: boolean
   /** Directory attributes of the layers below (see LowerDirs); updated with this layer on success. */
   lowerDirs?: LowerDirs
   /** sha256 of the input bytes (`sha256:<hex>` or hex); a mismatch is LayerDigestMismatchError and nothing is written. */
@@ -44,8 +46,8 @@ export interface LayerResult {
   /** sha256 hex of the input bytes as given (the source layer digest). */
   sourceDigest: string
   sourceSize: number
-  /** sha256 hex of the uncompressed tar (the source DiffID). */
-  diffId: string
+  /** sha256 hex of the uncompressed tar (the source DiffID): always for plain tars, with `diffId: true` otherwise. */
+  diffId: string | undefined
   tarSize: number
   metaDigest: string
   metaSize: number
@@ -96,7 +98,7 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
   try {
     blobFh = await open(blobTmp, 'wx')
     const blob = new BlobWriter(blobFh, chunkSize, opts.chunkDict)
-    const decoded = await decodeLayer(source, { maxSize, signal: opts.signal })
+    const decoded = await decodeLayer(source, { maxSize, diffId: opts.diffId === true, signal: opts.signal })
     const reader = new ByteReader(decoded.stream)
     const builder = new LayerBuilder(opts.whiteouts ?? 'overlay', opts.lowerDirs)
     const { entries } = await readTar(reader, { maxEntries: opts.maxEntries ?? DEFAULT_MAX_ENTRIES, maxSize }, async (e, data) => {
@@ -141,7 +143,7 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
       })
     })
     const entriesSorted = [...table.values()].sort((a, b) => a.device - b.device || a.blkaddr - b.blkaddr)
-    const uuid = createHash('sha256').update(decoded.diffId()).update(String(chunkSize)).digest().subarray(0, 16)
+    const uuid = createHash('sha256').update(decoded.compressedDigest()).update(String(chunkSize)).digest().subarray(0, 16)
     const { image, inodes } = writeErofs(root, { chunkSize, devices, uuid })
     const ct = encodeChunkTable(entriesSorted, chunkSize)
     const meta = Buffer.concat([image, ct])

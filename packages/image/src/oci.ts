@@ -166,6 +166,8 @@ export async function convertImage (source: string, target: string, opts: Conver
     }
   }
 
+  const config = await readJson<Record<string, unknown> & { rootfs?: { type: string, diff_ids: string[] } }>(blobPath(src.dir, manifest.config.digest), 'config')
+  const diffIds = config.rootfs?.diff_ids ?? []
   const layers: Descriptor[] = []
   const results: LayerResult[] = []
   const lowerDirs = new LowerDirs()
@@ -205,7 +207,7 @@ export async function convertImage (source: string, target: string, opts: Conver
           [ANNOTATION_FORMAT]: FORMAT_VERSION,
           [ANNOTATION_CHUNK_SIZE]: String(chunkSize),
           [ANNOTATION_SOURCE_DIGEST]: l.digest,
-          [ANNOTATION_SOURCE_DIFF_ID]: `sha256:${r.diffId}`,
+          ...(diffIds[i] !== undefined ? { [ANNOTATION_SOURCE_DIFF_ID]: diffIds[i]! } : {}),
           [ANNOTATION_BLOBS]: JSON.stringify(r.devices.map(d => `sha256:${d.tag}`))
         }
       })
@@ -214,7 +216,6 @@ export async function convertImage (source: string, target: string, opts: Conver
     await rm(work, { recursive: true, force: true })
   }
 
-  const config = await readJson<Record<string, unknown> & { rootfs?: { type: string, diff_ids: string[] } }>(blobPath(src.dir, manifest.config.digest), 'config')
   config.rootfs = { type: 'layers', diff_ids: results.map(r => `sha256:${r.metaDigest}`) }
   const configDesc = await putBlob(dst.dir, Buffer.from(JSON.stringify(config)))
   const out: Manifest = {

@@ -58,10 +58,17 @@ export function parseNumber (b: Buffer, start: number, len: number, field: strin
     if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < BigInt(Number.MIN_SAFE_INTEGER)) throw new InvalidTarError(`tar header field ${field} out of range`)
     return Number(v)
   }
-  const s = f.toString('latin1').replace(/[\0 ]+$/, '').replace(/^[ \0]+/, '')
-  if (s === '') return 0
-  if (!/^[0-7]+$/.test(s)) throw new InvalidTarError(`tar header field ${field} is not octal: ${JSON.stringify(s)}`)
-  const v = parseInt(s, 8)
+  // octal digits, optionally surrounded by spaces/NULs
+  let i = 0
+  let end = f.length
+  while (i < end && (f[i] === 0x20 || f[i] === 0)) i++
+  while (end > i && (f[end - 1] === 0x20 || f[end - 1] === 0)) end--
+  let v = 0
+  for (let j = i; j < end; j++) {
+    const c = f[j]!
+    if (c < 0x30 || c > 0x37) throw new InvalidTarError(`tar header field ${field} is not octal: ${JSON.stringify(f.toString('latin1', i, end))}`)
+    v = v * 8 + (c - 0x30)
+  }
   if (!Number.isSafeInteger(v)) throw new InvalidTarError(`tar header field ${field} out of range`)
   return v
 }

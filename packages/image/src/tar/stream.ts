@@ -18,13 +18,13 @@ export interface DecodeResult {
   /** sha256 of the raw (compressed) input, hex; valid after `stream` is fully consumed. */
   compressedDigest: () => string
   compressedSize: () => number
-  /** sha256 of the uncompressed stream (the OCI DiffID), hex; valid after `stream` is fully consumed. */
-  diffId: () => string
+  /** sha256 of the uncompressed stream (the OCI DiffID), hex, when computed (plain tars, or `diffId: true`). */
+  diffId: () => string | undefined
   uncompressedSize: () => number
 }
 
 /** Looks at the first bytes of `source` and returns the uncompressed stream. */
-export async function decodeLayer (source: AsyncIterable<Uint8Array>, opts: { maxSize: number, signal?: AbortSignal }): Promise<DecodeResult> {
+export async function decodeLayer (source: AsyncIterable<Uint8Array>, opts: { maxSize: number, diffId?: boolean, signal?: AbortSignal }): Promise<DecodeResult> {
   const it = source[Symbol.asyncIterator]()
   const head: Buffer[] = []
   let headLen = 0
@@ -56,7 +56,7 @@ export async function decodeLayer (source: AsyncIterable<Uint8Array>, opts: { ma
       yield b
     }
   }
-  const uHash: Hash = compression === 'none' ? cHash : createHash('sha256')
+  const uHash: Hash | undefined = compression === 'none' ? cHash : opts.diffId === true ? createHash('sha256') : undefined
   let uSize = 0
   let decoded: AsyncIterable<Buffer>
   if (compression === 'none') {
@@ -75,7 +75,7 @@ export async function decodeLayer (source: AsyncIterable<Uint8Array>, opts: { ma
         opts.signal?.throwIfAborted()
         uSize += chunk.length
         if (uSize > maxSize) throw new LayerTooLargeError(`layer expands past the cap of ${maxSize} bytes`)
-        if (uHash !== cHash) uHash.update(chunk)
+        if (uHash !== cHash) uHash?.update(chunk)
         yield chunk
       }
     } catch (err: any) {
@@ -100,7 +100,7 @@ export async function decodeLayer (source: AsyncIterable<Uint8Array>, opts: { ma
     stream: out(),
     compressedDigest: () => (cDigest ??= cHash.copy().digest('hex')),
     compressedSize: () => cSize,
-    diffId: () => (uDigest ??= uHash.copy().digest('hex')),
+    diffId: () => uHash === undefined ? undefined : (uDigest ??= uHash.copy().digest('hex')),
     uncompressedSize: () => uSize
   }
 }
