@@ -51,6 +51,13 @@ describe('hostile layers', () => {
     await expectRejected(makeTar([file('a', 'x'), { name: 'b', type: '1', linkname: '../../a' }]), 'UnsafePathError', 'ERR_TAR_UNSAFE_PATH')
   })
 
+  it('reads an empty stream as an empty layer (as GNU tar lists it)', async () => {
+    const dir = await outDir()
+    const r = await convertBytes(Buffer.alloc(0), dir)
+    expect(r).toMatchObject({ entries: 0, inodes: 1, blobDigest: undefined, devices: [] })
+    await run('fsck.erofs', [join(dir, 'meta.erofs')])
+  })
+
   it('stores absolute names relative to the root (as GNU tar does)', async () => {
     const dir = await outDir()
     const r = await convertBytes(makeTar([file('/etc/motd', 'hi')]), dir)
@@ -139,6 +146,8 @@ describe('hostile layers', () => {
 
   it('rejects garbage that is not a tar', async () => {
     await expectRejected(Buffer.from('this is not a tar archive'.repeat(40)), 'InvalidTarError', 'ERR_TAR_INVALID')
+    await expectRejected(Buffer.from('ab'), 'TruncatedTarError', 'ERR_TAR_TRUNCATED')
+    await expectRejected(Buffer.from([0x1f, 0x8b]), 'CorruptLayerError', 'ERR_LAYER_CORRUPT')
   })
 
   it('resolves duplicates as GNU tar does and stores symlinks verbatim', async () => {

@@ -39,7 +39,7 @@ export async function decodeLayer (source: AsyncIterable<Uint8Array>, opts: { ma
   const first = Buffer.concat(head)
   const compression: Compression = first[0] === 0x1f && first[1] === 0x8b
     ? 'gzip'
-    : first.readUInt32LE(0) === 0xfd2fb528 && first.length >= 4 ? 'zstd' : 'none'
+    : first.length >= 4 && first.readUInt32LE(0) === 0xfd2fb528 ? 'zstd' : 'none'
   const cHash = createHash('sha256')
   let cSize = 0
   const raw = async function * (): AsyncGenerator<Buffer> {
