@@ -1,13 +1,23 @@
 /**
- * @guoce/image — the lazy image format: OCI layer tar -> EROFS metadata image + data blob of unique chunks.
+ * @guoce/image — the lazy image format: OCI layer tar -> EROFS metadata image + data blob of unique chunks
+ * (doc/FORMAT.md).
  *
  * ```ts
- * import { convertLayer, createChunkDict } from '@guoce/image'
- * import { createReadStream } from 'node:fs'
+ * import { convertImage, checkImageRef, inspectImageRef, mountImage, convertLayer, createChunkDict } from '@guoce/image'
+ * import * as native from '@guoce/native-mount'
+ *
+ * await convertImage('oci:/src:v1', 'oci:/dst:v1')                    // guoce image convert
+ * const info = await inspectImageRef('oci:/dst:v1')                    // guoce image inspect
+ * await checkImageRef('oci:/dst:v1')                                   // guoce image check (throws, naming the fault)
+ * const m = await mountImage('oci:/dst:v1', '/mnt/x', { mounter: native, workDir: '/run/guoce/m1' })
+ * await m.unmount()
+ *
+ * // one layer, streaming, with a chunk dictionary shared by the layers of an image:
  * const dict = createChunkDict()
- * const r = await convertLayer(createReadStream('layer.tar.gz'), { metaPath: 'layer.erofs', blobPath: 'layer.blob', chunkDict: dict })
- * // mount(2): source layer.erofs, type erofs, data `device=layer.blob` (one device= per r.devices entry, in order)
+ * const r = await convertLayer(createReadStream('layer.tar.gz'), { metaPath: 'l.erofs', blobPath: 'l.blob', chunkDict: dict })
+ * // mount(2): source l.erofs, type erofs, data `device=BLOB` for each of r.devices, in order
  * ```
+ * A ChunkDict must not be shared by conversions running at the same time (each adds its blob when it ends).
  */
 export { convertLayer, type ConvertLayerOptions, type LayerResult } from './convert.js'
 export { createChunkDict, type ChunkDict, type ChunkStats, type ChunkTableEntry } from './blob.js'
@@ -24,3 +34,4 @@ export {
   ANNOTATION_SOURCE_DIFF_ID, ANNOTATION_BLOBS, FORMAT_VERSION,
   type ConvertImageOptions, type ConvertImageResult, type ImageRefInspection, type Manifest, type Descriptor, type OciRef
 } from './oci.js'
+export { mountImage, type Mounter, type MountImageOptions, type MountedImage } from './mount.js'

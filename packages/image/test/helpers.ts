@@ -31,7 +31,7 @@ export async function tempDir (prefix: string): Promise<string> {
 interface MountModule {
   mount: (source: string | null, target: string, fstype: string | null, flags?: number, data?: string | null) => Promise<void>
   umount2: (target: string, flags?: number) => Promise<void>
-  constants: { MS_RDONLY: number, MNT_DETACH: number }
+  constants: { MS_RDONLY: number, MS_BIND: number, MNT_DETACH: number }
 }
 
 let mountModule: MountModule | undefined

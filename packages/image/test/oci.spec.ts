@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   checkImage, convertImage, convertedLayers, InvalidImageRefError, LayerDigestMismatchError, MEDIA_TYPE_CHUNK_BLOB, MEDIA_TYPE_EROFS_META,
-  ANNOTATION_BLOBS, readManifest, parseOciRef, checkImageRef, inspectImageRef
+  ANNOTATION_BLOBS, readManifest, parseOciRef, checkImageRef, inspectImageRef, mountImage, type Mounter
 } from '../src/index.js'
 import { makeRootfs } from './fixtures.js'
 import { cleanup, makeTar, mountErofs, nativeMount, requireTools, run, snapshot, tempDir, umount } from './helpers.js'
@@ -99,6 +99,24 @@ describe('OCI image conversion (oci:DIR:TAG)', () => {
     b[100] = b[100]! ^ 1
     await writeFile(p, b)
     await expect(checkImageRef(`oci:${w('dst-again')}:v1`)).rejects.toMatchObject({ name: 'ChunkDigestMismatchError' })
+  })
+
+  it('mounts a converted image by reference (mountImage) and unmounts everything', async () => {
+    const target = w('mounted')
+    await mkdir(target)
+    const m = await nativeMount()
+    const img = await mountImage(`oci:${w('dst')}:v1`, target, { mounter: m as unknown as Mounter, workDir: w('mount-work') })
+    try {
+      expect(img.layers).toHaveLength(3)
+      const a = await snapshot(target)
+      const e = await snapshot(w('flat/rootfs'))
+      expect(a).toEqual({ ...e, links: a.links })
+    } finally {
+      await img.unmount()
+    }
+    const mountinfo = await readFile('/proc/self/mountinfo', 'utf8')
+    expect(mountinfo).not.toContain(w('mount-work'))
+    expect(mountinfo).not.toContain(` ${target} `)
   })
 
   it('references chunks of --chunk-dict images instead of storing them again', async () => {
