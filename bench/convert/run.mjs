@@ -29,7 +29,7 @@ const args = process.argv.slice(2)
 const opt = (name, def) => { const i = args.indexOf(`--${name}`); return i === -1 ? def : args[i + 1] }
 const A = opt('a', '/var/tmp/guoce-bench/minbase')
 const B = opt('b', '/var/tmp/guoce-bench/minbase-plus')
-const RUNS = Number(opt('runs', '3'))
+const RUNS = Number(opt('runs', '5'))
 const OUT = opt('out', join(root, 'bench/out/convert'))
 const CHUNK_SIZES = (opt('chunk-sizes', '65536,262144,1048576,4194304')).split(',').map(Number)
 
@@ -59,8 +59,18 @@ async function convert (src, prefix, chunkSize, chunkDict) {
   await rm(metaPath, { force: true })
   await rm(blobPath, { force: true })
   const t = performance.now()
+  const cpu = process.cpuUsage()
   const r = await convertLayer(createReadStream(src, { highWaterMark: 1 << 20 }), { metaPath, blobPath, chunkSize, chunkDict })
-  return { seconds: (performance.now() - t) / 1000, r, metaPath, blobPath }
+  const used = process.cpuUsage(cpu)
+  return { seconds: (performance.now() - t) / 1000, cpuSeconds: (used.user + used.system) / 1e6, r, metaPath, blobPath }
+}
+
+/** Wall and CPU seconds (user + sys of the shell and its children, from GNU time) of a shell command. */
+async function timed (cmd) {
+  const t = performance.now()
+  const out = await sh(`/usr/bin/time -f '%U %S' sh -c "${cmd}" 2>&1 >/dev/null | tail -1`)
+  const [u, s] = out.trim().split(' ').map(Number)
+  return { seconds: (performance.now() - t) / 1000, cpuSeconds: u + s }
 }
 
 /** zstd size of the chunks a layer stored in its own blob (each compressed alone, as Nydus stores chunks). */
@@ -92,21 +102,23 @@ const bTar = await layerOf(B, 'b')
 await sh(`cat '${aTar}.gz' > /dev/null`) // page cache warm
 const base = []
 const ours = []
+const baseCpu = []
+const oursCpu = []
 let last
 for (let i = 0; i < RUNS + 1; i++) {
-  let t = performance.now()
-  await sh(`gzip -dc '${aTar}.gz' | sha256sum > /dev/null`)
-  const b = (performance.now() - t) / 1000
+  const b = await timed(`gzip -dc '${aTar}.gz' | sha256sum`)
   const c = await convert(`${aTar}.gz`, join(OUT, 'tp'), 1 << 20)
-  if (i > 0) { base.push(b); ours.push(c.seconds) } // first round warms up
+  if (i > 0) { base.push(b.seconds); ours.push(c.seconds); baseCpu.push(b.cpuSeconds); oursCpu.push(c.cpuSeconds) } // first round warms up
   last = c.r
 }
 const tarBytes = (await stat(aTar)).size
 const throughput = {
   layer: { tarBytes, gzipBytes: (await stat(`${aTar}.gz`)).size, files: last.files, entries: last.entries },
-  baseline: { command: 'gzip -dc LAYER | sha256sum', seconds: base, medianSeconds: median(base), MBps: tarBytes / 1e6 / median(base) },
-  convert: { chunkSize: 1 << 20, seconds: ours, medianSeconds: median(ours), MBps: tarBytes / 1e6 / median(ours) },
-  ratio: median(base) / median(ours)
+  baseline: { command: 'gzip -dc LAYER | sha256sum', seconds: base, medianSeconds: median(base), MBps: tarBytes / 1e6 / median(base), cpuSeconds: baseCpu },
+  convert: { chunkSize: 1 << 20, seconds: ours, medianSeconds: median(ours), MBps: tarBytes / 1e6 / median(ours), cpuSeconds: oursCpu },
+  ratio: median(base) / median(ours),
+  cpuRatio: median(baseCpu) / median(oursCpu),
+  loadAverage: (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).map(Number)
 }
 
 // 2. dedup
