@@ -1,10 +1,12 @@
 import type { Stream } from '@libp2p/interface'
-import { ByteReader, lpEncode } from './bytes.js'
+import { Uint8ArrayList } from 'uint8arraylist'
+import { ByteReader, encodeVarint } from './bytes.js'
 import { MAX_MESSAGE_BYTES } from './constants.js'
 
 /**
  * Length-prefixed protobuf messages both ways over one long-lived stream.
- * `send` never reorders; it waits for drain when the stream's write buffer is full.
+ * `send` never reorders. Messages sent in the same tick leave as one write (one yamux frame, one
+ * Noise frame, one syscall): the scheduler's announcement bursts cost one write, not hundreds.
  */
 export class MessageChannel<In, Out> {
   private readonly reader: ByteReader
@@ -18,12 +20,28 @@ export class MessageChannel<In, Out> {
     this.reader = new ByteReader(stream)
   }
 
+  private batch: Uint8ArrayList | undefined
+
   send (msg: Out): Promise<void> {
-    const bytes = lpEncode(this.encode(msg))
-    if (this.stream.status !== 'open' || this.stream.writeStatus !== 'writable') return Promise.resolve()
-    const full = !this.stream.send(bytes)
-    if (full) this.sending = this.sending.then(async () => { await this.stream.onDrain() }).catch(() => {})
+    const body = this.encode(msg)
+    if (this.batch == null) {
+      this.batch = new Uint8ArrayList()
+      queueMicrotask(() => { this.flush() })
+    }
+    this.batch.append(encodeVarint(body.byteLength), body)
     return this.sending
+  }
+
+  private flush (): void {
+    const batch = this.batch
+    this.batch = undefined
+    if (batch == null || this.stream.status !== 'open' || this.stream.writeStatus !== 'writable') return
+    try {
+      const full = !this.stream.send(batch)
+      if (full) this.sending = this.sending.then(async () => { await this.stream.onDrain() }).catch(() => {})
+    } catch {
+      // the stream closed under us; the reader side reports it
+    }
   }
 
   async * messages (): AsyncGenerator<In> {
