@@ -17,6 +17,7 @@ Commands:
   scheduler            run the scheduler
   seed                 run a seed peer
   daemon               run a peer daemon (P2P node + local API)
+  image                convert | inspect | check lazy images
 
 Every command takes --help and --json. Logs are JSON lines on stderr (GUOCE_LOG=debug|info|warn|error).
 `
@@ -68,9 +69,10 @@ export async function main (argv: string[]): Promise<number | undefined> {
   const [cmd, ...rest] = argv
   if (cmd == null || cmd === '--help' || cmd === '-h' || cmd === 'help') { process.stdout.write(USAGE); return cmd == null ? 2 : 0 }
   // services load libp2p and fastify; `guoce get` needs neither, so load them only when asked
-  const { startScheduler, startSeed, startDaemon } = cmd === 'get' ? {} as typeof import('./services.js') : await import('./services.js')
+  const { startScheduler, startSeed, startDaemon } = cmd === 'get' || cmd === 'image' ? {} as typeof import('./services.js') : await import('./services.js')
   switch (cmd) {
     case 'get': return await (await import('./get.js')).get(rest)
+    case 'image': return await (await import('./image.js')).image(rest)
     case 'scheduler': {
       const { values: v } = parse(rest, { listen: { type: 'string' }, data: { type: 'string' } })
       if (v.help === true) { process.stdout.write(SCHEDULER_USAGE); return 0 }
