@@ -196,6 +196,7 @@ describe('bad input: one-line error, non-zero exit, no partial output', () => {
     await expectFailure(['get', `${origin.url}/status/404`, ...o('a')], out, /HTTP 404/)
     await expectFailure(['get', `${origin.url}/status/500`, ...o('a')], out, /HTTP 500/)
     await expectFailure(['get', `${origin.url}/hang`, ...o('a')], out, /timed out/)
+    await expectFailure(['get', `${origin.url}/hang`, '--timeout', '300ms', ...o('a')], out, /timed out/)
     await expectFailure(['get', `${origin.url}/short/f.bin`, ...o('a')], out, /Content-Length/)
     await expectFailure(['get', `${origin.url}/f.bin`, '--digest', 'sha256:' + '0'.repeat(64), ...o('a')], out, /does not match/)
     await expectFailure(['get', `${origin.url}/f.bin`, '--digest', 'sha256:xyz', ...o('a')], out, /invalid digest/)

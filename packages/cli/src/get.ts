@@ -6,7 +6,6 @@
 import { open, rename, rm, stat } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
 import { createHash, randomBytes } from 'node:crypto'
-import { request } from 'undici'
 import { parseSourceUrl, parseDigest } from '@guoce/content'
 import { DigestMismatchError, InvalidParametersError, NoSpaceError, TaskFailedError, ContentLengthMismatchError, fromErrorInfo, type TaskProgress } from '@guoce/interface'
 import { parse, durationMs } from './args.js'
@@ -28,28 +27,37 @@ function fmtBytes (n: number): string {
   return `${n.toFixed(i === 0 ? 0 : 1)} ${u[i]}`
 }
 
-async function api (base: string, path: string, init: { method?: string, body?: unknown, signal?: AbortSignal } = {}): Promise<Awaited<ReturnType<typeof request>>> {
+// the built-in fetch: no HTTP client to load at start-up
+async function api (base: string, path: string, init: { method?: string, body?: unknown, signal?: AbortSignal | undefined } = {}): Promise<Response> {
   try {
-    return await request(new URL(path, base), {
-      method: (init.method ?? 'GET') as 'GET',
+    return await fetch(new URL(path, base), {
+      method: init.method ?? 'GET',
       headers: init.body != null ? { 'content-type': 'application/json' } : {},
       body: init.body != null ? JSON.stringify(init.body) : null,
-      signal: init.signal
+      ...(init.signal != null ? { signal: init.signal } : {})
     })
   } catch (err) {
-    const code = (err as { code?: string }).code
-    if (code === 'ECONNREFUSED') throw new TaskFailedError(`no peer daemon at ${base} (start one with "guoce up" or "guoce daemon")`)
-    throw err
+    if ((err as Error).name === 'AbortError' || (err as Error).name === 'TimeoutError' || init.signal?.aborted === true) {
+      throw new TaskFailedError(init.signal?.reason instanceof Error && init.signal.reason.name !== 'TimeoutError' ? init.signal.reason.message : 'timed out (--timeout)')
+    }
+    const cause = (err as { cause?: { code?: string, message?: string } }).cause
+    if (cause?.code === 'ECONNREFUSED') throw new TaskFailedError(`no peer daemon at ${base} (start one with "guoce up" or "guoce daemon")`)
+    throw new TaskFailedError(`cannot reach the peer daemon at ${base}: ${cause?.message ?? (err as Error).message}`)
   }
 }
 
-async function errorFrom (res: Awaited<ReturnType<typeof request>>): Promise<Error> {
-  const text = await res.body.text()
+async function * body (res: Response): AsyncGenerator<Uint8Array> {
+  if (res.body == null) return
+  for await (const chunk of res.body) yield chunk
+}
+
+async function errorFrom (res: Response): Promise<Error> {
+  const text = await res.text()
   try {
     const e = (JSON.parse(text) as { error: { name: string, code: string, message: string } }).error
     return fromErrorInfo(e)
   } catch {
-    return new TaskFailedError(`daemon answered HTTP ${res.statusCode}: ${text.slice(0, 200)}`)
+    return new TaskFailedError(`daemon answered HTTP ${res.status}: ${text.slice(0, 200)}`)
   }
 }
 
@@ -78,7 +86,12 @@ export async function get (argv: string[]): Promise<number> {
   const base = (v.daemon as string | undefined) ?? process.env.GUOCE_DAEMON ?? 'http://127.0.0.1:65001'
   try { new URL(base) } catch { throw new InvalidParametersError(`--daemon must be a URL like http://127.0.0.1:65001, got "${base}"`) }
   const timeoutMs = durationMs(v.timeout as string | undefined, '--timeout')
-  const signal = timeoutMs != null ? AbortSignal.timeout(timeoutMs) : undefined
+  // Ctrl-C or SIGTERM abort the transfer so the temp file is removed on the way out
+  const interrupted = new AbortController()
+  const onSignal = (sig: NodeJS.Signals): void => { interrupted.abort(new TaskFailedError(`interrupted by ${sig}`)) }
+  process.once('SIGINT', onSignal)
+  process.once('SIGTERM', onSignal)
+  const signal = timeoutMs != null ? AbortSignal.any([interrupted.signal, AbortSignal.timeout(timeoutMs)]) : interrupted.signal
   const output = resolve(v.output)
   const dir = dirname(output)
   const st = await stat(dir).catch(() => null)
@@ -86,8 +99,8 @@ export async function get (argv: string[]): Promise<number> {
 
   const started = Date.now()
   const res = await api(base, '/api/v1/tasks', { method: 'POST', body: { url, ...(Object.keys(headers).length > 0 ? { headers } : {}), ...(digest != null ? { digest } : {}) }, signal })
-  if (res.statusCode !== 200) throw await errorFrom(res)
-  const first = await res.body.json() as TaskProgress
+  if (res.status !== 200) throw await errorFrom(res)
+  const first = await res.json() as TaskProgress
   const final = await follow(base, first.taskId, json, signal)
   if (final.state !== 'succeeded') {
     throw final.error != null ? fromErrorInfo(final.error) : new TaskFailedError(`download ended in state ${final.state}`)
@@ -102,13 +115,14 @@ export async function get (argv: string[]): Promise<number> {
 
 async function follow (base: string, taskId: string, json: boolean, signal?: AbortSignal): Promise<TaskProgress> {
   const res = await api(base, `/api/v1/tasks/${taskId}/progress`, { signal })
-  if (res.statusCode !== 200) throw await errorFrom(res)
+  if (res.status !== 200) throw await errorFrom(res)
   const tty = !json && process.stderr.isTTY === true
   let last: TaskProgress | undefined
   let buf = ''
   const t0 = Date.now()
-  for await (const chunk of res.body) {
-    buf += chunk.toString()
+  const dec = new TextDecoder()
+  for await (const chunk of body(res)) {
+    buf += dec.decode(chunk, { stream: true })
     let i: number
     while ((i = buf.indexOf('\n')) >= 0) {
       const line = buf.slice(0, i); buf = buf.slice(i + 1)
@@ -134,10 +148,10 @@ async function copyOut (base: string, p: TaskProgress, output: string, digest: s
   let ok = false
   try {
     const res = await api(base, `/api/v1/tasks/${p.taskId}/content`, { signal })
-    if (res.statusCode !== 200) throw await errorFrom(res)
+    if (res.status !== 200) throw await errorFrom(res)
     const h = createHash('sha256')
     let n = 0
-    for await (const chunk of res.body) {
+    for await (const chunk of body(res)) {
       h.update(chunk)
       let off = 0
       while (off < chunk.byteLength) {

@@ -2,7 +2,6 @@
  * The `guoce` command: parses options and wires the parts; nothing else lives here.
  */
 import { join } from 'node:path'
-import { jsonLogger, type LogLevel } from '@guoce/transfer'
 import { InvalidParametersError } from '@guoce/interface'
 import { parse, defaultHome, hostPort, durationMs, sizeBytes } from './args.js'
 import type { Running } from './services.js'
@@ -44,11 +43,6 @@ Runs a scheduler, a seed peer and a peer daemon in one process on embedded defau
 and \`guoce get --daemon <api>\` downloads through it.
 `
 
-function logger (json: boolean, fallback: LogLevel): ReturnType<typeof jsonLogger> {
-  const lvl = (process.env.GUOCE_LOG ?? fallback) as LogLevel
-  return jsonLogger(['debug', 'info', 'warn', 'error', 'silent'].includes(lvl) ? lvl : fallback, {}, json ? undefined : undefined)
-}
-
 function out (json: boolean, obj: Record<string, unknown>, text: string): void {
   process.stdout.write(json ? JSON.stringify(obj) + '\n' : text + '\n')
 }
@@ -69,7 +63,7 @@ export async function main (argv: string[]): Promise<number | undefined> {
   const [cmd, ...rest] = argv
   if (cmd == null || cmd === '--help' || cmd === '-h' || cmd === 'help') { process.stdout.write(USAGE); return cmd == null ? 2 : 0 }
   // services load libp2p and fastify; `guoce get` needs neither, so load them only when asked
-  const { startScheduler, startSeed, startDaemon } = cmd === 'get' || cmd === 'image' ? {} as typeof import('./services.js') : await import('./services.js')
+  const { startScheduler, startSeed, startDaemon, logger } = cmd === 'get' || cmd === 'image' ? {} as typeof import('./services.js') : await import('./services.js')
   switch (cmd) {
     case 'get': return await (await import('./get.js')).get(rest)
     case 'image': return await (await import('./image.js')).image(rest)

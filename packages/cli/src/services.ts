@@ -2,7 +2,7 @@
 import { join } from 'node:path'
 import { mkdir } from 'node:fs/promises'
 import type { Logger } from '@guoce/interface'
-import { createNode, loadOrCreateKey, type Libp2p } from '@guoce/transfer'
+import { createNode, loadOrCreateKey, jsonLogger, type Libp2p, type LogLevel } from '@guoce/transfer'
 import { openStore } from '@guoce/store'
 import { Scheduler } from '@guoce/scheduler'
 import { SeedPeer } from '@guoce/seed-peer'
@@ -50,4 +50,10 @@ export async function startDaemon (o: { quotaBytes?: number | undefined, data: s
   const app = buildServer(daemon)
   const apiUrl = await app.listen({ host: o.api.host, port: o.api.port })
   return { daemon, apiUrl, app, node, stop: async () => { await app.close(); await daemon.stop(); await node.stop() } }
+}
+
+/** JSON-lines logger on stderr at GUOCE_LOG's level (default `fallback`). */
+export function logger (_json: boolean, fallback: LogLevel): Logger {
+  const lvl = (process.env.GUOCE_LOG ?? fallback) as LogLevel
+  return jsonLogger(['debug', 'info', 'warn', 'error', 'silent'].includes(lvl) ? lvl : fallback)
 }
