@@ -51,7 +51,8 @@ export class SchedulerClient implements Startable {
   async stop (): Promise<void> {
     this.stopped = true
     this.controller.abort()
-    this.channel?.close()
+    // abort, not close: a half-close would wait for the scheduler to end its side
+    this.channel?.close(new Error('scheduler client stopping'))
     await this.loop?.catch(() => {})
   }
 
