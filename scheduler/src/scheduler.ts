@@ -94,6 +94,7 @@ export class SchedulerCore {
     peer.state = reg.completed === true ? 'succeeded' : 'running'
     if (host.isSeed) peer.isSource = true
     if (task.info != null) {
+      if (peer.bitmap != null) task.peerGone() // a re-registration may hold less than before
       peer.bitmap = new Bitmap(task.info.pieceCount, reg.bitmap != null && reg.bitmap.length > 0 ? reg.bitmap : undefined)
       this.sendTaskState(peer)
       if (peer.state === 'running' && !peer.isSource) this.schedule(peer)
@@ -186,6 +187,8 @@ export class SchedulerCore {
         q.push(n)
       }
     })
+    // progress: the retry budget counts fruitless asks in a row, not asks over the whole download
+    if (fresh.length > 0) peer.scheduleRetries = 0
     if (fresh.length > 0 && peer.children.size > 0) {
       let q = this.pendingHave.get(peer)
       if (q == null) this.pendingHave.set(peer, q = [])
@@ -294,6 +297,7 @@ export class SchedulerCore {
     const task = peer.task
     peer.state = state
     task.peers.delete(peer.id)
+    task.peerGone()
     peer.host.peers.delete(task.id)
     this.pendingHave.delete(peer)
     for (const p of peer.parents) p.children.delete(peer)

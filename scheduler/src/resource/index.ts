@@ -8,25 +8,63 @@ import type { PeerState, TaskInfo } from '@guoce/interface'
 
 export class Host {
   readonly peers = new Map<string, Peer>()
+  /** children fed over all tasks, kept by the peers' ChildSets (read with `childCount`) */
+  children = 0
   /** `sink` delivers a message to the host (its stream, or a simulator) */
   constructor (readonly id: string, public info: WireHostInfo, private readonly sink: (msg: SchedulerMessage) => void, readonly close: () => void = () => {}) {}
   get isSeed (): boolean { return this.info.type === 'seed' }
   get uploadSlots (): number { return this.info.uploadSlots }
   /** children this host currently feeds, over all tasks */
-  get childCount (): number {
-    let n = 0
-    for (const p of this.peers.values()) n += p.children.size
-    return n
-  }
+  get childCount (): number { return this.children }
 
   send (msg: SchedulerMessage): void { this.sink(msg) }
+}
+
+/**
+ * A peer's children. Keeps its host's child total current, so slot checks are O(1), and keeps
+ * `level` a topological order of the DAG: every edge goes from a lower to a higher level, so a
+ * candidate at a level <= the child's can never be the child's descendant (no walk needed).
+ */
+class ChildSet extends Set<Peer> {
+  constructor (private readonly owner: Peer) { super() }
+  override add (p: Peer): this {
+    if (this.has(p)) return this
+    super.add(p)
+    this.owner.host.children++
+    if (p.level <= this.owner.level) raiseLevel(p, this.owner.level + 1)
+    return this
+  }
+
+  override delete (p: Peer): boolean {
+    if (!super.delete(p)) return false
+    this.owner.host.children--
+    return true
+  }
+
+  override clear (): void {
+    this.owner.host.children -= this.size
+    super.clear()
+  }
+}
+
+function raiseLevel (start: Peer, level: number): void {
+  start.level = level
+  const stack = [start]
+  while (stack.length > 0) {
+    const p = stack.pop()!
+    for (const c of p.children) {
+      if (c.level <= p.level) { c.level = p.level + 1; stack.push(c) }
+    }
+  }
 }
 
 export class Peer {
   bitmap: Bitmap | undefined
   state: PeerState = 'pending'
   readonly parents = new Set<Peer>()
-  readonly children = new Set<Peer>()
+  readonly children: Set<Peer>
+  /** topological level in the task's DAG: a parent's level is always below its children's */
+  level = 0
   /** parents this child reported as bad */
   readonly blamed = new Set<string>()
   /** children that reported this peer */
@@ -37,19 +75,71 @@ export class Peer {
   /** bitmap sent before the task's layout was known (a re-registration after a scheduler restart) */
   rawBitmap: Uint8Array | undefined
 
-  constructor (readonly host: Host, readonly task: Task) {}
+  constructor (readonly host: Host, readonly task: Task) { this.children = new ChildSet(this) }
   get id (): string { return this.host.id }
   get bad (): boolean { return this.reportedBy.size >= 2 }
+}
+
+/**
+ * A task's peers by host id, also kept in an array so a scheduler can look at a bounded,
+ * rotating window of candidates (`window`) instead of every peer of a 10,000-peer task.
+ */
+export class PeerMap extends Map<string, Peer> {
+  private readonly list: Peer[] = []
+  private readonly index = new Map<Peer, number>()
+  private cursor = 0
+
+  override set (id: string, p: Peer): this {
+    const old = super.get(id)
+    if (old === p) return this
+    if (old != null) this.unlist(old)
+    super.set(id, p)
+    this.index.set(p, this.list.length)
+    this.list.push(p)
+    return this
+  }
+
+  override delete (id: string): boolean {
+    const p = super.get(id)
+    if (p == null) return false
+    this.unlist(p)
+    return super.delete(id)
+  }
+
+  override clear (): void {
+    this.list.length = 0
+    this.index.clear()
+    super.clear()
+  }
+
+  /** Up to `limit` peers, starting where the previous window stopped (all peers when size <= limit). */
+  * window (limit: number): Generator<Peer> {
+    const n = this.list.length
+    if (n <= limit) { yield * this.list.slice(); return }
+    const start = this.cursor % n
+    this.cursor = (start + limit) % n
+    for (let i = 0; i < limit; i++) yield this.list[(start + i) % n]!
+  }
+
+  private unlist (p: Peer): void {
+    const i = this.index.get(p)
+    if (i == null) return
+    const last = this.list.pop()!
+    if (last !== p) { this.list[i] = last; this.index.set(last, i) }
+    this.index.delete(p)
+  }
 }
 
 export class Task {
   info: TaskInfo | undefined
   digests: Array<Uint8Array | undefined> = []
-  readonly peers = new Map<string, Peer>()
+  readonly peers = new PeerMap()
   /** host asked to seed this task, while it runs */
   seeding: string | undefined
   /** source attempts that failed with a retryable error */
   sourceFailures = 0
+  /** cached `covered`: once true it stays true until a peer goes (`peerGone`) */
+  private coveredCache = false
 
   constructor (readonly id: string, public ref: WireTaskRef) {}
 
@@ -65,11 +155,16 @@ export class Task {
   /** true when the peers still here hold every piece between them */
   get covered (): boolean {
     if (this.info == null) return false
+    if (this.coveredCache) return true
     const union = new Bitmap(this.info.pieceCount)
     for (const p of this.peers.values()) {
       if (p.bitmap == null || p.state === 'failed' || p.state === 'left') continue
       for (let i = 0; i < union.bytes.length; i++) union.bytes[i] = (union.bytes[i] ?? 0) | (p.bitmap.bytes[i] ?? 0)
     }
-    return new Bitmap(this.info.pieceCount, union.bytes).full
+    this.coveredCache = new Bitmap(this.info.pieceCount, union.bytes).full
+    return this.coveredCache
   }
+
+  /** a peer left, failed or was removed: what the rest hold must be recomputed */
+  peerGone (): void { this.coveredCache = false }
 }

@@ -1,0 +1,401 @@
+// bench/sim: the real SchedulerCore driven by simulated hosts, no sockets.
+//
+// Phase "scale": --hosts (10,000) hosts join, register tasks, report pieces, ask for parents, leave and
+// come back. Measures schedule decisions per second, per-decision latency, scheduler heap per host.
+// Phase "swarm": --swarm-hosts (1,000) peers fetch one file through a time-stepped bandwidth model
+// (every transfer parent -> child limited by the parent's uplink and the child's downlink, shared
+// equally between concurrent transfers); the parents are the ones the scheduler hands out, pieces are
+// chosen rarest-first among them per child. Reports T_all and the Kumar-Ross bound T_min.
+//
+// node --expose-gc bench/sim/run.js [--hosts 10000] [--tasks 1] [--pieces 128] [--swarm-hosts 1000]
+//   [--file-mib 128] [--piece-kib 1024] [--mbps 100] [--seed 1]
+// One JSON object on stdout; progress on stderr.
+import { parseArgs } from 'node:util'
+import { cpSync, mkdirSync, rmSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+import { silentLogger } from '@guoce/transfer'
+
+const { values: opt } = parseArgs({
+  options: {
+    hosts: { type: 'string', default: '10000' },
+    tasks: { type: 'string', default: '1' },
+    pieces: { type: 'string', default: '128' },
+    rounds: { type: 'string', default: '3' },
+    'swarm-hosts': { type: 'string', default: '1000' },
+    'file-mib': { type: 'string', default: '128' },
+    'piece-kib': { type: 'string', default: '1024' },
+    mbps: { type: 'string', default: '100' },
+    'peer-mbps': { type: 'string' },
+    seed: { type: 'string', default: '1' },
+    'budget-s': { type: 'string', default: '240' },
+    proposed: { type: 'boolean', default: false },
+    'skip-scale': { type: 'boolean', default: false },
+    'skip-swarm': { type: 'boolean', default: false }
+  }
+})
+
+if (typeof globalThis.gc !== 'function') {
+  // heap per host needs a real gc: run again with --expose-gc
+  const { spawnSync } = await import('node:child_process')
+  const r = spawnSync(process.execPath, ['--expose-gc', ...process.argv.slice(1)], { stdio: 'inherit' })
+  process.exit(r.status ?? 1)
+}
+// --proposed: the same scheduler build with scheduling/index.js replaced by ./proposed-scheduling.js
+const here = dirname(fileURLToPath(import.meta.url))
+let schedulerEntry = '@guoce/scheduler'
+if (opt.proposed) {
+  const dist = join(here, '..', '..', 'scheduler', 'dist')
+  const copy = join(here, '..', 'out', 'sim-proposed', 'dist')
+  rmSync(copy, { recursive: true, force: true }); mkdirSync(copy, { recursive: true })
+  cpSync(dist, copy, { recursive: true })
+  cpSync(join(here, 'proposed-scheduling.js'), join(copy, 'src', 'scheduling', 'index.js'))
+  schedulerEntry = pathToFileURL(join(copy, 'src', 'index.js')).href
+}
+const { SchedulerCore } = await import(schedulerEntry)
+const log = (...a) => { process.stderr.write(a.join(' ') + '\n') }
+
+// deterministic PRNG (mulberry32) so runs are comparable
+let rs = Number(opt.seed) >>> 0
+function rand () {
+  rs = (rs + 0x6d2b79f5) >>> 0
+  let t = rs
+  t = Math.imul(t ^ (t >>> 15), t | 1)
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+}
+const pick = arr => arr[Math.floor(rand() * arr.length)]
+
+function hostInfo (type, uploadBps, i) {
+  return {
+    type,
+    uploadSlots: 8,
+    uploadBps,
+    idc: `idc${i % 4}`,
+    location: `region${i % 2}|zone${i % 8}|rack${i % 64}`,
+    addrs: [],
+    hostname: `h${i}`,
+    load: 0
+  }
+}
+const digest = n => { const d = new Uint8Array(32); d[0] = n & 0xff; d[1] = (n >> 8) & 0xff; d[31] = 1; return d }
+const taskIdOf = t => t.toString(16).padStart(64, '0')
+function percentile (sorted, p) { return sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] }
+function heap () { globalThis.gc(); globalThis.gc(); return process.memoryUsage().heapUsed }
+
+// ---------------------------------------------------------------------------------------------
+// phase 1: scale
+function scale () {
+  const H = Number(opt.hosts); const T = Number(opt.tasks); const P = Number(opt.pieces)
+  const info = { contentLength: P * 1024 * 1024, pieceLength: 1024 * 1024, pieceCount: P }
+  let parentsMsgs = 0
+  const sink = m => { if (m.parents != null) parentsMsgs++ }
+  const heap0 = heap()
+  const core = new SchedulerCore(silentLogger)
+  // one seed per 1,000 hosts, as a deployment would have
+  const seeds = []
+  for (let i = 0; i < Math.max(1, Math.ceil(H / 1000)); i++) seeds.push(core.connectHost(`seed${i}`, hostInfo('seed', 0, i), sink))
+  const hosts = []
+  for (let i = 0; i < H; i++) hosts.push(core.connectHost(`host${i}`, hostInfo('normal', 0, i), sink))
+  const lat = []
+  let decisions = 0
+  let busy = 0
+  /** a message that may produce parent decisions: time it */
+  const timed = (host, msg) => {
+    const before = parentsMsgs
+    const t0 = process.hrtime.bigint()
+    core.handleMessage(host, msg)
+    const dt = Number(process.hrtime.bigint() - t0) / 1e6
+    busy += dt
+    if (parentsMsgs > before) { lat.push(dt); decisions += parentsMsgs - before }
+  }
+  const untimed = (host, msg) => {
+    const t0 = process.hrtime.bigint()
+    core.handleMessage(host, msg)
+    busy += Number(process.hrtime.bigint() - t0) / 1e6
+  }
+  const taskOf = i => taskIdOf(i % T)
+  const tStart = process.hrtime.bigint()
+  // the sources: a seed registers each task and holds a growing prefix of pieces
+  for (let t = 0; t < T; t++) {
+    const seedHost = seeds[t % seeds.length]
+    const taskId = taskIdOf(t)
+    untimed(seedHost, { register: { taskId, url: `http://origin/${t}` } })
+  }
+  // hosts register (each registration is a decision once the task layout is known)
+  const order = hosts.map((_, i) => i).sort(() => rand() - 0.5)
+  for (let k = 0; k < order.length; k++) {
+    const i = order[k]
+    timed(hosts[i], { register: { taskId: taskOf(i), url: `http://origin/${i % T}` } })
+    if (k === 0 || k === Math.floor(order.length / 10)) {
+      // the seeds answer with the layout after the first registrations
+      for (let t = 0; t < T; t++) {
+        const seedHost = core.tasks.get(taskIdOf(t))?.seeding != null ? core.hosts.get(core.tasks.get(taskIdOf(t)).seeding) : seeds[t % seeds.length]
+        if (core.tasks.get(taskIdOf(t))?.info != null) continue
+        untimed(seedHost, { register: { taskId: taskIdOf(t), url: `http://origin/${t}` } })
+        untimed(seedHost, { sourceInfo: { taskId: taskIdOf(t), info } })
+        const numbers = Array.from({ length: P }, (_, n) => n)
+        untimed(seedHost, { pieceDone: { taskId: taskIdOf(t), numbers, digests: numbers.map(digest) } })
+      }
+    }
+  }
+  core.flushAnnouncements()
+  // rounds of progress: every host reports a few pieces, a tenth ask for parents again, 1% leave and rejoin
+  const held = new Map()
+  const budget = Number(opt['budget-s']) * 1e9
+  let truncated = false
+  for (let r = 0; r < Number(opt.rounds) && !truncated; r++) {
+    for (let k = 0; k < H; k++) {
+      if (k % 100 === 0 && Number(process.hrtime.bigint() - tStart) > budget) { truncated = true; break }
+      const i = order[(k * 7919) % H]
+      const h = hosts[i]
+      const got = held.get(i) ?? 0
+      const numbers = []
+      for (let n = got; n < Math.min(P, got + Math.ceil(P / (Number(opt.rounds) + 1))); n++) numbers.push(n)
+      held.set(i, got + numbers.length)
+      if (numbers.length > 0) untimed(h, { pieceDone: { taskId: taskOf(i), numbers } })
+      if (rand() < 0.1) timed(h, { needParents: { taskId: taskOf(i) } })
+      if (rand() < 0.01) {
+        timed(h, { leave: { taskId: taskOf(i) } })
+        held.delete(i)
+        timed(h, { register: { taskId: taskOf(i), url: `http://origin/${i % T}` } })
+      }
+      if (k % 500 === 0) core.flushAnnouncements()
+    }
+    core.flushAnnouncements()
+  }
+  const wall = Number(process.hrtime.bigint() - tStart) / 1e9
+  const stats = core.stats()
+  const heap1 = heap()
+  lat.sort((a, b) => a - b)
+  const res = {
+    hosts: H,
+    tasks: T,
+    pieces_per_task: P,
+    peers: stats.peers,
+    decisions,
+    decisions_per_s: Math.round(decisions / (busy / 1000)),
+    decisions_per_wall_s: Math.round(decisions / wall),
+    p50_decision_ms: +percentile(lat, 0.5).toFixed(3),
+    p99_decision_ms: +percentile(lat, 0.99).toFixed(3),
+    max_decision_ms: +lat[lat.length - 1].toFixed(3),
+    heap_bytes_per_host: Math.round((heap1 - heap0) / H),
+    wall_s: +wall.toFixed(2),
+    truncated
+  }
+  // keep core alive until measured
+  if (core.hosts.size === 0) log('no hosts?')
+  return res
+}
+
+// ---------------------------------------------------------------------------------------------
+// phase 2: swarm with a bandwidth model
+function swarm () {
+  const N = Number(opt['swarm-hosts'])
+  const F = Number(opt['file-mib']) * 1024 * 1024
+  const PL = Number(opt['piece-kib']) * 1024
+  const P = Math.ceil(F / PL)
+  const Us = Number(opt.mbps) * 1e6 / 8
+  const u = Number(opt['peer-mbps'] ?? opt.mbps) * 1e6 / 8
+  const d = u
+  const DT = 0.02 // the scheduler's announcement interval
+  const PARENT_INFLIGHT = 4
+  const TOTAL_INFLIGHT = 16
+  const STARVE_S = 1
+  const pieceLen = n => n === P - 1 ? F - PL * (P - 1) : PL
+  const taskId = taskIdOf(0xfeed)
+  const info = { contentLength: F, pieceLength: PL, pieceCount: P }
+
+  const core = new SchedulerCore(silentLogger)
+  /** simulated nodes: index 0 = seed peer, 1..N = peers; 'origin' flows use the origin's uplink */
+  const nodes = []
+  const byId = new Map()
+  let now = 0
+  const lat = []
+  let decisions = 0
+  const makeNode = (id, type, up, down) => {
+    const node = {
+      id, type, up, down, have: new Uint8Array(P), count: 0, inflight: new Set(), parents: new Map(),
+      done: false, tDone: 0, starveAt: 0, fromOrigin: false, reported: [], uploaded: 0, host: null
+    }
+    node.host = core.connectHost(id, hostInfo(type, up, nodes.length), m => deliver(node, m))
+    nodes.push(node); byId.set(id, node)
+    return node
+  }
+  function deliver (node, m) {
+    if (m.parents != null) {
+      decisions++
+      const keep = new Set()
+      for (const wp of m.parents.parents) {
+        keep.add(wp.peerId)
+        const bits = new Uint8Array(P)
+        const b = wp.bitmap ?? new Uint8Array()
+        for (let n = 0; n < P; n++) if (((b[n >> 3] ?? 0) & (1 << (n & 7))) !== 0) bits[n] = 1
+        const prev = node.parents.get(wp.peerId)
+        node.parents.set(wp.peerId, { bits, inflight: prev?.inflight ?? 0 })
+      }
+      for (const id of [...node.parents.keys()]) if (!keep.has(id)) node.parents.delete(id)
+    }
+    if (m.have != null) {
+      const p = node.parents.get(m.have.peerId)
+      if (p != null) for (const n of m.have.numbers) p.bits[n] = 1
+    }
+    if (m.backToSource != null || m.seed != null) node.fromOrigin = true
+  }
+  const send = (node, msg) => {
+    const before = decisions
+    const t0 = process.hrtime.bigint()
+    core.handleMessage(node.host, msg)
+    const dt = Number(process.hrtime.bigint() - t0) / 1e6
+    if (decisions > before) lat.push(dt)
+  }
+
+  const seed = makeNode('seed', 'seed', u, d)
+  const peers = []
+  for (let i = 0; i < N; i++) peers.push(makeNode(`p${i}`, 'normal', u, d))
+  // registrations arrive over the first 100 ms
+  const arrivals = peers.map(p => ({ p, t: rand() * 0.1 })).sort((a, b) => a.t - b.t)
+  let nextArrival = 0
+  const flows = new Set()
+  let originBytes = 0
+  let seedRegistered = false
+
+  const t0 = process.hrtime.bigint()
+  let steps = 0
+  while (peers.some(p => !p.done)) {
+    if (now > 600) { log(JSON.stringify(nodes.slice(0, 5).map(n => ({ id: n.id, count: n.count, fromOrigin: n.fromOrigin, parents: [...n.parents.keys()], inflight: n.inflight.size })))); throw new Error('swarm did not finish in 600 simulated seconds') }
+    // arrivals
+    while (nextArrival < arrivals.length && arrivals[nextArrival].t <= now) {
+      const p = arrivals[nextArrival++].p
+      p.starveAt = now + STARVE_S
+      send(p, { register: { taskId, url: 'http://origin/file' } })
+    }
+    if (seed.fromOrigin && !seedRegistered) {
+      seedRegistered = true
+      send(seed, { register: { taskId, url: 'http://origin/file' } })
+      send(seed, { sourceInfo: { taskId, info } })
+    }
+    // new transfers
+    for (const node of nodes) {
+      if (node.done || (node === seed && !seedRegistered)) continue
+      if (node.fromOrigin) {
+        // back to source: pieces in order from the origin, a few at a time
+        for (let n = 0; n < P && node.inflight.size < 4; n++) {
+          if (node.have[n] === 1 || node.inflight.has(n)) continue
+          if ([...flows].some(f => f.to === node && f.n === n)) continue
+          node.inflight.add(n)
+          flows.add({ from: null, to: node, n, left: pieceLen(n) })
+        }
+        continue
+      }
+      if (node.inflight.size >= TOTAL_INFLIGHT || node.parents.size === 0) continue
+      // rarest first among this child's parents
+      const parents = [...node.parents.entries()].filter(([id, p]) => p.inflight < PARENT_INFLIGHT && byId.has(id))
+      if (parents.length === 0) continue
+      const cands = []
+      for (let n = 0; n < P; n++) {
+        if (node.have[n] === 1 || node.inflight.has(n)) continue
+        let rarity = 0
+        for (const [, p] of node.parents) rarity += p.bits[n]
+        if (rarity > 0) cands.push({ n, rarity, r: rand() })
+      }
+      cands.sort((a, b) => a.rarity - b.rarity || a.r - b.r)
+      for (const c of cands) {
+        if (node.inflight.size >= TOTAL_INFLIGHT) break
+        // the holder with the least in flight from us
+        let best = null
+        for (const [id, p] of parents) if (p.bits[c.n] === 1 && p.inflight < PARENT_INFLIGHT && (best == null || p.inflight < best[1].inflight)) best = [id, p]
+        if (best == null) continue
+        best[1].inflight++
+        node.inflight.add(c.n)
+        flows.add({ from: byId.get(best[0]), to: node, n: c.n, left: pieceLen(c.n), via: best[1] })
+      }
+    }
+    // bandwidth shares: each flow gets min(parent uplink / parent's flows, child downlink / child's flows)
+    const ups = new Map(); const downs = new Map()
+    for (const f of flows) {
+      const k = f.from ?? 'origin'
+      ups.set(k, (ups.get(k) ?? 0) + 1)
+      downs.set(f.to, (downs.get(f.to) ?? 0) + 1)
+    }
+    now += DT
+    steps++
+    for (const f of [...flows]) {
+      const upRate = (f.from == null ? Us : f.from.up) / ups.get(f.from ?? 'origin')
+      const downRate = f.to.down / downs.get(f.to)
+      const bytes = Math.min(f.left, Math.min(upRate, downRate) * DT)
+      f.left -= bytes
+      if (f.from == null) originBytes += bytes
+      else f.from.uploaded += bytes
+      if (f.left > 1e-6) continue
+      flows.delete(f)
+      const node = f.to
+      node.inflight.delete(f.n)
+      if (f.via != null) f.via.inflight--
+      if (node.have[f.n] === 1) continue
+      node.have[f.n] = 1
+      node.count++
+      node.reported.push(f.n)
+      node.starveAt = now + STARVE_S
+    }
+    // reports, then the scheduler's announcement tick
+    for (const node of nodes) {
+      if (node.reported.length === 0) continue
+      const numbers = node.reported.splice(0)
+      send(node, { pieceDone: { taskId, numbers, ...(node === seed ? { digests: numbers.map(digest) } : {}) } })
+      if (node.count === P && !node.done) {
+        node.done = true
+        node.tDone = now
+        send(node, { result: { taskId, success: true } })
+      }
+    }
+    core.flushAnnouncements()
+    // starving children ask for parents again
+    for (const p of peers) {
+      if (p.done || p.fromOrigin || p.starveAt > now || nextArrival < arrivals.length && !p.starveAt) continue
+      if (p.inflight.size === 0) { p.starveAt = now + STARVE_S; send(p, { needParents: { taskId } }) }
+    }
+  }
+  const cpu = Number(process.hrtime.bigint() - t0) / 1e9
+  const tAll = Math.max(...peers.map(p => p.tDone))
+  const done = peers.map(p => p.tDone).sort((a, b) => a - b)
+  const sumU = u * (N + 1)
+  const tMin = Math.max(F / Us, F / d, (N + 1) * F / (Us + sumU))
+  lat.sort((a, b) => a - b)
+  return {
+    n: N,
+    file_bytes: F,
+    piece_bytes: PL,
+    mbps: Number(opt.mbps),
+    t_all_s: +tAll.toFixed(2),
+    t_min_s: +tMin.toFixed(2),
+    ratio: +(tAll / tMin).toFixed(3),
+    p50_s: +percentile(done, 0.5).toFixed(2),
+    p99_s: +percentile(done, 0.99).toFixed(2),
+    origin_bytes_ratio: +(originBytes / F).toFixed(3),
+    seed_upload_ratio: +(seed.uploaded / F).toFixed(2),
+    back_to_source_peers: peers.filter(p => p.fromOrigin).length,
+    decisions,
+    p99_decision_ms: +percentile(lat, 0.99).toFixed(3),
+    steps,
+    sim_cpu_s: +cpu.toFixed(1)
+  }
+}
+
+const out = { bench: 'sim', node: process.version, scheduling: opt.proposed ? 'proposed (bench/sim/proposed-scheduling.js)' : 'committed' }
+if (!opt['skip-scale']) {
+  log(`scale: ${opt.hosts} hosts, ${opt.tasks} task(s)`)
+  out.scale = scale()
+  out.scale.targets = {
+    decisions_per_s: out.scale.decisions_per_s >= 5000,
+    p99_decision_ms: out.scale.p99_decision_ms <= 5,
+    heap_bytes_per_host: out.scale.heap_bytes_per_host <= 4096
+  }
+  log(JSON.stringify(out.scale))
+}
+if (!opt['skip-swarm']) {
+  log(`swarm: ${opt['swarm-hosts']} peers`)
+  out.swarm = swarm()
+  log(JSON.stringify(out.swarm))
+}
+console.log(JSON.stringify(out))
