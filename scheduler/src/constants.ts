@@ -1,8 +1,17 @@
 /**
- * Parents handed to a child at once (Dragonfly: candidateParentLimit).
- * @default 4
+ * Parents handed to a child at once (Dragonfly: candidateParentLimit): the first is the child's primary
+ * parent, the others are backups it turns to when the primary stalls (see selectParents).
+ * @default 3
  */
-export const CANDIDATE_PARENT_LIMIT = 4
+export const CANDIDATE_PARENT_LIMIT = 3
+/**
+ * Children of one task that a seed feeds while peers can feed the rest. The seed's uplink is usually
+ * no faster than the origin's, so every second child of the seed is a piece the seed sends twice and
+ * the whole swarm waits for (bench/fanout). Beyond the limit the seed is offered only to a child that
+ * has no other candidate.
+ * @default 1
+ */
+export const SEED_CHILD_LIMIT = 1
 /**
  * Upload slots assumed for a host that did not announce any.
  * @default 8

@@ -3,6 +3,12 @@
  * StoredTask (shared with the piece server) owns the bytes. Every piece is verified against the
  * digest the scheduler relayed from a source before it is written, so a parent can cost time,
  * never correctness. `pump()` is the only place requests are issued.
+ *
+ * Parent use: the scheduler lists parents best first. The first usable one is the primary and gets
+ * every request; the others are backups, asked only in endgame or once nothing has arrived for
+ * STALL_MS (the primary is slow, stalled or gone). Asking a backup while the primary delivers takes
+ * upload from the backup's own primary child, which a pipeline of equal links cannot spare
+ * (bench/fanout).
  */
 import { createHash } from 'node:crypto'
 import type { Libp2p } from 'libp2p'
@@ -12,7 +18,7 @@ import { DigestMismatchError, ParentTimeoutError, fromErrorInfo, toErrorInfo, ty
 import type { StoredTask, TaskStore } from '@guoce/store'
 import { PieceConnection, Priority, type PeerMessage, type SchedulerMessage, type WireParent } from '@guoce/transfer'
 import { fillFromSource } from '@guoce/seed-peer'
-import { ENDGAME_PIECES, PARENT_INFLIGHT, PIECE_TIMEOUT_MS, PIECE_TIMEOUT_PER_MIB_MS, REPORT_DELAY_MS, REQUEST_BATCH, SCHEDULER_WAIT_MS, STARVE_MS, TOTAL_INFLIGHT } from './constants.js'
+import { ENDGAME_PIECES, PARENT_INFLIGHT, PIECE_TIMEOUT_MS, PIECE_TIMEOUT_PER_MIB_MS, REPORT_DELAY_MS, REQUEST_BATCH, SCHEDULER_WAIT_MS, STALL_MS, STARVE_MS, TOTAL_INFLIGHT } from './constants.js'
 
 interface ParentState {
   id: string
@@ -22,6 +28,8 @@ interface ParentState {
   connecting: Promise<PieceConnection> | undefined
   inflight: Set<number>
   bytes: number
+  /** place in the scheduler's last list: 0 = primary */
+  rank: number
 }
 
 export interface PeerTaskInit {
@@ -57,6 +65,9 @@ export class PeerTask {
   private isSource = false
   private creating: Promise<StoredTask> | undefined
   private readonly blamed = new Set<string>()
+  /** last time the download made progress (a piece arrived, a new primary, the first piece on offer) */
+  private lastGain: number | undefined
+  private stallTimer: NodeJS.Timeout | undefined
 
   constructor (private readonly init: PeerTaskInit) {
     this.log = init.log.child({ component: 'peer:task', task: init.taskId.slice(0, 12) })
@@ -187,14 +198,17 @@ export class PeerTask {
   private onParents (list: WireParent[]): void {
     const keep = new Set<string>()
     const count = this.stored?.info.pieceCount
+    const oldPrimary = this.primary()
+    let rank = 0
     for (const wp of list) {
       if (this.blamed.has(wp.peerId)) continue
       keep.add(wp.peerId)
       let p = this.parents.get(wp.peerId)
       if (p == null) {
-        p = { id: wp.peerId, addrs: (wp.addrs ?? []).map(a => multiaddr(a).toString()), bitmap: undefined, conn: undefined, connecting: undefined, inflight: new Set(), bytes: 0 }
+        p = { id: wp.peerId, addrs: (wp.addrs ?? []).map(a => multiaddr(a).toString()), bitmap: undefined, conn: undefined, connecting: undefined, inflight: new Set(), bytes: 0, rank }
         this.parents.set(wp.peerId, p)
       }
+      p.rank = rank++
       if (count != null) {
         const b = new Bitmap(count, wp.bitmap != null && wp.bitmap.length > 0 ? wp.bitmap : undefined)
         if (p.bitmap == null) p.bitmap = b
@@ -202,9 +216,20 @@ export class PeerTask {
       }
     }
     for (const [id, p] of this.parents) {
-      if (!keep.has(id) && p.inflight.size === 0) { p.conn?.close(); this.parents.delete(id) }
+      if (!keep.has(id)) {
+        p.rank = Number.MAX_SAFE_INTEGER
+        if (p.inflight.size === 0) { p.conn?.close(); this.parents.delete(id) }
+      }
     }
+    if (this.primary() !== oldPrimary && this.lastGain != null) this.lastGain = Date.now()
     this.pump()
+  }
+
+  /** The parent that gets every request while the download makes progress. */
+  private primary (): ParentState | undefined {
+    let best: ParentState | undefined
+    for (const p of this.parents.values()) if (p.bitmap != null && (best == null || p.rank < best.rank)) best = p
+    return best
   }
 
   /** Issue requests while there is capacity. */
@@ -216,12 +241,23 @@ export class PeerTask {
     for (const p of this.parents.values()) total += p.inflight.size
     const missing = s.info.pieceCount - s.bitmap.count
     const endgame = missing <= ENDGAME_PIECES
+    const now = Date.now()
+    const primary = this.primary()
+    if (this.lastGain == null && primary != null && [...this.parents.values()].some(p => this.pickPieces(p, 1, false).length > 0)) this.lastGain = now
+    // backups: in endgame, or when nothing has arrived for STALL_MS
+    const stalled = this.lastGain != null && now - this.lastGain >= STALL_MS
+    const backups = endgame || stalled
+    let heldBack = false
     let issued = true
     while (issued && total < TOTAL_INFLIGHT) {
       issued = false
-      // parents with the most idle capacity first
-      const order = [...this.parents.values()].filter(p => p.bitmap != null && p.inflight.size < PARENT_INFLIGHT).sort((a, b) => a.inflight.size - b.inflight.size)
+      // the primary first, then backups with the most idle capacity
+      const order = [...this.parents.values()].filter(p => p.bitmap != null && p.inflight.size < PARENT_INFLIGHT).sort((a, b) => (a === primary ? -1 : b === primary ? 1 : a.inflight.size - b.inflight.size))
       for (const p of order) {
+        if (p !== primary && !backups) {
+          if (!heldBack && this.pickPieces(p, 1, false).length > 0) heldBack = true
+          continue
+        }
         const want = Math.min(REQUEST_BATCH, PARENT_INFLIGHT - p.inflight.size, TOTAL_INFLIGHT - total)
         if (want <= 0) continue
         const picks = this.pickPieces(p, want, endgame)
@@ -231,8 +267,13 @@ export class PeerTask {
         void this.requestFrom(p, picks)
       }
     }
-    if (total === 0) this.armStarve()
+    if (total === 0 && !heldBack) this.armStarve()
     else this.disarmStarve()
+    // a backup has what we need: look again when the stall limit is reached
+    if (heldBack && this.stallTimer == null && this.lastGain != null) {
+      this.stallTimer = setTimeout(() => { this.stallTimer = undefined; this.pump() }, Math.max(1, this.lastGain + STALL_MS - now))
+      this.stallTimer.unref()
+    }
   }
 
   /** Rarest first among the pieces this parent holds that we lack and have not requested. */
@@ -316,6 +357,7 @@ export class PeerTask {
     if (expected == null) return
     verifyPiece(n, data, expected) // throws PieceDigestMismatchError -> parent blamed
     await s.writePiece(n, data, expected)
+    this.lastGain = Date.now()
     p.bytes += data.byteLength
     this.piecesFromPeers++
     this.init.onStats?.('peer', data.byteLength)
@@ -363,6 +405,7 @@ export class PeerTask {
 
   private disarmStarve (): void {
     if (this.starveTimer != null) { clearTimeout(this.starveTimer); this.starveTimer = undefined }
+    if (this.stallTimer != null && this.state !== 'running') { clearTimeout(this.stallTimer); this.stallTimer = undefined }
   }
 
   /** Fetch what is missing from the origin ourselves. */
@@ -458,6 +501,7 @@ export class PeerTask {
   /** Stop downloading (daemon shutdown). */
   stop (): void {
     this.disarmStarve()
+    clearTimeout(this.stallTimer)
     clearTimeout(this.waitTimer)
     clearTimeout(this.reportTimer)
     for (const p of this.parents.values()) p.conn?.close()

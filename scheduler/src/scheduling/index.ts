@@ -1,10 +1,19 @@
 /**
  * Parent selection: filters (each refusal is logged with its reason), a cycle check over the
- * parent/child DAG, the evaluator's score, then the top CANDIDATE_PARENT_LIMIT.
+ * parent/child DAG, then a ranking that builds a pipeline (measured in bench/fanout):
+ *
+ * - A running child takes running peers as parents only if they joined the task before it (join order
+ *   = the task's peer map order). Edges then always go from earlier to later peers, so the DAG can never
+ *   need the cycle check to refuse anything, and every peer has its place in one pipeline.
+ * - Ranked first: peers that hold the whole task; then earlier peers with the fewest children of this
+ *   task, nearest first. With equal links the bound T_min is reached only when every byte crosses each
+ *   link once, so each peer feeds one successor at full rate and the seed feeds one head (a chain, with
+ *   the next-nearest peers as backups); the evaluator's score breaks the remaining ties.
+ * - The seed feeds SEED_CHILD_LIMIT children; others get it only when nothing else is left.
  */
 import type { Logger } from '@guoce/interface'
 import { evaluate } from '../evaluator/index.js'
-import { CANDIDATE_PARENT_LIMIT } from '../constants.js'
+import { CANDIDATE_PARENT_LIMIT, SEED_CHILD_LIMIT } from '../constants.js'
 import type { Peer } from '../resource/index.js'
 
 /** Is `target` reachable from `from` following child edges? (then target -> from would close a cycle) */
@@ -33,18 +42,30 @@ export function refuseReason (child: Peer, cand: Peer): string | null {
   return null
 }
 
+/** children of `p` for its task (a host may feed other tasks too) */
+function taskChildren (p: Peer): number { return p.children.size }
+
 export function selectParents (child: Peer, log: Logger, limit = CANDIDATE_PARENT_LIMIT): Peer[] {
   const task = child.task
   const pieceCount = task.info?.pieceCount ?? 0
-  const scored: Array<{ p: Peer, score: number }> = []
+  const scored: Array<{ p: Peer, tier: number, children: number, distance: number, score: number }> = []
+  const seeds: Array<{ p: Peer, tier: number, children: number, distance: number, score: number }> = []
+  // join order: the task's peer map keeps insertion order
+  let position = 0
+  let childPosition = -1
+  const positions = new Map<Peer, number>()
   for (const cand of task.peers.values()) {
-    const reason = refuseReason(child, cand)
+    if (cand === child) childPosition = position
+    positions.set(cand, position++)
+  }
+  for (const cand of task.peers.values()) {
+    const reason = refuseReason(child, cand) ?? orderReason(child, cand, positions, childPosition)
     if (reason != null) {
       if (cand !== child) log.debug('parent refused', { task: task.id.slice(0, 12), child: child.id, parent: cand.id, reason })
       continue
     }
     const slots = cand.host.uploadSlots
-    let score = evaluate({
+    const score = evaluate({
       parentPieces: cand.bitmap?.count ?? 0,
       pieceCount,
       parentFreeSlots: slots - cand.host.childCount,
@@ -55,10 +76,35 @@ export function selectParents (child: Peer, log: Logger, limit = CANDIDATE_PAREN
       parentLocation: cand.host.info.location,
       childLocation: child.host.info.location
     })
-    // a parent that has nothing the child lacks, and will get nothing more, is useless
-    if (cand.state === 'succeeded' || cand.isSource) score += 0.01
-    scored.push({ p: cand, score })
+    const complete = cand.state === 'succeeded' || (cand.bitmap?.full ?? false)
+    const entry = {
+      p: cand,
+      tier: cand.host.isSeed ? 2 : complete ? 0 : 1,
+      // a parent's current children, not counting this child
+      children: taskChildren(cand) - (child.parents.has(cand) ? 1 : 0),
+      distance: childPosition - (positions.get(cand) ?? 0),
+      score
+    }
+    if (cand.host.isSeed) seeds.push(entry)
+    else scored.push(entry)
   }
-  scored.sort((a, b) => b.score - a.score)
-  return scored.slice(0, limit).map(s => s.p)
+  scored.sort((a, b) => a.tier - b.tier || a.children - b.children || a.distance - b.distance || b.score - a.score)
+  const chosen = scored.slice(0, limit)
+  // the seed: for its first SEED_CHILD_LIMIT children, and for any child with no other parent
+  seeds.sort((a, b) => a.children - b.children || b.score - a.score)
+  for (const s of seeds) {
+    if (chosen.length === 0 || s.children < SEED_CHILD_LIMIT) {
+      if (chosen.length >= limit) chosen.pop()
+      chosen.unshift(s)
+    }
+  }
+  return chosen.map(s => s.p)
+}
+
+/** A running peer that joined after the child would put the child upstream of it: refused. */
+function orderReason (child: Peer, cand: Peer, positions: Map<Peer, number>, childPosition: number): string | null {
+  if (cand.host.isSeed || cand.isSource) return null
+  if (cand.state === 'succeeded' || (cand.bitmap?.full ?? false)) return null
+  if ((positions.get(cand) ?? 0) > childPosition) return 'joined after the child'
+  return null
 }
