@@ -92,7 +92,9 @@ export async function get (argv: string[]): Promise<number> {
   process.once('SIGINT', onSignal)
   process.once('SIGTERM', onSignal)
   const signal = timeoutMs != null ? AbortSignal.any([interrupted.signal, AbortSignal.timeout(timeoutMs)]) : interrupted.signal
-  const output = resolve(v.output)
+  // under `npm run guoce -- ...` npm runs us from the checkout's root; paths are the caller's
+  const cwd = process.env.npm_lifecycle_event === 'guoce' ? (process.env.INIT_CWD ?? process.cwd()) : process.cwd()
+  const output = resolve(cwd, v.output)
   const dir = dirname(output)
   const st = await stat(dir).catch(() => null)
   if (st?.isDirectory() !== true) throw new InvalidParametersError(`output directory ${dir} does not exist`)
