@@ -1,6 +1,7 @@
 /** Protocol ids. */
 export const SCHEDULER_PROTOCOL = '/guoce/scheduler/1'
 export const PIECE_PROTOCOL = '/guoce/piece/1'
+export const PIECE_DATA_PROTOCOL = '/guoce/piece-data/1'
 
 /**
  * Largest length-prefixed control message accepted on any stream.
@@ -32,3 +33,13 @@ export const KEEPALIVE_INTERVAL_MS = 10_000
  * @default 60 s
  */
 export const SOCKET_INACTIVITY_TIMEOUT_MS = 60_000
+/**
+ * How long a data-channel token handed out on /guoce/piece-data/1 stays good (single use).
+ * @default 10 s
+ */
+export const DATA_CHANNEL_TOKEN_TTL_MS = 10_000
+/**
+ * Largest plaintext of one AES-256-GCM record on a secure data channel (Noise's records are 64 KiB).
+ * @default 1 MiB
+ */
+export const DATA_CHANNEL_RECORD_BYTES = 1024 * 1024

@@ -56,6 +56,10 @@ message SchedulerMessage {
 
 // child -> parent on /guoce/piece/1
 message PieceRequest { string task_id = 1; repeated uint32 numbers = 2; uint32 priority = 3; }
+
+// child -> parent on /guoce/piece-data/1, then one answer
+message DataChannelRequest { uint32 mode = 1; }   // 1 = secure (AES-256-GCM records), 2 = integrity-only
+message DataChannelOffer { uint32 port = 1; bytes token = 2; bytes secret = 3; string refused = 4; }
 `
 
 export interface WireTaskInfo { contentLength: number, pieceLength: number, pieceCount: number }
@@ -90,6 +94,8 @@ export interface SchedulerMessage {
 }
 
 export interface PieceRequest { taskId: string, numbers: number[], priority: number }
+export interface DataChannelRequest { mode: number }
+export interface DataChannelOffer { port?: number, token?: Uint8Array, secret?: Uint8Array, refused?: string }
 
 /** Read priority: on-demand reads outrank prefetch, prefetch outranks background fills. */
 export const Priority = { ON_DEMAND: 0, PREFETCH: 1, BACKGROUND: 2 } as const
@@ -98,7 +104,9 @@ const root = protobuf.parse(PROTO, { keepCase: false }).root
 const types = {
   peer: root.lookupType('guoce.v1.PeerMessage'),
   scheduler: root.lookupType('guoce.v1.SchedulerMessage'),
-  pieceRequest: root.lookupType('guoce.v1.PieceRequest')
+  pieceRequest: root.lookupType('guoce.v1.PieceRequest'),
+  dataChannelRequest: root.lookupType('guoce.v1.DataChannelRequest'),
+  dataChannelOffer: root.lookupType('guoce.v1.DataChannelOffer')
 }
 const toObjectOpts: protobuf.IConversionOptions = { longs: Number, arrays: true, defaults: false }
 
@@ -120,3 +128,5 @@ function codec<T extends object> (type: protobuf.Type): { encode(m: T): Uint8Arr
 export const peerMessage = codec<PeerMessage>(types.peer)
 export const schedulerMessage = codec<SchedulerMessage>(types.scheduler)
 export const pieceRequest = codec<PieceRequest>(types.pieceRequest)
+export const dataChannelRequest = codec<DataChannelRequest>(types.dataChannelRequest)
+export const dataChannelOffer = codec<DataChannelOffer>(types.dataChannelOffer)

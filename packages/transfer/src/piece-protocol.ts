@@ -6,14 +6,18 @@
  *   u8 kind (0 = piece, 1 = refused) | u32be number | u32be length | 32-byte sha256 (zero when refused) | length bytes
  * A refused piece carries a utf-8 reason instead of data. The child never trusts the digest in the frame;
  * it verifies against the seed's digest that the scheduler relayed.
+ *
+ * The same byte stream can run on a data channel (data-channel.ts) instead of a yamux stream: opt-in
+ * with `servePieces({ dataChannel })` on the parent and `PieceConnection.open(..., { channel })` on the child.
  */
 import type { Libp2p } from 'libp2p'
 import type { Stream, Connection } from '@libp2p/interface'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { ProtocolError, type AbortOptions, type Logger } from '@guoce/interface'
 import { ByteReader, lpEncode } from './bytes.js'
-import { PIECE_PROTOCOL, MAX_MESSAGE_BYTES, MAX_PIECE_BYTES, MAX_PIECES_PER_REQUEST, MAX_PENDING_REQUESTS_PER_STREAM } from './constants.js'
-import { pieceRequest, type PieceRequest } from './messages.js'
+import { PIECE_PROTOCOL, PIECE_DATA_PROTOCOL, MAX_MESSAGE_BYTES, MAX_PIECE_BYTES, MAX_PIECES_PER_REQUEST, MAX_PENDING_REQUESTS_PER_STREAM } from './constants.js'
+import { pieceRequest, dataChannelRequest, dataChannelOffer, type PieceRequest, type DataChannelOffer } from './messages.js'
+import { DataChannelServer, DATA_CHANNEL_MODES, openDataStream, type DataChannelMode, type PieceDuplex } from './data-channel.js'
 
 const HEADER = 1 + 4 + 4 + 32
 const KIND_PIECE = 0
@@ -33,6 +37,29 @@ export interface PieceServerInit {
   log: Logger
   /** @default 64 */
   maxInboundStreams?: number
+  /**
+   * Offer data channels (direct TCP, see data-channel.ts) to children that ask for one.
+   * `true`: secure mode only, on a random port of every interface. Integrity-only mode must be
+   * enabled here explicitly, on the parent, as well as asked for by the child.
+   * @default false
+   */
+  dataChannel?: boolean | DataChannelInit
+}
+
+export interface DataChannelInit {
+  /** TCP port of the data listener; 0 = any free port. @default 0 */
+  port?: number
+  /** address to listen on. @default all interfaces */
+  host?: string
+  /** also offer integrity-only channels (pieces in the clear, still sha256-verified by the child). @default false */
+  integrity?: boolean
+}
+
+/** What `servePieces` started. */
+export interface PieceServer {
+  /** TCP port of the data-channel listener, when one runs */
+  readonly dataPort: number | undefined
+  close(): Promise<void>
 }
 
 function frame (kind: number, n: number, body: Uint8Array, digest?: Uint8Array): Uint8Array {
@@ -44,17 +71,61 @@ function frame (kind: number, n: number, body: Uint8Array, digest?: Uint8Array):
   return h
 }
 
-/** Register the piece protocol handler on `node`. */
-export async function servePieces (node: Libp2p, init: PieceServerInit): Promise<void> {
+/** Register the piece protocol handler on `node` (and the data-channel listener when asked). */
+export async function servePieces (node: Libp2p, init: PieceServerInit): Promise<PieceServer> {
   const log = init.log.child({ component: 'transfer:piece-server' })
-  await node.handle(PIECE_PROTOCOL, (stream: Stream, connection: Connection) => {
-    void handle(stream, connection.remotePeer.toString()).catch((err: Error) => {
+  const serve = (stream: PieceDuplex, remote: string): void => {
+    void handle(stream, remote).catch((err: Error) => {
       log.debug('piece stream ended with error', { err: err.message })
       stream.abort(err)
     })
+  }
+  await node.handle(PIECE_PROTOCOL, (stream: Stream, connection: Connection) => {
+    serve(stream, connection.remotePeer.toString())
   }, { maxInboundStreams: init.maxInboundStreams ?? 64, runOnLimitedConnection: false })
 
-  async function handle (stream: Stream, remote: string): Promise<void> {
+  let data: DataChannelServer | undefined
+  if (init.dataChannel != null && init.dataChannel !== false) {
+    const dc: DataChannelInit = init.dataChannel === true ? {} : init.dataChannel
+    const modes = new Set<DataChannelMode>(dc.integrity === true ? ['secure', 'integrity'] : ['secure'])
+    data = new DataChannelServer(serve, modes)
+    await data.listen(dc.port ?? 0, dc.host)
+    const server = data
+    await node.handle(PIECE_DATA_PROTOCOL, (stream: Stream, connection: Connection) => {
+      void offerChannel(server, stream, connection.remotePeer.toString()).catch((err: Error) => {
+        log.debug('data channel offer failed', { err: err.message })
+        stream.abort(err)
+      })
+    }, { maxInboundStreams: init.maxInboundStreams ?? 64, runOnLimitedConnection: false })
+    node.addEventListener('stop', () => { void server.close() }, { once: true })
+  }
+
+  return {
+    dataPort: data?.port,
+    async close () {
+      await node.unhandle(PIECE_PROTOCOL)
+      if (data != null) { await node.unhandle(PIECE_DATA_PROTOCOL); await data.close() }
+    }
+  }
+
+  async function offerChannel (server: DataChannelServer, stream: Stream, remote: string): Promise<void> {
+    const reader = new ByteReader(stream)
+    const b = await reader.lp(1024)
+    if (b == null) return
+    const req = dataChannelRequest.decode(b)
+    const mode = (Object.keys(DATA_CHANNEL_MODES) as DataChannelMode[]).find(m => DATA_CHANNEL_MODES[m] === req.mode)
+    let offer: DataChannelOffer
+    if (mode == null || !server.modes.has(mode)) {
+      offer = { refused: `data channel mode ${req.mode} not offered` }
+    } else {
+      const { token, secret } = server.offer(mode, remote)
+      offer = { port: server.port, token, secret }
+    }
+    stream.send(lpEncode(dataChannelOffer.encode(offer)))
+    await stream.close().catch(() => {})
+  }
+
+  async function handle (stream: PieceDuplex, remote: string): Promise<void> {
     const reader = new ByteReader(stream)
     while (true) {
       const b = await reader.lp(MAX_MESSAGE_BYTES)
@@ -89,6 +160,15 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
 
 export type PieceResult = { n: number, data: Uint8Array, claimedDigest: Uint8Array } | { n: number, refused: string }
 
+export interface PieceConnectionOptions extends AbortOptions {
+  /**
+   * `stream` (default): a /guoce/piece/1 stream on the libp2p connection (Noise + yamux).
+   * `secure` / `integrity`: a data channel (data-channel.ts) when the parent offers that mode,
+   * else the libp2p stream.
+   */
+  channel?: 'stream' | DataChannelMode
+}
+
 interface Pending { numbers: number[], next: number, onPiece: (r: PieceResult) => void, resolve: () => void, reject: (err: Error) => void }
 
 /**
@@ -100,12 +180,23 @@ export class PieceConnection {
   private closed = false
   private closeError: Error | undefined
 
-  private constructor (private readonly stream: Stream) {
+  /** which transport this connection ended up on */
+  readonly channel: 'stream' | DataChannelMode
+
+  private constructor (private readonly stream: PieceDuplex, channel: 'stream' | DataChannelMode = 'stream') {
+    this.channel = channel
     void this.readLoop()
   }
 
-  static async open (node: Libp2p, addrs: Multiaddr[] | string[], options: AbortOptions = {}): Promise<PieceConnection> {
+  static async open (node: Libp2p, addrs: Multiaddr[] | string[], options: PieceConnectionOptions = {}): Promise<PieceConnection> {
     const mas = addrs.map(a => typeof a === 'string' ? multiaddr(a) : a)
+    const mode = options.channel ?? 'stream'
+    if (mode !== 'stream') {
+      const conn = await node.dial(mas, { signal: options.signal })
+      const data = await openChannel(conn, mode, options.signal)
+      if (data != null) return new PieceConnection(data, mode)
+      return new PieceConnection(await conn.newStream(PIECE_PROTOCOL, { signal: options.signal }))
+    }
     const stream = await node.dialProtocol(mas, PIECE_PROTOCOL, { signal: options.signal })
     return new PieceConnection(stream)
   }
@@ -160,4 +251,38 @@ export class PieceConnection {
       this.close(err as Error)
     }
   }
+}
+
+/** Ask the parent for a data channel in `mode`; null when it does not offer one (then use the stream). */
+async function openChannel (conn: Connection, mode: DataChannelMode, signal?: AbortSignal): Promise<PieceDuplex | null> {
+  let ctl: Stream
+  try {
+    ctl = await conn.newStream(PIECE_DATA_PROTOCOL, { signal })
+  } catch (err) {
+    if ((err as Error).name === 'UnsupportedProtocolError') return null
+    throw err
+  }
+  let offer: DataChannelOffer
+  try {
+    ctl.send(lpEncode(dataChannelRequest.encode({ mode: DATA_CHANNEL_MODES[mode] })))
+    const reader = new ByteReader(ctl)
+    const b = await reader.lp(1024)
+    if (b == null) throw new ProtocolError('parent closed the data channel offer stream')
+    offer = dataChannelOffer.decode(b)
+  } finally {
+    await ctl.close().catch(() => {})
+  }
+  if (offer.refused != null && offer.refused !== '') return null
+  if (offer.port == null || offer.port === 0 || offer.token == null || offer.token.byteLength !== 32) throw new ProtocolError('malformed data channel offer')
+  if (mode === 'secure' && offer.secret?.byteLength !== 32) throw new ProtocolError('secure data channel offer without a secret')
+  const host = hostOf(conn.remoteAddr)
+  if (host == null) return null
+  return await openDataStream(host, offer.port, mode, offer.token, offer.secret ?? new Uint8Array(), signal)
+}
+
+function hostOf (ma: Multiaddr): string | null {
+  for (const c of ma.getComponents()) {
+    if ((c.name === 'ip4' || c.name === 'ip6') && c.value != null) return c.value
+  }
+  return null
 }

@@ -1,0 +1,192 @@
+import { describe, it, expect, afterEach } from 'vitest'
+import { createServer, connect, type Socket, type Server } from 'node:net'
+import { once } from 'node:events'
+import { createHash, randomBytes } from 'node:crypto'
+import { verifyPiece } from '@guoce/content'
+import { createNode, servePieces, PieceConnection, Priority, silentLogger, type PieceResult, type DataChannelInit, type Libp2p } from '../src/index.js'
+import { DataStream, DataChannelServer, deriveKeys, openDataStream } from '../src/data-channel.js'
+
+const PIECE = 256 * 1024
+const COUNT = 8
+const pieces = Array.from({ length: COUNT }, () => randomBytes(PIECE))
+const digests = pieces.map(p => createHash('sha256').update(p).digest())
+
+const cleanup: Array<() => Promise<void> | void> = []
+afterEach(async () => { for (const f of cleanup.splice(0).reverse()) await f() })
+
+/** a parent serving `pieces`; `corrupt` pieces are sent with one byte flipped (claimed digest unchanged) */
+async function parent (dataChannel?: boolean | DataChannelInit, corrupt = new Set<number>()): Promise<Libp2p> {
+  const node = await createNode({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+  cleanup.push(async () => { await node.stop() })
+  await servePieces(node, {
+    log: silentLogger,
+    ...(dataChannel != null ? { dataChannel } : {}),
+    provider: {
+      async getPiece (_task, n) {
+        const data = Buffer.from(pieces[n]!)
+        if (corrupt.has(n)) data[1234] = data[1234]! ^ 0xff
+        return { data, digest: digests[n]! }
+      }
+    }
+  })
+  return node
+}
+
+async function child (): Promise<Libp2p> {
+  const node = await createNode({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+  cleanup.push(async () => { await node.stop() })
+  return node
+}
+
+/** fetch every piece; verify each against the seed's digests as the peer does */
+async function fetchAll (conn: PieceConnection): Promise<{ ok: number[], rejected: Array<{ n: number, name: string }> }> {
+  const ok: number[] = []; const rejected: Array<{ n: number, name: string }> = []
+  const results: PieceResult[] = []
+  await conn.request({ taskId: 't', numbers: [0, 1, 2, 3], priority: Priority.BACKGROUND }, r => { results.push(r) })
+  await conn.request({ taskId: 't', numbers: [4, 5, 6, 7], priority: Priority.BACKGROUND }, r => { results.push(r) })
+  for (const r of results) {
+    if ('refused' in r) throw new Error(r.refused)
+    try {
+      verifyPiece(r.n, r.data, digests[r.n]!)
+      expect(Buffer.from(r.data).equals(pieces[r.n]!)).toBe(true)
+      ok.push(r.n)
+    } catch (err) {
+      rejected.push({ n: r.n, name: (err as Error).name })
+    }
+  }
+  return { ok, rejected }
+}
+
+describe('piece data channels', () => {
+  it('secure channel: pieces arrive byte-exact over AES-GCM records on direct TCP', async () => {
+    const p = await parent(true)
+    const c = await child()
+    const conn = await PieceConnection.open(c, p.getMultiaddrs(), { channel: 'secure' })
+    cleanup.push(() => { conn.close() })
+    expect(conn.channel).toBe('secure')
+    const { ok, rejected } = await fetchAll(conn)
+    expect(ok).toEqual([0, 1, 2, 3, 4, 5, 6, 7])
+    expect(rejected).toEqual([])
+  })
+
+  it('integrity-only channel still rejects a corrupted piece by its sha256', async () => {
+    const p = await parent({ integrity: true }, new Set([2, 5]))
+    const c = await child()
+    const conn = await PieceConnection.open(c, p.getMultiaddrs(), { channel: 'integrity' })
+    cleanup.push(() => { conn.close() })
+    expect(conn.channel).toBe('integrity')
+    const { ok, rejected } = await fetchAll(conn)
+    expect(ok).toEqual([0, 1, 3, 4, 6, 7])
+    expect(rejected).toEqual([{ n: 2, name: 'PieceDigestMismatchError' }, { n: 5, name: 'PieceDigestMismatchError' }])
+  })
+
+  it('integrity-only is opt-in on the parent: a parent offering only secure channels keeps the child on the libp2p stream', async () => {
+    const p = await parent(true)
+    const c = await child()
+    const conn = await PieceConnection.open(c, p.getMultiaddrs(), { channel: 'integrity' })
+    cleanup.push(() => { conn.close() })
+    expect(conn.channel).toBe('stream')
+    expect((await fetchAll(conn)).ok).toHaveLength(COUNT)
+  })
+
+  it('a parent without data channels serves the child on the libp2p stream', async () => {
+    const p = await parent()
+    const c = await child()
+    const conn = await PieceConnection.open(c, p.getMultiaddrs(), { channel: 'secure' })
+    cleanup.push(() => { conn.close() })
+    expect(conn.channel).toBe('stream')
+    expect((await fetchAll(conn)).ok).toHaveLength(COUNT)
+  })
+
+  it('the default stays the Noise-secured libp2p stream', async () => {
+    const p = await parent(true)
+    const c = await child()
+    const conn = await PieceConnection.open(c, p.getMultiaddrs())
+    cleanup.push(() => { conn.close() })
+    expect(conn.channel).toBe('stream')
+  })
+})
+
+describe('secure data stream', () => {
+  /** sender DataStream -> `mangle` -> receiver DataStream, on loopback */
+  async function pipe (mangle: (chunk: Buffer) => Buffer): Promise<{ sender: DataStream, receiver: DataStream }> {
+    const secret = randomBytes(32); const token = randomBytes(32)
+    const servers: Server[] = []
+    const listen = async (onConn: (s: Socket) => void): Promise<number> => {
+      const srv = createServer(onConn); servers.push(srv)
+      srv.listen(0, '127.0.0.1'); await once(srv, 'listening')
+      return (srv.address() as { port: number }).port
+    }
+    const received = Promise.withResolvers<Socket>()
+    const finalPort = await listen(s => { received.resolve(s) })
+    const proxyPort = await listen(inbound => {
+      const out = connect(finalPort, '127.0.0.1')
+      inbound.on('data', (b: Buffer) => out.write(mangle(b)))
+      inbound.on('end', () => out.end())
+    })
+    const sendSock = connect(proxyPort, '127.0.0.1')
+    await once(sendSock, 'connect')
+    const recvSock = await received.promise
+    cleanup.push(() => { sendSock.destroy(); recvSock.destroy(); for (const s of servers) s.close() })
+    return { sender: new DataStream(sendSock, deriveKeys(secret, token, 'parent')), receiver: new DataStream(recvSock, deriveKeys(secret, token, 'child')) }
+  }
+
+  async function readAll (ds: DataStream): Promise<Buffer> {
+    const parts: Buffer[] = []
+    for await (const c of ds) parts.push(Buffer.from(c))
+    return Buffer.concat(parts)
+  }
+
+  it('round-trips records', async () => {
+    const { sender, receiver } = await pipe(b => b)
+    const data = randomBytes(3 * 1024 * 1024 + 17)
+    sender.send(data)
+    await sender.close()
+    expect((await readAll(receiver)).equals(data)).toBe(true)
+  })
+
+  it('a flipped ciphertext bit fails authentication and releases nothing of that record', async () => {
+    let seen = 0
+    const { sender, receiver } = await pipe(b => {
+      const out = Buffer.from(b)
+      if (seen <= 100 && seen + out.byteLength > 100) out[100 - seen] = out[100 - seen]! ^ 1
+      seen += out.byteLength
+      return out
+    })
+    sender.send(randomBytes(64 * 1024))
+    await sender.close()
+    const parts: Buffer[] = []
+    await expect((async () => { for await (const c of receiver) parts.push(Buffer.from(c)) })()).rejects.toMatchObject({ name: 'ProtocolError' })
+    expect(parts).toEqual([])
+  })
+
+  it('a replayed record fails authentication', async () => {
+    let first: Buffer | undefined
+    const { sender, receiver } = await pipe(b => {
+      if (first == null) { first = Buffer.from(b); return Buffer.concat([b, b]) }
+      return b
+    })
+    sender.send(Buffer.from('one small record'))
+    const got: Buffer[] = []
+    await expect((async () => { for await (const c of receiver) got.push(Buffer.from(c)) })()).rejects.toMatchObject({ name: 'ProtocolError' })
+    expect(Buffer.concat(got).toString()).toBe('one small record')
+  })
+})
+
+describe('data channel tokens', () => {
+  it('a token opens one connection only; an unknown token is dropped', async () => {
+    const streams: DataStream[] = []
+    const server = new DataChannelServer(s => { streams.push(s) }, new Set(['integrity']))
+    const port = await server.listen(0, '127.0.0.1')
+    cleanup.push(async () => { await server.close() })
+    const { token } = server.offer('integrity', 'peer')
+    const a = await openDataStream('127.0.0.1', port, 'integrity', token, new Uint8Array())
+    a.send(Buffer.from('x'))
+    const b = await openDataStream('127.0.0.1', port, 'integrity', token, new Uint8Array())
+    const c = await openDataStream('127.0.0.1', port, 'integrity', randomBytes(32), new Uint8Array())
+    // the reused and the unknown token are closed by the parent: their reads end
+    for (const ds of [b, c]) { for await (const _ of ds) { /* nothing arrives */ } }
+    expect(streams).toHaveLength(1)
+    a.abort(new Error('done'))
+  })
+})
