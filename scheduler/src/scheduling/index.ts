@@ -38,7 +38,8 @@ export function refuseReason (child: Peer, cand: Peer): string | null {
   if (cand.host.isSeed && !cand.isSource && (cand.bitmap?.count ?? 0) === 0) return 'seed host without pieces'
   const slots = cand.host.uploadSlots
   if (!child.parents.has(cand) && cand.host.childCount >= slots) return `no free upload slot (${slots})`
-  if (reaches(child, cand)) return 'would close a cycle'
+  // levels are a topological order (resource/): a candidate not above the child cannot be its descendant
+  if (cand.level > child.level && reaches(child, cand)) return 'would close a cycle'
   return null
 }
 
@@ -50,16 +51,13 @@ export function selectParents (child: Peer, log: Logger, limit = CANDIDATE_PAREN
   const pieceCount = task.info?.pieceCount ?? 0
   const scored: Array<{ p: Peer, tier: number, children: number, distance: number, score: number }> = []
   const seeds: Array<{ p: Peer, tier: number, children: number, distance: number, score: number }> = []
-  // join order: the task's peer map keeps insertion order
+  // join order: the task's peer map keeps insertion order, so peers met after the child joined after it
   let position = 0
-  let childPosition = -1
-  const positions = new Map<Peer, number>()
+  let seenChild = false
   for (const cand of task.peers.values()) {
-    if (cand === child) childPosition = position
-    positions.set(cand, position++)
-  }
-  for (const cand of task.peers.values()) {
-    const reason = refuseReason(child, cand) ?? orderReason(child, cand, positions, childPosition)
+    position++
+    if (cand === child) { seenChild = true; continue }
+    const reason = refuseReason(child, cand) ?? orderReason(cand, seenChild)
     if (reason != null) {
       if (cand !== child) log.debug('parent refused', { task: task.id.slice(0, 12), child: child.id, parent: cand.id, reason })
       continue
@@ -82,7 +80,8 @@ export function selectParents (child: Peer, log: Logger, limit = CANDIDATE_PAREN
       tier: cand.host.isSeed ? 2 : complete ? 0 : 1,
       // a parent's current children, not counting this child
       children: taskChildren(cand) - (child.parents.has(cand) ? 1 : 0),
-      distance: childPosition - (positions.get(cand) ?? 0),
+      // negative for peers that joined after the child (complete ones only): ranked after earlier peers
+      distance: seenChild ? Number.MAX_SAFE_INTEGER - position : -position,
       score
     }
     if (cand.host.isSeed) seeds.push(entry)
@@ -102,9 +101,8 @@ export function selectParents (child: Peer, log: Logger, limit = CANDIDATE_PAREN
 }
 
 /** A running peer that joined after the child would put the child upstream of it: refused. */
-function orderReason (child: Peer, cand: Peer, positions: Map<Peer, number>, childPosition: number): string | null {
-  if (cand.host.isSeed || cand.isSource) return null
+function orderReason (cand: Peer, joinedAfterChild: boolean): string | null {
+  if (!joinedAfterChild || cand.host.isSeed || cand.isSource) return null
   if (cand.state === 'succeeded' || (cand.bitmap?.full ?? false)) return null
-  if ((positions.get(cand) ?? 0) > childPosition) return 'joined after the child'
-  return null
+  return 'joined after the child'
 }
