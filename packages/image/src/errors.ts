@@ -34,7 +34,17 @@ export const ErofsWriteError = defineError('ErofsWriteError', 'ERR_EROFS_WRITE')
 export const CorruptImageError = defineError('CorruptImageError', 'ERR_IMAGE_CORRUPT')
 /** A chunk whose bytes do not hash to the digest in the chunk table. */
 export const ChunkDigestMismatchError = defineError('ChunkDigestMismatchError', 'ERR_CHUNK_DIGEST')
-/** A bad `oci:` reference, OCI layout or manifest. */
+/** A bad `oci:` or `docker://` reference, OCI layout or manifest. */
 export const InvalidImageRefError = defineError('InvalidImageRefError', 'ERR_IMAGE_REF')
 /** A compressed layer's bytes do not hash to the digest its manifest names. */
 export const LayerDigestMismatchError = defineError('LayerDigestMismatchError', 'ERR_LAYER_DIGEST')
+/** The registry (or its token service) answered 401: credentials missing or refused. */
+export const RegistryAuthError = defineError('RegistryAuthError', 'ERR_REGISTRY_AUTH')
+/** The registry answered 403: the credentials do not grant this action on this repository. */
+export const RegistryDeniedError = defineError('RegistryDeniedError', 'ERR_REGISTRY_DENIED')
+/** The registry answered 404: no such repository, tag, manifest or blob. */
+export const RegistryNotFoundError = defineError('RegistryNotFoundError', 'ERR_REGISTRY_NOT_FOUND')
+/** Any other failed registry exchange (unexpected status, unreachable host, malformed answer). */
+export const RegistryError = defineError('RegistryError', 'ERR_REGISTRY')
+/** A blob or manifest fetched from a registry does not hash to (or is not the size of) its descriptor. */
+export const RegistryDigestMismatchError = defineError('RegistryDigestMismatchError', 'ERR_REGISTRY_DIGEST')

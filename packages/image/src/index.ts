@@ -7,6 +7,7 @@
  * import * as native from '@guoce/native-mount'
  *
  * await convertImage('oci:/src:v1', 'oci:/dst:v1')                    // guoce image convert
+ * await convertImage('docker://127.0.0.1:5000/app:v1', 'docker://127.0.0.1:5000/app:v1-lazy') // registry in and out
  * const info = await inspectImageRef('oci:/dst:v1')                    // guoce image inspect
  * await checkImageRef('oci:/dst:v1')                                   // guoce image check (throws, naming the fault)
  * const m = await mountImage('oci:/dst:v1', '/mnt/x', { mounter: native, workDir: '/run/guoce/m1' })
@@ -34,4 +35,8 @@ export {
   ANNOTATION_SOURCE_DIFF_ID, ANNOTATION_BLOBS, FORMAT_VERSION,
   type ConvertImageOptions, type ConvertImageResult, type ImageRefInspection, type Manifest, type Descriptor, type OciRef
 } from './oci.js'
+export {
+  RegistryClient, parseDockerRef, formatDockerRef, isDockerRef, parseChallenge, pullImage, pushImage,
+  MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MAX_MANIFEST_SIZE, type DockerRef, type RegistryOptions
+} from './registry.js'
 export { mountImage, type Mounter, type MountImageOptions, type MountedImage } from './mount.js'

@@ -1,5 +1,6 @@
 /**
- * OCI image conversion: `oci:DIR[:TAG]` (OCI image layout) in, `oci:DIR[:TAG]` out.
+ * OCI image conversion: `oci:DIR[:TAG]` (OCI image layout) or `docker://REGISTRY/REPO[:TAG][@DIGEST]` (a registry,
+ * see registry.ts) in, the same kinds out. Registry images are staged through temporary OCI layouts.
  *
  * The output manifest keeps the source config (with rootfs.diff_ids set to the metadata images' digests)
  * and has, for each source layer, its data blob (when it stored new chunks) followed by its EROFS metadata
@@ -7,8 +8,9 @@
  * images that a layer references are added to the manifest (and copied into the target layout).
  */
 import { createReadStream } from 'node:fs'
-import { copyFile, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises'
+import { copyFile, mkdir, mkdtemp, open, readFile, rename, rm, stat } from 'node:fs/promises'
 import { createHash, randomBytes } from 'node:crypto'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createChunkDict, decodeChunkTable, type ChunkDict } from './blob.js'
 import { BLOCK_SIZE, DEFAULT_CHUNK_SIZE } from './constants.js'
@@ -16,6 +18,7 @@ import { convertLayer, type LayerResult } from './convert.js'
 import { ErofsReader } from './erofs/reader.js'
 import { LowerDirs } from './layer.js'
 import { CorruptImageError, InvalidImageRefError } from './errors.js'
+import { isDockerRef, parseDockerRef, pullImage, pushImage, type DockerRef, type RegistryOptions } from './registry.js'
 
 export const MEDIA_TYPE_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
 export const MEDIA_TYPE_INDEX = 'application/vnd.oci.image.index.v1+json'
@@ -129,10 +132,16 @@ export async function addToChunkDict (dict: ChunkDict, metaPath: string): Promis
 
 export interface ConvertImageOptions {
   chunkSize?: number
-  /** Converted images (oci:DIR[:TAG]) whose chunks are referenced instead of stored again. */
+  /** Converted images (oci:DIR[:TAG] or docker://...) whose chunks are referenced instead of stored again. */
   chunkDict?: string[]
   maxLayerSize?: number
   signal?: AbortSignal
+  /** docker:// refs: use http, not https (default: only for 127.0.0.1, ::1 and localhost). */
+  plainHttp?: boolean
+  /** docker:// refs: `user:pass` for token realms and Basic challenges (default: env GUOCE_REGISTRY_AUTH). */
+  registryAuth?: string
+  /** Where docker:// images are staged as OCI layouts (default: the OS temp dir). Removed when done. */
+  tempDir?: string
 }
 
 export interface ConvertImageResult {
@@ -146,8 +155,63 @@ const LAYER_TYPES = new Set([
   'application/vnd.docker.image.rootfs.diff.tar.gzip', 'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip'
 ])
 
-/** Converts an OCI image. See the module comment. */
+/**
+ * Converts an image. See the module comment. docker:// sources (and chunk dictionaries) are pulled into temporary
+ * OCI layouts first, with every blob verified; a docker:// target is written to a temporary layout and pushed
+ * when the conversion succeeded. Temporary layouts are removed in every case.
+ */
 export async function convertImage (source: string, target: string, opts: ConvertImageOptions = {}): Promise<ConvertImageResult> {
+  if (!isDockerRef(source) && !isDockerRef(target) && !(opts.chunkDict ?? []).some(isDockerRef)) return await convertLayout(source, target, opts)
+  // every reference is checked before any network traffic
+  const parse = (ref: string): DockerRef | undefined => {
+    if (isDockerRef(ref)) return parseDockerRef(ref)
+    if (!ref.startsWith('oci:')) throw new InvalidImageRefError(`${JSON.stringify(ref)}: expected oci:DIR[:TAG] or docker://REGISTRY/REPO[:TAG][@DIGEST]`)
+    parseOciRef(ref)
+    return undefined
+  }
+  const srcD = parse(source)
+  const dstD = parse(target)
+  const dictD = (opts.chunkDict ?? []).map(parse)
+  if (dstD !== undefined && dstD.tag === undefined) throw new InvalidImageRefError(`${target}: a docker:// target needs a tag`)
+  const ropts: RegistryOptions = {
+    ...(opts.plainHttp !== undefined ? { plainHttp: opts.plainHttp } : {}),
+    ...(opts.registryAuth !== undefined ? { auth: opts.registryAuth } : {}),
+    ...(opts.signal !== undefined ? { signal: opts.signal } : {})
+  }
+  const temps: string[] = []
+  const stage = async (what: string): Promise<string> => {
+    const d = await mkdtemp(join(opts.tempDir ?? tmpdir(), `guoce-${what}-`))
+    temps.push(d)
+    return d
+  }
+  try {
+    let src = source
+    if (srcD !== undefined) {
+      const dir = await stage('pull')
+      const tag = srcD.tag ?? 'latest'
+      await pullImage(srcD, dir, tag, ropts)
+      src = `oci:${dir}:${tag}`
+    }
+    const chunkDict: string[] = []
+    for (const [i, d] of dictD.entries()) {
+      if (d === undefined) { chunkDict.push(opts.chunkDict![i]!); continue }
+      const dir = await stage('dict')
+      await pullImage(d, dir, 'dict', ropts)
+      chunkDict.push(`oci:${dir}:dict`)
+    }
+    const dst = dstD !== undefined ? `oci:${await stage('push')}:${dstD.tag!}` : target
+    const res = await convertLayout(src, dst, { ...opts, chunkDict })
+    if (dstD !== undefined) {
+      const r = parseOciRef(dst)
+      await pushImage(r.dir, r.tag!, dstD, ropts)
+    }
+    return res
+  } finally {
+    for (const d of temps) await rm(d, { recursive: true, force: true })
+  }
+}
+
+async function convertLayout (source: string, target: string, opts: ConvertImageOptions): Promise<ConvertImageResult> {
   const src = parseOciRef(source)
   const dst = parseOciRef(target)
   const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE
