@@ -22,6 +22,8 @@ import { isDockerRef, parseDockerRef, pullImage, pushImage, type DockerRef, type
 
 export const MEDIA_TYPE_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
 export const MEDIA_TYPE_INDEX = 'application/vnd.oci.image.index.v1+json'
+const MEDIA_TYPE_CONFIG = 'application/vnd.oci.image.config.v1+json'
+const MEDIA_TYPE_DOCKER_CONFIG = 'application/vnd.docker.container.image.v1+json'
 /** An EROFS metadata image with chunk-based inodes and a chunk table appended. */
 export const MEDIA_TYPE_EROFS_META = 'application/vnd.guoce.image.erofs.v1'
 /** A data blob: unique chunks, each at a 4 KiB boundary, referenced by metadata images' device tables. */
@@ -285,7 +287,8 @@ async function convertLayout (source: string, target: string, opts: ConvertImage
   const out: Manifest = {
     schemaVersion: 2,
     mediaType: MEDIA_TYPE_MANIFEST,
-    config: { ...configDesc, mediaType: manifest.config.mediaType },
+    // the output is an OCI manifest: a Docker v2 config (same JSON) is marked as an OCI config
+    config: { ...configDesc, mediaType: manifest.config.mediaType === MEDIA_TYPE_DOCKER_CONFIG ? MEDIA_TYPE_CONFIG : manifest.config.mediaType },
     layers,
     annotations: { [ANNOTATION_FORMAT]: FORMAT_VERSION, [ANNOTATION_CHUNK_SIZE]: String(chunkSize), [ANNOTATION_SOURCE_DIGEST]: descriptor.digest }
   }

@@ -210,6 +210,8 @@ export class RegistryClient {
     const bytes = await readCapped(res, MAX_MANIFEST_SIZE, `${this.registry}/${repository}: manifest ${reference}`)
     const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`
     if (reference.startsWith('sha256:') && digest !== reference) throw new RegistryDigestMismatchError(`${this.registry}/${repository}: manifest ${reference}: bytes hash to ${digest}`)
+    const claimed = res.headers.get('docker-content-digest')
+    if (claimed !== null && claimed.startsWith('sha256:') && claimed !== digest) throw new RegistryDigestMismatchError(`${this.registry}/${repository}: manifest ${reference}: bytes hash to ${digest}, the registry says ${claimed}`)
     let parsed: { mediaType?: string, manifests?: unknown, layers?: unknown }
     try {
       parsed = JSON.parse(bytes.toString('utf8')) as typeof parsed
@@ -325,7 +327,7 @@ async function errorDetail (res: Response): Promise<string> {
   try {
     const j = JSON.parse(text) as { errors?: Array<{ code?: string, message?: string }> }
     const e = j.errors?.[0]
-    if (e !== undefined) return `: ${[e.code, e.message].filter(x => x !== undefined && x !== '').join(' ')}`
+    if (e !== undefined) return `: ${[e.code, e.message].filter(x => x !== undefined && x !== '').join(' ')}`.replace(/\s+/g, ' ').slice(0, 300)
   } catch {}
   return ''
 }

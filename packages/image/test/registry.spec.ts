@@ -54,6 +54,8 @@ interface Front {
   tokenRequests: Array<{ service: string | null, scopes: string[], basic: string | undefined }>
   redirects: number
   corruptBlobs: boolean
+  /** Answer /v2/* with Basic challenges instead of Bearer ones. */
+  basicOnly: boolean
   /** Every method+path the front saw on /v2/ (after auth). */
   seen: string[]
 }
@@ -66,7 +68,7 @@ interface Front {
 async function startFront (registry: string): Promise<Front> {
   const tokens = new Map<string, string[]>()
   const [rhost, rport] = registry.split(':') as [string, string]
-  const front: Front = { server: undefined as unknown as Server, host: '', tokenRequests: [], redirects: 0, corruptBlobs: false, seen: [] }
+  const front: Front = { server: undefined as unknown as Server, host: '', tokenRequests: [], redirects: 0, corruptBlobs: false, basicOnly: false, seen: [] }
   const proxy = (req: IncomingMessage, res: ServerResponse, path: string): void => {
     const isBlobGet = req.method === 'GET' && /\/blobs\/sha256:/.test(path)
     const up = httpRequest({ host: rhost, port: Number(rport), method: req.method, path, headers: req.headers }, r => {
@@ -108,6 +110,18 @@ async function startFront (registry: string): Promise<Front> {
     const m = /^\/v2\/(.+?)\/(manifests|blobs|tags)\//.exec(url.pathname)
     const repo = m?.[1]
     const action = req.method === 'GET' || req.method === 'HEAD' ? 'pull' : 'push'
+    if (front.basicOnly) {
+      const auth = req.headers.authorization
+      if (auth === undefined || !auth.startsWith('Basic ') || Buffer.from(auth.slice(6), 'base64').toString() !== USER) {
+        req.resume()
+        res.writeHead(401, { 'www-authenticate': 'Basic realm="guoce test"', 'content-type': 'application/json' })
+        res.end('{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}')
+        return
+      }
+      front.seen.push(`${req.method} ${url.pathname}`)
+      proxy(req, res, url.pathname + url.search)
+      return
+    }
     const token = req.headers.authorization?.startsWith('Bearer ') === true ? req.headers.authorization.slice(7) : undefined
     const granted = token !== undefined ? tokens.get(token) : undefined
     const ok = granted !== undefined && (repo === undefined || granted.some(s => {
@@ -122,6 +136,12 @@ async function startFront (registry: string): Promise<Front> {
       return
     }
     front.seen.push(`${req.method} ${url.pathname}`)
+    if (action === 'push' && repo?.startsWith('readonly') === true) {
+      req.resume()
+      res.writeHead(403, { 'content-type': 'application/json' })
+      res.end('{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}')
+      return
+    }
     if (req.method === 'GET' && m?.[2] === 'blobs') {
       front.redirects++
       res.writeHead(307, { location: `/_blob${url.pathname}` })
@@ -246,6 +266,17 @@ describe('docker:// sources and targets (OCI distribution API)', () => {
     expect(viaIndex.manifestDigest).toBe(ociDigest)
   })
 
+  it('converts a Docker v2 schema 2 source (docker manifest and config media types)', async () => {
+    await run('skopeo', ['copy', '--dest-tls-verify=false', '--format', 'v2s2', `oci:${w('src')}:v1`, `docker://${R}/v2s2:v1`])
+    const raw = await skopeoManifest(`docker://${R}/v2s2:v1`)
+    expect(raw.mediaType).toBe('application/vnd.docker.distribution.manifest.v2+json')
+    const res = await convertImage(`docker://${R}/v2s2:v1`, `docker://${R}/v2s2-lazy:v1`, { chunkSize: 64 * 1024 })
+    expect(res.layers).toHaveLength(2)
+    expect(res.manifest.config.mediaType).toBe('application/vnd.oci.image.config.v1+json')
+    await run('skopeo', ['copy', '--src-tls-verify=false', `docker://${R}/v2s2-lazy:v1`, `oci:${w('v2s2-out')}:v1`])
+    expect(await checkImageRef(`oci:${w('v2s2-out')}:v1`)).toHaveLength(2)
+  })
+
   it('converts oci: -> docker://', async () => {
     const res = await convertImage(`oci:${w('src')}:v1`, `docker://${R}/pushed:v2`, { chunkSize: 64 * 1024 })
     expect(res.manifestDigest).toBe(ociDigest)
@@ -309,6 +340,30 @@ describe('docker:// sources and targets (OCI distribution API)', () => {
       expect(lines).toHaveLength(1)
       expect(lines[0]).toMatch(/^guoce: error: .*refused the credentials/)
       expect((await fetch(`http://${R}/v2/lazy-cli/tags/list`)).status).toBe(404)
+    })
+
+    it('names a 403 and pushes nothing', async () => {
+      await expect(convertImage(`docker://${R}/src:v1`, `docker://${front!.host}/readonly:v1`, { registryAuth: USER }))
+        .rejects.toMatchObject({ name: 'RegistryDeniedError', code: 'ERR_REGISTRY_DENIED', message: expect.stringMatching(/: POST \/v2\/readonly\/blobs\/uploads\/: 403 Forbidden: DENIED requested access to the resource is denied$/) })
+      expect((await fetch(`http://${R}/v2/readonly/tags/list`)).status).toBe(404)
+    })
+
+    it('answers Basic challenges with the credentials, and names missing or wrong ones', async () => {
+      const F = front!.host
+      front!.basicOnly = true
+      try {
+        const res = await convertImage(`docker://${F}/src:v1`, `docker://${F}/lazy-basic:v1`, { chunkSize: 64 * 1024, registryAuth: USER })
+        expect(res.manifestDigest).toBe(ociDigest)
+        expect(front!.seen).toContain('PUT /v2/lazy-basic/manifests/v1')
+        await expect(convertImage(`docker://${F}/src:v1`, `oci:${w('basic-anon')}:v1`, { registryAuth: '' }))
+          .rejects.toMatchObject({ name: 'RegistryAuthError', message: expect.stringMatching(/401 Unauthorized: basic credentials required \(set GUOCE_REGISTRY_AUTH=user:pass\)/) })
+        await expect(convertImage(`docker://${R}/src:v1`, `docker://${F}/lazy-basic-bad:v1`, { registryAuth: 'alice:wrong' }))
+          .rejects.toMatchObject({ name: 'RegistryAuthError', message: expect.stringMatching(/401 Unauthorized.*credentials refused/) })
+      } finally {
+        front!.basicOnly = false
+      }
+      expect((await fetch(`http://${R}/v2/lazy-basic-bad/tags/list`)).status).toBe(404)
+      expect(await skopeoManifest(`docker://${R}/lazy-basic:v1`)).toEqual((await readManifest(parseOciRef(`oci:${w('ref')}:v1`))).manifest)
     })
 
     it('refuses blobs whose bytes do not match their descriptor, leaving no output', async () => {
