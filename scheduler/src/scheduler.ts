@@ -94,7 +94,7 @@ export class SchedulerCore {
     peer.state = reg.completed === true ? 'succeeded' : 'running'
     if (host.isSeed) peer.isSource = true
     if (task.info != null) {
-      if (peer.bitmap != null) task.peerGone() // a re-registration may hold less than before
+      if (peer.bitmap != null) task.peerGone(peer) // a re-registration may hold less than before
       peer.bitmap = new Bitmap(task.info.pieceCount, reg.bitmap != null && reg.bitmap.length > 0 ? reg.bitmap : undefined)
       this.sendTaskState(peer)
       if (peer.state === 'running' && !peer.isSource) this.schedule(peer)
@@ -297,7 +297,7 @@ export class SchedulerCore {
     const task = peer.task
     peer.state = state
     task.peers.delete(peer.id)
-    task.peerGone()
+    task.peerGone(peer)
     peer.host.peers.delete(task.id)
     this.pendingHave.delete(peer)
     for (const p of peer.parents) p.children.delete(peer)

@@ -43,3 +43,9 @@ export const DATA_CHANNEL_TOKEN_TTL_MS = 10_000
  * @default 1 MiB
  */
 export const DATA_CHANNEL_RECORD_BYTES = 1024 * 1024
+/**
+ * Socket buffer (Node's high-water mark, each direction) of a data channel: a parent queues the next
+ * piece while the kernel drains the current one, so the pipe never runs dry between pieces.
+ * @default 8 MiB
+ */
+export const DATA_CHANNEL_BUFFER_BYTES = 8 * 1024 * 1024

@@ -20,12 +20,12 @@
  *   piece is still refused; what this mode gives up is confidentiality, and an on-path attacker can
  *   make pieces fail verification (denial of service, blamed on the parent). For trusted networks.
  */
-import { createServer, connect, type Server, type Socket } from 'node:net'
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes, type DecipherGCM } from 'node:crypto'
+import { createServer, connect, type NetConnectOpts, type Server, type Socket } from 'node:net'
+import { createCipheriv, createDecipheriv, createSecretKey, hkdfSync, randomBytes, type DecipherGCM, type KeyObject } from 'node:crypto'
 import { once } from 'node:events'
 import type { Uint8ArrayList } from 'uint8arraylist'
 import { ProtocolError } from '@guoce/interface'
-import { DATA_CHANNEL_RECORD_BYTES, DATA_CHANNEL_TOKEN_TTL_MS } from './constants.js'
+import { DATA_CHANNEL_BUFFER_BYTES, DATA_CHANNEL_RECORD_BYTES, DATA_CHANNEL_TOKEN_TTL_MS } from './constants.js'
 
 export type DataChannelMode = 'secure' | 'integrity'
 export const DATA_CHANNEL_MODES: Record<DataChannelMode, number> = { secure: 1, integrity: 2 }
@@ -41,10 +41,11 @@ export interface PieceDuplex extends AsyncIterable<Uint8Array | Uint8ArrayList> 
   abort(err: Error): void
 }
 
-interface Keys { send: Buffer, recv: Buffer }
+/** key objects made once per channel: a raw key per record costs a KeyObject per record */
+interface Keys { send: KeyObject, recv: KeyObject }
 
 export function deriveKeys (secret: Uint8Array, token: Uint8Array, side: 'parent' | 'child'): Keys {
-  const k = (info: string): Buffer => Buffer.from(hkdfSync('sha256', secret, token, info, 32))
+  const k = (info: string): KeyObject => createSecretKey(Buffer.from(hkdfSync('sha256', secret, token, info, 32)))
   const p2c = k('guoce data parent->child'); const c2p = k('guoce data child->parent')
   return side === 'parent' ? { send: p2c, recv: c2p } : { send: c2p, recv: p2c }
 }
@@ -185,7 +186,7 @@ export class DataChannelServer {
   constructor (private readonly onStream: (stream: DataStream, remote: string) => void, readonly modes: Set<DataChannelMode>) {}
 
   async listen (port = 0, host?: string): Promise<number> {
-    const server = createServer({ noDelay: true }, socket => { this.accept(socket) })
+    const server = createServer({ noDelay: true, highWaterMark: DATA_CHANNEL_BUFFER_BYTES }, socket => { this.accept(socket) })
     this.server = server
     server.listen({ port, ...(host != null ? { host } : {}) })
     await once(server, 'listening')
@@ -244,7 +245,9 @@ export class DataChannelServer {
 
 /** The child's side: connect, present the token, wrap. */
 export async function openDataStream (host: string, port: number, mode: DataChannelMode, token: Uint8Array, secret: Uint8Array, signal?: AbortSignal): Promise<DataStream> {
-  const socket = connect({ host, port, noDelay: true, ...(signal != null ? { signal } : {}) })
+  // highWaterMark is accepted by net.connect (Node >= 18.17) but missing from @types/node's NetConnectOpts
+  const opts: NetConnectOpts & { highWaterMark: number } = { host, port, noDelay: true, highWaterMark: DATA_CHANNEL_BUFFER_BYTES, ...(signal != null ? { signal } : {}) }
+  const socket = connect(opts)
   try {
     await once(socket, 'connect')
   } catch (err) {

@@ -81,21 +81,23 @@ export class Peer {
 }
 
 /**
- * A task's peers by host id, also kept in an array so a scheduler can look at a bounded,
- * rotating window of candidates (`window`) instead of every peer of a 10,000-peer task.
+ * A task's peers by host id (Map order = join order, which scheduling/ relies on), also kept in a
+ * join-ordered array so a scheduler can look at the peers that joined just before or after a child
+ * (`before`, `after`, `first`) in O(limit) instead of walking every peer of a 10,000-peer task.
+ * A peer that goes leaves a hole; holes are compacted away once they are half the array.
  */
 export class PeerMap extends Map<string, Peer> {
-  private readonly list: Peer[] = []
-  private readonly index = new Map<Peer, number>()
-  private cursor = 0
+  private joined: Array<Peer | undefined> = []
+  private readonly pos = new Map<Peer, number>()
+  private holes = 0
 
   override set (id: string, p: Peer): this {
     const old = super.get(id)
     if (old === p) return this
     if (old != null) this.unlist(old)
     super.set(id, p)
-    this.index.set(p, this.list.length)
-    this.list.push(p)
+    this.pos.set(p, this.joined.length)
+    this.joined.push(p)
     return this
   }
 
@@ -107,26 +109,45 @@ export class PeerMap extends Map<string, Peer> {
   }
 
   override clear (): void {
-    this.list.length = 0
-    this.index.clear()
+    this.joined = []
+    this.pos.clear()
+    this.holes = 0
     super.clear()
   }
 
-  /** Up to `limit` peers, starting where the previous window stopped (all peers when size <= limit). */
-  * window (limit: number): Generator<Peer> {
-    const n = this.list.length
-    if (n <= limit) { yield * this.list.slice(); return }
-    const start = this.cursor % n
-    this.cursor = (start + limit) % n
-    for (let i = 0; i < limit; i++) yield this.list[(start + i) % n]!
+  /** Position in join order (larger = joined later); -1 when not here. */
+  order (p: Peer): number { return this.pos.get(p) ?? -1 }
+
+  /** Up to `limit` peers that joined before `p`, nearest first. */
+  * before (p: Peer, limit: number): Generator<Peer> {
+    let i = this.order(p) - 1; let n = 0
+    for (; i >= 0 && n < limit; i--) { const q = this.joined[i]; if (q != null) { n++; yield q } }
+  }
+
+  /** Up to `limit` peers that joined after `p`, nearest first. */
+  * after (p: Peer, limit: number): Generator<Peer> {
+    const at = this.order(p)
+    if (at < 0) return
+    let n = 0
+    for (let i = at + 1; i < this.joined.length && n < limit; i++) { const q = this.joined[i]; if (q != null) { n++; yield q } }
+  }
+
+  /** The first `limit` peers to join (seeds usually). */
+  * first (limit: number): Generator<Peer> {
+    let n = 0
+    for (let i = 0; i < this.joined.length && n < limit; i++) { const q = this.joined[i]; if (q != null) { n++; yield q } }
   }
 
   private unlist (p: Peer): void {
-    const i = this.index.get(p)
+    const i = this.pos.get(p)
     if (i == null) return
-    const last = this.list.pop()!
-    if (last !== p) { this.list[i] = last; this.index.set(last, i) }
-    this.index.delete(p)
+    this.joined[i] = undefined
+    this.pos.delete(p)
+    if (++this.holes > 64 && this.holes * 2 > this.joined.length) {
+      this.joined = this.joined.filter(q => q != null)
+      this.joined.forEach((q, k) => this.pos.set(q!, k))
+      this.holes = 0
+    }
   }
 }
 
@@ -165,6 +186,24 @@ export class Task {
     return this.coveredCache
   }
 
-  /** a peer left, failed or was removed: what the rest hold must be recomputed */
-  peerGone (): void { this.coveredCache = false }
+  /**
+   * `gone` left, failed, was removed or re-registered (maybe with less): coverage holds on only if every
+   * piece it held has another live holder. The search stops at the first holder (usually the seed, first
+   * in join order), so this is about O(pieces), not O(peers x pieces).
+   */
+  peerGone (gone?: Peer): void {
+    if (!this.coveredCache) return
+    const bm = gone?.bitmap
+    if (bm == null || this.info == null || bm.size !== this.info.pieceCount) { this.coveredCache = false; return }
+    const others: Peer[] = []
+    for (const p of this.peers.values()) {
+      if (p === gone || p.bitmap == null || p.state === 'failed' || p.state === 'left') continue
+      if (p.bitmap.full) return // one complete peer settles every piece
+      others.push(p)
+    }
+    for (let n = 0; n < bm.size; n++) {
+      if (!bm.has(n)) continue
+      if (!others.some(p => p.bitmap!.has(n))) { this.coveredCache = false; return }
+    }
+  }
 }
