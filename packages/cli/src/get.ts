@@ -100,14 +100,22 @@ export async function get (argv: string[]): Promise<number> {
   if (st?.isDirectory() !== true) throw new InvalidParametersError(`output directory ${dir} does not exist`)
 
   const started = Date.now()
-  const res = await api(base, '/api/v1/tasks', { method: 'POST', body: { url, ...(Object.keys(headers).length > 0 ? { headers } : {}), ...(digest != null ? { digest } : {}) }, signal })
-  if (res.status !== 200) throw await errorFrom(res)
-  const first = await res.json() as TaskProgress
-  const final = await follow(base, first.taskId, json, signal)
-  if (final.state !== 'succeeded') {
-    throw final.error != null ? fromErrorInfo(final.error) : new TaskFailedError(`download ended in state ${final.state}`)
+  let final: TaskProgress
+  let bytes: number
+  try {
+    const res = await api(base, '/api/v1/tasks', { method: 'POST', body: { url, ...(Object.keys(headers).length > 0 ? { headers } : {}), ...(digest != null ? { digest } : {}) }, signal })
+    if (res.status !== 200) throw await errorFrom(res)
+    const first = await res.json() as TaskProgress
+    final = await follow(base, first.taskId, json, signal)
+    if (final.state !== 'succeeded') {
+      throw final.error != null ? fromErrorInfo(final.error) : new TaskFailedError(`download ended in state ${final.state}`)
+    }
+    bytes = await copyOut(base, final, output, digest, signal)
+  } catch (err) {
+    // an abort can surface anywhere in a body read; say why, in one line
+    if (signal.aborted) throw new TaskFailedError(signal.reason instanceof Error && signal.reason.name !== 'TimeoutError' ? signal.reason.message : 'timed out (--timeout)')
+    throw err
   }
-  const bytes = await copyOut(base, final, output, digest, signal)
   const secs = (Date.now() - started) / 1000
   const summary = { event: 'done', url, output, taskId: final.taskId, bytes, seconds: secs, piecesFromStore: final.piecesFromStore, piecesFromPeers: final.piecesFromPeers, piecesFromSource: final.piecesFromSource }
   if (json) process.stdout.write(JSON.stringify(summary) + '\n')
