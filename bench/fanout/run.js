@@ -191,11 +191,13 @@ async function saveLogs (dir, list) {
 function cpuTimes () {
   const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
   const idle = f[3] + f[4]
-  return { idle, total: f.reduce((a, b) => a + b, 0) }
+  return { idle, irq: f[5] + f[6], steal: f[7] ?? 0, total: f.reduce((a, b) => a + b, 0) }
 }
+/** fractions of the machine's CPU time since `a`: busy, in hard+soft interrupts (veth, bridge, tbf), stolen */
 function busySince (a) {
   const b = cpuTimes()
-  return 1 - (b.idle - a.idle) / Math.max(1, b.total - a.total)
+  const dt = Math.max(1, b.total - a.total)
+  return { busy: 1 - (b.idle - a.idle) / dt, irq: (b.irq - a.irq) / dt, steal: (b.steal - a.steal) / dt }
 }
 
 /** CPU seconds (user + system) of a live process, from /proc; undefined once it is gone */
@@ -306,7 +308,7 @@ async function swarmRun (n) {
     const sent = await originSent()
     await saveLogs(join(v.logs ?? '', `n${n}`), started)
     const fromSource = done.reduce((a, d) => a + (d.summary.piecesFromSource ?? 0), 0)
-    return { t_all_s: Math.max(...times), p50_s: quantile(times, 0.5), p99_s: quantile(times, 0.99), origin_bytes: sent[name] ?? 0, cpu_busy: cpu, cpu_services_s: cpuServices, cpu_gets_s: cpuGets, peer_pieces_from_source: fromSource }
+    return { t_all_s: Math.max(...times), p50_s: quantile(times, 0.5), p99_s: quantile(times, 0.99), origin_bytes: sent[name] ?? 0, cpu_busy: cpu.busy, cpu_irq: cpu.irq, cpu_steal: cpu.steal, cpu_services_s: cpuServices, cpu_gets_s: cpuGets, peer_pieces_from_source: fromSource }
   } finally {
     await Promise.all(started.map(stop))
     await rm(dir, { recursive: true, force: true })
@@ -350,7 +352,7 @@ async function main () {
   for (const n of NS_LIST) {
     log(`N=${n}: swarm`)
     const sw = await swarmRun(n)
-    log(`N=${n}: T_all ${sw.t_all_s.toFixed(2)} s, p50 ${sw.p50_s.toFixed(2)} s, origin ${(sw.origin_bytes / F).toFixed(3)} F, machine cpu ${(sw.cpu_busy * 100).toFixed(0)}%, ours ${sw.cpu_services_s.toFixed(1)} + gets ${sw.cpu_gets_s.toFixed(1)} cpu-s`)
+    log(`N=${n}: T_all ${sw.t_all_s.toFixed(2)} s, p50 ${sw.p50_s.toFixed(2)} s, origin ${(sw.origin_bytes / F).toFixed(3)} F, machine cpu ${(sw.cpu_busy * 100).toFixed(0)}% (irq ${(sw.cpu_irq * 100).toFixed(0)}%, steal ${(sw.cpu_steal * 100).toFixed(0)}%), ours ${sw.cpu_services_s.toFixed(1)} + gets ${sw.cpu_gets_s.toFixed(1)} cpu-s`)
     let direct = null
     if (!v['no-direct']) {
       log(`N=${n}: direct baseline`)
@@ -371,6 +373,8 @@ async function main () {
       p99_s: r3(sw.p99_s),
       direct_over_t_all: direct == null ? null : r3(direct / sw.t_all_s),
       cpu_busy: r3(sw.cpu_busy),
+      cpu_irq: r3(sw.cpu_irq),
+      cpu_steal: r3(sw.cpu_steal),
       // CPU seconds used by this benchmark's services (scheduler, seed, daemons, origin) and by the gets,
       // against the 2 x T_all seconds two vCPUs offer; the rest of cpu_busy is other users of the machine
       cpu_services_s: r3(sw.cpu_services_s),
