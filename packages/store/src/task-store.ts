@@ -203,7 +203,8 @@ function decodeState (buf: Buffer, pieceCount: number): { bitmap: Uint8Array, di
 export class TaskStore {
   private readonly open = new Map<string, Promise<StoredTask | null>>()
   /** task id -> bytes, in recency order (the in-memory index behind quota eviction) */
-  private readonly usage = new LRUCache<string, number>({ max: 1_000_000 })
+  // bounded by total size, not a count: a `max` would preallocate that many slots at start-up
+  private readonly usage = new LRUCache<string, number>({ maxSize: Number.MAX_SAFE_INTEGER, sizeCalculation: () => 1 })
   private readonly pins = new Map<string, number>()
   private used = 0
 
