@@ -55,7 +55,7 @@ describe('p2p file distribution', () => {
     const file = randomBytes(64 * MiB)
     const { origin, cluster, out } = await setup({ files: { 'big.bin': file }, rate: 200 * MiB, daemons: 4 })
     const results = await Promise.all(cluster.daemons.map(async (d, i) =>
-      await runGuoce(['get', `${origin.url}/big.bin`, '-O', join(out, `copy-${i}`), '--daemon', d.api, '--json'])))
+      await runGuoce(['get', `${origin.url}/big.bin`, '-O', join(out, `copy-${i}`), '--daemon', d.api, '--json', ...(i % 2 === 1 ? ['--stream'] : [])])))
     for (const r of results) expect(r.code, r.stderr).toBe(0)
     const want = sha(file)
     for (let i = 0; i < 4; i++) expect(sha(await readFile(join(out, `copy-${i}`)))).toBe(want)
@@ -214,6 +214,7 @@ describe('bad input: one-line error, non-zero exit, no partial output', () => {
     expect(mount, 'mounting a small tmpfs (needs root)').toBe(0)
     cleanups.push(async () => { await runCmd('umount', ['-l', small]); await rm(small, { recursive: true, force: true }) })
     await expectFailure(['get', `${origin.url}/f.bin`, '-O', join(small, 'f.bin'), '--daemon', cluster.daemons[0]!.api], small, /no space left/)
+    await expectFailure(['get', `${origin.url}/f.bin`, '-O', join(small, 'f.bin'), '--daemon', cluster.daemons[0]!.api, '--stream'], small, /no space left/)
     expect(out).toBeTruthy()
   })
 })

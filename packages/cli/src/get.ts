@@ -18,6 +18,7 @@ export const GET_USAGE = `Usage: guoce get URL -O FILE [--daemon http://HOST:POR
   --digest DIGEST      expected sha256 of the whole file; also makes the task id content-addressed
   --header K:V         request header for the origin (repeatable)
   --timeout DURATION   give up after this long (default: none)
+  --stream             copy through the daemon's HTTP API even when it runs on this host
 `
 
 function fmtBytes (n: number): string {
@@ -67,7 +68,8 @@ export async function get (argv: string[]): Promise<number> {
     daemon: { type: 'string' },
     digest: { type: 'string' },
     header: { type: 'string', multiple: true },
-    timeout: { type: 'string' }
+    timeout: { type: 'string' },
+    stream: { type: 'boolean' }
   }, true)
   if (v.help === true) { process.stdout.write(GET_USAGE); return 0 }
   const json = v.json === true
@@ -110,7 +112,10 @@ export async function get (argv: string[]): Promise<number> {
     if (final.state !== 'succeeded') {
       throw final.error != null ? fromErrorInfo(final.error) : new TaskFailedError(`download ended in state ${final.state}`)
     }
-    bytes = await copyOut(base, final, output, digest, signal)
+    // a daemon on this host writes the file itself (kernel copy); elsewhere, or with --stream, bytes come over HTTP
+    bytes = v.stream !== true && isLoopback(base)
+      ? await exportOut(base, final, output, signal) ?? await copyOut(base, final, output, digest, signal)
+      : await copyOut(base, final, output, digest, signal)
   } catch (err) {
     // an abort can surface anywhere in a body read; say why, in one line
     if (signal.aborted) throw new TaskFailedError(signal.reason instanceof Error && signal.reason.name !== 'TimeoutError' ? signal.reason.message : 'timed out (--timeout)')
@@ -150,6 +155,20 @@ async function follow (base: string, taskId: string, json: boolean, signal?: Abo
   if (tty) process.stderr.write('\n')
   if (last == null || (last.state !== 'succeeded' && last.state !== 'failed')) throw new TaskFailedError('the daemon closed the progress stream before the task ended')
   return last
+}
+
+function isLoopback (base: string): boolean {
+  const h = new URL(base).hostname
+  return h === '127.0.0.1' || h === 'localhost' || h === '[::1]' || h === '::1'
+}
+
+/** Ask a same-host daemon to write `output`; null when the daemon cannot (then stream instead). */
+async function exportOut (base: string, p: TaskProgress, output: string, signal?: AbortSignal): Promise<number | null> {
+  const res = await api(base, `/api/v1/tasks/${p.taskId}/export`, { method: 'POST', body: { path: output }, signal })
+  if (res.status === 200) return ((await res.json()) as { bytes: number }).bytes
+  const err = await errorFrom(res)
+  if (err.name === 'NoSpaceError') throw err
+  return null
 }
 
 async function copyOut (base: string, p: TaskProgress, output: string, digest: string | undefined, signal?: AbortSignal): Promise<number> {

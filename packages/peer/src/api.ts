@@ -4,11 +4,15 @@
  *   GET  /api/v1/tasks/:id             progress
  *   GET  /api/v1/tasks/:id/progress    NDJSON progress lines until the task ends
  *   GET  /api/v1/tasks/:id/content     the bytes (Range supported) once complete
+ *   POST /api/v1/tasks/:id/export {path}  copy a complete task to a local file (temp + fsync + rename)
  *   DELETE /api/v1/tasks/:id           drop a task from the store
  *   GET  /healthz, GET /metrics (Prometheus text)
  */
 import Fastify, { type FastifyInstance } from 'fastify'
-import { createReadStream } from 'node:fs'
+import { createReadStream, constants as fsConstants } from 'node:fs'
+import { copyFile, open, rename, rm } from 'node:fs/promises'
+import { basename, dirname, isAbsolute, join } from 'node:path'
+import { randomBytes } from 'node:crypto'
 import { isTaskId } from '@guoce/content'
 import { errorStatus, type PeerDaemon } from './index.js'
 import type { TaskProgress } from '@guoce/interface'
@@ -98,6 +102,33 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
     reply.header('content-type', 'application/octet-stream').header('accept-ranges', 'bytes').header('content-length', String(size === 0 ? 0 : end - start + 1))
     if (size === 0) return await reply.send(Buffer.alloc(0))
     return await reply.send(createReadStream(st.dataPath, { start, end }))
+  })
+
+  // Same-host output: the kernel copies store -> file (copy_file_range or reflink), no bytes through
+  // HTTP and no second hash: every piece, and the whole content when a digest was given, is verified.
+  app.post<{ Params: { id: string }, Body: { path: string } }>('/api/v1/tasks/:id/export', {
+    schema: { body: { type: 'object', required: ['path'], additionalProperties: false, properties: { path: { type: 'string', minLength: 1, maxLength: 4096 } } } }
+  }, async (req, reply) => {
+    if (!isTaskId(req.params.id)) return await reply.status(400).send({ error: { name: 'InvalidParametersError', code: 'ERR_INVALID_PARAMETERS', message: 'bad task id' } })
+    const path = req.body.path
+    if (!isAbsolute(path)) return await reply.status(400).send({ error: { name: 'InvalidParametersError', code: 'ERR_INVALID_PARAMETERS', message: 'export path must be absolute' } })
+    const st = await daemon.store.get(req.params.id)
+    if (st == null) return await reply.status(404).send({ error: { name: 'NotFoundError', code: 'ERR_NOT_FOUND', message: `no task ${req.params.id}` } })
+    if (!st.complete) return await reply.status(409).send({ error: { name: 'NotFoundError', code: 'ERR_INCOMPLETE', message: 'task is not complete' } })
+    const tmp = join(dirname(path), `.${basename(path)}.guoce-${randomBytes(4).toString('hex')}`)
+    try {
+      await copyFile(st.dataPath, tmp, fsConstants.COPYFILE_FICLONE)
+      const fh = await open(tmp, 'r+')
+      try { await fh.sync() } finally { await fh.close() }
+      await rename(tmp, path)
+    } catch (err) {
+      await rm(tmp, { force: true })
+      const e = err as NodeJS.ErrnoException
+      if (e.code === 'ENOSPC' || e.code === 'EDQUOT') return await reply.status(507).send({ error: { name: 'NoSpaceError', code: 'ERR_NO_SPACE', message: `no space left on device writing ${path}` } })
+      if (e.code === 'ENOENT' || e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'EROFS') return await reply.status(400).send({ error: { name: 'InvalidParametersError', code: 'ERR_INVALID_PARAMETERS', message: `cannot write ${path}: ${e.code}` } })
+      throw err
+    }
+    return { path, bytes: st.info.contentLength }
   })
 
   app.delete<{ Params: { id: string } }>('/api/v1/tasks/:id', async (req, reply) => {
