@@ -3,16 +3,7 @@
  * Every conversion failure leaves no output file behind (outputs are written to a temp name
  * and renamed only when the whole layer converted).
  */
-import { GuoceError } from '@guoce/interface'
-
-function defineError (name: string, code: string): new (message: string, options?: ErrorOptions) => GuoceError {
-  const cls = class extends GuoceError {
-    static override name = name
-    override code = code
-  }
-  Object.defineProperty(cls, 'name', { value: name })
-  return cls
-}
+import { defineError } from '@guoce/interface'
 
 /** The layer stream is not a valid tar archive (bad checksum, bad number field, bad pax record). */
 export const InvalidTarError = defineError('InvalidTarError', 'ERR_TAR_INVALID')

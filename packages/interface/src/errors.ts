@@ -12,7 +12,8 @@ export class GuoceError extends Error {
   }
 }
 
-function defineError (name: string, code: string): new (message: string, options?: ErrorOptions) => GuoceError {
+/** An error class with a fixed name and code, for packages to declare their own errors. */
+export function defineError (name: string, code: string): new (message: string, options?: ErrorOptions) => GuoceError {
   const cls = class extends GuoceError {
     static override name = name
     override code = code
