@@ -19,10 +19,10 @@ afterEach(async () => {
   await stopAll()
 })
 
-async function setup (o: { files: Record<string, Buffer>, rate?: number, daemons: number, seedArgs?: string[] }): Promise<{ origin: Origin, cluster: Cluster, out: string }> {
+async function setup (o: { files: Record<string, Buffer>, rate?: number, daemons: number, seedArgs?: string[], daemonArgs?: string[] }): Promise<{ origin: Origin, cluster: Cluster, out: string }> {
   const origin = await startOrigin({ files: o.files, rate: o.rate ?? 0 })
   cleanups.push(async () => { await origin.close() })
-  const cluster = await startCluster({ daemons: o.daemons, ...(o.seedArgs != null ? { seedArgs: o.seedArgs } : {}) })
+  const cluster = await startCluster({ daemons: o.daemons, ...(o.seedArgs != null ? { seedArgs: o.seedArgs } : {}), ...(o.daemonArgs != null ? { daemonArgs: o.daemonArgs } : {}) })
   cleanups.push(async () => { await cluster.close() })
   const out = await mkdtemp(join(tmpdir(), 'guoce-out-'))
   cleanups.push(async () => { await rm(out, { recursive: true, force: true }) })
@@ -38,7 +38,7 @@ async function getJson (url: string): Promise<any> {
 
 async function metric (api: string, name: string): Promise<number> {
   const text = await (await fetch(`${api}/metrics`)).text()
-  const line = text.split('\n').find(l => l.startsWith(name + ' ') || l.startsWith(name + '{'))
+  const line = text.split('\n').find(l => l.startsWith(name + ' ') || (!name.includes('{') && l.startsWith(name + '{')))
   return line == null ? NaN : Number(line.split(' ').pop())
 }
 
@@ -66,6 +66,24 @@ describe('p2p file distribution', () => {
     const done = results.map(r => JSON.parse(r.stdout.trim().split('\n').pop()!))
     for (const d of done) expect(d.piecesFromSource).toBe(0)
   })
+
+  for (const mode of ['secure', 'integrity']) {
+    it(`moves pieces over ${mode} data channels when seed and daemons opt in`, async () => {
+      const file = randomBytes(24 * MiB)
+      const args = ['--piece-channel', mode]
+      const { origin, cluster, out } = await setup({ files: { 'f.bin': file }, daemons: 3, seedArgs: args, daemonArgs: args })
+      const results = await Promise.all(cluster.daemons.map(async (d, i) =>
+        await runGuoce(['get', `${origin.url}/f.bin`, '-O', join(out, `copy-${i}`), '--daemon', d.api, '--json'])))
+      for (const r of results) expect(r.code, r.stderr).toBe(0)
+      for (let i = 0; i < 3; i++) expect(sha(await readFile(join(out, `copy-${i}`)))).toBe(sha(file))
+      expect(origin.sent['f.bin']! / file.length).toBeLessThanOrEqual(1.05)
+      for (const r of results) expect(JSON.parse(r.stdout.trim()).piecesFromPeers).toBeGreaterThan(0)
+      for (const d of cluster.daemons) {
+        expect(await metric(d.api, `guoce_peer_parent_connections_total{channel="${mode}"}`)).toBeGreaterThan(0)
+        expect(await metric(d.api, 'guoce_peer_parent_connections_total{channel="stream"}')).toBeNaN()
+      }
+    })
+  }
 
   it('a parent killed with SIGKILL mid-transfer does not stop the others', async () => {
     const file = randomBytes(48 * MiB)

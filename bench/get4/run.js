@@ -1,6 +1,6 @@
 // bench/get4: `guoce get` of one file on N daemons at once vs N direct downloads of it, side by side,
 // from the same origin whose upload is rate limited (the origin's uplink is what P2P saves).
-// usage: npm run bench -- get4 [--mib 64] [--rate-mib 32] [--n 4] [--rounds 1]
+// usage: npm run bench -- get4 [--mib 64] [--rate-mib 32] [--n 4] [--rounds 1] [--piece-channel stream|secure|integrity]
 import { parseArgs } from 'node:util'
 import { randomBytes, createHash } from 'node:crypto'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import { request } from 'undici'
 import { startOrigin, startCluster, runGuoce, stopAll } from '@guoce/testkit'
 
-const { values } = parseArgs({ options: { mib: { type: 'string', default: '64' }, 'rate-mib': { type: 'string', default: '32' }, n: { type: 'string', default: '4' }, rounds: { type: 'string', default: '1' } } })
+const { values } = parseArgs({ options: { mib: { type: 'string', default: '64' }, 'rate-mib': { type: 'string', default: '32' }, n: { type: 'string', default: '4' }, rounds: { type: 'string', default: '1' }, 'piece-channel': { type: 'string', default: 'stream' } } })
 const MiB = 1024 * 1024
 const F = Number(values.mib) * MiB
 const rate = Number(values['rate-mib']) * MiB
@@ -30,7 +30,8 @@ try {
     const file = randomBytes(F)
     const want = createHash('sha256').update(file).digest('hex')
     const origin = await startOrigin({ files: { 'direct.bin': file, 'p2p.bin': file }, rate })
-    const cluster = await startCluster({ daemons: n })
+    const channelArgs = ['--piece-channel', values['piece-channel']]
+    const cluster = await startCluster({ daemons: n, seedArgs: channelArgs, daemonArgs: channelArgs })
     try {
       log(`round ${round}: ${n} direct downloads of ${values.mib} MiB at ${values['rate-mib']} MiB/s origin upload`)
       let t0 = performance.now()
@@ -45,6 +46,7 @@ try {
       for (let i = 0; i < n; i++) if (createHash('sha256').update(await readFile(join(out, `f${i}`))).digest('hex') !== want) throw new Error('p2p copy corrupted')
       runs.push({
         n,
+        piece_channel: values['piece-channel'],
         file_bytes: F,
         origin_rate_bytes_per_s: rate,
         direct_s: +directS.toFixed(3),

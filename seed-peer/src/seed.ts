@@ -7,7 +7,7 @@
 import type { Libp2p } from 'libp2p'
 import { toErrorInfo, type Logger, type Startable } from '@guoce/interface'
 import type { TaskStore, StoredTask } from '@guoce/store'
-import { SchedulerClient, servePieces, type SchedulerMessage, type WireHostInfo } from '@guoce/transfer'
+import { SchedulerClient, servePieces, dataChannelFor, type PieceChannel, type PieceServer, type SchedulerMessage, type WireHostInfo } from '@guoce/transfer'
 import { fillFromSource } from './fetch.js'
 
 export interface SeedPeerInit {
@@ -20,6 +20,11 @@ export interface SeedPeerInit {
   idc?: string
   location?: string
   originTimeoutMs?: number
+  /**
+   * How piece bytes travel to and from this host.
+   * @default 'stream'
+   */
+  pieceChannel?: PieceChannel
 }
 
 export interface SeedStats { originBytes: number, uploadBytes: number, tasks: number }
@@ -28,6 +33,7 @@ export class SeedPeer implements Startable {
   private readonly client: SchedulerClient
   private readonly running = new Map<string, Promise<void>>()
   private readonly log: Logger
+  private pieceServer: PieceServer | undefined
   readonly stats: SeedStats = { originBytes: 0, uploadBytes: 0, tasks: 0 }
 
   constructor (private readonly init: SeedPeerInit) {
@@ -56,7 +62,8 @@ export class SeedPeer implements Startable {
   }
 
   async start (): Promise<void> {
-    await servePieces(this.init.node, {
+    this.pieceServer = await servePieces(this.init.node, {
+      dataChannel: dataChannelFor(this.init.pieceChannel ?? 'stream'),
       log: this.init.log,
       provider: {
         getPiece: async (taskId, n) => {
@@ -72,6 +79,7 @@ export class SeedPeer implements Startable {
 
   async stop (): Promise<void> {
     await this.client.stop()
+    await this.pieceServer?.close()
   }
 
   get ready (): Promise<void> { return this.client.ready }

@@ -40,3 +40,10 @@ export function sizeBytes (s: string | undefined, what: string): number | undefi
   const units: Record<string, number> = { b: 1, kb: 1e3, kib: 1024, mb: 1e6, mib: 1024 ** 2, gb: 1e9, gib: 1024 ** 3, tb: 1e12, tib: 1024 ** 4 }
   return Math.floor(Number(m[1]) * (units[(m[2] ?? 'b').toLowerCase()] ?? 1))
 }
+
+/** --piece-channel: stream (Noise-secured libp2p stream, default) | secure (AES-GCM data channel) | integrity */
+export function pieceChannel (s: string | undefined): 'stream' | 'secure' | 'integrity' | undefined {
+  if (s == null) return undefined
+  if (s === 'stream' || s === 'secure' || s === 'integrity') return s
+  throw new InvalidParametersError(`--piece-channel must be stream, secure or integrity, got "${s}"`)
+}

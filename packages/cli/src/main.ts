@@ -3,7 +3,7 @@
  */
 import { join } from 'node:path'
 import { InvalidParametersError } from '@guoce/interface'
-import { parse, defaultHome, hostPort, durationMs, sizeBytes } from './args.js'
+import { parse, defaultHome, hostPort, durationMs, sizeBytes, pieceChannel } from './args.js'
 import type { Running } from './services.js'
 
 const USAGE = `guoce: P2P content distribution and lazy-loading images
@@ -27,15 +27,17 @@ const SCHEDULER_USAGE = `Usage: guoce scheduler [--listen MULTIADDR] [--data DIR
   --data DIR           identity key lives here, so the PeerId survives restarts (default $GUOCE_HOME/scheduler)
 Prints the multiaddr it listens on, with /p2p/PEERID.
 `
-const SEED_USAGE = `Usage: guoce seed --scheduler MULTIADDR [--data DIR] [--listen MULTIADDR] [--origin-timeout 30s] [--quota SIZE] [--json]
+const SEED_USAGE = `Usage: guoce seed --scheduler MULTIADDR [--data DIR] [--listen MULTIADDR] [--origin-timeout 30s] [--quota SIZE] [--piece-channel M] [--json]
 `
 const DAEMON_USAGE = `Usage: guoce daemon --scheduler MULTIADDR [--data DIR] [--api HOST:PORT] [--listen MULTIADDR]
-                    [--origin-timeout 30s] [--idc NAME] [--location A|B|C] [--quota SIZE] [--json]
+                    [--origin-timeout 30s] [--idc NAME] [--location A|B|C] [--quota SIZE] [--piece-channel M] [--json]
 
   --api HOST:PORT      local API (default 127.0.0.1:65001); keep it on loopback
   --quota SIZE         most task data kept (e.g. 50GiB); least recently used tasks are evicted
+  --piece-channel M    stream (default: Noise-secured libp2p stream) | secure (AES-256-GCM direct TCP
+                       channel, keyed over Noise) | integrity (clear bytes, still sha256-verified; opt-in)
 `
-const UP_USAGE = `Usage: guoce up [--data DIR] [--api HOST:PORT] [--listen-host IP] [--scheduler-port N] [--origin-timeout 30s] [--quota SIZE] [--json]
+const UP_USAGE = `Usage: guoce up [--data DIR] [--api HOST:PORT] [--listen-host IP] [--scheduler-port N] [--origin-timeout 30s] [--quota SIZE] [--piece-channel M] [--json]
 
 Runs a scheduler, a seed peer and a peer daemon in one process on embedded defaults, data under
 --data (default $GUOCE_HOME or ~/.guoce). Prints its endpoints; other machines join with
@@ -76,17 +78,17 @@ export async function main (argv: string[]): Promise<number | undefined> {
       return await runUntilSignal([s])
     }
     case 'seed': {
-      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, quota: { type: 'string' } })
+      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' } })
       if (v.help === true) { process.stdout.write(SEED_USAGE); return 0 }
       if (typeof v.scheduler !== 'string') throw new InvalidParametersError('--scheduler MULTIADDR is required')
       const json = v.json === true
-      const s = await startSeed({ data: (v.data as string | undefined) ?? join(defaultHome(), 'seed'), listen: (v.listen as string | undefined) ?? '/ip4/0.0.0.0/tcp/0', scheduler: v.scheduler, log: logger(json, 'info'), originTimeoutMs: durationMs(v['origin-timeout'] as string | undefined, '--origin-timeout'), quotaBytes: sizeBytes(v.quota as string | undefined, '--quota') })
+      const s = await startSeed({ data: (v.data as string | undefined) ?? join(defaultHome(), 'seed'), listen: (v.listen as string | undefined) ?? '/ip4/0.0.0.0/tcp/0', scheduler: v.scheduler, log: logger(json, 'info'), originTimeoutMs: durationMs(v['origin-timeout'] as string | undefined, '--origin-timeout'), quotaBytes: sizeBytes(v.quota as string | undefined, '--quota'), pieceChannel: pieceChannel(v['piece-channel'] as string | undefined) })
       await s.seed.ready
       out(json, { event: 'ready', service: 'seed', peerId: s.node.peerId.toString(), addrs: s.node.getMultiaddrs().map(String) }, `seed peer ${s.node.peerId.toString()} joined ${v.scheduler}`)
       return await runUntilSignal([s])
     }
     case 'daemon': {
-      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, api: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, idc: { type: 'string' }, location: { type: 'string' }, quota: { type: 'string' } })
+      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, api: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, idc: { type: 'string' }, location: { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' } })
       if (v.help === true) { process.stdout.write(DAEMON_USAGE); return 0 }
       if (typeof v.scheduler !== 'string') throw new InvalidParametersError('--scheduler MULTIADDR is required')
       const json = v.json === true
@@ -99,13 +101,14 @@ export async function main (argv: string[]): Promise<number | undefined> {
         originTimeoutMs: durationMs(v['origin-timeout'] as string | undefined, '--origin-timeout'),
         idc: v.idc as string | undefined,
         location: v.location as string | undefined,
-        quotaBytes: sizeBytes(v.quota as string | undefined, '--quota')
+        quotaBytes: sizeBytes(v.quota as string | undefined, '--quota'),
+        pieceChannel: pieceChannel(v['piece-channel'] as string | undefined)
       })
       out(json, { event: 'ready', service: 'daemon', api: d.apiUrl, peerId: d.node.peerId.toString(), addrs: d.node.getMultiaddrs().map(String) }, `daemon ${d.node.peerId.toString()} api ${d.apiUrl}`)
       return await runUntilSignal([d])
     }
     case 'up': {
-      const { values: v } = parse(rest, { data: { type: 'string' }, api: { type: 'string' }, 'listen-host': { type: 'string' }, 'scheduler-port': { type: 'string' }, 'origin-timeout': { type: 'string' }, quota: { type: 'string' } })
+      const { values: v } = parse(rest, { data: { type: 'string' }, api: { type: 'string' }, 'listen-host': { type: 'string' }, 'scheduler-port': { type: 'string' }, 'origin-timeout': { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' } })
       if (v.help === true) { process.stdout.write(UP_USAGE); return 0 }
       const json = v.json === true
       const data = (v.data as string | undefined) ?? defaultHome()
@@ -113,9 +116,10 @@ export async function main (argv: string[]): Promise<number | undefined> {
       const log = logger(json, 'info')
       const originTimeoutMs = durationMs(v['origin-timeout'] as string | undefined, '--origin-timeout')
       const quotaBytes = sizeBytes(v.quota as string | undefined, '--quota')
+      const channel = pieceChannel(v['piece-channel'] as string | undefined)
       const sched = await startScheduler({ data: join(data, 'scheduler'), listen: `/ip4/${host}/tcp/${(v['scheduler-port'] as string | undefined) ?? '65003'}`, log })
-      const seed = await startSeed({ data: join(data, 'seed'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, log, originTimeoutMs, quotaBytes })
-      const daemon = await startDaemon({ data: join(data, 'daemon'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, api: hostPort((v.api as string | undefined) ?? '127.0.0.1:65001', '--api'), log, originTimeoutMs, quotaBytes })
+      const seed = await startSeed({ data: join(data, 'seed'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, log, originTimeoutMs, quotaBytes, pieceChannel: channel })
+      const daemon = await startDaemon({ data: join(data, 'daemon'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, api: hostPort((v.api as string | undefined) ?? '127.0.0.1:65001', '--api'), log, originTimeoutMs, quotaBytes, pieceChannel: channel })
       await seed.seed.ready
       await daemon.daemon.client.ready
       out(json, { event: 'ready', service: 'up', scheduler: sched.addr, schedulerAddrs: sched.addrs, api: daemon.apiUrl, data },

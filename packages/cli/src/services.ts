@@ -2,7 +2,7 @@
 import { join } from 'node:path'
 import { mkdir } from 'node:fs/promises'
 import type { Logger } from '@guoce/interface'
-import { createNode, loadOrCreateKey, jsonLogger, type Libp2p, type LogLevel } from '@guoce/transfer'
+import { createNode, loadOrCreateKey, jsonLogger, type Libp2p, type LogLevel, type PieceChannel } from '@guoce/transfer'
 import { openStore } from '@guoce/store'
 import { Scheduler } from '@guoce/scheduler'
 import { SeedPeer } from '@guoce/seed-peer'
@@ -27,21 +27,22 @@ export async function startScheduler (o: { data: string, listen: string, log: Lo
   }
 }
 
-export async function startSeed (o: { quotaBytes?: number | undefined, data: string, listen: string, scheduler: string, log: Logger, originTimeoutMs?: number | undefined }): Promise<Running & { seed: SeedPeer, node: Libp2p }> {
+export async function startSeed (o: { pieceChannel?: PieceChannel | undefined, quotaBytes?: number | undefined, data: string, listen: string, scheduler: string, log: Logger, originTimeoutMs?: number | undefined }): Promise<Running & { seed: SeedPeer, node: Libp2p }> {
   await mkdir(o.data, { recursive: true })
   const node = await createNode({ listen: [o.listen], privateKey: await loadOrCreateKey(join(o.data, 'identity.key')) })
   const store = await openStore({ dir: o.data, ...(o.quotaBytes != null ? { quotaBytes: o.quotaBytes } : {}) })
-  const seed = new SeedPeer({ node, store, scheduler: o.scheduler, log: o.log, ...(o.originTimeoutMs != null ? { originTimeoutMs: o.originTimeoutMs } : {}) })
+  const seed = new SeedPeer({ node, store, scheduler: o.scheduler, log: o.log, ...(o.pieceChannel != null ? { pieceChannel: o.pieceChannel } : {}), ...(o.originTimeoutMs != null ? { originTimeoutMs: o.originTimeoutMs } : {}) })
   await seed.start()
   return { seed, node, stop: async () => { await seed.stop(); await store.close(); await node.stop() } }
 }
 
-export async function startDaemon (o: { quotaBytes?: number | undefined, data: string, listen: string, scheduler: string, api: { host: string, port: number }, log: Logger, originTimeoutMs?: number | undefined, idc?: string | undefined, location?: string | undefined }): Promise<Running & { daemon: PeerDaemon, apiUrl: string, app: FastifyInstance, node: Libp2p }> {
+export async function startDaemon (o: { pieceChannel?: PieceChannel | undefined, quotaBytes?: number | undefined, data: string, listen: string, scheduler: string, api: { host: string, port: number }, log: Logger, originTimeoutMs?: number | undefined, idc?: string | undefined, location?: string | undefined }): Promise<Running & { daemon: PeerDaemon, apiUrl: string, app: FastifyInstance, node: Libp2p }> {
   await mkdir(o.data, { recursive: true })
   const node = await createNode({ listen: [o.listen], privateKey: await loadOrCreateKey(join(o.data, 'identity.key')) })
   const store = await openStore({ dir: o.data, ...(o.quotaBytes != null ? { quotaBytes: o.quotaBytes } : {}) })
   const daemon = new PeerDaemon({
     node, store, scheduler: o.scheduler, log: o.log,
+    ...(o.pieceChannel != null ? { pieceChannel: o.pieceChannel } : {}),
     ...(o.originTimeoutMs != null ? { originTimeoutMs: o.originTimeoutMs } : {}),
     ...(o.idc != null ? { idc: o.idc } : {}),
     ...(o.location != null ? { location: o.location } : {})

@@ -8,7 +8,7 @@ import type { Libp2p } from 'libp2p'
 import { taskIdOf, parseSourceUrl, parseDigest } from '@guoce/content'
 import type { Logger, Startable, TaskRequest } from '@guoce/interface'
 import type { TaskStore } from '@guoce/store'
-import { SchedulerClient, servePieces, type SchedulerMessage, type WireHostInfo } from '@guoce/transfer'
+import { SchedulerClient, servePieces, dataChannelFor, type PieceChannel, type PieceServer, type SchedulerMessage, type WireHostInfo } from '@guoce/transfer'
 import { PeerTask } from './peer-task.js'
 import { UPLOAD_SLOTS } from './constants.js'
 import { hostname, loadavg, cpus } from 'node:os'
@@ -22,6 +22,11 @@ export interface PeerDaemonInit {
   idc?: string
   location?: string
   originTimeoutMs?: number
+  /**
+   * How piece bytes travel to and from this host.
+   * @default 'stream'
+   */
+  pieceChannel?: PieceChannel
 }
 
 export interface DaemonStats {
@@ -30,13 +35,16 @@ export interface DaemonStats {
   uploadBytes: number
   tasksStarted: number
   blamedParents: number
+  /** piece connections opened to parents, by channel (stream, secure, integrity) */
+  parentConnections: Record<string, number>
 }
 
 export class PeerDaemon implements Startable {
   readonly tasks = new Map<string, PeerTask>()
   readonly client: SchedulerClient
-  readonly stats: DaemonStats = { peerBytes: 0, sourceBytes: 0, uploadBytes: 0, tasksStarted: 0, blamedParents: 0 }
+  readonly stats: DaemonStats = { peerBytes: 0, sourceBytes: 0, uploadBytes: 0, tasksStarted: 0, blamedParents: 0, parentConnections: {} }
   private readonly log: Logger
+  private pieceServer: PieceServer | undefined
 
   constructor (private readonly init: PeerDaemonInit) {
     this.log = init.log.child({ component: 'peer:daemon' })
@@ -67,7 +75,8 @@ export class PeerDaemon implements Startable {
   }
 
   async start (): Promise<void> {
-    await servePieces(this.init.node, {
+    this.pieceServer = await servePieces(this.init.node, {
+      dataChannel: dataChannelFor(this.init.pieceChannel ?? 'stream'),
       log: this.init.log,
       provider: {
         getPiece: async (taskId, n) => {
@@ -85,6 +94,7 @@ export class PeerDaemon implements Startable {
   async stop (): Promise<void> {
     for (const t of this.tasks.values()) t.stop()
     await this.client.stop()
+    await this.pieceServer?.close()
     await this.init.store.close()
   }
 
@@ -103,7 +113,9 @@ export class PeerDaemon implements Startable {
       send: (m) => this.client.send(m),
       log: this.init.log,
       ...(this.init.originTimeoutMs != null ? { originTimeoutMs: this.init.originTimeoutMs } : {}),
+      ...(this.init.pieceChannel != null ? { pieceChannel: this.init.pieceChannel } : {}),
       onBlame: () => { this.stats.blamedParents++ },
+      onConnection: (channel) => { this.stats.parentConnections[channel] = (this.stats.parentConnections[channel] ?? 0) + 1 },
       onStats: (kind, bytes) => { if (kind === 'peer') this.stats.peerBytes += bytes; else this.stats.sourceBytes += bytes }
     })
     this.tasks.set(taskId, task)

@@ -16,7 +16,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { Bitmap, verifyPiece, sha256, equalBytes } from '@guoce/content'
 import { DigestMismatchError, ParentTimeoutError, fromErrorInfo, toErrorInfo, type Logger, type TaskProgress, type TaskRequest, type PeerState, type TaskInfo } from '@guoce/interface'
 import type { StoredTask, TaskStore } from '@guoce/store'
-import { PieceConnection, Priority, type PeerMessage, type SchedulerMessage, type WireParent } from '@guoce/transfer'
+import { PieceConnection, type PieceChannel, Priority, type PeerMessage, type SchedulerMessage, type WireParent } from '@guoce/transfer'
 import { fillFromSource } from '@guoce/seed-peer'
 import { ENDGAME_PIECES, PARENT_INFLIGHT, PIECE_TIMEOUT_MS, PIECE_TIMEOUT_PER_MIB_MS, REPORT_DELAY_MS, REQUEST_BATCH, SCHEDULER_WAIT_MS, STALL_MS, STARVE_MS, TOTAL_INFLIGHT } from './constants.js'
 
@@ -40,8 +40,12 @@ export interface PeerTaskInit {
   send: (msg: PeerMessage) => boolean
   log: Logger
   originTimeoutMs?: number
+  /** how piece bytes travel from parents @default 'stream' */
+  pieceChannel?: PieceChannel
   onStats?: (kind: 'peer' | 'source', bytes: number) => void
   onBlame?: (parent: string, reason: Error) => void
+  /** a piece connection to a parent opened, over this channel */
+  onConnection?: (channel: string) => void
 }
 
 export class PeerTask {
@@ -303,8 +307,9 @@ export class PeerTask {
 
   private async connection (p: ParentState): Promise<PieceConnection> {
     if (p.conn?.isOpen === true) return p.conn
-    p.connecting ??= PieceConnection.open(this.init.node, p.addrs, { signal: AbortSignal.timeout(5_000) }).finally(() => { p.connecting = undefined })
+    p.connecting ??= PieceConnection.open(this.init.node, p.addrs, { signal: AbortSignal.timeout(5_000), channel: this.init.pieceChannel ?? 'stream' }).finally(() => { p.connecting = undefined })
     p.conn = await p.connecting
+    this.init.onConnection?.(p.conn.channel)
     return p.conn
   }
 

@@ -55,6 +55,14 @@ export interface DataChannelInit {
   integrity?: boolean
 }
 
+/** How piece bytes travel: the Noise-secured libp2p stream (default) or an opt-in data channel. */
+export type PieceChannel = 'stream' | 'secure' | 'integrity'
+
+/** The `dataChannel` option a parent needs to serve children that use `channel`. */
+export function dataChannelFor (channel: PieceChannel): boolean | DataChannelInit {
+  return channel === 'stream' ? false : { integrity: channel === 'integrity' }
+}
+
 /** What `servePieces` started. */
 export interface PieceServer {
   /** TCP port of the data-channel listener, when one runs */
