@@ -42,6 +42,7 @@ const { values: v } = parseArgs({
     logs: { type: 'string' },
     trace: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
+    'piece-channel': { type: 'string', default: 'stream' },
     help: { type: 'boolean', short: 'h' }
   }
 })
@@ -249,11 +250,11 @@ async function swarmRun (n) {
     const sched = spawnIn(hosts.sched.ns, [NODE, CLI, 'scheduler', '--listen', `/ip4/${hosts.sched.ip}/tcp/65003`, '--data', join(dir, 'scheduler'), '--json'], 'scheduler')
     started.push(sched)
     const schedAddr = (await ready(sched, 'scheduler')).addr
-    const seed = spawnIn(hosts.seed.ns, [NODE, CLI, 'seed', '--scheduler', schedAddr, '--listen', `/ip4/${hosts.seed.ip}/tcp/0`, '--data', join(dir, 'seed'), '--json'], 'seed')
+    const seed = spawnIn(hosts.seed.ns, [NODE, CLI, 'seed', '--scheduler', schedAddr, '--listen', `/ip4/${hosts.seed.ip}/tcp/0`, '--data', join(dir, 'seed'), '--piece-channel', v['piece-channel'], '--json'], 'seed')
     started.push(seed)
     const daemons = []
     for (let i = 0; i < n; i++) {
-      const d = spawnIn(hosts[`p${i}`].ns, [NODE, CLI, 'daemon', '--scheduler', schedAddr, '--listen', `/ip4/${hosts[`p${i}`].ip}/tcp/0`, '--api', '127.0.0.1:65001', '--data', join(dir, `daemon-${i}`), '--json'], `daemon-${i}`)
+      const d = spawnIn(hosts[`p${i}`].ns, [NODE, CLI, 'daemon', '--scheduler', schedAddr, '--listen', `/ip4/${hosts[`p${i}`].ip}/tcp/0`, '--api', '127.0.0.1:65001', '--data', join(dir, `daemon-${i}`), '--piece-channel', v['piece-channel'], '--json'], `daemon-${i}`)
       started.push(d)
       daemons.push(d)
     }
@@ -390,7 +391,7 @@ async function main () {
       origin_bytes_le_1_05_every_n: runs.every(r => r.origin_bytes_ratio <= 1.05),
       direct_over_t_all_at_16_ge_5: at16?.direct_over_t_all == null ? null : at16.direct_over_t_all >= 5
     },
-    setup: { rate_mbit: { origin: ORIGIN_RATE, seed: SEED_RATE, up: UP, down: DOWN }, burst: v.burst, cpus: (await readFile('/proc/cpuinfo', 'utf8')).split('\n').filter(l => l.startsWith('processor')).length }
+    setup: { piece_channel: v['piece-channel'], rate_mbit: { origin: ORIGIN_RATE, seed: SEED_RATE, up: UP, down: DOWN }, burst: v.burst, cpus: (await readFile('/proc/cpuinfo', 'utf8')).split('\n').filter(l => l.startsWith('processor')).length }
   }
   process.stdout.write(v.json ? JSON.stringify(result) + '\n' : JSON.stringify(result, null, 2) + '\n')
 }
