@@ -5,9 +5,8 @@
  */
 import type { Libp2p } from 'libp2p'
 import type { Stream, Connection } from '@libp2p/interface'
-import { multiaddr } from '@multiformats/multiaddr'
 import { Bitmap } from '@guoce/content'
-import { toErrorInfo, type Logger, type ErrorInfo, type Startable } from '@guoce/interface'
+import { type Logger, type ErrorInfo, type Startable } from '@guoce/interface'
 import { MessageChannel, SCHEDULER_PROTOCOL, peerMessage, schedulerMessage, KEEPALIVE_INTERVAL_MS, type PeerMessage, type SchedulerMessage, type WireParent, type WireHostInfo } from '@guoce/transfer'
 import { Host, Peer, Task } from './resource/index.js'
 import { selectParents } from './scheduling/index.js'
@@ -369,5 +368,3 @@ export class Scheduler extends SchedulerCore implements Startable {
   }
 }
 
-export function errorInfo (err: unknown): ErrorInfo { return toErrorInfo(err) }
-export function addrStrings (addrs: Uint8Array[]): string[] { return addrs.map(a => multiaddr(a).toString()) }

@@ -7,7 +7,7 @@
 import type { Libp2p } from 'libp2p'
 import { toErrorInfo, type Logger, type Startable } from '@guoce/interface'
 import type { TaskStore, StoredTask } from '@guoce/store'
-import { SchedulerClient, servePieces, dataChannelFor, type PieceChannel, type PieceServer, type SchedulerMessage, type WireHostInfo } from '@guoce/transfer'
+import { SchedulerClient, servePieces, dataChannelFor, hostInfo, type PeerMessage, type PieceChannel, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
 import { fillFromSource } from './fetch.js'
 
 export interface SeedPeerInit {
@@ -42,23 +42,10 @@ export class SeedPeer implements Startable {
       node: init.node,
       scheduler: init.scheduler,
       log: init.log,
-      host: () => this.hostInfo(),
+      host: () => hostInfo(init.node, { type: 'seed', uploadSlots: init.uploadSlots ?? 16, idc: init.idc, location: init.location }),
       onMessage: (m) => { this.onMessage(m) },
       onConnect: async () => { await this.announceAll() }
     })
-  }
-
-  private hostInfo (): WireHostInfo {
-    return {
-      type: 'seed',
-      uploadSlots: this.init.uploadSlots ?? 16,
-      uploadBps: 0,
-      idc: this.init.idc ?? '',
-      location: this.init.location ?? '',
-      addrs: this.init.node.getMultiaddrs().map(a => a.bytes),
-      hostname: '',
-      load: 0
-    }
   }
 
   async start (): Promise<void> {
@@ -66,11 +53,7 @@ export class SeedPeer implements Startable {
       dataChannel: dataChannelFor(this.init.pieceChannel ?? 'stream'),
       log: this.init.log,
       provider: {
-        getPiece: async (taskId, n) => {
-          const t = await this.init.store.get(taskId)
-          const data = await t?.readPiece(n)
-          return data == null || t == null ? null : { data, digest: t.digests[n]! }
-        },
+        getPiece: async (taskId, n) => await this.init.store.getPiece(taskId, n),
         onUpload: (_t, bytes) => { this.stats.uploadBytes += bytes }
       }
     })
@@ -95,9 +78,7 @@ export class SeedPeer implements Startable {
 
   private announce (t: StoredTask, url: string): void {
     this.client.send({ register: { taskId: t.taskId, url, headers: t.meta.headers ?? {}, bitmap: t.bitmap.bytes, completed: t.complete, ...(t.meta.digest != null ? { digest: t.meta.digest } : {}) } })
-    this.client.send({ sourceInfo: { taskId: t.taskId, info: t.info } })
-    const numbers = [...t.bitmap.present()]
-    if (numbers.length > 0) this.client.send({ pieceDone: { taskId: t.taskId, numbers, digests: numbers.map(n => t.digests[n]!) } })
+    announceHeld(m => this.client.send(m), t)
   }
 
   private onMessage (msg: SchedulerMessage): void {
@@ -138,4 +119,11 @@ export class SeedPeer implements Startable {
       await this.init.store.remove(taskId).catch(() => {})
     }
   }
+}
+
+/** As a source: announce a task's layout and the digest of every piece held (after a (re)registration). */
+export function announceHeld (send: (msg: PeerMessage) => unknown, t: StoredTask): void {
+  send({ sourceInfo: { taskId: t.taskId, info: t.info } })
+  const numbers = [...t.bitmap.present()]
+  if (numbers.length > 0) send({ pieceDone: { taskId: t.taskId, numbers, digests: numbers.map(n => t.digests[n]!) } })
 }

@@ -15,7 +15,7 @@ import { basename, dirname, isAbsolute, join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { isTaskId } from '@guoce/content'
 import { errorStatus, type PeerDaemon } from './index.js'
-import type { TaskProgress } from '@guoce/interface'
+import { InvalidParametersError, NotFoundError, type TaskProgress } from '@guoce/interface'
 
 export interface ApiOptions { extraMetrics?: () => string }
 
@@ -47,19 +47,19 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
     return t.progress()
   })
 
-  function taskOr404 (id: string): ReturnType<PeerDaemon['tasks']['get']> {
+  function runningTask (id: string): ReturnType<PeerDaemon['tasks']['get']> {
     return isTaskId(id) ? daemon.tasks.get(id) : undefined
   }
 
-  app.get<{ Params: { id: string } }>('/api/v1/tasks/:id', async (req, reply) => {
-    const t = taskOr404(req.params.id)
-    if (t == null) return await reply.status(404).send({ error: { name: 'NotFoundError', code: 'ERR_NOT_FOUND', message: `no task ${req.params.id}` } })
+  app.get<{ Params: { id: string } }>('/api/v1/tasks/:id', async (req) => {
+    const t = runningTask(req.params.id)
+    if (t == null) throw new NotFoundError(`no task ${req.params.id}`)
     return t.progress()
   })
 
   app.get<{ Params: { id: string } }>('/api/v1/tasks/:id/progress', async (req, reply) => {
-    const t = taskOr404(req.params.id)
-    if (t == null) return await reply.status(404).send({ error: { name: 'NotFoundError', code: 'ERR_NOT_FOUND', message: `no task ${req.params.id}` } })
+    const t = runningTask(req.params.id)
+    if (t == null) throw new NotFoundError(`no task ${req.params.id}`)
     reply.hijack()
     const res = reply.raw
     res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' })
@@ -85,9 +85,9 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
   })
 
   app.get<{ Params: { id: string } }>('/api/v1/tasks/:id/content', async (req, reply) => {
-    if (!isTaskId(req.params.id)) return await reply.status(400).send({ error: { name: 'InvalidParametersError', code: 'ERR_INVALID_PARAMETERS', message: 'bad task id' } })
+    if (!isTaskId(req.params.id)) throw new InvalidParametersError('bad task id')
     const st = await daemon.store.get(req.params.id)
-    if (st == null) return await reply.status(404).send({ error: { name: 'NotFoundError', code: 'ERR_NOT_FOUND', message: `no task ${req.params.id}` } })
+    if (st == null) throw new NotFoundError(`no task ${req.params.id}`)
     if (!st.complete) return await reply.status(409).send({ error: { name: 'NotFoundError', code: 'ERR_INCOMPLETE', message: 'task is not complete' } })
     const size = st.info.contentLength
     let start = 0; let end = size - 1
@@ -109,11 +109,11 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
   app.post<{ Params: { id: string }, Body: { path: string } }>('/api/v1/tasks/:id/export', {
     schema: { body: { type: 'object', required: ['path'], additionalProperties: false, properties: { path: { type: 'string', minLength: 1, maxLength: 4096 } } } }
   }, async (req, reply) => {
-    if (!isTaskId(req.params.id)) return await reply.status(400).send({ error: { name: 'InvalidParametersError', code: 'ERR_INVALID_PARAMETERS', message: 'bad task id' } })
+    if (!isTaskId(req.params.id)) throw new InvalidParametersError('bad task id')
     const path = req.body.path
-    if (!isAbsolute(path)) return await reply.status(400).send({ error: { name: 'InvalidParametersError', code: 'ERR_INVALID_PARAMETERS', message: 'export path must be absolute' } })
+    if (!isAbsolute(path)) throw new InvalidParametersError('export path must be absolute')
     const st = await daemon.store.get(req.params.id)
-    if (st == null) return await reply.status(404).send({ error: { name: 'NotFoundError', code: 'ERR_NOT_FOUND', message: `no task ${req.params.id}` } })
+    if (st == null) throw new NotFoundError(`no task ${req.params.id}`)
     if (!st.complete) return await reply.status(409).send({ error: { name: 'NotFoundError', code: 'ERR_INCOMPLETE', message: 'task is not complete' } })
     const tmp = join(dirname(path), `.${basename(path)}.guoce-${randomBytes(4).toString('hex')}`)
     try {
@@ -132,7 +132,7 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
   })
 
   app.delete<{ Params: { id: string } }>('/api/v1/tasks/:id', async (req, reply) => {
-    if (!isTaskId(req.params.id)) return await reply.status(400).send({ error: { name: 'InvalidParametersError', code: 'ERR_INVALID_PARAMETERS', message: 'bad task id' } })
+    if (!isTaskId(req.params.id)) throw new InvalidParametersError('bad task id')
     daemon.tasks.get(req.params.id)?.stop()
     daemon.tasks.delete(req.params.id)
     await daemon.store.remove(req.params.id)

@@ -8,10 +8,9 @@ import type { Libp2p } from 'libp2p'
 import { taskIdOf, parseSourceUrl, parseDigest } from '@guoce/content'
 import type { Logger, Startable, TaskRequest } from '@guoce/interface'
 import type { TaskStore } from '@guoce/store'
-import { SchedulerClient, servePieces, dataChannelFor, type PieceChannel, type PieceServer, type SchedulerMessage, type WireHostInfo } from '@guoce/transfer'
+import { SchedulerClient, servePieces, dataChannelFor, hostInfo, type PieceChannel, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
 import { PeerTask } from './peer-task.js'
 import { UPLOAD_SLOTS } from './constants.js'
-import { hostname, loadavg, cpus } from 'node:os'
 
 export interface PeerDaemonInit {
   node: Libp2p
@@ -43,16 +42,14 @@ export class PeerDaemon implements Startable {
   readonly tasks = new Map<string, PeerTask>()
   readonly client: SchedulerClient
   readonly stats: DaemonStats = { peerBytes: 0, sourceBytes: 0, uploadBytes: 0, tasksStarted: 0, blamedParents: 0, parentConnections: {} }
-  private readonly log: Logger
   private pieceServer: PieceServer | undefined
 
   constructor (private readonly init: PeerDaemonInit) {
-    this.log = init.log.child({ component: 'peer:daemon' })
     this.client = new SchedulerClient({
       node: init.node,
       scheduler: init.scheduler,
       log: init.log,
-      host: () => this.hostInfo(),
+      host: () => hostInfo(init.node, { type: 'normal', uploadSlots: init.uploadSlots ?? UPLOAD_SLOTS, idc: init.idc, location: init.location }),
       onMessage: (m) => { this.onMessage(m) },
       onConnect: async () => { await this.reregister() }
     })
@@ -61,30 +58,12 @@ export class PeerDaemon implements Startable {
   get peerId (): string { return this.init.node.peerId.toString() }
   get store (): TaskStore { return this.init.store }
 
-  private hostInfo (): WireHostInfo {
-    return {
-      type: 'normal',
-      uploadSlots: this.init.uploadSlots ?? UPLOAD_SLOTS,
-      uploadBps: 0,
-      idc: this.init.idc ?? '',
-      location: this.init.location ?? '',
-      addrs: this.init.node.getMultiaddrs().map(a => a.bytes),
-      hostname: hostname(),
-      load: Math.min(1, (loadavg()[0] ?? 0) / Math.max(1, cpus().length))
-    }
-  }
-
   async start (): Promise<void> {
     this.pieceServer = await servePieces(this.init.node, {
       dataChannel: dataChannelFor(this.init.pieceChannel ?? 'stream'),
       log: this.init.log,
       provider: {
-        getPiece: async (taskId, n) => {
-          const t = await this.init.store.get(taskId)
-          const data = await t?.readPiece(n)
-          const digest = t?.digests[n]
-          return data == null || digest == null ? null : { data, digest }
-        },
+        getPiece: async (taskId, n) => await this.init.store.getPiece(taskId, n),
         onUpload: (_t, bytes) => { this.stats.uploadBytes += bytes }
       }
     })

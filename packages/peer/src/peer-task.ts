@@ -13,11 +13,11 @@
 import { createHash } from 'node:crypto'
 import type { Libp2p } from 'libp2p'
 import { multiaddr } from '@multiformats/multiaddr'
-import { Bitmap, verifyPiece, sha256, equalBytes } from '@guoce/content'
+import { Bitmap, verifyPiece, equalBytes } from '@guoce/content'
 import { DigestMismatchError, ParentTimeoutError, fromErrorInfo, toErrorInfo, type Logger, type TaskProgress, type TaskRequest, type PeerState, type TaskInfo } from '@guoce/interface'
 import type { StoredTask, TaskStore } from '@guoce/store'
 import { PieceConnection, type PieceChannel, Priority, type PeerMessage, type SchedulerMessage, type WireParent } from '@guoce/transfer'
-import { fillFromSource } from '@guoce/seed-peer'
+import { fillFromSource, announceHeld } from '@guoce/seed-peer'
 import { ENDGAME_PIECES, PARENT_INFLIGHT, PIECE_TIMEOUT_MS, PIECE_TIMEOUT_PER_MIB_MS, REPORT_DELAY_MS, REQUEST_BATCH, SCHEDULER_WAIT_MS, STALL_MS, STARVE_MS, TOTAL_INFLIGHT } from './constants.js'
 
 interface ParentState {
@@ -144,11 +144,7 @@ export class PeerTask {
         ...(s != null ? { bitmap: s.bitmap.bytes, completed: s.complete } : {})
       }
     })
-    if (this.isSource && s != null) {
-      this.init.send({ sourceInfo: { taskId: this.taskId, info: s.info } })
-      const numbers = [...s.bitmap.present()]
-      if (numbers.length > 0) this.init.send({ pieceDone: { taskId: this.taskId, numbers, digests: numbers.map(n => s.digests[n]!) } })
-    }
+    if (this.isSource && s != null) announceHeld(this.init.send, s)
   }
 
   /** Scheduler disconnected: parents we have keep serving; nothing else to do. */
@@ -513,4 +509,3 @@ export class PeerTask {
   }
 }
 
-export function pieceDigestOf (data: Uint8Array): Uint8Array { return sha256(data) }

@@ -338,6 +338,14 @@ export class TaskStore {
     await rm(this.taskDir(taskId), { recursive: true, force: true })
   }
 
+  /** A held piece and its digest (the shape a piece server serves), or null. */
+  async getPiece (taskId: string, n: number): Promise<{ data: Uint8Array, digest: Uint8Array } | null> {
+    const t = await this.get(taskId)
+    const data = await t?.readPiece(n)
+    const digest = t?.digests[n]
+    return data == null || digest == null ? null : { data, digest }
+  }
+
   /** Ids of every task on disk. */
   async list (): Promise<string[]> {
     const out: string[] = []

@@ -5,6 +5,7 @@
  */
 import type { Libp2p } from 'libp2p'
 import { multiaddr } from '@multiformats/multiaddr'
+import { hostname, loadavg, cpus } from 'node:os'
 import type { Logger, Startable } from '@guoce/interface'
 import { MessageChannel } from './channel.js'
 import { SCHEDULER_PROTOCOL, KEEPALIVE_INTERVAL_MS } from './constants.js'
@@ -16,6 +17,20 @@ import { peerMessage, schedulerMessage, type PeerMessage, type SchedulerMessage,
  */
 export const RECONNECT_MIN_MS = 100
 export const RECONNECT_MAX_MS = 2_000
+
+/** What a host announces in hello: its role and labels, plus addresses, hostname and load read now. */
+export function hostInfo (node: Libp2p, o: { type: WireHostInfo['type'], uploadSlots: number, idc?: string | undefined, location?: string | undefined }): WireHostInfo {
+  return {
+    type: o.type,
+    uploadSlots: o.uploadSlots,
+    uploadBps: 0,
+    idc: o.idc ?? '',
+    location: o.location ?? '',
+    addrs: node.getMultiaddrs().map(a => a.bytes),
+    hostname: hostname(),
+    load: Math.min(1, (loadavg()[0] ?? 0) / Math.max(1, cpus().length))
+  }
+}
 
 export interface SchedulerClientInit {
   node: Libp2p
