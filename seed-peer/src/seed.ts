@@ -10,12 +10,14 @@ import type { TaskStore, StoredTask } from '@guoce/store'
 import { SchedulerClient, servePieces, dataChannelFor, hostInfo, type PeerMessage, type PieceChannel, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
 import { fillFromSource } from './fetch.js'
 
-export interface SeedPeerInit {
+/** What every swarm host (seed peer or peer daemon) is built from. */
+export interface HostInit {
   node: Libp2p
   store: TaskStore
+  /** scheduler multiaddr with /p2p/PEERID */
   scheduler: string
   log: Logger
-  /** @default 16 */
+  /** concurrent children this host feeds (seed @default 16, daemon @default UPLOAD_SLOTS) */
   uploadSlots?: number
   idc?: string
   location?: string
@@ -26,6 +28,8 @@ export interface SeedPeerInit {
    */
   pieceChannel?: PieceChannel
 }
+
+export type SeedPeerInit = HostInit
 
 export interface SeedStats { originBytes: number, uploadBytes: number, tasks: number }
 

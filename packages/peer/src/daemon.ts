@@ -4,29 +4,15 @@
  * Ownership: `tasks` holds the live PeerTask per task id (one download per task, shared by every
  * API caller); the TaskStore owns bytes on disk.
  */
-import type { Libp2p } from 'libp2p'
 import { taskIdOf, parseSourceUrl, parseDigest } from '@guoce/content'
-import type { Logger, Startable, TaskRequest } from '@guoce/interface'
+import type { Startable, TaskRequest } from '@guoce/interface'
 import type { TaskStore } from '@guoce/store'
-import { SchedulerClient, servePieces, dataChannelFor, hostInfo, type PieceChannel, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
+import { SchedulerClient, servePieces, dataChannelFor, hostInfo, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
+import type { HostInit } from '@guoce/seed-peer'
 import { PeerTask } from './peer-task.js'
 import { UPLOAD_SLOTS } from './constants.js'
 
-export interface PeerDaemonInit {
-  node: Libp2p
-  store: TaskStore
-  scheduler: string
-  log: Logger
-  uploadSlots?: number
-  idc?: string
-  location?: string
-  originTimeoutMs?: number
-  /**
-   * How piece bytes travel to and from this host.
-   * @default 'stream'
-   */
-  pieceChannel?: PieceChannel
-}
+export type PeerDaemonInit = HostInit
 
 export interface DaemonStats {
   peerBytes: number
