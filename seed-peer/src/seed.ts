@@ -31,6 +31,18 @@ export interface HostInit {
 
 export type SeedPeerInit = HostInit
 
+/** Serve every piece the host's store holds, over the host's piece channel. */
+export async function serveStore (init: HostInit, onUpload: (bytes: number) => void): Promise<PieceServer> {
+  return await servePieces(init.node, {
+    dataChannel: dataChannelFor(init.pieceChannel ?? 'stream'),
+    log: init.log,
+    provider: {
+      getPiece: async (taskId, n) => await init.store.getPiece(taskId, n),
+      onUpload: (_t, bytes) => { onUpload(bytes) }
+    }
+  })
+}
+
 export interface SeedStats { originBytes: number, uploadBytes: number, tasks: number }
 
 export class SeedPeer implements Startable {
@@ -53,14 +65,7 @@ export class SeedPeer implements Startable {
   }
 
   async start (): Promise<void> {
-    this.pieceServer = await servePieces(this.init.node, {
-      dataChannel: dataChannelFor(this.init.pieceChannel ?? 'stream'),
-      log: this.init.log,
-      provider: {
-        getPiece: async (taskId, n) => await this.init.store.getPiece(taskId, n),
-        onUpload: (_t, bytes) => { this.stats.uploadBytes += bytes }
-      }
-    })
+    this.pieceServer = await serveStore(this.init, bytes => { this.stats.uploadBytes += bytes })
     await this.client.start()
   }
 

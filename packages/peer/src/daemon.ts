@@ -7,8 +7,8 @@
 import { taskIdOf, parseSourceUrl, parseDigest } from '@guoce/content'
 import type { Startable, TaskRequest } from '@guoce/interface'
 import type { TaskStore } from '@guoce/store'
-import { SchedulerClient, servePieces, dataChannelFor, hostInfo, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
-import type { HostInit } from '@guoce/seed-peer'
+import { SchedulerClient, hostInfo, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
+import { serveStore, type HostInit } from '@guoce/seed-peer'
 import { PeerTask } from './peer-task.js'
 import { UPLOAD_SLOTS } from './constants.js'
 
@@ -45,14 +45,7 @@ export class PeerDaemon implements Startable {
   get store (): TaskStore { return this.init.store }
 
   async start (): Promise<void> {
-    this.pieceServer = await servePieces(this.init.node, {
-      dataChannel: dataChannelFor(this.init.pieceChannel ?? 'stream'),
-      log: this.init.log,
-      provider: {
-        getPiece: async (taskId, n) => await this.init.store.getPiece(taskId, n),
-        onUpload: (_t, bytes) => { this.stats.uploadBytes += bytes }
-      }
-    })
+    this.pieceServer = await serveStore(this.init, bytes => { this.stats.uploadBytes += bytes })
     await this.client.start()
   }
 
