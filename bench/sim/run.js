@@ -11,9 +11,6 @@
 //   [--file-mib 128] [--piece-kib 1024] [--mbps 100] [--seed 1]
 // One JSON object on stdout; progress on stderr.
 import { parseArgs } from 'node:util'
-import { cpSync, mkdirSync, rmSync } from 'node:fs'
-import { dirname, join } from 'node:path'
-import { fileURLToPath, pathToFileURL } from 'node:url'
 import { silentLogger } from '@guoce/transfer'
 
 const { values: opt } = parseArgs({
@@ -30,7 +27,6 @@ const { values: opt } = parseArgs({
     seed: { type: 'string', default: '1' },
     'budget-s': { type: 'string', default: '240' },
     'max-sim-s': { type: 'string', default: '300' },
-    proposed: { type: 'boolean', default: false },
     'skip-scale': { type: 'boolean', default: false },
     'skip-swarm': { type: 'boolean', default: false }
   }
@@ -42,18 +38,7 @@ if (typeof globalThis.gc !== 'function') {
   const r = spawnSync(process.execPath, ['--expose-gc', ...process.argv.slice(1)], { stdio: 'inherit' })
   process.exit(r.status ?? 1)
 }
-// --proposed: the same scheduler build with scheduling/index.js replaced by ./proposed-scheduling.js
-const here = dirname(fileURLToPath(import.meta.url))
-let schedulerEntry = '@guoce/scheduler'
-if (opt.proposed) {
-  const dist = join(here, '..', '..', 'scheduler', 'dist')
-  const copy = join(here, '..', 'out', 'sim-proposed', 'dist')
-  rmSync(copy, { recursive: true, force: true }); mkdirSync(copy, { recursive: true })
-  cpSync(dist, copy, { recursive: true })
-  cpSync(join(here, 'proposed-scheduling.js'), join(copy, 'src', 'scheduling', 'index.js'))
-  schedulerEntry = pathToFileURL(join(copy, 'src', 'index.js')).href
-}
-const { SchedulerCore } = await import(schedulerEntry)
+const { SchedulerCore } = await import('@guoce/scheduler')
 const log = (...a) => { process.stderr.write(a.join(' ') + '\n') }
 
 // deterministic PRNG (mulberry32) so runs are comparable
@@ -387,7 +372,7 @@ function swarm () {
   }
 }
 
-const out = { bench: 'sim', node: process.version, scheduling: opt.proposed ? 'proposed (bench/sim/proposed-scheduling.js)' : 'committed' }
+const out = { bench: 'sim', node: process.version, scheduling: 'committed' }
 if (!opt['skip-scale']) {
   log(`scale: ${opt.hosts} hosts, ${opt.tasks} task(s)`)
   out.scale = scale()

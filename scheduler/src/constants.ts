@@ -37,3 +37,22 @@ export const ANNOUNCE_INTERVAL_MS = 20
  * @default 3
  */
 export const MAX_SOURCE_FAILURES = 3
+/**
+ * Candidate window of one decision (selectParents): besides the child's current parents it looks at the
+ * first CANDIDATE_FIRST_SCAN peers to join the task (the seeds, usually), the CANDIDATE_BEFORE_SCAN peers
+ * that joined just before the child (the ranking prefers the nearest earlier peers) and the
+ * CANDIDATE_AFTER_SCAN that joined just after it (complete peers that joined later). A decision costs
+ * O(window), not O(peers of the task).
+ * @default 4
+ */
+export const CANDIDATE_FIRST_SCAN = 4
+/** @default 48 */
+export const CANDIDATE_BEFORE_SCAN = 48
+/** @default 16 */
+export const CANDIDATE_AFTER_SCAN = 16
+/**
+ * Peers a cycle check walks below a child before it gives up and refuses the candidate (refusing is
+ * always safe). The walk only enters peers whose level is below the candidate's.
+ * @default 64
+ */
+export const MAX_CYCLE_WALK = 64

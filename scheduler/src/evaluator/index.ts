@@ -18,13 +18,20 @@ export interface EvalInput {
   parentLoad: number
   parentIdc: string
   childIdc: string
-  parentLocation: string
-  childLocation: string
+  /** a location label, or its elements already split (Host.location caches them) */
+  parentLocation: string | readonly string[]
+  childLocation: string | readonly string[]
 }
 
-export function locationAffinity (a: string, b: string): number {
-  if (a === '' || b === '') return 0
-  const x = a.split('|'); const y = b.split('|')
+/** The elements of a location label, at most MAX_LOCATION_ELEMENTS. */
+export function locationElements (label: string): readonly string[] {
+  return label === '' ? [] : label.split('|', MAX_LOCATION_ELEMENTS)
+}
+
+export function locationAffinity (a: string | readonly string[], b: string | readonly string[]): number {
+  const x = typeof a === 'string' ? locationElements(a) : a
+  const y = typeof b === 'string' ? locationElements(b) : b
+  if (x.length === 0 || y.length === 0) return 0
   let common = 0
   for (let i = 0; i < Math.min(x.length, y.length, MAX_LOCATION_ELEMENTS); i++) {
     if (x[i] !== y[i]) break

@@ -5,6 +5,7 @@
 import { Bitmap } from '@guoce/content'
 import type { SchedulerMessage, WireHostInfo, WireTaskRef } from '@guoce/transfer'
 import type { PeerState, TaskInfo } from '@guoce/interface'
+import { locationElements } from '../evaluator/index.js'
 
 export class Host {
   readonly peers = new Map<string, Peer>()
@@ -12,7 +13,15 @@ export class Host {
   children = 0
   /** `sink` delivers a message to the host (its stream, or a simulator) */
   constructor (readonly id: string, public info: WireHostInfo, private readonly sink: (msg: SchedulerMessage) => void, readonly close: () => void = () => {}) {}
+  private locationLabel: string | undefined
+  private locationCache: readonly string[] = []
   get isSeed (): boolean { return this.info.type === 'seed' }
+  /** the location label split into its elements, once per label (the evaluator compares them) */
+  get location (): readonly string[] {
+    const label = this.info.location ?? ''
+    if (label !== this.locationLabel) { this.locationLabel = label; this.locationCache = locationElements(label) }
+    return this.locationCache
+  }
   get uploadSlots (): number { return this.info.uploadSlots }
   /** children this host currently feeds, over all tasks */
   get childCount (): number { return this.children }

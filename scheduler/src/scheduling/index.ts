@@ -10,10 +10,14 @@
  *   link once, so each peer feeds one successor at full rate and the seed feeds one head (a chain, with
  *   the next-nearest peers as backups); the evaluator's score breaks the remaining ties.
  * - The seed feeds SEED_CHILD_LIMIT children; others get it only when nothing else is left.
+ *
+ * A decision looks at a bounded window of candidates read from the task's join-ordered PeerMap
+ * (`candidates`): O(window) whatever the size of the task. Large swarms do not use the chain for their
+ * primaries (a chain of N peers delays the last one by N piece times): see ./forest.ts.
  */
 import type { Logger } from '@guoce/interface'
 import { evaluate } from '../evaluator/index.js'
-import { CANDIDATE_PARENT_LIMIT, SEED_CHILD_LIMIT } from '../constants.js'
+import { CANDIDATE_AFTER_SCAN, CANDIDATE_BEFORE_SCAN, CANDIDATE_FIRST_SCAN, CANDIDATE_PARENT_LIMIT, MAX_CYCLE_WALK, SEED_CHILD_LIMIT } from '../constants.js'
 import type { Peer } from '../resource/index.js'
 
 /** Is `target` reachable from `from` following child edges? (then target -> from would close a cycle) */
@@ -30,6 +34,25 @@ export function reaches (from: Peer, target: Peer): boolean {
   return false
 }
 
+/**
+ * Could `target` be a descendant of `from`? Levels are a topological order (resource/), so the walk
+ * only enters peers below the target's level; it answers true (refuse) once it has seen `maxWalk` peers.
+ */
+export function mayReach (from: Peer, target: Peer, maxWalk = MAX_CYCLE_WALK): boolean {
+  if (from.children.size === 0) return false
+  const seen = new Set<Peer>()
+  const stack = [...from.children]
+  while (stack.length > 0) {
+    const p = stack.pop()!
+    if (p === target) return true
+    if (p.level >= target.level || seen.has(p)) continue
+    if (seen.size >= maxWalk) return true
+    seen.add(p)
+    for (const c of p.children) stack.push(c)
+  }
+  return false
+}
+
 export function refuseReason (child: Peer, cand: Peer): string | null {
   if (cand === child) return 'self'
   if (cand.state === 'failed' || cand.state === 'left') return `state ${cand.state}`
@@ -39,55 +62,73 @@ export function refuseReason (child: Peer, cand: Peer): string | null {
   const slots = cand.host.uploadSlots
   if (!child.parents.has(cand) && cand.host.childCount >= slots) return `no free upload slot (${slots})`
   // levels are a topological order (resource/): a candidate not above the child cannot be its descendant
-  if (cand.level > child.level && reaches(child, cand)) return 'would close a cycle'
+  if (cand.level > child.level && mayReach(child, cand)) return 'would close a cycle'
   return null
 }
 
-/** children of `p` for its task (a host may feed other tasks too) */
-function taskChildren (p: Peer): number { return p.children.size }
+/** The peers one decision looks at (may repeat a peer): current parents, first joiners, nearest joiners. */
+export function * candidates (child: Peer): Generator<Peer> {
+  const peers = child.task.peers
+  yield * child.parents
+  yield * peers.first(CANDIDATE_FIRST_SCAN)
+  yield * peers.before(child, CANDIDATE_BEFORE_SCAN)
+  yield * peers.after(child, CANDIDATE_AFTER_SCAN)
+}
 
-export function selectParents (child: Peer, log: Logger, limit = CANDIDATE_PARENT_LIMIT): Peer[] {
+interface Ranked { p: Peer, tier: number, children: number, distance: number, score: number }
+
+const byRank = (a: Ranked, b: Ranked): number => a.tier - b.tier || a.children - b.children || a.distance - b.distance || b.score - a.score
+
+/** Holds the whole task (a complete peer may be a parent whatever its place in join order). */
+function complete (p: Peer): boolean { return p.state === 'succeeded' || (p.bitmap?.full ?? false) }
+
+/**
+ * Up to `limit` parents for `child`, best first (the first is its primary). `exclude` is left out
+ * (the stripe parents of a forest child, which ./forest.ts chose).
+ */
+export function selectParents (child: Peer, log: Logger, limit = CANDIDATE_PARENT_LIMIT, exclude?: ReadonlySet<Peer>): Peer[] {
+  if (limit <= 0) return []
   const task = child.task
   const pieceCount = task.info?.pieceCount ?? 0
-  const scored: Array<{ p: Peer, tier: number, children: number, distance: number, score: number }> = []
-  const seeds: Array<{ p: Peer, tier: number, children: number, distance: number, score: number }> = []
-  // join order: the task's peer map keeps insertion order, so peers met after the child joined after it
-  let position = 0
-  let seenChild = false
-  for (const cand of task.peers.values()) {
-    position++
-    if (cand === child) { seenChild = true; continue }
-    const reason = refuseReason(child, cand) ?? orderReason(cand, seenChild)
+  const scored: Ranked[] = []
+  const seeds: Ranked[] = []
+  const childPos = task.peers.order(child)
+  const seen = new Set<Peer>()
+  for (const cand of candidates(child)) {
+    if (cand === child || seen.has(cand) || exclude?.has(cand) === true) continue
+    seen.add(cand)
+    const position = task.peers.order(cand)
+    if (position < 0) continue // gone
+    const joinedAfter = position > childPos
+    const reason = refuseReason(child, cand) ?? orderReason(cand, joinedAfter)
     if (reason != null) {
-      if (cand !== child) log.debug('parent refused', { task: task.id.slice(0, 12), child: child.id, parent: cand.id, reason })
+      log.debug('parent refused', { task: task.id.slice(0, 12), child: child.id, parent: cand.id, reason })
       continue
     }
     const slots = cand.host.uploadSlots
-    const score = evaluate({
-      parentPieces: cand.bitmap?.count ?? 0,
-      pieceCount,
-      parentFreeSlots: slots - cand.host.childCount,
-      parentSlots: slots,
-      parentLoad: cand.host.info.load,
-      parentIdc: cand.host.info.idc,
-      childIdc: child.host.info.idc,
-      parentLocation: cand.host.info.location,
-      childLocation: child.host.info.location
-    })
-    const complete = cand.state === 'succeeded' || (cand.bitmap?.full ?? false)
-    const entry = {
+    const entry: Ranked = {
       p: cand,
-      tier: cand.host.isSeed ? 2 : complete ? 0 : 1,
+      tier: cand.host.isSeed ? 2 : complete(cand) ? 0 : 1,
       // a parent's current children, not counting this child
-      children: taskChildren(cand) - (child.parents.has(cand) ? 1 : 0),
-      // negative for peers that joined after the child (complete ones only): ranked after earlier peers
-      distance: seenChild ? Number.MAX_SAFE_INTEGER - position : -position,
-      score
+      children: cand.children.size - (child.parents.has(cand) ? 1 : 0),
+      // peers that joined after the child (complete ones only) rank after every earlier peer
+      distance: joinedAfter ? Number.MAX_SAFE_INTEGER - position : childPos - position,
+      score: evaluate({
+        parentPieces: cand.bitmap?.count ?? 0,
+        pieceCount,
+        parentFreeSlots: slots - cand.host.childCount,
+        parentSlots: slots,
+        parentLoad: cand.host.info.load,
+        parentIdc: cand.host.info.idc,
+        childIdc: child.host.info.idc,
+        parentLocation: cand.host.location,
+        childLocation: child.host.location
+      })
     }
     if (cand.host.isSeed) seeds.push(entry)
     else scored.push(entry)
   }
-  scored.sort((a, b) => a.tier - b.tier || a.children - b.children || a.distance - b.distance || b.score - a.score)
+  scored.sort(byRank)
   const chosen = scored.slice(0, limit)
   // the seed: for its first SEED_CHILD_LIMIT children, and for any child with no other parent
   seeds.sort((a, b) => a.children - b.children || b.score - a.score)
@@ -103,6 +144,6 @@ export function selectParents (child: Peer, log: Logger, limit = CANDIDATE_PAREN
 /** A running peer that joined after the child would put the child upstream of it: refused. */
 function orderReason (cand: Peer, joinedAfterChild: boolean): string | null {
   if (!joinedAfterChild || cand.host.isSeed || cand.isSource) return null
-  if (cand.state === 'succeeded' || (cand.bitmap?.full ?? false)) return null
+  if (complete(cand)) return null
   return 'joined after the child'
 }
