@@ -3,12 +3,12 @@
 // Phase "scale": --hosts (10,000) hosts join, register tasks, report pieces, ask for parents, leave and
 // come back. Measures schedule decisions per second, per-decision latency, scheduler heap per host.
 // Phase "swarm": --swarm-hosts (1,000) peers fetch one file through a time-stepped bandwidth model
-// (every transfer parent -> child limited by the parent's uplink and the child's downlink, shared
-// equally between concurrent transfers); the parents are the ones the scheduler hands out, pieces are
-// chosen rarest-first among them per child. Reports T_all and the Kumar-Ross bound T_min.
+// (one connection per parent -> child pair answering its requests in order; busy connections share the
+// parent's uplink and the child's downlink equally); the parents are the ones the scheduler hands out,
+// used as packages/peer's PeerTask uses them (see swarm()). Reports T_all and the Kumar-Ross bound T_min.
 //
 // node --expose-gc bench/sim/run.js [--hosts 10000] [--tasks 1] [--pieces 128] [--swarm-hosts 1000]
-//   [--file-mib 128] [--piece-kib 1024] [--mbps 100] [--seed 1]
+//   [--file-mib 128] [--piece-kib 1024] [--mbps 100] [--peer-policy primary|striped] [--seed 1]
 // One JSON object on stdout; progress on stderr.
 import { parseArgs } from 'node:util'
 import { silentLogger } from '@guoce/transfer'
@@ -27,6 +27,7 @@ const { values: opt } = parseArgs({
     seed: { type: 'string', default: '1' },
     'budget-s': { type: 'string', default: '240' },
     'max-sim-s': { type: 'string', default: '300' },
+    'peer-policy': { type: 'string', default: 'primary' },
     'skip-scale': { type: 'boolean', default: false },
     'skip-swarm': { type: 'boolean', default: false }
   }
@@ -175,7 +176,15 @@ function scale () {
 }
 
 // ---------------------------------------------------------------------------------------------
-// phase 2: swarm with a bandwidth model
+// phase 2: swarm with a bandwidth model. The children follow packages/peer's PeerTask policy:
+// the first parent of the scheduler's list (the primary) gets every request; the others (backups) are
+// asked only in endgame (ENDGAME_PIECES missing) or once nothing has arrived for STALL_S; rarest first
+// among the pieces a parent holds; PARENT_INFLIGHT per parent, TOTAL_INFLIGHT in all; a child with
+// nothing requestable asks the scheduler again after STARVE_S. --peer-policy striped models the change
+// that striped trees (scheduler/src/scheduling/forest.ts) ask of PeerTask: the parent of stripe s is the
+// primary for the pieces n with n mod k = s, and a stripe with nothing arriving for STALL_S may use any
+// parent. The stripe of each parent is read from the scheduler's state (Peer.stripes), standing in for
+// a field of the parents message.
 function swarm () {
   const N = Number(opt['swarm-hosts'])
   const F = Number(opt['file-mib']) * 1024 * 1024
@@ -184,16 +193,21 @@ function swarm () {
   const Us = Number(opt.mbps) * 1e6 / 8
   const u = Number(opt['peer-mbps'] ?? opt.mbps) * 1e6 / 8
   const d = u
+  const striped = opt['peer-policy'] === 'striped'
   const DT = 0.02 // the scheduler's announcement interval
-  const PARENT_INFLIGHT = 4
-  const TOTAL_INFLIGHT = 16
+  // packages/peer/src/constants.ts
+  const PARENT_INFLIGHT = 6
+  const TOTAL_INFLIGHT = 32
+  const REQUEST_BATCH = 2
+  const ENDGAME_PIECES = 4
+  const STALL_S = 0.4
   const STARVE_S = 1
   const pieceLen = n => n === P - 1 ? F - PL * (P - 1) : PL
   const taskId = taskIdOf(0xfeed)
   const info = { contentLength: F, pieceLength: PL, pieceCount: P }
 
   const core = new SchedulerCore(silentLogger)
-  /** simulated nodes: index 0 = seed peer, 1..N = peers; 'origin' flows use the origin's uplink */
+  /** simulated nodes: index 0 = seed peer, 1..N = peers; origin flows use the origin's uplink */
   const nodes = []
   const byId = new Map()
   let now = 0
@@ -201,30 +215,49 @@ function swarm () {
   let decisions = 0
   const makeNode = (id, type, up, down) => {
     const node = {
-      id, type, up, down, have: new Uint8Array(P), count: 0, inflight: new Set(), parents: new Map(),
-      done: false, tDone: 0, starveAt: 0, fromOrigin: false, reported: [], uploaded: 0, host: null
+      id, type, up, down, have: new Uint8Array(P), count: 0, inflight: 0, requested: new Map(), parents: new Map(),
+      done: false, tDone: 0, starveAt: null, lastGain: null, stripeGain: null, stripes: 0, fromOrigin: false,
+      reported: [], uploaded: 0, host: null, dirty: true, wakeAt: Infinity
     }
     node.host = core.connectHost(id, hostInfo(type, up, nodes.length), m => deliver(node, m))
     nodes.push(node); byId.set(id, node)
     return node
   }
+  const primaryOf = node => {
+    let best = null
+    for (const p of node.parents.values()) if (best == null || p.rank < best.rank) best = p
+    return best
+  }
   function deliver (node, m) {
     if (m.parents != null) {
       decisions++
+      const oldPrimary = primaryOf(node)
       const keep = new Set()
+      // the stripe each parent is primary for (a field of the message in a real deployment)
+      const slot = striped ? core.tasks.get(taskId)?.peers.get(node.id)?.stripes : undefined
+      node.stripes = slot?.up.length ?? 0
+      let rank = 0
       for (const wp of m.parents.parents) {
         keep.add(wp.peerId)
-        const bits = new Uint8Array(P)
+        let p = node.parents.get(wp.peerId)
+        if (p == null) node.parents.set(wp.peerId, p = { id: wp.peerId, bits: new Uint8Array(P), inflight: 0, rank: 0, mask: 0 })
+        p.rank = rank++
+        p.mask = 0
+        if (slot != null) slot.up.forEach((q, s) => { if (q?.id === wp.peerId) p.mask |= 1 << s })
         const b = wp.bitmap ?? new Uint8Array()
-        for (let n = 0; n < P; n++) if (((b[n >> 3] ?? 0) & (1 << (n & 7))) !== 0) bits[n] = 1
-        const prev = node.parents.get(wp.peerId)
-        node.parents.set(wp.peerId, { bits, inflight: prev?.inflight ?? 0 })
+        for (let n = 0; n < P; n++) if (((b[n >> 3] ?? 0) & (1 << (n & 7))) !== 0) p.bits[n] = 1
       }
-      for (const id of [...node.parents.keys()]) if (!keep.has(id)) node.parents.delete(id)
+      for (const [id, p] of node.parents) {
+        if (keep.has(id)) continue
+        p.rank = Number.MAX_SAFE_INTEGER; p.mask = 0
+        if (p.inflight === 0) node.parents.delete(id)
+      }
+      if (primaryOf(node) !== oldPrimary && node.lastGain != null) node.lastGain = now
+      node.dirty = true
     }
     if (m.have != null) {
       const p = node.parents.get(m.have.peerId)
-      if (p != null) for (const n of m.have.numbers) p.bits[n] = 1
+      if (p != null) { for (const n of m.have.numbers) p.bits[n] = 1; node.dirty = true }
     }
     if (m.backToSource != null || m.seed != null) node.fromOrigin = true
   }
@@ -242,9 +275,95 @@ function swarm () {
   // registrations arrive over the first 100 ms
   const arrivals = peers.map(p => ({ p, t: rand() * 0.1 })).sort((a, b) => a.t - b.t)
   let nextArrival = 0
-  const flows = new Set()
+  // one piece connection per parent -> child pair; a parent answers the requests on it in order
+  // (packages/transfer piece-protocol), so only the head piece of each connection moves
+  const conns = new Map()
+  let offStripe = 0
+  const enqueue = f => {
+    const key = `${f.from?.id ?? 'origin'}>${f.to.id}`
+    let c = conns.get(key)
+    if (c == null) conns.set(key, c = { from: f.from, to: f.to, queue: [] })
+    c.queue.push(f)
+  }
   let originBytes = 0
   let seedRegistered = false
+
+  /** PeerTask.pickPieces: rarest first among what `p` holds, we lack and did not request (endgame: may repeat) */
+  function pick (node, p, want, endgame, stripeOk) {
+    const c = []
+    for (let n = 0; n < P; n++) {
+      if (node.have[n] === 1 || p.bits[n] === 0 || !stripeOk(n)) continue
+      const req = node.requested.get(n)
+      if (req != null && (!endgame || req.has(p.id))) continue
+      let rarity = 0
+      for (const q of node.parents.values()) rarity += q.bits[n]
+      c.push({ n, rarity: rarity + (req?.size ?? 0) * 100, r: rand() })
+    }
+    c.sort((a, b) => a.rarity - b.rarity || a.r - b.r)
+    return c.slice(0, want).map(x => x.n)
+  }
+  function request (node, p, numbers) {
+    for (const n of numbers) {
+      p.inflight++; node.inflight++
+      let set = node.requested.get(n)
+      if (set == null) node.requested.set(n, set = new Set())
+      set.add(p.id)
+      if (striped && node.stripes > 0 && (p.mask & (1 << (n % node.stripes))) === 0) offStripe++
+      enqueue({ from: byId.get(p.id), to: node, n, left: pieceLen(n), via: p })
+    }
+  }
+  /** PeerTask.pump */
+  function pump (node) {
+    node.dirty = false
+    const missing = P - node.count
+    const endgame = missing <= ENDGAME_PIECES
+    const usable = [...node.parents.values()].filter(p => byId.has(p.id) && p.rank !== Number.MAX_SAFE_INTEGER)
+    const primary = primaryOf(node)
+    const k = node.stripes
+    if (striped && k > 0) node.stripeGain ??= new Array(k).fill(null)
+    const anyFor = (p, ok) => pick(node, p, 1, false, ok).length > 0
+    const all = () => true
+    if (node.lastGain == null && primary != null && usable.some(p => anyFor(p, all))) node.lastGain = now
+    if (striped && k > 0) {
+      for (let s = 0; s < k; s++) {
+        if (node.stripeGain[s] != null) continue
+        const own = usable.find(p => (p.mask & (1 << s)) !== 0)
+        if (own == null || anyFor(own, n => n % k === s)) node.stripeGain[s] = now
+      }
+    }
+    const stalled = node.lastGain != null && now - node.lastGain >= STALL_S
+    // a stripe arrives at 1/k of the download rate: it counts as stalled after k x STALL_S without a piece
+    const stripeStalled = s => endgame || (node.stripeGain[s] != null && now - node.stripeGain[s] >= STALL_S * k)
+    // which pieces `p` may be asked for now
+    const allowed = p => {
+      if (striped && k > 0) {
+        return n => { const s = n % k; return (p.mask & (1 << s)) !== 0 || stripeStalled(s) }
+      }
+      return p === primary || endgame || stalled ? all : null
+    }
+    let heldBack = false
+    let issued = true
+    while (issued && node.inflight < TOTAL_INFLIGHT) {
+      issued = false
+      const order = usable.filter(p => p.inflight < PARENT_INFLIGHT).sort((a, b) => (a === primary ? -1 : b === primary ? 1 : a.inflight - b.inflight))
+      for (const p of order) {
+        const ok = allowed(p)
+        if (ok == null) { if (!heldBack && anyFor(p, all)) heldBack = true; continue }
+        const want = Math.min(REQUEST_BATCH, PARENT_INFLIGHT - p.inflight, TOTAL_INFLIGHT - node.inflight)
+        if (want <= 0) continue
+        const picks = pick(node, p, want, endgame, ok)
+        if (picks.length === 0) { if (!heldBack && striped && anyFor(p, all)) heldBack = true; continue }
+        request(node, p, picks)
+        issued = true
+      }
+    }
+    // wake up when a stall limit is reached
+    node.wakeAt = Infinity
+    if (heldBack && node.lastGain != null) node.wakeAt = node.lastGain + STALL_S
+    if (striped && k > 0) for (const g of node.stripeGain) if (g != null && g + STALL_S * k > now) node.wakeAt = Math.min(node.wakeAt, g + STALL_S * k)
+    if (node.inflight === 0 && !heldBack) node.starveAt ??= now + STARVE_S
+    else node.starveAt = null
+  }
 
   const t0 = process.hrtime.bigint()
   let steps = 0
@@ -255,7 +374,6 @@ function swarm () {
     // arrivals
     while (nextArrival < arrivals.length && arrivals[nextArrival].t <= now) {
       const p = arrivals[nextArrival++].p
-      p.starveAt = now + STARVE_S
       send(p, { register: { taskId, url: 'http://origin/file' } })
     }
     if (seed.fromOrigin && !seedRegistered) {
@@ -263,68 +381,68 @@ function swarm () {
       send(seed, { register: { taskId, url: 'http://origin/file' } })
       send(seed, { sourceInfo: { taskId, info } })
     }
-    // new transfers
+    // new requests
     for (const node of nodes) {
       if (node.done || (node === seed && !seedRegistered)) continue
       if (node.fromOrigin) {
         // back to source: pieces in order from the origin, a few at a time
-        for (let n = 0; n < P && node.inflight.size < 4; n++) {
-          if (node.have[n] === 1 || node.inflight.has(n)) continue
-          if ([...flows].some(f => f.to === node && f.n === n)) continue
-          node.inflight.add(n)
-          flows.add({ from: null, to: node, n, left: pieceLen(n) })
+        for (let n = 0; n < P && node.inflight < 4; n++) {
+          if (node.have[n] === 1 || node.requested.has(n)) continue
+          node.requested.set(n, new Set(['origin'])); node.inflight++
+          enqueue({ from: null, to: node, n, left: pieceLen(n) })
         }
         continue
       }
-      if (node.inflight.size >= TOTAL_INFLIGHT || node.parents.size === 0) continue
-      // rarest first among this child's parents
-      const parents = [...node.parents.entries()].filter(([id, p]) => p.inflight < PARENT_INFLIGHT && byId.has(id))
-      if (parents.length === 0) continue
-      const cands = []
-      for (let n = 0; n < P; n++) {
-        if (node.have[n] === 1 || node.inflight.has(n)) continue
-        let rarity = 0
-        for (const [, p] of node.parents) rarity += p.bits[n]
-        if (rarity > 0) cands.push({ n, rarity, r: rand() })
-      }
-      cands.sort((a, b) => a.rarity - b.rarity || a.r - b.r)
-      for (const c of cands) {
-        if (node.inflight.size >= TOTAL_INFLIGHT) break
-        // the holder with the least in flight from us
-        let best = null
-        for (const [id, p] of parents) if (p.bits[c.n] === 1 && p.inflight < PARENT_INFLIGHT && (best == null || p.inflight < best[1].inflight)) best = [id, p]
-        if (best == null) continue
-        best[1].inflight++
-        node.inflight.add(c.n)
-        flows.add({ from: byId.get(best[0]), to: node, n: c.n, left: pieceLen(c.n), via: best[1] })
+      if (node.dirty || node.wakeAt <= now) pump(node)
+      if (node.starveAt != null && node.starveAt <= now) {
+        node.starveAt = null
+        send(node, { needParents: { taskId } })
+        pump(node)
       }
     }
-    // bandwidth shares: each flow gets min(parent uplink / parent's flows, child downlink / child's flows)
+    // bandwidth shares: each busy connection gets min(parent uplink / its busy connections,
+    // child downlink / its busy connections); a piece finishing early leaves the rest of the step unused
     const ups = new Map(); const downs = new Map()
-    for (const f of flows) {
-      const k = f.from ?? 'origin'
+    for (const [key, c] of conns) {
+      if (c.queue.length === 0) { conns.delete(key); continue }
+      const k = c.from ?? 'origin'
       ups.set(k, (ups.get(k) ?? 0) + 1)
-      downs.set(f.to, (downs.get(f.to) ?? 0) + 1)
+      downs.set(c.to, (downs.get(c.to) ?? 0) + 1)
     }
     now += DT
     steps++
-    for (const f of [...flows]) {
-      const upRate = (f.from == null ? Us : f.from.up) / ups.get(f.from ?? 'origin')
-      const downRate = f.to.down / downs.get(f.to)
-      const bytes = Math.min(f.left, Math.min(upRate, downRate) * DT)
-      f.left -= bytes
-      if (f.from == null) originBytes += bytes
-      else f.from.uploaded += bytes
-      if (f.left > 1e-6) continue
-      flows.delete(f)
+    const finishedFlows = []
+    for (const c of conns.values()) {
+      const upRate = (c.from == null ? Us : c.from.up) / ups.get(c.from ?? 'origin')
+      const downRate = c.to.down / downs.get(c.to)
+      let budget = Math.min(upRate, downRate) * DT
+      while (budget > 1e-6 && c.queue.length > 0) {
+        const f = c.queue[0]
+        const bytes = Math.min(f.left, budget)
+        f.left -= bytes; budget -= bytes
+        if (c.from == null) originBytes += bytes
+        else c.from.uploaded += bytes
+        if (f.left > 1e-6) break
+        c.queue.shift()
+        finishedFlows.push(f)
+      }
+    }
+    for (const f of finishedFlows) {
       const node = f.to
-      node.inflight.delete(f.n)
-      if (f.via != null) f.via.inflight--
+      node.inflight--
+      if (f.via != null) {
+        f.via.inflight--
+        const set = node.requested.get(f.n)
+        set?.delete(f.via.id)
+        if (set?.size === 0) node.requested.delete(f.n)
+      } else node.requested.delete(f.n)
+      node.dirty = true
       if (node.have[f.n] === 1) continue
       node.have[f.n] = 1
       node.count++
       node.reported.push(f.n)
-      node.starveAt = now + STARVE_S
+      node.lastGain = now
+      if (node.stripeGain != null) node.stripeGain[f.n % node.stripes] = now
     }
     // reports, then the scheduler's announcement tick
     for (const node of nodes) {
@@ -338,11 +456,6 @@ function swarm () {
       }
     }
     core.flushAnnouncements()
-    // starving children ask for parents again
-    for (const p of peers) {
-      if (p.done || p.fromOrigin || p.starveAt > now || nextArrival < arrivals.length && !p.starveAt) continue
-      if (p.inflight.size === 0) { p.starveAt = now + STARVE_S; send(p, { needParents: { taskId } }) }
-    }
   }
   const cpu = Number(process.hrtime.bigint() - t0) / 1e9
   const tAll = finished ? Math.max(...peers.map(p => p.tDone)) : null
@@ -350,11 +463,15 @@ function swarm () {
   const sumU = u * (N + 1)
   const tMin = Math.max(F / Us, F / d, (N + 1) * F / (Us + sumU))
   lat.sort((a, b) => a - b)
+  const task = core.tasks.get(taskId)
   return {
     n: N,
     file_bytes: F,
     piece_bytes: PL,
     mbps: Number(opt.mbps),
+    peer_policy: striped ? 'striped' : 'primary',
+    structure: task?.forest != null ? `striped trees (${task.forest.stripes} stripes)` : 'chain',
+    max_depth: task?.forest != null ? Math.max(...[...task.peers.values()].flatMap(p => Array.from({ length: task.forest.stripes }, (_, s) => task.forest.depth(p, s)))) : null,
     finished,
     peers_done: done.length,
     t_all_s: tAll == null ? null : +tAll.toFixed(2),
@@ -365,6 +482,8 @@ function swarm () {
     origin_bytes_ratio: +(originBytes / F).toFixed(3),
     seed_upload_ratio: +(seed.uploaded / F).toFixed(2),
     back_to_source_peers: peers.filter(p => p.fromOrigin).length,
+    // pieces requested from a parent that is not the primary of their stripe (stalls, endgame)
+    ...(striped ? { off_stripe_requests: offStripe } : {}),
     decisions,
     p99_decision_ms: +percentile(lat, 0.99).toFixed(3),
     steps,

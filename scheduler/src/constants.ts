@@ -56,3 +56,26 @@ export const CANDIDATE_AFTER_SCAN = 16
  * @default 64
  */
 export const MAX_CYCLE_WALK = 64
+/**
+ * Peers (besides the source) up to which a task's peers form one pipeline in join order (the chain of
+ * scheduling/). A chain delays its last peer by one piece time per hop, so a task with more peers
+ * switches, once and for good, to striped trees of depth O(log N) (scheduling/forest.ts).
+ * @default 16
+ */
+export const CHAIN_MAX_PEERS = 16
+/**
+ * Stripes of a large swarm (scheduling/forest.ts): piece n belongs to stripe n mod STRIPE_COUNT; every
+ * peer forwards one stripe to up to STRIPE_COUNT children and takes each other stripe from one parent.
+ * @default 4
+ */
+export const STRIPE_COUNT = 2
+/**
+ * Backup parents handed to a peer of a large swarm on top of its stripe parents.
+ * @default 1
+ */
+export const STRIPE_BACKUPS = 1
+/**
+ * Newest forwarders of a stripe looked at for a free place when a peer takes that stripe as a leaf.
+ * @default 16
+ */
+export const STRIPE_LEAF_SCAN = 16

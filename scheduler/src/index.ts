@@ -12,5 +12,6 @@
 export { Scheduler, SchedulerCore, type SchedulerInit, type SchedulerStats } from './scheduler.js'
 export * from './constants.js'
 export { evaluate, locationAffinity } from './evaluator/index.js'
-export { selectParents, reaches, refuseReason } from './scheduling/index.js'
+export { selectParents, reaches, mayReach, refuseReason } from './scheduling/index.js'
+export { Forest, type StripeSlot } from './scheduling/forest.js'
 export { Host, Peer, Task } from './resource/index.js'

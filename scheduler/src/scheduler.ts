@@ -10,7 +10,8 @@ import { type Logger, type ErrorInfo, type Startable } from '@guoce/interface'
 import { MessageChannel, SCHEDULER_PROTOCOL, peerMessage, schedulerMessage, KEEPALIVE_INTERVAL_MS, type PeerMessage, type SchedulerMessage, type WireParent, type WireHostInfo } from '@guoce/transfer'
 import { Host, Peer, Task } from './resource/index.js'
 import { selectParents } from './scheduling/index.js'
-import { ANNOUNCE_INTERVAL_MS, BAD_PARENT_REPORTS, DEFAULT_UPLOAD_SLOTS, MAX_SCHEDULE_RETRIES, MAX_SOURCE_FAILURES } from './constants.js'
+import { Forest } from './scheduling/forest.js'
+import { ANNOUNCE_INTERVAL_MS, BAD_PARENT_REPORTS, CHAIN_MAX_PEERS, DEFAULT_UPLOAD_SLOTS, MAX_SCHEDULE_RETRIES, MAX_SOURCE_FAILURES, STRIPE_BACKUPS } from './constants.js'
 import { createHash } from 'node:crypto'
 
 /**
@@ -188,7 +189,7 @@ export class SchedulerCore {
     })
     // progress: the retry budget counts fruitless asks in a row, not asks over the whole download
     if (fresh.length > 0) peer.scheduleRetries = 0
-    if (fresh.length > 0 && peer.children.size > 0) {
+    if (fresh.length > 0 && (peer.children.size > 0 || task.forest != null)) {
       let q = this.pendingHave.get(peer)
       if (q == null) this.pendingHave.set(peer, q = [])
       q.push(...fresh)
@@ -206,7 +207,9 @@ export class SchedulerCore {
     }
     this.pendingDigests.clear()
     for (const [peer, numbers] of this.pendingHave) {
-      for (const child of peer.children) child.host.send({ have: { taskId: peer.task.id, peerId: peer.id, numbers } })
+      const have = { have: { taskId: peer.task.id, peerId: peer.id, numbers } }
+      for (const child of peer.children) child.host.send(have)
+      if (peer.task.forest != null) for (const child of peer.task.forest.children(peer)) child.host.send(have)
     }
     this.pendingHave.clear()
   }
@@ -252,6 +255,7 @@ export class SchedulerCore {
       parent.children.delete(child)
       if (parent.reportedBy.size >= BAD_PARENT_REPORTS) {
         for (const c of [...parent.children]) { c.parents.delete(parent); parent.children.delete(c); this.schedule(c) }
+        if (task!.forest != null) for (const c of [...task!.forest.children(parent)]) if (c !== child) this.schedule(c)
       }
     }
     this.schedule(child)
@@ -281,15 +285,52 @@ export class SchedulerCore {
 
   /** Compute and send a new parent set for `child`. */
   schedule (child: Peer): void {
-    if (child.task.info == null || child.state === 'succeeded') return
-    const chosen = selectParents(child, this.log)
-    for (const old of [...child.parents]) {
-      if (!chosen.includes(old)) { child.parents.delete(old); old.children.delete(child) }
+    const task = child.task
+    if (task.info == null || child.state === 'succeeded') return
+    if (task.forest == null && task.peers.size - 1 > CHAIN_MAX_PEERS) this.growForest(task)
+    let chosen: Peer[]
+    let stripeParents = 0
+    if (task.forest != null && !child.isSource) {
+      const moved = task.forest.place(child, this.sourceOf(task), usableStripeParent)
+      const primaries = [...new Set(child.stripes!.up.filter(p => p != null))]
+      stripeParents = primaries.length
+      chosen = [...primaries, ...selectParents(child, this.log, STRIPE_BACKUPS, new Set(primaries))]
+      for (const m of moved) if (m !== child) this.schedule(m)
+    } else {
+      chosen = selectParents(child, this.log)
     }
-    for (const p of chosen) { child.parents.add(p); p.children.add(child) }
+    // the DAG of resource/ keeps the chain's edges and the backups; stripe edges live in the forest
+    const edges = chosen.slice(stripeParents)
+    for (const old of [...child.parents]) {
+      if (!edges.includes(old)) { child.parents.delete(old); old.children.delete(child) }
+    }
+    for (const p of edges) { child.parents.add(p); p.children.add(child) }
     const parents: WireParent[] = chosen.map(p => ({ peerId: p.id, addrs: p.host.info.addrs, bitmap: p.bitmap?.bytes ?? new Uint8Array() }))
     this.log.debug('parents', { task: child.task.id.slice(0, 12), child: child.id, parents: chosen.map(p => p.id) })
     child.host.send({ parents: { taskId: child.task.id, parents } })
+  }
+
+  /**
+   * The task outgrew the chain (CHAIN_MAX_PEERS): from now on its peers take their primaries from
+   * striped trees (scheduling/forest.ts). Every running peer gets its place, in join order.
+   */
+  private growForest (task: Task): void {
+    task.forest = new Forest()
+    this.log.info('striped trees', { task: task.id.slice(0, 12), peers: task.peers.size, stripes: task.forest.stripes })
+    for (const p of [...task.peers.values()]) if (p.state === 'running' && !p.isSource && p.stripes == null) this.schedule(p)
+  }
+
+  /** The peer that feeds the top of the stripes: the task's seed (or a peer sent back to source). */
+  private sourceOf (task: Task): Peer | undefined {
+    const known = task.forest?.source
+    if (known != null && known.isSource && known.host.isSeed && task.peers.get(known.id) === known && known.state !== 'failed') return known
+    let best: Peer | undefined
+    for (const p of task.peers.values()) {
+      if (!p.isSource || p.state === 'failed' || p.state === 'left') continue
+      if (p.host.isSeed) return p
+      best ??= p
+    }
+    return best
   }
 
   private removePeer (peer: Peer, state: 'failed' | 'left'): void {
@@ -300,7 +341,7 @@ export class SchedulerCore {
     peer.host.peers.delete(task.id)
     this.pendingHave.delete(peer)
     for (const p of peer.parents) p.children.delete(peer)
-    const orphans = [...peer.children]
+    const orphans = new Set([...peer.children, ...(task.forest?.remove(peer) ?? [])])
     for (const c of orphans) c.parents.delete(peer)
     peer.children.clear(); peer.parents.clear()
     if (task.peers.size === 0) { this.tasks.delete(task.id); return }
@@ -317,6 +358,11 @@ export class SchedulerCore {
     }
     for (const t of this.tasks.values()) if (t.seeding === host.id) { t.seeding = undefined; this.ensureSource(t) }
   }
+}
+
+/** A stripe parent a child may take: still in the task, not blamed. */
+function usableStripeParent (child: Peer, p: Peer): boolean {
+  return p !== child && p.state !== 'failed' && p.state !== 'left' && !child.blamed.has(p.id) && !p.bad && p.task.peers.get(p.id) === p
 }
 
 /** The scheduler service: SchedulerCore behind /guoce/scheduler/1 streams. */

@@ -6,6 +6,7 @@ import { Bitmap } from '@guoce/content'
 import type { SchedulerMessage, WireHostInfo, WireTaskRef } from '@guoce/transfer'
 import type { PeerState, TaskInfo } from '@guoce/interface'
 import { locationElements } from '../evaluator/index.js'
+import type { Forest, StripeSlot } from '../scheduling/forest.js'
 
 export class Host {
   readonly peers = new Map<string, Peer>()
@@ -83,6 +84,8 @@ export class Peer {
   scheduleRetries = 0
   /** bitmap sent before the task's layout was known (a re-registration after a scheduler restart) */
   rawBitmap: Uint8Array | undefined
+  /** place in the task's forest (large swarms, scheduling/forest.ts); its stripe edges are not in parents/children */
+  stripes: StripeSlot | undefined
 
   constructor (readonly host: Host, readonly task: Task) { this.children = new ChildSet(this) }
   get id (): string { return this.host.id }
@@ -164,6 +167,8 @@ export class Task {
   info: TaskInfo | undefined
   digests: Array<Uint8Array | undefined> = []
   readonly peers = new PeerMap()
+  /** striped trees of a large swarm (scheduling/forest.ts); undefined while the task is a chain */
+  forest: Forest | undefined
   /** host asked to seed this task, while it runs */
   seeding: string | undefined
   /** source attempts that failed with a retryable error */

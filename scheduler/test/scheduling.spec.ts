@@ -1,0 +1,140 @@
+import { describe, it, expect } from 'vitest'
+import { silentLogger, type SchedulerMessage, type WireHostInfo } from '@guoce/transfer'
+import { Bitmap } from '@guoce/content'
+import { SchedulerCore, CHAIN_MAX_PEERS, MAX_CYCLE_WALK, MAX_SCHEDULE_RETRIES, STRIPE_COUNT, mayReach, reaches, type Host, type Peer, type Task } from '../src/index.js'
+
+const TASK = 'b'.repeat(64)
+const URL = 'http://origin/big.bin'
+const info = { contentLength: 64 * 1024, pieceLength: 1024, pieceCount: 64 }
+
+function hostInfo (type: 'normal' | 'seed' = 'normal'): WireHostInfo {
+  return { type, uploadSlots: 8, uploadBps: 0, idc: '', location: '', addrs: [], hostname: '', load: 0 }
+}
+
+/** A scheduler with a seed that holds the whole task and `n` peers registered in order p0, p1, ... */
+function swarm (n: number) {
+  const core = new SchedulerCore(silentLogger, 0)
+  const inbox = new Map<string, SchedulerMessage[]>()
+  const hosts = new Map<string, Host>()
+  const connect = (id: string, type: 'normal' | 'seed' = 'normal'): void => {
+    inbox.set(id, [])
+    hosts.set(id, core.connectHost(id, hostInfo(type), m => { inbox.get(id)!.push(m) }))
+  }
+  const send = (id: string, msg: Parameters<SchedulerCore['handleMessage']>[1]): void => { core.handleMessage(hosts.get(id)!, msg) }
+  const parents = (id: string): string[] | undefined => {
+    const box = inbox.get(id)!
+    for (let i = box.length - 1; i >= 0; i--) if (box[i]!.parents != null) return box[i]!.parents!.parents.map(p => p.peerId)
+    return undefined
+  }
+  const got = (id: string, key: keyof SchedulerMessage): number => inbox.get(id)!.filter(m => m[key] != null).length
+  connect('seed', 'seed')
+  send('seed', { register: { taskId: TASK, url: URL } })
+  send('seed', { sourceInfo: { taskId: TASK, info } })
+  const all = Array.from({ length: info.pieceCount }, (_, i) => i)
+  send('seed', { pieceDone: { taskId: TASK, numbers: all, digests: all.map(i => new Uint8Array(32).fill(i + 1)) } })
+  const ids: string[] = []
+  for (let i = 0; i < n; i++) { const id = `p${i}`; ids.push(id); connect(id); send(id, { register: { taskId: TASK, url: URL } }) }
+  const task = (): Task => core.tasks.get(TASK)!
+  const peer = (id: string): Peer => task().peers.get(id)!
+  return { core, ids, send, parents, got, task, peer }
+}
+
+describe('scheduling at scale', () => {
+  it('keeps the join-order chain for 16 peers (bench/fanout, test/p2p.spec.ts)', () => {
+    expect(CHAIN_MAX_PEERS).toBeGreaterThanOrEqual(16)
+    const s = swarm(16)
+    expect(s.task().forest).toBeUndefined()
+    // every peer's primary is the peer that joined just before it; the seed feeds the head only
+    s.ids.forEach((id, i) => { expect(s.parents(id)![0]).toBe(i === 0 ? 'seed' : s.ids[i - 1]) })
+    for (const id of s.ids.slice(1)) expect(s.parents(id)).not.toContain('seed')
+  })
+
+  it('switches a larger swarm to striped trees of logarithmic depth, each forwarder within its places', () => {
+    const n = 1000
+    const s = swarm(n)
+    const forest = s.task().forest!
+    expect(forest).toBeDefined()
+    expect(forest.stripes).toBe(STRIPE_COUNT)
+    // seed -> heap of forwarders (log_k of N/k levels) -> leaf
+    const bound = Math.ceil(Math.log(n / STRIPE_COUNT) / Math.log(STRIPE_COUNT)) + 2
+    let deepest = 0
+    for (const id of s.ids) {
+      const p = s.peer(id)
+      for (let k = 0; k < STRIPE_COUNT; k++) {
+        const d = forest.depth(p, k)
+        expect(d).toBeGreaterThan(0) // reaches the seed: the stripe is a tree, no cycle, no orphan
+        deepest = Math.max(deepest, d)
+      }
+      expect(p.stripes!.kids.size).toBeLessThanOrEqual(STRIPE_COUNT)
+      // the list starts with the stripe parents, in stripe order
+      const up = p.stripes!.up.map(q => q!.id)
+      expect(s.parents(id)!.slice(0, new Set(up).size)).toEqual([...new Set(up)])
+    }
+    expect(deepest).toBeLessThanOrEqual(bound)
+    expect(deepest).toBeGreaterThan(2)
+    // every peer forwards exactly one stripe and takes the others as a leaf: upload is shared by k children
+    const forwarders = s.ids.filter(id => s.peer(id).stripes!.kids.size > 0).length
+    expect(forwarders).toBeGreaterThan(n / STRIPE_COUNT - 2)
+    for (const id of s.ids) expect(s.got(id, 'backToSource')).toBe(0)
+  })
+
+  it('gives the children of a peer that leaves a large swarm new stripe parents, not the origin', () => {
+    const s = swarm(200)
+    const forest = s.task().forest!
+    const gone = s.ids.find(id => s.peer(id).stripes!.kids.size === STRIPE_COUNT && s.peer(id).stripes!.index > 0)!
+    const orphans = [...s.peer(gone).stripes!.kids].map(p => p.id)
+    s.send(gone, { leave: { taskId: TASK } })
+    for (const id of orphans) {
+      expect(s.parents(id)).not.toContain(gone)
+      for (let k = 0; k < STRIPE_COUNT; k++) expect(forest.depth(s.peer(id), k)).toBeGreaterThan(0)
+      expect(s.got(id, 'backToSource')).toBe(0)
+    }
+  })
+
+  it('never closes a cycle in the DAG under the bounded walk while peers complete and ask again', () => {
+    const s = swarm(300)
+    const full = new Bitmap(info.pieceCount); for (let i = 0; i < info.pieceCount; i++) full.set(i)
+    // some peers complete (they may then feed peers that joined before them), everyone asks again
+    for (let round = 0; round < 3; round++) {
+      s.ids.forEach((id, i) => {
+        if ((i * 7 + round) % 11 === 0) s.send(id, { pieceDone: { taskId: TASK, numbers: [...full.present()] } })
+        s.send(id, { needParents: { taskId: TASK } })
+      })
+    }
+    for (const p of s.task().peers.values()) {
+      for (const parent of p.parents) {
+        expect(reaches(p, parent)).toBe(false)
+        expect(parent.level).toBeLessThan(p.level)
+      }
+    }
+  })
+
+  it('the bounded cycle walk refuses beyond its bound and answers exactly within it', () => {
+    const s = swarm(MAX_CYCLE_WALK + 4)
+    // a hand-made chain of DAG edges, longer than the walk may go
+    const chain = s.ids.map(id => s.peer(id))
+    for (const p of chain) for (const q of [...p.parents]) { p.parents.delete(q); q.children.delete(p) }
+    for (let i = 1; i < chain.length; i++) { chain[i]!.parents.add(chain[i - 1]!); chain[i - 1]!.children.add(chain[i]!) }
+    const head = chain[0]!; const tail = chain[chain.length - 1]!
+    expect(reaches(head, tail)).toBe(true)
+    expect(mayReach(head, chain[3]!)).toBe(true)
+    expect(mayReach(head, tail)).toBe(true) // past the bound: refused, the safe answer
+    expect(mayReach(chain[3]!, head)).toBe(false) // above the start: never a descendant
+    expect(mayReach(tail, head)).toBe(false)
+  })
+
+  it('sends a child with no usable parent back to source only after MAX_SCHEDULE_RETRIES fruitless asks', () => {
+    const s = swarm(3)
+    // p2 blames every peer it could use
+    for (const bad of ['seed', 'p0', 'p1']) s.send('p2', { badParent: { taskId: TASK, parent: bad, reason: 'digest' } })
+    expect(s.parents('p2')).toEqual([])
+    for (let i = 0; i < MAX_SCHEDULE_RETRIES; i++) s.send('p2', { needParents: { taskId: TASK } })
+    expect(s.got('p2', 'backToSource')).toBe(0)
+    // progress resets the budget
+    s.send('p2', { pieceDone: { taskId: TASK, numbers: [0] } })
+    for (let i = 0; i < MAX_SCHEDULE_RETRIES; i++) s.send('p2', { needParents: { taskId: TASK } })
+    expect(s.got('p2', 'backToSource')).toBe(0)
+    s.send('p2', { needParents: { taskId: TASK } })
+    expect(s.got('p2', 'backToSource')).toBe(1)
+  })
+})
