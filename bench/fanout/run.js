@@ -38,6 +38,8 @@ const { values: v } = parseArgs({
     'seed-rate': { type: 'string' },
     burst: { type: 'string', default: '64kb' },
     'no-direct': { type: 'boolean', default: false },
+    'no-floor': { type: 'boolean', default: false },
+    'no-swarm': { type: 'boolean', default: false },
     timeout: { type: 'string', default: '300' },
     logs: { type: 'string' },
     trace: { type: 'boolean', default: false },
@@ -222,7 +224,9 @@ function cpuMeter (list) {
       let sum = 0
       for (const p of list) sum += (last.get(p) ?? 0) - (base.get(p) ?? 0)
       return sum
-    }
+    },
+    /** CPU seconds per process, by log name */
+    each: () => Object.fromEntries(list.map(p => [p.logName, Math.round(((last.get(p) ?? 0) - (base.get(p) ?? 0)) * 100) / 100]))
   }
 }
 
@@ -304,6 +308,7 @@ async function swarmRun (n) {
     await tracer
     const cpu = busySince(cpu0)
     const cpuServices = meterServices.stop()
+    log(`N=${n}: cpu-s by process ${JSON.stringify(meterServices.each())}`)
     const cpuGets = meterGets.stop()
     const times = done.map(d => d.s)
     const sent = await originSent()
@@ -335,6 +340,46 @@ async function directRun (n) {
   return s
 }
 
+/**
+ * The floor on this machine: the cheapest chain a Node process can run (relay.js: origin -> seed -> p0 ->
+ * ... -> p{n-1}, every chunk hashed, written and forwarded as it arrives), same namespaces and shaping.
+ * What it costs above T_min is what the machine (2 vCPUs moving N·F through veth, bridge and tbf, plus
+ * one JS process per host) costs before any scheduling or piece protocol.
+ */
+async function floorRun (n) {
+  const name = `floor-${n}.bin`
+  const dir = join(work, `floor${n}`)
+  await mkdir(dir, { recursive: true })
+  const PORT = 65010
+  const chain = ['seed', ...Array.from({ length: n }, (_, i) => `p${i}`)]
+  const relays = chain.map((role, i) => {
+    const fromArg = i === 0 ? `${originUrl}/${name}` : `${hosts[chain[i - 1]].ip}:${PORT}`
+    const args = [NODE, join(here, 'relay.js'), fromArg, hosts[role].ip, String(PORT), join(dir, `out-${role}`), String(F), digest]
+    if (i === chain.length - 1) args.push('--tail')
+    return spawnIn(hosts[role].ns, args, `relay-${role}`, { stdin: 'pipe' })
+  })
+  try {
+    await Promise.all(relays.map((r, i) => ready(r, `relay ${chain[i]}`, 30_000)))
+    const meter = cpuMeter(relays)
+    const chunks = []
+    const t0 = performance.now()
+    for (const r of relays) r.child.stdin.write('go\n')
+    const times = await Promise.all(relays.map(async (r, i) => {
+      const x = await r.exited
+      if (x.code !== 0) throw new Error(`relay ${chain[i]} failed (${x.code ?? x.signal}): ${r.err.slice(-5).join(' ')}`)
+      const s = (performance.now() - t0) / 1000
+      const last = JSON.parse((await r.rest()).at(-1) ?? '{}')
+      chunks.push(last.chunks)
+      return s
+    }))
+    log(`N=${n}: floor: reads per relay ${chunks.join(' ')} (${Math.round(F / quantile(chunks, 0.5))} B per read, median)`)
+    return { s: Math.max(...times.slice(1)), cpu_s: meter.stop() }
+  } finally {
+    await Promise.all(relays.map(stop))
+    await rm(dir, { recursive: true, force: true })
+  }
+}
+
 function tMin (n) {
   return Math.max(F / bps(ORIGIN_RATE), F / bps(DOWN), (n + 1) * F / (bps(ORIGIN_RATE) + bps(SEED_RATE) + n * bps(UP)))
 }
@@ -352,43 +397,55 @@ async function main () {
   const runs = []
   for (const n of NS_LIST) {
     log(`N=${n}: swarm`)
-    const sw = await swarmRun(n)
-    log(`N=${n}: T_all ${sw.t_all_s.toFixed(2)} s, p50 ${sw.p50_s.toFixed(2)} s, origin ${(sw.origin_bytes / F).toFixed(3)} F, machine cpu ${(sw.cpu_busy * 100).toFixed(0)}% (irq ${(sw.cpu_irq * 100).toFixed(0)}%, steal ${(sw.cpu_steal * 100).toFixed(0)}%), ours ${sw.cpu_services_s.toFixed(1)} + gets ${sw.cpu_gets_s.toFixed(1)} cpu-s`)
+    const sw = v['no-swarm'] ? null : await swarmRun(n)
+    if (sw != null) log(`N=${n}: T_all ${sw.t_all_s.toFixed(2)} s, p50 ${sw.p50_s.toFixed(2)} s, origin ${(sw.origin_bytes / F).toFixed(3)} F, machine cpu ${(sw.cpu_busy * 100).toFixed(0)}% (irq ${(sw.cpu_irq * 100).toFixed(0)}%, steal ${(sw.cpu_steal * 100).toFixed(0)}%), ours ${sw.cpu_services_s.toFixed(1)} + gets ${sw.cpu_gets_s.toFixed(1)} cpu-s`)
     let direct = null
     if (!v['no-direct']) {
       log(`N=${n}: direct baseline`)
       direct = await directRun(n)
       log(`N=${n}: direct ${direct.toFixed(2)} s`)
     }
+    let floor = null
+    if (!v['no-floor']) {
+      log(`N=${n}: floor (relay chain)`)
+      floor = await floorRun(n)
+      log(`N=${n}: floor ${floor.s.toFixed(2)} s, relays ${floor.cpu_s.toFixed(1)} cpu-s`)
+    }
     const tmin = tMin(n)
-    const r3 = x => Math.round(x * 1000) / 1000
+    const r3 = x => x == null || Number.isNaN(x) ? null : Math.round(x * 1000) / 1000
     runs.push({
       n,
       file_bytes: F,
-      t_all_s: r3(sw.t_all_s),
+      t_all_s: r3(sw?.t_all_s),
       t_min_s: r3(tmin),
-      ratio: r3(sw.t_all_s / tmin),
-      origin_bytes_ratio: r3(sw.origin_bytes / F),
+      ratio: r3(sw == null ? null : sw.t_all_s / tmin),
+      origin_bytes_ratio: r3(sw == null ? null : sw.origin_bytes / F),
       direct_s: direct == null ? null : r3(direct),
-      p50_s: r3(sw.p50_s),
-      p99_s: r3(sw.p99_s),
-      direct_over_t_all: direct == null ? null : r3(direct / sw.t_all_s),
-      cpu_busy: r3(sw.cpu_busy),
-      cpu_irq: r3(sw.cpu_irq),
-      cpu_steal: r3(sw.cpu_steal),
+      p50_s: r3(sw?.p50_s),
+      p99_s: r3(sw?.p99_s),
+      direct_over_t_all: direct == null || sw == null ? null : r3(direct / sw.t_all_s),
+      // the relay chain (floorRun): T_all of the cheapest pipeline on this machine, its ratio to T_min,
+      // and ours against it
+      floor_s: floor == null ? null : r3(floor.s),
+      floor_ratio: floor == null ? null : r3(floor.s / tmin),
+      t_all_over_floor: floor == null || sw == null ? null : r3(sw.t_all_s / floor.s),
+      floor_cpu_s: floor == null ? null : r3(floor.cpu_s),
+      cpu_busy: r3(sw?.cpu_busy),
+      cpu_irq: r3(sw?.cpu_irq),
+      cpu_steal: r3(sw?.cpu_steal),
       // CPU seconds used by this benchmark's services (scheduler, seed, daemons, origin) and by the gets,
       // against the 2 x T_all seconds two vCPUs offer; the rest of cpu_busy is other users of the machine
-      cpu_services_s: r3(sw.cpu_services_s),
-      cpu_gets_s: r3(sw.cpu_gets_s),
-      peer_pieces_from_source: sw.peer_pieces_from_source
+      cpu_services_s: r3(sw?.cpu_services_s),
+      cpu_gets_s: r3(sw?.cpu_gets_s),
+      peer_pieces_from_source: sw?.peer_pieces_from_source ?? null
     })
   }
   const at16 = runs.find(r => r.n === 16)
   const result = {
     runs,
     targets: {
-      ratio_at_16_le_1_3: at16 == null ? null : at16.ratio <= 1.3,
-      origin_bytes_le_1_05_every_n: runs.every(r => r.origin_bytes_ratio <= 1.05),
+      ratio_at_16_le_1_3: at16?.ratio == null ? null : at16.ratio <= 1.3,
+      origin_bytes_le_1_05_every_n: runs.some(r => r.origin_bytes_ratio == null) ? null : runs.every(r => r.origin_bytes_ratio <= 1.05),
       direct_over_t_all_at_16_ge_5: at16?.direct_over_t_all == null ? null : at16.direct_over_t_all >= 5
     },
     setup: { piece_channel: v['piece-channel'], rate_mbit: { origin: ORIGIN_RATE, seed: SEED_RATE, up: UP, down: DOWN }, burst: v.burst, cpus: (await readFile('/proc/cpuinfo', 'utf8')).split('\n').filter(l => l.startsWith('processor')).length }

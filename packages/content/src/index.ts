@@ -12,3 +12,4 @@
 export * from './digest.js'
 export * from './task.js'
 export * from './piece.js'
+export * from './pool.js'

@@ -42,7 +42,12 @@ export function pieceRange (n: number, pieceLength: number, contentLength: numbe
 
 /** Re-hash `data` and compare with the announced digest; throws PieceDigestMismatchError. */
 export function verifyPiece (n: number, data: Uint8Array, expected: Uint8Array): void {
-  const got = createHash('sha256').update(data).digest()
+  checkPieceDigest(n, createHash('sha256').update(data).digest(), expected)
+}
+
+/** Like verifyPiece, for a sha256 already computed over the piece's bytes as they arrived. */
+export function checkPieceDigest (n: number, computed: Uint8Array, expected: Uint8Array): void {
+  const got = Buffer.from(computed.buffer, computed.byteOffset, computed.byteLength)
   if (got.length !== expected.length || Buffer.compare(got, expected) !== 0) {
     throw new PieceDigestMismatchError(`piece ${n}: sha256 ${got.toString('hex').slice(0, 16)}… does not match announced ${Buffer.from(expected).toString('hex').slice(0, 16)}…`)
   }

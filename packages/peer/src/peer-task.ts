@@ -13,7 +13,7 @@
 import { createHash } from 'node:crypto'
 import type { Libp2p } from 'libp2p'
 import { multiaddr } from '@multiformats/multiaddr'
-import { Bitmap, verifyPiece, equalBytes } from '@guoce/content'
+import { Bitmap, verifyPiece, checkPieceDigest, equalBytes } from '@guoce/content'
 import { DigestMismatchError, ParentTimeoutError, fromErrorInfo, toErrorInfo, type Logger, type TaskProgress, type TaskRequest, type PeerState, type TaskInfo } from '@guoce/interface'
 import type { StoredTask, TaskStore } from '@guoce/store'
 import { PieceConnection, type PieceChannel, Priority, type PeerMessage, type SchedulerMessage, type WireParent } from '@guoce/transfer'
@@ -327,7 +327,7 @@ export class PeerTask {
       await Promise.race([
         conn.request({ taskId: this.taskId, numbers, priority: Priority.BACKGROUND }, (r) => {
           if ('refused' in r) return
-          writes.push(this.accept(p, r.n, r.data).catch((err: Error) => { bad ??= err }))
+          writes.push(this.accept(p, r.n, r.data, r.digest).catch((err: Error) => { bad ??= err }).finally(r.release))
         }),
         new Promise<never>((_resolve, reject) => {
           timer = setTimeout(() => { reject(new ParentTimeoutError(`parent ${p.id} sent nothing for ${Math.round(timeout)} ms`)) }, timeout)
@@ -351,12 +351,15 @@ export class PeerTask {
     }
   }
 
-  private async accept (p: ParentState, n: number, data: Uint8Array): Promise<void> {
+  /** `digest`: the sha256 of `data` computed as it arrived (data channels); else it is hashed here. */
+  private async accept (p: ParentState, n: number, data: Uint8Array, digest?: Uint8Array): Promise<void> {
     const s = this.stored!
     if (s.bitmap.has(n)) return
     const expected = this.digests[n]
     if (expected == null) return
-    verifyPiece(n, data, expected) // throws PieceDigestMismatchError -> parent blamed
+    // throws PieceDigestMismatchError -> parent blamed
+    if (digest != null) checkPieceDigest(n, digest, expected)
+    else verifyPiece(n, data, expected)
     await s.writePiece(n, data, expected)
     this.lastGain = Date.now()
     p.bytes += data.byteLength

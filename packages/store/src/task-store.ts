@@ -6,7 +6,7 @@
 import { open, mkdir, readFile, rename, rm, readdir, stat, type FileHandle } from 'node:fs/promises'
 import { LRUCache } from 'lru-cache'
 import { join } from 'node:path'
-import { Bitmap, isTaskId, pieceRange } from '@guoce/content'
+import { Bitmap, isTaskId, pieceRange, piecePool, type BufferPool, type Lease } from '@guoce/content'
 import { NoSpaceError, NotFoundError, InvalidParametersError, type TaskInfo } from '@guoce/interface'
 
 /**
@@ -112,16 +112,28 @@ export class StoredTask {
   }
 
   async readPiece (n: number): Promise<Uint8Array | null> {
+    const lease = await this.leasePiece(n, { acquire: (size: number) => ({ buf: Buffer.allocUnsafe(size), release: () => {} }) })
+    return lease?.buf ?? null
+  }
+
+  /** Piece `n` read into a buffer from `pool` (piecePool by default); the caller releases it. */
+  async leasePiece (n: number, pool: Pick<BufferPool, 'acquire'> = piecePool): Promise<Lease | null> {
     if (!this.bitmap.has(n) || this.closed) return null
     const { start, end } = pieceRange(n, this.info.pieceLength, this.info.contentLength)
-    const buf = Buffer.allocUnsafe(end - start)
-    let off = 0
-    while (off < buf.byteLength) {
-      const { bytesRead } = await this.fh.read(buf, off, buf.byteLength - off, start + off)
-      if (bytesRead === 0) throw new NotFoundError(`piece ${n} of ${this.taskId} is short on disk`)
-      off += bytesRead
+    const lease = pool.acquire(end - start)
+    const buf = lease.buf
+    try {
+      let off = 0
+      while (off < buf.byteLength) {
+        const { bytesRead } = await this.fh.read(buf, off, buf.byteLength - off, start + off)
+        if (bytesRead === 0) throw new NotFoundError(`piece ${n} of ${this.taskId} is short on disk`)
+        off += bytesRead
+      }
+    } catch (err) {
+      lease.release()
+      throw err
     }
-    return buf
+    return lease
   }
 
   /** Read [start, end) of the content; only valid when the covering pieces are held. */
@@ -339,11 +351,13 @@ export class TaskStore {
   }
 
   /** A held piece and its digest (the shape a piece server serves), or null. */
-  async getPiece (taskId: string, n: number): Promise<{ data: Uint8Array, digest: Uint8Array } | null> {
+  /** Piece `n` of a task with its digest, in a pooled buffer: call `release` once it has been sent. */
+  async getPiece (taskId: string, n: number): Promise<{ data: Uint8Array, digest: Uint8Array, release: () => void } | null> {
     const t = await this.get(taskId)
-    const data = await t?.readPiece(n)
     const digest = t?.digests[n]
-    return data == null || digest == null ? null : { data, digest }
+    if (t == null || digest == null) return null
+    const lease = await t.leasePiece(n)
+    return lease == null ? null : { data: lease.buf, digest, release: lease.release }
   }
 
   /** Ids of every task on disk. */

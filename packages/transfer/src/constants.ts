@@ -49,3 +49,9 @@ export const DATA_CHANNEL_RECORD_BYTES = 1024 * 1024
  * @default 8 MiB
  */
 export const DATA_CHANNEL_BUFFER_BYTES = 8 * 1024 * 1024
+/**
+ * Read buffer of a child's data channel: the kernel copies received bytes into this one buffer, the
+ * piece parser copies them out into the piece's own (pooled) buffer while hashing them.
+ * @default 256 KiB
+ */
+export const DATA_CHANNEL_READ_BYTES = 256 * 1024

@@ -23,9 +23,9 @@
 import { createServer, connect, type NetConnectOpts, type Server, type Socket } from 'node:net'
 import { createCipheriv, createDecipheriv, createSecretKey, hkdfSync, randomBytes, type DecipherGCM, type KeyObject } from 'node:crypto'
 import { once } from 'node:events'
-import type { Uint8ArrayList } from 'uint8arraylist'
+import { Uint8ArrayList } from 'uint8arraylist'
 import { ProtocolError } from '@guoce/interface'
-import { DATA_CHANNEL_BUFFER_BYTES, DATA_CHANNEL_RECORD_BYTES, DATA_CHANNEL_TOKEN_TTL_MS } from './constants.js'
+import { DATA_CHANNEL_BUFFER_BYTES, DATA_CHANNEL_READ_BYTES, DATA_CHANNEL_RECORD_BYTES, DATA_CHANNEL_TOKEN_TTL_MS } from './constants.js'
 
 export type DataChannelMode = 'secure' | 'integrity'
 export const DATA_CHANNEL_MODES: Record<DataChannelMode, number> = { secure: 1, integrity: 2 }
@@ -39,6 +39,14 @@ export interface PieceDuplex extends AsyncIterable<Uint8Array | Uint8ArrayList> 
   readonly writeStatus: string
   close(): Promise<void>
   abort(err: Error): void
+  /**
+   * Push mode (a child's data channel): `onData` gets every received byte range as it arrives, valid
+   * only during the call (it lies in a reused read buffer); `onEnd` once, when the stream ends or fails.
+   * Streams that have it are not read through the async iterator.
+   */
+  attach?: (onData: (chunk: Uint8Array) => void, onEnd: (err?: Error) => void) => void
+  /** Send `data` and call `done` once the stream no longer reads it (so its buffer can be reused). */
+  sendOwned?: (head: Uint8Array, data: Uint8Array, done: () => void) => boolean
 }
 
 /** key objects made once per channel: a raw key per record costs a KeyObject per record */
@@ -65,10 +73,104 @@ export class DataStream implements PieceDuplex {
   private sendCounter = 0n
   private recvCounter = 0n
 
-  constructor (private readonly socket: Socket, private readonly keys?: Keys) {
+  readonly attach?: (onData: (chunk: Uint8Array) => void, onEnd: (err?: Error) => void) => void
+  // push mode: where received bytes go, what came before anyone attached, how it ended
+  private sink: ((chunk: Uint8Array) => void) | undefined
+  private endSink: ((err?: Error) => void) | undefined
+  private early: Buffer[] = []
+  private ended: { err?: Error } | undefined
+  private lastError: Error | undefined
+  // push mode, secure: the record being received
+  private readonly rHead = Buffer.alloc(4)
+  private rHeadFill = 0
+  private rLeft = -1
+  private readonly rTag = Buffer.alloc(TAG_BYTES)
+  private rTagFill = 0
+  private rDecipher: DecipherGCM | undefined
+  private rOut: Buffer[] = []
+
+  /**
+   * @param push the socket was opened with `onread` calling `onRead` (see openDataStream): bytes are
+   * pushed to the one `attach`ed consumer instead of being read through the async iterator.
+   */
+  constructor (private readonly socket: Socket, private readonly keys?: Keys, push = false) {
     socket.setNoDelay(true)
     // errors reach the user through reads (the iterator rethrows) and onDrain; never as an uncaught event
-    socket.on('error', () => {})
+    socket.on('error', (err) => { this.lastError = err })
+    if (push) {
+      this.attach = (onData, onEnd) => {
+        this.sink = onData; this.endSink = onEnd
+        for (const b of this.early.splice(0)) onData(b)
+        if (this.ended != null) onEnd(this.ended.err)
+      }
+      socket.on('end', () => {
+        this.finish(this.rLeft >= 0 || this.rHeadFill > 0 ? new ProtocolError('data channel ended inside a record') : undefined)
+      })
+      socket.on('close', () => { this.finish(this.lastError ?? new ProtocolError('data channel closed')) })
+    }
+  }
+
+  /** push mode: `nread` bytes arrived in `buf` (a read buffer the socket reuses) */
+  onRead (nread: number, buf: Buffer): void {
+    if (this.ended != null) return
+    const chunk = buf.subarray(0, nread)
+    try {
+      if (this.keys == null) this.deliver(chunk)
+      else this.openRecords(chunk)
+    } catch (err) {
+      this.finish(err as Error)
+      this.socket.destroy(err as Error)
+    }
+  }
+
+  private deliver (chunk: Uint8Array): void {
+    if (this.sink != null) this.sink(chunk)
+    else this.early.push(Buffer.from(chunk))
+  }
+
+  private finish (err?: Error): void {
+    if (this.ended != null) return
+    this.ended = err != null ? { err } : {}
+    this.endSink?.(err)
+  }
+
+  /** push mode, secure: decrypt records as they stream in; deliver a record's plaintext once its tag checked out */
+  private openRecords (chunk: Buffer): void {
+    let off = 0
+    while (off < chunk.byteLength) {
+      if (this.rLeft < 0) {
+        const take = Math.min(4 - this.rHeadFill, chunk.byteLength - off)
+        chunk.copy(this.rHead, this.rHeadFill, off, off + take)
+        this.rHeadFill += take; off += take
+        if (this.rHeadFill < 4) return
+        const len = this.rHead.readUInt32BE(0)
+        if (len < TAG_BYTES || len > DATA_CHANNEL_RECORD_BYTES + TAG_BYTES) throw new ProtocolError(`data channel record of ${len} bytes`)
+        this.rLeft = len - TAG_BYTES
+        this.rDecipher = createDecipheriv('aes-256-gcm', this.keys!.recv, nonce(this.recvCounter++), { authTagLength: TAG_BYTES })
+        this.rDecipher.setAAD(this.rHead)
+        this.rTagFill = 0
+        continue
+      }
+      if (this.rLeft > 0) {
+        const take = Math.min(this.rLeft, chunk.byteLength - off)
+        this.rOut.push(this.rDecipher!.update(chunk.subarray(off, off + take)))
+        off += take; this.rLeft -= take
+        continue
+      }
+      const take = Math.min(TAG_BYTES - this.rTagFill, chunk.byteLength - off)
+      chunk.copy(this.rTag, this.rTagFill, off, off + take)
+      this.rTagFill += take; off += take
+      if (this.rTagFill < TAG_BYTES) return
+      this.rDecipher!.setAuthTag(this.rTag)
+      try {
+        this.rDecipher!.final()
+      } catch {
+        throw new ProtocolError('data channel record failed authentication')
+      }
+      const ready = this.rOut
+      this.rOut = []; this.rHeadFill = 0; this.rLeft = -1; this.rDecipher = undefined
+      for (const b of ready) if (b.byteLength > 0) this.deliver(b)
+    }
   }
 
   get writeStatus (): string { return this.socket.destroyed || !this.socket.writable ? 'closed' : 'writable' }
@@ -79,25 +181,47 @@ export class DataStream implements PieceDuplex {
       for (const c of chunksOf(data)) ok = this.socket.write(c)
       return ok
     }
+    // records span the chunks of one call: a piece's frame header and body travel in one record
+    const chunks = chunksOf(data)
+    let total = 0
+    for (const c of chunks) total += c.byteLength
     let ok = true
+    let i = 0
+    let off = 0
     this.socket.cork()
-    for (const c of chunksOf(data)) {
-      for (let off = 0; off < c.byteLength || (off === 0 && c.byteLength === 0); off += DATA_CHANNEL_RECORD_BYTES) {
-        const plain = c.subarray(off, off + DATA_CHANNEL_RECORD_BYTES)
-        const head = Buffer.alloc(4)
-        head.writeUInt32BE(plain.byteLength + TAG_BYTES)
-        const cipher = createCipheriv('aes-256-gcm', this.keys.send, nonce(this.sendCounter++))
-        cipher.setAAD(head)
-        const body = cipher.update(plain)
-        cipher.final()
-        this.socket.write(head)
-        this.socket.write(body)
-        ok = this.socket.write(cipher.getAuthTag())
-        if (c.byteLength === 0) break
+    do {
+      const size = Math.min(total, DATA_CHANNEL_RECORD_BYTES)
+      total -= size
+      const head = Buffer.allocUnsafe(4)
+      head.writeUInt32BE(size + TAG_BYTES)
+      const cipher = createCipheriv('aes-256-gcm', this.keys.send, nonce(this.sendCounter++))
+      cipher.setAAD(head)
+      this.socket.write(head)
+      let left = size
+      while (left > 0) {
+        const c = chunks[i]!
+        const take = Math.min(left, c.byteLength - off)
+        this.socket.write(cipher.update(c.subarray(off, off + take)))
+        left -= take
+        off += take
+        if (off === c.byteLength) { i++; off = 0 }
       }
-    }
+      cipher.final()
+      ok = this.socket.write(cipher.getAuthTag())
+    } while (total > 0)
     this.socket.uncork()
     return ok && !this.socket.writableNeedDrain
+  }
+
+  sendOwned (head: Uint8Array, data: Uint8Array, done: () => void): boolean {
+    if (this.keys != null) {
+      // encrypting copies: the plaintext is free as soon as send() returns
+      const ok = this.send(new Uint8ArrayList(head, data))
+      done()
+      return ok
+    }
+    this.socket.write(head)
+    return this.socket.write(data, () => { done() })
   }
 
   async onDrain (): Promise<void> {
@@ -243,10 +367,20 @@ export class DataChannelServer {
   }
 }
 
-/** The child's side: connect, present the token, wrap. */
+/** The child's side: connect, present the token, wrap (in push mode: reads land in one reused buffer). */
 export async function openDataStream (host: string, port: number, mode: DataChannelMode, token: Uint8Array, secret: Uint8Array, signal?: AbortSignal): Promise<DataStream> {
+  let stream: DataStream | undefined
+  const early: Buffer[] = []
+  const onread = {
+    buffer: Buffer.allocUnsafeSlow(DATA_CHANNEL_READ_BYTES),
+    callback: (nread: number, buf: Buffer): boolean => {
+      if (stream != null) stream.onRead(nread, buf)
+      else early.push(Buffer.from(buf.subarray(0, nread)))
+      return true
+    }
+  }
   // highWaterMark is accepted by net.connect (Node >= 18.17) but missing from @types/node's NetConnectOpts
-  const opts: NetConnectOpts & { highWaterMark: number } = { host, port, noDelay: true, highWaterMark: DATA_CHANNEL_BUFFER_BYTES, ...(signal != null ? { signal } : {}) }
+  const opts: NetConnectOpts & { highWaterMark: number } = { host, port, noDelay: true, onread, highWaterMark: DATA_CHANNEL_BUFFER_BYTES, ...(signal != null ? { signal } : {}) }
   const socket = connect(opts)
   try {
     await once(socket, 'connect')
@@ -255,5 +389,7 @@ export async function openDataStream (host: string, port: number, mode: DataChan
     throw err
   }
   socket.write(token)
-  return new DataStream(socket, mode === 'secure' ? deriveKeys(secret, token, 'child') : undefined)
+  stream = new DataStream(socket, mode === 'secure' ? deriveKeys(secret, token, 'child') : undefined, true)
+  for (const b of early) stream.onRead(b.byteLength, b)
+  return stream
 }

@@ -10,7 +10,9 @@
  * The same byte stream can run on a data channel (data-channel.ts) instead of a yamux stream: opt-in
  * with `servePieces({ dataChannel })` on the parent and `PieceConnection.open(..., { channel })` on the child.
  */
+import { createHash, type Hash } from 'node:crypto'
 import type { Libp2p } from 'libp2p'
+import { piecePool, type Lease } from '@guoce/content'
 import type { Stream, Connection } from '@libp2p/interface'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { ProtocolError, type AbortOptions, type Logger } from '@guoce/interface'
@@ -23,7 +25,12 @@ const HEADER = 1 + 4 + 4 + 32
 const KIND_PIECE = 0
 const KIND_REFUSED = 1
 
-export interface StoredPiece { data: Uint8Array, digest: Uint8Array }
+export interface StoredPiece {
+  data: Uint8Array
+  digest: Uint8Array
+  /** the provider's buffer may be reused once this is called (after the bytes left the process) */
+  release?: () => void
+}
 
 /** What a parent serves from: its local store. Returns null when the piece is not held (yet). */
 export interface PieceProvider {
@@ -155,8 +162,14 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
           stream.send(frame(KIND_REFUSED, n, body))
           full = !stream.send(body)
         } else {
-          stream.send(frame(KIND_PIECE, n, piece.data, piece.digest))
-          full = !stream.send(piece.data)
+          const head = frame(KIND_PIECE, n, piece.data, piece.digest)
+          if (stream.sendOwned != null) {
+            full = !stream.sendOwned(head, piece.data, piece.release ?? noop)
+          } else {
+            // a libp2p stream gives no word of when it is done with the bytes: the buffer is not reused
+            stream.send(head)
+            full = !stream.send(piece.data)
+          }
           init.provider.onUpload?.(req.taskId, piece.data.byteLength, remote)
         }
         if (full) await stream.onDrain()
@@ -166,7 +179,14 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
   }
 }
 
-export type PieceResult = { n: number, data: Uint8Array, claimedDigest: Uint8Array } | { n: number, refused: string }
+/**
+ * One answer. `digest`, when present, is the sha256 of `data` computed as its bytes arrived (the
+ * child compares it with the seed's digest instead of hashing again). `release`, when present, hands
+ * `data`'s buffer back to its pool: call it once nothing reads `data` any more.
+ */
+export type PieceResult = { n: number, data: Uint8Array, claimedDigest: Uint8Array, digest?: Uint8Array, release?: () => void } | { n: number, refused: string }
+
+const noop = (): void => {}
 
 export interface PieceConnectionOptions extends AbortOptions {
   /**
@@ -191,9 +211,33 @@ export class PieceConnection {
   /** which transport this connection ended up on */
   readonly channel: 'stream' | DataChannelMode
 
+  // push parsing (data channels): the frame being received
+  private readonly head = Buffer.alloc(HEADER)
+  private headFill = 0
+  private frameKind = 0
+  private frameN = 0
+  private frameLen = 0
+  private bodyFill = 0
+  private body: Buffer | undefined
+  private lease: Lease | undefined
+  private hash: Hash | undefined
+
   private constructor (private readonly stream: PieceDuplex, channel: 'stream' | DataChannelMode = 'stream') {
     this.channel = channel
-    void this.readLoop()
+    if (stream.attach != null) {
+      stream.attach(chunk => {
+        try {
+          this.onData(chunk)
+        } catch (err) {
+          this.close(err as Error)
+        }
+      }, err => {
+        if (err == null && this.pending.length === 0 && this.headFill === 0) this.close()
+        else this.close(err ?? new ProtocolError('piece stream ended inside a frame'))
+      })
+    } else {
+      void this.readLoop()
+    }
   }
 
   static async open (node: Libp2p, addrs: Multiaddr[] | string[], options: PieceConnectionOptions = {}): Promise<PieceConnection> {
@@ -225,10 +269,77 @@ export class PieceConnection {
   close (err?: Error): void {
     if (this.closed) return
     this.closed = true
+    this.lease?.release()
+    this.lease = undefined
     this.closeError = err ?? new ProtocolError('piece stream closed')
     for (const p of this.pending.splice(0)) p.reject(this.closeError)
     if (err != null) this.stream.abort(err)
     else void this.stream.close().catch(() => {})
+  }
+
+  /**
+   * Push mode: parse frames straight out of the channel's read buffer. A piece's bytes are copied once,
+   * into a pooled buffer of its size, and hashed on the way, so the child needs no second pass to verify.
+   */
+  private onData (chunk: Uint8Array): void {
+    let off = 0
+    while (off < chunk.byteLength && !this.closed) {
+      if (this.headFill < HEADER) {
+        const take = Math.min(HEADER - this.headFill, chunk.byteLength - off)
+        this.head.set(chunk.subarray(off, off + take), this.headFill)
+        this.headFill += take
+        off += take
+        if (this.headFill < HEADER) return
+        this.startFrame()
+        if (this.frameLen === 0) this.endFrame()
+        continue
+      }
+      const take = Math.min(this.frameLen - this.bodyFill, chunk.byteLength - off)
+      const part = chunk.subarray(off, off + take)
+      this.body!.set(part, this.bodyFill)
+      this.hash?.update(part)
+      this.bodyFill += take
+      off += take
+      if (this.bodyFill === this.frameLen) this.endFrame()
+    }
+  }
+
+  private startFrame (): void {
+    const kind = this.head[0]!
+    const n = this.head.readUInt32BE(1)
+    const len = this.head.readUInt32BE(5)
+    const p = this.pending[0]
+    if (p == null) throw new ProtocolError(`unrequested piece ${n}`)
+    if (p.numbers[p.next] !== n) throw new ProtocolError(`piece ${n} arrived, ${p.numbers[p.next]} expected`)
+    if (len > MAX_PIECE_BYTES) throw new ProtocolError(`piece ${n} of ${len} bytes exceeds limit`)
+    if (kind === KIND_PIECE) {
+      this.lease = piecePool.acquire(len)
+      this.body = this.lease.buf
+      this.hash = createHash('sha256')
+    } else if (kind === KIND_REFUSED) {
+      this.body = Buffer.allocUnsafe(len)
+    } else {
+      throw new ProtocolError(`unknown frame kind ${kind}`)
+    }
+    this.frameKind = kind
+    this.frameN = n
+    this.frameLen = len
+    this.bodyFill = 0
+  }
+
+  private endFrame (): void {
+    const p = this.pending[0]!
+    const body = this.body!
+    const lease = this.lease
+    const hash = this.hash
+    this.headFill = 0; this.body = undefined; this.lease = undefined; this.hash = undefined
+    p.next++
+    if (this.frameKind === KIND_PIECE) {
+      p.onPiece({ n: this.frameN, data: body, claimedDigest: Buffer.from(this.head.subarray(9)), digest: hash!.digest(), release: lease!.release })
+    } else {
+      p.onPiece({ n: this.frameN, refused: body.toString() })
+    }
+    if (p.next === p.numbers.length) { this.pending.shift(); p.resolve() }
   }
 
   private async readLoop (): Promise<void> {
