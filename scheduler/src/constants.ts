@@ -66,7 +66,9 @@ export const CHAIN_MAX_PEERS = 16
 /**
  * Stripes of a large swarm (scheduling/forest.ts): piece n belongs to stripe n mod STRIPE_COUNT; every
  * peer forwards one stripe to up to STRIPE_COUNT children and takes each other stripe from one parent.
- * @default 4
+ * The parents message names each stripe's parent (Parents.stripe_count, Parent.stripes): a child sends
+ * it every request for that stripe (packages/peer PeerTask).
+ * @default 2
  */
 export const STRIPE_COUNT = 2
 /**

@@ -290,9 +290,14 @@ export class SchedulerCore {
     if (task.forest == null && task.peers.size - 1 > CHAIN_MAX_PEERS) this.growForest(task)
     let chosen: Peer[]
     let stripeParents = 0
+    let stripeCount = 0
+    /** stripe parent -> bitmask of the stripes it is the primary for */
+    const stripes = new Map<Peer, number>()
     if (task.forest != null && !child.isSource) {
       const moved = task.forest.place(child, this.sourceOf(task), usableStripeParent)
-      const primaries = [...new Set(child.stripes!.up.filter(p => p != null))]
+      stripeCount = task.forest.stripes
+      child.stripes!.up.forEach((p, s) => { if (p != null) stripes.set(p, (stripes.get(p) ?? 0) | (1 << s)) })
+      const primaries = [...stripes.keys()]
       stripeParents = primaries.length
       chosen = [...primaries, ...selectParents(child, this.log, STRIPE_BACKUPS, new Set(primaries))]
       for (const m of moved) if (m !== child) this.schedule(m)
@@ -305,9 +310,9 @@ export class SchedulerCore {
       if (!edges.includes(old)) { child.parents.delete(old); old.children.delete(child) }
     }
     for (const p of edges) { child.parents.add(p); p.children.add(child) }
-    const parents: WireParent[] = chosen.map(p => ({ peerId: p.id, addrs: p.host.info.addrs, bitmap: p.bitmap?.bytes ?? new Uint8Array() }))
-    this.log.debug('parents', { task: child.task.id.slice(0, 12), child: child.id, parents: chosen.map(p => p.id) })
-    child.host.send({ parents: { taskId: child.task.id, parents } })
+    const parents: WireParent[] = chosen.map(p => ({ peerId: p.id, addrs: p.host.info.addrs, bitmap: p.bitmap?.bytes ?? new Uint8Array(), stripes: stripes.get(p) ?? 0 }))
+    this.log.debug('parents', { task: child.task.id.slice(0, 12), child: child.id, parents: chosen.map(p => p.id), stripeCount })
+    child.host.send({ parents: { taskId: child.task.id, parents, stripeCount } })
   }
 
   /**

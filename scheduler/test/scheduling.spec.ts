@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest'
-import { silentLogger, type SchedulerMessage, type WireHostInfo } from '@guoce/transfer'
+import { silentLogger, schedulerMessage, type SchedulerMessage, type WireHostInfo } from '@guoce/transfer'
 import { Bitmap } from '@guoce/content'
 import { SchedulerCore, CHAIN_MAX_PEERS, MAX_CYCLE_WALK, MAX_SCHEDULE_RETRIES, STRIPE_COUNT, mayReach, reaches, type Host, type Peer, type Task } from '../src/index.js'
 
@@ -27,6 +27,11 @@ function swarm (n: number) {
     return undefined
   }
   const got = (id: string, key: keyof SchedulerMessage): number => inbox.get(id)!.filter(m => m[key] != null).length
+  /** the last parents message `id` got, as it arrives over the wire */
+  const lastParents = (id: string): NonNullable<SchedulerMessage['parents']> | undefined => {
+    const m = inbox.get(id)!.findLast(m => m.parents != null)
+    return m == null ? undefined : schedulerMessage.decode(schedulerMessage.encode(m)).parents
+  }
   connect('seed', 'seed')
   send('seed', { register: { taskId: TASK, url: URL } })
   send('seed', { sourceInfo: { taskId: TASK, info } })
@@ -36,7 +41,7 @@ function swarm (n: number) {
   for (let i = 0; i < n; i++) { const id = `p${i}`; ids.push(id); connect(id); send(id, { register: { taskId: TASK, url: URL } }) }
   const task = (): Task => core.tasks.get(TASK)!
   const peer = (id: string): Peer => task().peers.get(id)!
-  return { core, ids, send, parents, got, task, peer }
+  return { core, ids, send, parents, got, lastParents, task, peer }
 }
 
 describe('scheduling at scale', () => {
@@ -76,6 +81,32 @@ describe('scheduling at scale', () => {
     const forwarders = s.ids.filter(id => s.peer(id).stripes!.kids.size > 0).length
     expect(forwarders).toBeGreaterThan(n / STRIPE_COUNT - 2)
     for (const id of s.ids) expect(s.got(id, 'backToSource')).toBe(0)
+  })
+
+  it('names the stripe of each stripe parent in the parents message (stripe_count, stripes); 0 in a chain', () => {
+    const chain = swarm(CHAIN_MAX_PEERS)
+    for (const id of chain.ids) {
+      const m = chain.lastParents(id)!
+      expect(m.stripeCount ?? 0).toBe(0)
+      expect(m.parents.length).toBeGreaterThan(0)
+      for (const p of m.parents) expect(p.stripes ?? 0).toBe(0)
+    }
+    const s = swarm(CHAIN_MAX_PEERS + 40)
+    expect(s.task().forest).toBeDefined()
+    for (const id of s.ids) {
+      const m = s.lastParents(id)!
+      expect(m.stripeCount).toBe(STRIPE_COUNT)
+      const up = s.peer(id).stripes!.up
+      // every stripe has exactly one primary, and it is the forest's parent of that stripe
+      for (let k = 0; k < STRIPE_COUNT; k++) {
+        const owners = m.parents.filter(p => ((p.stripes ?? 0) & (1 << k)) !== 0)
+        expect(owners.map(p => p.peerId)).toEqual([up[k]!.id])
+      }
+      // stripe parents first, in stripe order, then the backups (no stripe)
+      const striped = m.parents.filter(p => (p.stripes ?? 0) !== 0)
+      expect(m.parents.slice(0, striped.length)).toEqual(striped)
+      expect(m.parents.slice(striped.length).every(p => (p.stripes ?? 0) === 0)).toBe(true)
+    }
   })
 
   it('gives the children of a peer that leaves a large swarm new stripe parents, not the origin', () => {

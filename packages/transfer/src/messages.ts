@@ -41,8 +41,14 @@ message PeerMessage {
 }
 
 // scheduler -> peer
-message Parent { string peer_id = 1; repeated bytes addrs = 2; bytes bitmap = 3; }
-message Parents { string task_id = 1; repeated Parent parents = 2; }
+message Parent {
+  string peer_id = 1; repeated bytes addrs = 2; bytes bitmap = 3;
+  uint32 stripes = 4;         // bit s: primary for the pieces n with n mod stripe_count = s
+}
+message Parents {
+  string task_id = 1; repeated Parent parents = 2;
+  uint32 stripe_count = 3;    // 0 = chain: the first parent is the primary, the others backups
+}
 message Have { string task_id = 1; string peer_id = 2; repeated uint32 numbers = 3; }
 message Digests { string task_id = 1; repeated uint32 numbers = 2; repeated bytes digests = 3; }
 message TaskInfoMsg { string task_id = 1; TaskInfo info = 2; }
@@ -81,10 +87,12 @@ export interface PeerMessage {
   keepalive?: boolean
 }
 
-export interface WireParent { peerId: string, addrs: Uint8Array[], bitmap?: Uint8Array }
+/** `stripes`: bit s set = the primary for the pieces n with n mod stripeCount = s (forest mode) */
+export interface WireParent { peerId: string, addrs: Uint8Array[], bitmap?: Uint8Array, stripes?: number }
 export interface SchedulerMessage {
   taskInfo?: { taskId: string, info: WireTaskInfo }
-  parents?: { taskId: string, parents: WireParent[] }
+  /** `stripeCount`: stripes of the task (0 or absent = chain mode) */
+  parents?: { taskId: string, parents: WireParent[], stripeCount?: number }
   have?: { taskId: string, peerId: string, numbers: number[] }
   digests?: { taskId: string, numbers: number[], digests: Uint8Array[] }
   backToSource?: { taskId: string, reason: string }
