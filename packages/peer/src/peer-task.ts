@@ -4,11 +4,17 @@
  * digest the scheduler relayed from a source before it is written, so a parent can cost time,
  * never correctness. `pump()` is the only place requests are issued.
  *
- * Parent use: the scheduler lists parents best first. The first usable one is the primary and gets
- * every request; the others are backups, asked only in endgame or once nothing has arrived for
- * STALL_MS (the primary is slow, stalled or gone). Asking a backup while the primary delivers takes
- * upload from the backup's own primary child, which a pipeline of equal links cannot spare
- * (bench/fanout).
+ * Parent use (PiecePolicy, pure, also driven by bench/sim): the scheduler lists parents best first.
+ * - Chain mode (the parents message has no stripes): the first usable parent is the primary and gets
+ *   every request; the others are backups, asked only in endgame or once nothing has arrived for
+ *   STALL_MS (the primary is slow, stalled or gone). Asking a backup while the primary delivers takes
+ *   upload from the backup's own primary child, which a pipeline of equal links cannot spare
+ *   (bench/fanout).
+ * - Striped mode (stripe_count k > 0, the scheduler's striped trees of a large swarm): piece n belongs
+ *   to stripe n mod k and the parent marked for that stripe is its primary; it gets every request for
+ *   the stripe. A stripe arrives at 1/k of the download rate, so it counts as stalled after k x STALL_MS
+ *   without one of its pieces (or at once when it has no usable primary); then any parent may serve it.
+ *   A stripe's clock restarts when its primary changes. Endgame and starving work as in chain mode.
  */
 import { createHash } from 'node:crypto'
 import type { Libp2p } from 'libp2p'
@@ -20,17 +26,234 @@ import { PieceConnection, type PieceChannel, Priority, type PeerMessage, type Sc
 import { fillFromSource, announceHeld } from '@guoce/seed-peer'
 import { ENDGAME_PIECES, PARENT_INFLIGHT, PIECE_TIMEOUT_MS, PIECE_TIMEOUT_PER_MIB_MS, REPORT_DELAY_MS, REQUEST_BATCH, SCHEDULER_WAIT_MS, STALL_MS, STARVE_MS, TOTAL_INFLIGHT } from './constants.js'
 
-interface ParentState {
-  id: string
+/** What piece selection reads of a parent. */
+export interface ParentView {
+  readonly id: string
+  /** pieces it holds (undefined until the task's layout is known) */
+  readonly bitmap: { has: (n: number) => boolean } | undefined
+  /** pieces asked of it and not answered yet */
+  readonly inflight: { readonly size: number }
+  /** place in the scheduler's last list: 0 = first; Number.MAX_SAFE_INTEGER = no longer listed */
+  readonly rank: number
+  /** striped mode: bit s set = its primary for the pieces n with n mod k = s (0: a backup, or chain mode) */
+  readonly stripes: number
+}
+
+/** What piece selection reads of a download. */
+export interface DownloadView<P extends ParentView> {
+  readonly pieceCount: number
+  /** pieces held */
+  readonly held: { has: (n: number) => boolean, readonly count: number }
+  /** piece n may be requested (its digest is known) */
+  known: (n: number) => boolean
+  /** piece -> ids of the parents it is asked of */
+  readonly requested: ReadonlyMap<number, ReadonlySet<string>>
+  readonly parents: ReadonlyMap<string, P>
+}
+
+/** The result of one PiecePolicy.plan. */
+export interface Plan {
+  /** pieces in flight after it */
+  total: number
+  /** a parent holds a wanted piece it may not be asked for yet (no need to ask the scheduler) */
+  heldBack: boolean
+  /** when a stall limit is reached and the plan may change (undefined: no limit running) */
+  wakeAt: number | undefined
+}
+
+/** The primary of chain mode: the listed parent with the lowest rank whose pieces are known. */
+export function primaryOf<P extends ParentView> (parents: ReadonlyMap<string, P>): P | undefined {
+  let best: P | undefined
+  for (const p of parents.values()) if (p.bitmap != null && (best == null || p.rank < best.rank)) best = p
+  return best
+}
+
+/** The primary of stripe `s` in striped mode, if it is usable (its pieces are known). */
+export function stripePrimary<P extends ParentView> (parents: ReadonlyMap<string, P>, s: number): P | undefined {
+  for (const p of parents.values()) if ((p.stripes & (1 << s)) !== 0 && p.bitmap != null) return p
+  return undefined
+}
+
+/** Could `p` be asked for a piece now (held by it, lacked, digest known, not requested, let through by `allow`)? */
+export function offers<P extends ParentView> (v: DownloadView<P>, p: P, allow?: (n: number) => boolean): boolean {
+  for (let n = 0; n < v.pieceCount; n++) {
+    if (v.held.has(n) || !v.known(n) || !(p.bitmap?.has(n) ?? false) || v.requested.has(n)) continue
+    if (allow == null || allow(n)) return true
+  }
+  return false
+}
+
+/**
+ * Rarest first among the pieces `p` holds that we lack and have not requested (endgame: not requested
+ * of `p`), restricted to the pieces `allow` lets through.
+ */
+export function pickPieces<P extends ParentView> (v: DownloadView<P>, p: P, want: number, endgame: boolean, allow?: (n: number) => boolean, random: () => number = Math.random): number[] {
+  const candidates: Array<{ n: number, rarity: number }> = []
+  for (let n = 0; n < v.pieceCount; n++) {
+    if (v.held.has(n) || !v.known(n) || !(p.bitmap?.has(n) ?? false)) continue
+    if (allow != null && !allow(n)) continue
+    const req = v.requested.get(n)
+    if (req != null && (!endgame || req.has(p.id))) continue
+    let rarity = 0
+    for (const q of v.parents.values()) if (q.bitmap?.has(n) === true) rarity++
+    candidates.push({ n, rarity: rarity + (req?.size ?? 0) * 100 })
+  }
+  candidates.sort((a, b) => a.rarity - b.rarity || a.n - b.n)
+  // spread equal-rarity choices so children of one parent do not all chase the same pieces
+  const best = candidates.slice(0, Math.max(want * 4, 8))
+  for (let i = best.length - 1; i > 0; i--) {
+    if (best[i]!.rarity !== best[0]!.rarity) continue
+    const j = Math.floor(random() * (i + 1))
+    if (best[j]!.rarity !== best[0]!.rarity) continue
+    const t = best[i]!; best[i] = best[j]!; best[j] = t
+  }
+  best.sort((a, b) => a.rarity - b.rarity)
+  return best.slice(0, want).map(c => c.n)
+}
+
+/**
+ * Which parent is asked for which piece, and when backups may be asked (see the top of this file).
+ * No timers and no I/O: the caller passes its clock, and PeerTask and bench/sim drive the same code.
+ */
+export class PiecePolicy {
+  /** stripes of the task (0 = chain mode) */
+  private k = 0
+  /** chain mode: last progress (a piece arrived, a new primary, the first piece on offer) */
+  private lastGain: number | undefined
+  /** striped mode, per stripe: last progress of the stripe (one of its pieces, a new primary, the first on offer) */
+  private gains: Array<number | undefined> = []
+  /** striped mode, per stripe: the id of its primary in the last list */
+  private owners: Array<string | undefined> = []
+
+  constructor (private readonly random: () => number = Math.random) {}
+
+  get stripes (): number { return this.k }
+
+  /**
+   * A new parent list was applied to `parents` (ranks and stripes); `oldPrimary` is the chain primary
+   * before it, `k` the list's stripe count (0: chain mode).
+   */
+  onParents<P extends ParentView> (parents: ReadonlyMap<string, P>, k: number, oldPrimary: P | undefined, now: number): void {
+    if (primaryOf(parents) !== oldPrimary && this.lastGain != null) this.lastGain = now
+    if (k !== this.k) {
+      this.k = k
+      this.gains = new Array<number | undefined>(k).fill(undefined)
+      this.owners = new Array<string | undefined>(k).fill(undefined)
+    }
+    for (let s = 0; s < k; s++) {
+      let owner: string | undefined
+      for (const p of parents.values()) if ((p.stripes & (1 << s)) !== 0) { owner = p.id; break }
+      if (owner === this.owners[s]) continue
+      this.owners[s] = owner
+      if (this.gains[s] != null) this.gains[s] = now
+    }
+  }
+
+  /** Piece `n` arrived. */
+  onPiece (n: number, now: number): void {
+    this.lastGain = now
+    if (this.k > 0) this.gains[n % this.k] = now
+  }
+
+  /** Is stripe `s` open to every parent (endgame, no usable primary, or stalled)? */
+  stripeOpen<P extends ParentView> (v: DownloadView<P>, s: number, now: number): boolean {
+    if (v.pieceCount - v.held.count <= ENDGAME_PIECES) return true
+    if (stripePrimary(v.parents, s) == null) return true
+    const g = this.gains[s]
+    return g != null && now - g >= this.k * STALL_MS
+  }
+
+  /**
+   * Ask parents for pieces while there is capacity. `issue(p, numbers)` must record the request at
+   * once (p.inflight, v.requested): the plan reads them for its next choice.
+   */
+  plan<P extends ParentView> (v: DownloadView<P>, now: number, issue: (p: P, numbers: number[]) => void): Plan {
+    let total = 0
+    for (const p of v.parents.values()) total += p.inflight.size
+    const endgame = v.pieceCount - v.held.count <= ENDGAME_PIECES
+    return this.k > 0 ? this.planStriped(v, now, issue, total, endgame) : this.planChain(v, now, issue, total, endgame)
+  }
+
+  private planChain<P extends ParentView> (v: DownloadView<P>, now: number, issue: (p: P, numbers: number[]) => void, total: number, endgame: boolean): Plan {
+    const primary = primaryOf(v.parents)
+    if (this.lastGain == null && primary != null && [...v.parents.values()].some(p => offers(v, p))) this.lastGain = now
+    // backups: in endgame, or when nothing has arrived for STALL_MS
+    const stalled = this.lastGain != null && now - this.lastGain >= STALL_MS
+    const backups = endgame || stalled
+    let heldBack = false
+    let issued = true
+    while (issued && total < TOTAL_INFLIGHT) {
+      issued = false
+      // the primary first, then backups with the most idle capacity
+      const order = [...v.parents.values()].filter(p => p.bitmap != null && p.inflight.size < PARENT_INFLIGHT).sort((a, b) => (a === primary ? -1 : b === primary ? 1 : a.inflight.size - b.inflight.size))
+      for (const p of order) {
+        if (p !== primary && !backups) {
+          if (!heldBack && offers(v, p)) heldBack = true
+          continue
+        }
+        const want = Math.min(REQUEST_BATCH, PARENT_INFLIGHT - p.inflight.size, TOTAL_INFLIGHT - total)
+        if (want <= 0) continue
+        const picks = pickPieces(v, p, want, endgame, undefined, this.random)
+        if (picks.length === 0) continue
+        total += picks.length
+        issued = true
+        issue(p, picks)
+      }
+    }
+    return { total, heldBack, wakeAt: this.lastGain != null ? this.lastGain + STALL_MS : undefined }
+  }
+
+  private planStriped<P extends ParentView> (v: DownloadView<P>, now: number, issue: (p: P, numbers: number[]) => void, total: number, endgame: boolean): Plan {
+    const k = this.k
+    let open = 0
+    for (let s = 0; s < k; s++) {
+      // a stripe's clock starts once one of its pieces is on offer
+      if (this.gains[s] == null && [...v.parents.values()].some(p => offers(v, p, n => n % k === s))) this.gains[s] = now
+      if (this.stripeOpen(v, s, now)) open |= 1 << s
+    }
+    let heldBack = false
+    let issued = true
+    while (issued && total < TOTAL_INFLIGHT) {
+      issued = false
+      // stripe primaries first, then backups with the most idle capacity
+      const order = [...v.parents.values()].filter(p => p.bitmap != null && p.inflight.size < PARENT_INFLIGHT).sort((a, b) => Number(b.stripes !== 0) - Number(a.stripes !== 0) || a.inflight.size - b.inflight.size)
+      for (const p of order) {
+        const mine = p.stripes | open
+        const want = Math.min(REQUEST_BATCH, PARENT_INFLIGHT - p.inflight.size, TOTAL_INFLIGHT - total)
+        if (want <= 0) continue
+        const picks = mine === 0 ? [] : pickPieces(v, p, want, endgame, n => ((mine >> (n % k)) & 1) === 1, this.random)
+        if (picks.length === 0) {
+          // it holds pieces of a stripe whose primary still delivers
+          if (!heldBack && offers(v, p)) heldBack = true
+          continue
+        }
+        total += picks.length
+        issued = true
+        issue(p, picks)
+      }
+    }
+    let wakeAt: number | undefined
+    for (let s = 0; s < k; s++) {
+      const g = this.gains[s]
+      if ((open & (1 << s)) === 0 && g != null) wakeAt = Math.min(wakeAt ?? Infinity, g + k * STALL_MS)
+    }
+    return { total, heldBack, wakeAt }
+  }
+}
+
+interface ParentState extends ParentView {
   addrs: string[]
   bitmap: Bitmap | undefined
   conn: PieceConnection | undefined
   connecting: Promise<PieceConnection> | undefined
   inflight: Set<number>
   bytes: number
-  /** place in the scheduler's last list: 0 = primary */
   rank: number
+  stripes: number
 }
+
+/** Stripes a parent's bitmask can name. */
+const MAX_STRIPES = 32
 
 export interface PeerTaskInit {
   taskId: string
@@ -69,8 +292,7 @@ export class PeerTask {
   private isSource = false
   private creating: Promise<StoredTask> | undefined
   private readonly blamed = new Set<string>()
-  /** last time the download made progress (a piece arrived, a new primary, the first piece on offer) */
-  private lastGain: number | undefined
+  private readonly policy = new PiecePolicy()
   private stallTimer: NodeJS.Timeout | undefined
 
   constructor (private readonly init: PeerTaskInit) {
@@ -162,7 +384,7 @@ export class PeerTask {
       })
       this.pump()
     }
-    if (msg.parents != null) this.onParents(msg.parents.parents ?? [])
+    if (msg.parents != null) this.onParents(msg.parents.parents ?? [], msg.parents.stripeCount ?? 0)
     if (msg.have != null) {
       const p = this.parents.get(msg.have.peerId)
       if (p?.bitmap != null) for (const n of msg.have.numbers ?? []) if (n < p.bitmap.size) p.bitmap.set(n)
@@ -195,20 +417,23 @@ export class PeerTask {
     }
   }
 
-  private onParents (list: WireParent[]): void {
+  /** `stripeCount`: the task's stripes (0 = chain mode) */
+  private onParents (list: WireParent[], stripeCount: number): void {
     const keep = new Set<string>()
     const count = this.stored?.info.pieceCount
-    const oldPrimary = this.primary()
+    const oldPrimary = primaryOf(this.parents)
+    const k = stripeCount <= MAX_STRIPES ? stripeCount : 0
     let rank = 0
     for (const wp of list) {
       if (this.blamed.has(wp.peerId)) continue
       keep.add(wp.peerId)
       let p = this.parents.get(wp.peerId)
       if (p == null) {
-        p = { id: wp.peerId, addrs: (wp.addrs ?? []).map(a => multiaddr(a).toString()), bitmap: undefined, conn: undefined, connecting: undefined, inflight: new Set(), bytes: 0, rank }
+        p = { id: wp.peerId, addrs: (wp.addrs ?? []).map(a => multiaddr(a).toString()), bitmap: undefined, conn: undefined, connecting: undefined, inflight: new Set(), bytes: 0, rank, stripes: 0 }
         this.parents.set(wp.peerId, p)
       }
       p.rank = rank++
+      p.stripes = k > 0 ? (wp.stripes ?? 0) : 0
       if (count != null) {
         const b = new Bitmap(count, wp.bitmap != null && wp.bitmap.length > 0 ? wp.bitmap : undefined)
         if (p.bitmap == null) p.bitmap = b
@@ -218,18 +443,12 @@ export class PeerTask {
     for (const [id, p] of this.parents) {
       if (!keep.has(id)) {
         p.rank = Number.MAX_SAFE_INTEGER
+        p.stripes = 0
         if (p.inflight.size === 0) { p.conn?.close(); this.parents.delete(id) }
       }
     }
-    if (this.primary() !== oldPrimary && this.lastGain != null) this.lastGain = Date.now()
+    this.policy.onParents(this.parents, k, oldPrimary, Date.now())
     this.pump()
-  }
-
-  /** The parent that gets every request while the download makes progress. */
-  private primary (): ParentState | undefined {
-    let best: ParentState | undefined
-    for (const p of this.parents.values()) if (p.bitmap != null && (best == null || p.rank < best.rank)) best = p
-    return best
   }
 
   /** Issue requests while there is capacity. */
@@ -237,68 +456,16 @@ export class PeerTask {
     const s = this.stored
     if (s == null || this.state !== 'running') return
     if (s.complete) { void this.succeed(); return }
-    let total = 0
-    for (const p of this.parents.values()) total += p.inflight.size
-    const missing = s.info.pieceCount - s.bitmap.count
-    const endgame = missing <= ENDGAME_PIECES
     const now = Date.now()
-    const primary = this.primary()
-    if (this.lastGain == null && primary != null && [...this.parents.values()].some(p => this.pickPieces(p, 1, false).length > 0)) this.lastGain = now
-    // backups: in endgame, or when nothing has arrived for STALL_MS
-    const stalled = this.lastGain != null && now - this.lastGain >= STALL_MS
-    const backups = endgame || stalled
-    let heldBack = false
-    let issued = true
-    while (issued && total < TOTAL_INFLIGHT) {
-      issued = false
-      // the primary first, then backups with the most idle capacity
-      const order = [...this.parents.values()].filter(p => p.bitmap != null && p.inflight.size < PARENT_INFLIGHT).sort((a, b) => (a === primary ? -1 : b === primary ? 1 : a.inflight.size - b.inflight.size))
-      for (const p of order) {
-        if (p !== primary && !backups) {
-          if (!heldBack && this.pickPieces(p, 1, false).length > 0) heldBack = true
-          continue
-        }
-        const want = Math.min(REQUEST_BATCH, PARENT_INFLIGHT - p.inflight.size, TOTAL_INFLIGHT - total)
-        if (want <= 0) continue
-        const picks = this.pickPieces(p, want, endgame)
-        if (picks.length === 0) continue
-        total += picks.length
-        issued = true
-        void this.requestFrom(p, picks)
-      }
-    }
+    const view: DownloadView<ParentState> = { pieceCount: s.info.pieceCount, held: s.bitmap, known: n => this.digests[n] != null, requested: this.requested, parents: this.parents }
+    const { total, heldBack, wakeAt } = this.policy.plan(view, now, (p, picks) => { void this.requestFrom(p, picks) })
     if (total === 0 && !heldBack) this.armStarve()
     else this.disarmStarve()
     // a backup has what we need: look again when the stall limit is reached
-    if (heldBack && this.stallTimer == null && this.lastGain != null) {
-      this.stallTimer = setTimeout(() => { this.stallTimer = undefined; this.pump() }, Math.max(1, this.lastGain + STALL_MS - now))
+    if (heldBack && this.stallTimer == null && wakeAt != null) {
+      this.stallTimer = setTimeout(() => { this.stallTimer = undefined; this.pump() }, Math.max(1, wakeAt - now))
       this.stallTimer.unref()
     }
-  }
-
-  /** Rarest first among the pieces this parent holds that we lack and have not requested. */
-  private pickPieces (p: ParentState, want: number, endgame: boolean): number[] {
-    const s = this.stored!
-    const candidates: Array<{ n: number, rarity: number }> = []
-    for (let n = 0; n < s.info.pieceCount; n++) {
-      if (s.bitmap.has(n) || this.digests[n] == null || !(p.bitmap?.has(n) ?? false)) continue
-      const req = this.requested.get(n)
-      if (req != null && (!endgame || req.has(p.id))) continue
-      let rarity = 0
-      for (const q of this.parents.values()) if (q.bitmap?.has(n) === true) rarity++
-      candidates.push({ n, rarity: rarity + (req?.size ?? 0) * 100 })
-    }
-    candidates.sort((a, b) => a.rarity - b.rarity || a.n - b.n)
-    // spread equal-rarity choices so children of one parent do not all chase the same pieces
-    const best = candidates.slice(0, Math.max(want * 4, 8))
-    for (let i = best.length - 1; i > 0; i--) {
-      if (best[i]!.rarity !== best[0]!.rarity) continue
-      const j = Math.floor(Math.random() * (i + 1))
-      if (best[j]!.rarity !== best[0]!.rarity) continue
-      const t = best[i]!; best[i] = best[j]!; best[j] = t
-    }
-    best.sort((a, b) => a.rarity - b.rarity)
-    return best.slice(0, want).map(c => c.n)
   }
 
   private async connection (p: ParentState): Promise<PieceConnection> {
@@ -361,7 +528,7 @@ export class PeerTask {
     if (digest != null) checkPieceDigest(n, digest, expected)
     else verifyPiece(n, data, expected)
     await s.writePiece(n, data, expected)
-    this.lastGain = Date.now()
+    this.policy.onPiece(n, Date.now())
     p.bytes += data.byteLength
     this.piecesFromPeers++
     this.init.onStats?.('peer', data.byteLength)
