@@ -26,6 +26,15 @@ export const PIECE_TIMEOUT_PER_MIB_MS = 4_000
  */
 export const STALL_MS = 400
 /**
+ * Striped mode (a large swarm): time a stripe waits for the first piece its primary can offer, counted
+ * from when another parent first offers one of the stripe's pieces, before any parent may serve it. A
+ * primary deep in its stripe's tree gets its first piece one piece time per level after the seed
+ * (about 1.7 s at depth 10 with 1 MiB pieces at 50 Mbit/s a stripe); once it has offered one, the
+ * stripe stalls after k x STALL_MS without a piece.
+ * @default 5 s
+ */
+export const STRIPE_FILL_MS = 5_000
+/**
  * Time without anything requestable before the peer asks the scheduler for new parents.
  * @default 1 s
  */

@@ -12,9 +12,12 @@
  *   (bench/fanout).
  * - Striped mode (stripe_count k > 0, the scheduler's striped trees of a large swarm): piece n belongs
  *   to stripe n mod k and the parent marked for that stripe is its primary; it gets every request for
- *   the stripe. A stripe arrives at 1/k of the download rate, so it counts as stalled after k x STALL_MS
- *   without one of its pieces (or at once when it has no usable primary); then any parent may serve it.
- *   A stripe's clock restarts when its primary changes. Endgame and starving work as in chain mode.
+ *   the stripe. A stripe arrives at 1/k of the download rate, so once its primary has offered a piece
+ *   it counts as stalled after k x STALL_MS without one of its pieces; before that, STRIPE_FILL_MS
+ *   after another parent first offered one (a primary deep in the stripe's tree gets its first piece
+ *   late, and backups asked meanwhile would take upload from their own stripe children); at once when
+ *   it has no usable primary. A stalled stripe may be served by any parent. A stripe's clocks restart
+ *   when its primary changes. Endgame and starving work as in chain mode.
  */
 import { createHash } from 'node:crypto'
 import type { Libp2p } from 'libp2p'
@@ -24,7 +27,7 @@ import { DigestMismatchError, ParentTimeoutError, fromErrorInfo, toErrorInfo, ty
 import type { StoredTask, TaskStore } from '@guoce/store'
 import { PieceConnection, type PieceChannel, Priority, type PeerMessage, type SchedulerMessage, type WireParent } from '@guoce/transfer'
 import { fillFromSource, announceHeld } from '@guoce/seed-peer'
-import { ENDGAME_PIECES, PARENT_INFLIGHT, PIECE_TIMEOUT_MS, PIECE_TIMEOUT_PER_MIB_MS, REPORT_DELAY_MS, REQUEST_BATCH, SCHEDULER_WAIT_MS, STALL_MS, STARVE_MS, TOTAL_INFLIGHT } from './constants.js'
+import { ENDGAME_PIECES, PARENT_INFLIGHT, PIECE_TIMEOUT_MS, PIECE_TIMEOUT_PER_MIB_MS, REPORT_DELAY_MS, REQUEST_BATCH, SCHEDULER_WAIT_MS, STALL_MS, STARVE_MS, STRIPE_FILL_MS, TOTAL_INFLIGHT } from './constants.js'
 
 /** What piece selection reads of a parent. */
 export interface ParentView {
@@ -120,8 +123,10 @@ export class PiecePolicy {
   private k = 0
   /** chain mode: last progress (a piece arrived, a new primary, the first piece on offer) */
   private lastGain: number | undefined
-  /** striped mode, per stripe: last progress of the stripe (one of its pieces, a new primary, the first on offer) */
+  /** striped mode, per stripe: last progress (one of its pieces arrived, a new primary, the primary's first on offer) */
   private gains: Array<number | undefined> = []
+  /** striped mode, per stripe: when another parent first offered one of its pieces (the primary none yet) */
+  private offered: Array<number | undefined> = []
   /** striped mode, per stripe: the id of its primary in the last list */
   private owners: Array<string | undefined> = []
 
@@ -138,6 +143,7 @@ export class PiecePolicy {
     if (k !== this.k) {
       this.k = k
       this.gains = new Array<number | undefined>(k).fill(undefined)
+      this.offered = new Array<number | undefined>(k).fill(undefined)
       this.owners = new Array<string | undefined>(k).fill(undefined)
     }
     for (let s = 0; s < k; s++) {
@@ -146,6 +152,7 @@ export class PiecePolicy {
       if (owner === this.owners[s]) continue
       this.owners[s] = owner
       if (this.gains[s] != null) this.gains[s] = now
+      if (this.offered[s] != null) this.offered[s] = now
     }
   }
 
@@ -159,8 +166,16 @@ export class PiecePolicy {
   stripeOpen<P extends ParentView> (v: DownloadView<P>, s: number, now: number): boolean {
     if (v.pieceCount - v.held.count <= ENDGAME_PIECES) return true
     if (stripePrimary(v.parents, s) == null) return true
+    const until = this.stallsAt(s)
+    return until != null && now >= until
+  }
+
+  /** When stripe `s` counts as stalled if nothing changes (undefined: its clocks have not started). */
+  private stallsAt (s: number): number | undefined {
     const g = this.gains[s]
-    return g != null && now - g >= this.k * STALL_MS
+    if (g != null) return g + this.k * STALL_MS
+    const o = this.offered[s]
+    return o != null ? o + STRIPE_FILL_MS : undefined
   }
 
   /**
@@ -207,8 +222,13 @@ export class PiecePolicy {
     const k = this.k
     let open = 0
     for (let s = 0; s < k; s++) {
-      // a stripe's clock starts once one of its pieces is on offer
-      if (this.gains[s] == null && [...v.parents.values()].some(p => offers(v, p, n => n % k === s))) this.gains[s] = now
+      // a stripe's clocks start once its primary, or else another parent, has one of its pieces on offer
+      const inStripe = (n: number): boolean => n % k === s
+      if (this.gains[s] == null) {
+        const own = stripePrimary(v.parents, s)
+        if (own != null && offers(v, own, inStripe)) this.gains[s] = now
+        else if (this.offered[s] == null && [...v.parents.values()].some(p => offers(v, p, inStripe))) this.offered[s] = now
+      }
       if (this.stripeOpen(v, s, now)) open |= 1 << s
     }
     let heldBack = false
@@ -234,8 +254,8 @@ export class PiecePolicy {
     }
     let wakeAt: number | undefined
     for (let s = 0; s < k; s++) {
-      const g = this.gains[s]
-      if ((open & (1 << s)) === 0 && g != null) wakeAt = Math.min(wakeAt ?? Infinity, g + k * STALL_MS)
+      const until = this.stallsAt(s)
+      if ((open & (1 << s)) === 0 && until != null) wakeAt = Math.min(wakeAt ?? Infinity, until)
     }
     return { total, heldBack, wakeAt }
   }

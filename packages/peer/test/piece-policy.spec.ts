@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest'
 import { Bitmap } from '@guoce/content'
 import { PiecePolicy, pickPieces, type DownloadView, type ParentView } from '../src/peer-task.js'
-import { ENDGAME_PIECES, PARENT_INFLIGHT, STALL_MS } from '../src/constants.js'
+import { ENDGAME_PIECES, PARENT_INFLIGHT, STALL_MS, STRIPE_FILL_MS } from '../src/constants.js'
 
 const PIECES = 64
 
@@ -118,6 +118,44 @@ describe('PiecePolicy, striped mode', () => {
     expect(asked(r.asked, 'c').every(n => stripeOf(n) === 1)).toBe(true)
     // the primary of stripe 0 may now serve stripe 1 as well
     expect(asked(r.asked, 'a').some(n => stripeOf(n) === 1)).toBe(true)
+  })
+
+  it('waits STRIPE_FILL_MS for the first piece a primary can offer before backups serve its stripe', () => {
+    // b, the primary of stripe 1, holds nothing yet (it is deep in the stripe's tree); c holds it all
+    const d = download([{ id: 'a', stripes: 0b01 }, { id: 'b', stripes: 0b10, holds: () => false }, { id: 'c' }])
+    const policy = new PiecePolicy()
+    policy.onParents(d.parents, 2, undefined, 0)
+    let r = d.plan(policy, 0)
+    expect(asked(r.asked, 'c')).toEqual([])
+    expect(r.heldBack).toBe(true)
+    expect(r.wakeAt).toBe(2 * STALL_MS) // stripe 0's primary offered: its stall limit comes first
+    d.deliver(policy, STRIPE_FILL_MS - 1, n => stripeOf(n) === 0)
+    r = d.plan(policy, STRIPE_FILL_MS - 1)
+    expect(asked(r.asked, 'c')).toEqual([])
+    expect(r.wakeAt).toBe(STRIPE_FILL_MS)
+    r = d.plan(policy, STRIPE_FILL_MS)
+    expect(asked(r.asked, 'c').length).toBeGreaterThan(0)
+    expect(asked(r.asked, 'c').every(n => stripeOf(n) === 1)).toBe(true)
+  })
+
+  it('counts k x STALL_MS from the first piece the primary offers', () => {
+    const d = download([{ id: 'a', stripes: 0b01 }, { id: 'b', stripes: 0b10, holds: () => false }, { id: 'c' }])
+    const policy = new PiecePolicy()
+    policy.onParents(d.parents, 2, undefined, 0)
+    d.plan(policy, 0)
+    // at 1 s b gets its first pieces of stripe 1 (and the scheduler tells us)
+    for (let n = 1; n < PIECES; n += 2) d.parents.get('b')!.bitmap!.set(n)
+    d.deliver(policy, 1000, n => stripeOf(n) === 0)
+    let r = d.plan(policy, 1000)
+    expect(asked(r.asked, 'b').length).toBeGreaterThan(0)
+    expect(asked(r.asked, 'c')).toEqual([])
+    // b delivers nothing: the stripe opens k x STALL_MS later, well before STRIPE_FILL_MS
+    expect(policy.stripeOpen(d.view, 1, 1000 + 2 * STALL_MS - 1)).toBe(false)
+    expect(policy.stripeOpen(d.view, 1, 1000 + 2 * STALL_MS)).toBe(true)
+    d.deliver(policy, 1000 + STALL_MS, n => stripeOf(n) === 0) // stripe 0 keeps arriving
+    r = d.plan(policy, 1000 + 2 * STALL_MS)
+    expect(asked(r.asked, 'c').every(n => stripeOf(n) === 1)).toBe(true)
+    expect(asked(r.asked, 'c').length).toBeGreaterThan(0)
   })
 
   it('lets any parent serve a stripe that has no usable primary at once', () => {
