@@ -5,10 +5,11 @@
 // Phase "swarm": --swarm-hosts (1,000) peers fetch one file through a time-stepped bandwidth model
 // (one connection per parent -> child pair answering its requests in order; busy connections share the
 // parent's uplink and the child's downlink equally); the parents are the ones the scheduler hands out,
-// used as packages/peer's PeerTask uses them (see swarm()). Reports T_all and the Kumar-Ross bound T_min.
+// used by packages/peer's own PiecePolicy as PeerTask uses it (see swarm()). Reports T_all and the
+// Kumar-Ross bound T_min.
 //
 // node --expose-gc bench/sim/run.js [--hosts 10000] [--tasks 1] [--pieces 128] [--swarm-hosts 1000]
-//   [--file-mib 128] [--piece-kib 1024] [--mbps 100] [--peer-policy primary|striped] [--seed 1]
+//   [--file-mib 128] [--piece-kib 1024] [--mbps 100] [--peer-policy peertask|primary] [--seed 1]
 // One JSON object on stdout; progress on stderr.
 import { parseArgs } from 'node:util'
 import { silentLogger } from '@guoce/transfer'
@@ -27,7 +28,7 @@ const { values: opt } = parseArgs({
     seed: { type: 'string', default: '1' },
     'budget-s': { type: 'string', default: '240' },
     'max-sim-s': { type: 'string', default: '300' },
-    'peer-policy': { type: 'string', default: 'primary' },
+    'peer-policy': { type: 'string', default: 'peertask' },
     'skip-scale': { type: 'boolean', default: false },
     'skip-swarm': { type: 'boolean', default: false }
   }
@@ -39,7 +40,15 @@ if (typeof globalThis.gc !== 'function') {
   const r = spawnSync(process.execPath, ['--expose-gc', ...process.argv.slice(1)], { stdio: 'inherit' })
   process.exit(r.status ?? 1)
 }
+if (!['peertask', 'primary'].includes(opt['peer-policy'])) {
+  process.stderr.write(`--peer-policy: peertask or primary, not ${opt['peer-policy']}\n`)
+  process.exit(2)
+}
 const { SchedulerCore } = await import('@guoce/scheduler')
+const { Bitmap } = await import('@guoce/content')
+// the child's piece choice is packages/peer's own (built by npm run build)
+const { PiecePolicy } = await import('../../packages/peer/dist/src/peer-task.js')
+const { STARVE_MS } = await import('../../packages/peer/dist/src/constants.js')
 const log = (...a) => { process.stderr.write(a.join(' ') + '\n') }
 
 // deterministic PRNG (mulberry32) so runs are comparable
@@ -176,15 +185,13 @@ function scale () {
 }
 
 // ---------------------------------------------------------------------------------------------
-// phase 2: swarm with a bandwidth model. The children follow packages/peer's PeerTask policy:
-// the first parent of the scheduler's list (the primary) gets every request; the others (backups) are
-// asked only in endgame (ENDGAME_PIECES missing) or once nothing has arrived for STALL_S; rarest first
-// among the pieces a parent holds; PARENT_INFLIGHT per parent, TOTAL_INFLIGHT in all; a child with
-// nothing requestable asks the scheduler again after STARVE_S. --peer-policy striped models the change
-// that striped trees (scheduler/src/scheduling/forest.ts) ask of PeerTask: the parent of stripe s is the
-// primary for the pieces n with n mod k = s, and a stripe with nothing arriving for STALL_S may use any
-// parent. The stripe of each parent is read from the scheduler's state (Peer.stripes), standing in for
-// a field of the parents message.
+// phase 2: swarm with a bandwidth model. The children choose pieces and parents with packages/peer's
+// PiecePolicy, the code PeerTask runs (chain mode: the first parent gets every request, backups only in
+// endgame or after STALL_MS without a piece; striped mode, when the parents message names stripes: each
+// stripe's parent gets every request for its pieces, a stripe opens to any parent after k x STALL_MS
+// without one of its pieces; rarest first; PARENT_INFLIGHT per parent, TOTAL_INFLIGHT in all). A child
+// with nothing requestable asks the scheduler again after STARVE_MS. `--peer-policy primary` drops the
+// stripe count of the parents message (PeerTask before it followed stripes: one primary per child).
 function swarm () {
   const N = Number(opt['swarm-hosts'])
   const F = Number(opt['file-mib']) * 1024 * 1024
@@ -193,15 +200,9 @@ function swarm () {
   const Us = Number(opt.mbps) * 1e6 / 8
   const u = Number(opt['peer-mbps'] ?? opt.mbps) * 1e6 / 8
   const d = u
-  const striped = opt['peer-policy'] === 'striped'
+  const followStripes = opt['peer-policy'] === 'peertask'
   const DT = 0.02 // the scheduler's announcement interval
-  // packages/peer/src/constants.ts
-  const PARENT_INFLIGHT = 6
-  const TOTAL_INFLIGHT = 32
-  const REQUEST_BATCH = 2
-  const ENDGAME_PIECES = 4
-  const STALL_S = 0.4
-  const STARVE_S = 1
+  const STARVE_S = STARVE_MS / 1000
   const pieceLen = n => n === P - 1 ? F - PL * (P - 1) : PL
   const taskId = taskIdOf(0xfeed)
   const info = { contentLength: F, pieceLength: PL, pieceCount: P }
@@ -215,49 +216,48 @@ function swarm () {
   let decisions = 0
   const makeNode = (id, type, up, down) => {
     const node = {
-      id, type, up, down, have: new Uint8Array(P), count: 0, inflight: 0, requested: new Map(), parents: new Map(),
-      done: false, tDone: 0, starveAt: null, lastGain: null, stripeGain: null, stripes: 0, fromOrigin: false,
+      id, type, up, down, held: new Bitmap(P), inflight: 0, requested: new Map(), parents: new Map(),
+      policy: new PiecePolicy(rand), view: null, done: false, tDone: 0, starveAt: null, fromOrigin: false,
       reported: [], uploaded: 0, host: null, dirty: true, wakeAt: Infinity
     }
+    node.view = { pieceCount: P, held: node.held, known: () => true, requested: node.requested, parents: node.parents }
     node.host = core.connectHost(id, hostInfo(type, up, nodes.length), m => deliver(node, m))
     nodes.push(node); byId.set(id, node)
     return node
   }
   const primaryOf = node => {
-    let best = null
+    let best
     for (const p of node.parents.values()) if (best == null || p.rank < best.rank) best = p
     return best
   }
+  /** PeerTask.onParents / the have handler */
   function deliver (node, m) {
     if (m.parents != null) {
       decisions++
       const oldPrimary = primaryOf(node)
+      const k = followStripes ? (m.parents.stripeCount ?? 0) : 0
       const keep = new Set()
-      // the stripe each parent is primary for (a field of the message in a real deployment)
-      const slot = striped ? core.tasks.get(taskId)?.peers.get(node.id)?.stripes : undefined
-      node.stripes = slot?.up.length ?? 0
       let rank = 0
       for (const wp of m.parents.parents) {
         keep.add(wp.peerId)
         let p = node.parents.get(wp.peerId)
-        if (p == null) node.parents.set(wp.peerId, p = { id: wp.peerId, bits: new Uint8Array(P), inflight: 0, rank: 0, mask: 0 })
+        if (p == null) node.parents.set(wp.peerId, p = { id: wp.peerId, bitmap: new Bitmap(P), inflight: new Set(), rank: 0, stripes: 0 })
         p.rank = rank++
-        p.mask = 0
-        if (slot != null) slot.up.forEach((q, s) => { if (q?.id === wp.peerId) p.mask |= 1 << s })
-        const b = wp.bitmap ?? new Uint8Array()
-        for (let n = 0; n < P; n++) if (((b[n >> 3] ?? 0) & (1 << (n & 7))) !== 0) p.bits[n] = 1
+        p.stripes = k > 0 ? (wp.stripes ?? 0) : 0
+        const b = new Bitmap(P, wp.bitmap != null && wp.bitmap.length > 0 ? wp.bitmap : undefined)
+        for (const n of b.present()) p.bitmap.set(n)
       }
       for (const [id, p] of node.parents) {
         if (keep.has(id)) continue
-        p.rank = Number.MAX_SAFE_INTEGER; p.mask = 0
-        if (p.inflight === 0) node.parents.delete(id)
+        p.rank = Number.MAX_SAFE_INTEGER; p.stripes = 0
+        if (p.inflight.size === 0) node.parents.delete(id)
       }
-      if (primaryOf(node) !== oldPrimary && node.lastGain != null) node.lastGain = now
+      node.policy.onParents(node.parents, k, oldPrimary, now * 1000)
       node.dirty = true
     }
     if (m.have != null) {
       const p = node.parents.get(m.have.peerId)
-      if (p != null) { for (const n of m.have.numbers) p.bits[n] = 1; node.dirty = true }
+      if (p != null) { for (const n of m.have.numbers) p.bitmap.set(n); node.dirty = true }
     }
     if (m.backToSource != null || m.seed != null) node.fromOrigin = true
   }
@@ -288,80 +288,25 @@ function swarm () {
   let originBytes = 0
   let seedRegistered = false
 
-  /** PeerTask.pickPieces: rarest first among what `p` holds, we lack and did not request (endgame: may repeat) */
-  function pick (node, p, want, endgame, stripeOk) {
-    const c = []
-    for (let n = 0; n < P; n++) {
-      if (node.have[n] === 1 || p.bits[n] === 0 || !stripeOk(n)) continue
-      const req = node.requested.get(n)
-      if (req != null && (!endgame || req.has(p.id))) continue
-      let rarity = 0
-      for (const q of node.parents.values()) rarity += q.bits[n]
-      c.push({ n, rarity: rarity + (req?.size ?? 0) * 100, r: rand() })
-    }
-    c.sort((a, b) => a.rarity - b.rarity || a.r - b.r)
-    return c.slice(0, want).map(x => x.n)
-  }
+  /** the synchronous part of PeerTask.requestFrom */
   function request (node, p, numbers) {
+    const k = node.policy.stripes
     for (const n of numbers) {
-      p.inflight++; node.inflight++
+      p.inflight.add(n); node.inflight++
       let set = node.requested.get(n)
       if (set == null) node.requested.set(n, set = new Set())
       set.add(p.id)
-      if (striped && node.stripes > 0 && (p.mask & (1 << (n % node.stripes))) === 0) offStripe++
+      if (k > 0 && (p.stripes & (1 << (n % k))) === 0) offStripe++
       enqueue({ from: byId.get(p.id), to: node, n, left: pieceLen(n), via: p })
     }
   }
   /** PeerTask.pump */
   function pump (node) {
     node.dirty = false
-    const missing = P - node.count
-    const endgame = missing <= ENDGAME_PIECES
-    const usable = [...node.parents.values()].filter(p => byId.has(p.id) && p.rank !== Number.MAX_SAFE_INTEGER)
-    const primary = primaryOf(node)
-    const k = node.stripes
-    if (striped && k > 0) node.stripeGain ??= new Array(k).fill(null)
-    const anyFor = (p, ok) => pick(node, p, 1, false, ok).length > 0
-    const all = () => true
-    if (node.lastGain == null && primary != null && usable.some(p => anyFor(p, all))) node.lastGain = now
-    if (striped && k > 0) {
-      for (let s = 0; s < k; s++) {
-        if (node.stripeGain[s] != null) continue
-        const own = usable.find(p => (p.mask & (1 << s)) !== 0)
-        if (own == null || anyFor(own, n => n % k === s)) node.stripeGain[s] = now
-      }
-    }
-    const stalled = node.lastGain != null && now - node.lastGain >= STALL_S
-    // a stripe arrives at 1/k of the download rate: it counts as stalled after k x STALL_S without a piece
-    const stripeStalled = s => endgame || (node.stripeGain[s] != null && now - node.stripeGain[s] >= STALL_S * k)
-    // which pieces `p` may be asked for now
-    const allowed = p => {
-      if (striped && k > 0) {
-        return n => { const s = n % k; return (p.mask & (1 << s)) !== 0 || stripeStalled(s) }
-      }
-      return p === primary || endgame || stalled ? all : null
-    }
-    let heldBack = false
-    let issued = true
-    while (issued && node.inflight < TOTAL_INFLIGHT) {
-      issued = false
-      const order = usable.filter(p => p.inflight < PARENT_INFLIGHT).sort((a, b) => (a === primary ? -1 : b === primary ? 1 : a.inflight - b.inflight))
-      for (const p of order) {
-        const ok = allowed(p)
-        if (ok == null) { if (!heldBack && anyFor(p, all)) heldBack = true; continue }
-        const want = Math.min(REQUEST_BATCH, PARENT_INFLIGHT - p.inflight, TOTAL_INFLIGHT - node.inflight)
-        if (want <= 0) continue
-        const picks = pick(node, p, want, endgame, ok)
-        if (picks.length === 0) { if (!heldBack && striped && anyFor(p, all)) heldBack = true; continue }
-        request(node, p, picks)
-        issued = true
-      }
-    }
-    // wake up when a stall limit is reached
-    node.wakeAt = Infinity
-    if (heldBack && node.lastGain != null) node.wakeAt = node.lastGain + STALL_S
-    if (striped && k > 0) for (const g of node.stripeGain) if (g != null && g + STALL_S * k > now) node.wakeAt = Math.min(node.wakeAt, g + STALL_S * k)
-    if (node.inflight === 0 && !heldBack) node.starveAt ??= now + STARVE_S
+    const { total, heldBack, wakeAt } = node.policy.plan(node.view, now * 1000, (p, numbers) => request(node, p, numbers))
+    // PeerTask's stall timer: look again when a stall limit is reached
+    node.wakeAt = heldBack && wakeAt != null ? Math.max(wakeAt / 1000, now + DT / 2) : Infinity
+    if (total === 0 && !heldBack) node.starveAt ??= now + STARVE_S
     else node.starveAt = null
   }
 
@@ -387,7 +332,7 @@ function swarm () {
       if (node.fromOrigin) {
         // back to source: pieces in order from the origin, a few at a time
         for (let n = 0; n < P && node.inflight < 4; n++) {
-          if (node.have[n] === 1 || node.requested.has(n)) continue
+          if (node.held.has(n) || node.requested.has(n)) continue
           node.requested.set(n, new Set(['origin'])); node.inflight++
           enqueue({ from: null, to: node, n, left: pieceLen(n) })
         }
@@ -431,25 +376,22 @@ function swarm () {
       const node = f.to
       node.inflight--
       if (f.via != null) {
-        f.via.inflight--
+        f.via.inflight.delete(f.n)
         const set = node.requested.get(f.n)
         set?.delete(f.via.id)
         if (set?.size === 0) node.requested.delete(f.n)
       } else node.requested.delete(f.n)
       node.dirty = true
-      if (node.have[f.n] === 1) continue
-      node.have[f.n] = 1
-      node.count++
+      if (!node.held.set(f.n)) continue
       node.reported.push(f.n)
-      node.lastGain = now
-      if (node.stripeGain != null) node.stripeGain[f.n % node.stripes] = now
+      node.policy.onPiece(f.n, now * 1000)
     }
     // reports, then the scheduler's announcement tick
     for (const node of nodes) {
       if (node.reported.length === 0) continue
       const numbers = node.reported.splice(0)
       send(node, { pieceDone: { taskId, numbers, ...(node === seed ? { digests: numbers.map(digest) } : {}) } })
-      if (node.count === P && !node.done) {
+      if (node.held.full && !node.done) {
         node.done = true
         node.tDone = now
         send(node, { result: { taskId, success: true } })
@@ -469,7 +411,7 @@ function swarm () {
     file_bytes: F,
     piece_bytes: PL,
     mbps: Number(opt.mbps),
-    peer_policy: striped ? 'striped' : 'primary',
+    peer_policy: opt['peer-policy'],
     structure: task?.forest != null ? `striped trees (${task.forest.stripes} stripes)` : 'chain',
     max_depth: task?.forest != null ? Math.max(...[...task.peers.values()].flatMap(p => Array.from({ length: task.forest.stripes }, (_, s) => task.forest.depth(p, s)))) : null,
     finished,
@@ -483,7 +425,7 @@ function swarm () {
     seed_upload_ratio: +(seed.uploaded / F).toFixed(2),
     back_to_source_peers: peers.filter(p => p.fromOrigin).length,
     // pieces requested from a parent that is not the primary of their stripe (stalls, endgame)
-    ...(striped ? { off_stripe_requests: offStripe } : {}),
+    off_stripe_requests: offStripe,
     decisions,
     p99_decision_ms: +percentile(lat, 0.99).toFixed(3),
     steps,
