@@ -67,11 +67,11 @@ describe('p2p file distribution', () => {
     for (const d of done) expect(d.piecesFromSource).toBe(0)
   })
 
-  for (const mode of ['secure', 'integrity']) {
-    it(`moves pieces over ${mode} data channels when seed and daemons opt in`, async () => {
+  // secure is the default (no flag); stream and integrity are opt-in on seed and daemons
+  for (const [mode, args] of [['secure', []], ['stream', ['--piece-channel', 'stream']], ['integrity', ['--piece-channel', 'integrity']]] as const) {
+    it(`moves pieces over ${mode === 'stream' ? 'the libp2p stream' : `${mode} data channels`} ${args.length === 0 ? 'by default' : 'when seed and daemons opt in'}`, async () => {
       const file = randomBytes(24 * MiB)
-      const args = ['--piece-channel', mode]
-      const { origin, cluster, out } = await setup({ files: { 'f.bin': file }, daemons: 3, seedArgs: args, daemonArgs: args })
+      const { origin, cluster, out } = await setup({ files: { 'f.bin': file }, daemons: 3, seedArgs: [...args], daemonArgs: [...args] })
       const results = await Promise.all(cluster.daemons.map(async (d, i) =>
         await runGuoce(['get', `${origin.url}/f.bin`, '-O', join(out, `copy-${i}`), '--daemon', d.api, '--json'])))
       for (const r of results) expect(r.code, r.stderr).toBe(0)
@@ -80,7 +80,9 @@ describe('p2p file distribution', () => {
       for (const r of results) expect(JSON.parse(r.stdout.trim()).piecesFromPeers).toBeGreaterThan(0)
       for (const d of cluster.daemons) {
         expect(await metric(d.api, `guoce_peer_parent_connections_total{channel="${mode}"}`)).toBeGreaterThan(0)
-        expect(await metric(d.api, 'guoce_peer_parent_connections_total{channel="stream"}')).toBeNaN()
+        for (const other of ['secure', 'stream', 'integrity'].filter(m => m !== mode)) {
+          expect(await metric(d.api, `guoce_peer_parent_connections_total{channel="${other}"}`)).toBeNaN()
+        }
       }
     })
   }

@@ -44,7 +44,7 @@ const { values: v } = parseArgs({
     logs: { type: 'string' },
     trace: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
-    'piece-channel': { type: 'string', default: 'stream' },
+    'piece-channel': { type: 'string', default: 'secure' },
     help: { type: 'boolean', short: 'h' }
   }
 })

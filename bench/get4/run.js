@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import { request } from 'undici'
 import { startOrigin, startCluster, runGuoce, stopAll } from '@guoce/testkit'
 
-const { values } = parseArgs({ options: { mib: { type: 'string', default: '64' }, 'rate-mib': { type: 'string', default: '32' }, n: { type: 'string', default: '4' }, rounds: { type: 'string', default: '1' }, 'piece-channel': { type: 'string', default: 'stream' } } })
+const { values } = parseArgs({ options: { mib: { type: 'string', default: '64' }, 'rate-mib': { type: 'string', default: '32' }, n: { type: 'string', default: '4' }, rounds: { type: 'string', default: '1' }, 'piece-channel': { type: 'string', default: 'secure' } } })
 const MiB = 1024 * 1024
 const F = Number(values.mib) * MiB
 const rate = Number(values['rate-mib']) * MiB

@@ -41,9 +41,12 @@ export function sizeBytes (s: string | undefined, what: string): number | undefi
   return Math.floor(Number(m[1]) * (units[(m[2] ?? 'b').toLowerCase()] ?? 1))
 }
 
-/** --piece-channel: stream (Noise-secured libp2p stream, default) | secure (AES-GCM data channel) | integrity */
-export function pieceChannel (s: string | undefined): 'stream' | 'secure' | 'integrity' | undefined {
-  if (s == null) return undefined
+/**
+ * --piece-channel: secure (AES-256-GCM data channel keyed over Noise, the default) | stream (the
+ * Noise-secured libp2p stream itself) | integrity (clear bytes, every piece still sha256-verified)
+ */
+export function pieceChannel (s: string | undefined): 'stream' | 'secure' | 'integrity' {
+  if (s == null) return 'secure'
   if (s === 'stream' || s === 'secure' || s === 'integrity') return s
   throw new InvalidParametersError(`--piece-channel must be stream, secure or integrity, got "${s}"`)
 }

@@ -34,8 +34,8 @@ const DAEMON_USAGE = `Usage: guoce daemon --scheduler MULTIADDR [--data DIR] [--
 
   --api HOST:PORT      local API (default 127.0.0.1:65001); keep it on loopback
   --quota SIZE         most task data kept (e.g. 50GiB); least recently used tasks are evicted
-  --piece-channel M    stream (default: Noise-secured libp2p stream) | secure (AES-256-GCM direct TCP
-                       channel, keyed over Noise) | integrity (clear bytes, still sha256-verified; opt-in)
+  --piece-channel M    secure (default: AES-256-GCM direct TCP channel keyed over Noise) | stream (the
+                       Noise-secured libp2p stream) | integrity (clear bytes, still sha256-verified; opt-in)
 `
 const UP_USAGE = `Usage: guoce up [--data DIR] [--api HOST:PORT] [--listen-host IP] [--scheduler-port N] [--origin-timeout 30s] [--quota SIZE] [--piece-channel M] [--json]
 
