@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest'
-import { taskIdOf, normalizeUrl, pieceLayout, pieceRange, verifyPiece, sha256, digestToCid, cidToDigest, parseDigest, formatDigest, Bitmap, parseSourceUrl } from '../src/index.js'
+import { taskIdOf, normalizeUrl, pieceLayout, pieceRange, verifyPiece, sha256, digestToCid, cidToDigest, parseDigest, formatDigest, Bitmap, parseSourceUrl, BufferPool } from '../src/index.js'
 
 describe('content', () => {
   it('maps OCI digests to CIDs and back', () => {
@@ -59,5 +59,25 @@ describe('content', () => {
     expect(c.count).toBe(3)
     expect([...c.present()]).toEqual([0, 9, 19])
     expect([...c.missing()].length).toBe(17)
+  })
+})
+
+describe('piece buffer pool', () => {
+  it('reuses released buffers by size, once per release, up to its byte cap', () => {
+    const pool = new BufferPool(3000)
+    const a = pool.acquire(1000)
+    const b = pool.acquire(1000)
+    expect(a.buf).not.toBe(b.buf)
+    a.release(); a.release() // idempotent: a second release must not hand the buffer out twice
+    expect(pool.retainedBytes).toBe(1000)
+    const c = pool.acquire(1000)
+    const d = pool.acquire(1000)
+    expect(c.buf).toBe(a.buf)
+    expect(d.buf).not.toBe(a.buf)
+    expect(pool.acquire(500).buf.byteLength).toBe(500) // another size is never served from the 1000s
+    for (const l of [b, c, d]) l.release()
+    expect(pool.retainedBytes).toBe(3000)
+    const e = pool.acquire(2000); e.release() // over the cap: dropped, not kept
+    expect(pool.retainedBytes).toBe(3000)
   })
 })

@@ -240,6 +240,11 @@ export class PieceConnection {
     }
   }
 
+  /** The piece protocol over an already open byte stream (a data channel, a libp2p stream, a test double). */
+  static over (stream: PieceDuplex, channel: 'stream' | DataChannelMode = 'stream'): PieceConnection {
+    return new PieceConnection(stream, channel)
+  }
+
   static async open (node: Libp2p, addrs: Multiaddr[] | string[], options: PieceConnectionOptions = {}): Promise<PieceConnection> {
     const mas = addrs.map(a => typeof a === 'string' ? multiaddr(a) : a)
     const mode = options.channel ?? 'stream'

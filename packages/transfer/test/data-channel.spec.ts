@@ -2,6 +2,7 @@ import { describe, it, expect, afterEach } from 'vitest'
 import { createServer, connect, type Socket, type Server } from 'node:net'
 import { once } from 'node:events'
 import { createHash, randomBytes } from 'node:crypto'
+import { Uint8ArrayList } from 'uint8arraylist'
 import { verifyPiece } from '@guoce/content'
 import { createNode, servePieces, PieceConnection, Priority, silentLogger, type PieceResult, type DataChannelInit, type Libp2p } from '../src/index.js'
 import { DataStream, DataChannelServer, deriveKeys, openDataStream } from '../src/data-channel.js'
@@ -107,71 +108,114 @@ describe('piece data channels', () => {
   })
 })
 
-describe('secure data stream', () => {
-  /** sender DataStream -> `mangle` -> receiver DataStream, on loopback */
-  async function pipe (mangle: (chunk: Buffer) => Buffer): Promise<{ sender: DataStream, receiver: DataStream }> {
-    const secret = randomBytes(32); const token = randomBytes(32)
-    const servers: Server[] = []
-    const listen = async (onConn: (s: Socket) => void): Promise<number> => {
-      const srv = createServer(onConn); servers.push(srv)
-      srv.listen(0, '127.0.0.1'); await once(srv, 'listening')
-      return (srv.address() as { port: number }).port
+for (const push of [false, true]) {
+  describe(`secure data stream (${push ? 'push-mode receiver, as a child reads' : 'iterated receiver, as a parent reads'})`, () => {
+    /** sender DataStream -> `mangle` -> receiver DataStream, on loopback, through a proxy */
+    async function pipe (mangle: (chunk: Buffer) => Buffer): Promise<{ sender: DataStream, receiver: DataStream }> {
+      const secret = randomBytes(32); const token = randomBytes(32)
+      const servers: Server[] = []
+      const sockets: Socket[] = []
+      const listen = async (onConn: (s: Socket) => void): Promise<number> => {
+        const srv = createServer(s => { sockets.push(s); onConn(s) }); servers.push(srv)
+        srv.listen(0, '127.0.0.1'); await once(srv, 'listening')
+        return (srv.address() as { port: number }).port
+      }
+      cleanup.push(() => { for (const s of sockets) s.destroy(); for (const s of servers) s.close() })
+      const senderKeys = deriveKeys(secret, token, 'parent'); const receiverKeys = deriveKeys(secret, token, 'child')
+      if (!push) {
+        const received = Promise.withResolvers<Socket>()
+        const finalPort = await listen(s => { received.resolve(s) })
+        const proxyPort = await listen(inbound => {
+          const out = connect(finalPort, '127.0.0.1'); sockets.push(out)
+          inbound.on('data', (b: Buffer) => out.write(mangle(b)))
+          inbound.on('end', () => out.end())
+        })
+        const sendSock = connect(proxyPort, '127.0.0.1'); sockets.push(sendSock)
+        await once(sendSock, 'connect')
+        return { sender: new DataStream(sendSock, senderKeys), receiver: new DataStream(await received.promise, receiverKeys) }
+      }
+      // the receiver dials (as a child does) with onread into one small reused buffer
+      const accepted = Promise.withResolvers<Socket>()
+      const senderPort = await listen(s => { accepted.resolve(s) })
+      const proxyPort = await listen(inbound => {
+        const out = connect(senderPort, '127.0.0.1'); sockets.push(out)
+        out.on('data', (b: Buffer) => inbound.write(mangle(b)))
+        out.on('end', () => inbound.end())
+      })
+      let receiver: DataStream | undefined
+      const recvSock = connect({ port: proxyPort, host: '127.0.0.1', onread: { buffer: Buffer.alloc(1000), callback: (n: number, b: Buffer) => { receiver!.onRead(n, b); return true } } })
+      sockets.push(recvSock)
+      receiver = new DataStream(recvSock, receiverKeys, true)
+      await once(recvSock, 'connect')
+      return { sender: new DataStream(await accepted.promise, senderKeys), receiver }
     }
-    const received = Promise.withResolvers<Socket>()
-    const finalPort = await listen(s => { received.resolve(s) })
-    const proxyPort = await listen(inbound => {
-      const out = connect(finalPort, '127.0.0.1')
-      inbound.on('data', (b: Buffer) => out.write(mangle(b)))
-      inbound.on('end', () => out.end())
+
+    /** every byte the receiver releases; rejects with its error */
+    async function readAll (ds: DataStream, parts: Buffer[] = []): Promise<Buffer> {
+      if (ds.attach == null) {
+        for await (const c of ds) parts.push(Buffer.from(c))
+        return Buffer.concat(parts)
+      }
+      return await new Promise((resolve, reject) => {
+        ds.attach!(c => { parts.push(Buffer.from(c)) }, err => { if (err != null) reject(err); else resolve(Buffer.concat(parts)) })
+      })
+    }
+
+    it('round-trips records', async () => {
+      const { sender, receiver } = await pipe(b => b)
+      const data = randomBytes(3 * 1024 * 1024 + 17)
+      sender.send(data)
+      await sender.close()
+      expect((await readAll(receiver)).equals(data)).toBe(true)
     })
-    const sendSock = connect(proxyPort, '127.0.0.1')
-    await once(sendSock, 'connect')
-    const recvSock = await received.promise
-    cleanup.push(() => { sendSock.destroy(); recvSock.destroy(); for (const s of servers) s.close() })
-    return { sender: new DataStream(sendSock, deriveKeys(secret, token, 'parent')), receiver: new DataStream(recvSock, deriveKeys(secret, token, 'child')) }
-  }
 
-  async function readAll (ds: DataStream): Promise<Buffer> {
-    const parts: Buffer[] = []
-    for await (const c of ds) parts.push(Buffer.from(c))
-    return Buffer.concat(parts)
-  }
-
-  it('round-trips records', async () => {
-    const { sender, receiver } = await pipe(b => b)
-    const data = randomBytes(3 * 1024 * 1024 + 17)
-    sender.send(data)
-    await sender.close()
-    expect((await readAll(receiver)).equals(data)).toBe(true)
-  })
-
-  it('a flipped ciphertext bit fails authentication and releases nothing of that record', async () => {
-    let seen = 0
-    const { sender, receiver } = await pipe(b => {
-      const out = Buffer.from(b)
-      if (seen <= 100 && seen + out.byteLength > 100) out[100 - seen] = out[100 - seen]! ^ 1
-      seen += out.byteLength
-      return out
+    it('packs the chunks of one send into shared records', async () => {
+      const { sender, receiver } = await pipe(b => b)
+      const head = randomBytes(41); const body = randomBytes(2 * 1024 * 1024 + 5)
+      sender.send(new Uint8ArrayList(head, body))
+      await sender.close()
+      expect((await readAll(receiver)).equals(Buffer.concat([head, body]))).toBe(true)
     })
-    sender.send(randomBytes(64 * 1024))
-    await sender.close()
-    const parts: Buffer[] = []
-    await expect((async () => { for await (const c of receiver) parts.push(Buffer.from(c)) })()).rejects.toMatchObject({ name: 'ProtocolError' })
-    expect(parts).toEqual([])
-  })
 
-  it('a replayed record fails authentication', async () => {
-    let first: Buffer | undefined
-    const { sender, receiver } = await pipe(b => {
-      if (first == null) { first = Buffer.from(b); return Buffer.concat([b, b]) }
-      return b
+    it('a flipped ciphertext bit fails authentication and releases nothing of that record', async () => {
+      let seen = 0
+      const { sender, receiver } = await pipe(b => {
+        const out = Buffer.from(b)
+        if (seen <= 100 && seen + out.byteLength > 100) out[100 - seen] = out[100 - seen]! ^ 1
+        seen += out.byteLength
+        return out
+      })
+      sender.send(randomBytes(64 * 1024))
+      await sender.close()
+      const parts: Buffer[] = []
+      await expect(readAll(receiver, parts)).rejects.toMatchObject({ name: 'ProtocolError' })
+      expect(parts).toEqual([])
     })
-    sender.send(Buffer.from('one small record'))
-    const got: Buffer[] = []
-    await expect((async () => { for await (const c of receiver) got.push(Buffer.from(c)) })()).rejects.toMatchObject({ name: 'ProtocolError' })
-    expect(Buffer.concat(got).toString()).toBe('one small record')
+
+    it('a replayed record fails authentication', async () => {
+      let first: Buffer | undefined
+      const { sender, receiver } = await pipe(b => {
+        if (first == null) { first = Buffer.from(b); return Buffer.concat([b, b]) }
+        return b
+      })
+      sender.send(Buffer.from('one small record'))
+      const got: Buffer[] = []
+      await expect(readAll(receiver, got)).rejects.toMatchObject({ name: 'ProtocolError' })
+      expect(Buffer.concat(got).toString()).toBe('one small record')
+    })
+
+    it('an end inside a record is an error, not a short read', async () => {
+      let seen = 0
+      const { sender, receiver } = await pipe(b => {
+        const keep = Math.max(0, Math.min(b.byteLength, 5000 - seen)); seen += b.byteLength
+        return b.subarray(0, keep)
+      })
+      sender.send(randomBytes(64 * 1024))
+      await sender.close()
+      await expect(readAll(receiver)).rejects.toMatchObject({ name: 'ProtocolError' })
+    })
   })
-})
+}
 
 describe('data channel tokens', () => {
   it('a token opens one connection only; an unknown token is dropped', async () => {
