@@ -21,7 +21,9 @@
  *   make pieces fail verification (denial of service, blamed on the parent). For trusted networks.
  */
 import { createServer, connect, type NetConnectOpts, type Server, type Socket } from 'node:net'
-import { createCipheriv, createDecipheriv, createSecretKey, hkdfSync, randomBytes, type DecipherGCM, type KeyObject } from 'node:crypto'
+import { createDecipheriv, hkdfSync, randomBytes, type DecipherGCM } from 'node:crypto'
+import { seal, open } from '@guoce/native-crypto'
+import { piecePool, type Lease } from '@guoce/content'
 import { once } from 'node:events'
 import { Uint8ArrayList } from 'uint8arraylist'
 import { ProtocolError } from '@guoce/interface'
@@ -49,11 +51,11 @@ export interface PieceDuplex extends AsyncIterable<Uint8Array | Uint8ArrayList> 
   sendOwned?: (head: Uint8Array, data: Uint8Array, done: () => void) => boolean
 }
 
-/** key objects made once per channel: a raw key per record costs a KeyObject per record */
-interface Keys { send: KeyObject, recv: KeyObject }
+/** raw AES-256 keys, one per direction */
+interface Keys { send: Buffer, recv: Buffer }
 
 export function deriveKeys (secret: Uint8Array, token: Uint8Array, side: 'parent' | 'child'): Keys {
-  const k = (info: string): KeyObject => createSecretKey(Buffer.from(hkdfSync('sha256', secret, token, info, 32)))
+  const k = (info: string): Buffer => Buffer.from(hkdfSync('sha256', secret, token, info, 32))
   const p2c = k('guoce data parent->child'); const c2p = k('guoce data child->parent')
   return side === 'parent' ? { send: p2c, recv: c2p } : { send: c2p, recv: p2c }
 }
@@ -86,8 +88,8 @@ export class DataStream implements PieceDuplex {
   private rLeft = -1
   private readonly rTag = Buffer.alloc(TAG_BYTES)
   private rTagFill = 0
-  private rDecipher: DecipherGCM | undefined
-  private rOut: Buffer[] = []
+  private rLen = 0
+  private rRecord: Lease | undefined
 
   /**
    * @param push the socket was opened with `onread` calling `onRead` (see openDataStream): bytes are
@@ -131,10 +133,15 @@ export class DataStream implements PieceDuplex {
   private finish (err?: Error): void {
     if (this.ended != null) return
     this.ended = err != null ? { err } : {}
+    this.rRecord?.release()
+    this.rRecord = undefined
     this.endSink?.(err)
   }
 
-  /** push mode, secure: decrypt records as they stream in; deliver a record's plaintext once its tag checked out */
+  /**
+   * push mode, secure: gather a record's ciphertext into a pooled buffer, open it in place once its tag
+   * is in, and deliver its plaintext only then
+   */
   private openRecords (chunk: Buffer): void {
     let off = 0
     while (off < chunk.byteLength) {
@@ -145,15 +152,15 @@ export class DataStream implements PieceDuplex {
         if (this.rHeadFill < 4) return
         const len = this.rHead.readUInt32BE(0)
         if (len < TAG_BYTES || len > DATA_CHANNEL_RECORD_BYTES + TAG_BYTES) throw new ProtocolError(`data channel record of ${len} bytes`)
-        this.rLeft = len - TAG_BYTES
-        this.rDecipher = createDecipheriv('aes-256-gcm', this.keys!.recv, nonce(this.recvCounter++), { authTagLength: TAG_BYTES })
-        this.rDecipher.setAAD(this.rHead)
+        this.rLen = len - TAG_BYTES
+        this.rLeft = this.rLen
+        this.rRecord = piecePool.acquire(this.rLen)
         this.rTagFill = 0
         continue
       }
       if (this.rLeft > 0) {
         const take = Math.min(this.rLeft, chunk.byteLength - off)
-        this.rOut.push(this.rDecipher!.update(chunk.subarray(off, off + take)))
+        chunk.copy(this.rRecord!.buf, this.rLen - this.rLeft, off, off + take)
         off += take; this.rLeft -= take
         continue
       }
@@ -161,15 +168,17 @@ export class DataStream implements PieceDuplex {
       chunk.copy(this.rTag, this.rTagFill, off, off + take)
       this.rTagFill += take; off += take
       if (this.rTagFill < TAG_BYTES) return
-      this.rDecipher!.setAuthTag(this.rTag)
-      try {
-        this.rDecipher!.final()
-      } catch {
+      const record = this.rRecord!
+      this.rRecord = undefined; this.rHeadFill = 0; this.rLeft = -1
+      if (!open(this.keys!.recv, nonce(this.recvCounter++), this.rHead, record.buf, this.rTag)) {
+        record.release()
         throw new ProtocolError('data channel record failed authentication')
       }
-      const ready = this.rOut
-      this.rOut = []; this.rHeadFill = 0; this.rLeft = -1; this.rDecipher = undefined
-      for (const b of ready) if (b.byteLength > 0) this.deliver(b)
+      try {
+        if (this.rLen > 0) this.deliver(record.buf)
+      } finally {
+        record.release()
+      }
     }
   }
 
@@ -181,7 +190,8 @@ export class DataStream implements PieceDuplex {
       for (const c of chunksOf(data)) ok = this.socket.write(c)
       return ok
     }
-    // records span the chunks of one call: a piece's frame header and body travel in one record
+    // records span the chunks of one call: a piece's frame header and body travel in one record,
+    // sealed into a pooled buffer that goes back to the pool once the socket has written it
     const chunks = chunksOf(data)
     let total = 0
     for (const c of chunks) total += c.byteLength
@@ -192,22 +202,24 @@ export class DataStream implements PieceDuplex {
     do {
       const size = Math.min(total, DATA_CHANNEL_RECORD_BYTES)
       total -= size
-      const head = Buffer.allocUnsafe(4)
-      head.writeUInt32BE(size + TAG_BYTES)
-      const cipher = createCipheriv('aes-256-gcm', this.keys.send, nonce(this.sendCounter++))
-      cipher.setAAD(head)
-      this.socket.write(head)
-      let left = size
-      while (left > 0) {
+      const inputs: Uint8Array[] = []
+      for (let left = size; left > 0;) {
         const c = chunks[i]!
         const take = Math.min(left, c.byteLength - off)
-        this.socket.write(cipher.update(c.subarray(off, off + take)))
+        inputs.push(c.subarray(off, off + take))
         left -= take
         off += take
         if (off === c.byteLength) { i++; off = 0 }
       }
-      cipher.final()
-      ok = this.socket.write(cipher.getAuthTag())
+      const head = Buffer.allocUnsafe(4 + TAG_BYTES)
+      head.writeUInt32BE(size + TAG_BYTES)
+      const aad = head.subarray(0, 4)
+      const tag = head.subarray(4)
+      const record = piecePool.acquire(size)
+      seal(this.keys.send, nonce(this.sendCounter++), aad, inputs, record.buf, tag)
+      this.socket.write(aad)
+      this.socket.write(record.buf, () => { record.release() })
+      ok = this.socket.write(tag)
     } while (total > 0)
     this.socket.uncork()
     return ok && !this.socket.writableNeedDrain
