@@ -6,7 +6,7 @@
  * ```ts
  * import { taskIdOf, pieceLayout, verifyPiece } from '@guoce/content'
  * const taskId = taskIdOf({ url: 'https://example.com/f.bin' })
- * const layout = pieceLayout(64 * 1024 * 1024) // { pieceLength: 262144, pieceCount: 256 }
+ * const layout = pieceLayout(64 * 1024 * 1024) // { pieceLength: 1048576, pieceCount: 64 }
  * ```
  */
 export * from './digest.js'

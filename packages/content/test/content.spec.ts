@@ -35,8 +35,9 @@ describe('content', () => {
   })
 
   it('lays out pieces as clamped powers of two', () => {
-    expect(pieceLayout(64 * 1024 * 1024)).toEqual({ pieceLength: 256 * 1024, pieceCount: 256 })
-    expect(pieceLayout(1)).toEqual({ pieceLength: 256 * 1024, pieceCount: 1 })
+    expect(pieceLayout(64 * 1024 * 1024)).toEqual({ pieceLength: 1024 * 1024, pieceCount: 64 })
+    expect(pieceLayout(1)).toEqual({ pieceLength: 1024 * 1024, pieceCount: 1 })
+    expect(pieceLayout(2 * 1024 ** 3)).toEqual({ pieceLength: 2 * 1024 * 1024, pieceCount: 1024 })
     expect(pieceLayout(0).pieceCount).toBe(0)
     expect(pieceLayout(4 * 1024 ** 3).pieceLength).toBe(4 * 1024 * 1024)
     expect(pieceLayout(1024 ** 4).pieceLength).toBe(16 * 1024 * 1024)
