@@ -19,10 +19,10 @@ afterEach(async () => {
   await stopAll()
 })
 
-async function setup (o: { files: Record<string, Buffer>, rate?: number, daemons: number, seedArgs?: string[], daemonArgs?: string[] }): Promise<{ origin: Origin, cluster: Cluster, out: string }> {
+async function setup (o: { files: Record<string, Buffer>, rate?: number, daemons: number, schedulerArgs?: string[], seedArgs?: string[], daemonArgs?: string[] }): Promise<{ origin: Origin, cluster: Cluster, out: string }> {
   const origin = await startOrigin({ files: o.files, rate: o.rate ?? 0 })
   cleanups.push(async () => { await origin.close() })
-  const cluster = await startCluster({ daemons: o.daemons, ...(o.seedArgs != null ? { seedArgs: o.seedArgs } : {}), ...(o.daemonArgs != null ? { daemonArgs: o.daemonArgs } : {}) })
+  const cluster = await startCluster({ daemons: o.daemons, ...(o.schedulerArgs != null ? { schedulerArgs: o.schedulerArgs } : {}), ...(o.seedArgs != null ? { seedArgs: o.seedArgs } : {}), ...(o.daemonArgs != null ? { daemonArgs: o.daemonArgs } : {}) })
   cleanups.push(async () => { await cluster.close() })
   const out = await mkdtemp(join(tmpdir(), 'guoce-out-'))
   cleanups.push(async () => { await rm(out, { recursive: true, force: true }) })
@@ -86,6 +86,21 @@ describe('p2p file distribution', () => {
       }
     })
   }
+
+  it('a swarm beyond the chain size takes its stripes from striped trees: identical copies, origin about once', async () => {
+    // 5 daemons over a chain limit of 2: the scheduler switches the task to striped trees, and each
+    // daemon asks every stripe's primary for that stripe's pieces (scheduler/src/scheduling/forest.ts)
+    const file = randomBytes(40 * MiB)
+    const { origin, cluster, out } = await setup({ files: { 'f.bin': file }, rate: 40 * MiB, daemons: 5, schedulerArgs: ['--chain-max-peers', '2'] })
+    const results = await Promise.all(cluster.daemons.map(async (d, i) =>
+      await runGuoce(['get', `${origin.url}/f.bin`, '-O', join(out, `copy-${i}`), '--daemon', d.api, '--json'])))
+    for (const r of results) expect(r.code, r.stderr).toBe(0)
+    for (let i = 0; i < 5; i++) expect(sha(await readFile(join(out, `copy-${i}`)))).toBe(sha(file))
+    expect(origin.sent['f.bin']! / file.length).toBeLessThanOrEqual(1.05)
+    for (const r of results) expect(JSON.parse(r.stdout.trim()).piecesFromSource).toBe(0)
+    // once the task outgrew the chain, every daemon (the first ones too) got lists naming stripe parents
+    for (const d of cluster.daemons) expect(await metric(d.api, 'guoce_peer_parent_lists_total{mode="striped"}')).toBeGreaterThan(0)
+  })
 
   it('a parent killed with SIGKILL mid-transfer does not stop the others', async () => {
     const file = randomBytes(48 * MiB)
@@ -162,26 +177,33 @@ describe('p2p file distribution', () => {
   })
 
   it('a daemon killed with SIGKILL resumes without re-fetching completed pieces', async () => {
-    const file = randomBytes(32 * MiB)
+    const file = randomBytes(48 * MiB)
     const { origin, cluster, out } = await setup({ files: { 'f.bin': file }, rate: 8 * MiB, daemons: 1 })
     const url = `${origin.url}/f.bin`
     const id = taskIdOf({ url })
     const d = cluster.daemons[0]!
     const first = runGuoce(['get', url, '-O', join(out, 'f.bin'), '--daemon', d.api])
+    const statePath = join(d.data, 'tasks', id.slice(0, 2), id, 'state')
     let pieceCount = 0
+    /** pieces the daemon's state file lists as durable */
+    const durableOnDisk = async (): Promise<number> => {
+      const state = await readFile(statePath).catch(() => null)
+      if (state == null || pieceCount === 0) return 0
+      let n = 0
+      for (const byte of state.subarray(8, 8 + Math.ceil(pieceCount / 8))) for (let b = byte; b !== 0; b &= b - 1) n++
+      return n
+    }
+    // kill it once a flush has made some pieces durable (FLUSH_DELAY_MS after the first piece)
     await until(async () => {
       const p = await getJson(`${d.api}/api/v1/tasks/${id}`).catch(() => null)
       pieceCount = p?.pieceCount ?? 0
-      return pieceCount > 0 && p.piecesDone > pieceCount * 0.4
-    }, 'half the pieces')
+      return pieceCount > 0 && await durableOnDisk() > 0
+    }, 'a first flush')
     await d.kill('SIGKILL')
     const interrupted = await first
     expect(interrupted.code).not.toBe(0)
     expect(await readdir(out)).toEqual([])
-    // what the daemon's state file lists as durable
-    const state = await readFile(join(d.data, 'tasks', id.slice(0, 2), id, 'state'))
-    let durable = 0
-    for (const byte of state.subarray(8, 8 + Math.ceil(pieceCount / 8))) for (let b = byte; b !== 0; b &= b - 1) durable++
+    const durable = await durableOnDisk()
     expect(durable).toBeGreaterThan(0)
     expect(durable).toBeLessThan(pieceCount)
 

@@ -24,7 +24,12 @@ export const NO_SEED_GRACE_MS = 5_000
 /** Errors of the origin itself: retrying elsewhere cannot help, so the task fails for everyone. */
 const TERMINAL_ERRORS = new Set(['OriginStatusError', 'ContentLengthMismatchError', 'OriginTimeoutError', 'InvalidUrlError', 'DigestMismatchError'])
 
-export interface SchedulerInit { node: Libp2p, log: Logger }
+export interface SchedulerInit extends SchedulerOptions { node: Libp2p, log: Logger }
+
+export interface SchedulerOptions {
+  /** peers (besides the source) up to which a task stays one chain; more switch it to striped trees @default CHAIN_MAX_PEERS */
+  chainMaxPeers?: number
+}
 
 export interface SchedulerStats { hosts: number, tasks: number, peers: number }
 
@@ -42,9 +47,12 @@ export class SchedulerCore {
   private readonly graceUntil: number
   private readonly graceWaiting = new Set<Task>()
 
-  constructor (log: Logger, noSeedGraceMs = NO_SEED_GRACE_MS) {
+  private readonly chainMaxPeers: number
+
+  constructor (log: Logger, noSeedGraceMs = NO_SEED_GRACE_MS, opts: SchedulerOptions = {}) {
     this.log = log.child({ component: 'scheduler' })
     this.graceUntil = Date.now() + noSeedGraceMs
+    this.chainMaxPeers = opts.chainMaxPeers ?? CHAIN_MAX_PEERS
   }
 
   /** A host said hello. A second hello from the same id replaces the first connection. */
@@ -287,7 +295,7 @@ export class SchedulerCore {
   schedule (child: Peer): void {
     const task = child.task
     if (task.info == null || child.state === 'succeeded') return
-    if (task.forest == null && task.peers.size - 1 > CHAIN_MAX_PEERS) this.growForest(task)
+    if (task.forest == null && task.peers.size - 1 > this.chainMaxPeers) this.growForest(task)
     let chosen: Peer[]
     let stripeParents = 0
     let stripeCount = 0
@@ -375,7 +383,7 @@ export class Scheduler extends SchedulerCore implements Startable {
   private timer: NodeJS.Timeout | undefined
 
   constructor (private readonly init: SchedulerInit) {
-    super(init.log)
+    super(init.log, NO_SEED_GRACE_MS, init)
   }
 
   async start (): Promise<void> {

@@ -50,3 +50,10 @@ export function pieceChannel (s: string | undefined): 'stream' | 'secure' | 'int
   if (s === 'stream' || s === 'secure' || s === 'integrity') return s
   throw new InvalidParametersError(`--piece-channel must be stream, secure or integrity, got "${s}"`)
 }
+
+/** A whole number >= 1, or undefined when absent. */
+export function count (s: string | undefined, what: string): number | undefined {
+  if (s == null) return undefined
+  if (!/^\d+$/.test(s) || Number(s) < 1 || !Number.isSafeInteger(Number(s))) throw new InvalidParametersError(`${what} must be a whole number >= 1, got "${s}"`)
+  return Number(s)
+}

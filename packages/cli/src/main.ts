@@ -3,7 +3,7 @@
  */
 import { join } from 'node:path'
 import { InvalidParametersError } from '@guoce/interface'
-import { parse, defaultHome, hostPort, durationMs, sizeBytes, pieceChannel } from './args.js'
+import { parse, defaultHome, hostPort, durationMs, sizeBytes, pieceChannel, count } from './args.js'
 import type { Running } from './services.js'
 
 const USAGE = `guoce: P2P content distribution and lazy-loading images
@@ -21,10 +21,11 @@ Commands:
 Every command takes --help and --json. Logs are JSON lines on stderr (GUOCE_LOG=debug|info|warn|error).
 `
 
-const SCHEDULER_USAGE = `Usage: guoce scheduler [--listen MULTIADDR] [--data DIR] [--json]
+const SCHEDULER_USAGE = `Usage: guoce scheduler [--listen MULTIADDR] [--data DIR] [--chain-max-peers N] [--json]
 
   --listen MULTIADDR   where to listen (default /ip4/0.0.0.0/tcp/65003)
   --data DIR           identity key lives here, so the PeerId survives restarts (default $GUOCE_HOME/scheduler)
+  --chain-max-peers N  peers of a task that form one chain; a bigger swarm gets striped trees (default 16)
 Prints the multiaddr it listens on, with /p2p/PEERID.
 `
 const SEED_USAGE = `Usage: guoce seed --scheduler MULTIADDR [--data DIR] [--listen MULTIADDR] [--origin-timeout 30s] [--quota SIZE] [--piece-channel M] [--json]
@@ -70,10 +71,10 @@ export async function main (argv: string[]): Promise<number | undefined> {
     case 'get': return await (await import('./get.js')).get(rest)
     case 'image': return await (await import('./image.js')).image(rest)
     case 'scheduler': {
-      const { values: v } = parse(rest, { listen: { type: 'string' }, data: { type: 'string' } })
+      const { values: v } = parse(rest, { listen: { type: 'string' }, data: { type: 'string' }, 'chain-max-peers': { type: 'string' } })
       if (v.help === true) { process.stdout.write(SCHEDULER_USAGE); return 0 }
       const json = v.json === true
-      const s = await startScheduler({ data: (v.data as string | undefined) ?? join(defaultHome(), 'scheduler'), listen: (v.listen as string | undefined) ?? '/ip4/0.0.0.0/tcp/65003', log: logger(json, 'info') })
+      const s = await startScheduler({ data: (v.data as string | undefined) ?? join(defaultHome(), 'scheduler'), listen: (v.listen as string | undefined) ?? '/ip4/0.0.0.0/tcp/65003', log: logger(json, 'info'), chainMaxPeers: count(v['chain-max-peers'] as string | undefined, '--chain-max-peers') })
       out(json, { event: 'ready', service: 'scheduler', addr: s.addr, addrs: s.addrs }, `scheduler listening on ${s.addrs.join(' ')}`)
       return await runUntilSignal([s])
     }

@@ -16,10 +16,10 @@ function p2pAddr (node: Libp2p, prefer = '127.0.0.1'): string {
   return addrs.find(a => a.includes(`/ip4/${prefer}/`)) ?? addrs[0] ?? ''
 }
 
-export async function startScheduler (o: { data: string, listen: string, log: Logger }): Promise<Running & { addr: string, addrs: string[], scheduler: Scheduler, node: Libp2p }> {
+export async function startScheduler (o: { data: string, listen: string, log: Logger, chainMaxPeers?: number | undefined }): Promise<Running & { addr: string, addrs: string[], scheduler: Scheduler, node: Libp2p }> {
   await mkdir(o.data, { recursive: true })
   const node = await createNode({ listen: [o.listen], privateKey: await loadOrCreateKey(join(o.data, 'identity.key')) })
-  const scheduler = new Scheduler({ node, log: o.log })
+  const scheduler = new Scheduler({ node, log: o.log, ...(o.chainMaxPeers != null ? { chainMaxPeers: o.chainMaxPeers } : {}) })
   await scheduler.start()
   return {
     addr: p2pAddr(node), addrs: node.getMultiaddrs().map(a => a.toString()), scheduler, node,

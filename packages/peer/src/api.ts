@@ -153,6 +153,9 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
       `guoce_peer_blamed_parents_total ${s.blamedParents}`,
       '# TYPE guoce_peer_parent_connections_total counter',
       ...Object.entries(s.parentConnections).map(([channel, n]) => `guoce_peer_parent_connections_total{channel="${channel}"} ${n}`),
+      '# TYPE guoce_peer_parent_lists_total counter',
+      `guoce_peer_parent_lists_total{mode="chain"} ${s.parentLists.chain}`,
+      `guoce_peer_parent_lists_total{mode="striped"} ${s.parentLists.striped}`,
       '# TYPE guoce_peer_scheduler_connected gauge',
       `guoce_peer_scheduler_connected ${daemon.client.connected ? 1 : 0}`
     ]

@@ -22,12 +22,14 @@ export interface DaemonStats {
   blamedParents: number
   /** piece connections opened to parents, by channel (stream, secure, integrity) */
   parentConnections: Record<string, number>
+  /** parent lists received, by mode */
+  parentLists: { chain: number, striped: number }
 }
 
 export class PeerDaemon implements Startable {
   readonly tasks = new Map<string, PeerTask>()
   readonly client: SchedulerClient
-  readonly stats: DaemonStats = { peerBytes: 0, sourceBytes: 0, uploadBytes: 0, tasksStarted: 0, blamedParents: 0, parentConnections: {} }
+  readonly stats: DaemonStats = { peerBytes: 0, sourceBytes: 0, uploadBytes: 0, tasksStarted: 0, blamedParents: 0, parentConnections: {}, parentLists: { chain: 0, striped: 0 } }
   private pieceServer: PieceServer | undefined
 
   constructor (private readonly init: PeerDaemonInit) {
@@ -74,6 +76,7 @@ export class PeerDaemon implements Startable {
       ...(this.init.pieceChannel != null ? { pieceChannel: this.init.pieceChannel } : {}),
       onBlame: () => { this.stats.blamedParents++ },
       onConnection: (channel) => { this.stats.parentConnections[channel] = (this.stats.parentConnections[channel] ?? 0) + 1 },
+      onParentList: (mode) => { this.stats.parentLists[mode]++ },
       onStats: (kind, bytes) => { if (kind === 'peer') this.stats.peerBytes += bytes; else this.stats.sourceBytes += bytes }
     })
     this.tasks.set(taskId, task)

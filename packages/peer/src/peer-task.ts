@@ -289,6 +289,8 @@ export interface PeerTaskInit {
   onBlame?: (parent: string, reason: Error) => void
   /** a piece connection to a parent opened, over this channel */
   onConnection?: (channel: string) => void
+  /** a parent list arrived: `striped` when it names stripe parents (stripe_count > 0), else `chain` */
+  onParentList?: (mode: 'chain' | 'striped') => void
 }
 
 export class PeerTask {
@@ -443,6 +445,7 @@ export class PeerTask {
     const count = this.stored?.info.pieceCount
     const oldPrimary = primaryOf(this.parents)
     const k = stripeCount <= MAX_STRIPES ? stripeCount : 0
+    this.init.onParentList?.(k > 0 ? 'striped' : 'chain')
     let rank = 0
     for (const wp of list) {
       if (this.blamed.has(wp.peerId)) continue

@@ -10,10 +10,14 @@ import { Bitmap, isTaskId, pieceRange, piecePool, type BufferPool, type Lease } 
 import { NoSpaceError, NotFoundError, InvalidParametersError, type TaskInfo } from '@guoce/interface'
 
 /**
- * Delay between a piece write and the flush that makes it durable (state file rewrite).
- * @default 250 ms
+ * Delay between a piece write and the flush that makes it durable (fdatasync of the data file, then the
+ * state file rewritten). A crash loses at most this much progress: the pieces are fetched again. Every
+ * flush is two fsyncs per task; at 250 ms, 16 peers on one machine flushed 128 times a second
+ * (bench/fanout, N = 16: T_all 35.1 and 37.8 s at 2 s against 37.5 and 43.9 s at 250 ms, alternating runs).
+ * The last piece flushes at once.
+ * @default 2 s
  */
-export const FLUSH_DELAY_MS = 250
+export const FLUSH_DELAY_MS = 2_000
 
 export interface TaskMeta {
   url?: string

@@ -25,7 +25,7 @@ export interface Cluster {
   close(): Promise<void>
 }
 
-export async function startCluster (o: { daemons: number, seeds?: number, seedArgs?: string[], daemonArgs?: string[] }): Promise<Cluster> {
+export async function startCluster (o: { daemons: number, seeds?: number, schedulerArgs?: string[], seedArgs?: string[], daemonArgs?: string[] }): Promise<Cluster> {
   const dir = await mkdtemp(join(tmpdir(), 'guoce-cluster-'))
   const schedulerPort = await freePort()
   const c: Cluster = {
@@ -33,7 +33,7 @@ export async function startCluster (o: { daemons: number, seeds?: number, seedAr
     scheduler: undefined as unknown as Proc,
     schedulerAddr: '',
     startScheduler: async () => {
-      c.scheduler = await startGuoce(['scheduler', '--listen', `/ip4/127.0.0.1/tcp/${schedulerPort}`, '--data', join(dir, 'scheduler')])
+      c.scheduler = await startGuoce(['scheduler', '--listen', `/ip4/127.0.0.1/tcp/${schedulerPort}`, '--data', join(dir, 'scheduler'), ...(o.schedulerArgs ?? [])])
       c.schedulerAddr = c.scheduler.ready.addr as string
       return c.scheduler
     },
