@@ -4,7 +4,7 @@
  */
 import { describe, it, expect, afterEach } from 'vitest'
 import { randomBytes, createHash } from 'node:crypto'
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises'
 import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { tmpdir } from 'node:os'
@@ -55,10 +55,13 @@ describe('p2p file distribution', () => {
     const file = randomBytes(64 * MiB)
     const { origin, cluster, out } = await setup({ files: { 'big.bin': file }, rate: 200 * MiB, daemons: 4 })
     const results = await Promise.all(cluster.daemons.map(async (d, i) =>
-      await runGuoce(['get', `${origin.url}/big.bin`, '-O', join(out, `copy-${i}`), '--daemon', d.api, '--json', ...(i % 2 === 1 ? ['--stream'] : [])])))
+      await runGuoce(['get', `${origin.url}/big.bin`, '-O', join(out, `copy-${i}`), '--daemon', d.api, '--json', ...(i % 2 === 1 ? ['--stream'] : i === 2 ? ['--copy'] : [])])))
     for (const r of results) expect(r.code, r.stderr).toBe(0)
     const want = sha(file)
     for (let i = 0; i < 4; i++) expect(sha(await readFile(join(out, `copy-${i}`)))).toBe(want)
+    // same filesystem as the daemons' stores: daemon 0's output is a hard link to its cached task; --copy
+    // (daemon 2) and --stream (1, 3) give files of their own
+    for (let i = 0; i < 4; i++) expect((await stat(join(out, `copy-${i}`))).nlink).toBe(i === 0 ? 2 : 1)
     const ratio = origin.sent['big.bin']! / file.length
     expect(ratio).toBeGreaterThanOrEqual(1)
     expect(ratio).toBeLessThanOrEqual(1.05)

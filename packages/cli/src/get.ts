@@ -19,6 +19,8 @@ export const GET_USAGE = `Usage: guoce get URL -O FILE [--daemon http://HOST:POR
   --header K:V         request header for the origin (repeatable)
   --timeout DURATION   give up after this long (default: none)
   --stream             copy through the daemon's HTTP API even when it runs on this host
+  --copy               with a daemon on this host: a copy of its own, not a hard link to the daemon's
+                       cache (a linked FILE shares its bytes with what the daemon serves: do not write into it)
 `
 
 function fmtBytes (n: number): string {
@@ -69,7 +71,8 @@ export async function get (argv: string[]): Promise<number> {
     digest: { type: 'string' },
     header: { type: 'string', multiple: true },
     timeout: { type: 'string' },
-    stream: { type: 'boolean' }
+    stream: { type: 'boolean' },
+    copy: { type: 'boolean' }
   }, true)
   if (v.help === true) { process.stdout.write(GET_USAGE); return 0 }
   const json = v.json === true
@@ -112,9 +115,9 @@ export async function get (argv: string[]): Promise<number> {
     if (final.state !== 'succeeded') {
       throw final.error != null ? fromErrorInfo(final.error) : new TaskFailedError(`download ended in state ${final.state}`)
     }
-    // a daemon on this host writes the file itself (kernel copy); elsewhere, or with --stream, bytes come over HTTP
+    // a daemon on this host puts the file in place itself (hard link or kernel copy); elsewhere, or with --stream, bytes come over HTTP
     bytes = v.stream !== true && isLoopback(base)
-      ? await exportOut(base, final, output, signal) ?? await copyOut(base, final, output, digest, signal)
+      ? await exportOut(base, final, output, v.copy !== true, signal) ?? await copyOut(base, final, output, digest, signal)
       : await copyOut(base, final, output, digest, signal)
   } catch (err) {
     // an abort can surface anywhere in a body read; say why, in one line
@@ -163,8 +166,8 @@ function isLoopback (base: string): boolean {
 }
 
 /** Ask a same-host daemon to write `output`; null when the daemon cannot (then stream instead). */
-async function exportOut (base: string, p: TaskProgress, output: string, signal?: AbortSignal): Promise<number | null> {
-  const res = await api(base, `/api/v1/tasks/${p.taskId}/export`, { method: 'POST', body: { path: output }, signal })
+async function exportOut (base: string, p: TaskProgress, output: string, link: boolean, signal?: AbortSignal): Promise<number | null> {
+  const res = await api(base, `/api/v1/tasks/${p.taskId}/export`, { method: 'POST', body: { path: output, link }, signal })
   if (res.status === 200) return ((await res.json()) as { bytes: number }).bytes
   const err = await errorFrom(res)
   if (err.name === 'NoSpaceError') throw err

@@ -4,13 +4,13 @@
  *   GET  /api/v1/tasks/:id             progress
  *   GET  /api/v1/tasks/:id/progress    NDJSON progress lines until the task ends
  *   GET  /api/v1/tasks/:id/content     the bytes (Range supported) once complete
- *   POST /api/v1/tasks/:id/export {path}  copy a complete task to a local file (temp + fsync + rename)
+ *   POST /api/v1/tasks/:id/export {path, link?}  a complete task to a local file: hard link, else copy (temp + fsync + rename)
  *   DELETE /api/v1/tasks/:id           drop a task from the store
  *   GET  /healthz, GET /metrics (Prometheus text)
  */
 import Fastify, { type FastifyInstance } from 'fastify'
 import { createReadStream, constants as fsConstants } from 'node:fs'
-import { copyFile, open, rename, rm } from 'node:fs/promises'
+import { copyFile, link, open, rename, rm } from 'node:fs/promises'
 import { basename, dirname, isAbsolute, join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { isTaskId } from '@guoce/content'
@@ -104,10 +104,14 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
     return await reply.send(createReadStream(st.dataPath, { start, end }))
   })
 
-  // Same-host output: the kernel copies store -> file (copy_file_range or reflink), no bytes through
-  // HTTP and no second hash: every piece, and the whole content when a digest was given, is verified.
-  app.post<{ Params: { id: string }, Body: { path: string } }>('/api/v1/tasks/:id/export', {
-    schema: { body: { type: 'object', required: ['path'], additionalProperties: false, properties: { path: { type: 'string', minLength: 1, maxLength: 4096 } } } }
+  // Same-host output, no bytes through HTTP and no second hash (every piece, and the whole content when a
+  // digest was given, is verified). As dfget does: a hard link to the task's data file when the output is
+  // on the store's filesystem (no copy, nothing left to write back: the data file is already durable),
+  // else a kernel copy (reflink or copy_file_range) that is fsynced. `link: false` asks for the copy.
+  // A hard link shares the bytes with the cache: writing into the output changes what this host serves
+  // (its children verify every piece and would blame it), so treat linked outputs as read-only.
+  app.post<{ Params: { id: string }, Body: { path: string, link?: boolean } }>('/api/v1/tasks/:id/export', {
+    schema: { body: { type: 'object', required: ['path'], additionalProperties: false, properties: { path: { type: 'string', minLength: 1, maxLength: 4096 }, link: { type: 'boolean' } } } }
   }, async (req, reply) => {
     if (!isTaskId(req.params.id)) throw new InvalidParametersError('bad task id')
     const path = req.body.path
@@ -116,11 +120,20 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
     if (st == null) throw new NotFoundError(`no task ${req.params.id}`)
     if (!st.complete) return await reply.status(409).send({ error: { name: 'NotFoundError', code: 'ERR_INCOMPLETE', message: 'task is not complete' } })
     const tmp = join(dirname(path), `.${basename(path)}.guoce-${randomBytes(4).toString('hex')}`)
+    let linked = false
     try {
-      await copyFile(st.dataPath, tmp, fsConstants.COPYFILE_FICLONE)
-      const fh = await open(tmp, 'r+')
-      try { await fh.sync() } finally { await fh.close() }
+      if (req.body.link !== false) {
+        await st.flush() // the bytes are durable before a second name points at them
+        linked = await link(st.dataPath, tmp).then(() => true, () => false) // EXDEV, EPERM, EMLINK...: copy
+      }
+      if (!linked) {
+        await copyFile(st.dataPath, tmp, fsConstants.COPYFILE_FICLONE)
+        const fh = await open(tmp, 'r+')
+        try { await fh.sync() } finally { await fh.close() }
+      }
       await rename(tmp, path)
+      const dir = await open(dirname(path), 'r')
+      try { await dir.sync() } finally { await dir.close() }
     } catch (err) {
       await rm(tmp, { force: true })
       const e = err as NodeJS.ErrnoException
@@ -128,7 +141,7 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
       if (e.code === 'ENOENT' || e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'EROFS') return await reply.status(400).send({ error: { name: 'InvalidParametersError', code: 'ERR_INVALID_PARAMETERS', message: `cannot write ${path}: ${e.code}` } })
       throw err
     }
-    return { path, bytes: st.info.contentLength }
+    return { path, bytes: st.info.contentLength, linked }
   })
 
   app.delete<{ Params: { id: string } }>('/api/v1/tasks/:id', async (req, reply) => {

@@ -391,14 +391,20 @@ export async function openDataStream (host: string, port: number, mode: DataChan
       return true
     }
   }
-  // highWaterMark is accepted by net.connect (Node >= 18.17) but missing from @types/node's NetConnectOpts
-  const opts: NetConnectOpts & { highWaterMark: number } = { host, port, noDelay: true, onread, highWaterMark: DATA_CHANNEL_BUFFER_BYTES, ...(signal != null ? { signal } : {}) }
+  // highWaterMark is accepted by net.connect (Node >= 18.17) but missing from @types/node's NetConnectOpts.
+  // `signal` bounds the connect only: given to net.connect it would destroy the open channel when it fires
+  const opts: NetConnectOpts & { highWaterMark: number } = { host, port, noDelay: true, onread, highWaterMark: DATA_CHANNEL_BUFFER_BYTES }
   const socket = connect(opts)
+  const onAbort = (): void => { socket.destroy(signal?.reason instanceof Error ? signal.reason : new ProtocolError('data channel connect aborted')) }
+  signal?.throwIfAborted()
+  signal?.addEventListener('abort', onAbort, { once: true })
   try {
     await once(socket, 'connect')
   } catch (err) {
     socket.destroy()
     throw err
+  } finally {
+    signal?.removeEventListener('abort', onAbort)
   }
   socket.write(token)
   stream = new DataStream(socket, mode === 'secure' ? deriveKeys(secret, token, 'child') : undefined, true)
