@@ -70,6 +70,17 @@ describe('piece data channels', () => {
     expect(rejected).toEqual([])
   })
 
+  it('the signal that bounds opening a channel does not close it once open', async () => {
+    const p = await parent(true)
+    const c = await child()
+    const conn = await PieceConnection.open(c, p.getMultiaddrs(), { channel: 'secure', signal: AbortSignal.timeout(300) })
+    cleanup.push(() => { conn.close() })
+    await new Promise(resolve => setTimeout(resolve, 600))
+    expect(conn.isOpen).toBe(true)
+    const { ok } = await fetchAll(conn)
+    expect(ok).toEqual([0, 1, 2, 3, 4, 5, 6, 7])
+  })
+
   it('integrity-only channel still rejects a corrupted piece by its sha256', async () => {
     const p = await parent({ integrity: true }, new Set([2, 5]))
     const c = await child()
