@@ -30,7 +30,7 @@ const { values: opt } = parseArgs({
     window: { type: 'string', default: '16' },
     batch: { type: 'string', default: '4' },
     runs: { type: 'string', default: '3' },
-    hash: { type: 'string', default: 'sync' },
+    hash: { type: 'string', default: 'async' },
     modes: { type: 'string', default: 'raw_tcp,noise_stream,piece_stream,piece_secure,piece_integrity' }
   }
 })
@@ -114,7 +114,7 @@ async function sha256 (data) {
 async function pieces (node, addrs, digests, bytes, channel) {
   const count = Math.ceil(bytes / PIECE)
   const t0 = performance.now()
-  const conn = await PieceConnection.open(node, addrs, { channel })
+  const conn = await PieceConnection.open(node, addrs, { channel, hashOnArrival: opt.hash !== 'async' })
   if (conn.channel !== channel) throw new Error(`asked for ${channel}, got ${conn.channel}`)
   const batch = Number(opt.batch); const window = Number(opt.window)
   let next = 0; let verified = 0; let bad = 0

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto'
+import { createHash, webcrypto } from 'node:crypto'
 import { PieceDigestMismatchError } from '@guoce/interface'
 
 /**
@@ -46,6 +46,14 @@ export function pieceRange (n: number, pieceLength: number, contentLength: numbe
 /** Re-hash `data` and compare with the announced digest; throws PieceDigestMismatchError. */
 export function verifyPiece (n: number, data: Uint8Array, expected: Uint8Array): void {
   checkPieceDigest(n, createHash('sha256').update(data).digest(), expected)
+}
+
+/**
+ * verifyPiece with the hashing on the libuv thread pool (WebCrypto), so the thread that receives
+ * pieces only copies bytes: sha256 runs at about 1 GB/s here, no faster than the socket (bench/link).
+ */
+export async function verifyPieceAsync (n: number, data: Uint8Array, expected: Uint8Array): Promise<void> {
+  checkPieceDigest(n, new Uint8Array(await webcrypto.subtle.digest('SHA-256', data)), expected)
 }
 
 /** Like verifyPiece, for a sha256 already computed over the piece's bytes as they arrived. */

@@ -1,5 +1,6 @@
 import { describe, it, expect } from 'vitest'
-import { taskIdOf, normalizeUrl, pieceLayout, pieceRange, verifyPiece, sha256, digestToCid, cidToDigest, parseDigest, formatDigest, Bitmap, parseSourceUrl, BufferPool } from '../src/index.js'
+import { randomBytes } from 'node:crypto'
+import { taskIdOf, normalizeUrl, pieceLayout, pieceRange, verifyPiece, sha256, digestToCid, cidToDigest, parseDigest, formatDigest, Bitmap, parseSourceUrl, BufferPool, verifyPieceAsync } from '../src/index.js'
 
 describe('content', () => {
   it('maps OCI digests to CIDs and back', () => {
@@ -50,6 +51,13 @@ describe('content', () => {
     verifyPiece(0, data, sha256(data))
     const bad = Buffer.from(data); bad[0] = 0
     expect(() => verifyPiece(3, bad, sha256(data))).toThrow(expect.objectContaining({ name: 'PieceDigestMismatchError' }))
+  })
+
+  it('verifies pieces on the thread pool the same way', async () => {
+    const data = randomBytes(3 * 1024 * 1024 + 1)
+    await verifyPieceAsync(0, data, sha256(data))
+    const bad = Buffer.from(data); bad[bad.length - 1] = bad[bad.length - 1]! ^ 1
+    await expect(verifyPieceAsync(3, bad, sha256(data))).rejects.toMatchObject({ name: 'PieceDigestMismatchError' })
   })
 
   it('tracks a bitmap and survives a round trip', () => {

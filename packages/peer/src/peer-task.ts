@@ -22,7 +22,7 @@
 import { createHash } from 'node:crypto'
 import type { Libp2p } from 'libp2p'
 import { multiaddr } from '@multiformats/multiaddr'
-import { Bitmap, verifyPiece, checkPieceDigest, equalBytes } from '@guoce/content'
+import { Bitmap, verifyPieceAsync, checkPieceDigest, equalBytes } from '@guoce/content'
 import { DigestMismatchError, ParentTimeoutError, fromErrorInfo, toErrorInfo, type Logger, type TaskProgress, type TaskRequest, type PeerState, type TaskInfo } from '@guoce/interface'
 import type { StoredTask, TaskStore } from '@guoce/store'
 import { PieceConnection, type PieceChannel, Priority, type PeerMessage, type SchedulerMessage, type WireParent } from '@guoce/transfer'
@@ -493,7 +493,7 @@ export class PeerTask {
 
   private async connection (p: ParentState): Promise<PieceConnection> {
     if (p.conn?.isOpen === true) return p.conn
-    p.connecting ??= PieceConnection.open(this.init.node, p.addrs, { signal: AbortSignal.timeout(5_000), channel: this.init.pieceChannel ?? 'stream' }).finally(() => { p.connecting = undefined })
+    p.connecting ??= PieceConnection.open(this.init.node, p.addrs, { signal: AbortSignal.timeout(5_000), channel: this.init.pieceChannel ?? 'stream', hashOnArrival: false }).finally(() => { p.connecting = undefined })
     p.conn = await p.connecting
     this.init.onConnection?.(p.conn.channel)
     return p.conn
@@ -541,7 +541,7 @@ export class PeerTask {
     }
   }
 
-  /** `digest`: the sha256 of `data` computed as it arrived (data channels); else it is hashed here. */
+  /** `digest`: the sha256 of `data` computed as it arrived, when the connection did; else it is hashed on the thread pool here. */
   private async accept (p: ParentState, n: number, data: Uint8Array, digest?: Uint8Array): Promise<void> {
     const s = this.stored!
     if (s.bitmap.has(n)) return
@@ -549,7 +549,7 @@ export class PeerTask {
     if (expected == null) return
     // throws PieceDigestMismatchError -> parent blamed
     if (digest != null) checkPieceDigest(n, digest, expected)
-    else verifyPiece(n, data, expected)
+    else await verifyPieceAsync(n, data, expected)
     await s.writePiece(n, data, expected)
     this.policy.onPiece(n, Date.now())
     p.bytes += data.byteLength

@@ -195,6 +195,13 @@ export interface PieceConnectionOptions extends AbortOptions {
    * else the libp2p stream.
    */
   channel?: 'stream' | DataChannelMode
+  /**
+   * On a data channel, hash each piece while copying it out of the read buffer (`PieceResult.digest`,
+   * on the receiving thread) or leave hashing to the caller (`false`: e.g. on the thread pool, so the
+   * receiving thread only copies).
+   * @default true
+   */
+  hashOnArrival?: boolean
 }
 
 interface Pending { numbers: number[], next: number, onPiece: (r: PieceResult) => void, resolve: () => void, reject: (err: Error) => void }
@@ -222,7 +229,7 @@ export class PieceConnection {
   private lease: Lease | undefined
   private hash: Hash | undefined
 
-  private constructor (private readonly stream: PieceDuplex, channel: 'stream' | DataChannelMode = 'stream') {
+  private constructor (private readonly stream: PieceDuplex, channel: 'stream' | DataChannelMode = 'stream', private readonly hashOnArrival = true) {
     this.channel = channel
     if (stream.attach != null) {
       stream.attach(chunk => {
@@ -251,7 +258,7 @@ export class PieceConnection {
     if (mode !== 'stream') {
       const conn = await node.dial(mas, { signal: options.signal })
       const data = await openChannel(conn, mode, options.signal)
-      if (data != null) return new PieceConnection(data, mode)
+      if (data != null) return new PieceConnection(data, mode, options.hashOnArrival ?? true)
       return new PieceConnection(await conn.newStream(PIECE_PROTOCOL, { signal: options.signal }))
     }
     const stream = await node.dialProtocol(mas, PIECE_PROTOCOL, { signal: options.signal })
@@ -320,7 +327,7 @@ export class PieceConnection {
     if (kind === KIND_PIECE) {
       this.lease = piecePool.acquire(len)
       this.body = this.lease.buf
-      this.hash = createHash('sha256')
+      this.hash = this.hashOnArrival ? createHash('sha256') : undefined
     } else if (kind === KIND_REFUSED) {
       this.body = Buffer.allocUnsafe(len)
     } else {
@@ -340,7 +347,7 @@ export class PieceConnection {
     this.headFill = 0; this.body = undefined; this.lease = undefined; this.hash = undefined
     p.next++
     if (this.frameKind === KIND_PIECE) {
-      p.onPiece({ n: this.frameN, data: body, claimedDigest: Buffer.from(this.head.subarray(9)), digest: hash!.digest(), release: lease!.release })
+      p.onPiece({ n: this.frameN, data: body, claimedDigest: Buffer.from(this.head.subarray(9)), ...(hash != null ? { digest: hash.digest() } : {}), release: lease!.release })
     } else {
       p.onPiece({ n: this.frameN, refused: body.toString() })
     }
