@@ -238,6 +238,7 @@ describe('bad input: one-line error, non-zero exit, no partial output', () => {
     const o = (name: string): string[] => ['-O', join(out, name), '--daemon', api]
     await expectFailure(['get', 'ht!tp://nope', ...o('a')], out, /malformed URL/)
     await expectFailure(['get', 'ftp://127.0.0.1/x', ...o('a')], out, /unsupported URL scheme/)
+    await expectFailure(['scheduler', '--listen', '/ip4/127.0.0.1/tcp/0', '--chain-max-peers', '0'], out, /--chain-max-peers must be a whole number >= 1/)
     await expectFailure(['get', `${origin.url}/status/404`, ...o('a')], out, /HTTP 404/)
     await expectFailure(['get', `${origin.url}/status/500`, ...o('a')], out, /HTTP 500/)
     await expectFailure(['get', `${origin.url}/hang`, ...o('a')], out, /timed out/)
