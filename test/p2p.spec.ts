@@ -10,7 +10,7 @@ import { createInterface } from 'node:readline'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { taskIdOf } from '@guoce/content'
-import { startOrigin, startCluster, runGuoce, stopAll, NODE, ROOT, type Origin, type Cluster } from '@guoce/testkit'
+import { startOrigin, startCluster, startGuoce, freePort, runGuoce, stopAll, NODE, ROOT, type Origin, type Cluster } from '@guoce/testkit'
 
 const MiB = 1024 * 1024
 const cleanups: Array<() => Promise<void>> = []
@@ -217,6 +217,30 @@ describe('p2p file distribution', () => {
     const done = JSON.parse(r.stdout.trim())
     expect(done.piecesFromStore).toBe(durable)
     expect(done.piecesFromPeers + done.piecesFromSource).toBe(pieceCount - durable)
+  })
+})
+
+describe('guoce up (the quick start)', () => {
+  it('runs scheduler, seed and daemon in one process; a get through it is byte-identical and stops cleanly', async () => {
+    const file = randomBytes(12 * MiB)
+    const origin = await startOrigin({ files: { 'f.bin': file }, rate: 0 })
+    cleanups.push(async () => { await origin.close() })
+    const dir = await mkdtemp(join(tmpdir(), 'guoce-up-'))
+    cleanups.push(async () => { await rm(dir, { recursive: true, force: true }) })
+    const apiPort = await freePort()
+    const up = await startGuoce(['up', '--data', join(dir, 'home'), '--listen-host', '127.0.0.1', '--scheduler-port', String(await freePort()), '--api', `127.0.0.1:${apiPort}`])
+    expect(up.ready).toMatchObject({ event: 'ready', service: 'up', api: `http://127.0.0.1:${apiPort}` })
+    const r = await runGuoce(['get', `${origin.url}/f.bin`, '-O', join(dir, 'f.bin'), '--daemon', up.ready.api as string, '--json'])
+    expect(r.code, r.stderr).toBe(0)
+    expect(sha(await readFile(join(dir, 'f.bin')))).toBe(sha(file))
+    expect(origin.sent['f.bin']).toBe(file.length)
+    // the daemon took every piece from the seed, over the default secure data channel
+    const done = JSON.parse(r.stdout.trim())
+    expect(done.piecesFromSource).toBe(0)
+    expect(done.piecesFromPeers).toBe(12)
+    expect(await metric(up.ready.api as string, 'guoce_peer_parent_connections_total{channel="secure"}')).toBeGreaterThan(0)
+    await up.kill('SIGTERM')
+    expect((await up.exited).code).toBe(0)
   })
 })
 
