@@ -50,15 +50,20 @@ async function until (cond: () => Promise<boolean> | boolean, what: string, time
   }
 }
 
+/** `guoce get` of `url` on every daemon at once; each exits 0 with a byte-identical copy; their done summaries */
+async function getOnEvery (cluster: Cluster, url: string, out: string, file: Buffer, extra: (i: number) => string[] = () => []): Promise<any[]> {
+  const results = await Promise.all(cluster.daemons.map(async (d, i) =>
+    await runGuoce(['get', url, '-O', join(out, `copy-${i}`), '--daemon', d.api, '--json', ...extra(i)])))
+  for (const r of results) expect(r.code, r.stderr).toBe(0)
+  for (let i = 0; i < results.length; i++) expect(sha(await readFile(join(out, `copy-${i}`)))).toBe(sha(file))
+  return results.map(r => JSON.parse(r.stdout.trim().split('\n').pop()!))
+}
+
 describe('p2p file distribution', () => {
   it('4 daemons get a 64 MiB file at once: identical copies, origin serves it about once', async () => {
     const file = randomBytes(64 * MiB)
     const { origin, cluster, out } = await setup({ files: { 'big.bin': file }, rate: 200 * MiB, daemons: 4 })
-    const results = await Promise.all(cluster.daemons.map(async (d, i) =>
-      await runGuoce(['get', `${origin.url}/big.bin`, '-O', join(out, `copy-${i}`), '--daemon', d.api, '--json', ...(i % 2 === 1 ? ['--stream'] : i === 2 ? ['--copy'] : [])])))
-    for (const r of results) expect(r.code, r.stderr).toBe(0)
-    const want = sha(file)
-    for (let i = 0; i < 4; i++) expect(sha(await readFile(join(out, `copy-${i}`)))).toBe(want)
+    const done = await getOnEvery(cluster, `${origin.url}/big.bin`, out, file, i => i % 2 === 1 ? ['--stream'] : i === 2 ? ['--copy'] : [])
     // same filesystem as the daemons' stores: daemon 0's output is a hard link to its cached task; --copy
     // (daemon 2) and --stream (1, 3) give files of their own
     for (let i = 0; i < 4; i++) expect((await stat(join(out, `copy-${i}`))).nlink).toBe(i === 0 ? 2 : 1)
@@ -66,7 +71,6 @@ describe('p2p file distribution', () => {
     expect(ratio).toBeGreaterThanOrEqual(1)
     expect(ratio).toBeLessThanOrEqual(1.05)
     // the swarm did the work: most pieces came from peers, none from the origin directly
-    const done = results.map(r => JSON.parse(r.stdout.trim().split('\n').pop()!))
     for (const d of done) expect(d.piecesFromSource).toBe(0)
   })
 
@@ -75,12 +79,9 @@ describe('p2p file distribution', () => {
     it(`moves pieces over ${mode === 'stream' ? 'the libp2p stream' : `${mode} data channels`} ${args.length === 0 ? 'by default' : 'when seed and daemons opt in'}`, async () => {
       const file = randomBytes(24 * MiB)
       const { origin, cluster, out } = await setup({ files: { 'f.bin': file }, daemons: 3, seedArgs: [...args], daemonArgs: [...args] })
-      const results = await Promise.all(cluster.daemons.map(async (d, i) =>
-        await runGuoce(['get', `${origin.url}/f.bin`, '-O', join(out, `copy-${i}`), '--daemon', d.api, '--json'])))
-      for (const r of results) expect(r.code, r.stderr).toBe(0)
-      for (let i = 0; i < 3; i++) expect(sha(await readFile(join(out, `copy-${i}`)))).toBe(sha(file))
+      const done = await getOnEvery(cluster, `${origin.url}/f.bin`, out, file)
       expect(origin.sent['f.bin']! / file.length).toBeLessThanOrEqual(1.05)
-      for (const r of results) expect(JSON.parse(r.stdout.trim()).piecesFromPeers).toBeGreaterThan(0)
+      for (const d of done) expect(d.piecesFromPeers).toBeGreaterThan(0)
       for (const d of cluster.daemons) {
         expect(await metric(d.api, `guoce_peer_parent_connections_total{channel="${mode}"}`)).toBeGreaterThan(0)
         for (const other of ['secure', 'stream', 'integrity'].filter(m => m !== mode)) {
@@ -95,12 +96,9 @@ describe('p2p file distribution', () => {
     // daemon asks every stripe's primary for that stripe's pieces (scheduler/src/scheduling/forest.ts)
     const file = randomBytes(40 * MiB)
     const { origin, cluster, out } = await setup({ files: { 'f.bin': file }, rate: 40 * MiB, daemons: 5, schedulerArgs: ['--chain-max-peers', '2'] })
-    const results = await Promise.all(cluster.daemons.map(async (d, i) =>
-      await runGuoce(['get', `${origin.url}/f.bin`, '-O', join(out, `copy-${i}`), '--daemon', d.api, '--json'])))
-    for (const r of results) expect(r.code, r.stderr).toBe(0)
-    for (let i = 0; i < 5; i++) expect(sha(await readFile(join(out, `copy-${i}`)))).toBe(sha(file))
+    const done = await getOnEvery(cluster, `${origin.url}/f.bin`, out, file)
     expect(origin.sent['f.bin']! / file.length).toBeLessThanOrEqual(1.05)
-    for (const r of results) expect(JSON.parse(r.stdout.trim()).piecesFromSource).toBe(0)
+    for (const d of done) expect(d.piecesFromSource).toBe(0)
     // once the task outgrew the chain, every daemon (the first ones too) got lists naming stripe parents
     for (const d of cluster.daemons) expect(await metric(d.api, 'guoce_peer_parent_lists_total{mode="striped"}')).toBeGreaterThan(0)
   })

@@ -106,9 +106,9 @@ async function noiseStream (node, addrs, bytes) {
   return performance.now() - t0
 }
 
+/** the peer's path (--hash async): pieces arrive without a digest and are hashed on the thread pool */
 async function sha256 (data) {
-  if (opt.hash === 'async') return Buffer.from(await webcrypto.subtle.digest('SHA-256', data))
-  return createHash('sha256').update(data).digest()
+  return Buffer.from(await webcrypto.subtle.digest('SHA-256', data))
 }
 
 async function pieces (node, addrs, digests, bytes, channel) {
@@ -122,7 +122,7 @@ async function pieces (node, addrs, digests, bytes, channel) {
   const requests = []
   const onPiece = r => {
     if ('refused' in r) throw new Error(`piece ${r.n} refused: ${r.refused}`)
-    // data channels hash each piece as it arrives (r.digest), as the peer uses it; the stream path hashes here
+    // --hash sync: the connection hashed each piece as it arrived (r.digest)
     const check = d => { if (Buffer.from(d).equals(digests[r.n % DISTINCT])) verified++; else bad++; r.release?.() }
     if (r.digest != null) check(r.digest)
     else hashing.push(sha256(r.data).then(check))

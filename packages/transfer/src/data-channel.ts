@@ -21,7 +21,7 @@
  *   make pieces fail verification (denial of service, blamed on the parent). For trusted networks.
  */
 import { createServer, connect, type NetConnectOpts, type Server, type Socket } from 'node:net'
-import { createDecipheriv, hkdfSync, randomBytes, type DecipherGCM } from 'node:crypto'
+import { hkdfSync, randomBytes } from 'node:crypto'
 import { seal, open } from '@guoce/native-crypto'
 import { piecePool, type Lease } from '@guoce/content'
 import { once } from 'node:events'
@@ -93,23 +93,29 @@ export class DataStream implements PieceDuplex {
 
   /**
    * @param push the socket was opened with `onread` calling `onRead` (see openDataStream): bytes are
-   * pushed to the one `attach`ed consumer instead of being read through the async iterator.
+   * pushed to the one `attach`ed consumer instead of being read through the async iterator. A secure
+   * stream read through the iterator takes the same path (records opened in place by `openRecords`),
+   * fed by the socket's 'data' events; only a clear-text iterated stream reads the socket directly.
    */
   constructor (private readonly socket: Socket, private readonly keys?: Keys, push = false) {
     socket.setNoDelay(true)
     // errors reach the user through reads (the iterator rethrows) and onDrain; never as an uncaught event
     socket.on('error', (err) => { this.lastError = err })
-    if (push) {
-      this.attach = (onData, onEnd) => {
-        this.sink = onData; this.endSink = onEnd
-        for (const b of this.early.splice(0)) onData(b)
-        if (this.ended != null) onEnd(this.ended.err)
-      }
+    if (push) this.attach = (onData, onEnd) => { this.attachSink(onData, onEnd) }
+    if (push || keys != null) {
+      // a secure stream read by a parent (its requests) takes the same path: 'data' events in place of onread
+      if (!push) socket.on('data', (b: Buffer) => { this.onRead(b.byteLength, b) }).resume() // a server paused it to read the token
       socket.on('end', () => {
         this.finish(this.rLeft >= 0 || this.rHeadFill > 0 ? new ProtocolError('data channel ended inside a record') : undefined)
       })
       socket.on('close', () => { this.finish(this.lastError ?? new ProtocolError('data channel closed')) })
     }
+  }
+
+  private attachSink (onData: (chunk: Uint8Array) => void, onEnd: (err?: Error) => void): void {
+    this.sink = onData; this.endSink = onEnd
+    for (const b of this.early.splice(0)) onData(b)
+    if (this.ended != null) onEnd(this.ended.err)
   }
 
   /** push mode: `nread` bytes arrived in `buf` (a read buffer the socket reuses) */
@@ -258,56 +264,25 @@ export class DataStream implements PieceDuplex {
   abort (err: Error): void { this.socket.destroy(err) }
 
   [Symbol.asyncIterator] (): AsyncIterator<Uint8Array> {
-    return this.keys == null ? this.socket[Symbol.asyncIterator]() : this.records()
+    return this.keys == null && this.attach == null ? this.socket[Symbol.asyncIterator]() : this.pushed()
   }
 
-  /** Decrypt records as they stream in; yield a record's plaintext only once its tag checked out. */
-  private async * records (): AsyncGenerator<Uint8Array> {
-    const key = this.keys!.recv
-    let head: Buffer = Buffer.alloc(0)
-    let left = -1 // ciphertext bytes (without tag) still to come in the current record; -1: reading a header
-    let tag: Buffer = Buffer.alloc(0)
-    let decipher: DecipherGCM | undefined
-    let out: Buffer[] = []
-    for await (const chunk of this.socket as AsyncIterable<Buffer>) {
-      let buf: Buffer = chunk
-      while (buf.byteLength > 0) {
-        if (left < 0) {
-          const need = 4 - head.byteLength
-          head = head.byteLength === 0 && buf.byteLength >= 4 ? buf.subarray(0, 4) : Buffer.concat([head, buf.subarray(0, need)])
-          buf = buf.subarray(Math.min(need, buf.byteLength))
-          if (head.byteLength < 4) break
-          const len = head.readUInt32BE(0)
-          if (len < TAG_BYTES || len > DATA_CHANNEL_RECORD_BYTES + TAG_BYTES) throw new ProtocolError(`data channel record of ${len} bytes`)
-          left = len - TAG_BYTES
-          decipher = createDecipheriv('aes-256-gcm', key, nonce(this.recvCounter++), { authTagLength: TAG_BYTES })
-          decipher.setAAD(head)
-          tag = Buffer.alloc(0)
-          continue
-        }
-        if (left > 0) {
-          const take = Math.min(left, buf.byteLength)
-          out.push(decipher!.update(buf.subarray(0, take)))
-          buf = buf.subarray(take)
-          left -= take
-          continue
-        }
-        const need = TAG_BYTES - tag.byteLength
-        tag = tag.byteLength === 0 && buf.byteLength >= TAG_BYTES ? buf.subarray(0, TAG_BYTES) : Buffer.concat([tag, buf.subarray(0, need)])
-        buf = buf.subarray(Math.min(need, buf.byteLength))
-        if (tag.byteLength < TAG_BYTES) break
-        decipher!.setAuthTag(tag)
-        try {
-          decipher!.final()
-        } catch {
-          throw new ProtocolError('data channel record failed authentication')
-        }
-        const ready = out
-        out = []; head = Buffer.alloc(0); left = -1; decipher = undefined
-        for (const b of ready) if (b.byteLength > 0) yield b
+  /** The pushed bytes (opened records, in secure mode) as an iterator; no backpressure: small messages only. */
+  private async * pushed (): AsyncGenerator<Uint8Array> {
+    const queue: Buffer[] = []
+    let end: { err?: Error } | undefined
+    let wake: (() => void) | undefined
+    this.attachSink(c => { queue.push(Buffer.from(c)); wake?.() }, err => { end = err != null ? { err } : {}; wake?.() })
+    while (true) {
+      const next = queue.shift()
+      if (next != null) { yield next; continue }
+      if (end != null) {
+        if (end.err != null) throw end.err
+        return
       }
+      await new Promise<void>(resolve => { wake = resolve })
+      wake = undefined
     }
-    if (left >= 0 || head.byteLength > 0) throw new ProtocolError('data channel ended inside a record')
   }
 }
 
@@ -382,19 +357,16 @@ export class DataChannelServer {
 /** The child's side: connect, present the token, wrap (in push mode: reads land in one reused buffer). */
 export async function openDataStream (host: string, port: number, mode: DataChannelMode, token: Uint8Array, secret: Uint8Array, signal?: AbortSignal): Promise<DataStream> {
   let stream: DataStream | undefined
-  const early: Buffer[] = []
   const onread = {
     buffer: Buffer.allocUnsafeSlow(DATA_CHANNEL_READ_BYTES),
-    callback: (nread: number, buf: Buffer): boolean => {
-      if (stream != null) stream.onRead(nread, buf)
-      else early.push(Buffer.from(buf.subarray(0, nread)))
-      return true
-    }
+    // `stream` exists before the socket connects, so before any read
+    callback: (nread: number, buf: Buffer): boolean => { stream!.onRead(nread, buf); return true }
   }
   // highWaterMark is accepted by net.connect (Node >= 18.17) but missing from @types/node's NetConnectOpts.
   // `signal` bounds the connect only: given to net.connect it would destroy the open channel when it fires
   const opts: NetConnectOpts & { highWaterMark: number } = { host, port, noDelay: true, onread, highWaterMark: DATA_CHANNEL_BUFFER_BYTES }
   const socket = connect(opts)
+  stream = new DataStream(socket, mode === 'secure' ? deriveKeys(secret, token, 'child') : undefined, true)
   const onAbort = (): void => { socket.destroy(signal?.reason instanceof Error ? signal.reason : new ProtocolError('data channel connect aborted')) }
   signal?.throwIfAborted()
   signal?.addEventListener('abort', onAbort, { once: true })
@@ -407,7 +379,5 @@ export async function openDataStream (host: string, port: number, mode: DataChan
     signal?.removeEventListener('abort', onAbort)
   }
   socket.write(token)
-  stream = new DataStream(socket, mode === 'secure' ? deriveKeys(secret, token, 'child') : undefined, true)
-  for (const b of early) stream.onRead(b.byteLength, b)
   return stream
 }

@@ -196,9 +196,9 @@ export interface PieceConnectionOptions extends AbortOptions {
    */
   channel?: 'stream' | DataChannelMode
   /**
-   * On a data channel, hash each piece while copying it out of the read buffer (`PieceResult.digest`,
-   * on the receiving thread) or leave hashing to the caller (`false`: e.g. on the thread pool, so the
-   * receiving thread only copies).
+   * Hash each piece while copying it out of the received bytes (`PieceResult.digest`, on the receiving
+   * thread) or leave hashing to the caller (`false`: e.g. on the thread pool, so the receiving thread
+   * only copies).
    * @default true
    */
   hashOnArrival?: boolean
@@ -231,20 +231,33 @@ export class PieceConnection {
 
   private constructor (private readonly stream: PieceDuplex, channel: 'stream' | DataChannelMode = 'stream', private readonly hashOnArrival = true) {
     this.channel = channel
-    if (stream.attach != null) {
-      stream.attach(chunk => {
-        try {
-          this.onData(chunk)
-        } catch (err) {
-          this.close(err as Error)
-        }
-      }, err => {
-        if (err == null && this.pending.length === 0 && this.headFill === 0) this.close()
-        else this.close(err ?? new ProtocolError('piece stream ended inside a frame'))
-      })
-    } else {
-      void this.readLoop()
+    const onData = (chunk: Uint8Array): void => {
+      try {
+        this.onData(chunk)
+      } catch (err) {
+        this.close(err as Error)
+      }
     }
+    const onEnd = (err?: Error): void => {
+      if (err == null && this.pending.length === 0 && this.headFill === 0) this.close()
+      else this.close(err ?? new ProtocolError('piece stream ended inside a frame'))
+    }
+    // one frame parser for both: a data channel pushes its bytes, a libp2p stream is iterated into it
+    if (stream.attach != null) stream.attach(onData, onEnd)
+    else void this.drain(onData, onEnd)
+  }
+
+  private async drain (onData: (chunk: Uint8Array) => void, onEnd: (err?: Error) => void): Promise<void> {
+    try {
+      for await (const c of this.stream) {
+        for (const part of c instanceof Uint8Array ? [c] : c) onData(part)
+        if (this.closed) return
+      }
+    } catch (err) {
+      onEnd(err as Error)
+      return
+    }
+    onEnd()
   }
 
   /** The piece protocol over an already open byte stream (a data channel, a libp2p stream, a test double). */
@@ -259,10 +272,10 @@ export class PieceConnection {
       const conn = await node.dial(mas, { signal: options.signal })
       const data = await openChannel(conn, mode, options.signal)
       if (data != null) return new PieceConnection(data, mode, options.hashOnArrival ?? true)
-      return new PieceConnection(await conn.newStream(PIECE_PROTOCOL, { signal: options.signal }))
+      return new PieceConnection(await conn.newStream(PIECE_PROTOCOL, { signal: options.signal }), 'stream', options.hashOnArrival ?? true)
     }
     const stream = await node.dialProtocol(mas, PIECE_PROTOCOL, { signal: options.signal })
-    return new PieceConnection(stream)
+    return new PieceConnection(stream, 'stream', options.hashOnArrival ?? true)
   }
 
   get inflight (): number { return this.pending.reduce((s, p) => s + p.numbers.length - p.next, 0) }
@@ -290,8 +303,8 @@ export class PieceConnection {
   }
 
   /**
-   * Push mode: parse frames straight out of the channel's read buffer. A piece's bytes are copied once,
-   * into a pooled buffer of its size, and hashed on the way, so the child needs no second pass to verify.
+   * Parse frames as bytes arrive (on a data channel straight out of its read buffer). A piece's bytes are
+   * copied once, into a pooled buffer of its size, and hashed on the way when `hashOnArrival`.
    */
   private onData (chunk: Uint8Array): void {
     let off = 0
@@ -352,35 +365,6 @@ export class PieceConnection {
       p.onPiece({ n: this.frameN, refused: body.toString() })
     }
     if (p.next === p.numbers.length) { this.pending.shift(); p.resolve() }
-  }
-
-  private async readLoop (): Promise<void> {
-    const reader = new ByteReader(this.stream)
-    try {
-      while (!this.closed) {
-        const head = await reader.exact(HEADER).catch((err: Error) => {
-          if (this.pending.length === 0 && !this.closed) return null
-          throw err
-        })
-        if (head == null) break
-        const kind = head[0]
-        const n = Buffer.from(head.buffer, head.byteOffset, head.byteLength).readUInt32BE(1)
-        const len = Buffer.from(head.buffer, head.byteOffset, head.byteLength).readUInt32BE(5)
-        const p = this.pending[0]
-        if (p == null) throw new ProtocolError(`unrequested piece ${n}`)
-        if (p.numbers[p.next] !== n) throw new ProtocolError(`piece ${n} arrived, ${p.numbers[p.next]} expected`)
-        if (len > MAX_PIECE_BYTES) throw new ProtocolError(`piece ${n} of ${len} bytes exceeds limit`)
-        const body = await reader.exact(len)
-        p.next++
-        if (kind === KIND_PIECE) p.onPiece({ n, data: body, claimedDigest: head.subarray(9) })
-        else if (kind === KIND_REFUSED) p.onPiece({ n, refused: Buffer.from(body).toString() })
-        else throw new ProtocolError(`unknown frame kind ${kind}`)
-        if (p.next === p.numbers.length) { this.pending.shift(); p.resolve() }
-      }
-      this.close()
-    } catch (err) {
-      this.close(err as Error)
-    }
   }
 }
 
