@@ -35,17 +35,51 @@ export function normalizeUrl (url: string): string {
 }
 
 /**
+ * Request headers that carry a credential: a request with any of them is private (doc/SECURITY.md).
+ * Compared lower-case.
+ */
+export const CREDENTIAL_HEADERS = new Set(['authorization', 'proxy-authorization', 'cookie', 'x-amz-security-token', 'x-api-key', 'private-token', 'x-auth-token'])
+
+/** Volatile query parameters that carry a credential (signatures, tokens); `_` and the like are only cache busters. */
+export const CREDENTIAL_QUERY_PARAMS = new Set([...VOLATILE_QUERY_PARAMS].filter(k => k !== '_' && k !== 'Expires' && k !== 'X-Amz-Date' && k !== 'x-oss-expires' && k !== 'X-Amz-Expires'))
+
+/**
+ * The credentials of a request, as one sha256 hex (undefined for an anonymous request): credential
+ * headers and credential query parameters, names and values, sorted. Requests with different
+ * credentials, or with and without, never share a task: only holders of the same credential can name it.
+ */
+export function credentialHash (req: { url: string, headers?: Record<string, string> | undefined }): string | undefined {
+  const parts: string[] = []
+  for (const [k, v] of Object.entries(req.headers ?? {})) {
+    const key = k.toLowerCase()
+    if (CREDENTIAL_HEADERS.has(key)) parts.push(`h\0${key}\0${v}`)
+  }
+  const u = parseSourceUrl(req.url)
+  for (const [k, v] of u.searchParams.entries()) if (CREDENTIAL_QUERY_PARAMS.has(k)) parts.push(`q\0${k}\0${v}`)
+  if (parts.length === 0) return undefined
+  parts.sort()
+  const h = createHash('sha256').update('guoce credentials v1')
+  for (const p of parts) h.update('\0').update(p)
+  return h.digest('hex')
+}
+
+/**
  * Task id: sha256 hex of the content digest when known (so the same blob from two hosts is one task),
- * else of the normalized URL + range + tag.
+ * else of the normalized URL + range + tag + the origin's validator (`version`). A request that carries
+ * credentials adds their hash (credentialHash), so it never shares a task with a request without them
+ * or with other credentials. The scheduler recomputes this from every register and refuses a mismatch.
  */
 export function taskIdOf (req: TaskRequest & { range?: string }): string {
   const h = createHash('sha256')
+  const creds = credentialHash(req)
   if (req.digest != null) {
     parseDigest(req.digest)
     h.update(`digest\0${req.digest}`)
   } else {
     h.update(`url\0${normalizeUrl(req.url)}\0${req.range ?? ''}\0${req.tag ?? ''}`)
+    if (req.version != null && req.version !== '') h.update(`\0version\0${req.version}`)
   }
+  if (creds != null) h.update(`\0credentials\0${creds}`)
   return h.digest('hex')
 }
 

@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest'
 import { randomBytes } from 'node:crypto'
-import { taskIdOf, normalizeUrl, pieceLayout, pieceRange, verifyPiece, sha256, digestToCid, cidToDigest, parseDigest, formatDigest, Bitmap, parseSourceUrl, BufferPool, verifyPieceAsync } from '../src/index.js'
+import { taskIdOf, credentialHash, normalizeUrl, pieceLayout, pieceRange, verifyPiece, sha256, digestToCid, cidToDigest, parseDigest, formatDigest, Bitmap, parseSourceUrl, BufferPool, verifyPieceAsync } from '../src/index.js'
 
 describe('content', () => {
   it('maps OCI digests to CIDs and back', () => {
@@ -16,13 +16,28 @@ describe('content', () => {
     expect(() => parseDigest('md5:' + 'a'.repeat(64))).toThrow(expect.objectContaining({ name: 'InvalidDigestError' }))
   })
 
-  it('gives one task id to the same content under signed URLs', () => {
-    const a = taskIdOf({ url: 'http://h/f.bin?b=2&a=1&X-Amz-Signature=x&Expires=1' })
-    const b = taskIdOf({ url: 'http://h/f.bin?a=1&b=2&X-Amz-Signature=y' })
-    expect(a).toBe(b)
+  it('drops cache busters from the task id but keeps signatures and tokens apart (credentials)', () => {
+    const a = taskIdOf({ url: 'http://h/f.bin?b=2&a=1&_=1&Expires=1' })
+    expect(taskIdOf({ url: 'http://h/f.bin?a=1&b=2&_=2' })).toBe(a)
     expect(taskIdOf({ url: 'http://h/f.bin?a=2&b=2' })).not.toBe(a)
     expect(taskIdOf({ url: 'http://h/f.bin', tag: 't' })).not.toBe(taskIdOf({ url: 'http://h/f.bin' }))
     expect(normalizeUrl('http://h/x#frag')).toBe('http://h/x')
+    // a signed URL or a token is a credential: it never names the anonymous task, nor another credential's
+    const anon = taskIdOf({ url: 'http://h/f.bin' })
+    const signedX = taskIdOf({ url: 'http://h/f.bin?X-Amz-Signature=x' })
+    expect(signedX).not.toBe(anon)
+    expect(taskIdOf({ url: 'http://h/f.bin?X-Amz-Signature=y' })).not.toBe(signedX)
+    expect(taskIdOf({ url: 'http://h/f.bin?X-Amz-Signature=x&X-Amz-Date=2' })).toBe(signedX)
+    expect(taskIdOf({ url: 'http://h/f.bin?token=WRONG' })).not.toBe(taskIdOf({ url: 'http://h/f.bin?token=RIGHT' }))
+    const bearer = taskIdOf({ url: 'http://h/f.bin', headers: { Authorization: 'Bearer a' } })
+    expect(bearer).not.toBe(anon)
+    expect(taskIdOf({ url: 'http://h/f.bin', headers: { authorization: 'Bearer a' } })).toBe(bearer)
+    expect(taskIdOf({ url: 'http://h/f.bin', headers: { authorization: 'Bearer b' } })).not.toBe(bearer)
+    expect(taskIdOf({ url: 'http://h/f.bin', headers: { accept: 'x' } })).toBe(anon)
+    expect(credentialHash({ url: 'http://h/f.bin', headers: { accept: 'x' } })).toBeUndefined()
+    // the origin's validator is part of a URL task's id: changed content is a new task
+    expect(taskIdOf({ url: 'http://h/f.bin', version: 'etag:"1"' })).not.toBe(taskIdOf({ url: 'http://h/f.bin', version: 'etag:"2"' }))
+    expect(taskIdOf({ url: 'http://h/f.bin', version: '' })).toBe(anon)
   })
 
   it('keys by digest when the digest is known', () => {

@@ -38,6 +38,11 @@ export interface TaskRequest {
   digest?: string
   /** free-form tag that separates otherwise identical URLs */
   tag?: string
+  /**
+   * The origin's validator of the content a URL task stands for (`etag:"..."` or `lm:<Last-Modified>`),
+   * read from the origin by the requesting daemon; part of the task id, so a changed origin is a new task.
+   */
+  version?: string
 }
 
 /** Piece layout of a task, fixed by the seed peer from the content length. */

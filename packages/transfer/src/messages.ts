@@ -23,11 +23,12 @@ message HostInfo {
 }
 
 // peer -> scheduler
-message Hello { HostInfo host = 1; }
+message Hello { HostInfo host = 1; bytes seed_proof = 2; }   // seed_proof: designated seeds only (doc/SECURITY.md)
 message Register {
   string task_id = 1; string url = 2; map<string, string> headers = 3; string digest = 4; string tag = 5;
   bytes bitmap = 6;           // pieces already held (re-registration, resume)
   bool completed = 7;
+  string version = 8;         // origin validator of a URL task (part of its id)
 }
 message PieceDone { string task_id = 1; repeated uint32 numbers = 2; repeated bytes digests = 3; }
 message SourceInfo { string task_id = 1; TaskInfo info = 2; }
@@ -53,7 +54,7 @@ message Have { string task_id = 1; string peer_id = 2; repeated uint32 numbers =
 message Digests { string task_id = 1; repeated uint32 numbers = 2; repeated bytes digests = 3; }
 message TaskInfoMsg { string task_id = 1; TaskInfo info = 2; }
 message BackToSource { string task_id = 1; string reason = 2; }
-message SeedOrder { string task_id = 1; string url = 2; map<string, string> headers = 3; string digest = 4; string tag = 5; }
+message SeedOrder { string task_id = 1; string url = 2; map<string, string> headers = 3; string digest = 4; string tag = 5; string version = 6; }
 message TaskFailed { string task_id = 1; ErrorInfo error = 2; }
 message SchedulerMessage {
   TaskInfoMsg task_info = 1; Parents parents = 2; Have have = 3; Digests digests = 4;
@@ -73,10 +74,10 @@ export interface WireHostInfo {
   type: 'normal' | 'seed', uploadSlots: number, uploadBps: number, idc: string, location: string,
   addrs: Uint8Array[], hostname: string, load: number
 }
-export interface WireTaskRef { url: string, headers?: Record<string, string>, digest?: string, tag?: string }
+export interface WireTaskRef { url: string, headers?: Record<string, string>, digest?: string, tag?: string, version?: string }
 
 export interface PeerMessage {
-  hello?: { host: WireHostInfo }
+  hello?: { host: WireHostInfo, seedProof?: Uint8Array }
   register?: { taskId: string, bitmap?: Uint8Array, completed?: boolean } & WireTaskRef
   pieceDone?: { taskId: string, numbers: number[], digests?: Uint8Array[] }
   sourceInfo?: { taskId: string, info: WireTaskInfo }
