@@ -70,16 +70,23 @@ export function credentialHash (req: { url: string, headers?: Record<string, str
  * or with other credentials. The scheduler recomputes this from every register and refuses a mismatch.
  */
 export function taskIdOf (req: TaskRequest & { range?: string }): string {
+  return taskIdFrom({ ...req, credentials: credentialHash(req) })
+}
+
+/**
+ * taskIdOf from its parts, with the credentials as their hash (credentialHash): what the scheduler
+ * checks a register against without holding the credentials themselves.
+ */
+export function taskIdFrom (p: { url: string, digest?: string | undefined, tag?: string | undefined, version?: string | undefined, range?: string | undefined, credentials?: string | undefined }): string {
   const h = createHash('sha256')
-  const creds = credentialHash(req)
-  if (req.digest != null) {
-    parseDigest(req.digest)
-    h.update(`digest\0${req.digest}`)
+  if (p.digest != null && p.digest !== '') {
+    parseDigest(p.digest)
+    h.update(`digest\0${p.digest}`)
   } else {
-    h.update(`url\0${normalizeUrl(req.url)}\0${req.range ?? ''}\0${req.tag ?? ''}`)
-    if (req.version != null && req.version !== '') h.update(`\0version\0${req.version}`)
+    h.update(`url\0${normalizeUrl(p.url)}\0${p.range ?? ''}\0${p.tag ?? ''}`)
+    if (p.version != null && p.version !== '') h.update(`\0version\0${p.version}`)
   }
-  if (creds != null) h.update(`\0credentials\0${creds}`)
+  if (p.credentials != null && p.credentials !== '') h.update(`\0credentials\0${p.credentials}`)
   return h.digest('hex')
 }
 

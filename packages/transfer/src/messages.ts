@@ -29,6 +29,7 @@ message Register {
   bytes bitmap = 6;           // pieces already held (re-registration, resume)
   bool completed = 7;
   string version = 8;         // origin validator of a URL task (part of its id)
+  string credentials = 9;     // credentialHash of the request (part of its id); headers, when sent, must hash to it
 }
 message PieceDone { string task_id = 1; repeated uint32 numbers = 2; repeated bytes digests = 3; }
 message SourceInfo { string task_id = 1; TaskInfo info = 2; }
@@ -78,7 +79,7 @@ export interface WireTaskRef { url: string, headers?: Record<string, string>, di
 
 export interface PeerMessage {
   hello?: { host: WireHostInfo, seedProof?: Uint8Array }
-  register?: { taskId: string, bitmap?: Uint8Array, completed?: boolean } & WireTaskRef
+  register?: { taskId: string, bitmap?: Uint8Array, completed?: boolean, credentials?: string } & WireTaskRef
   pieceDone?: { taskId: string, numbers: number[], digests?: Uint8Array[] }
   sourceInfo?: { taskId: string, info: WireTaskInfo }
   result?: { taskId: string, success: boolean, error?: ErrorInfo }
