@@ -53,7 +53,7 @@ const TAG_BYTES = 16
 /** What the piece protocol needs from a byte stream; a libp2p Stream is one, so is a DataStream. */
 export interface PieceDuplex extends AsyncIterable<Uint8Array | Uint8ArrayList> {
   send(data: Uint8Array | Uint8ArrayList): boolean
-  onDrain(): Promise<void>
+  onDrain(options?: { signal?: AbortSignal }): Promise<void>
   readonly writeStatus: string
   close(): Promise<void>
   abort(err: Error): void
@@ -156,15 +156,25 @@ export class DataStream implements PieceDuplex {
 
   /**
    * One timer per channel: it samples the byte counters, so the read path only adds to a counter.
-   * Inside a record, `stallMs` without a byte destroys the socket; `idleMs` without a byte either way,
+   * Inside a record, `stallMs` without a byte destroys the socket; so does `stallMs` with bytes queued to
+   * send and none taken by the kernel (the other side reads nothing); `idleMs` without a byte either way,
    * with nothing queued to send, closes it.
    */
   private watch (stallMs: number, idleMs: number): void {
     let seen = -1
     let movedAt = Date.now()
+    let written = -1
+    let writtenAt = movedAt
     const tick = (): void => {
       if (this.ended != null) { clearInterval(this.watchdog); return }
       const now = Date.now()
+      // bytesWritten counts what is still queued too: what the kernel took is the difference
+      const out = this.socket.bytesWritten - this.socket.writableLength
+      if (out !== written || this.socket.writableLength === 0) { written = out; writtenAt = now }
+      if (now - writtenAt >= stallMs) {
+        this.abort(new PeerViolationError(`data channel peer read nothing for ${now - writtenAt} ms`))
+        return
+      }
       const moved = this.bytesIn + this.bytesOut
       if (moved !== seen) { seen = moved; movedAt = now; return }
       const inRecord = this.rLeft >= 0 || this.rHeadFill > 0
@@ -323,7 +333,8 @@ export class DataStream implements PieceDuplex {
     return this.socket.write(data, () => { done() })
   }
 
-  async onDrain (): Promise<void> {
+  async onDrain (_options?: { signal?: AbortSignal }): Promise<void> {
+    // bounded by the watchdog: a peer that reads nothing for the stall time loses the channel
     if (!this.socket.writableNeedDrain) return
     const socket = this.socket
     await new Promise<void>((resolve, reject) => {

@@ -219,7 +219,8 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
           }
           init.provider.onUpload?.(req.taskId, piece.data.byteLength, remote)
         }
-        if (full) await stream.onDrain()
+        // a child that takes nothing of an answer for PIECE_CHANNEL_IDLE_MS loses the stream
+        if (full) await stream.onDrain({ signal: AbortSignal.timeout(PIECE_CHANNEL_IDLE_MS) })
       }
     }
     await stream.close().catch(() => {})

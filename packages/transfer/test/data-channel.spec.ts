@@ -343,3 +343,21 @@ describe('data channel bounds', () => {
     await server.close()
   })
 })
+
+describe('data channel write stall', () => {
+  it('a peer that reads nothing of what is queued for it loses the channel after the stall time', async () => {
+    const srv = createServer()
+    srv.listen(0, '127.0.0.1'); await once(srv, 'listening')
+    const accepted = once(srv, 'connection')
+    const a = connect((srv.address() as { port: number }).port, '127.0.0.1')
+    const [b] = await accepted as [Socket]
+    b.pause() // reads nothing
+    cleanup.push(() => { a.destroy(); b.destroy(); srv.close() })
+    await once(a, 'connect')
+    const sender = new DataStream(a, undefined, false, { stallMs: 400, idleMs: 60_000 })
+    for (let i = 0; i < 64; i++) sender.send(randomBytes(1024 * 1024))
+    const t0 = Date.now()
+    await new Promise(resolve => a.once('close', resolve))
+    expect(Date.now() - t0).toBeLessThan(5000)
+  })
+})
