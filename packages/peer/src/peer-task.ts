@@ -572,7 +572,9 @@ export class PeerTask {
       for (const p of [...this.parents.values()]) {
         if (p.inflight.size === 0) continue
         busy = true
-        const got = p.conn?.received ?? 0
+        // connecting is bounded on its own (the 5 s signal of PieceConnection.open)
+        if (p.connecting != null || p.conn?.isOpen !== true) { p.movedAt = now; continue }
+        const got = p.conn.received
         if (got !== p.seenBytes) { p.seenBytes = got; p.movedAt = now; continue }
         if (now - p.movedAt < PARENT_STALL_MS) continue
         this.dropParent(p, new ParentTimeoutError(`parent ${p.id} sent no byte for ${now - p.movedAt} ms with ${p.inflight.size} pieces asked`))

@@ -107,3 +107,16 @@ export const DATA_CHANNEL_MAX_UNAUTHENTICATED = 64
  * @default 64
  */
 export const DATA_CHANNEL_MAX_PER_PEER = 64
+/**
+ * A child that broke a bound of the piece protocol (PeerViolationError: oversized record or request,
+ * bytes far ahead of the reader, a stalled record, nothing read of its answers) gets no piece stream and
+ * no data channel from that parent for this long.
+ * @default 60 s
+ */
+export const PEER_VIOLATION_BAN_MS = 60_000
+/**
+ * Hosts a parent remembers as banned at once (PEER_VIOLATION_BAN_MS); beyond, new violators are only
+ * disconnected.
+ * @default 4096
+ */
+export const MAX_BANNED_PEERS = 4096

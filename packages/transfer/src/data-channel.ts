@@ -343,7 +343,7 @@ export class DataStream implements PieceDuplex {
         if (err != null) reject(err); else resolve()
       }
       const onDrain = (): void => { done() }
-      const onClose = (): void => { done(new ProtocolError('data channel closed')) }
+      const onClose = (): void => { done(this.lastError ?? new ProtocolError('data channel closed')) }
       socket.on('drain', onDrain); socket.on('close', onClose)
     })
   }

@@ -24,7 +24,7 @@ import { ProtocolError, type AbortOptions, type Logger } from '@guoce/interface'
 import { ByteReader, lpEncode } from './bytes.js'
 import {
   PIECE_PROTOCOL, PIECE_DATA_PROTOCOL, MAX_PIECE_BYTES, MAX_PIECES_PER_REQUEST, MAX_PENDING_REQUESTS_PER_STREAM, MAX_PIECE_REQUEST_BYTES,
-  MAX_REFUSED_REASON_BYTES, PIECE_REQUEST_BUFFER_BYTES, PIECE_CHANNEL_IDLE_MS, DATA_CHANNEL_HELLO_MS
+  MAX_REFUSED_REASON_BYTES, PIECE_REQUEST_BUFFER_BYTES, PIECE_CHANNEL_IDLE_MS, DATA_CHANNEL_HELLO_MS, PEER_VIOLATION_BAN_MS, MAX_BANNED_PEERS
 } from './constants.js'
 import { pieceRequest, dataChannelRequest, dataChannelOffer, type PieceRequest, type DataChannelOffer } from './messages.js'
 import { DataChannelServer, DATA_CHANNEL_MODES, PeerViolationError, openDataStream, type DataChannelMode, type PieceDuplex } from './data-channel.js'
@@ -101,16 +101,33 @@ function frame (kind: number, n: number, body: Uint8Array, digest?: Uint8Array):
 /** Register the piece protocol handler on `node` (and the data-channel listener when asked). */
 export async function servePieces (node: Libp2p, init: PieceServerInit): Promise<PieceServer> {
   const log = init.log.child({ component: 'transfer:piece-server' })
+  // hosts that broke a bound: no piece stream and no data channel from this parent for a while
+  const banned = new Map<string, number>()
+  const isBanned = (remote: string): boolean => {
+    const until = banned.get(remote)
+    if (until == null) return false
+    if (until > Date.now()) return true
+    banned.delete(remote)
+    return false
+  }
   const serve = (stream: PieceDuplex, remote: string): void => {
     void handle(stream, remote).catch((err: Error) => {
-      log.debug('piece stream ended with error', { err: err.message })
+      if (err.name === 'PeerViolationError' || err.name === 'StreamBufferError') {
+        if (!isBanned(remote)) log.warn('child broke a piece protocol bound; refused for a while', { peer: remote, err: err.message, ms: PEER_VIOLATION_BAN_MS })
+        if (banned.size >= MAX_BANNED_PEERS) for (const [k, t] of banned) if (t <= Date.now()) banned.delete(k)
+        if (banned.size < MAX_BANNED_PEERS) banned.set(remote, Date.now() + PEER_VIOLATION_BAN_MS)
+      } else {
+        log.debug('piece stream ended with error', { err: err.message })
+      }
       stream.abort(err)
     })
   }
   await node.handle(PIECE_PROTOCOL, (stream: Stream, connection: Connection) => {
+    const remote = connection.remotePeer.toString()
+    if (isBanned(remote)) { stream.abort(new PeerViolationError('refused: this host broke a piece protocol bound')); return }
     // a child sends only requests: more than this waiting unread resets the stream
     stream.maxReadBufferLength = PIECE_REQUEST_BUFFER_BYTES
-    serve(stream, connection.remotePeer.toString())
+    serve(stream, remote)
   }, { maxInboundStreams: init.maxInboundStreams ?? 64, runOnLimitedConnection: false })
 
   let data: DataChannelServer | undefined
@@ -155,6 +172,8 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
     let offer: DataChannelOffer
     if (mode == null || !server.modes.has(mode)) {
       offer = { refused: `data channel mode ${req.mode} not offered` }
+    } else if (isBanned(remote)) {
+      offer = { refused: 'this host broke a piece protocol bound' }
     } else {
       try {
         const { token, secret } = server.offer(mode, remote)

@@ -361,3 +361,36 @@ describe('data channel write stall', () => {
     expect(Date.now() - t0).toBeLessThan(5000)
   })
 })
+
+describe('a child that breaks a bound', () => {
+  it('is refused piece streams and data channels by that parent for a while; others are not', async () => {
+    const p = await parent(true)
+    const bad = await child()
+    const { PIECE_DATA_PROTOCOL, ByteReader, lpEncode, dataChannelRequest, dataChannelOffer } = await import('../src/index.js')
+    const ask = async (node: Libp2p): Promise<{ port?: number, token?: Uint8Array, refused?: string }> => {
+      const s = await node.dialProtocol(p.getMultiaddrs(), PIECE_DATA_PROTOCOL)
+      s.send(lpEncode(dataChannelRequest.encode({ mode: 1 })))
+      const b = await new ByteReader(s).lp(1024)
+      await s.close().catch(() => {})
+      return dataChannelOffer.decode(b!)
+    }
+    const offer = await ask(bad)
+    // the token, then a record header announcing 1 MiB: a parent accepts requests only
+    const sock = connect(offer.port!, '127.0.0.1')
+    sock.on('error', () => {})
+    await once(sock, 'connect')
+    const head = Buffer.alloc(4); head.writeUInt32BE(1024 * 1024 + 16)
+    sock.write(Buffer.concat([offer.token!, head]))
+    await new Promise(resolve => sock.once('close', resolve))
+    await new Promise(resolve => setTimeout(resolve, 50))
+    expect((await ask(bad)).refused).toMatch(/broke a piece protocol bound/)
+    const banned = await PieceConnection.open(bad, p.getMultiaddrs(), { channel: 'secure' })
+    cleanup.push(() => { banned.close() })
+    expect(banned.channel).toBe('stream')
+    await expect(fetchAll(banned)).rejects.toThrow()
+    const good = await PieceConnection.open(await child(), p.getMultiaddrs(), { channel: 'secure' })
+    cleanup.push(() => { good.close() })
+    expect(good.channel).toBe('secure')
+    expect((await fetchAll(good)).ok).toHaveLength(COUNT)
+  })
+})
