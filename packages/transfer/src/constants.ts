@@ -120,3 +120,15 @@ export const PEER_VIOLATION_BAN_MS = 60_000
  * @default 4096
  */
 export const MAX_BANNED_PEERS = 4096
+/**
+ * Bytes a parent may have queued to children across all its piece streams and data channels (plus
+ * the pieces being read for them); above it, answering waits. Bounds what children that read slowly,
+ * or not at all, can make a parent hold.
+ * @default 128 MiB
+ */
+export const UPLOAD_BUFFER_BYTES = 128 * 1024 * 1024
+/**
+ * How often a parent over UPLOAD_BUFFER_BYTES looks again.
+ * @default 10 ms
+ */
+export const UPLOAD_BUFFER_WAIT_MS = 10

@@ -55,6 +55,8 @@ export interface PieceDuplex extends AsyncIterable<Uint8Array | Uint8ArrayList> 
   send(data: Uint8Array | Uint8ArrayList): boolean
   onDrain(options?: { signal?: AbortSignal }): Promise<void>
   readonly writeStatus: string
+  /** bytes handed to `send` and not yet taken by the transport (the upload budget sums them) */
+  readonly writeBufferLength?: number
   close(): Promise<void>
   abort(err: Error): void
   /**

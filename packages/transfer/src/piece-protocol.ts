@@ -24,7 +24,8 @@ import { ProtocolError, type AbortOptions, type Logger } from '@guoce/interface'
 import { ByteReader, lpEncode } from './bytes.js'
 import {
   PIECE_PROTOCOL, PIECE_DATA_PROTOCOL, MAX_PIECE_BYTES, MAX_PIECES_PER_REQUEST, MAX_PENDING_REQUESTS_PER_STREAM, MAX_PIECE_REQUEST_BYTES,
-  MAX_REFUSED_REASON_BYTES, PIECE_REQUEST_BUFFER_BYTES, PIECE_CHANNEL_IDLE_MS, DATA_CHANNEL_HELLO_MS, PEER_VIOLATION_BAN_MS, MAX_BANNED_PEERS
+  MAX_REFUSED_REASON_BYTES, PIECE_REQUEST_BUFFER_BYTES, PIECE_CHANNEL_IDLE_MS, DATA_CHANNEL_HELLO_MS, PEER_VIOLATION_BAN_MS, MAX_BANNED_PEERS,
+  UPLOAD_BUFFER_BYTES, UPLOAD_BUFFER_WAIT_MS
 } from './constants.js'
 import { pieceRequest, dataChannelRequest, dataChannelOffer, type PieceRequest, type DataChannelOffer } from './messages.js'
 import { DataChannelServer, DATA_CHANNEL_MODES, PeerViolationError, openDataStream, type DataChannelMode, type PieceDuplex } from './data-channel.js'
@@ -54,6 +55,12 @@ export interface PieceServerInit {
   log: Logger
   /** @default 64 */
   maxInboundStreams?: number
+  /**
+   * Bytes queued to children across every piece stream and data channel of this host (plus the pieces
+   * being read for them) above which answering waits.
+   * @default UPLOAD_BUFFER_BYTES
+   */
+  uploadBufferBytes?: number
   /**
    * Offer data channels (direct TCP, see data-channel.ts) to children that ask for one.
    * `true`: secure mode only, on a random port of the node's listen IP. Integrity-only mode must be
@@ -101,6 +108,11 @@ function frame (kind: number, n: number, body: Uint8Array, digest?: Uint8Array):
 /** Register the piece protocol handler on `node` (and the data-channel listener when asked). */
 export async function servePieces (node: Libp2p, init: PieceServerInit): Promise<PieceServer> {
   const log = init.log.child({ component: 'transfer:piece-server' })
+  // the upload budget: every stream answering requests, and the bytes reserved for pieces being read
+  const active = new Set<PieceDuplex>()
+  const uploadBudget = init.uploadBufferBytes ?? UPLOAD_BUFFER_BYTES
+  let reserved = 0
+  let pieceEstimate = 1024 * 1024
   // hosts that broke a bound: no piece stream and no data channel from this parent for a while
   const banned = new Map<string, number>()
   const isBanned = (remote: string): boolean => {
@@ -188,6 +200,30 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
   }
 
   async function handle (stream: PieceDuplex, remote: string): Promise<void> {
+    active.add(stream)
+    try {
+      await answer(stream, remote)
+    } finally {
+      active.delete(stream)
+    }
+  }
+
+  /**
+   * Wait until the bytes queued to children on every stream of this server, plus the pieces being read
+   * for them, are under the upload budget; then reserve one piece's worth (the largest served so far).
+   */
+  async function room (stream: PieceDuplex): Promise<number> {
+    const over = (): boolean => {
+      let n = reserved
+      for (const s of active) n += s.writeBufferLength ?? 0
+      return n >= uploadBudget
+    }
+    while (over() && stream.writeStatus === 'writable') await new Promise(resolve => setTimeout(resolve, UPLOAD_BUFFER_WAIT_MS))
+    reserved += pieceEstimate
+    return pieceEstimate
+  }
+
+  async function answer (stream: PieceDuplex, remote: string): Promise<void> {
     const reader = new ByteReader(stream)
     while (true) {
       // every request so far is answered (its bytes handed to the stream): PIECE_CHANNEL_IDLE_MS without
@@ -216,33 +252,46 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
       for (const n of req.numbers) {
         let piece: StoredPiece | null = null
         let reason = 'not held'
-        try {
-          piece = await init.provider.getPiece(req.taskId, n)
-        } catch (err) {
-          reason = (err as Error).message
-        }
-        if (stream.writeStatus !== 'writable') return
+        const held = await room(stream)
         let full: boolean
-        if (piece == null) {
-          const body = Buffer.from(reason).subarray(0, MAX_REFUSED_REASON_BYTES)
-          stream.send(frame(KIND_REFUSED, n, body))
-          full = !stream.send(body)
-        } else {
-          const head = frame(KIND_PIECE, n, piece.data, piece.digest)
-          if (stream.sendOwned != null) {
-            full = !stream.sendOwned(head, piece.data, piece.release ?? noop)
-          } else {
-            // a libp2p stream gives no word of when it is done with the bytes: the buffer is not reused
-            stream.send(head)
-            full = !stream.send(piece.data)
+        try {
+          try {
+            piece = await init.provider.getPiece(req.taskId, n)
+          } catch (err) {
+            reason = (err as Error).message
           }
-          init.provider.onUpload?.(req.taskId, piece.data.byteLength, remote)
+          if (stream.writeStatus !== 'writable') { piece?.release?.(); return }
+          full = sendAnswer(stream, req.taskId, n, piece, reason, remote)
+        } finally {
+          reserved -= held
         }
         // a child that takes nothing of an answer for PIECE_CHANNEL_IDLE_MS loses the stream
         if (full) await stream.onDrain({ signal: AbortSignal.timeout(PIECE_CHANNEL_IDLE_MS) })
       }
     }
     await stream.close().catch(() => {})
+  }
+
+  /** One answer frame; true when the stream's buffer is full. */
+  function sendAnswer (stream: PieceDuplex, taskId: string, n: number, piece: StoredPiece | null, reason: string, remote: string): boolean {
+    let full: boolean
+    if (piece == null) {
+      const body = Buffer.from(reason).subarray(0, MAX_REFUSED_REASON_BYTES)
+      stream.send(frame(KIND_REFUSED, n, body))
+      full = !stream.send(body)
+    } else {
+      const head = frame(KIND_PIECE, n, piece.data, piece.digest)
+      if (stream.sendOwned != null) {
+        full = !stream.sendOwned(head, piece.data, piece.release ?? noop)
+      } else {
+        // a libp2p stream gives no word of when it is done with the bytes: the buffer is not reused
+        stream.send(head)
+        full = !stream.send(piece.data)
+      }
+      if (piece.data.byteLength > pieceEstimate) pieceEstimate = piece.data.byteLength
+      init.provider.onUpload?.(taskId, piece.data.byteLength, remote)
+    }
+    return full
   }
 }
 

@@ -4,7 +4,7 @@ import { once } from 'node:events'
 import { createHash, randomBytes } from 'node:crypto'
 import { Uint8ArrayList } from 'uint8arraylist'
 import { verifyPiece } from '@guoce/content'
-import { createNode, servePieces, PieceConnection, Priority, silentLogger, type PieceResult, type DataChannelInit, type Libp2p } from '../src/index.js'
+import { createNode, servePieces, PieceConnection, Priority, silentLogger, ByteReader, lpEncode, dataChannelRequest, dataChannelOffer, pieceRequest, PIECE_DATA_PROTOCOL, type PieceResult, type DataChannelInit, type Libp2p } from '../src/index.js'
 import { DataStream, DataChannelServer, deriveKeys, openDataStream, type DataStreamLimits } from '../src/data-channel.js'
 import { DATA_CHANNEL_MAX_PER_PEER, PIECE_REQUEST_BUFFER_BYTES } from '../src/constants.js'
 
@@ -366,7 +366,6 @@ describe('a child that breaks a bound', () => {
   it('is refused piece streams and data channels by that parent for a while; others are not', async () => {
     const p = await parent(true)
     const bad = await child()
-    const { PIECE_DATA_PROTOCOL, ByteReader, lpEncode, dataChannelRequest, dataChannelOffer } = await import('../src/index.js')
     const ask = async (node: Libp2p): Promise<{ port?: number, token?: Uint8Array, refused?: string }> => {
       const s = await node.dialProtocol(p.getMultiaddrs(), PIECE_DATA_PROTOCOL)
       s.send(lpEncode(dataChannelRequest.encode({ mode: 1 })))
@@ -392,5 +391,39 @@ describe('a child that breaks a bound', () => {
     cleanup.push(() => { good.close() })
     expect(good.channel).toBe('secure')
     expect((await fetchAll(good)).ok).toHaveLength(COUNT)
+  })
+})
+
+describe('upload budget', () => {
+  /** pieces a parent with `budget` reads, within 1 s, for a child on a data channel that reads nothing */
+  async function servedToDeafChild (budget: number): Promise<number> {
+    const node = await createNode({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    cleanup.push(async () => { await node.stop() })
+    let served = 0
+    await servePieces(node, {
+      log: silentLogger, dataChannel: { integrity: true }, uploadBufferBytes: budget,
+      provider: { getPiece: async (_t, n) => { served++; return { data: pieces[n % COUNT]!, digest: digests[n % COUNT]! } } }
+    })
+    const c = await child()
+    const s = await c.dialProtocol(node.getMultiaddrs(), PIECE_DATA_PROTOCOL)
+    s.send(lpEncode(dataChannelRequest.encode({ mode: 2 })))
+    const offer = dataChannelOffer.decode((await new ByteReader(s).lp(1024))!)
+    const sock = connect(offer.port!, '127.0.0.1')
+    sock.on('error', () => {})
+    cleanup.push(() => { sock.destroy() })
+    await once(sock, 'connect')
+    sock.pause()
+    sock.write(offer.token!)
+    for (let i = 0; i < 2; i++) sock.write(lpEncode(pieceRequest.encode({ taskId: 't', numbers: Array.from({ length: 64 }, (_, j) => j), priority: 2 })).subarray())
+    await new Promise(resolve => setTimeout(resolve, 1000))
+    return served
+  }
+
+  it('a child that reads nothing makes a parent read only what its upload budget allows (plus what the kernel buffers)', async () => {
+    const bounded = await servedToDeafChild(1024 * 1024)
+    const unbounded = await servedToDeafChild(Infinity)
+    // 256 KiB pieces: 1 MiB of budget plus the kernel's socket buffers, against the 8 MiB high-water mark
+    expect(bounded).toBeLessThan(unbounded)
+    expect(bounded).toBeLessThanOrEqual(40)
   })
 })
