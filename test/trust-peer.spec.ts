@@ -112,39 +112,42 @@ async function rawProbe (port: number, send?: Buffer): Promise<{ bytes: number, 
 }
 
 describe('piece transfer: hung parents', () => {
-  it('must-hold 9: a parent SIGSTOPped mid-transfer costs the child less than 2x the download without it', async () => {
-    // the origin paces the seed, so each download lasts a few seconds
-    const a = randomBytes(32 * MiB); const b = randomBytes(32 * MiB)
-    const { origin, cluster, out } = await setup({ files: { 'a.bin': a, 'b.bin': b }, rate: 8 * MiB, daemons: 2 })
-    const [child, victim] = cluster.daemons as [Cluster['daemons'][0], Cluster['daemons'][0]]
+  // the default secure data channel, and the libp2p stream (opt-in)
+  for (const [mode, args] of [['secure data channel', []], ['libp2p stream', ['--piece-channel', 'stream']]] as const) {
+    it(`must-hold 9 (${mode}): a parent SIGSTOPped mid-transfer costs the child less than 2x the download without it`, async () => {
+      // the origin paces the seed, so each download lasts a few seconds
+      const a = randomBytes(32 * MiB); const b = randomBytes(32 * MiB)
+      const { origin, cluster, out } = await setup({ files: { 'a.bin': a, 'b.bin': b }, rate: 8 * MiB, daemons: 2, seedArgs: [...args], daemonArgs: [...args] })
+      const [child, victim] = cluster.daemons as [Cluster['daemons'][0], Cluster['daemons'][0]]
 
-    // without that parent: the child alone, from the seed
-    let t0 = Date.now()
-    const alone = await runGuoce(['get', `${origin.url}/a.bin`, '-O', join(out, 'a'), '--daemon', child.api])
-    const without = Date.now() - t0
-    expect(alone.code, alone.stderr).toBe(0)
+      // without that parent: the child alone, from the seed
+      let t0 = Date.now()
+      const alone = await runGuoce(['get', `${origin.url}/a.bin`, '-O', join(out, 'a'), '--daemon', child.api])
+      const without = Date.now() - t0
+      expect(alone.code, alone.stderr).toBe(0)
 
-    // with it: the victim starts first, so the scheduler chains the child under it; once it feeds the
-    // child it is stopped (SIGCONT + kill in cleanup)
-    const url = `${origin.url}/b.bin`
-    const victimGet = runGuoce(['get', url, '-O', join(out, 'victim'), '--daemon', victim.api], { timeoutMs: 60_000 })
-    cleanups.push(async () => { victim.child.kill('SIGCONT'); await victim.kill('SIGKILL'); await victimGet })
-    await until(async () => {
-      const p = await (await fetch(`${victim.api}/api/v1/tasks/${taskIdOf({ url })}`)).json().catch(() => null) as { piecesDone?: number } | null
-      return (p?.piecesDone ?? 0) >= 2
-    }, 'the victim holding pieces')
-    t0 = Date.now()
-    const childGet = runGuoce(['get', url, '-O', join(out, 'b'), '--daemon', child.api, '--json'])
-    await until(async () => await metric(victim.api, 'guoce_peer_upload_bytes_total') > 2 * MiB, 'the victim feeding the child', 30_000, 20)
-    victim.child.kill('SIGSTOP')
-    const r = await childGet
-    const withStopped = Date.now() - t0
-    expect(r.code, r.stderr).toBe(0)
-    expect(sha(await readFile(join(out, 'b')))).toBe(sha(b))
-    expect(withStopped, `without the parent ${without} ms, with it stopped ${withStopped} ms`).toBeLessThan(2 * without)
-    // the stopped parent was blamed, not waited for
-    expect(await metric(child.api, 'guoce_peer_blamed_parents_total')).toBeGreaterThanOrEqual(1)
-  })
+      // with it: the victim starts first, so the scheduler chains the child under it; once it feeds the
+      // child it is stopped (SIGCONT + kill in cleanup)
+      const url = `${origin.url}/b.bin`
+      const victimGet = runGuoce(['get', url, '-O', join(out, 'victim'), '--daemon', victim.api], { timeoutMs: 60_000 })
+      cleanups.push(async () => { victim.child.kill('SIGCONT'); await victim.kill('SIGKILL'); await victimGet })
+      await until(async () => {
+        const p = await (await fetch(`${victim.api}/api/v1/tasks/${taskIdOf({ url })}`)).json().catch(() => null) as { piecesDone?: number } | null
+        return (p?.piecesDone ?? 0) >= 2
+      }, 'the victim holding pieces')
+      t0 = Date.now()
+      const childGet = runGuoce(['get', url, '-O', join(out, 'b'), '--daemon', child.api, '--json'])
+      await until(async () => await metric(victim.api, 'guoce_peer_upload_bytes_total') > 2 * MiB, 'the victim feeding the child', 30_000, 20)
+      victim.child.kill('SIGSTOP')
+      const r = await childGet
+      const withStopped = Date.now() - t0
+      expect(r.code, r.stderr).toBe(0)
+      expect(sha(await readFile(join(out, 'b')))).toBe(sha(b))
+      expect(withStopped, `without the parent ${without} ms, with it stopped ${withStopped} ms`).toBeLessThan(2 * without)
+      // the stopped parent was blamed, not waited for
+      expect(await metric(child.api, 'guoce_peer_blamed_parents_total')).toBeGreaterThanOrEqual(1)
+    })
+  }
 })
 
 describe('piece transfer: hostile hosts on data channels and piece streams', () => {
@@ -170,6 +173,8 @@ describe('piece transfer: hostile hosts on data channels and piece streams', () 
     expect(attacked.offered).toBe(256)
     expect(attacked.refused).toBe(4)
     expect(attacked.bytesFromParent).toBe(0)
+    // the oversized and flooding piece streams were reset
+    expect(attacked.streamsReset).toBeGreaterThanOrEqual(3)
     await until(() => hostile.lines.some(m => m.event === 'status' && m.open === 0), 'the daemon closing every hostile socket', 15_000)
     const peak = await memory(pid)
     expect(peak.hwm, `peak RSS ${peak.hwm >> 20} MiB (baseline ${base.rss >> 20} MiB)`).toBeLessThan(256 * MiB)
