@@ -133,9 +133,10 @@ export class DataStream implements PieceDuplex {
 
   /**
    * @param push the socket was opened with `onread` calling `onRead` (see openDataStream): bytes are
-   * pushed to the one `attach`ed consumer instead of being read through the async iterator. A secure
-   * stream read through the iterator takes the same path (records opened in place by `openRecords`),
-   * fed by the socket's 'data' events; only a clear-text iterated stream reads the socket directly.
+   * pushed to the one `attach`ed consumer instead of being read through the async iterator. A stream
+   * read through the iterator (a parent's) takes the same path, fed by the socket's 'data' events
+   * (secure: records opened in place by `openRecords`), and queues at most `limits.queueBytes` for it.
+   * @param limits what this side accepts (a parent: PARENT_LIMITS; a child: the defaults)
    */
   constructor (private readonly socket: Socket, private readonly keys?: Keys, push = false, limits: DataStreamLimits = {}) {
     this.recordBytes = limits.recordBytes ?? DATA_CHANNEL_RECORD_BYTES

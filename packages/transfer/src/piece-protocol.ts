@@ -232,21 +232,21 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
       const arm = (): void => {
         idle = setTimeout(() => {
           // bytes of the last answer still queued: the child is reading them
-          if (((stream as { writeBufferLength?: number }).writeBufferLength ?? 0) > 0) arm()
+          if ((stream.writeBufferLength ?? 0) > 0) arm()
           else stream.abort(new ProtocolError(`no piece request for ${PIECE_CHANNEL_IDLE_MS} ms`))
         }, PIECE_CHANNEL_IDLE_MS)
         idle.unref()
       }
       arm()
-      let b: Uint8Array | null
+      let b: Uint8Array
       try {
-        b = await reader.lp(MAX_PIECE_REQUEST_BYTES)
-      } catch (err) {
-        throw (err as Error).name === 'ProtocolError' && /exceeds limit/.test((err as Error).message) ? new PeerViolationError((err as Error).message) : err
+        const len = await reader.varint()
+        if (len == null) break
+        if (len > MAX_PIECE_REQUEST_BYTES) throw new PeerViolationError(`piece request of ${len} bytes, limit ${MAX_PIECE_REQUEST_BYTES}`)
+        b = await reader.exact(len)
       } finally {
         clearTimeout(idle)
       }
-      if (b == null) break
       const req = pieceRequest.decode(b)
       if (req.numbers.length > MAX_PIECES_PER_REQUEST) throw new PeerViolationError(`request names ${req.numbers.length} pieces, limit ${MAX_PIECES_PER_REQUEST}`)
       for (const n of req.numbers) {
@@ -528,7 +528,7 @@ async function openChannel (conn: Connection, mode: DataChannelMode, signal?: Ab
  * The IP the node's libp2p listener is bound to (its first listen multiaddr, as `--listen` gave it):
  * where the data-channel listener binds too. 0.0.0.0 / :: only when that is what the node listens on.
  */
-export function listenHost (node: Libp2p): string | undefined {
+export function listenHost (node: Libp2p): string {
   const listen = (node as unknown as { components?: { addressManager?: { getListenAddrs?: () => Multiaddr[] } } }).components?.addressManager?.getListenAddrs?.()
   for (const ma of listen ?? node.getMultiaddrs()) {
     const host = hostOf(ma)
