@@ -278,6 +278,9 @@ interface ParentState extends ParentView {
 /** Errors after which a parent is blamed to the scheduler (not only dropped). */
 const BLAMED = new Set(['PieceDigestMismatchError', 'ParentTimeoutError', 'PeerViolationError'])
 
+/** Pieces a task may have before its layout is known (4 TiB at the smallest piece length). */
+const MAX_PIECES = 4 * 1024 * 1024
+
 /** Stripes a parent's bitmask can name. */
 const MAX_STRIPES = 32
 
@@ -404,9 +407,11 @@ export class PeerTask {
     if (msg.taskInfo != null) void this.onTaskInfo(msg.taskInfo.info)
     if (msg.digests != null) {
       const { numbers, digests } = msg.digests
+      // piece numbers inside the layout (before it is known, inside the largest one a layout may have)
+      const limit = this.stored?.info.pieceCount ?? MAX_PIECES
       numbers.forEach((n, i) => {
         const d = digests[i]
-        if (d == null || d.length !== 32) return
+        if (d == null || d.length !== 32 || !Number.isInteger(n) || n < 0 || n >= limit) return
         const held = this.stored?.digests[n]
         if (held != null && !equalBytes(held, d)) this.log.warn('announced digest differs from the held piece', { piece: n })
         this.digests[n] = d
