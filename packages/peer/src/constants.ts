@@ -59,3 +59,15 @@ export const UPLOAD_SLOTS = 8
  * @default 10 ms
  */
 export const REPORT_DELAY_MS = 10
+/**
+ * Time a parent with requests in flight may send no byte at all before it is blamed (ParentTimeoutError,
+ * reported as a bad parent) and its pieces are asked of others. A healthy parent sends a piece's bytes as
+ * a stream, so even a slow link moves bytes well within it; a hung (e.g. SIGSTOPped) parent does not.
+ * @default 3 s
+ */
+export const PARENT_STALL_MS = 3_000
+/**
+ * Interval of the check for stalled parents (one timer per running download).
+ * @default 500 ms
+ */
+export const PARENT_STALL_CHECK_MS = 500

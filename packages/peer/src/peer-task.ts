@@ -22,12 +22,12 @@
 import { createHash } from 'node:crypto'
 import type { Libp2p } from 'libp2p'
 import { multiaddr } from '@multiformats/multiaddr'
-import { Bitmap, verifyPieceAsync, checkPieceDigest, equalBytes } from '@guoce/content'
+import { Bitmap, verifyPieceAsync, checkPieceDigest, equalBytes, MAX_PIECE_LENGTH } from '@guoce/content'
 import { DigestMismatchError, ParentTimeoutError, fromErrorInfo, toErrorInfo, type Logger, type TaskProgress, type TaskRequest, type PeerState, type TaskInfo } from '@guoce/interface'
 import type { StoredTask, TaskStore } from '@guoce/store'
 import { PieceConnection, type PieceChannel, Priority, type PeerMessage, type SchedulerMessage, type WireParent } from '@guoce/transfer'
 import { fillFromSource, announceHeld } from '@guoce/seed-peer'
-import { ENDGAME_PIECES, PARENT_INFLIGHT, PIECE_TIMEOUT_MS, PIECE_TIMEOUT_PER_MIB_MS, REPORT_DELAY_MS, REQUEST_BATCH, SCHEDULER_WAIT_MS, STALL_MS, STARVE_MS, STRIPE_FILL_MS, TOTAL_INFLIGHT } from './constants.js'
+import { ENDGAME_PIECES, PARENT_INFLIGHT, PARENT_STALL_MS, PARENT_STALL_CHECK_MS, PIECE_TIMEOUT_MS, PIECE_TIMEOUT_PER_MIB_MS, REPORT_DELAY_MS, REQUEST_BATCH, SCHEDULER_WAIT_MS, STALL_MS, STARVE_MS, STRIPE_FILL_MS, TOTAL_INFLIGHT } from './constants.js'
 
 /** What piece selection reads of a parent. */
 export interface ParentView {
@@ -270,7 +270,16 @@ interface ParentState extends ParentView {
   bytes: number
   rank: number
   stripes: number
+  /** stall check: bytes the connection had received at the last sample, and when that count last moved */
+  seenBytes: number
+  movedAt: number
 }
+
+/** Errors after which a parent is blamed to the scheduler (not only dropped). */
+const BLAMED = new Set(['PieceDigestMismatchError', 'ParentTimeoutError', 'PeerViolationError'])
+
+/** Pieces a task may have before its layout is known (4 TiB at the smallest piece length). */
+const MAX_PIECES = 4 * 1024 * 1024
 
 /** Stripes a parent's bitmask can name. */
 const MAX_STRIPES = 32
@@ -316,6 +325,7 @@ export class PeerTask {
   private readonly blamed = new Set<string>()
   private readonly policy = new PiecePolicy()
   private stallTimer: NodeJS.Timeout | undefined
+  private parentWatch: NodeJS.Timeout | undefined
 
   constructor (private readonly init: PeerTaskInit) {
     this.log = init.log.child({ component: 'peer:task', task: init.taskId.slice(0, 12) })
@@ -397,9 +407,11 @@ export class PeerTask {
     if (msg.taskInfo != null) void this.onTaskInfo(msg.taskInfo.info)
     if (msg.digests != null) {
       const { numbers, digests } = msg.digests
+      // piece numbers inside the layout (before it is known, inside the largest one a layout may have)
+      const limit = this.stored?.info.pieceCount ?? MAX_PIECES
       numbers.forEach((n, i) => {
         const d = digests[i]
-        if (d == null || d.length !== 32) return
+        if (d == null || d.length !== 32 || !Number.isInteger(n) || n < 0 || n >= limit) return
         const held = this.stored?.digests[n]
         if (held != null && !equalBytes(held, d)) this.log.warn('announced digest differs from the held piece', { piece: n })
         this.digests[n] = d
@@ -417,6 +429,13 @@ export class PeerTask {
   }
 
   private async onTaskInfo (info: { contentLength: number, pieceLength: number, pieceCount: number }): Promise<void> {
+    // a layout is bounded before anything is allocated for it (bitmaps, piece buffers)
+    const { contentLength, pieceLength, pieceCount } = info
+    if (!Number.isSafeInteger(contentLength) || contentLength < 0 || !Number.isSafeInteger(pieceLength) || pieceLength < 1 ||
+      pieceLength > MAX_PIECE_LENGTH || pieceCount !== Math.ceil(contentLength / pieceLength)) {
+      this.log.warn('task layout out of bounds ignored', { contentLength, pieceLength, pieceCount })
+      return
+    }
     clearTimeout(this.waitTimer)
     if (this.stored != null && this.stored.info.contentLength === info.contentLength && this.stored.info.pieceLength === info.pieceLength) return
     if (this.creating != null) return
@@ -452,7 +471,7 @@ export class PeerTask {
       keep.add(wp.peerId)
       let p = this.parents.get(wp.peerId)
       if (p == null) {
-        p = { id: wp.peerId, addrs: (wp.addrs ?? []).map(a => multiaddr(a).toString()), bitmap: undefined, conn: undefined, connecting: undefined, inflight: new Set(), bytes: 0, rank, stripes: 0 }
+        p = { id: wp.peerId, addrs: (wp.addrs ?? []).map(a => multiaddr(a).toString()), bitmap: undefined, conn: undefined, connecting: undefined, inflight: new Set(), bytes: 0, rank, stripes: 0, seenBytes: 0, movedAt: Date.now() }
         this.parents.set(wp.peerId, p)
       }
       p.rank = rank++
@@ -500,6 +519,9 @@ export class PeerTask {
   }
 
   private async requestFrom (p: ParentState, numbers: number[]): Promise<void> {
+    // a parent's stall clock runs only while it has requests in flight
+    if (p.inflight.size === 0) { p.movedAt = Date.now(); p.seenBytes = p.conn?.received ?? 0 }
+    this.watchParents()
     for (const n of numbers) {
       p.inflight.add(n)
       let set = this.requested.get(n)
@@ -518,7 +540,7 @@ export class PeerTask {
         conn.request({ taskId: this.taskId, numbers, priority: Priority.BACKGROUND }, (r) => {
           if ('refused' in r) return
           writes.push(this.accept(p, r.n, r.data, r.digest).catch((err: Error) => { bad ??= err }).finally(r.release))
-        }),
+        }, s.info.pieceLength),
         new Promise<never>((_resolve, reject) => {
           timer = setTimeout(() => { reject(new ParentTimeoutError(`parent ${p.id} sent nothing for ${Math.round(timeout)} ms`)) }, timeout)
         })
@@ -528,7 +550,7 @@ export class PeerTask {
     } catch (err) {
       const e = err as Error
       this.log.debug('request failed', { parent: p.id, err: e.message })
-      if (this.parents.get(p.id) === p) this.dropParent(p, e.name === 'PieceDigestMismatchError' || e.name === 'ParentTimeoutError' ? e : undefined)
+      if (this.parents.get(p.id) === p) this.dropParent(p, BLAMED.has(e.name) ? e : undefined)
     } finally {
       clearTimeout(timer)
       for (const n of numbers) {
@@ -539,6 +561,37 @@ export class PeerTask {
       }
       this.pump()
     }
+  }
+
+  /**
+   * One timer per download while parents have requests in flight: a parent whose connection received no
+   * byte for PARENT_STALL_MS is blamed (ParentTimeoutError) and its pieces go back to the others. The
+   * connection only counts bytes; this samples the count.
+   */
+  private watchParents (): void {
+    if (this.parentWatch != null) return
+    this.parentWatch = setInterval(() => {
+      if (this.state !== 'running') { this.unwatchParents(); return }
+      const now = Date.now()
+      let busy = false
+      for (const p of [...this.parents.values()]) {
+        if (p.inflight.size === 0) continue
+        busy = true
+        // connecting is bounded on its own (the 5 s signal of PieceConnection.open)
+        if (p.connecting != null || p.conn?.isOpen !== true) { p.movedAt = now; continue }
+        const got = p.conn.received
+        if (got !== p.seenBytes) { p.seenBytes = got; p.movedAt = now; continue }
+        if (now - p.movedAt < PARENT_STALL_MS) continue
+        this.dropParent(p, new ParentTimeoutError(`parent ${p.id} sent no byte for ${now - p.movedAt} ms with ${p.inflight.size} pieces asked`))
+      }
+      if (!busy) this.unwatchParents()
+    }, PARENT_STALL_CHECK_MS)
+    this.parentWatch.unref()
+  }
+
+  private unwatchParents (): void {
+    clearInterval(this.parentWatch)
+    this.parentWatch = undefined
   }
 
   /** `digest`: the sha256 of `data` computed as it arrived, when the connection did; else it is hashed on the thread pool here. */
@@ -599,6 +652,7 @@ export class PeerTask {
 
   private disarmStarve (): void {
     if (this.starveTimer != null) { clearTimeout(this.starveTimer); this.starveTimer = undefined }
+    if (this.state !== 'running') this.unwatchParents()
     if (this.stallTimer != null && this.state !== 'running') { clearTimeout(this.stallTimer); this.stallTimer = undefined }
   }
 
@@ -694,6 +748,7 @@ export class PeerTask {
 
   /** Stop downloading (daemon shutdown). */
   stop (): void {
+    this.unwatchParents()
     this.disarmStarve()
     clearTimeout(this.stallTimer)
     clearTimeout(this.waitTimer)

@@ -55,3 +55,80 @@ export const DATA_CHANNEL_BUFFER_BYTES = 8 * 1024 * 1024
  * @default 256 KiB
  */
 export const DATA_CHANNEL_READ_BYTES = 256 * 1024
+/**
+ * Bytes of piece requests a parent buffers per piece stream or data channel (requests received and not
+ * yet answered), and the largest record it accepts on a secure data channel: a child sends only piece
+ * requests (under 1 KiB each, at most MAX_PENDING_REQUESTS_PER_STREAM outstanding). More destroys the
+ * channel.
+ * @default 64 KiB
+ */
+export const PIECE_REQUEST_BUFFER_BYTES = 64 * 1024
+/**
+ * Largest piece request message (a task id and at most MAX_PIECES_PER_REQUEST numbers).
+ * @default 4 KiB
+ */
+export const MAX_PIECE_REQUEST_BYTES = 4 * 1024
+/**
+ * Largest reason text of a refused piece frame.
+ * @default 1 KiB
+ */
+export const MAX_REFUSED_REASON_BYTES = 1024
+/**
+ * Time a TCP connection to a data-channel port has to present its token; then it is destroyed.
+ * @default 5 s
+ */
+export const DATA_CHANNEL_HELLO_MS = 5_000
+/**
+ * Inside a started record, time without a byte after which a data channel is destroyed (a half-sent
+ * record holds a buffer of its size).
+ * @default 5 s
+ */
+export const DATA_CHANNEL_STALL_MS = 5_000
+/**
+ * Time without a byte either way, and nothing queued to send, after which a data channel (or a parent's
+ * piece stream waiting for a request) is closed.
+ * @default 30 s
+ */
+export const PIECE_CHANNEL_IDLE_MS = 30_000
+/**
+ * Data-channel sockets one parent holds at once (with their token and still waiting for it); more are
+ * destroyed on accept.
+ * @default 256
+ */
+export const DATA_CHANNEL_MAX_SOCKETS = 256
+/**
+ * Data-channel sockets still waiting for their token that one parent holds at once.
+ * @default 64
+ */
+export const DATA_CHANNEL_MAX_UNAUTHENTICATED = 64
+/**
+ * Data channels one remote host may hold on one parent: tokens handed out and not yet used, plus open
+ * channels. More offers are refused (the child stays on the libp2p stream).
+ * @default 64
+ */
+export const DATA_CHANNEL_MAX_PER_PEER = 64
+/**
+ * A child that broke a bound of the piece protocol (PeerViolationError: oversized record or request,
+ * bytes far ahead of the reader, a stalled record, nothing read of its answers) gets no piece stream and
+ * no data channel from that parent for this long.
+ * @default 60 s
+ */
+export const PEER_VIOLATION_BAN_MS = 60_000
+/**
+ * Hosts a parent remembers as banned at once (PEER_VIOLATION_BAN_MS); beyond, new violators are only
+ * disconnected.
+ * @default 4096
+ */
+export const MAX_BANNED_PEERS = 4096
+/**
+ * Bytes a parent may have queued to children across all its piece streams and data channels (plus
+ * the pieces being read for them); above it, answering waits. Bounds what children that read slowly,
+ * or not at all, can make a parent hold.
+ * @default 128 MiB
+ */
+export const UPLOAD_BUFFER_BYTES = 128 * 1024 * 1024
+/**
+ * How often a parent over UPLOAD_BUFFER_BYTES looks again.
+ * @default 10 ms
+ */
+export const UPLOAD_BUFFER_WAIT_MS = 10

@@ -10,6 +10,15 @@
  * The child opens TCP to the same IP as the libp2p connection, port `port`, and writes the token.
  * A token is good for one connection within DATA_CHANNEL_TOKEN_TTL_MS.
  *
+ * Bounds (doc/LIMITS.md): the listener binds the host's libp2p listen IP; a socket must present its token
+ * within DATA_CHANNEL_HELLO_MS; a parent holds at most DATA_CHANNEL_MAX_SOCKETS sockets
+ * (DATA_CHANNEL_MAX_UNAUTHENTICATED of them before their token) and DATA_CHANNEL_MAX_PER_PEER channels
+ * and tokens per remote host. What a parent receives is only piece requests: records and buffered bytes
+ * of PIECE_REQUEST_BUFFER_BYTES at most. A child accepts records of DATA_CHANNEL_RECORD_BYTES. Inside a
+ * record, DATA_CHANNEL_STALL_MS without a byte destroys the channel; PIECE_CHANNEL_IDLE_MS without a byte
+ * either way (nothing queued to send) closes it. A broken bound destroys the socket with a
+ * PeerViolationError (the child blames the parent).
+ *
  * Modes:
  * - `secure` (default): records `u32be length | AES-256-GCM(ciphertext) | 16-byte tag`, the length as
  *   associated data; one key per direction from HKDF-SHA256(secret, token); the nonce is a per-direction
@@ -26,8 +35,15 @@ import { seal, open } from '@guoce/native-crypto'
 import { piecePool, type Lease } from '@guoce/content'
 import { once } from 'node:events'
 import { Uint8ArrayList } from 'uint8arraylist'
-import { ProtocolError } from '@guoce/interface'
-import { DATA_CHANNEL_BUFFER_BYTES, DATA_CHANNEL_READ_BYTES, DATA_CHANNEL_RECORD_BYTES, DATA_CHANNEL_TOKEN_TTL_MS } from './constants.js'
+import { ProtocolError, defineError } from '@guoce/interface'
+import {
+  DATA_CHANNEL_BUFFER_BYTES, DATA_CHANNEL_READ_BYTES, DATA_CHANNEL_RECORD_BYTES, DATA_CHANNEL_TOKEN_TTL_MS, DATA_CHANNEL_HELLO_MS,
+  DATA_CHANNEL_STALL_MS, PIECE_CHANNEL_IDLE_MS, DATA_CHANNEL_MAX_SOCKETS, DATA_CHANNEL_MAX_UNAUTHENTICATED, DATA_CHANNEL_MAX_PER_PEER,
+  PIECE_REQUEST_BUFFER_BYTES
+} from './constants.js'
+
+/** A peer broke the piece protocol or one of its size, count or time bounds: its channel is destroyed, a parent is blamed. */
+export const PeerViolationError = defineError('PeerViolationError', 'ERR_PEER_VIOLATION')
 
 export type DataChannelMode = 'secure' | 'integrity'
 export const DATA_CHANNEL_MODES: Record<DataChannelMode, number> = { secure: 1, integrity: 2 }
@@ -37,8 +53,10 @@ const TAG_BYTES = 16
 /** What the piece protocol needs from a byte stream; a libp2p Stream is one, so is a DataStream. */
 export interface PieceDuplex extends AsyncIterable<Uint8Array | Uint8ArrayList> {
   send(data: Uint8Array | Uint8ArrayList): boolean
-  onDrain(): Promise<void>
+  onDrain(options?: { signal?: AbortSignal }): Promise<void>
   readonly writeStatus: string
+  /** bytes handed to `send` and not yet taken by the transport (the upload budget sums them) */
+  readonly writeBufferLength?: number
   close(): Promise<void>
   abort(err: Error): void
   /**
@@ -50,6 +68,21 @@ export interface PieceDuplex extends AsyncIterable<Uint8Array | Uint8ArrayList> 
   /** Send `data` and call `done` once the stream no longer reads it (so its buffer can be reused). */
   sendOwned?: (head: Uint8Array, data: Uint8Array, done: () => void) => boolean
 }
+
+/** What one side of a data channel accepts from the other. */
+export interface DataStreamLimits {
+  /** largest record plaintext accepted (secure mode) @default DATA_CHANNEL_RECORD_BYTES */
+  recordBytes?: number
+  /** an iterated stream (a parent's): bytes received and not yet read, at most @default unbounded */
+  queueBytes?: number
+  /** inside a record: time without a byte before the socket is destroyed @default DATA_CHANNEL_STALL_MS */
+  stallMs?: number
+  /** no byte either way and nothing queued to send for this long: the socket is closed @default PIECE_CHANNEL_IDLE_MS */
+  idleMs?: number
+}
+
+/** What a parent accepts from a child on a data channel: piece requests only. */
+export const PARENT_LIMITS: DataStreamLimits = { recordBytes: PIECE_REQUEST_BUFFER_BYTES, queueBytes: PIECE_REQUEST_BUFFER_BYTES }
 
 /** raw AES-256 keys, one per direction */
 interface Keys { send: Buffer, recv: Buffer }
@@ -90,30 +123,77 @@ export class DataStream implements PieceDuplex {
   private rTagFill = 0
   private rLen = 0
   private rRecord: Lease | undefined
+  // bounds: bytes moved either way (sampled by one watchdog timer), bytes queued for an iterated reader
+  private bytesIn = 0
+  private bytesOut = 0
+  private queued = 0
+  private readonly recordBytes: number
+  private readonly queueBytes: number
+  private watchdog: NodeJS.Timeout | undefined
 
   /**
    * @param push the socket was opened with `onread` calling `onRead` (see openDataStream): bytes are
-   * pushed to the one `attach`ed consumer instead of being read through the async iterator. A secure
-   * stream read through the iterator takes the same path (records opened in place by `openRecords`),
-   * fed by the socket's 'data' events; only a clear-text iterated stream reads the socket directly.
+   * pushed to the one `attach`ed consumer instead of being read through the async iterator. A stream
+   * read through the iterator (a parent's) takes the same path, fed by the socket's 'data' events
+   * (secure: records opened in place by `openRecords`), and queues at most `limits.queueBytes` for it.
+   * @param limits what this side accepts (a parent: PARENT_LIMITS; a child: the defaults)
    */
-  constructor (private readonly socket: Socket, private readonly keys?: Keys, push = false) {
+  constructor (private readonly socket: Socket, private readonly keys?: Keys, push = false, limits: DataStreamLimits = {}) {
+    this.recordBytes = limits.recordBytes ?? DATA_CHANNEL_RECORD_BYTES
+    this.queueBytes = limits.queueBytes ?? Infinity
     socket.setNoDelay(true)
     // errors reach the user through reads (the iterator rethrows) and onDrain; never as an uncaught event
     socket.on('error', (err) => { this.lastError = err })
     if (push) this.attach = (onData, onEnd) => { this.attachSink(onData, onEnd) }
-    if (push || keys != null) {
-      // a secure stream read by a parent (its requests) takes the same path: 'data' events in place of onread
-      if (!push) socket.on('data', (b: Buffer) => { this.onRead(b.byteLength, b) }).resume() // a server paused it to read the token
-      socket.on('end', () => {
-        this.finish(this.rLeft >= 0 || this.rHeadFill > 0 ? new ProtocolError('data channel ended inside a record') : undefined)
-      })
-      socket.on('close', () => { this.finish(this.lastError ?? new ProtocolError('data channel closed')) })
+    // an iterated stream (a parent reading requests) takes the same path: 'data' events in place of onread
+    if (!push) socket.on('data', (b: Buffer) => { this.onRead(b.byteLength, b) }).resume() // a server paused it to read the token
+    socket.on('end', () => {
+      this.finish(this.rLeft >= 0 || this.rHeadFill > 0 ? new ProtocolError('data channel ended inside a record') : undefined)
+    })
+    socket.on('close', () => { this.finish(this.lastError ?? new ProtocolError('data channel closed')) })
+    this.watch(limits.stallMs ?? DATA_CHANNEL_STALL_MS, limits.idleMs ?? PIECE_CHANNEL_IDLE_MS)
+  }
+
+  /** bytes received so far (a child's parent-stall check samples it) */
+  get received (): number { return this.bytesIn }
+
+  /**
+   * One timer per channel: it samples the byte counters, so the read path only adds to a counter.
+   * Inside a record, `stallMs` without a byte destroys the socket; so does `stallMs` with bytes queued to
+   * send and none taken by the kernel (the other side reads nothing); `idleMs` without a byte either way,
+   * with nothing queued to send, closes it.
+   */
+  private watch (stallMs: number, idleMs: number): void {
+    let seen = -1
+    let movedAt = Date.now()
+    let written = -1
+    let writtenAt = movedAt
+    const tick = (): void => {
+      if (this.ended != null) { clearInterval(this.watchdog); return }
+      const now = Date.now()
+      // bytesWritten counts what is still queued too: what the kernel took is the difference
+      const out = this.socket.bytesWritten - this.socket.writableLength
+      if (out !== written || this.socket.writableLength === 0) { written = out; writtenAt = now }
+      if (now - writtenAt >= stallMs) {
+        this.abort(new PeerViolationError(`data channel peer read nothing for ${now - writtenAt} ms`))
+        return
+      }
+      const moved = this.bytesIn + this.bytesOut
+      if (moved !== seen) { seen = moved; movedAt = now; return }
+      const inRecord = this.rLeft >= 0 || this.rHeadFill > 0
+      if (inRecord && now - movedAt >= stallMs) {
+        this.abort(new PeerViolationError(`data channel stalled inside a record for ${now - movedAt} ms`))
+      } else if (!inRecord && now - movedAt >= idleMs && this.socket.writableLength === 0) {
+        this.abort(new ProtocolError(`data channel idle for ${now - movedAt} ms`))
+      }
     }
+    this.watchdog = setInterval(tick, Math.max(20, Math.min(1000, Math.min(stallMs, idleMs) / 4)))
+    this.watchdog.unref()
   }
 
   private attachSink (onData: (chunk: Uint8Array) => void, onEnd: (err?: Error) => void): void {
     this.sink = onData; this.endSink = onEnd
+    this.queued = 0
     for (const b of this.early.splice(0)) onData(b)
     if (this.ended != null) onEnd(this.ended.err)
   }
@@ -121,6 +201,7 @@ export class DataStream implements PieceDuplex {
   /** push mode: `nread` bytes arrived in `buf` (a read buffer the socket reuses) */
   onRead (nread: number, buf: Buffer): void {
     if (this.ended != null) return
+    this.bytesIn += nread
     const chunk = buf.subarray(0, nread)
     try {
       if (this.keys == null) this.deliver(chunk)
@@ -132,12 +213,20 @@ export class DataStream implements PieceDuplex {
   }
 
   private deliver (chunk: Uint8Array): void {
-    if (this.sink != null) this.sink(chunk)
-    else this.early.push(Buffer.from(chunk))
+    if (this.sink != null) { this.sink(chunk); return }
+    this.queue(chunk.byteLength)
+    this.early.push(Buffer.from(chunk))
+  }
+
+  /** `n` more bytes wait for the reader; over the bound the channel is destroyed */
+  private queue (n: number): void {
+    this.queued += n
+    if (this.queued > this.queueBytes) throw new PeerViolationError(`data channel peer sent ${this.queued} bytes ahead of the reader, limit ${this.queueBytes}`)
   }
 
   private finish (err?: Error): void {
     if (this.ended != null) return
+    clearInterval(this.watchdog)
     this.ended = err != null ? { err } : {}
     this.rRecord?.release()
     this.rRecord = undefined
@@ -157,7 +246,7 @@ export class DataStream implements PieceDuplex {
         this.rHeadFill += take; off += take
         if (this.rHeadFill < 4) return
         const len = this.rHead.readUInt32BE(0)
-        if (len < TAG_BYTES || len > DATA_CHANNEL_RECORD_BYTES + TAG_BYTES) throw new ProtocolError(`data channel record of ${len} bytes`)
+        if (len < TAG_BYTES || len > this.recordBytes + TAG_BYTES) throw new PeerViolationError(`data channel record of ${len} bytes, limit ${this.recordBytes + TAG_BYTES}`)
         this.rLen = len - TAG_BYTES
         this.rLeft = this.rLen
         this.rRecord = piecePool.acquire(this.rLen)
@@ -188,9 +277,13 @@ export class DataStream implements PieceDuplex {
     }
   }
 
+  /** bytes handed to the socket and not yet written to the kernel */
+  get writeBufferLength (): number { return this.socket.writableLength }
+
   get writeStatus (): string { return this.socket.destroyed || !this.socket.writable ? 'closed' : 'writable' }
 
   send (data: Uint8Array | Uint8ArrayList): boolean {
+    this.bytesOut += data.byteLength
     if (this.keys == null) {
       let ok = true
       for (const c of chunksOf(data)) ok = this.socket.write(c)
@@ -238,11 +331,13 @@ export class DataStream implements PieceDuplex {
       done()
       return ok
     }
+    this.bytesOut += head.byteLength + data.byteLength
     this.socket.write(head)
     return this.socket.write(data, () => { done() })
   }
 
-  async onDrain (): Promise<void> {
+  async onDrain (_options?: { signal?: AbortSignal }): Promise<void> {
+    // bounded by the watchdog: a peer that reads nothing for the stall time loses the channel
     if (!this.socket.writableNeedDrain) return
     const socket = this.socket
     await new Promise<void>((resolve, reject) => {
@@ -251,7 +346,7 @@ export class DataStream implements PieceDuplex {
         if (err != null) reject(err); else resolve()
       }
       const onDrain = (): void => { done() }
-      const onClose = (): void => { done(new ProtocolError('data channel closed')) }
+      const onClose = (): void => { done(this.lastError ?? new ProtocolError('data channel closed')) }
       socket.on('drain', onDrain); socket.on('close', onClose)
     })
   }
@@ -264,18 +359,21 @@ export class DataStream implements PieceDuplex {
   abort (err: Error): void { this.socket.destroy(err) }
 
   [Symbol.asyncIterator] (): AsyncIterator<Uint8Array> {
-    return this.keys == null && this.attach == null ? this.socket[Symbol.asyncIterator]() : this.pushed()
+    return this.pushed()
   }
 
-  /** The pushed bytes (opened records, in secure mode) as an iterator; no backpressure: small messages only. */
+  /**
+   * The received bytes (opened records, in secure mode) as an iterator; no backpressure: small messages
+   * only, and at most `queueBytes` of them waiting (a parent's: PIECE_REQUEST_BUFFER_BYTES).
+   */
   private async * pushed (): AsyncGenerator<Uint8Array> {
     const queue: Buffer[] = []
     let end: { err?: Error } | undefined
     let wake: (() => void) | undefined
-    this.attachSink(c => { queue.push(Buffer.from(c)); wake?.() }, err => { end = err != null ? { err } : {}; wake?.() })
+    this.attachSink(c => { this.queue(c.byteLength); queue.push(Buffer.from(c)); wake?.() }, err => { end = err != null ? { err } : {}; wake?.() })
     while (true) {
       const next = queue.shift()
-      if (next != null) { yield next; continue }
+      if (next != null) { this.queued -= next.byteLength; yield next; continue }
       if (end != null) {
         if (end.err != null) throw end.err
         return
@@ -293,8 +391,12 @@ export class DataChannelServer {
   private readonly tokens = new Map<string, PendingToken>()
   private server: Server | undefined
   private readonly sockets = new Set<Socket>()
+  /** sockets still waiting for their token */
+  private unauthenticated = 0
+  /** per remote host: tokens outstanding + channels open */
+  private readonly perPeer = new Map<string, number>()
 
-  constructor (private readonly onStream: (stream: DataStream, remote: string) => void, readonly modes: Set<DataChannelMode>) {}
+  constructor (private readonly onStream: (stream: DataStream, remote: string) => void, readonly modes: Set<DataChannelMode>, private readonly limits: DataStreamLimits = PARENT_LIMITS) {}
 
   async listen (port = 0, host?: string): Promise<number> {
     const server = createServer({ noDelay: true, highWaterMark: DATA_CHANNEL_BUFFER_BYTES }, socket => { this.accept(socket) })
@@ -312,43 +414,86 @@ export class DataChannelServer {
     return addr != null && typeof addr !== 'string' ? addr.port : 0
   }
 
-  /** A single-use token for `remote`, valid for DATA_CHANNEL_TOKEN_TTL_MS. */
+  /** the address the listener is bound to */
+  get address (): string | undefined {
+    const addr = this.server?.address()
+    return addr != null && typeof addr !== 'string' ? addr.address : undefined
+  }
+
+  /** sockets held now (with or without their token) */
+  get socketCount (): number { return this.sockets.size }
+
+  private count (remote: string, delta: number): void {
+    const n = (this.perPeer.get(remote) ?? 0) + delta
+    if (n <= 0) this.perPeer.delete(remote); else this.perPeer.set(remote, n)
+  }
+
+  private purge (now: number): void {
+    for (const [k, t] of this.tokens) {
+      if (t.expires < now) { this.tokens.delete(k); this.count(t.remote, -1) }
+    }
+  }
+
+  /**
+   * A single-use token for `remote`, valid for DATA_CHANNEL_TOKEN_TTL_MS. Throws a ProtocolError when
+   * `remote` already holds DATA_CHANNEL_MAX_PER_PEER tokens and channels, or the parent
+   * DATA_CHANNEL_MAX_SOCKETS tokens.
+   */
   offer (mode: DataChannelMode, remote: string): { token: Uint8Array, secret: Uint8Array } {
     const now = Date.now()
-    for (const [k, t] of this.tokens) if (t.expires < now) this.tokens.delete(k)
+    this.purge(now)
+    if ((this.perPeer.get(remote) ?? 0) >= DATA_CHANNEL_MAX_PER_PEER) throw new ProtocolError(`too many data channels for one host (limit ${DATA_CHANNEL_MAX_PER_PEER})`)
+    if (this.tokens.size >= DATA_CHANNEL_MAX_SOCKETS) throw new ProtocolError(`too many data channel tokens outstanding (limit ${DATA_CHANNEL_MAX_SOCKETS})`)
     const token = randomBytes(TOKEN_BYTES)
     const secret = mode === 'secure' ? randomBytes(32) : new Uint8Array()
     this.tokens.set(token.toString('hex'), { mode, secret, expires: now + DATA_CHANNEL_TOKEN_TTL_MS, remote })
+    this.count(remote, 1)
     return { token, secret }
   }
 
   async close (): Promise<void> {
     for (const s of this.sockets) s.destroy()
     this.tokens.clear()
+    this.perPeer.clear()
     if (this.server != null) await new Promise<void>(resolve => { this.server!.close(() => { resolve() }) })
   }
 
   private accept (socket: Socket): void {
-    this.sockets.add(socket)
-    socket.once('close', () => { this.sockets.delete(socket) })
     socket.on('error', () => {})
-    const timer = setTimeout(() => { socket.destroy() }, DATA_CHANNEL_TOKEN_TTL_MS)
-    let got = Buffer.alloc(0)
+    if (this.sockets.size >= DATA_CHANNEL_MAX_SOCKETS || this.unauthenticated >= DATA_CHANNEL_MAX_UNAUTHENTICATED) { socket.destroy(); return }
+    this.sockets.add(socket)
+    this.unauthenticated++
+    let remote: string | undefined
+    let waiting = true
+    const authenticated = (): void => { if (waiting) { waiting = false; this.unauthenticated-- } }
+    // the token comes first, within DATA_CHANNEL_HELLO_MS, or the socket goes (nothing is ever written to it)
+    const timer = setTimeout(() => { socket.destroy() }, DATA_CHANNEL_HELLO_MS)
+    socket.once('close', () => {
+      this.sockets.delete(socket)
+      authenticated()
+      clearTimeout(timer)
+      if (remote != null) this.count(remote, -1)
+    })
+    let got: Buffer = Buffer.alloc(0)
     const onData = (chunk: Buffer): void => {
-      got = Buffer.concat([got, chunk])
+      got = got.byteLength === 0 ? chunk : Buffer.concat([got, chunk])
       if (got.byteLength < TOKEN_BYTES) return
       socket.off('data', onData)
       socket.pause()
       clearTimeout(timer)
+      authenticated()
       const token = got.subarray(0, TOKEN_BYTES)
       const rest = got.subarray(TOKEN_BYTES)
       const key = token.toString('hex')
       const pending = this.tokens.get(key)
+      if (pending == null) { socket.destroy(); return }
       this.tokens.delete(key)
-      if (pending == null || pending.expires < Date.now()) { socket.destroy(); return }
+      // the token's count now stands for the channel, until the socket closes
+      remote = pending.remote
+      if (pending.expires < Date.now()) { socket.destroy(); return }
       if (rest.byteLength > 0) socket.unshift(rest)
       const keys = pending.mode === 'secure' ? deriveKeys(pending.secret, token, 'parent') : undefined
-      this.onStream(new DataStream(socket, keys), pending.remote)
+      this.onStream(new DataStream(socket, keys, false, this.limits), pending.remote)
     }
     socket.on('data', onData)
   }

@@ -7,6 +7,11 @@
  * A refused piece carries a utf-8 reason instead of data. The child never trusts the digest in the frame;
  * it verifies against the seed's digest that the scheduler relayed.
  *
+ * Bounds: a parent reads requests of MAX_PIECE_REQUEST_BYTES at most and buffers PIECE_REQUEST_BUFFER_BYTES
+ * of them per stream; a stream with no request for PIECE_CHANNEL_IDLE_MS (nothing left to send) is closed.
+ * A child accepts a piece frame of at most the length it asked for (the task's piece length) and a
+ * refusal of MAX_REFUSED_REASON_BYTES; anything else is a PeerViolationError.
+ *
  * The same byte stream can run on a data channel (data-channel.ts) instead of a yamux stream: opt-in
  * with `servePieces({ dataChannel })` on the parent and `PieceConnection.open(..., { channel })` on the child.
  */
@@ -17,9 +22,15 @@ import type { Stream, Connection } from '@libp2p/interface'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { ProtocolError, type AbortOptions, type Logger } from '@guoce/interface'
 import { ByteReader, lpEncode } from './bytes.js'
-import { PIECE_PROTOCOL, PIECE_DATA_PROTOCOL, MAX_MESSAGE_BYTES, MAX_PIECE_BYTES, MAX_PIECES_PER_REQUEST, MAX_PENDING_REQUESTS_PER_STREAM } from './constants.js'
+import {
+  PIECE_PROTOCOL, PIECE_DATA_PROTOCOL, MAX_PIECE_BYTES, MAX_PIECES_PER_REQUEST, MAX_PENDING_REQUESTS_PER_STREAM, MAX_PIECE_REQUEST_BYTES,
+  MAX_REFUSED_REASON_BYTES, PIECE_REQUEST_BUFFER_BYTES, PIECE_CHANNEL_IDLE_MS, DATA_CHANNEL_HELLO_MS, PEER_VIOLATION_BAN_MS, MAX_BANNED_PEERS,
+  UPLOAD_BUFFER_BYTES, UPLOAD_BUFFER_WAIT_MS
+} from './constants.js'
 import { pieceRequest, dataChannelRequest, dataChannelOffer, type PieceRequest, type DataChannelOffer } from './messages.js'
-import { DataChannelServer, DATA_CHANNEL_MODES, openDataStream, type DataChannelMode, type PieceDuplex } from './data-channel.js'
+import { DataChannelServer, DATA_CHANNEL_MODES, PeerViolationError, openDataStream, type DataChannelMode, type PieceDuplex } from './data-channel.js'
+
+export { PeerViolationError } from './data-channel.js'
 
 const HEADER = 1 + 4 + 4 + 32
 const KIND_PIECE = 0
@@ -45,8 +56,14 @@ export interface PieceServerInit {
   /** @default 64 */
   maxInboundStreams?: number
   /**
+   * Bytes queued to children across every piece stream and data channel of this host (plus the pieces
+   * being read for them) above which answering waits.
+   * @default UPLOAD_BUFFER_BYTES
+   */
+  uploadBufferBytes?: number
+  /**
    * Offer data channels (direct TCP, see data-channel.ts) to children that ask for one.
-   * `true`: secure mode only, on a random port of every interface. Integrity-only mode must be
+   * `true`: secure mode only, on a random port of the node's listen IP. Integrity-only mode must be
    * enabled here explicitly, on the parent, as well as asked for by the child.
    * @default false
    */
@@ -56,7 +73,7 @@ export interface PieceServerInit {
 export interface DataChannelInit {
   /** TCP port of the data listener; 0 = any free port. @default 0 */
   port?: number
-  /** address to listen on. @default all interfaces */
+  /** address to listen on. @default the IP of the node's first listen multiaddr (0.0.0.0 only when that is it) */
   host?: string
   /** also offer integrity-only channels (pieces in the clear, still sha256-verified by the child). @default false */
   integrity?: boolean
@@ -74,6 +91,8 @@ export function dataChannelFor (channel: PieceChannel): boolean | DataChannelIni
 export interface PieceServer {
   /** TCP port of the data-channel listener, when one runs */
   readonly dataPort: number | undefined
+  /** address the data-channel listener is bound to, when one runs */
+  readonly dataHost: string | undefined
   close(): Promise<void>
 }
 
@@ -89,14 +108,38 @@ function frame (kind: number, n: number, body: Uint8Array, digest?: Uint8Array):
 /** Register the piece protocol handler on `node` (and the data-channel listener when asked). */
 export async function servePieces (node: Libp2p, init: PieceServerInit): Promise<PieceServer> {
   const log = init.log.child({ component: 'transfer:piece-server' })
+  // the upload budget: every stream answering requests, and the bytes reserved for pieces being read
+  const active = new Set<PieceDuplex>()
+  const uploadBudget = init.uploadBufferBytes ?? UPLOAD_BUFFER_BYTES
+  let reserved = 0
+  let pieceEstimate = 1024 * 1024
+  // hosts that broke a bound: no piece stream and no data channel from this parent for a while
+  const banned = new Map<string, number>()
+  const isBanned = (remote: string): boolean => {
+    const until = banned.get(remote)
+    if (until == null) return false
+    if (until > Date.now()) return true
+    banned.delete(remote)
+    return false
+  }
   const serve = (stream: PieceDuplex, remote: string): void => {
     void handle(stream, remote).catch((err: Error) => {
-      log.debug('piece stream ended with error', { err: err.message })
+      if (err.name === 'PeerViolationError' || err.name === 'StreamBufferError') {
+        if (!isBanned(remote)) log.warn('child broke a piece protocol bound; refused for a while', { peer: remote, err: err.message, ms: PEER_VIOLATION_BAN_MS })
+        if (banned.size >= MAX_BANNED_PEERS) for (const [k, t] of banned) if (t <= Date.now()) banned.delete(k)
+        if (banned.size < MAX_BANNED_PEERS) banned.set(remote, Date.now() + PEER_VIOLATION_BAN_MS)
+      } else {
+        log.debug('piece stream ended with error', { err: err.message })
+      }
       stream.abort(err)
     })
   }
   await node.handle(PIECE_PROTOCOL, (stream: Stream, connection: Connection) => {
-    serve(stream, connection.remotePeer.toString())
+    const remote = connection.remotePeer.toString()
+    if (isBanned(remote)) { stream.abort(new PeerViolationError('refused: this host broke a piece protocol bound')); return }
+    // a child sends only requests: more than this waiting unread resets the stream
+    stream.maxReadBufferLength = PIECE_REQUEST_BUFFER_BYTES
+    serve(stream, remote)
   }, { maxInboundStreams: init.maxInboundStreams ?? 64, runOnLimitedConnection: false })
 
   let data: DataChannelServer | undefined
@@ -104,9 +147,10 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
     const dc: DataChannelInit = init.dataChannel === true ? {} : init.dataChannel
     const modes = new Set<DataChannelMode>(dc.integrity === true ? ['secure', 'integrity'] : ['secure'])
     data = new DataChannelServer(serve, modes)
-    await data.listen(dc.port ?? 0, dc.host)
+    await data.listen(dc.port ?? 0, dc.host ?? listenHost(node))
     const server = data
     await node.handle(PIECE_DATA_PROTOCOL, (stream: Stream, connection: Connection) => {
+      stream.maxReadBufferLength = 1024
       void offerChannel(server, stream, connection.remotePeer.toString()).catch((err: Error) => {
         log.debug('data channel offer failed', { err: err.message })
         stream.abort(err)
@@ -117,6 +161,7 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
 
   return {
     dataPort: data?.port,
+    dataHost: data?.address,
     async close () {
       await node.unhandle(PIECE_PROTOCOL)
       if (data != null) { await node.unhandle(PIECE_DATA_PROTOCOL); await data.close() }
@@ -125,57 +170,128 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
 
   async function offerChannel (server: DataChannelServer, stream: Stream, remote: string): Promise<void> {
     const reader = new ByteReader(stream)
-    const b = await reader.lp(1024)
+    // the request comes within DATA_CHANNEL_HELLO_MS or the stream goes
+    const timer = setTimeout(() => { stream.abort(new PeerViolationError('no data channel request in time')) }, DATA_CHANNEL_HELLO_MS)
+    let b: Uint8Array | null
+    try {
+      b = await reader.lp(1024)
+    } finally {
+      clearTimeout(timer)
+    }
     if (b == null) return
     const req = dataChannelRequest.decode(b)
     const mode = (Object.keys(DATA_CHANNEL_MODES) as DataChannelMode[]).find(m => DATA_CHANNEL_MODES[m] === req.mode)
     let offer: DataChannelOffer
     if (mode == null || !server.modes.has(mode)) {
       offer = { refused: `data channel mode ${req.mode} not offered` }
+    } else if (isBanned(remote)) {
+      offer = { refused: 'this host broke a piece protocol bound' }
     } else {
-      const { token, secret } = server.offer(mode, remote)
-      offer = { port: server.port, token, secret }
+      try {
+        const { token, secret } = server.offer(mode, remote)
+        offer = { port: server.port, token, secret }
+      } catch (err) {
+        // over a bound: the child stays on the libp2p stream
+        offer = { refused: (err as Error).message }
+      }
     }
     stream.send(lpEncode(dataChannelOffer.encode(offer)))
     await stream.close().catch(() => {})
   }
 
   async function handle (stream: PieceDuplex, remote: string): Promise<void> {
+    active.add(stream)
+    try {
+      await answer(stream, remote)
+    } finally {
+      active.delete(stream)
+    }
+  }
+
+  /**
+   * Wait until the bytes queued to children on every stream of this server, plus the pieces being read
+   * for them, are under the upload budget; then reserve one piece's worth (the largest served so far).
+   */
+  async function room (stream: PieceDuplex): Promise<number> {
+    const over = (): boolean => {
+      let n = reserved
+      for (const s of active) n += s.writeBufferLength ?? 0
+      return n >= uploadBudget
+    }
+    while (over() && stream.writeStatus === 'writable') await new Promise(resolve => setTimeout(resolve, UPLOAD_BUFFER_WAIT_MS))
+    reserved += pieceEstimate
+    return pieceEstimate
+  }
+
+  async function answer (stream: PieceDuplex, remote: string): Promise<void> {
     const reader = new ByteReader(stream)
     while (true) {
-      const b = await reader.lp(MAX_MESSAGE_BYTES)
-      if (b == null) break
+      // every request so far is answered (its bytes handed to the stream): PIECE_CHANNEL_IDLE_MS without
+      // the next one closes the stream (a data channel also watches itself: data-channel.ts)
+      let idle: NodeJS.Timeout | undefined
+      const arm = (): void => {
+        idle = setTimeout(() => {
+          // bytes of the last answer still queued: the child is reading them
+          if ((stream.writeBufferLength ?? 0) > 0) arm()
+          else stream.abort(new ProtocolError(`no piece request for ${PIECE_CHANNEL_IDLE_MS} ms`))
+        }, PIECE_CHANNEL_IDLE_MS)
+        idle.unref()
+      }
+      arm()
+      let b: Uint8Array
+      try {
+        const len = await reader.varint()
+        if (len == null) break
+        if (len > MAX_PIECE_REQUEST_BYTES) throw new PeerViolationError(`piece request of ${len} bytes, limit ${MAX_PIECE_REQUEST_BYTES}`)
+        b = await reader.exact(len)
+      } finally {
+        clearTimeout(idle)
+      }
       const req = pieceRequest.decode(b)
-      if (req.numbers.length > MAX_PIECES_PER_REQUEST) throw new ProtocolError(`request names ${req.numbers.length} pieces, limit ${MAX_PIECES_PER_REQUEST}`)
+      if (req.numbers.length > MAX_PIECES_PER_REQUEST) throw new PeerViolationError(`request names ${req.numbers.length} pieces, limit ${MAX_PIECES_PER_REQUEST}`)
       for (const n of req.numbers) {
         let piece: StoredPiece | null = null
         let reason = 'not held'
-        try {
-          piece = await init.provider.getPiece(req.taskId, n)
-        } catch (err) {
-          reason = (err as Error).message
-        }
-        if (stream.writeStatus !== 'writable') return
+        const held = await room(stream)
         let full: boolean
-        if (piece == null) {
-          const body = Buffer.from(reason)
-          stream.send(frame(KIND_REFUSED, n, body))
-          full = !stream.send(body)
-        } else {
-          const head = frame(KIND_PIECE, n, piece.data, piece.digest)
-          if (stream.sendOwned != null) {
-            full = !stream.sendOwned(head, piece.data, piece.release ?? noop)
-          } else {
-            // a libp2p stream gives no word of when it is done with the bytes: the buffer is not reused
-            stream.send(head)
-            full = !stream.send(piece.data)
+        try {
+          try {
+            piece = await init.provider.getPiece(req.taskId, n)
+          } catch (err) {
+            reason = (err as Error).message
           }
-          init.provider.onUpload?.(req.taskId, piece.data.byteLength, remote)
+          if (stream.writeStatus !== 'writable') { piece?.release?.(); return }
+          full = sendAnswer(stream, req.taskId, n, piece, reason, remote)
+        } finally {
+          reserved -= held
         }
-        if (full) await stream.onDrain()
+        // a child that takes nothing of an answer for PIECE_CHANNEL_IDLE_MS loses the stream
+        if (full) await stream.onDrain({ signal: AbortSignal.timeout(PIECE_CHANNEL_IDLE_MS) })
       }
     }
     await stream.close().catch(() => {})
+  }
+
+  /** One answer frame; true when the stream's buffer is full. */
+  function sendAnswer (stream: PieceDuplex, taskId: string, n: number, piece: StoredPiece | null, reason: string, remote: string): boolean {
+    let full: boolean
+    if (piece == null) {
+      const body = Buffer.from(reason).subarray(0, MAX_REFUSED_REASON_BYTES)
+      stream.send(frame(KIND_REFUSED, n, body))
+      full = !stream.send(body)
+    } else {
+      const head = frame(KIND_PIECE, n, piece.data, piece.digest)
+      if (stream.sendOwned != null) {
+        full = !stream.sendOwned(head, piece.data, piece.release ?? noop)
+      } else {
+        // a libp2p stream gives no word of when it is done with the bytes: the buffer is not reused
+        stream.send(head)
+        full = !stream.send(piece.data)
+      }
+      if (piece.data.byteLength > pieceEstimate) pieceEstimate = piece.data.byteLength
+      init.provider.onUpload?.(taskId, piece.data.byteLength, remote)
+    }
+    return full
   }
 }
 
@@ -204,7 +320,7 @@ export interface PieceConnectionOptions extends AbortOptions {
   hashOnArrival?: boolean
 }
 
-interface Pending { numbers: number[], next: number, onPiece: (r: PieceResult) => void, resolve: () => void, reject: (err: Error) => void }
+interface Pending { numbers: number[], next: number, maxBytes: number, onPiece: (r: PieceResult) => void, resolve: () => void, reject: (err: Error) => void }
 
 /**
  * One pipelined piece stream to one parent. Requests are answered in order; a failure of the
@@ -214,6 +330,7 @@ export class PieceConnection {
   private readonly pending: Pending[] = []
   private closed = false
   private closeError: Error | undefined
+  private bytesIn = 0
 
   /** which transport this connection ended up on */
   readonly channel: 'stream' | DataChannelMode
@@ -279,14 +396,20 @@ export class PieceConnection {
   }
 
   get inflight (): number { return this.pending.reduce((s, p) => s + p.numbers.length - p.next, 0) }
+  /** bytes received from the parent so far: a caller samples it to see a parent that stopped sending */
+  get received (): number { return this.bytesIn }
   get isOpen (): boolean { return !this.closed }
 
-  /** Ask for `numbers` of `taskId`; `onPiece` runs for each as it arrives; resolves when all arrived. */
-  request (req: PieceRequest, onPiece: (r: PieceResult) => void): Promise<void> {
+  /**
+   * Ask for `numbers` of `taskId`; `onPiece` runs for each as it arrives; resolves when all arrived.
+   * `maxBytes`: the largest piece frame accepted for them (the task's piece length); a larger one
+   * closes the connection with a PeerViolationError before anything is allocated.
+   */
+  request (req: PieceRequest, onPiece: (r: PieceResult) => void, maxBytes = MAX_PIECE_BYTES): Promise<void> {
     if (this.closed) return Promise.reject(this.closeError ?? new ProtocolError('piece stream closed'))
     if (this.pending.length >= MAX_PENDING_REQUESTS_PER_STREAM) return Promise.reject(new ProtocolError('too many pending piece requests'))
     const { promise, resolve, reject } = Promise.withResolvers<void>()
-    this.pending.push({ numbers: req.numbers, next: 0, onPiece, resolve, reject })
+    this.pending.push({ numbers: req.numbers, next: 0, maxBytes: Math.min(maxBytes, MAX_PIECE_BYTES), onPiece, resolve, reject })
     this.stream.send(lpEncode(pieceRequest.encode(req)))
     return promise
   }
@@ -307,6 +430,7 @@ export class PieceConnection {
    * copied once, into a pooled buffer of its size, and hashed on the way when `hashOnArrival`.
    */
   private onData (chunk: Uint8Array): void {
+    this.bytesIn += chunk.byteLength
     let off = 0
     while (off < chunk.byteLength && !this.closed) {
       if (this.headFill < HEADER) {
@@ -334,17 +458,17 @@ export class PieceConnection {
     const n = this.head.readUInt32BE(1)
     const len = this.head.readUInt32BE(5)
     const p = this.pending[0]
-    if (p == null) throw new ProtocolError(`unrequested piece ${n}`)
-    if (p.numbers[p.next] !== n) throw new ProtocolError(`piece ${n} arrived, ${p.numbers[p.next]} expected`)
-    if (len > MAX_PIECE_BYTES) throw new ProtocolError(`piece ${n} of ${len} bytes exceeds limit`)
+    if (p == null) throw new PeerViolationError(`unrequested piece ${n}`)
+    if (p.numbers[p.next] !== n) throw new PeerViolationError(`piece ${n} arrived, ${p.numbers[p.next]} expected`)
+    if (kind !== KIND_PIECE && kind !== KIND_REFUSED) throw new PeerViolationError(`unknown frame kind ${kind}`)
+    const max = kind === KIND_PIECE ? p.maxBytes : MAX_REFUSED_REASON_BYTES
+    if (len > max) throw new PeerViolationError(`piece ${n} frame of ${len} bytes exceeds limit ${max}`)
     if (kind === KIND_PIECE) {
       this.lease = piecePool.acquire(len)
       this.body = this.lease.buf
       this.hash = this.hashOnArrival ? createHash('sha256') : undefined
-    } else if (kind === KIND_REFUSED) {
-      this.body = Buffer.allocUnsafe(len)
     } else {
-      throw new ProtocolError(`unknown frame kind ${kind}`)
+      this.body = Buffer.allocUnsafe(len)
     }
     this.frameKind = kind
     this.frameN = n
@@ -378,13 +502,18 @@ async function openChannel (conn: Connection, mode: DataChannelMode, signal?: Ab
     throw err
   }
   let offer: DataChannelOffer
+  // `signal` bounds the wait for the offer too (a hung parent never answers)
+  const onAbort = (): void => { ctl.abort(signal?.reason instanceof Error ? signal.reason : new ProtocolError('data channel offer aborted')) }
+  signal?.addEventListener('abort', onAbort, { once: true })
   try {
+    signal?.throwIfAborted()
     ctl.send(lpEncode(dataChannelRequest.encode({ mode: DATA_CHANNEL_MODES[mode] })))
     const reader = new ByteReader(ctl)
     const b = await reader.lp(1024)
     if (b == null) throw new ProtocolError('parent closed the data channel offer stream')
     offer = dataChannelOffer.decode(b)
   } finally {
+    signal?.removeEventListener('abort', onAbort)
     await ctl.close().catch(() => {})
   }
   if (offer.refused != null && offer.refused !== '') return null
@@ -393,6 +522,19 @@ async function openChannel (conn: Connection, mode: DataChannelMode, signal?: Ab
   const host = hostOf(conn.remoteAddr)
   if (host == null) return null
   return await openDataStream(host, offer.port, mode, offer.token, offer.secret ?? new Uint8Array(), signal)
+}
+
+/**
+ * The IP the node's libp2p listener is bound to (its first listen multiaddr, as `--listen` gave it):
+ * where the data-channel listener binds too. 0.0.0.0 / :: only when that is what the node listens on.
+ */
+export function listenHost (node: Libp2p): string {
+  const listen = (node as unknown as { components?: { addressManager?: { getListenAddrs?: () => Multiaddr[] } } }).components?.addressManager?.getListenAddrs?.()
+  for (const ma of listen ?? node.getMultiaddrs()) {
+    const host = hostOf(ma)
+    if (host != null) return host
+  }
+  return '127.0.0.1'
 }
 
 function hostOf (ma: Multiaddr): string | null {

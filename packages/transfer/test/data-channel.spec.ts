@@ -4,8 +4,9 @@ import { once } from 'node:events'
 import { createHash, randomBytes } from 'node:crypto'
 import { Uint8ArrayList } from 'uint8arraylist'
 import { verifyPiece } from '@guoce/content'
-import { createNode, servePieces, PieceConnection, Priority, silentLogger, type PieceResult, type DataChannelInit, type Libp2p } from '../src/index.js'
-import { DataStream, DataChannelServer, deriveKeys, openDataStream } from '../src/data-channel.js'
+import { createNode, servePieces, PieceConnection, Priority, silentLogger, ByteReader, lpEncode, dataChannelRequest, dataChannelOffer, pieceRequest, PIECE_DATA_PROTOCOL, type PieceResult, type DataChannelInit, type Libp2p } from '../src/index.js'
+import { DataStream, DataChannelServer, deriveKeys, openDataStream, type DataStreamLimits } from '../src/data-channel.js'
+import { DATA_CHANNEL_MAX_PER_PEER, PIECE_REQUEST_BUFFER_BYTES } from '../src/constants.js'
 
 const PIECE = 256 * 1024
 const COUNT = 8
@@ -243,5 +244,186 @@ describe('data channel tokens', () => {
     for (const ds of [b, c]) { for await (const _ of ds) { /* nothing arrives */ } }
     expect(streams).toHaveLength(1)
     a.abort(new Error('done'))
+  })
+})
+
+describe('data channel bounds', () => {
+  /** a connected socket pair on loopback */
+  async function socketPair (): Promise<{ a: Socket, b: Socket }> {
+    const srv = createServer()
+    srv.listen(0, '127.0.0.1'); await once(srv, 'listening')
+    const accepted = once(srv, 'connection')
+    const a = connect((srv.address() as { port: number }).port, '127.0.0.1')
+    const [b] = await accepted as [Socket]
+    await once(a, 'connect')
+    cleanup.push(() => { a.destroy(); b.destroy(); srv.close() })
+    return { a, b }
+  }
+
+  /** secure streams over a socket pair: `sender` as a parent's child would write, `receiver` with `limits` */
+  async function securePair (limits: DataStreamLimits, push = false): Promise<{ sender: DataStream, receiver: DataStream, raw: Socket }> {
+    const { a, b } = await socketPair()
+    const secret = randomBytes(32); const token = randomBytes(32)
+    return { sender: new DataStream(a, deriveKeys(secret, token, 'child')), receiver: new DataStream(b, deriveKeys(secret, token, 'parent'), push, limits), raw: a }
+  }
+
+  async function ended (ds: DataStream): Promise<Error | undefined> {
+    try { for await (const _ of ds) { /* drain */ } } catch (err) { return err as Error }
+    return undefined
+  }
+
+  it('a parent refuses a record larger than its request bound before allocating it', async () => {
+    const { raw, receiver } = await securePair({ recordBytes: PIECE_REQUEST_BUFFER_BYTES, queueBytes: PIECE_REQUEST_BUFFER_BYTES })
+    const head = Buffer.alloc(4); head.writeUInt32BE(1024 * 1024 + 16)
+    raw.write(head)
+    const err = await ended(receiver)
+    expect(err?.name).toBe('PeerViolationError')
+  })
+
+  it('bytes waiting for a parent\'s reader are bounded', async () => {
+    const { sender, receiver } = await securePair({ recordBytes: PIECE_REQUEST_BUFFER_BYTES, queueBytes: PIECE_REQUEST_BUFFER_BYTES })
+    // records within the bound, but more of them than the reader may be behind on
+    for (let i = 0; i < 3; i++) sender.send(randomBytes(PIECE_REQUEST_BUFFER_BYTES / 2))
+    await new Promise(resolve => setTimeout(resolve, 200))
+    const err = await ended(receiver)
+    expect(err?.name).toBe('PeerViolationError')
+  })
+
+  it('a half-sent record is dropped after the stall time', async () => {
+    const { raw, receiver } = await securePair({ stallMs: 300, idleMs: 60_000 })
+    const head = Buffer.alloc(4); head.writeUInt32BE(1024 * 1024 + 16)
+    raw.write(Buffer.concat([head, randomBytes(512 * 1024)]))
+    const t0 = Date.now()
+    const err = await ended(receiver)
+    expect(err?.name).toBe('PeerViolationError')
+    expect(err?.message).toMatch(/stalled/)
+    expect(Date.now() - t0).toBeLessThan(3000)
+  })
+
+  it('a channel with no byte either way is closed after the idle time', async () => {
+    const { receiver } = await securePair({ stallMs: 60_000, idleMs: 300 })
+    const t0 = Date.now()
+    const err = await ended(receiver)
+    expect(err?.message).toMatch(/idle/)
+    expect(Date.now() - t0).toBeLessThan(3000)
+  })
+
+  it('a wrong token is closed at once and gets no byte', async () => {
+    const server = new DataChannelServer(() => { throw new Error('no stream expected') }, new Set(['secure']))
+    const port = await server.listen(0, '127.0.0.1')
+    cleanup.push(async () => { await server.close() })
+    server.offer('secure', 'peer')
+    const s = connect(port, '127.0.0.1')
+    cleanup.push(() => { s.destroy() })
+    let got = 0
+    s.on('data', (b: Buffer) => { got += b.byteLength })
+    s.on('error', () => {})
+    await once(s, 'connect')
+    const t0 = Date.now()
+    s.write(randomBytes(32))
+    await once(s, 'close')
+    expect(Date.now() - t0).toBeLessThan(1000)
+    expect(got).toBe(0)
+  })
+
+  it('one host gets DATA_CHANNEL_MAX_PER_PEER tokens and channels; others still get theirs', async () => {
+    const server = new DataChannelServer(() => {}, new Set(['secure']))
+    await server.listen(0, '127.0.0.1')
+    cleanup.push(async () => { await server.close() })
+    for (let i = 0; i < DATA_CHANNEL_MAX_PER_PEER; i++) server.offer('secure', 'greedy')
+    expect(() => server.offer('secure', 'greedy')).toThrow(/too many data channels/)
+    expect(server.offer('secure', 'other').token).toHaveLength(32)
+  })
+
+  it('the listener binds the node\'s listen IP, not every interface', async () => {
+    const node = await createNode({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    cleanup.push(async () => { await node.stop() })
+    const server = await servePieces(node, { log: silentLogger, dataChannel: true, provider: { getPiece: async () => null } })
+    expect(server.dataHost).toBe('127.0.0.1')
+    await server.close()
+  })
+})
+
+describe('data channel write stall', () => {
+  it('a peer that reads nothing of what is queued for it loses the channel after the stall time', async () => {
+    const srv = createServer()
+    srv.listen(0, '127.0.0.1'); await once(srv, 'listening')
+    const accepted = once(srv, 'connection')
+    const a = connect((srv.address() as { port: number }).port, '127.0.0.1')
+    const [b] = await accepted as [Socket]
+    b.pause() // reads nothing
+    cleanup.push(() => { a.destroy(); b.destroy(); srv.close() })
+    await once(a, 'connect')
+    const sender = new DataStream(a, undefined, false, { stallMs: 400, idleMs: 60_000 })
+    for (let i = 0; i < 64; i++) sender.send(randomBytes(1024 * 1024))
+    const t0 = Date.now()
+    await new Promise(resolve => a.once('close', resolve))
+    expect(Date.now() - t0).toBeLessThan(5000)
+  })
+})
+
+describe('a child that breaks a bound', () => {
+  it('is refused piece streams and data channels by that parent for a while; others are not', async () => {
+    const p = await parent(true)
+    const bad = await child()
+    const ask = async (node: Libp2p): Promise<{ port?: number, token?: Uint8Array, refused?: string }> => {
+      const s = await node.dialProtocol(p.getMultiaddrs(), PIECE_DATA_PROTOCOL)
+      s.send(lpEncode(dataChannelRequest.encode({ mode: 1 })))
+      const b = await new ByteReader(s).lp(1024)
+      await s.close().catch(() => {})
+      return dataChannelOffer.decode(b!)
+    }
+    const offer = await ask(bad)
+    // the token, then a record header announcing 1 MiB: a parent accepts requests only
+    const sock = connect(offer.port!, '127.0.0.1')
+    sock.on('error', () => {})
+    await once(sock, 'connect')
+    const head = Buffer.alloc(4); head.writeUInt32BE(1024 * 1024 + 16)
+    sock.write(Buffer.concat([offer.token!, head]))
+    await new Promise(resolve => sock.once('close', resolve))
+    await new Promise(resolve => setTimeout(resolve, 50))
+    expect((await ask(bad)).refused).toMatch(/broke a piece protocol bound/)
+    const banned = await PieceConnection.open(bad, p.getMultiaddrs(), { channel: 'secure' })
+    cleanup.push(() => { banned.close() })
+    expect(banned.channel).toBe('stream')
+    await expect(fetchAll(banned)).rejects.toThrow()
+    const good = await PieceConnection.open(await child(), p.getMultiaddrs(), { channel: 'secure' })
+    cleanup.push(() => { good.close() })
+    expect(good.channel).toBe('secure')
+    expect((await fetchAll(good)).ok).toHaveLength(COUNT)
+  })
+})
+
+describe('upload budget', () => {
+  /** pieces a parent with `budget` reads, within 1 s, for a child on a data channel that reads nothing */
+  async function servedToDeafChild (budget: number): Promise<number> {
+    const node = await createNode({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    cleanup.push(async () => { await node.stop() })
+    let served = 0
+    await servePieces(node, {
+      log: silentLogger, dataChannel: { integrity: true }, uploadBufferBytes: budget,
+      provider: { getPiece: async (_t, n) => { served++; return { data: pieces[n % COUNT]!, digest: digests[n % COUNT]! } } }
+    })
+    const c = await child()
+    const s = await c.dialProtocol(node.getMultiaddrs(), PIECE_DATA_PROTOCOL)
+    s.send(lpEncode(dataChannelRequest.encode({ mode: 2 })))
+    const offer = dataChannelOffer.decode((await new ByteReader(s).lp(1024))!)
+    const sock = connect(offer.port!, '127.0.0.1')
+    sock.on('error', () => {})
+    cleanup.push(() => { sock.destroy() })
+    await once(sock, 'connect')
+    sock.pause()
+    sock.write(offer.token!)
+    for (let i = 0; i < 2; i++) sock.write(lpEncode(pieceRequest.encode({ taskId: 't', numbers: Array.from({ length: 64 }, (_, j) => j), priority: 2 })).subarray())
+    await new Promise(resolve => setTimeout(resolve, 1000))
+    return served
+  }
+
+  it('a child that reads nothing makes a parent read only what its upload budget allows (plus what the kernel buffers)', async () => {
+    const bounded = await servedToDeafChild(1024 * 1024)
+    const unbounded = await servedToDeafChild(Infinity)
+    // 256 KiB pieces: 1 MiB of budget plus the kernel's socket buffers, against the 8 MiB high-water mark
+    expect(bounded).toBeLessThan(unbounded)
+    expect(bounded).toBeLessThanOrEqual(40)
   })
 })

@@ -102,3 +102,37 @@ describe('piece frames in push mode', () => {
     await expect(conn.request({ taskId: 't', numbers: [1], priority: Priority.BACKGROUND }, () => {})).rejects.toMatchObject({ name: 'ProtocolError' })
   })
 })
+
+describe('piece frame bounds', () => {
+  it('a piece frame longer than the task\'s piece length closes the connection before allocating it', async () => {
+    const ch = fakeChannel()
+    const conn = PieceConnection.over(ch.duplex, 'integrity')
+    const done = conn.request({ taskId: 't', numbers: [3], priority: Priority.BACKGROUND }, () => {}, 1024 * 1024)
+    const h = Buffer.alloc(41)
+    h[0] = 0; h.writeUInt32BE(3, 1); h.writeUInt32BE(1024 * 1024 + 1, 5)
+    ch.feed(h)
+    await expect(done).rejects.toMatchObject({ name: 'PeerViolationError' })
+    expect(conn.isOpen).toBe(false)
+  })
+
+  it('a refusal with a long reason, an unknown kind and an unrequested piece are violations', async () => {
+    for (const [kind, n, len] of [[1, 0, 4096], [7, 0, 1], [0, 5, 1]] as const) {
+      const ch = fakeChannel()
+      const conn = PieceConnection.over(ch.duplex, 'integrity')
+      const done = conn.request({ taskId: 't', numbers: [0], priority: Priority.BACKGROUND }, () => {}, 1024)
+      const h = Buffer.alloc(41)
+      h[0] = kind; h.writeUInt32BE(n, 1); h.writeUInt32BE(len, 5)
+      ch.feed(h)
+      await expect(done).rejects.toMatchObject({ name: 'PeerViolationError' })
+    }
+  })
+
+  it('counts the bytes received, for the parent-stall check', () => {
+    const ch = fakeChannel()
+    const conn = PieceConnection.over(ch.duplex, 'integrity')
+    void conn.request({ taskId: 't', numbers: [0], priority: Priority.BACKGROUND }, r => { if (!('refused' in r)) r.release?.() }, 1024).catch(() => {})
+    expect(conn.received).toBe(0)
+    ch.feed(frame(0, 0, Buffer.alloc(100)).subarray(0, 60))
+    expect(conn.received).toBe(60)
+  })
+})
