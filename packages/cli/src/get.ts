@@ -1,14 +1,18 @@
 /**
  * `guoce get URL -O FILE`: asks a peer daemon to fetch URL through the swarm, follows its progress
- * (a bar on a TTY), then copies the verified content to FILE through a temp file + fsync + rename,
- * so FILE appears only complete and verified.
+ * (a bar on a TTY), then writes FILE itself, as the calling user, through a temp file in FILE's
+ * directory + fsync + rename, so FILE appears only complete and verified. With a daemon on this host
+ * whose data file this user may read, the bytes are a kernel copy of it (reflink where the filesystem
+ * shares extents, else copy_file_range); else they come over the daemon's HTTP API. FILE never shares
+ * bytes with the daemon's cache: writing into it changes nothing the daemon serves.
  */
-import { open, rename, rm, stat } from 'node:fs/promises'
+import { constants as fsConstants, createReadStream } from 'node:fs'
+import { access, chmod, copyFile, open, rename, rm, stat } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
 import { createHash, randomBytes } from 'node:crypto'
 import { parseSourceUrl, parseDigest } from '@guoce/content'
-import { DigestMismatchError, InvalidParametersError, NoSpaceError, TaskFailedError, ContentLengthMismatchError, fromErrorInfo, type TaskProgress } from '@guoce/interface'
-import { parse, durationMs } from './args.js'
+import { ContentChangedError, DigestMismatchError, InvalidParametersError, NoSpaceError, TaskFailedError, ContentLengthMismatchError, fromErrorInfo, type TaskProgress } from '@guoce/interface'
+import { parse, durationMs, isLoopbackHost } from './args.js'
 
 export const GET_USAGE = `Usage: guoce get URL -O FILE [--daemon http://HOST:PORT] [--digest sha256:HEX] [--header K:V]...
                  [--timeout 1h] [--json]
@@ -18,9 +22,10 @@ export const GET_USAGE = `Usage: guoce get URL -O FILE [--daemon http://HOST:POR
   --digest DIGEST      expected sha256 of the whole file; also makes the task id content-addressed
   --header K:V         request header for the origin (repeatable)
   --timeout DURATION   give up after this long (default: none)
-  --stream             copy through the daemon's HTTP API even when it runs on this host
-  --copy               with a daemon on this host: a copy of its own, not a hard link to the daemon's
-                       cache (a linked FILE shares its bytes with what the daemon serves: do not write into it)
+  --stream             bytes through the daemon's HTTP API even when it runs on this host
+  --copy               accepted for compatibility: FILE is always a file of its own (a kernel copy of the
+                       daemon's data file when it runs on this host and this user may read it, else over
+                       HTTP); writing into FILE never changes the daemon's cache
 `
 
 function fmtBytes (n: number): string {
@@ -103,22 +108,28 @@ export async function get (argv: string[]): Promise<number> {
   const dir = dirname(output)
   const st = await stat(dir).catch(() => null)
   if (st?.isDirectory() !== true) throw new InvalidParametersError(`output directory ${dir} does not exist`)
+  // FILE is written by this process, as this user: say so before any download if it cannot be
+  await access(dir, fsConstants.W_OK | fsConstants.X_OK).catch(() => { throw new InvalidParametersError(`cannot write ${output}: no write permission on ${dir}`) })
 
   const started = Date.now()
   let final: TaskProgress
   let bytes: number
   try {
-    const res = await api(base, '/api/v1/tasks', { method: 'POST', body: { url, ...(Object.keys(headers).length > 0 ? { headers } : {}), ...(digest != null ? { digest } : {}) }, signal })
-    if (res.status !== 200) throw await errorFrom(res)
-    const first = await res.json() as TaskProgress
-    final = await follow(base, first.taskId, json, signal)
-    if (final.state !== 'succeeded') {
-      throw final.error != null ? fromErrorInfo(final.error) : new TaskFailedError(`download ended in state ${final.state}`)
+    // the origin changed while the task ran (ContentChangedError): the daemon dropped it; one more
+    // try asks the origin again and fetches the new content under its new version
+    for (let attempt = 1; ; attempt++) {
+      const res = await api(base, '/api/v1/tasks', { method: 'POST', body: { url, ...(Object.keys(headers).length > 0 ? { headers } : {}), ...(digest != null ? { digest } : {}) }, signal })
+      if (res.status !== 200) throw await errorFrom(res)
+      const first = await res.json() as TaskProgress
+      final = await follow(base, first.taskId, json, signal)
+      if (final.state === 'succeeded') break
+      const err = final.error != null ? fromErrorInfo(final.error) : new TaskFailedError(`download ended in state ${final.state}`)
+      if (err.name !== ContentChangedError.name || attempt >= 2) throw err
     }
-    // a daemon on this host puts the file in place itself (hard link or kernel copy); elsewhere, or with --stream, bytes come over HTTP
-    bytes = v.stream !== true && isLoopback(base)
-      ? await exportOut(base, final, output, v.copy !== true, signal) ?? await copyOut(base, final, output, digest, signal)
-      : await copyOut(base, final, output, digest, signal)
+    // a daemon on this host: a kernel copy of its data file when this user may read it; elsewhere, with
+    // --stream, or when the file is not readable, bytes come over HTTP
+    bytes = (v.stream !== true && isLoopback(base) ? await copyLocal(base, final, output, digest, signal) : null) ??
+      await copyOut(base, final, output, digest, signal)
   } catch (err) {
     // an abort can surface anywhere in a body read; say why, in one line
     if (signal.aborted) throw new TaskFailedError(signal.reason instanceof Error && signal.reason.name !== 'TimeoutError' ? signal.reason.message : 'timed out (--timeout)')
@@ -161,22 +172,87 @@ async function follow (base: string, taskId: string, json: boolean, signal?: Abo
 }
 
 function isLoopback (base: string): boolean {
-  const h = new URL(base).hostname
-  return h === '127.0.0.1' || h === 'localhost' || h === '[::1]' || h === '::1'
+  return isLoopbackHost(new URL(base).hostname)
 }
 
-/** Ask a same-host daemon to write `output`; null when the daemon cannot (then stream instead). */
-async function exportOut (base: string, p: TaskProgress, output: string, link: boolean, signal?: AbortSignal): Promise<number | null> {
-  const res = await api(base, `/api/v1/tasks/${p.taskId}/export`, { method: 'POST', body: { path: output, link }, signal })
-  if (res.status === 200) return ((await res.json()) as { bytes: number }).bytes
-  const err = await errorFrom(res)
-  if (err.name === 'NoSpaceError') throw err
-  return null
+function tempFor (output: string): string {
+  return join(dirname(output), `.${basename(output)}.guoce-${randomBytes(4).toString('hex')}`)
+}
+
+function writeError (err: unknown, output: string): Error {
+  const code = (err as NodeJS.ErrnoException).code
+  if (code === 'ENOSPC' || code === 'EDQUOT') return new NoSpaceError(`no space left on device writing ${output}`)
+  if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') return new InvalidParametersError(`cannot write ${output}: ${code}`)
+  return err as Error
+}
+
+/** rename() is durable once the directory entry is */
+async function syncDir (dir: string): Promise<void> {
+  const d = await open(dir, 'r')
+  try { await d.sync() } finally { await d.close() }
+}
+
+async function sha256File (path: string): Promise<string> {
+  const h = createHash('sha256')
+  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer)
+  return `sha256:${h.digest('hex')}`
+}
+
+interface DataFile { path: string, size: number, ino: number }
+
+/**
+ * Same host: a kernel copy of the daemon's verified data file into a temp file of ours (reflink or
+ * copy_file_range), checked (size, and the digest with --digest), fsynced, renamed onto `output`.
+ * null when this user cannot read that file, or it is not the daemon's (another mount namespace): then
+ * the caller streams it over HTTP.
+ */
+async function copyLocal (base: string, p: TaskProgress, output: string, digest: string | undefined, signal?: AbortSignal): Promise<number | null> {
+  const res = await api(base, `/api/v1/tasks/${p.taskId}`, { signal })
+  if (res.status !== 200) { await res.body?.cancel(); return null }
+  const file = ((await res.json()) as { dataFile?: DataFile }).dataFile
+  if (file == null || typeof file.path !== 'string') return null
+  const src = await stat(file.path).catch(() => null)
+  if (src?.ino !== file.ino || src.size !== file.size || src.size !== p.contentLength) return null
+  if (!await access(file.path, fsConstants.R_OK).then(() => true, () => false)) return null
+  const tmp = tempFor(output)
+  let ok = false
+  try {
+    // created here first (O_EXCL, this user's umask): copyFile would give it the cache file's mode
+    let mode: number
+    try {
+      const fh = await open(tmp, 'wx', 0o644)
+      mode = (await fh.stat()).mode & 0o7777
+      await fh.close()
+    } catch (err) { throw writeError(err, output) }
+    try {
+      await copyFile(file.path, tmp, fsConstants.COPYFILE_FICLONE)
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === 'EACCES' || code === 'EPERM' || code === 'ENOENT') return null
+      throw writeError(err, output)
+    }
+    await chmod(tmp, mode)
+    const fh = await open(tmp, 'r+')
+    try {
+      const size = (await fh.stat()).size
+      if (size !== file.size) throw new ContentLengthMismatchError(`copied ${size} of ${file.size} bytes`)
+      if (digest != null && await sha256File(tmp) !== digest) throw new DigestMismatchError(`downloaded content does not match ${digest}`)
+      await fh.sync()
+    } finally { await fh.close() }
+    await rename(tmp, output)
+    await syncDir(dirname(output))
+    ok = true
+    return file.size
+  } catch (err) {
+    throw writeError(err, output)
+  } finally {
+    if (!ok) await rm(tmp, { force: true })
+  }
 }
 
 async function copyOut (base: string, p: TaskProgress, output: string, digest: string | undefined, signal?: AbortSignal): Promise<number> {
-  const tmp = join(dirname(output), `.${basename(output)}.guoce-${randomBytes(4).toString('hex')}`)
-  const fh = await open(tmp, 'wx', 0o644)
+  const tmp = tempFor(output)
+  const fh = await open(tmp, 'wx', 0o644).catch((err: unknown) => { throw writeError(err, output) })
   let ok = false
   try {
     const res = await api(base, `/api/v1/tasks/${p.taskId}/content`, { signal })
@@ -197,12 +273,11 @@ async function copyOut (base: string, p: TaskProgress, output: string, digest: s
     await fh.sync()
     await fh.close()
     await rename(tmp, output)
+    await syncDir(dirname(output))
     ok = true
     return n
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
-    if (code === 'ENOSPC' || code === 'EDQUOT') throw new NoSpaceError(`no space left on device writing ${output}`)
-    throw err
+    throw writeError(err, output)
   } finally {
     if (!ok) {
       await fh.close().catch(() => {})

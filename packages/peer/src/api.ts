@@ -1,23 +1,42 @@
 /**
- * The local API (fastify): loopback or unix socket only. Routes:
+ * The local API (fastify): loopback only, for callers on this host. Routes:
  *   POST /api/v1/tasks                 start or join a download -> progress
- *   GET  /api/v1/tasks/:id             progress
+ *   GET  /api/v1/tasks/:id             progress; once complete, `dataFile` {path, size, ino} of the task's data
+ *                                      file, so `guoce get` can copy it itself (as the calling user)
  *   GET  /api/v1/tasks/:id/progress    NDJSON progress lines until the task ends
  *   GET  /api/v1/tasks/:id/content     the bytes (Range supported) once complete
- *   POST /api/v1/tasks/:id/export {path, link?}  a complete task to a local file: hard link, else copy (temp + fsync + rename)
+ *   POST /api/v1/tasks/:id/export      removed: 410 (the daemon writes no file at a caller-given path)
  *   DELETE /api/v1/tasks/:id           drop a task from the store
  *   GET  /healthz, GET /metrics (Prometheus text)
+ * Every request must name a loopback host in its Host header (127.0.0.0/8, localhost, [::1]): a page
+ * in a browser on this host cannot reach the API through a DNS name that resolves to 127.0.0.1
+ * (DNS rebinding). Others get 403 ForbiddenError.
  */
 import Fastify, { type FastifyInstance } from 'fastify'
-import { createReadStream, constants as fsConstants } from 'node:fs'
-import { copyFile, link, open, rename, rm } from 'node:fs/promises'
-import { basename, dirname, isAbsolute, join } from 'node:path'
-import { randomBytes } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import { stat } from 'node:fs/promises'
+import { isIP } from 'node:net'
 import { isTaskId } from '@guoce/content'
 import { errorStatus, type PeerDaemon } from './index.js'
-import { InvalidParametersError, NotFoundError, type TaskProgress } from '@guoce/interface'
+import { ForbiddenError, InvalidParametersError, NotFoundError, type TaskProgress } from '@guoce/interface'
 
 export interface ApiOptions { extraMetrics?: () => string }
+
+/** A loopback name: localhost, an IPv4 address in 127.0.0.0/8, or ::1 (brackets allowed). */
+export function isLoopbackName (host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[(.*)\]$/, '$1').replace(/^::ffff:(?=\d+\.)/, '')
+  if (h === 'localhost') return true
+  if (isIP(h) === 4) return h.startsWith('127.')
+  if (isIP(h) === 6) return h === '::1' || h === '0:0:0:0:0:0:0:1'
+  return false
+}
+
+/** A Host header's host, without its port; undefined when it is not HOST[:PORT]. */
+export function hostOfHeader (value: string | undefined): string | undefined {
+  if (value == null) return undefined
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]+)(?::\d{1,5})?$/.exec(value)
+  return m?.[1]
+}
 
 const taskBody = {
   type: 'object',
@@ -40,6 +59,14 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
     void reply.status(status).send({ error: { name: e.name, code: e.code ?? 'ERR_UNKNOWN', message: e.message } })
   })
 
+  // before routing and body parsing: a foreign Host (DNS rebinding, a proxied request) gets nothing
+  app.addHook('onRequest', async (req, reply) => {
+    const host = hostOfHeader(req.headers.host)
+    if (host == null || !isLoopbackName(host)) {
+      return await reply.status(403).send({ error: { name: ForbiddenError.name, code: 'ERR_FORBIDDEN', message: `the local API answers only requests to a loopback host (127.0.0.1, localhost, [::1]), not "${String(req.headers.host ?? '')}"` } })
+    }
+  })
+
   app.get('/healthz', async () => ({ ok: true, peerId: daemon.peerId, scheduler: daemon.client.connected }))
 
   app.post<{ Body: { url: string, headers?: Record<string, string>, digest?: string, tag?: string } }>('/api/v1/tasks', { schema: { body: taskBody } }, async (req) => {
@@ -54,7 +81,15 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
   app.get<{ Params: { id: string } }>('/api/v1/tasks/:id', async (req) => {
     const t = runningTask(req.params.id)
     if (t == null) throw new NotFoundError(`no task ${req.params.id}`)
-    return t.progress()
+    const p = t.progress()
+    if (p.state !== 'succeeded' || !isLoopbackName(req.socket.remoteAddress ?? 'localhost')) return p
+    // where the verified bytes are: `guoce get` on this host copies them itself, as its own user
+    // (a kernel copy), if that user may read the file; `ino` lets it check it opened this very file
+    const st = await daemon.store.get(t.taskId).catch(() => null)
+    if (st?.complete !== true) return p
+    const s = await stat(st.dataPath).catch(() => null)
+    if (s == null) return p
+    return { ...p, dataFile: { path: st.dataPath, size: st.info.contentLength, ino: s.ino } }
   })
 
   app.get<{ Params: { id: string } }>('/api/v1/tasks/:id/progress', async (req, reply) => {
@@ -104,44 +139,10 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
     return await reply.send(createReadStream(st.dataPath, { start, end }))
   })
 
-  // Same-host output, no bytes through HTTP and no second hash (every piece, and the whole content when a
-  // digest was given, is verified). As dfget does: a hard link to the task's data file when the output is
-  // on the store's filesystem (no copy, nothing left to write back: the data file is already durable),
-  // else a kernel copy (reflink or copy_file_range) that is fsynced. `link: false` asks for the copy.
-  // A hard link shares the bytes with the cache: writing into the output changes what this host serves
-  // (its children verify every piece and would blame it), so treat linked outputs as read-only.
-  app.post<{ Params: { id: string }, Body: { path: string, link?: boolean } }>('/api/v1/tasks/:id/export', {
-    schema: { body: { type: 'object', required: ['path'], additionalProperties: false, properties: { path: { type: 'string', minLength: 1, maxLength: 4096 }, link: { type: 'boolean' } } } }
-  }, async (req, reply) => {
-    if (!isTaskId(req.params.id)) throw new InvalidParametersError('bad task id')
-    const path = req.body.path
-    if (!isAbsolute(path)) throw new InvalidParametersError('export path must be absolute')
-    const st = await daemon.store.get(req.params.id)
-    if (st == null) throw new NotFoundError(`no task ${req.params.id}`)
-    if (!st.complete) return await reply.status(409).send({ error: { name: 'NotFoundError', code: 'ERR_INCOMPLETE', message: 'task is not complete' } })
-    const tmp = join(dirname(path), `.${basename(path)}.guoce-${randomBytes(4).toString('hex')}`)
-    let linked = false
-    try {
-      if (req.body.link !== false) {
-        await st.flush() // the bytes are durable before a second name points at them
-        linked = await link(st.dataPath, tmp).then(() => true, () => false) // EXDEV, EPERM, EMLINK...: copy
-      }
-      if (!linked) {
-        await copyFile(st.dataPath, tmp, fsConstants.COPYFILE_FICLONE)
-        const fh = await open(tmp, 'r+')
-        try { await fh.sync() } finally { await fh.close() }
-      }
-      await rename(tmp, path)
-      const dir = await open(dirname(path), 'r')
-      try { await dir.sync() } finally { await dir.close() }
-    } catch (err) {
-      await rm(tmp, { force: true })
-      const e = err as NodeJS.ErrnoException
-      if (e.code === 'ENOSPC' || e.code === 'EDQUOT') return await reply.status(507).send({ error: { name: 'NoSpaceError', code: 'ERR_NO_SPACE', message: `no space left on device writing ${path}` } })
-      if (e.code === 'ENOENT' || e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'EROFS') return await reply.status(400).send({ error: { name: 'InvalidParametersError', code: 'ERR_INVALID_PARAMETERS', message: `cannot write ${path}: ${e.code}` } })
-      throw err
-    }
-    return { path, bytes: st.info.contentLength, linked }
+  // The daemon used to write a complete task to a caller-given path (hard link or copy), as its own
+  // user: any local process could replace any file. `guoce get` writes its output itself now.
+  app.post('/api/v1/tasks/:id/export', async (_req, reply) => {
+    return await reply.status(410).send({ error: { name: ForbiddenError.name, code: 'ERR_GONE', message: 'the daemon writes no files: export was removed; guoce get writes its output itself' } })
   })
 
   app.delete<{ Params: { id: string } }>('/api/v1/tasks/:id', async (req, reply) => {

@@ -23,6 +23,9 @@ export interface TaskMeta {
   url?: string
   digest?: string
   tag?: string
+  /** the origin's validator the task stands for (TaskRequest.version) */
+  version?: string
+  /** request headers, credentials among them: meta.json is written 0600 */
   headers?: Record<string, string>
 }
 
@@ -43,7 +46,8 @@ function wrapFsError (err: unknown): Error {
 
 async function atomicWrite (path: string, data: Uint8Array | string): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`
-  const fh = await open(tmp, 'w', 0o644)
+  // 0600: meta.json holds request headers (credentials); only the store's owner reads these files
+  const fh = await open(tmp, 'w', 0o600)
   try {
     await fh.writeFile(data)
     await fh.sync()
