@@ -106,7 +106,10 @@ export async function get (argv: string[]): Promise<number> {
   const cwd = process.env.npm_lifecycle_event === 'guoce' ? (process.env.INIT_CWD ?? process.cwd()) : process.cwd()
   const output = resolve(cwd, v.output)
   const dir = dirname(output)
-  const st = await stat(dir).catch(() => null)
+  const st = await stat(dir).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'EACCES') throw new InvalidParametersError(`cannot write ${output}: no permission to reach ${dir}`)
+    return null
+  })
   if (st?.isDirectory() !== true) throw new InvalidParametersError(`output directory ${dir} does not exist`)
   // FILE is written by this process, as this user: say so before any download if it cannot be
   await access(dir, fsConstants.W_OK | fsConstants.X_OK).catch(() => { throw new InvalidParametersError(`cannot write ${output}: no write permission on ${dir}`) })
