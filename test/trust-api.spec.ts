@@ -56,14 +56,25 @@ async function get (api: string, url: string, output: string, ...extra: string[]
   return await runGuoce(['get', url, '-O', output, '--daemon', api, '--json', ...extra])
 }
 
-/** `guoce get` as user nobody (uid/gid 65534, no supplementary groups) */
-async function getAsNobody (api: string, url: string, output: string): Promise<RunResult> {
-  const child = spawn('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', NODE, CLI, 'get', url, '-O', output, '--daemon', api], { stdio: ['ignore', 'pipe', 'pipe'], cwd: '/' })
+/** a command as user nobody (uid/gid 65534, no supplementary groups) */
+async function asNobody (cmd: string, args: string[]): Promise<RunResult> {
+  const child = spawn('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], cwd: '/' })
   let stdout = ''; let stderr = ''
   child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
   child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
   const code = await new Promise<number | null>(resolve => child.once('exit', resolve))
   return { code, stdout, stderr }
+}
+
+/** `guoce get` as user nobody */
+async function getAsNobody (api: string, url: string, output: string, ...extra: string[]): Promise<RunResult> {
+  return await asNobody(NODE, [CLI, 'get', url, '-O', output, '--daemon', api, ...extra])
+}
+
+/** let other users reach the cluster's stores, as with a daemon whose --data is under a 0755 home */
+async function openCluster (cluster: Cluster): Promise<void> {
+  await chmod(cluster.dir, 0o755)
+  for (const d of cluster.daemons) await chmod(d.data, 0o755)
 }
 
 /** an HTTP request with a Host header of our choosing (fetch does not let one set it) */
@@ -100,6 +111,31 @@ describe('must-hold 4: a private file stays private', () => {
     expectOneLineError(wrong, /HTTP 401/)
     expect(wrong.stderr).not.toContain('WRONG')
     expect((await readdir(out)).sort()).toEqual(['a'])
+    // the same credentials from a file (kept out of argv): the same task
+    await writeFile(join(out, '..', `headers-${process.pid}`), '# private\nAuthorization: Bearer good\n', { mode: 0o600 })
+    cleanups.push(async () => { await rm(join(out, '..', `headers-${process.pid}`), { force: true }) })
+    const f = await get(api, url, join(out, 'a2'), '--header-file', join(out, '..', `headers-${process.pid}`))
+    expect(f.code, f.stderr).toBe(0)
+    expect(JSON.parse(f.stdout.trim()).taskId).toBe(JSON.parse(a.stdout.trim()).taskId)
+    await rm(join(out, 'a2'))
+    // another local user, even with the task id and the store reachable: no listing, no data file, no
+    // content without the access token, and the origin refuses their get
+    await openCluster(cluster)
+    const id = JSON.parse(a.stdout.trim()).taskId as string
+    const d = cluster.daemons[0]!
+    expect((await asNobody('ls', [join(d.data, 'tasks')])).code).not.toBe(0)
+    expect((await asNobody('ls', [join(d.data, 'tasks', id.slice(0, 2))])).code).not.toBe(0)
+    expect((await asNobody('cat', [join(d.data, 'tasks', id.slice(0, 2), id, 'data')])).code).not.toBe(0)
+    expect((await asNobody('cat', [join(d.data, 'tasks', id.slice(0, 2), id, 'meta.json')])).code).not.toBe(0)
+    const raw = await rawRequest(api, `/api/v1/tasks/${id}/content`)
+    expect(raw.status).toBe(403)
+    expect(raw.body).not.toContain(sha(file).slice(0, 8))
+    const task = JSON.parse((await rawRequest(api, `/api/v1/tasks/${id}`)).body)
+    expect(task.state).toBe('succeeded')
+    expect(task.dataFile).toBeUndefined()
+    const n = await getAsNobody(api, url, '/tmp/never-written')
+    expectOneLineError(n, /HTTP 401/)
+    expect(await stat('/tmp/never-written').catch(() => null)).toBeNull()
     // the right token in the query works, as a task of its own
     const q = await get(api, `${url}?token=good`, join(out, 'd'))
     expect(q.code, q.stderr).toBe(0)
@@ -140,11 +176,19 @@ describe('must-hold 6: the local API writes nothing for others and answers only 
     const open = join(out, 'open')
     await mkdir(open)
     await chmod(open, 0o777)
-    const ok = await getAsNobody(api, url, join(open, 'f.bin'))
+    const ok = await getAsNobody(api, url, join(open, 'f.bin'), '--json')
     expect(ok.code, ok.stderr).toBe(0)
     const st = await stat(join(open, 'f.bin'))
     expect(st.uid).toBe(65534)
     expect(sha(await readFile(join(open, 'f.bin')))).toBe(sha(file))
+    // the store out of nobody's reach (a 0700 data directory): over HTTP; within reach: a kernel copy, by nobody
+    expect(JSON.parse(ok.stdout.trim()).via).toBe('http')
+    await openCluster(cluster)
+    const copied = await getAsNobody(api, url, join(open, 'g.bin'), '--json')
+    expect(copied.code, copied.stderr).toBe(0)
+    expect(JSON.parse(copied.stdout.trim()).via).toBe('copy')
+    expect((await stat(join(open, 'g.bin'))).uid).toBe(65534)
+    expect(sha(await readFile(join(open, 'g.bin')))).toBe(sha(file))
   })
 
   it('the old export route refuses every path; a foreign Host is refused; --api 0.0.0.0 is refused with one line', async () => {
@@ -190,7 +234,8 @@ describe('must-hold 7: editing a delivered file changes nothing served', () => {
     const r = await get(d0.api, url, join(out, 'first'))
     expect(r.code, r.stderr).toBe(0)
     const taskId = JSON.parse(r.stdout.trim()).taskId as string
-    const task = await (await fetch(`${d0.api}/api/v1/tasks/${taskId}`)).json() as { dataFile: { path: string, ino: number } }
+    const dataPath = join(d0.data, 'tasks', taskId.slice(0, 2), taskId, 'data')
+    const task = { dataFile: { path: dataPath, ino: (await stat(dataPath)).ino } }
     // the output is a file of its own: not the cache's inode, one link
     const delivered = await stat(join(out, 'first'))
     expect(delivered.nlink).toBe(1)
@@ -201,6 +246,7 @@ describe('must-hold 7: editing a delivered file changes nothing served', () => {
     for (const [name, extra] of [['default', []], ['copy', ['--copy']], ['stream', ['--stream']]] as const) {
       const again = await get(d0.api, url, join(out, name), ...extra)
       expect(again.code, again.stderr).toBe(0)
+      expect(JSON.parse(again.stdout.trim()).via).toBe(name === 'stream' ? 'http' : 'copy')
       expect(sha(await readFile(join(out, name))), name).toBe(sha(file))
     }
     const other = await get(d1.api, url, join(out, 'other'))

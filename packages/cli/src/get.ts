@@ -7,20 +7,21 @@
  * bytes with the daemon's cache: writing into it changes nothing the daemon serves.
  */
 import { constants as fsConstants, createReadStream } from 'node:fs'
-import { access, chmod, copyFile, open, rename, rm, stat } from 'node:fs/promises'
+import { access, chmod, copyFile, open, readFile, rename, rm, stat } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
 import { createHash, randomBytes } from 'node:crypto'
-import { parseSourceUrl, parseDigest } from '@guoce/content'
+import { parseSourceUrl, parseDigest, redactUrl } from '@guoce/content'
 import { ContentChangedError, DigestMismatchError, InvalidParametersError, NoSpaceError, TaskFailedError, ContentLengthMismatchError, fromErrorInfo, type TaskProgress } from '@guoce/interface'
 import { parse, durationMs, isLoopbackHost } from './args.js'
 
-export const GET_USAGE = `Usage: guoce get URL -O FILE [--daemon http://HOST:PORT] [--digest sha256:HEX] [--header K:V]...
-                 [--timeout 1h] [--json]
+export const GET_USAGE = `Usage: guoce get URL -O FILE [--daemon http://HOST:PORT] [--digest sha256:HEX] [--header K:V]... [--header-file FILE]
+                 [--timeout 1h] [--stream] [--json]
 
   -O, --output FILE    where the file goes; it appears only when complete and verified
   --daemon URL         peer daemon API (default $GUOCE_DAEMON or http://127.0.0.1:65001)
   --digest DIGEST      expected sha256 of the whole file; also makes the task id content-addressed
   --header K:V         request header for the origin (repeatable)
+  --header-file FILE   request headers, one K:V a line: credentials stay out of the command line
   --timeout DURATION   give up after this long (default: none)
   --stream             bytes through the daemon's HTTP API even when it runs on this host
   --copy               accepted for compatibility: FILE is always a file of its own (a kernel copy of the
@@ -36,11 +37,11 @@ function fmtBytes (n: number): string {
 }
 
 // the built-in fetch: no HTTP client to load at start-up
-async function api (base: string, path: string, init: { method?: string, body?: unknown, signal?: AbortSignal | undefined } = {}): Promise<Response> {
+async function api (base: string, path: string, init: { method?: string, body?: unknown, signal?: AbortSignal | undefined, access?: string } = {}): Promise<Response> {
   try {
     return await fetch(new URL(path, base), {
       method: init.method ?? 'GET',
-      headers: init.body != null ? { 'content-type': 'application/json' } : {},
+      headers: { ...(init.body != null ? { 'content-type': 'application/json' } : {}), ...(init.access != null ? { 'x-guoce-access': init.access } : {}) },
       body: init.body != null ? JSON.stringify(init.body) : null,
       ...(init.signal != null ? { signal: init.signal } : {})
     })
@@ -75,6 +76,7 @@ export async function get (argv: string[]): Promise<number> {
     daemon: { type: 'string' },
     digest: { type: 'string' },
     header: { type: 'string', multiple: true },
+    'header-file': { type: 'string' },
     timeout: { type: 'string' },
     stream: { type: 'boolean' },
     copy: { type: 'boolean' }
@@ -88,7 +90,13 @@ export async function get (argv: string[]): Promise<number> {
   const digest = v.digest as string | undefined
   if (digest != null) parseDigest(digest)
   const headers: Record<string, string> = {}
-  for (const h of (v.header as string[] | undefined) ?? []) {
+  const given = [...((v.header as string[] | undefined) ?? [])]
+  if (typeof v['header-file'] === 'string') {
+    // credentials kept out of argv (which every local user can read in /proc)
+    const text = await readFile(v['header-file'], 'utf8').catch((err: NodeJS.ErrnoException) => { throw new InvalidParametersError(`cannot read --header-file ${v['header-file'] as string}: ${err.code ?? err.message}`) })
+    for (const line of text.split(/\r?\n/)) if (line.trim() !== '' && !line.trimStart().startsWith('#')) given.push(line)
+  }
+  for (const h of given) {
     const i = h.indexOf(':')
     if (i <= 0) throw new InvalidParametersError(`--header must be K:V, got "${h}"`)
     headers[h.slice(0, i).trim().toLowerCase()] = h.slice(i + 1).trim()
@@ -117,13 +125,17 @@ export async function get (argv: string[]): Promise<number> {
   const started = Date.now()
   let final: TaskProgress
   let bytes: number
+  let token: string | undefined
+  /** how FILE was written: a kernel copy of the daemon's data file, or bytes over HTTP */
+  let via: 'copy' | 'http'
   try {
     // the origin changed while the task ran (ContentChangedError): the daemon dropped it; one more
     // try asks the origin again and fetches the new content under its new version
     for (let attempt = 1; ; attempt++) {
       const res = await api(base, '/api/v1/tasks', { method: 'POST', body: { url, ...(Object.keys(headers).length > 0 ? { headers } : {}), ...(digest != null ? { digest } : {}) }, signal })
       if (res.status !== 200) throw await errorFrom(res)
-      const first = await res.json() as TaskProgress
+      const first = await res.json() as TaskProgress & { access?: string }
+      token = first.access
       final = await follow(base, first.taskId, json, signal)
       if (final.state === 'succeeded') break
       const err = final.error != null ? fromErrorInfo(final.error) : new TaskFailedError(`download ended in state ${final.state}`)
@@ -131,15 +143,16 @@ export async function get (argv: string[]): Promise<number> {
     }
     // a daemon on this host: a kernel copy of its data file when this user may read it; elsewhere, with
     // --stream, or when the file is not readable, bytes come over HTTP
-    bytes = (v.stream !== true && isLoopback(base) ? await copyLocal(base, final, output, digest, signal) : null) ??
-      await copyOut(base, final, output, digest, signal)
+    const local = v.stream !== true && isLoopback(base) ? await copyLocal(base, final, token, output, digest, signal) : null
+    via = local != null ? 'copy' : 'http'
+    bytes = local ?? await copyOut(base, final, token, output, digest, signal)
   } catch (err) {
     // an abort can surface anywhere in a body read; say why, in one line
     if (signal.aborted) throw new TaskFailedError(signal.reason instanceof Error && signal.reason.name !== 'TimeoutError' ? signal.reason.message : 'timed out (--timeout)')
     throw err
   }
   const secs = (Date.now() - started) / 1000
-  const summary = { event: 'done', url, output, taskId: final.taskId, bytes, seconds: secs, piecesFromStore: final.piecesFromStore, piecesFromPeers: final.piecesFromPeers, piecesFromSource: final.piecesFromSource }
+  const summary = { event: 'done', url: redactUrl(url), output, taskId: final.taskId, bytes, via, seconds: secs, piecesFromStore: final.piecesFromStore, piecesFromPeers: final.piecesFromPeers, piecesFromSource: final.piecesFromSource }
   if (json) process.stdout.write(JSON.stringify(summary) + '\n')
   else process.stderr.write(`${basename(output)}: ${fmtBytes(bytes)} in ${secs.toFixed(1)} s\n`)
   return 0
@@ -209,8 +222,8 @@ interface DataFile { path: string, size: number, ino: number }
  * null when this user cannot read that file, or it is not the daemon's (another mount namespace): then
  * the caller streams it over HTTP.
  */
-async function copyLocal (base: string, p: TaskProgress, output: string, digest: string | undefined, signal?: AbortSignal): Promise<number | null> {
-  const res = await api(base, `/api/v1/tasks/${p.taskId}`, { signal })
+async function copyLocal (base: string, p: TaskProgress, token: string | undefined, output: string, digest: string | undefined, signal?: AbortSignal): Promise<number | null> {
+  const res = await api(base, `/api/v1/tasks/${p.taskId}`, { signal, ...(token != null ? { access: token } : {}) })
   if (res.status !== 200) { await res.body?.cancel(); return null }
   const file = ((await res.json()) as { dataFile?: DataFile }).dataFile
   if (file == null || typeof file.path !== 'string') return null
@@ -253,12 +266,12 @@ async function copyLocal (base: string, p: TaskProgress, output: string, digest:
   }
 }
 
-async function copyOut (base: string, p: TaskProgress, output: string, digest: string | undefined, signal?: AbortSignal): Promise<number> {
+async function copyOut (base: string, p: TaskProgress, token: string | undefined, output: string, digest: string | undefined, signal?: AbortSignal): Promise<number> {
   const tmp = tempFor(output)
   const fh = await open(tmp, 'wx', 0o644).catch((err: unknown) => { throw writeError(err, output) })
   let ok = false
   try {
-    const res = await api(base, `/api/v1/tasks/${p.taskId}/content`, { signal })
+    const res = await api(base, `/api/v1/tasks/${p.taskId}/content`, { signal, ...(token != null ? { access: token } : {}) })
     if (res.status !== 200) throw await errorFrom(res)
     const h = createHash('sha256')
     let n = 0

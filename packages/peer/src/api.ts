@@ -1,6 +1,6 @@
 /**
  * The local API (fastify): loopback only, for callers on this host. Routes:
- *   POST /api/v1/tasks                 start or join a download -> progress
+ *   POST /api/v1/tasks                 start or join a download -> progress + `access` (the task's access token)
  *   GET  /api/v1/tasks/:id             progress; once complete, `dataFile` {path, size, ino} of the task's data
  *                                      file, so `guoce get` can copy it itself (as the calling user)
  *   GET  /api/v1/tasks/:id/progress    NDJSON progress lines until the task ends
@@ -8,6 +8,9 @@
  *   POST /api/v1/tasks/:id/export      removed: 410 (the daemon writes no file at a caller-given path)
  *   DELETE /api/v1/tasks/:id           drop a task from the store
  *   GET  /healthz, GET /metrics (Prometheus text)
+ * The bytes of a task (`/content`, `dataFile`) need its access token (header x-guoce-access), which only
+ * POST /api/v1/tasks returns: to a caller whose request maps to that task id, after the origin accepted
+ * that caller's own headers (the validator probe). Knowing a task id is not enough to read a private file.
  * Every request must name a loopback host in its Host header (127.0.0.0/8, localhost, [::1]): a page
  * in a browser on this host cannot reach the API through a DNS name that resolves to 127.0.0.1
  * (DNS rebinding). Others get 403 ForbiddenError.
@@ -16,6 +19,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { createReadStream } from 'node:fs'
 import { stat } from 'node:fs/promises'
 import { isIP } from 'node:net'
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import { isTaskId } from '@guoce/content'
 import { errorStatus, type PeerDaemon } from './index.js'
 import { ForbiddenError, InvalidParametersError, NotFoundError, type TaskProgress } from '@guoce/interface'
@@ -50,8 +54,18 @@ const taskBody = {
   }
 } as const
 
+/** Header that carries a task's access token. */
+export const ACCESS_HEADER = 'x-guoce-access'
+
 export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): FastifyInstance {
   const app = Fastify({ logger: false, bodyLimit: 1024 * 1024 })
+  // per process: tokens are for the get that asked, not to be kept
+  const accessKey = randomBytes(32)
+  const accessFor = (taskId: string): Buffer => createHmac('sha256', accessKey).update(taskId).digest()
+  const mayRead = (taskId: string, given: string | string[] | undefined): boolean => {
+    if (typeof given !== 'string' || !/^[0-9a-f]{64}$/.test(given)) return false
+    return timingSafeEqual(Buffer.from(given, 'hex'), accessFor(taskId))
+  }
 
   app.setErrorHandler((err, _req, reply) => {
     const e = err as Error & { code?: string, statusCode?: number, validation?: unknown }
@@ -71,7 +85,7 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
 
   app.post<{ Body: { url: string, headers?: Record<string, string>, digest?: string, tag?: string } }>('/api/v1/tasks', { schema: { body: taskBody } }, async (req) => {
     const t = await daemon.download(req.body)
-    return t.progress()
+    return { ...t.progress(), access: accessFor(t.taskId).toString('hex') }
   })
 
   function runningTask (id: string): ReturnType<PeerDaemon['tasks']['get']> {
@@ -82,7 +96,7 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
     const t = runningTask(req.params.id)
     if (t == null) throw new NotFoundError(`no task ${req.params.id}`)
     const p = t.progress()
-    if (p.state !== 'succeeded' || !isLoopbackName(req.socket.remoteAddress ?? 'localhost')) return p
+    if (p.state !== 'succeeded' || !isLoopbackName(req.socket.remoteAddress ?? 'localhost') || !mayRead(t.taskId, req.headers[ACCESS_HEADER])) return p
     // where the verified bytes are: `guoce get` on this host copies them itself, as its own user
     // (a kernel copy), if that user may read the file; `ino` lets it check it opened this very file
     const st = await daemon.store.get(t.taskId).catch(() => null)
@@ -121,6 +135,7 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
 
   app.get<{ Params: { id: string } }>('/api/v1/tasks/:id/content', async (req, reply) => {
     if (!isTaskId(req.params.id)) throw new InvalidParametersError('bad task id')
+    if (!mayRead(req.params.id, req.headers[ACCESS_HEADER])) throw new ForbiddenError(`the content of a task needs the access token POST /api/v1/tasks returns (header ${ACCESS_HEADER})`)
     const st = await daemon.store.get(req.params.id)
     if (st == null) throw new NotFoundError(`no task ${req.params.id}`)
     if (!st.complete) return await reply.status(409).send({ error: { name: 'NotFoundError', code: 'ERR_INCOMPLETE', message: 'task is not complete' } })

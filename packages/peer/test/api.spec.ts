@@ -11,7 +11,10 @@ function fakeDaemon (stored: { complete: boolean } | null): PeerDaemon {
     peerId: 'peer',
     client: { connected: false },
     stats: { peerBytes: 0, sourceBytes: 0, uploadBytes: 0, tasksStarted: 0, blamedParents: 0, parentConnections: {} },
-    download: async () => { throw new InvalidUrlError('malformed URL "x"') }
+    download: async (req: { url: string }) => {
+      if (req.url === 'x') throw new InvalidUrlError('malformed URL "x"')
+      return { taskId: ID, progress: () => ({ taskId: ID, state: 'running' }) }
+    }
   } as unknown as PeerDaemon
 }
 
@@ -32,9 +35,17 @@ describe('local API errors', () => {
     await app.close()
   })
 
-  it('refuses the content of an incomplete task with 409', async () => {
+  it('gives the content only with the access token of POST /api/v1/tasks; an incomplete task is 409', async () => {
     const app = buildServer(fakeDaemon({ complete: false }))
-    const r = await app.inject({ url: `/api/v1/tasks/${ID}/content` })
+    for (const headers of [{}, { 'x-guoce-access': 'f'.repeat(64) }, { 'x-guoce-access': 'nope' }]) {
+      const r = await app.inject({ url: `/api/v1/tasks/${ID}/content`, headers })
+      expect(r.statusCode).toBe(403)
+      expect(r.json().error.name).toBe('ForbiddenError')
+    }
+    const posted = await app.inject({ method: 'POST', url: '/api/v1/tasks', payload: { url: 'http://127.0.0.1/f' } })
+    const access = posted.json().access as string
+    expect(access).toMatch(/^[0-9a-f]{64}$/)
+    const r = await app.inject({ url: `/api/v1/tasks/${ID}/content`, headers: { 'x-guoce-access': access } })
     expect(r.statusCode).toBe(409)
     expect(r.json().error.code).toBe('ERR_INCOMPLETE')
     await app.close()
