@@ -27,6 +27,9 @@ export interface SourceFillInit extends AbortOptions {
 }
 
 export async function fillFromSource (init: SourceFillInit): Promise<StoredTask> {
+  // the task's version: the reference's, else the one stored with the task (meta)
+  const version = init.ref.version ?? init.meta?.version ?? init.task?.meta.version
+  if (version != null && version !== '' && init.ref.version == null) init = { ...init, ref: { ...init.ref, version } }
   try {
     // Range requests may only continue a task whose content is pinned, by a version (If-Range) or a
     // digest: without either, a resume across an origin change would join two contents in one file.

@@ -8,7 +8,6 @@ import type { Libp2p } from 'libp2p'
 import { toErrorInfo, type Logger, type Startable } from '@guoce/interface'
 import type { TaskStore, StoredTask } from '@guoce/store'
 import { SchedulerClient, servePieces, dataChannelFor, hostInfo, type PeerMessage, type PieceChannel, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
-import { redactUrl } from '@guoce/content'
 import { fillFromSource } from './fetch.js'
 
 /** What every swarm host (seed peer or peer daemon) is built from. */
@@ -101,10 +100,10 @@ export class SeedPeer implements Startable {
 
   private async seed (order: NonNullable<SchedulerMessage['seed']>): Promise<void> {
     const { taskId } = order
-    const ref = { url: order.url, headers: order.headers ?? {}, ...(order.digest != null && order.digest !== '' ? { digest: order.digest } : {}), ...(order.version != null && order.version !== '' ? { version: order.version } : {}) }
+    const ref = { url: order.url, headers: order.headers ?? {}, ...(order.digest != null && order.digest !== '' ? { digest: order.digest } : {}) }
     const existing = await this.init.store.get(taskId).catch(() => null)
     if (existing?.complete === true) { this.announce(existing, order.url); return }
-    this.log.info('seeding', { task: taskId.slice(0, 12), url: redactUrl(order.url) })
+    this.log.info('seeding', { task: taskId.slice(0, 12), url: order.url })
     this.stats.tasks++
     this.client.send({ register: { taskId, url: order.url, headers: ref.headers, ...(ref.digest != null ? { digest: ref.digest } : {}) } })
     try {
@@ -112,7 +111,7 @@ export class SeedPeer implements Startable {
         store: this.init.store,
         taskId,
         ref,
-        meta: { url: order.url, headers: ref.headers, ...(ref.digest != null ? { digest: ref.digest } : {}), ...(ref.version != null ? { version: ref.version } : {}) },
+        meta: { url: order.url, headers: ref.headers, ...(ref.digest != null ? { digest: ref.digest } : {}) },
         ...(existing != null ? { task: existing } : {}),
         timeoutMs: this.init.originTimeoutMs,
         onInfo: (info) => { this.client.send({ sourceInfo: { taskId, info } }) },

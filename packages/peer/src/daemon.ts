@@ -8,9 +8,10 @@ import { taskIdOf, parseSourceUrl, parseDigest } from '@guoce/content'
 import type { Startable, TaskRequest } from '@guoce/interface'
 import type { TaskStore } from '@guoce/store'
 import { SchedulerClient, hostInfo, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
-import { serveStore, probeSource, type HostInit } from '@guoce/seed-peer'
+import { serveStore, type HostInit } from '@guoce/seed-peer'
 import { PeerTask } from './peer-task.js'
 import { UPLOAD_SLOTS } from './constants.js'
+import { probeSource } from '@guoce/seed-peer'
 
 export type PeerDaemonInit = HostInit
 

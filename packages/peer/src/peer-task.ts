@@ -421,7 +421,7 @@ export class PeerTask {
     if (this.stored != null && this.stored.info.contentLength === info.contentLength && this.stored.info.pieceLength === info.pieceLength) return
     if (this.creating != null) return
     const r = this.init.request
-    this.creating = this.init.store.create(this.taskId, { taskId: this.taskId, ...info }, { url: r.url, ...(r.headers != null ? { headers: r.headers } : {}), ...(r.digest != null ? { digest: r.digest } : {}), ...(r.version != null ? { version: r.version } : {}) })
+    this.creating = this.init.store.create(this.taskId, { taskId: this.taskId, ...info }, { url: r.url, ...(r.headers != null ? { headers: r.headers } : {}), ...(r.digest != null ? { digest: r.digest } : {}) })
     try {
       this.stored = await this.creating
       if (this.digests.length !== info.pieceCount) {
@@ -616,8 +616,8 @@ export class PeerTask {
         const task = await fillFromSource({
           store: this.init.store,
           taskId: this.taskId,
-          ref: { url: r.url, headers: r.headers ?? {}, ...(r.digest != null ? { digest: r.digest } : {}), ...(r.version != null ? { version: r.version } : {}) },
-          meta: { url: r.url, ...(r.headers != null ? { headers: r.headers } : {}), ...(r.digest != null ? { digest: r.digest } : {}), ...(r.version != null ? { version: r.version } : {}) },
+          ref: { url: r.url, headers: r.headers ?? {}, ...(r.digest != null ? { digest: r.digest } : {}) },
+          meta: { url: r.url, ...(r.headers != null ? { headers: r.headers } : {}), ...(r.digest != null ? { digest: r.digest } : {}) },
           ...(this.stored != null ? { task: this.stored } : {}),
           digests: this.digests,
           timeoutMs: this.init.originTimeoutMs,

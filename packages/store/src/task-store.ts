@@ -23,10 +23,11 @@ export interface TaskMeta {
   url?: string
   digest?: string
   tag?: string
-  /** the origin's validator the task stands for (TaskRequest.version) */
-  version?: string
-  /** request headers, credentials among them: meta.json is written 0600 */
   headers?: Record<string, string>
+  /** the origin's validator the task stands for (part of its id; sent in every register) */
+  version?: string
+  /** credentialHash of the request (part of its id; sent in every register) */
+  credentials?: string
 }
 
 export interface StoreInit {
