@@ -225,6 +225,31 @@ describe('must-hold 6: the local API writes nothing for others and answers only 
   })
 })
 
+describe('--api unix:PATH', () => {
+  it('listens on a 0600 socket: its user gets through it, nobody cannot use it; a live socket is not taken over', async () => {
+    const file = randomBytes(2 * MiB)
+    const { origin, cluster, out } = await setup({ files: { 'f.bin': file }, validators: 'etag', daemons: 0 })
+    await chmod(out, 0o777)
+    const sock = join(cluster.dir, 'api.sock')
+    const d = await cluster.addDaemon(['--api', `unix:${sock}`])
+    expect(d.api).toBe(`unix:${sock}`)
+    const st = await stat(sock)
+    expect(st.isSocket()).toBe(true)
+    expect(st.mode & 0o777).toBe(0o600)
+    const r = await get(d.api, `${origin.url}/f.bin`, join(out, 'f.bin'))
+    expect(r.code, r.stderr).toBe(0)
+    expect(JSON.parse(r.stdout.trim()).via).toBe('copy')
+    expect(sha(await readFile(join(out, 'f.bin')))).toBe(sha(file))
+    const s = await get(d.api, `${origin.url}/f.bin`, join(out, 's.bin'), '--stream')
+    expect(s.code, s.stderr).toBe(0)
+    expect(sha(await readFile(join(out, 's.bin')))).toBe(sha(file))
+    await chmod(cluster.dir, 0o755)
+    expectOneLineError(await getAsNobody(d.api, `${origin.url}/f.bin`, join(out, 'n.bin')), /no permission to use the peer daemon/)
+    expect(await stat(join(out, 'n.bin')).catch(() => null)).toBeNull()
+    expectOneLineError(await runGuoce(['daemon', '--scheduler', cluster.schedulerAddr, '--data', join(out, 'd2'), '--api', `unix:${sock}`, '--listen', '/ip4/127.0.0.1/tcp/0']), /another process listens there/)
+  })
+})
+
 describe('must-hold 7: editing a delivered file changes nothing served', () => {
   it('after appending to a delivered file, later gets (default, --copy, --stream) and another daemon get the origin bytes', async () => {
     const file = randomBytes(4 * MiB)

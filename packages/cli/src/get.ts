@@ -10,6 +10,8 @@ import { constants as fsConstants, createReadStream } from 'node:fs'
 import { access, chmod, copyFile, open, readFile, rename, rm, stat } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
 import { createHash, randomBytes } from 'node:crypto'
+import { request as httpRequest } from 'node:http'
+import { Readable } from 'node:stream'
 import { parseSourceUrl, parseDigest, redactUrl } from '@guoce/content'
 import { ContentChangedError, DigestMismatchError, InvalidParametersError, NoSpaceError, TaskFailedError, ContentLengthMismatchError, fromErrorInfo, type TaskProgress } from '@guoce/interface'
 import { parse, durationMs, isLoopbackHost } from './args.js'
@@ -18,7 +20,7 @@ export const GET_USAGE = `Usage: guoce get URL -O FILE [--daemon http://HOST:POR
                  [--timeout 1h] [--stream] [--json]
 
   -O, --output FILE    where the file goes; it appears only when complete and verified
-  --daemon URL         peer daemon API (default $GUOCE_DAEMON or http://127.0.0.1:65001)
+  --daemon URL         peer daemon API: http://HOST:PORT or unix:/PATH (default $GUOCE_DAEMON or http://127.0.0.1:65001)
   --digest DIGEST      expected sha256 of the whole file; also makes the task id content-addressed
   --header K:V         request header for the origin (repeatable)
   --header-file FILE   request headers, one K:V a line: credentials stay out of the command line
@@ -36,21 +38,35 @@ function fmtBytes (n: number): string {
   return `${n.toFixed(i === 0 ? 0 : 1)} ${u[i]}`
 }
 
+/** HTTP over the daemon's unix socket (`--daemon unix:PATH`), answered as a fetch Response. */
+async function unixFetch (socketPath: string, path: string, init: { method: string, headers: Record<string, string>, body: string | null, signal?: AbortSignal }): Promise<Response> {
+  return await new Promise<Response>((resolve, reject) => {
+    const req = httpRequest({ socketPath, path, method: init.method, headers: { host: 'localhost', ...init.headers }, ...(init.signal != null ? { signal: init.signal } : {}) }, res => {
+      const status = res.statusCode ?? 502
+      resolve(new Response(status === 204 || status === 304 ? null : Readable.toWeb(res) as ReadableStream<Uint8Array>, { status }))
+    })
+    req.on('error', err => { reject(Object.assign(new Error(err.message), { cause: err, name: err.name })) })
+    req.end(init.body ?? undefined)
+  })
+}
+
 // the built-in fetch: no HTTP client to load at start-up
 async function api (base: string, path: string, init: { method?: string, body?: unknown, signal?: AbortSignal | undefined, access?: string } = {}): Promise<Response> {
+  const req = {
+    method: init.method ?? 'GET',
+    headers: { ...(init.body != null ? { 'content-type': 'application/json' } : {}), ...(init.access != null ? { 'x-guoce-access': init.access } : {}) },
+    body: init.body != null ? JSON.stringify(init.body) : null,
+    ...(init.signal != null ? { signal: init.signal } : {})
+  }
   try {
-    return await fetch(new URL(path, base), {
-      method: init.method ?? 'GET',
-      headers: { ...(init.body != null ? { 'content-type': 'application/json' } : {}), ...(init.access != null ? { 'x-guoce-access': init.access } : {}) },
-      body: init.body != null ? JSON.stringify(init.body) : null,
-      ...(init.signal != null ? { signal: init.signal } : {})
-    })
+    return base.startsWith('unix:') ? await unixFetch(base.slice(5), path, req) : await fetch(new URL(path, base), req)
   } catch (err) {
     if ((err as Error).name === 'AbortError' || (err as Error).name === 'TimeoutError' || init.signal?.aborted === true) {
       throw new TaskFailedError(init.signal?.reason instanceof Error && init.signal.reason.name !== 'TimeoutError' ? init.signal.reason.message : 'timed out (--timeout)')
     }
     const cause = (err as { cause?: { code?: string, message?: string } }).cause
-    if (cause?.code === 'ECONNREFUSED') throw new TaskFailedError(`no peer daemon at ${base} (start one with "guoce up" or "guoce daemon")`)
+    if (cause?.code === 'ECONNREFUSED' || (cause?.code === 'ENOENT' && base.startsWith('unix:'))) throw new TaskFailedError(`no peer daemon at ${base} (start one with "guoce up" or "guoce daemon")`)
+    if (cause?.code === 'EACCES') throw new TaskFailedError(`no permission to use the peer daemon at ${base}`)
     throw new TaskFailedError(`cannot reach the peer daemon at ${base}: ${cause?.message ?? (err as Error).message}`)
   }
 }
@@ -102,7 +118,9 @@ export async function get (argv: string[]): Promise<number> {
     headers[h.slice(0, i).trim().toLowerCase()] = h.slice(i + 1).trim()
   }
   const base = (v.daemon as string | undefined) ?? process.env.GUOCE_DAEMON ?? 'http://127.0.0.1:65001'
-  try { new URL(base) } catch { throw new InvalidParametersError(`--daemon must be a URL like http://127.0.0.1:65001, got "${base}"`) }
+  if (!/^unix:\/./.test(base)) {
+    try { new URL(base) } catch { throw new InvalidParametersError(`--daemon must be a URL like http://127.0.0.1:65001 or unix:/PATH, got "${base}"`) }
+  }
   const timeoutMs = durationMs(v.timeout as string | undefined, '--timeout')
   // Ctrl-C or SIGTERM abort the transfer so the temp file is removed on the way out
   const interrupted = new AbortController()
@@ -188,7 +206,7 @@ async function follow (base: string, taskId: string, json: boolean, signal?: Abo
 }
 
 function isLoopback (base: string): boolean {
-  return isLoopbackHost(new URL(base).hostname)
+  return base.startsWith('unix:') || isLoopbackHost(new URL(base).hostname)
 }
 
 function tempFor (output: string): string {

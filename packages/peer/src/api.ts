@@ -1,5 +1,5 @@
 /**
- * The local API (fastify): loopback only, for callers on this host. Routes:
+ * The local API (fastify): loopback HOST:PORT or a unix socket (0600), for callers on this host. Routes:
  *   POST /api/v1/tasks                 start or join a download -> progress + `access` (the task's access token)
  *   GET  /api/v1/tasks/:id             progress; once complete, `dataFile` {path, size, ino} of the task's data
  *                                      file, so `guoce get` can copy it itself (as the calling user)
@@ -17,8 +17,8 @@
  */
 import Fastify, { type FastifyInstance } from 'fastify'
 import { createReadStream } from 'node:fs'
-import { stat } from 'node:fs/promises'
-import { isIP } from 'node:net'
+import { chmod, lstat, rm, stat } from 'node:fs/promises'
+import { connect, isIP } from 'node:net'
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import { isTaskId } from '@guoce/content'
 import { errorStatus, type PeerDaemon } from './index.js'
@@ -192,4 +192,28 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
   })
 
   return app
+}
+
+/**
+ * Listen on `api`: a loopback HOST:PORT, or a unix socket (`path`) of mode 0600, so that only the
+ * daemon's own user may talk to it. Returns the API's base: `http://HOST:PORT` or `unix:PATH`.
+ */
+export async function listenApi (app: FastifyInstance, api: { host: string, port: number, path?: string | undefined }): Promise<string> {
+  if (api.path == null) return await app.listen({ host: api.host, port: api.port })
+  const path = api.path
+  // a socket left behind by a daemon that died is replaced; one that answers is another daemon's
+  if ((await lstat(path).catch(() => null))?.isSocket() === true) {
+    const live = await new Promise<boolean>(resolve => {
+      const s = connect(path)
+      s.once('connect', () => { s.destroy(); resolve(true) })
+      s.once('error', () => { resolve(false) })
+    })
+    if (live) throw new InvalidParametersError(`--api unix:${path}: another process listens there`)
+    await rm(path, { force: true })
+  }
+  // created 0600 (no window where others could connect), and said so again
+  const umask = process.umask(0o177)
+  try { await app.listen({ path }) } finally { process.umask(umask) }
+  await chmod(path, 0o600)
+  return `unix:${path}`
 }
