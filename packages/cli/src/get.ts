@@ -251,15 +251,17 @@ async function copyLocal (base: string, p: TaskProgress, token: string | undefin
   const tmp = tempFor(output)
   let ok = false
   try {
-    // created here first (O_EXCL, this user's umask): copyFile would give it the cache file's mode
+    // the mode a file of this user gets here (umask): copyFile would give it the cache file's mode
     let mode: number
     try {
       const fh = await open(tmp, 'wx', 0o644)
       mode = (await fh.stat()).mode & 0o7777
       await fh.close()
+      await rm(tmp)
     } catch (err) { throw writeError(err, output) }
     try {
-      await copyFile(file.path, tmp, fsConstants.COPYFILE_FICLONE)
+      // O_EXCL on the copy too: never through a name someone else put there meanwhile (a symlink)
+      await copyFile(file.path, tmp, fsConstants.COPYFILE_FICLONE | fsConstants.COPYFILE_EXCL)
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code
       if (code === 'EACCES' || code === 'EPERM' || code === 'ENOENT') return null
