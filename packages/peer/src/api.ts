@@ -6,7 +6,7 @@
  *   GET  /api/v1/tasks/:id/progress    NDJSON progress lines until the task ends
  *   GET  /api/v1/tasks/:id/content     the bytes (Range supported) once complete
  *   POST /api/v1/tasks/:id/export      removed: 410 (the daemon writes no file at a caller-given path)
- *   DELETE /api/v1/tasks/:id           drop a task from the store
+ *   DELETE /api/v1/tasks/:id           drop a task from the store (access token)
  *   GET  /healthz, GET /metrics (Prometheus text)
  * The bytes of a task (`/content`, `dataFile`) need its access token (header x-guoce-access), which only
  * POST /api/v1/tasks returns: to a caller whose request maps to that task id, after the origin accepted
@@ -162,6 +162,8 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
 
   app.delete<{ Params: { id: string } }>('/api/v1/tasks/:id', async (req, reply) => {
     if (!isTaskId(req.params.id)) throw new InvalidParametersError('bad task id')
+    // another user's task is not theirs to drop either
+    if (!mayRead(req.params.id, req.headers[ACCESS_HEADER])) throw new ForbiddenError(`dropping a task needs the access token POST /api/v1/tasks returns (header ${ACCESS_HEADER})`)
     daemon.tasks.get(req.params.id)?.stop()
     daemon.tasks.delete(req.params.id)
     await daemon.store.remove(req.params.id)

@@ -47,6 +47,7 @@ describe('local API errors', () => {
     expect(access).toMatch(/^[0-9a-f]{64}$/)
     const r = await app.inject({ url: `/api/v1/tasks/${ID}/content`, headers: { 'x-guoce-access': access } })
     expect(r.statusCode).toBe(409)
+    expect((await app.inject({ method: 'DELETE', url: `/api/v1/tasks/${ID}` })).statusCode).toBe(403)
     expect(r.json().error.code).toBe('ERR_INCOMPLETE')
     await app.close()
   })
