@@ -7,12 +7,12 @@ import { describe, it, expect, afterEach } from 'vitest'
 import { randomBytes, createHash } from 'node:crypto'
 import { appendFile, chmod, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { spawn } from 'node:child_process'
-import { request as httpRequest } from 'node:http'
+import { createServer, request as httpRequest, type IncomingHttpHeaders } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pieceLayout, sha256, taskIdOf } from '@guoce/content'
 import { openStore } from '@guoce/store'
-import { fillFromSource } from '@guoce/seed-peer'
+import { fillFromSource, openSource, probeSource } from '@guoce/seed-peer'
 import { startOrigin, startCluster, runGuoce, stopAll, NODE, CLI, type Origin, type OriginInit, type Cluster, type RunResult } from '@guoce/testkit'
 
 const MiB = 1024 * 1024
@@ -407,5 +407,34 @@ describe('resuming from the origin across a change (fillFromSource, in process)'
     origin.setFile('f.bin', v2)
     const t = await fillFromSource({ store: s2, taskId: id2, ref: { url }, task: (await s2.get(id2))! })
     expect(sha(await t.read(0, v2.length))).toBe(sha(v2))
+  })
+})
+
+describe('credentials and redirects', () => {
+  it('credential headers follow a redirect on the same origin only', async () => {
+    const seen: IncomingHttpHeaders[] = []
+    const other = createServer((req, res) => { seen.push(req.headers); res.writeHead(200, { 'content-length': '2', etag: '"x"' }); res.end(req.method === 'HEAD' ? undefined : 'ok') })
+    await new Promise<void>(resolve => other.listen(0, '127.0.0.1', resolve))
+    const otherUrl = `http://localhost:${(other.address() as { port: number }).port}/f`
+    const first = createServer((req, res) => {
+      if (req.url === '/same') { res.writeHead(302, { location: '/final' }); res.end(); return }
+      if (req.url === '/final') { seen.push(req.headers); res.writeHead(200, { 'content-length': '2', etag: '"y"' }); res.end(req.method === 'HEAD' ? undefined : 'ok'); return }
+      res.writeHead(302, { location: otherUrl }); res.end()
+    })
+    await new Promise<void>(resolve => first.listen(0, '127.0.0.1', resolve))
+    cleanups.push(async () => { other.closeAllConnections(); first.closeAllConnections(); other.close(); first.close() })
+    const base = `http://127.0.0.1:${(first.address() as { port: number }).port}`
+    const headers = { authorization: 'Bearer good', cookie: 'session=1', 'x-trace': 't' }
+    expect((await probeSource({ url: `${base}/away`, headers })).version).toBe('etag:"x"')
+    const res = await openSource({ url: `${base}/away`, headers })
+    for await (const _ of res.body) { /* drain */ }
+    expect(await probeSource({ url: `${base}/same`, headers })).toMatchObject({ version: 'etag:"y"' })
+    expect(seen).toHaveLength(3)
+    for (const h of seen.slice(0, 2)) {
+      expect(h.authorization).toBeUndefined()
+      expect(h.cookie).toBeUndefined()
+      expect(h['x-trace']).toBe('t')
+    }
+    expect(seen[2]!.authorization).toBe('Bearer good')
   })
 })
