@@ -274,9 +274,13 @@ describe('must-hold 7: editing a delivered file changes nothing served', () => {
       expect(JSON.parse(again.stdout.trim()).via).toBe(name === 'stream' ? 'http' : 'copy')
       expect(sha(await readFile(join(out, name))), name).toBe(sha(file))
     }
+    // the seed gone: the first daemon is the one source in the swarm that holds the task
+    for (const seed of cluster.seeds) await seed.kill('SIGKILL')
     const other = await get(d1.api, url, join(out, 'other'))
     expect(other.code, other.stderr).toBe(0)
     expect(sha(await readFile(join(out, 'other')))).toBe(sha(file))
+    // (every piece from the first daemon while a normal peer's layout is relayed; from the origin once
+    // only designated seeds' are: the bytes are the origin's either way)
   })
 })
 
