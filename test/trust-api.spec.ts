@@ -246,7 +246,9 @@ describe('--api unix:PATH', () => {
     await chmod(cluster.dir, 0o755)
     expectOneLineError(await getAsNobody(d.api, `${origin.url}/f.bin`, join(out, 'n.bin')), /no permission to use the peer daemon/)
     expect(await stat(join(out, 'n.bin')).catch(() => null)).toBeNull()
-    expectOneLineError(await runGuoce(['daemon', '--scheduler', cluster.schedulerAddr, '--data', join(out, 'd2'), '--api', `unix:${sock}`, '--listen', '/ip4/127.0.0.1/tcp/0']), /another process listens there/)
+    // (with the cluster's key where the cluster has one, so that the daemon gets as far as its API)
+    const key = (cluster as { clusterKey?: string }).clusterKey
+    expectOneLineError(await runGuoce(['daemon', '--scheduler', cluster.schedulerAddr, '--data', join(out, 'd2'), '--api', `unix:${sock}`, '--listen', '/ip4/127.0.0.1/tcp/0', ...(key != null ? ['--cluster-key', key] : [])]), /another process listens there/)
   })
 })
 
