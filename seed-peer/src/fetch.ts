@@ -1,11 +1,12 @@
 /**
  * Fill a task from its origin: the whole body when nothing is held yet (learning the layout),
- * else Range requests over runs of missing pieces. Every piece is hashed from origin bytes; where a
+ * else Range requests over runs of missing pieces (only under a version or digest, see fillFromSource).
+ * With `ref.version` every request is conditional (source.ts) and a changed origin drops the task. Every piece is hashed from origin bytes; where a
  * digest is already known (from the seed) the bytes must match it.
  */
 import { createHash } from 'node:crypto'
-import { pieceLayout, verifyPiece, sha256 } from '@guoce/content'
-import { DigestMismatchError, ContentLengthMismatchError, type AbortOptions, type TaskInfo } from '@guoce/interface'
+import { pieceLayout, verifyPiece, sha256, equalBytes, redactUrl } from '@guoce/content'
+import { ContentChangedError, DigestMismatchError, ContentLengthMismatchError, type AbortOptions, type TaskInfo } from '@guoce/interface'
 import type { StoredTask, TaskStore, TaskMeta } from '@guoce/store'
 import { openSource, pieces, type SourceRef } from './source.js'
 
@@ -26,14 +27,27 @@ export interface SourceFillInit extends AbortOptions {
 }
 
 export async function fillFromSource (init: SourceFillInit): Promise<StoredTask> {
-  if (init.task == null) return await fetchWhole(init)
-  await fetchMissing(init, init.task)
-  return init.task
+  // the task's version: the reference's, else the one stored with the task (meta)
+  const version = init.ref.version ?? init.meta?.version ?? init.task?.meta.version
+  if (version != null && version !== '' && init.ref.version == null) init = { ...init, ref: { ...init.ref, version } }
+  try {
+    // Range requests may only continue a task whose content is pinned, by a version (If-Range) or a
+    // digest: without either, a resume across an origin change would join two contents in one file.
+    // Then the whole body comes again, and held pieces must hash as before (else ContentChangedError).
+    const pinned = (init.ref.version != null && init.ref.version !== '') || init.ref.digest != null
+    if (init.task == null || !pinned) return await fetchWhole(init)
+    await fetchMissing(init, init.task)
+    return init.task
+  } catch (err) {
+    // nothing fetched under another content is kept
+    if ((err as Error).name === ContentChangedError.name) await init.store.remove(init.taskId).catch(() => {})
+    throw err
+  }
 }
 
 async function fetchWhole (init: SourceFillInit): Promise<StoredTask> {
   const res = await openSource(init.ref, { signal: init.signal, timeoutMs: init.timeoutMs })
-  if (res.length == null) throw new ContentLengthMismatchError(`origin sent no Content-Length for ${init.ref.url}; unknown lengths are not supported`)
+  if (res.length == null) throw new ContentLengthMismatchError(`origin sent no Content-Length for ${redactUrl(init.ref.url)}; unknown lengths are not supported`)
   const layout = pieceLayout(res.length)
   const info: TaskInfo = { taskId: init.taskId, contentLength: res.length, ...layout }
   const task = await init.store.create(init.taskId, info, init.meta ?? {})
@@ -43,7 +57,11 @@ async function fetchWhole (init: SourceFillInit): Promise<StoredTask> {
   const counted = countBytes(res.body, init.onBytes)
   for await (const piece of pieces(counted, layout.pieceLength)) {
     whole?.update(piece)
-    if (!task.bitmap.has(n)) {
+    if (task.bitmap.has(n)) {
+      // held from before: the origin must still send the same bytes
+      const held = task.digests[n]
+      if (held != null && !equalBytes(sha256(piece), held)) throw new ContentChangedError(`origin content of ${redactUrl(init.ref.url)} changed (piece ${n} differs from the one held); get it again`)
+    } else {
       const digest = sha256(piece)
       const known = init.digests?.[n]
       if (known != null) verifyPiece(n, piece, known)
@@ -54,7 +72,7 @@ async function fetchWhole (init: SourceFillInit): Promise<StoredTask> {
   }
   if (whole != null && `sha256:${whole.digest('hex')}` !== init.ref.digest) {
     await init.store.remove(init.taskId)
-    throw new DigestMismatchError(`content of ${init.ref.url} does not match ${init.ref.digest}`)
+    throw new DigestMismatchError(`content of ${redactUrl(init.ref.url)} does not match ${init.ref.digest}`)
   }
   await task.flush()
   return task

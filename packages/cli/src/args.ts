@@ -1,6 +1,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { homedir } from 'node:os'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
+import { isIP } from 'node:net'
 import { InvalidParametersError } from '@guoce/interface'
 
 export type Options = NonNullable<ParseArgsConfig['options']>
@@ -16,12 +17,31 @@ export function parse (argv: string[], options: Options, allowPositionals = fals
 
 export function defaultHome (): string { return process.env.GUOCE_HOME ?? join(homedir(), '.guoce') }
 
-export function hostPort (s: string, what: string): { host: string, port: number } {
+/** localhost, 127.0.0.0/8 or ::1 (brackets allowed) */
+export function isLoopbackHost (host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[(.*)\]$/, '$1')
+  if (h === 'localhost') return true
+  if (isIP(h) === 4) return h.startsWith('127.')
+  return isIP(h) === 6 && (h === '::1' || h === '0:0:0:0:0:0:0:1')
+}
+
+/**
+ * HOST:PORT. `--api` (daemon, up) must be a loopback address, or `unix:PATH` (a socket only the
+ * daemon's user may use): the local API has no authentication and starts downloads for whoever
+ * reaches it, so it is for this host's users only.
+ */
+export function hostPort (s: string, what: string): { host: string, port: number, path?: string } {
+  if (what === '--api' && s.startsWith('unix:')) {
+    if (s.length === 5) throw new InvalidParametersError('--api unix:PATH needs a path')
+    return { host: 'localhost', port: 0, path: resolve(s.slice(5)) }
+  }
   const m = /^(.*):(\d+)$/.exec(s)
   if (m?.[1] == null || m[2] == null) throw new InvalidParametersError(`${what} must be HOST:PORT, got "${s}"`)
   const port = Number(m[2])
   if (port > 65535) throw new InvalidParametersError(`${what}: bad port ${port}`)
-  return { host: m[1].replace(/^\[|\]$/g, ''), port }
+  const host = m[1].replace(/^\[|\]$/g, '')
+  if (what === '--api' && !isLoopbackHost(host)) throw new InvalidParametersError(`--api must be a loopback address (127.0.0.1:PORT, localhost:PORT, [::1]:PORT) or unix:PATH: the local API has no authentication; got "${s}"`)
+  return { host, port }
 }
 
 export function durationMs (s: string | undefined, what: string): number | undefined {

@@ -3,5 +3,7 @@ import { main } from './main.js'
 
 main(process.argv.slice(2)).then(code => { if (code != null) process.exitCode = code }, (err: Error) => {
   process.stderr.write(`guoce: error: ${err.message}\n`)
-  process.exitCode = 1
+  // a service that failed half-way through its start (API address in use...) may hold sockets and
+  // timers open: exit rather than hang (stderr is synchronous on pipes, files and TTYs)
+  process.exit(1)
 })

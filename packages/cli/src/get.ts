@@ -1,26 +1,34 @@
 /**
  * `guoce get URL -O FILE`: asks a peer daemon to fetch URL through the swarm, follows its progress
- * (a bar on a TTY), then copies the verified content to FILE through a temp file + fsync + rename,
- * so FILE appears only complete and verified.
+ * (a bar on a TTY), then writes FILE itself, as the calling user, through a temp file in FILE's
+ * directory + fsync + rename, so FILE appears only complete and verified. With a daemon on this host
+ * whose data file this user may read, the bytes are a kernel copy of it (reflink where the filesystem
+ * shares extents, else copy_file_range); else they come over the daemon's HTTP API. FILE never shares
+ * bytes with the daemon's cache: writing into it changes nothing the daemon serves.
  */
-import { open, rename, rm, stat } from 'node:fs/promises'
+import { constants as fsConstants, createReadStream } from 'node:fs'
+import { access, chmod, copyFile, open, readFile, rename, rm, stat } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
 import { createHash, randomBytes } from 'node:crypto'
-import { parseSourceUrl, parseDigest } from '@guoce/content'
-import { DigestMismatchError, InvalidParametersError, NoSpaceError, TaskFailedError, ContentLengthMismatchError, fromErrorInfo, type TaskProgress } from '@guoce/interface'
-import { parse, durationMs } from './args.js'
+import { request as httpRequest } from 'node:http'
+import { Readable } from 'node:stream'
+import { parseSourceUrl, parseDigest, redactUrl } from '@guoce/content'
+import { ContentChangedError, DigestMismatchError, InvalidParametersError, NoSpaceError, TaskFailedError, ContentLengthMismatchError, fromErrorInfo, type TaskProgress } from '@guoce/interface'
+import { parse, durationMs, isLoopbackHost } from './args.js'
 
-export const GET_USAGE = `Usage: guoce get URL -O FILE [--daemon http://HOST:PORT] [--digest sha256:HEX] [--header K:V]...
-                 [--timeout 1h] [--json]
+export const GET_USAGE = `Usage: guoce get URL -O FILE [--daemon http://HOST:PORT] [--digest sha256:HEX] [--header K:V]... [--header-file FILE]
+                 [--timeout 1h] [--stream] [--json]
 
   -O, --output FILE    where the file goes; it appears only when complete and verified
-  --daemon URL         peer daemon API (default $GUOCE_DAEMON or http://127.0.0.1:65001)
+  --daemon URL         peer daemon API: http://HOST:PORT or unix:/PATH (default $GUOCE_DAEMON or http://127.0.0.1:65001)
   --digest DIGEST      expected sha256 of the whole file; also makes the task id content-addressed
   --header K:V         request header for the origin (repeatable)
+  --header-file FILE   request headers, one K:V a line: credentials stay out of the command line
   --timeout DURATION   give up after this long (default: none)
-  --stream             copy through the daemon's HTTP API even when it runs on this host
-  --copy               with a daemon on this host: a copy of its own, not a hard link to the daemon's
-                       cache (a linked FILE shares its bytes with what the daemon serves: do not write into it)
+  --stream             bytes through the daemon's HTTP API even when it runs on this host
+  --copy               accepted for compatibility: FILE is always a file of its own (a kernel copy of the
+                       daemon's data file when it runs on this host and this user may read it, else over
+                       HTTP); writing into FILE never changes the daemon's cache
 `
 
 function fmtBytes (n: number): string {
@@ -30,21 +38,35 @@ function fmtBytes (n: number): string {
   return `${n.toFixed(i === 0 ? 0 : 1)} ${u[i]}`
 }
 
-// the built-in fetch: no HTTP client to load at start-up
-async function api (base: string, path: string, init: { method?: string, body?: unknown, signal?: AbortSignal | undefined } = {}): Promise<Response> {
-  try {
-    return await fetch(new URL(path, base), {
-      method: init.method ?? 'GET',
-      headers: init.body != null ? { 'content-type': 'application/json' } : {},
-      body: init.body != null ? JSON.stringify(init.body) : null,
-      ...(init.signal != null ? { signal: init.signal } : {})
+/** HTTP over the daemon's unix socket (`--daemon unix:PATH`), answered as a fetch Response. */
+async function unixFetch (socketPath: string, path: string, init: { method: string, headers: Record<string, string>, body: string | null, signal?: AbortSignal }): Promise<Response> {
+  return await new Promise<Response>((resolve, reject) => {
+    const req = httpRequest({ socketPath, path, method: init.method, headers: { host: 'localhost', ...init.headers }, ...(init.signal != null ? { signal: init.signal } : {}) }, res => {
+      const status = res.statusCode ?? 502
+      resolve(new Response(status === 204 || status === 304 ? null : Readable.toWeb(res) as ReadableStream<Uint8Array>, { status }))
     })
+    req.on('error', err => { reject(Object.assign(new Error(err.message), { cause: err, name: err.name })) })
+    req.end(init.body ?? undefined)
+  })
+}
+
+// the built-in fetch: no HTTP client to load at start-up
+async function api (base: string, path: string, init: { method?: string, body?: unknown, signal?: AbortSignal | undefined, access?: string } = {}): Promise<Response> {
+  const req = {
+    method: init.method ?? 'GET',
+    headers: { ...(init.body != null ? { 'content-type': 'application/json' } : {}), ...(init.access != null ? { 'x-guoce-access': init.access } : {}) },
+    body: init.body != null ? JSON.stringify(init.body) : null,
+    ...(init.signal != null ? { signal: init.signal } : {})
+  }
+  try {
+    return base.startsWith('unix:') ? await unixFetch(base.slice(5), path, req) : await fetch(new URL(path, base), req)
   } catch (err) {
     if ((err as Error).name === 'AbortError' || (err as Error).name === 'TimeoutError' || init.signal?.aborted === true) {
       throw new TaskFailedError(init.signal?.reason instanceof Error && init.signal.reason.name !== 'TimeoutError' ? init.signal.reason.message : 'timed out (--timeout)')
     }
     const cause = (err as { cause?: { code?: string, message?: string } }).cause
-    if (cause?.code === 'ECONNREFUSED') throw new TaskFailedError(`no peer daemon at ${base} (start one with "guoce up" or "guoce daemon")`)
+    if (cause?.code === 'ECONNREFUSED' || (cause?.code === 'ENOENT' && base.startsWith('unix:'))) throw new TaskFailedError(`no peer daemon at ${base} (start one with "guoce up" or "guoce daemon")`)
+    if (cause?.code === 'EACCES') throw new TaskFailedError(`no permission to use the peer daemon at ${base}`)
     throw new TaskFailedError(`cannot reach the peer daemon at ${base}: ${cause?.message ?? (err as Error).message}`)
   }
 }
@@ -70,6 +92,7 @@ export async function get (argv: string[]): Promise<number> {
     daemon: { type: 'string' },
     digest: { type: 'string' },
     header: { type: 'string', multiple: true },
+    'header-file': { type: 'string' },
     timeout: { type: 'string' },
     stream: { type: 'boolean' },
     copy: { type: 'boolean' }
@@ -83,13 +106,21 @@ export async function get (argv: string[]): Promise<number> {
   const digest = v.digest as string | undefined
   if (digest != null) parseDigest(digest)
   const headers: Record<string, string> = {}
-  for (const h of (v.header as string[] | undefined) ?? []) {
+  const given = [...((v.header as string[] | undefined) ?? [])]
+  if (typeof v['header-file'] === 'string') {
+    // credentials kept out of argv (which every local user can read in /proc)
+    const text = await readFile(v['header-file'], 'utf8').catch((err: NodeJS.ErrnoException) => { throw new InvalidParametersError(`cannot read --header-file ${v['header-file'] as string}: ${err.code ?? err.message}`) })
+    for (const line of text.split(/\r?\n/)) if (line.trim() !== '' && !line.trimStart().startsWith('#')) given.push(line)
+  }
+  for (const h of given) {
     const i = h.indexOf(':')
     if (i <= 0) throw new InvalidParametersError(`--header must be K:V, got "${h}"`)
     headers[h.slice(0, i).trim().toLowerCase()] = h.slice(i + 1).trim()
   }
   const base = (v.daemon as string | undefined) ?? process.env.GUOCE_DAEMON ?? 'http://127.0.0.1:65001'
-  try { new URL(base) } catch { throw new InvalidParametersError(`--daemon must be a URL like http://127.0.0.1:65001, got "${base}"`) }
+  if (!/^unix:\/./.test(base)) {
+    try { new URL(base) } catch { throw new InvalidParametersError(`--daemon must be a URL like http://127.0.0.1:65001 or unix:/PATH, got "${base}"`) }
+  }
   const timeoutMs = durationMs(v.timeout as string | undefined, '--timeout')
   // Ctrl-C or SIGTERM abort the transfer so the temp file is removed on the way out
   const interrupted = new AbortController()
@@ -101,31 +132,45 @@ export async function get (argv: string[]): Promise<number> {
   const cwd = process.env.npm_lifecycle_event === 'guoce' ? (process.env.INIT_CWD ?? process.cwd()) : process.cwd()
   const output = resolve(cwd, v.output)
   const dir = dirname(output)
-  const st = await stat(dir).catch(() => null)
+  const st = await stat(dir).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'EACCES') throw new InvalidParametersError(`cannot write ${output}: no permission to reach ${dir}`)
+    return null
+  })
   if (st?.isDirectory() !== true) throw new InvalidParametersError(`output directory ${dir} does not exist`)
+  // FILE is written by this process, as this user: say so before any download if it cannot be
+  await access(dir, fsConstants.W_OK | fsConstants.X_OK).catch(() => { throw new InvalidParametersError(`cannot write ${output}: no write permission on ${dir}`) })
 
   const started = Date.now()
   let final: TaskProgress
   let bytes: number
+  let token: string | undefined
+  /** how FILE was written: a kernel copy of the daemon's data file, or bytes over HTTP */
+  let via: 'copy' | 'http'
   try {
-    const res = await api(base, '/api/v1/tasks', { method: 'POST', body: { url, ...(Object.keys(headers).length > 0 ? { headers } : {}), ...(digest != null ? { digest } : {}) }, signal })
-    if (res.status !== 200) throw await errorFrom(res)
-    const first = await res.json() as TaskProgress
-    final = await follow(base, first.taskId, json, signal)
-    if (final.state !== 'succeeded') {
-      throw final.error != null ? fromErrorInfo(final.error) : new TaskFailedError(`download ended in state ${final.state}`)
+    // the origin changed while the task ran (ContentChangedError): the daemon dropped it; one more
+    // try asks the origin again and fetches the new content under its new version
+    for (let attempt = 1; ; attempt++) {
+      const res = await api(base, '/api/v1/tasks', { method: 'POST', body: { url, ...(Object.keys(headers).length > 0 ? { headers } : {}), ...(digest != null ? { digest } : {}) }, signal })
+      if (res.status !== 200) throw await errorFrom(res)
+      const first = await res.json() as TaskProgress & { access?: string }
+      token = first.access
+      final = await follow(base, first.taskId, json, signal)
+      if (final.state === 'succeeded') break
+      const err = final.error != null ? fromErrorInfo(final.error) : new TaskFailedError(`download ended in state ${final.state}`)
+      if (err.name !== ContentChangedError.name || attempt >= 2) throw err
     }
-    // a daemon on this host puts the file in place itself (hard link or kernel copy); elsewhere, or with --stream, bytes come over HTTP
-    bytes = v.stream !== true && isLoopback(base)
-      ? await exportOut(base, final, output, v.copy !== true, signal) ?? await copyOut(base, final, output, digest, signal)
-      : await copyOut(base, final, output, digest, signal)
+    // a daemon on this host: a kernel copy of its data file when this user may read it; elsewhere, with
+    // --stream, or when the file is not readable, bytes come over HTTP
+    const local = v.stream !== true && isLoopback(base) ? await copyLocal(base, final, token, output, digest, signal) : null
+    via = local != null ? 'copy' : 'http'
+    bytes = local ?? await copyOut(base, final, token, output, digest, signal)
   } catch (err) {
     // an abort can surface anywhere in a body read; say why, in one line
     if (signal.aborted) throw new TaskFailedError(signal.reason instanceof Error && signal.reason.name !== 'TimeoutError' ? signal.reason.message : 'timed out (--timeout)')
     throw err
   }
   const secs = (Date.now() - started) / 1000
-  const summary = { event: 'done', url, output, taskId: final.taskId, bytes, seconds: secs, piecesFromStore: final.piecesFromStore, piecesFromPeers: final.piecesFromPeers, piecesFromSource: final.piecesFromSource }
+  const summary = { event: 'done', url: redactUrl(url), output, taskId: final.taskId, bytes, via, seconds: secs, piecesFromStore: final.piecesFromStore, piecesFromPeers: final.piecesFromPeers, piecesFromSource: final.piecesFromSource }
   if (json) process.stdout.write(JSON.stringify(summary) + '\n')
   else process.stderr.write(`${basename(output)}: ${fmtBytes(bytes)} in ${secs.toFixed(1)} s\n`)
   return 0
@@ -161,25 +206,92 @@ async function follow (base: string, taskId: string, json: boolean, signal?: Abo
 }
 
 function isLoopback (base: string): boolean {
-  const h = new URL(base).hostname
-  return h === '127.0.0.1' || h === 'localhost' || h === '[::1]' || h === '::1'
+  return base.startsWith('unix:') || isLoopbackHost(new URL(base).hostname)
 }
 
-/** Ask a same-host daemon to write `output`; null when the daemon cannot (then stream instead). */
-async function exportOut (base: string, p: TaskProgress, output: string, link: boolean, signal?: AbortSignal): Promise<number | null> {
-  const res = await api(base, `/api/v1/tasks/${p.taskId}/export`, { method: 'POST', body: { path: output, link }, signal })
-  if (res.status === 200) return ((await res.json()) as { bytes: number }).bytes
-  const err = await errorFrom(res)
-  if (err.name === 'NoSpaceError') throw err
-  return null
+function tempFor (output: string): string {
+  return join(dirname(output), `.${basename(output)}.guoce-${randomBytes(4).toString('hex')}`)
 }
 
-async function copyOut (base: string, p: TaskProgress, output: string, digest: string | undefined, signal?: AbortSignal): Promise<number> {
-  const tmp = join(dirname(output), `.${basename(output)}.guoce-${randomBytes(4).toString('hex')}`)
-  const fh = await open(tmp, 'wx', 0o644)
+function writeError (err: unknown, output: string): Error {
+  const code = (err as NodeJS.ErrnoException).code
+  if (code === 'ENOSPC' || code === 'EDQUOT') return new NoSpaceError(`no space left on device writing ${output}`)
+  if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') return new InvalidParametersError(`cannot write ${output}: ${code}`)
+  return err as Error
+}
+
+/** rename() is durable once the directory entry is */
+async function syncDir (dir: string): Promise<void> {
+  const d = await open(dir, 'r')
+  try { await d.sync() } finally { await d.close() }
+}
+
+async function sha256File (path: string): Promise<string> {
+  const h = createHash('sha256')
+  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer)
+  return `sha256:${h.digest('hex')}`
+}
+
+interface DataFile { path: string, size: number, ino: number }
+
+/**
+ * Same host: a kernel copy of the daemon's verified data file into a temp file of ours (reflink or
+ * copy_file_range), checked (size, and the digest with --digest), fsynced, renamed onto `output`.
+ * null when this user cannot read that file, or it is not the daemon's (another mount namespace): then
+ * the caller streams it over HTTP.
+ */
+async function copyLocal (base: string, p: TaskProgress, token: string | undefined, output: string, digest: string | undefined, signal?: AbortSignal): Promise<number | null> {
+  const res = await api(base, `/api/v1/tasks/${p.taskId}`, { signal, ...(token != null ? { access: token } : {}) })
+  if (res.status !== 200) { await res.body?.cancel(); return null }
+  const file = ((await res.json()) as { dataFile?: DataFile }).dataFile
+  if (file == null || typeof file.path !== 'string') return null
+  const src = await stat(file.path).catch(() => null)
+  if (src?.ino !== file.ino || src.size !== file.size || src.size !== p.contentLength) return null
+  if (!await access(file.path, fsConstants.R_OK).then(() => true, () => false)) return null
+  const tmp = tempFor(output)
   let ok = false
   try {
-    const res = await api(base, `/api/v1/tasks/${p.taskId}/content`, { signal })
+    // the mode a file of this user gets here (umask): copyFile would give it the cache file's mode
+    let mode: number
+    try {
+      const fh = await open(tmp, 'wx', 0o644)
+      mode = (await fh.stat()).mode & 0o7777
+      await fh.close()
+      await rm(tmp)
+    } catch (err) { throw writeError(err, output) }
+    try {
+      // O_EXCL on the copy too: never through a name someone else put there meanwhile (a symlink)
+      await copyFile(file.path, tmp, fsConstants.COPYFILE_FICLONE | fsConstants.COPYFILE_EXCL)
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === 'EACCES' || code === 'EPERM' || code === 'ENOENT') return null
+      throw writeError(err, output)
+    }
+    await chmod(tmp, mode)
+    const fh = await open(tmp, 'r+')
+    try {
+      const size = (await fh.stat()).size
+      if (size !== file.size) throw new ContentLengthMismatchError(`copied ${size} of ${file.size} bytes`)
+      if (digest != null && await sha256File(tmp) !== digest) throw new DigestMismatchError(`downloaded content does not match ${digest}`)
+      await fh.sync()
+    } finally { await fh.close() }
+    await rename(tmp, output)
+    await syncDir(dirname(output))
+    ok = true
+    return file.size
+  } catch (err) {
+    throw writeError(err, output)
+  } finally {
+    if (!ok) await rm(tmp, { force: true })
+  }
+}
+
+async function copyOut (base: string, p: TaskProgress, token: string | undefined, output: string, digest: string | undefined, signal?: AbortSignal): Promise<number> {
+  const tmp = tempFor(output)
+  const fh = await open(tmp, 'wx', 0o644).catch((err: unknown) => { throw writeError(err, output) })
+  let ok = false
+  try {
+    const res = await api(base, `/api/v1/tasks/${p.taskId}/content`, { signal, ...(token != null ? { access: token } : {}) })
     if (res.status !== 200) throw await errorFrom(res)
     const h = createHash('sha256')
     let n = 0
@@ -197,12 +309,11 @@ async function copyOut (base: string, p: TaskProgress, output: string, digest: s
     await fh.sync()
     await fh.close()
     await rename(tmp, output)
+    await syncDir(dirname(output))
     ok = true
     return n
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
-    if (code === 'ENOSPC' || code === 'EDQUOT') throw new NoSpaceError(`no space left on device writing ${output}`)
-    throw err
+    throw writeError(err, output)
   } finally {
     if (!ok) {
       await fh.close().catch(() => {})

@@ -6,7 +6,7 @@ import { createNode, loadOrCreateKey, jsonLogger, type Libp2p, type LogLevel, ty
 import { openStore } from '@guoce/store'
 import { Scheduler } from '@guoce/scheduler'
 import { SeedPeer } from '@guoce/seed-peer'
-import { PeerDaemon, buildServer } from '@guoce/peer'
+import { PeerDaemon, buildServer, listenApi } from '@guoce/peer'
 import type { FastifyInstance } from 'fastify'
 
 export interface Running { stop(): Promise<void> }
@@ -49,7 +49,7 @@ export async function startDaemon (o: { pieceChannel?: PieceChannel | undefined,
   })
   await daemon.start()
   const app = buildServer(daemon)
-  const apiUrl = await app.listen({ host: o.api.host, port: o.api.port })
+  const apiUrl = await listenApi(app, o.api)
   return { daemon, apiUrl, app, node, stop: async () => { await app.close(); await daemon.stop(); await node.stop() } }
 }
 

@@ -18,8 +18,8 @@ export function parseSourceUrl (url: string): URL {
   } catch {
     throw new InvalidUrlError(`malformed URL "${url}"`)
   }
-  if (!SUPPORTED.has(u.protocol)) throw new InvalidUrlError(`unsupported URL scheme "${u.protocol}" in "${url}" (supported: http, https)`)
-  if (u.hostname === '') throw new InvalidUrlError(`URL "${url}" has no host`)
+  if (!SUPPORTED.has(u.protocol)) throw new InvalidUrlError(`unsupported URL scheme "${u.protocol}" in "${redactUrl(url)}" (supported: http, https)`)
+  if (u.hostname === '') throw new InvalidUrlError(`URL "${redactUrl(url)}" has no host`)
   return u
 }
 
@@ -92,3 +92,19 @@ export function taskIdFrom (p: { url: string, digest?: string | undefined, tag?:
 
 const TASK_ID_RE = /^[0-9a-f]{64}$/
 export function isTaskId (s: string): boolean { return TASK_ID_RE.test(s) }
+
+/**
+ * A URL fit for logs, error messages and anything sent to other hosts: user info and the query
+ * string's values are replaced (signed URLs and `?token=` carry credentials), the fragment dropped.
+ * Query parameter names stay, so a reader still sees which URL it was. Not a URL to fetch.
+ */
+export function redactUrl (url: string): string {
+  let u: URL
+  try { u = new URL(url) } catch { return '<malformed URL>' }
+  if (u.username !== '' || u.password !== '') { u.username = 'REDACTED'; u.password = '' }
+  u.hash = ''
+  if (u.search === '') return u.toString()
+  const names = [...new Set(u.searchParams.keys())]
+  u.search = ''
+  return `${u.toString()}?${names.map(k => `${encodeURIComponent(k)}=REDACTED`).join('&')}`
+}

@@ -36,6 +36,14 @@ export const OriginTimeoutError = defineError('OriginTimeoutError', 'ERR_ORIGIN_
 export const OriginUnreachableError = defineError('OriginUnreachableError', 'ERR_ORIGIN_UNREACHABLE')
 /** The origin closed the body before Content-Length bytes arrived (or sent more). */
 export const ContentLengthMismatchError = defineError('ContentLengthMismatchError', 'ERR_CONTENT_LENGTH')
+/**
+ * The origin's content changed under a URL task: its validator (ETag or Last-Modified) is not the one
+ * the task was started with (HTTP 412 to If-Match / If-Unmodified-Since, a full 200 to an If-Range
+ * request, or another validator on a response). The partial task is dropped; a new get starts over.
+ */
+export const ContentChangedError = defineError('ContentChangedError', 'ERR_CONTENT_CHANGED')
+/** The local API refused the request (a Host header that is not a loopback name, a removed route). */
+export const ForbiddenError = defineError('ForbiddenError', 'ERR_FORBIDDEN')
 /** A piece's bytes do not hash to the digest the seed peer announced. */
 export const PieceDigestMismatchError = defineError('PieceDigestMismatchError', 'ERR_PIECE_DIGEST')
 /** The whole content does not hash to the expected `--digest`. */
@@ -73,7 +81,7 @@ export function toErrorInfo (err: unknown): ErrorInfo {
 const byName: Record<string, new (message: string) => GuoceError> = {
   InvalidUrlError, OriginTimeoutError, OriginUnreachableError, ContentLengthMismatchError, PieceDigestMismatchError, DigestMismatchError,
   InvalidDigestError, ProtocolError, ParentTimeoutError, NotFoundError, NoSpaceError, TaskFailedError, AbortError,
-  InvalidParametersError
+  InvalidParametersError, ContentChangedError, ForbiddenError
 }
 
 /** Rebuild a typed error from its wire form. */

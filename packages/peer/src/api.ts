@@ -1,23 +1,46 @@
 /**
- * The local API (fastify): loopback or unix socket only. Routes:
- *   POST /api/v1/tasks                 start or join a download -> progress
- *   GET  /api/v1/tasks/:id             progress
+ * The local API (fastify): loopback HOST:PORT or a unix socket (0600), for callers on this host. Routes:
+ *   POST /api/v1/tasks                 start or join a download -> progress + `access` (the task's access token)
+ *   GET  /api/v1/tasks/:id             progress; once complete, `dataFile` {path, size, ino} of the task's data
+ *                                      file, so `guoce get` can copy it itself (as the calling user)
  *   GET  /api/v1/tasks/:id/progress    NDJSON progress lines until the task ends
  *   GET  /api/v1/tasks/:id/content     the bytes (Range supported) once complete
- *   POST /api/v1/tasks/:id/export {path, link?}  a complete task to a local file: hard link, else copy (temp + fsync + rename)
- *   DELETE /api/v1/tasks/:id           drop a task from the store
+ *   POST /api/v1/tasks/:id/export      removed: 410 (the daemon writes no file at a caller-given path)
+ *   DELETE /api/v1/tasks/:id           drop a task from the store (access token)
  *   GET  /healthz, GET /metrics (Prometheus text)
+ * The bytes of a task (`/content`, `dataFile`) need its access token (header x-guoce-access), which only
+ * POST /api/v1/tasks returns: to a caller whose request maps to that task id, after the origin accepted
+ * that caller's own headers (the validator probe). Knowing a task id is not enough to read a private file.
+ * Every request must name a loopback host in its Host header (127.0.0.0/8, localhost, [::1]): a page
+ * in a browser on this host cannot reach the API through a DNS name that resolves to 127.0.0.1
+ * (DNS rebinding). Others get 403 ForbiddenError.
  */
 import Fastify, { type FastifyInstance } from 'fastify'
-import { createReadStream, constants as fsConstants } from 'node:fs'
-import { copyFile, link, open, rename, rm } from 'node:fs/promises'
-import { basename, dirname, isAbsolute, join } from 'node:path'
-import { randomBytes } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import { chmod, lstat, rm, stat } from 'node:fs/promises'
+import { connect, isIP } from 'node:net'
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import { isTaskId } from '@guoce/content'
 import { errorStatus, type PeerDaemon } from './index.js'
-import { InvalidParametersError, NotFoundError, type TaskProgress } from '@guoce/interface'
+import { ForbiddenError, InvalidParametersError, NotFoundError, type TaskProgress } from '@guoce/interface'
 
 export interface ApiOptions { extraMetrics?: () => string }
+
+/** A loopback name: localhost, an IPv4 address in 127.0.0.0/8, or ::1 (brackets allowed). */
+export function isLoopbackName (host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[(.*)\]$/, '$1').replace(/^::ffff:(?=\d+\.)/, '')
+  if (h === 'localhost') return true
+  if (isIP(h) === 4) return h.startsWith('127.')
+  if (isIP(h) === 6) return h === '::1' || h === '0:0:0:0:0:0:0:1'
+  return false
+}
+
+/** A Host header's host, without its port; undefined when it is not HOST[:PORT]. */
+export function hostOfHeader (value: string | undefined): string | undefined {
+  if (value == null) return undefined
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]+)(?::\d{1,5})?$/.exec(value)
+  return m?.[1]
+}
 
 const taskBody = {
   type: 'object',
@@ -31,8 +54,18 @@ const taskBody = {
   }
 } as const
 
+/** Header that carries a task's access token. */
+export const ACCESS_HEADER = 'x-guoce-access'
+
 export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): FastifyInstance {
   const app = Fastify({ logger: false, bodyLimit: 1024 * 1024 })
+  // per process: tokens are for the get that asked, not to be kept
+  const accessKey = randomBytes(32)
+  const accessFor = (taskId: string): Buffer => createHmac('sha256', accessKey).update(taskId).digest()
+  const mayRead = (taskId: string, given: string | string[] | undefined): boolean => {
+    if (typeof given !== 'string' || !/^[0-9a-f]{64}$/.test(given)) return false
+    return timingSafeEqual(Buffer.from(given, 'hex'), accessFor(taskId))
+  }
 
   app.setErrorHandler((err, _req, reply) => {
     const e = err as Error & { code?: string, statusCode?: number, validation?: unknown }
@@ -40,11 +73,19 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
     void reply.status(status).send({ error: { name: e.name, code: e.code ?? 'ERR_UNKNOWN', message: e.message } })
   })
 
+  // before routing and body parsing: a foreign Host (DNS rebinding, a proxied request) gets nothing
+  app.addHook('onRequest', async (req, reply) => {
+    const host = hostOfHeader(req.headers.host)
+    if (host == null || !isLoopbackName(host)) {
+      return await reply.status(403).send({ error: { name: ForbiddenError.name, code: 'ERR_FORBIDDEN', message: `the local API answers only requests to a loopback host (127.0.0.1, localhost, [::1]), not "${String(req.headers.host ?? '')}"` } })
+    }
+  })
+
   app.get('/healthz', async () => ({ ok: true, peerId: daemon.peerId, scheduler: daemon.client.connected }))
 
   app.post<{ Body: { url: string, headers?: Record<string, string>, digest?: string, tag?: string } }>('/api/v1/tasks', { schema: { body: taskBody } }, async (req) => {
     const t = await daemon.download(req.body)
-    return t.progress()
+    return { ...t.progress(), access: accessFor(t.taskId).toString('hex') }
   })
 
   function runningTask (id: string): ReturnType<PeerDaemon['tasks']['get']> {
@@ -54,7 +95,15 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
   app.get<{ Params: { id: string } }>('/api/v1/tasks/:id', async (req) => {
     const t = runningTask(req.params.id)
     if (t == null) throw new NotFoundError(`no task ${req.params.id}`)
-    return t.progress()
+    const p = t.progress()
+    if (p.state !== 'succeeded' || !isLoopbackName(req.socket.remoteAddress ?? 'localhost') || !mayRead(t.taskId, req.headers[ACCESS_HEADER])) return p
+    // where the verified bytes are: `guoce get` on this host copies them itself, as its own user
+    // (a kernel copy), if that user may read the file; `ino` lets it check it opened this very file
+    const st = await daemon.store.get(t.taskId).catch(() => null)
+    if (st?.complete !== true) return p
+    const s = await stat(st.dataPath).catch(() => null)
+    if (s == null) return p
+    return { ...p, dataFile: { path: st.dataPath, size: st.info.contentLength, ino: s.ino } }
   })
 
   app.get<{ Params: { id: string } }>('/api/v1/tasks/:id/progress', async (req, reply) => {
@@ -86,6 +135,7 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
 
   app.get<{ Params: { id: string } }>('/api/v1/tasks/:id/content', async (req, reply) => {
     if (!isTaskId(req.params.id)) throw new InvalidParametersError('bad task id')
+    if (!mayRead(req.params.id, req.headers[ACCESS_HEADER])) throw new ForbiddenError(`the content of a task needs the access token POST /api/v1/tasks returns (header ${ACCESS_HEADER})`)
     const st = await daemon.store.get(req.params.id)
     if (st == null) throw new NotFoundError(`no task ${req.params.id}`)
     if (!st.complete) return await reply.status(409).send({ error: { name: 'NotFoundError', code: 'ERR_INCOMPLETE', message: 'task is not complete' } })
@@ -104,48 +154,16 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
     return await reply.send(createReadStream(st.dataPath, { start, end }))
   })
 
-  // Same-host output, no bytes through HTTP and no second hash (every piece, and the whole content when a
-  // digest was given, is verified). As dfget does: a hard link to the task's data file when the output is
-  // on the store's filesystem (no copy, nothing left to write back: the data file is already durable),
-  // else a kernel copy (reflink or copy_file_range) that is fsynced. `link: false` asks for the copy.
-  // A hard link shares the bytes with the cache: writing into the output changes what this host serves
-  // (its children verify every piece and would blame it), so treat linked outputs as read-only.
-  app.post<{ Params: { id: string }, Body: { path: string, link?: boolean } }>('/api/v1/tasks/:id/export', {
-    schema: { body: { type: 'object', required: ['path'], additionalProperties: false, properties: { path: { type: 'string', minLength: 1, maxLength: 4096 }, link: { type: 'boolean' } } } }
-  }, async (req, reply) => {
-    if (!isTaskId(req.params.id)) throw new InvalidParametersError('bad task id')
-    const path = req.body.path
-    if (!isAbsolute(path)) throw new InvalidParametersError('export path must be absolute')
-    const st = await daemon.store.get(req.params.id)
-    if (st == null) throw new NotFoundError(`no task ${req.params.id}`)
-    if (!st.complete) return await reply.status(409).send({ error: { name: 'NotFoundError', code: 'ERR_INCOMPLETE', message: 'task is not complete' } })
-    const tmp = join(dirname(path), `.${basename(path)}.guoce-${randomBytes(4).toString('hex')}`)
-    let linked = false
-    try {
-      if (req.body.link !== false) {
-        await st.flush() // the bytes are durable before a second name points at them
-        linked = await link(st.dataPath, tmp).then(() => true, () => false) // EXDEV, EPERM, EMLINK...: copy
-      }
-      if (!linked) {
-        await copyFile(st.dataPath, tmp, fsConstants.COPYFILE_FICLONE)
-        const fh = await open(tmp, 'r+')
-        try { await fh.sync() } finally { await fh.close() }
-      }
-      await rename(tmp, path)
-      const dir = await open(dirname(path), 'r')
-      try { await dir.sync() } finally { await dir.close() }
-    } catch (err) {
-      await rm(tmp, { force: true })
-      const e = err as NodeJS.ErrnoException
-      if (e.code === 'ENOSPC' || e.code === 'EDQUOT') return await reply.status(507).send({ error: { name: 'NoSpaceError', code: 'ERR_NO_SPACE', message: `no space left on device writing ${path}` } })
-      if (e.code === 'ENOENT' || e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'EROFS') return await reply.status(400).send({ error: { name: 'InvalidParametersError', code: 'ERR_INVALID_PARAMETERS', message: `cannot write ${path}: ${e.code}` } })
-      throw err
-    }
-    return { path, bytes: st.info.contentLength, linked }
+  // The daemon used to write a complete task to a caller-given path (hard link or copy), as its own
+  // user: any local process could replace any file. `guoce get` writes its output itself now.
+  app.post('/api/v1/tasks/:id/export', async (_req, reply) => {
+    return await reply.status(410).send({ error: { name: ForbiddenError.name, code: 'ERR_GONE', message: 'the daemon writes no files: export was removed; guoce get writes its output itself' } })
   })
 
   app.delete<{ Params: { id: string } }>('/api/v1/tasks/:id', async (req, reply) => {
     if (!isTaskId(req.params.id)) throw new InvalidParametersError('bad task id')
+    // another user's task is not theirs to drop either
+    if (!mayRead(req.params.id, req.headers[ACCESS_HEADER])) throw new ForbiddenError(`dropping a task needs the access token POST /api/v1/tasks returns (header ${ACCESS_HEADER})`)
     daemon.tasks.get(req.params.id)?.stop()
     daemon.tasks.delete(req.params.id)
     await daemon.store.remove(req.params.id)
@@ -176,4 +194,28 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
   })
 
   return app
+}
+
+/**
+ * Listen on `api`: a loopback HOST:PORT, or a unix socket (`path`) of mode 0600, so that only the
+ * daemon's own user may talk to it. Returns the API's base: `http://HOST:PORT` or `unix:PATH`.
+ */
+export async function listenApi (app: FastifyInstance, api: { host: string, port: number, path?: string | undefined }): Promise<string> {
+  if (api.path == null) return await app.listen({ host: api.host, port: api.port })
+  const path = api.path
+  // a socket left behind by a daemon that died is replaced; one that answers is another daemon's
+  if ((await lstat(path).catch(() => null))?.isSocket() === true) {
+    const live = await new Promise<boolean>(resolve => {
+      const s = connect(path)
+      s.once('connect', () => { s.destroy(); resolve(true) })
+      s.once('error', () => { resolve(false) })
+    })
+    if (live) throw new InvalidParametersError(`--api unix:${path}: another process listens there`)
+    await rm(path, { force: true })
+  }
+  // created 0600 (no window where others could connect), and said so again
+  const umask = process.umask(0o177)
+  try { await app.listen({ path }) } finally { process.umask(umask) }
+  await chmod(path, 0o600)
+  return `unix:${path}`
 }

@@ -11,6 +11,7 @@ import { SchedulerClient, hostInfo, type PieceServer, type SchedulerMessage } fr
 import { serveStore, type HostInit } from '@guoce/seed-peer'
 import { PeerTask } from './peer-task.js'
 import { UPLOAD_SLOTS } from './constants.js'
+import { probeSource } from '@guoce/seed-peer'
 
 export type PeerDaemonInit = HostInit
 
@@ -58,10 +59,21 @@ export class PeerDaemon implements Startable {
     await this.init.store.close()
   }
 
-  /** Start a download, or join the one already running for the same task. */
+  /**
+   * Start a download, or join the one already running for the same task.
+   * A URL task without a digest is first checked with the origin (probeSource, with the request's own
+   * headers): its validator becomes `req.version`, part of the task id, so a changed origin is a new
+   * task and a cached task is reused only while the origin still names the same content. An origin
+   * error here (401, 403, 404...) fails the request: it is also what refuses a caller without the
+   * credentials a URL needs, whatever this host holds.
+   */
   async download (req: TaskRequest): Promise<PeerTask> {
     parseSourceUrl(req.url)
     if (req.digest != null) parseDigest(req.digest)
+    else {
+      const { version } = await probeSource({ url: req.url, headers: req.headers ?? {} }, this.init.originTimeoutMs != null ? { timeoutMs: this.init.originTimeoutMs } : {})
+      req = { ...req, version }
+    }
     const taskId = taskIdOf(req)
     const running = this.tasks.get(taskId)
     if (running != null && running.state !== 'failed') return running

@@ -9,7 +9,9 @@ const STATUS: Record<string, number> = {
   OriginUnreachableError: 502,
   ContentLengthMismatchError: 502,
   DigestMismatchError: 502,
-  NoSpaceError: 507
+  NoSpaceError: 507,
+  ContentChangedError: 502,
+  ForbiddenError: 403
 }
 
 export function errorStatus (name: string): number { return STATUS[name] ?? 500 }

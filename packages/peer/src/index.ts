@@ -13,5 +13,5 @@
 export { PeerDaemon, type PeerDaemonInit, type DaemonStats } from './daemon.js'
 export { PeerTask } from './peer-task.js'
 export { errorStatus } from './errors.js'
-export { buildServer, type ApiOptions } from './api.js'
+export { buildServer, listenApi, type ApiOptions } from './api.js'
 export * from './constants.js'

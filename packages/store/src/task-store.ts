@@ -3,10 +3,10 @@
  * shared by the downloader (writes) and the piece server (reads). In-memory `bitmap` says what may be
  * served now (bytes are in the page cache); `durable` says what the state file on disk lists.
  */
-import { open, mkdir, readFile, rename, rm, readdir, stat, type FileHandle } from 'node:fs/promises'
+import { open, mkdir, chmod, readFile, rename, rm, readdir, stat, type FileHandle } from 'node:fs/promises'
 import { LRUCache } from 'lru-cache'
-import { join } from 'node:path'
-import { Bitmap, isTaskId, pieceRange, piecePool, type BufferPool, type Lease } from '@guoce/content'
+import { dirname, join } from 'node:path'
+import { Bitmap, credentialHash, isTaskId, pieceRange, piecePool, type BufferPool, type Lease } from '@guoce/content'
 import { NoSpaceError, NotFoundError, InvalidParametersError, type TaskInfo } from '@guoce/interface'
 
 /**
@@ -24,6 +24,10 @@ export interface TaskMeta {
   digest?: string
   tag?: string
   headers?: Record<string, string>
+  /** the origin's validator the task stands for (part of its id; sent in every register) */
+  version?: string
+  /** credentialHash of the request (part of its id; sent in every register) */
+  credentials?: string
 }
 
 export interface StoreInit {
@@ -43,7 +47,8 @@ function wrapFsError (err: unknown): Error {
 
 async function atomicWrite (path: string, data: Uint8Array | string): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`
-  const fh = await open(tmp, 'w', 0o644)
+  // 0600: meta.json holds request headers (credentials); only the store's owner reads these files
+  const fh = await open(tmp, 'w', 0o600)
   try {
     await fh.writeFile(data)
     await fh.sync()
@@ -327,9 +332,14 @@ export class TaskStore {
     const dir = this.taskDir(taskId)
     await this.makeRoom(info.contentLength, taskId)
     this.account(taskId, info.contentLength)
+    // Other local users may read a task's data file (a same-host `guoce get` copies it as its own user),
+    // but not list task ids (tasks/ and its prefixes are 0711), and never a task fetched with
+    // credentials (its directory and data are the store owner's only).
+    const shared = credentialHash({ url: meta.url ?? 'http://localhost/', headers: meta.headers }) == null
     const p = (async () => {
-      await mkdir(dir, { recursive: true })
-      const fh = await open(join(dir, 'data'), 'w+', 0o644)
+      await mkdir(dirname(dir), { recursive: true, mode: 0o711 })
+      await mkdir(dir, { recursive: true, mode: shared ? 0o755 : 0o700 })
+      const fh = await open(join(dir, 'data'), 'w+', shared ? 0o644 : 0o600)
       try {
         await fh.truncate(info.contentLength)
         await atomicWrite(join(dir, 'meta.json'), JSON.stringify({ info: { ...info, taskId }, meta }))
@@ -384,7 +394,9 @@ export class TaskStore {
 }
 
 export async function openStore (init: StoreInit): Promise<TaskStore> {
-  await mkdir(join(init.dir, 'tasks'), { recursive: true })
+  // searchable, not listable: task ids (of credentialed tasks above all) are not for other users to read
+  await mkdir(join(init.dir, 'tasks'), { recursive: true, mode: 0o711 })
+  await chmod(join(init.dir, 'tasks'), 0o711)
   const store = new TaskStore(init.dir, init.quotaBytes)
   await store.scan()
   return store
