@@ -253,12 +253,15 @@ async function swarmRun (n) {
   try {
     const sched = spawnIn(hosts.sched.ns, [NODE, CLI, 'scheduler', '--listen', `/ip4/${hosts.sched.ip}/tcp/65003`, '--data', join(dir, 'scheduler'), '--json'], 'scheduler')
     started.push(sched)
-    const schedAddr = (await ready(sched, 'scheduler')).addr
-    const seed = spawnIn(hosts.seed.ns, [NODE, CLI, 'seed', '--scheduler', schedAddr, '--listen', `/ip4/${hosts.seed.ip}/tcp/0`, '--data', join(dir, 'seed'), '--piece-channel', v['piece-channel'], '--json'], 'seed')
+    const schedReady = await ready(sched, 'scheduler')
+    const schedAddr = schedReady.addr
+    // a closed cluster, as users run it: every node holds the cluster key, the seed the seed key
+    const member = ['--cluster-key', schedReady.clusterKey]
+    const seed = spawnIn(hosts.seed.ns, [NODE, CLI, 'seed', '--scheduler', schedAddr, '--listen', `/ip4/${hosts.seed.ip}/tcp/0`, '--data', join(dir, 'seed'), '--piece-channel', v['piece-channel'], ...member, '--seed-key', schedReady.seedKey, '--json'], 'seed')
     started.push(seed)
     const daemons = []
     for (let i = 0; i < n; i++) {
-      const d = spawnIn(hosts[`p${i}`].ns, [NODE, CLI, 'daemon', '--scheduler', schedAddr, '--listen', `/ip4/${hosts[`p${i}`].ip}/tcp/0`, '--api', '127.0.0.1:65001', '--data', join(dir, `daemon-${i}`), '--piece-channel', v['piece-channel'], '--json'], `daemon-${i}`)
+      const d = spawnIn(hosts[`p${i}`].ns, [NODE, CLI, 'daemon', '--scheduler', schedAddr, '--listen', `/ip4/${hosts[`p${i}`].ip}/tcp/0`, '--api', '127.0.0.1:65001', '--data', join(dir, `daemon-${i}`), '--piece-channel', v['piece-channel'], ...member, '--json'], `daemon-${i}`)
       started.push(d)
       daemons.push(d)
     }
