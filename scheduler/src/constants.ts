@@ -81,3 +81,55 @@ export const STRIPE_BACKUPS = 1
  * @default 16
  */
 export const STRIPE_LEAF_SCAN = 16
+/**
+ * Tasks one host may have registered at a time; one more is a broken bound (the host is dropped).
+ * @default 4096
+ */
+export const MAX_HOST_TASKS = 4096
+/**
+ * Registers one host may send per minute (a fixed one-minute window); more is a broken bound.
+ * A daemon re-registers every task it holds after a reconnect, so this is well above MAX_HOST_TASKS.
+ * @default 8192
+ */
+export const MAX_REGISTERS_PER_MINUTE = 8192
+/**
+ * Refused messages (a register whose id does not derive from its fields, a source claim from a host
+ * that is not a designated seed, a malformed layout) a host may send before it is dropped.
+ * @default 3
+ */
+export const HOST_OFFENCE_LIMIT = 3
+/**
+ * A host dropped for offences or a broken bound is refused this long when it comes back.
+ * @default 60 s
+ */
+export const HOST_BAN_MS = 60_000
+/**
+ * Dropped hosts remembered at once (oldest forgotten first).
+ * @default 4096
+ */
+export const MAX_BANNED_HOSTS = 4096
+/**
+ * Bytes of a register's task reference (url, header names and values, digest, tag, version, credentials).
+ * @default 16 KiB
+ */
+export const MAX_TASK_REF_BYTES = 16 * 1024
+/**
+ * Bitmaps of tasks whose layout is not known yet, kept per host (re-registrations after a restart);
+ * beyond it a host's bitmap is dropped and the host counts as holding nothing until it re-registers.
+ * @default 1 MiB
+ */
+export const MAX_HOST_PENDING_BITMAP_BYTES = 1024 * 1024
+/**
+ * A hello's addresses: at most MAX_HOST_ADDRS of at most MAX_HOST_ADDR_BYTES each; hostname, idc and
+ * location at most MAX_HOST_LABEL_BYTES each. They are relayed to children in every parents message.
+ * @default 16, 256 bytes, 256 bytes
+ */
+export const MAX_HOST_ADDRS = 16
+export const MAX_HOST_ADDR_BYTES = 256
+export const MAX_HOST_LABEL_BYTES = 256
+/**
+ * Inbound /guoce/scheduler/1 streams one connection may hold open (a host needs one; a reconnect may
+ * briefly overlap the old one).
+ * @default 2
+ */
+export const MAX_HOST_STREAMS = 2

@@ -24,6 +24,10 @@ export interface TaskMeta {
   digest?: string
   tag?: string
   headers?: Record<string, string>
+  /** the origin's validator the task stands for (part of its id; sent in every register) */
+  version?: string
+  /** credentialHash of the request (part of its id; sent in every register) */
+  credentials?: string
 }
 
 export interface StoreInit {

@@ -1,24 +1,60 @@
 import { Uint8ArrayList } from 'uint8arraylist'
 import { ProtocolError } from '@guoce/interface'
 
+/** Deadlines of one length-prefixed read (ByteReader.lp). */
+export interface ReadDeadlines {
+  /** the first byte of the message must arrive within this time */
+  idleMs?: number
+  /** once its first byte arrived, the whole message must arrive within this time */
+  stallMs?: number
+}
+
 /**
  * Pulls exact byte counts out of a libp2p stream's async iterator.
  * Owns the iterator: nothing else may read the stream while a ByteReader is in use.
+ * A read with a deadline throws ProtocolError when it passes; the caller then drops the stream.
  */
 export class ByteReader {
   private readonly buf = new Uint8ArrayList()
   private readonly it: AsyncIterator<Uint8Array | Uint8ArrayList>
   private ended = false
+  /** a pull of the iterator that outlived a deadline (the stream is being dropped) */
+  private pending: Promise<IteratorResult<Uint8Array | Uint8ArrayList>> | undefined
+  /** absolute time (ms) the current read must be done by; undefined = no deadline */
+  private deadline: number | undefined
+  private deadlineReason = ''
 
   constructor (source: AsyncIterable<Uint8Array | Uint8ArrayList>) {
     this.it = source[Symbol.asyncIterator]()
+  }
+
+  /** bytes received and not yet consumed */
+  get buffered (): number { return this.buf.byteLength }
+
+  private async pull (): Promise<IteratorResult<Uint8Array | Uint8ArrayList>> {
+    const p = this.pending ?? this.it.next()
+    this.pending = p
+    const deadline = this.deadline
+    if (deadline == null) { const r = await p; this.pending = undefined; return r }
+    p.catch(() => {})
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => { reject(new ProtocolError(this.deadlineReason)) }, Math.max(0, deadline - Date.now()))
+    })
+    try {
+      const r = await Promise.race([p, late])
+      this.pending = undefined
+      return r
+    } finally {
+      clearTimeout(timer)
+    }
   }
 
   /** Make sure `n` bytes are buffered; false when the stream ended first. */
   private async fill (n: number): Promise<boolean> {
     while (this.buf.byteLength < n) {
       if (this.ended) return false
-      const r = await this.it.next()
+      const r = await this.pull()
       if (r.done === true) { this.ended = true; return false }
       this.buf.append(r.value)
     }
@@ -51,12 +87,26 @@ export class ByteReader {
     throw new ProtocolError('varint too long')
   }
 
-  /** A varint length-prefixed message; null at a clean end of stream. */
-  async lp (max: number): Promise<Uint8Array | null> {
-    const len = await this.varint()
-    if (len == null) return null
-    if (len > max) throw new ProtocolError(`message of ${len} bytes exceeds limit ${max}`)
-    return await this.exact(len)
+  /**
+   * A varint length-prefixed message; null at a clean end of stream. With `deadlines`, its first byte
+   * must arrive within idleMs and the whole message within stallMs of that (else ProtocolError).
+   */
+  async lp (max: number, deadlines?: ReadDeadlines): Promise<Uint8Array | null> {
+    try {
+      if (deadlines?.idleMs != null && this.buf.byteLength === 0) {
+        this.deadline = Date.now() + deadlines.idleMs
+        this.deadlineReason = `no message for ${deadlines.idleMs} ms`
+        if (!await this.fill(1)) return null
+      }
+      this.deadline = deadlines?.stallMs != null ? Date.now() + deadlines.stallMs : undefined
+      this.deadlineReason = `message not whole ${deadlines?.stallMs ?? 0} ms after its first byte`
+      const len = await this.varint()
+      if (len == null) return null
+      if (len > max) throw new ProtocolError(`message of ${len} bytes exceeds limit ${max}`)
+      return await this.exact(len)
+    } finally {
+      this.deadline = undefined
+    }
   }
 
   async return (): Promise<void> {

@@ -1,12 +1,16 @@
 import type { Stream } from '@libp2p/interface'
 import { Uint8ArrayList } from 'uint8arraylist'
+import { ProtocolError } from '@guoce/interface'
 import { ByteReader, encodeVarint } from './bytes.js'
-import { MAX_MESSAGE_BYTES } from './constants.js'
+import { MAX_SCHEDULER_MESSAGE_BYTES, MESSAGE_STALL_TIMEOUT_MS, SCHEDULER_IDLE_TIMEOUT_MS } from './constants.js'
 
 /**
  * Length-prefixed protobuf messages both ways over one long-lived stream.
  * `send` never reorders. Messages sent in the same tick leave as one write (one yamux frame, one
  * Noise frame, one syscall): the scheduler's announcement bursts cost one write, not hundreds.
+ * Reading is bounded: a message is at most MAX_SCHEDULER_MESSAGE_BYTES; a stream silent for
+ * SCHEDULER_IDLE_TIMEOUT_MS, or a message not whole MESSAGE_STALL_TIMEOUT_MS after its first byte,
+ * ends `messages()` with a ProtocolError (the owner then drops the stream).
  */
 export class MessageChannel<In, Out> {
   private readonly reader: ByteReader
@@ -24,6 +28,7 @@ export class MessageChannel<In, Out> {
 
   send (msg: Out): Promise<void> {
     const body = this.encode(msg)
+    if (body.byteLength > MAX_SCHEDULER_MESSAGE_BYTES) throw new ProtocolError(`message of ${body.byteLength} bytes exceeds limit ${MAX_SCHEDULER_MESSAGE_BYTES}`)
     if (this.batch == null) {
       this.batch = new Uint8ArrayList()
       queueMicrotask(() => { this.flush() })
@@ -46,7 +51,7 @@ export class MessageChannel<In, Out> {
 
   async * messages (): AsyncGenerator<In> {
     while (true) {
-      const b = await this.reader.lp(MAX_MESSAGE_BYTES)
+      const b = await this.reader.lp(MAX_SCHEDULER_MESSAGE_BYTES, { idleMs: SCHEDULER_IDLE_TIMEOUT_MS, stallMs: MESSAGE_STALL_TIMEOUT_MS })
       if (b == null) return
       yield this.decode(b)
     }

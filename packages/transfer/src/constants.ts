@@ -55,3 +55,38 @@ export const DATA_CHANNEL_BUFFER_BYTES = 8 * 1024 * 1024
  * @default 256 KiB
  */
 export const DATA_CHANNEL_READ_BYTES = 256 * 1024
+/**
+ * Largest message accepted on a /guoce/scheduler/1 stream, either way. The biggest legitimate ones are
+ * a register's bitmap (MAX_TASK_PIECES / 8 = 128 KiB) and a digests batch (ANNOUNCE_BATCH pieces).
+ * @default 1 MiB
+ */
+export const MAX_SCHEDULER_MESSAGE_BYTES = 1024 * 1024
+/**
+ * Pieces one have/digests/pieceDone announcement names; longer lists leave in several messages
+ * (a digest costs about 36 bytes on the wire, so a batch stays far below MAX_SCHEDULER_MESSAGE_BYTES).
+ * @default 8192
+ */
+export const ANNOUNCE_BATCH = 8192
+/**
+ * Most pieces of one task: the layout pieceLayout picks for the largest task (MAX_CONTENT_BYTES at
+ * 16 MiB pieces). A layout with more is refused by the scheduler.
+ * @default 2^20
+ */
+export const MAX_TASK_PIECES = 1 << 20
+/**
+ * Largest content length a source may announce.
+ * @default 16 TiB
+ */
+export const MAX_CONTENT_BYTES = 16 * 1024 ** 4
+/**
+ * A scheduler stream on which nothing (not even a keepalive, sent every KEEPALIVE_INTERVAL_MS) arrives
+ * for this long is dropped.
+ * @default 30 s
+ */
+export const SCHEDULER_IDLE_TIMEOUT_MS = 30_000
+/**
+ * Once the first byte of a message arrived, the rest must follow within this time, else the stream is
+ * dropped (a half-sent message holds memory).
+ * @default 10 s
+ */
+export const MESSAGE_STALL_TIMEOUT_MS = 10_000

@@ -1,4 +1,6 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
+import { InvalidParametersError } from '@guoce/interface'
 import { dirname } from 'node:path'
 import { createLibp2p, type Libp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
@@ -51,4 +53,62 @@ export async function loadOrCreateKey (path: string): Promise<PrivateKey> {
   await writeFile(tmp, privateKeyToProtobuf(key), { mode: 0o600 })
   await rename(tmp, path)
   return key
+}
+
+/** Write `data` to `path` (0600) unless the file exists; the file's bytes either way. */
+async function loadOrCreateSecret (path: string, make: () => Uint8Array): Promise<Uint8Array> {
+  try {
+    return new Uint8Array(await readFile(path))
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+  }
+  await mkdir(dirname(path), { recursive: true })
+  const tmp = `${path}.tmp-${process.pid}`
+  await writeFile(tmp, make(), { mode: 0o600 })
+  await rename(tmp, path)
+  return new Uint8Array(await readFile(path))
+}
+
+const CLUSTER_KEY_RE = /^\/key\/swarm\/psk\/1\.0\.0\/\r?\n\/base16\/\r?\n[0-9a-fA-F]{64}\s*$/
+
+/**
+ * A cluster key file (libp2p pnet swarm.key format: "/key/swarm/psk/1.0.0/", "/base16/", 64 hex digits,
+ * one a line); throws InvalidParametersError naming the file when it is missing or malformed.
+ */
+export async function readClusterKey (path: string): Promise<Uint8Array> {
+  let text: string
+  try {
+    text = await readFile(path, 'utf8')
+  } catch (err) {
+    throw new InvalidParametersError(`cannot read cluster key ${path}: ${(err as Error).message}`)
+  }
+  if (!CLUSTER_KEY_RE.test(text)) throw new InvalidParametersError(`${path} is not a cluster key (pnet swarm.key format: /key/swarm/psk/1.0.0/, /base16/, 64 hex digits)`)
+  return new TextEncoder().encode(text)
+}
+
+/** The scheduler's cluster key at `path`, created (32 random bytes, pnet format, 0600) on first use. */
+export async function loadOrCreateClusterKey (path: string): Promise<Uint8Array> {
+  await loadOrCreateSecret(path, () => new TextEncoder().encode(`/key/swarm/psk/1.0.0/\n/base16/\n${randomBytes(32).toString('hex')}`))
+  return await readClusterKey(path)
+}
+
+/** Bytes of a seed key (raw, SEED_KEY_BYTES of them). */
+export const SEED_KEY_BYTES = 32
+
+/** A seed key file; throws InvalidParametersError naming the file when it is missing or not SEED_KEY_BYTES long. */
+export async function readSeedKey (path: string): Promise<Uint8Array> {
+  let key: Uint8Array
+  try {
+    key = new Uint8Array(await readFile(path))
+  } catch (err) {
+    throw new InvalidParametersError(`cannot read seed key ${path}: ${(err as Error).message}`)
+  }
+  if (key.byteLength !== SEED_KEY_BYTES) throw new InvalidParametersError(`${path} is not a seed key (${SEED_KEY_BYTES} bytes)`)
+  return key
+}
+
+/** The scheduler's seed key at `path`, created (SEED_KEY_BYTES random bytes, 0600) on first use. */
+export async function loadOrCreateSeedKey (path: string): Promise<Uint8Array> {
+  await loadOrCreateSecret(path, () => randomBytes(SEED_KEY_BYTES))
+  return await readSeedKey(path)
 }
