@@ -133,3 +133,9 @@ export const MAX_HOST_LABEL_BYTES = 256
  * @default 2
  */
 export const MAX_HOST_STREAMS = 2
+/**
+ * Tasks the scheduler tracks at once, over all hosts; a register of a new task beyond it is refused
+ * (warned, not blamed: the requesting peer goes to the origin itself after SCHEDULER_WAIT_MS).
+ * @default 16384
+ */
+export const MAX_TASKS = 16384

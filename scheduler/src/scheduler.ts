@@ -13,11 +13,11 @@ import type { Libp2p } from 'libp2p'
 import type { Stream, Connection } from '@libp2p/interface'
 import { Bitmap, MIN_PIECE_LENGTH, credentialHash, isTaskId, taskIdFrom } from '@guoce/content'
 import { type Logger, type ErrorInfo, type Startable } from '@guoce/interface'
-import { MessageChannel, SCHEDULER_PROTOCOL, peerMessage, schedulerMessage, verifySeedProof, KEEPALIVE_INTERVAL_MS, ANNOUNCE_BATCH, MAX_CONTENT_BYTES, MAX_PIECE_BYTES, MAX_TASK_PIECES, type PeerMessage, type SchedulerMessage, type WireParent, type WireHostInfo, type WireTaskInfo } from '@guoce/transfer'
+import { MessageChannel, SCHEDULER_PROTOCOL, peerMessage, schedulerMessage, verifySeedProof, KEEPALIVE_INTERVAL_MS, ANNOUNCE_BATCH, SCHEDULER_READ_BUDGET_BYTES, readBudget, isBlameless, MAX_CONTENT_BYTES, MAX_PIECE_BYTES, MAX_TASK_PIECES, type PeerMessage, type SchedulerMessage, type WireParent, type WireHostInfo, type WireTaskInfo } from '@guoce/transfer'
 import { Host, Peer, Task } from './resource/index.js'
 import { selectParents } from './scheduling/index.js'
 import { Forest } from './scheduling/forest.js'
-import { ANNOUNCE_INTERVAL_MS, BAD_PARENT_REPORTS, CHAIN_MAX_PEERS, DEFAULT_UPLOAD_SLOTS, HOST_BAN_MS, HOST_OFFENCE_LIMIT, MAX_BANNED_HOSTS, MAX_HOST_ADDRS, MAX_HOST_ADDR_BYTES, MAX_HOST_LABEL_BYTES, MAX_HOST_PENDING_BITMAP_BYTES, MAX_HOST_STREAMS, MAX_HOST_TASKS, MAX_REGISTERS_PER_MINUTE, MAX_SCHEDULE_RETRIES, MAX_SOURCE_FAILURES, MAX_TASK_REF_BYTES, STRIPE_BACKUPS } from './constants.js'
+import { ANNOUNCE_INTERVAL_MS, BAD_PARENT_REPORTS, CHAIN_MAX_PEERS, DEFAULT_UPLOAD_SLOTS, HOST_BAN_MS, HOST_OFFENCE_LIMIT, MAX_BANNED_HOSTS, MAX_HOST_ADDRS, MAX_HOST_ADDR_BYTES, MAX_HOST_LABEL_BYTES, MAX_HOST_PENDING_BITMAP_BYTES, MAX_HOST_STREAMS, MAX_HOST_TASKS, MAX_REGISTERS_PER_MINUTE, MAX_SCHEDULE_RETRIES, MAX_SOURCE_FAILURES, MAX_TASK_REF_BYTES, MAX_TASKS, STRIPE_BACKUPS } from './constants.js'
 import { createHash } from 'node:crypto'
 
 /**
@@ -193,6 +193,7 @@ export class SchedulerCore {
     let task = this.tasks.get(reg.taskId)
     const headers = reg.headers ?? {}
     if (task == null) {
+      if (this.tasks.size >= MAX_TASKS) { this.log.warn('task table full; register refused', { host: host.id, tasks: this.tasks.size }); return }
       task = new Task(reg.taskId, { url: reg.url, headers, ...(reg.digest != null && reg.digest !== '' ? { digest: reg.digest } : {}), ...(reg.tag != null && reg.tag !== '' ? { tag: reg.tag } : {}), ...(reg.version != null && reg.version !== '' ? { version: reg.version } : {}) })
       this.tasks.set(task.id, task)
     } else if (Object.keys(task.ref.headers ?? {}).length === 0 && Object.keys(headers).length > 0) {
@@ -511,6 +512,8 @@ function usableStripeParent (child: Peer, p: Peer): boolean {
 /** The scheduler service: SchedulerCore behind /guoce/scheduler/1 streams. */
 export class Scheduler extends SchedulerCore implements Startable {
   private timer: NodeJS.Timeout | undefined
+  /** bytes of messages being received over all streams (SCHEDULER_READ_BUDGET_BYTES) */
+  readonly readBudget = readBudget(SCHEDULER_READ_BUDGET_BYTES)
 
   constructor (private readonly init: SchedulerInit) {
     super(init.log, NO_SEED_GRACE_MS, init)
@@ -533,7 +536,7 @@ export class Scheduler extends SchedulerCore implements Startable {
   }
 
   private async serveHost (stream: Stream, hostId: string): Promise<void> {
-    const channel = new MessageChannel<PeerMessage, SchedulerMessage>(stream, m => schedulerMessage.encode(m), b => peerMessage.decode(b))
+    const channel = new MessageChannel<PeerMessage, SchedulerMessage>(stream, m => schedulerMessage.encode(m), b => peerMessage.decode(b), this.readBudget)
     let host: Host | undefined
     if (this.isBanned(hostId)) { this.log.debug('dropped host refused', { host: hostId }); channel.close(new Error('refused')); return }
     const keepalive = setInterval(() => { void channel.send({ keepalive: true }) }, KEEPALIVE_INTERVAL_MS)
@@ -564,7 +567,7 @@ export class Scheduler extends SchedulerCore implements Startable {
       // a broken bound of the stream itself (message size, stall deadline, undecodable message) drops
       // and blames the host; a silent stream (idle deadline) or a broken connection only ends it
       const e = err as Error
-      const broken = e.name === 'ProtocolError' && !e.message.startsWith('no message for')
+      const broken = e.name === 'ProtocolError' && !isBlameless(e)
       if (broken && host != null && this.hosts.get(hostId) === host) this.dropHost(host, e.message)
       else channel.close(e)
       throw err

@@ -1,12 +1,42 @@
 import { Uint8ArrayList } from 'uint8arraylist'
 import { ProtocolError } from '@guoce/interface'
 
+/**
+ * Marks a read error the sender is not to be blamed for (its stream was idle, or the receiver's shared
+ * budget was spent by others): the stream ends, the host is not dropped for it.
+ */
+export function blameless<E extends Error> (err: E): E & { blameless: true } {
+  return Object.assign(err, { blameless: true as const })
+}
+
+/** true for errors marked with `blameless` */
+export function isBlameless (err: unknown): boolean {
+  return (err as { blameless?: unknown } | null)?.blameless === true
+}
+
 /** Deadlines of one length-prefixed read (ByteReader.lp). */
 export interface ReadDeadlines {
   /** the first byte of the message must arrive within this time */
   idleMs?: number
   /** once its first byte arrived, the whole message must arrive within this time */
   stallMs?: number
+}
+
+/** Bytes of messages being received, shared by many readers: a message that does not fit is refused. */
+export interface ReadBudget {
+  /** reserve `n` bytes; false when they do not fit */
+  take(n: number): boolean
+  give(n: number): void
+}
+
+/** A ReadBudget of `limit` bytes. */
+export function readBudget (limit: number): ReadBudget & { readonly used: number } {
+  let used = 0
+  return {
+    get used () { return used },
+    take (n) { if (used + n > limit) return false; used += n; return true },
+    give (n) { used -= n }
+  }
 }
 
 /**
@@ -18,6 +48,8 @@ export class ByteReader {
   private readonly buf = new Uint8ArrayList()
   private readonly it: AsyncIterator<Uint8Array | Uint8ArrayList>
   private ended = false
+  /** the sender is not at fault when the current deadline passes (an idle stream, not a half-sent message) */
+  private deadlineBlameless = false
   /** a pull of the iterator that outlived a deadline (the stream is being dropped) */
   private pending: Promise<IteratorResult<Uint8Array | Uint8ArrayList>> | undefined
   /** absolute time (ms) the current read must be done by; undefined = no deadline */
@@ -39,7 +71,7 @@ export class ByteReader {
     p.catch(() => {})
     let timer: NodeJS.Timeout | undefined
     const late = new Promise<never>((_resolve, reject) => {
-      timer = setTimeout(() => { reject(new ProtocolError(this.deadlineReason)) }, Math.max(0, deadline - Date.now()))
+      timer = setTimeout(() => { reject(this.deadlineBlameless ? blameless(new ProtocolError(this.deadlineReason)) : new ProtocolError(this.deadlineReason)) }, Math.max(0, deadline - Date.now()))
     })
     try {
       const r = await Promise.race([p, late])
@@ -89,23 +121,32 @@ export class ByteReader {
 
   /**
    * A varint length-prefixed message; null at a clean end of stream. With `deadlines`, its first byte
-   * must arrive within idleMs and the whole message within stallMs of that (else ProtocolError).
+   * must arrive within idleMs and the whole message within stallMs of that (else ProtocolError). With a
+   * `budget`, the message's length is reserved in it while the message arrives (else ProtocolError).
    */
-  async lp (max: number, deadlines?: ReadDeadlines): Promise<Uint8Array | null> {
+  async lp (max: number, deadlines?: ReadDeadlines, budget?: ReadBudget): Promise<Uint8Array | null> {
+    let reserved = 0
     try {
       if (deadlines?.idleMs != null && this.buf.byteLength === 0) {
         this.deadline = Date.now() + deadlines.idleMs
         this.deadlineReason = `no message for ${deadlines.idleMs} ms`
+        this.deadlineBlameless = true
         if (!await this.fill(1)) return null
       }
       this.deadline = deadlines?.stallMs != null ? Date.now() + deadlines.stallMs : undefined
       this.deadlineReason = `message not whole ${deadlines?.stallMs ?? 0} ms after its first byte`
+      this.deadlineBlameless = false
       const len = await this.varint()
       if (len == null) return null
       if (len > max) throw new ProtocolError(`message of ${len} bytes exceeds limit ${max}`)
+      if (budget != null) {
+        if (!budget.take(len)) throw blameless(new ProtocolError(`message of ${len} bytes does not fit the shared read budget`))
+        reserved = len
+      }
       return await this.exact(len)
     } finally {
       this.deadline = undefined
+      if (reserved > 0) budget!.give(reserved)
     }
   }
 

@@ -1,7 +1,7 @@
 import type { Stream } from '@libp2p/interface'
 import { Uint8ArrayList } from 'uint8arraylist'
 import { ProtocolError } from '@guoce/interface'
-import { ByteReader, encodeVarint } from './bytes.js'
+import { ByteReader, encodeVarint, type ReadBudget } from './bytes.js'
 import { MAX_SCHEDULER_MESSAGE_BYTES, MESSAGE_STALL_TIMEOUT_MS, SCHEDULER_IDLE_TIMEOUT_MS } from './constants.js'
 
 /**
@@ -19,7 +19,9 @@ export class MessageChannel<In, Out> {
   constructor (
     readonly stream: Stream,
     private readonly encode: (m: Out) => Uint8Array,
-    private readonly decode: (b: Uint8Array) => In
+    private readonly decode: (b: Uint8Array) => In,
+    /** shared by every channel of a service: bytes of messages being received (a scheduler's SCHEDULER_READ_BUDGET_BYTES) */
+    private readonly budget?: ReadBudget
   ) {
     this.reader = new ByteReader(stream)
   }
@@ -51,7 +53,7 @@ export class MessageChannel<In, Out> {
 
   async * messages (): AsyncGenerator<In> {
     while (true) {
-      const b = await this.reader.lp(MAX_SCHEDULER_MESSAGE_BYTES, { idleMs: SCHEDULER_IDLE_TIMEOUT_MS, stallMs: MESSAGE_STALL_TIMEOUT_MS })
+      const b = await this.reader.lp(MAX_SCHEDULER_MESSAGE_BYTES, { idleMs: SCHEDULER_IDLE_TIMEOUT_MS, stallMs: MESSAGE_STALL_TIMEOUT_MS }, this.budget)
       if (b == null) return
       yield this.decode(b)
     }

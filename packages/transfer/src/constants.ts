@@ -90,3 +90,10 @@ export const SCHEDULER_IDLE_TIMEOUT_MS = 30_000
  * @default 10 s
  */
 export const MESSAGE_STALL_TIMEOUT_MS = 10_000
+/**
+ * Bytes of scheduler messages being received at once, over all hosts: a message whose length does not
+ * fit ends its stream. Together with MAX_SCHEDULER_MESSAGE_BYTES and MESSAGE_STALL_TIMEOUT_MS it bounds
+ * what half-sent messages can hold, whatever the number of connections.
+ * @default 32 MiB
+ */
+export const SCHEDULER_READ_BUDGET_BYTES = 32 * 1024 * 1024
