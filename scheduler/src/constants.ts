@@ -139,3 +139,35 @@ export const MAX_HOST_STREAMS = 2
  * @default 16384
  */
 export const MAX_TASKS = 16384
+/**
+ * yamux receive window of the scheduler's node: what a host may send ahead of what the scheduler read,
+ * per stream (createNode streamWindowBytes).
+ * @default 1 MiB
+ */
+export const SCHEDULER_STREAM_WINDOW_BYTES = 1024 * 1024
+/**
+ * Registers a host's stream is read at: a token bucket of REGISTER_BURST refilled at this rate; while
+ * it is empty the stream is not read. Keeps a flood's garbage (id checks, tasks) to a pace the garbage
+ * collector absorbs without growing the heap; a daemon re-registering 4096 tasks takes about 15 s.
+ * @default 256 per second, burst 512
+ */
+export const REGISTER_RATE_PER_SECOND = 256
+export const REGISTER_BURST = 512
+/**
+ * Streams a connection may open to the scheduler's node, all protocols together (yamux); each can hold
+ * a receive window (256 KiB at first) of a host's data.
+ * @default 4
+ */
+export const SCHEDULER_STREAMS_PER_CONNECTION = 4
+/**
+ * Scheduler streams one host may open per minute (a client re-dials with backoff, 100 ms .. 2 s); more
+ * is a broken bound.
+ * @default 20
+ */
+export const MAX_HOST_STREAMS_PER_MINUTE = 20
+/**
+ * New tasks (first registered by this host, not complete) one host may start per minute: each costs a
+ * seed an origin fetch. Beyond, the register is refused (warned); the peer goes to the origin itself.
+ * @default 600
+ */
+export const MAX_NEW_TASKS_PER_MINUTE = 600

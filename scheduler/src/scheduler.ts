@@ -17,7 +17,7 @@ import { MessageChannel, SCHEDULER_PROTOCOL, peerMessage, schedulerMessage, veri
 import { Host, Peer, Task } from './resource/index.js'
 import { selectParents } from './scheduling/index.js'
 import { Forest } from './scheduling/forest.js'
-import { ANNOUNCE_INTERVAL_MS, BAD_PARENT_REPORTS, CHAIN_MAX_PEERS, DEFAULT_UPLOAD_SLOTS, HOST_BAN_MS, HOST_OFFENCE_LIMIT, MAX_BANNED_HOSTS, MAX_HOST_ADDRS, MAX_HOST_ADDR_BYTES, MAX_HOST_LABEL_BYTES, MAX_HOST_PENDING_BITMAP_BYTES, MAX_HOST_STREAMS, MAX_HOST_TASKS, MAX_REGISTERS_PER_MINUTE, MAX_SCHEDULE_RETRIES, MAX_SOURCE_FAILURES, MAX_TASK_REF_BYTES, MAX_TASKS, STRIPE_BACKUPS } from './constants.js'
+import { ANNOUNCE_INTERVAL_MS, BAD_PARENT_REPORTS, CHAIN_MAX_PEERS, DEFAULT_UPLOAD_SLOTS, HOST_BAN_MS, HOST_OFFENCE_LIMIT, MAX_BANNED_HOSTS, MAX_HOST_ADDRS, MAX_HOST_ADDR_BYTES, MAX_HOST_LABEL_BYTES, MAX_HOST_PENDING_BITMAP_BYTES, MAX_HOST_STREAMS, MAX_HOST_TASKS, MAX_REGISTERS_PER_MINUTE, MAX_SCHEDULE_RETRIES, MAX_SOURCE_FAILURES, MAX_TASK_REF_BYTES, MAX_TASKS, MAX_HOST_STREAMS_PER_MINUTE, MAX_NEW_TASKS_PER_MINUTE, REGISTER_BURST, REGISTER_RATE_PER_SECOND, STRIPE_BACKUPS } from './constants.js'
 import { createHash } from 'node:crypto'
 
 /**
@@ -106,7 +106,9 @@ export class SchedulerCore {
   private readonly pendingDigests = new Map<Task, number[]>()
 
   private readonly graceUntil: number
+  /** tasks waiting for the restart grace to end (one timer for all; a task that goes leaves the set) */
   private readonly graceWaiting = new Set<Task>()
+  private graceTimer: NodeJS.Timeout | undefined
 
   private readonly chainMaxPeers: number
   /** hosts dropped for offences or a broken bound -> refused until (ms); oldest first (MAX_BANNED_HOSTS) */
@@ -152,11 +154,16 @@ export class SchedulerCore {
   /** Drop a host that broke a bound or offended too often; it is refused for HOST_BAN_MS. */
   dropHost (host: Host, reason: string): void {
     this.log.warn('host dropped', { host: host.id, reason })
-    this.banned.delete(host.id)
-    this.banned.set(host.id, Date.now() + HOST_BAN_MS)
-    if (this.banned.size > MAX_BANNED_HOSTS) this.banned.delete(this.banned.keys().next().value!)
+    this.ban(host.id)
     this.disconnectHost(host)
     host.close()
+  }
+
+  /** Refuse `hostId` for HOST_BAN_MS (the network layer also ends its connections). */
+  protected ban (hostId: string): void {
+    this.banned.delete(hostId)
+    this.banned.set(hostId, Date.now() + HOST_BAN_MS)
+    if (this.banned.size > MAX_BANNED_HOSTS) this.banned.delete(this.banned.keys().next().value!)
   }
 
   /** The host's stream ended. */
@@ -184,7 +191,7 @@ export class SchedulerCore {
 
   private onRegister (host: Host, reg: NonNullable<PeerMessage['register']>): void {
     const now = Date.now()
-    if (now - host.registerWindow >= 60_000) { host.registerWindow = now; host.registers = 0 }
+    if (now - host.registerWindow >= 60_000) { host.registerWindow = now; host.registers = 0; host.newTasks = 0 }
     if (++host.registers > MAX_REGISTERS_PER_MINUTE) { this.dropHost(host, `more than ${MAX_REGISTERS_PER_MINUTE} registers in a minute`); return }
     const problem = registerProblem(reg)
     if (problem != null) { this.offence(host, problem, { task: reg.taskId.slice(0, 12), url: reg.url.slice(0, 200) }); return }
@@ -194,6 +201,11 @@ export class SchedulerCore {
     const headers = reg.headers ?? {}
     if (task == null) {
       if (this.tasks.size >= MAX_TASKS) { this.log.warn('task table full; register refused', { host: host.id, tasks: this.tasks.size }); return }
+      // a new task that needs its origin costs a seed's work: a host may start MAX_NEW_TASKS_PER_MINUTE
+      if (reg.completed !== true && ++host.newTasks > MAX_NEW_TASKS_PER_MINUTE) {
+        this.log.warn('new tasks above the per-host rate; register refused', { host: host.id, task: reg.taskId.slice(0, 12) })
+        return
+      }
       task = new Task(reg.taskId, { url: reg.url, headers, ...(reg.digest != null && reg.digest !== '' ? { digest: reg.digest } : {}), ...(reg.tag != null && reg.tag !== '' ? { tag: reg.tag } : {}), ...(reg.version != null && reg.version !== '' ? { version: reg.version } : {}) })
       this.tasks.set(task.id, task)
     } else if (Object.keys(task.ref.headers ?? {}).length === 0 && Object.keys(headers).length > 0) {
@@ -224,6 +236,7 @@ export class SchedulerCore {
       host.pendingBitmapBytes += bitmap.length
     }
     if (peer.isSource) return // a seed re-registering: its source info follows
+    if (peer.state === 'succeeded') return // holds it all: nobody needs the origin until someone asks
     this.ensureSource(task, peer)
   }
 
@@ -247,10 +260,12 @@ export class SchedulerCore {
     const wait = this.graceUntil - Date.now()
     if (wait > 0) {
       // seeds may still be reconnecting after a scheduler restart: look again when the grace ends
-      if (!this.graceWaiting.has(task)) {
-        this.graceWaiting.add(task)
-        setTimeout(() => { this.graceWaiting.delete(task); if (this.tasks.get(task.id) === task) this.ensureSource(task) }, wait).unref()
-      }
+      this.graceWaiting.add(task)
+      this.graceTimer ??= setTimeout(() => {
+        const waiting = [...this.graceWaiting]
+        this.graceWaiting.clear()
+        for (const t of waiting) if (this.tasks.get(t.id) === t) this.ensureSource(t)
+      }, wait).unref()
       return
     }
     // no designated seed: each peer that needs the content goes to the origin itself
@@ -376,8 +391,16 @@ export class SchedulerCore {
     for (const p of task.peers.values()) {
       p.host.send({ failed: { taskId: task.id, error } })
       p.host.peers.delete(task.id)
+      if (p.rawBitmap != null) { p.host.pendingBitmapBytes -= p.rawBitmap.byteLength; p.rawBitmap = undefined }
     }
-    this.tasks.delete(task.id)
+    this.dropTask(task)
+  }
+
+  /** Forget a task and everything queued for it. */
+  private dropTask (task: Task): void {
+    if (this.tasks.get(task.id) === task) this.tasks.delete(task.id)
+    this.pendingDigests.delete(task)
+    this.graceWaiting.delete(task)
   }
 
   private onBadParent (host: Host, taskId: string, parentId: string, reason: string): void {
@@ -488,7 +511,7 @@ export class SchedulerCore {
     const orphans = new Set([...peer.children, ...(task.forest?.remove(peer) ?? [])])
     for (const c of orphans) c.parents.delete(peer)
     peer.children.clear(); peer.parents.clear()
-    if (task.peers.size === 0) { this.tasks.delete(task.id); this.pendingDigests.delete(task); return }
+    if (task.peers.size === 0) { this.dropTask(task); return }
     if (peer.isSource && peer.host.isSeed && !task.covered) this.ensureSource(task)
     for (const c of orphans) this.schedule(c)
   }
@@ -519,9 +542,32 @@ export class Scheduler extends SchedulerCore implements Startable {
     super(init.log, NO_SEED_GRACE_MS, init)
   }
 
+  /** scheduler streams each remote opened in the current minute (MAX_HOST_STREAMS_PER_MINUTE) */
+  private readonly opened = new Map<string, { count: number, since: number }>()
+
+  protected override ban (hostId: string): void {
+    super.ban(hostId)
+    // end its connections: the node's gater (isBanned) refuses new ones until the ban ends
+    for (const conn of this.init.node.getConnections()) if (conn.remotePeer.toString() === hostId) void conn.close().catch(() => {})
+  }
+
   async start (): Promise<void> {
     await this.init.node.handle(SCHEDULER_PROTOCOL, (stream: Stream, conn: Connection) => {
-      void this.serveHost(stream, conn.remotePeer.toString()).catch((err: Error) => {
+      const id = conn.remotePeer.toString()
+      const now = Date.now()
+      let o = this.opened.get(id)
+      if (o == null || now - o.since >= 60_000) {
+        if (this.opened.size >= MAX_BANNED_HOSTS) for (const [k, v] of this.opened) if (now - v.since >= 60_000) this.opened.delete(k)
+        this.opened.set(id, o = { count: 0, since: now })
+      }
+      if (++o.count > MAX_HOST_STREAMS_PER_MINUTE) {
+        this.log.warn('host dropped', { host: id, reason: `more than ${MAX_HOST_STREAMS_PER_MINUTE} scheduler streams in a minute` })
+        const host = this.hosts.get(id)
+        if (host != null) this.dropHost(host, 'stream churn'); else this.ban(id)
+        stream.abort(new Error('refused'))
+        return
+      }
+      void this.serveHost(stream, id).catch((err: Error) => {
         this.log.debug('host stream error', { host: conn.remotePeer.toString(), err: err.message })
       })
     }, { maxInboundStreams: MAX_HOST_STREAMS, runOnLimitedConnection: false })
@@ -540,6 +586,8 @@ export class Scheduler extends SchedulerCore implements Startable {
     let host: Host | undefined
     if (this.isBanned(hostId)) { this.log.debug('dropped host refused', { host: hostId }); channel.close(new Error('refused')); return }
     const keepalive = setInterval(() => { void channel.send({ keepalive: true }) }, KEEPALIVE_INTERVAL_MS)
+    let tokens = REGISTER_BURST
+    let refilled = Date.now()
     try {
       for await (const msg of channel.messages()) {
         if (msg.hello != null) {
@@ -556,6 +604,19 @@ export class Scheduler extends SchedulerCore implements Startable {
         }
         if (host == null) { channel.close(new Error('first message must be hello')); return }
         if (this.hosts.get(hostId) !== host) return // dropped or replaced
+        if (msg.register != null) {
+          // registers cost a task id check and maybe a task: a host gets REGISTER_RATE_PER_SECOND of
+          // them; beyond, its stream is not read (the sender waits on the muxer's window)
+          const now = Date.now()
+          tokens = Math.min(REGISTER_BURST, tokens + (now - refilled) * REGISTER_RATE_PER_SECOND / 1000)
+          refilled = now
+          if (tokens < 1) {
+            await new Promise(resolve => setTimeout(resolve, Math.ceil((1 - tokens) * 1000 / REGISTER_RATE_PER_SECOND)))
+            tokens = 1; refilled = Date.now()
+            if (this.hosts.get(hostId) !== host) return
+          }
+          tokens--
+        }
         if (msg.keepalive === true) continue
         try {
           this.handleMessage(host, msg)

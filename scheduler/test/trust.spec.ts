@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest'
 import { silentLogger, MAX_TASK_PIECES, type SchedulerMessage, type WireHostInfo } from '@guoce/transfer'
 import { credentialHash, taskIdFrom } from '@guoce/content'
-import { SchedulerCore, HOST_OFFENCE_LIMIT, MAX_HOST_TASKS, MAX_HOST_ADDRS, helloProblem, layoutProblem, registerProblem, type Host } from '../src/index.js'
+import { SchedulerCore, HOST_OFFENCE_LIMIT, MAX_HOST_TASKS, MAX_NEW_TASKS_PER_MINUTE, MAX_HOST_ADDRS, helloProblem, layoutProblem, registerProblem, type Host } from '../src/index.js'
 
 const MiB = 1024 * 1024
 const URL_A = 'http://origin/a.bin'
@@ -101,11 +101,24 @@ describe('scheduler trust', () => {
     h.connect('flood')
     for (let i = 0; i <= MAX_HOST_TASKS; i++) {
       const url = `http://origin/${i}`
-      h.send('flood', { register: { taskId: taskIdFrom({ url }), url } })
+      h.send('flood', { register: { taskId: taskIdFrom({ url }), url, completed: true } })
       if (h.closed.has('flood')) break
     }
     expect(h.closed.has('flood')).toBe(true)
     expect(h.core.stats()).toEqual({ hosts: 0, tasks: 0, peers: 0 })
+  })
+
+  it('refuses new tasks above MAX_NEW_TASKS_PER_MINUTE from one host (each costs a seed an origin fetch)', () => {
+    const h = harness()
+    h.connect('seed', 'seed')
+    h.connect('busy')
+    for (let i = 0; i < MAX_NEW_TASKS_PER_MINUTE + 10; i++) {
+      const url = `http://origin/new/${i}`
+      h.send('busy', { register: { taskId: taskIdFrom({ url }), url } })
+    }
+    expect(h.got('seed', 'seed')).toBe(MAX_NEW_TASKS_PER_MINUTE)
+    expect(h.core.tasks.size).toBe(MAX_NEW_TASKS_PER_MINUTE)
+    expect(h.closed.has('busy')).toBe(false)
   })
 
   it('refuses a hello whose addresses or labels would swell every parents message', () => {

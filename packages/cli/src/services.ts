@@ -4,7 +4,7 @@ import { mkdir } from 'node:fs/promises'
 import { InvalidParametersError, type Logger } from '@guoce/interface'
 import { createNode, loadOrCreateKey, loadOrCreateClusterKey, loadOrCreateSeedKey, readClusterKey, readSeedKey, jsonLogger, type Libp2p, type LogLevel, type PieceChannel } from '@guoce/transfer'
 import { openStore } from '@guoce/store'
-import { Scheduler } from '@guoce/scheduler'
+import { Scheduler, SCHEDULER_STREAM_WINDOW_BYTES, SCHEDULER_STREAMS_PER_CONNECTION } from '@guoce/scheduler'
 import { SeedPeer } from '@guoce/seed-peer'
 import { PeerDaemon, buildServer } from '@guoce/peer'
 import type { FastifyInstance } from 'fastify'
@@ -43,8 +43,16 @@ export async function startScheduler (o: Membership & { data: string, listen: st
   }
   const seedKeyPath = join(o.data, 'seed.key')
   const seedKey = await loadOrCreateSeedKey(seedKeyPath)
-  const node = await createNode({ listen: [o.listen], privateKey: await loadOrCreateKey(join(o.data, 'identity.key')), ...(clusterKey != null ? { clusterKey } : {}) })
-  const scheduler = new Scheduler({ node, log: o.log, seedKey, ...(o.chainMaxPeers != null ? { chainMaxPeers: o.chainMaxPeers } : {}) })
+  let scheduler: Scheduler | undefined
+  const node = await createNode({
+    listen: [o.listen],
+    privateKey: await loadOrCreateKey(join(o.data, 'identity.key')),
+    streamWindowBytes: SCHEDULER_STREAM_WINDOW_BYTES,
+    maxStreamsPerConnection: SCHEDULER_STREAMS_PER_CONNECTION,
+    denyPeer: id => scheduler?.isBanned(id) === true,
+    ...(clusterKey != null ? { clusterKey } : {})
+  })
+  scheduler = new Scheduler({ node, log: o.log, seedKey, ...(o.chainMaxPeers != null ? { chainMaxPeers: o.chainMaxPeers } : {}) })
   await scheduler.start()
   return {
     addr: p2pAddr(node), addrs: node.getMultiaddrs().map(a => a.toString()), scheduler, node, clusterKey: clusterKeyPath, seedKey: seedKeyPath,

@@ -169,3 +169,70 @@ export function encodeVarint (n: number): Uint8Array {
 export function lpEncode (msg: Uint8Array): Uint8ArrayList {
   return new Uint8ArrayList(encodeVarint(msg.byteLength), msg)
 }
+
+/** What pausingSource needs of a libp2p stream. */
+interface PausableStream extends EventTarget {
+  readStatus: string
+  pause(): void
+  resume(): void
+}
+
+/**
+ * A stream's incoming bytes as an async iterable that pauses the stream while more than `highWater`
+ * bytes wait to be read, and resumes it when they are down to half: the muxer then stops granting the
+ * sender window, so a sender faster than the reader fills its own buffers, not ours. (A libp2p
+ * stream's own iterator queues without bound.)
+ */
+export function pausingSource (stream: PausableStream, highWater: number): AsyncIterable<Uint8Array | Uint8ArrayList> {
+  return {
+    [Symbol.asyncIterator] () {
+      const queue: Array<Uint8Array | Uint8ArrayList> = []
+      let queued = 0
+      let ended = stream.readStatus !== 'readable' && stream.readStatus !== 'paused'
+      let failure: Error | undefined
+      let wake: (() => void) | undefined
+      const notify = (): void => { const w = wake; wake = undefined; w?.() }
+      const onMessage = (evt: Event): void => {
+        const data = (evt as Event & { data: Uint8Array | Uint8ArrayList }).data
+        queue.push(data)
+        queued += data.byteLength
+        if (queued > highWater && stream.readStatus === 'readable') { try { stream.pause() } catch {} }
+        notify()
+      }
+      const onClose = (evt: Event): void => { ended = true; failure ??= (evt as Event & { error?: Error }).error; notify() }
+      const onRemoteCloseWrite = (): void => { ended = true; notify() }
+      const detach = (): void => {
+        stream.removeEventListener('message', onMessage)
+        stream.removeEventListener('close', onClose)
+        stream.removeEventListener('remoteCloseWrite', onRemoteCloseWrite)
+      }
+      if (!ended) {
+        stream.addEventListener('message', onMessage)
+        stream.addEventListener('close', onClose)
+        stream.addEventListener('remoteCloseWrite', onRemoteCloseWrite)
+      }
+      return {
+        async next (): Promise<IteratorResult<Uint8Array | Uint8ArrayList>> {
+          while (queue.length === 0) {
+            if (ended) {
+              detach()
+              if (failure != null) throw failure
+              return { done: true, value: undefined }
+            }
+            await new Promise<void>(resolve => { wake = resolve })
+          }
+          const value = queue.shift()!
+          queued -= value.byteLength
+          if (queued <= highWater / 2 && stream.readStatus === 'paused') { try { stream.resume() } catch {} }
+          return { done: false, value }
+        },
+        async return (): Promise<IteratorResult<Uint8Array | Uint8ArrayList>> {
+          ended = true
+          detach()
+          queue.length = 0
+          return { done: true, value: undefined }
+        }
+      }
+    }
+  }
+}

@@ -1,8 +1,8 @@
 import type { Stream } from '@libp2p/interface'
 import { Uint8ArrayList } from 'uint8arraylist'
 import { ProtocolError } from '@guoce/interface'
-import { ByteReader, encodeVarint, type ReadBudget } from './bytes.js'
-import { MAX_SCHEDULER_MESSAGE_BYTES, MESSAGE_STALL_TIMEOUT_MS, SCHEDULER_IDLE_TIMEOUT_MS } from './constants.js'
+import { ByteReader, encodeVarint, pausingSource, type ReadBudget } from './bytes.js'
+import { MAX_SCHEDULER_READ_AHEAD_BYTES, MAX_SCHEDULER_MESSAGE_BYTES, MESSAGE_STALL_TIMEOUT_MS, SCHEDULER_IDLE_TIMEOUT_MS } from './constants.js'
 
 /**
  * Length-prefixed protobuf messages both ways over one long-lived stream.
@@ -23,7 +23,7 @@ export class MessageChannel<In, Out> {
     /** shared by every channel of a service: bytes of messages being received (a scheduler's SCHEDULER_READ_BUDGET_BYTES) */
     private readonly budget?: ReadBudget
   ) {
-    this.reader = new ByteReader(stream)
+    this.reader = new ByteReader(pausingSource(stream, MAX_SCHEDULER_READ_AHEAD_BYTES))
   }
 
   private batch: Uint8ArrayList | undefined

@@ -46,7 +46,7 @@ export const DATA_CHANNEL_RECORD_BYTES = 1024 * 1024
 /**
  * Socket buffer (Node's high-water mark, each direction) of a data channel: a parent queues the next
  * piece while the kernel drains the current one, so the pipe never runs dry between pieces.
- * @default 8 MiB
+ * @default 4 MiB
  */
 export const DATA_CHANNEL_BUFFER_BYTES = 8 * 1024 * 1024
 /**
@@ -94,6 +94,17 @@ export const MESSAGE_STALL_TIMEOUT_MS = 10_000
  * Bytes of scheduler messages being received at once, over all hosts: a message whose length does not
  * fit ends its stream. Together with MAX_SCHEDULER_MESSAGE_BYTES and MESSAGE_STALL_TIMEOUT_MS it bounds
  * what half-sent messages can hold, whatever the number of connections.
- * @default 32 MiB
+ * @default 4 MiB
  */
-export const SCHEDULER_READ_BUDGET_BYTES = 32 * 1024 * 1024
+export const SCHEDULER_READ_BUDGET_BYTES = 4 * 1024 * 1024
+/**
+ * Largest write the cluster-key layer (libp2p pnet) encrypts at once (createNode).
+ * @default 256 KiB
+ */
+export const PNET_MAX_WRITE_BYTES = 256 * 1024
+/**
+ * Bytes received on a scheduler stream and not yet read before the stream is paused (pausingSource):
+ * the sender then waits on the muxer's window.
+ * @default 256 KiB
+ */
+export const MAX_SCHEDULER_READ_AHEAD_BYTES = 256 * 1024

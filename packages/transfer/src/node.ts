@@ -9,7 +9,7 @@ import { yamux } from '@chainsafe/libp2p-yamux'
 import { preSharedKey } from '@libp2p/pnet'
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
-import { SOCKET_INACTIVITY_TIMEOUT_MS } from './constants.js'
+import { PNET_MAX_WRITE_BYTES, SOCKET_INACTIVITY_TIMEOUT_MS } from './constants.js'
 
 export type { Libp2p } from 'libp2p'
 
@@ -19,6 +19,39 @@ export interface NodeInit {
   privateKey?: PrivateKey
   /** pre-shared cluster key in the libp2p pnet "swarm.key" format; keeps outsiders off the swarm */
   clusterKey?: Uint8Array
+  /**
+   * Most bytes a remote may send on one stream ahead of what this node read (yamux receive window; at
+   * least 256 KiB). A service that reads only small messages (the scheduler) keeps it small.
+   * @default 16 MiB (yamux's own)
+   */
+  streamWindowBytes?: number
+  /**
+   * Streams a remote may have open on one connection (yamux); each may hold a receive window of data.
+   * @default 1000 (yamux's own)
+   */
+  maxStreamsPerConnection?: number
+  /** refuse an inbound connection from this PeerId once Noise authenticated it (a host the service dropped) */
+  denyPeer?: (peerId: string) => boolean
+}
+
+/**
+ * libp2p pnet under the cluster key, with writes cut to PNET_MAX_WRITE_BYTES: pnet's stream otherwise
+ * hands everything queued on a connection to its (WebAssembly) XSalsa20 at once, and that memory
+ * cannot grow past a few tens of MiB: a backlog of large pieces would kill the process.
+ */
+function clusterProtector (psk: Uint8Array): NonNullable<Parameters<typeof createLibp2p>[0]>['connectionProtector'] {
+  const make = preSharedKey({ psk })
+  return () => {
+    const inner = make()
+    return {
+      [Symbol.toStringTag]: 'guoce/cluster-key',
+      async protect (conn, options) {
+        const protectedConn = await inner.protect(conn, options)
+        ;(protectedConn as unknown as { maxMessageSize?: number }).maxMessageSize = PNET_MAX_WRITE_BYTES
+        return protectedConn
+      }
+    }
+  }
 }
 
 /** A libp2p node with TCP + Noise + yamux, and nothing else (no discovery, no DHT). */
@@ -33,8 +66,13 @@ export async function createNode (init: NodeInit): Promise<Libp2p> {
       listenOpts: { noDelay: true }
     })],
     connectionEncrypters: [noise()],
-    streamMuxers: [yamux({ maxMessageSize: 256 * 1024 })],
-    ...(init.clusterKey != null ? { connectionProtector: preSharedKey({ psk: init.clusterKey }) } : {}),
+    streamMuxers: [yamux({
+      maxMessageSize: 256 * 1024,
+      ...(init.maxStreamsPerConnection != null ? { maxInboundStreams: init.maxStreamsPerConnection } : {}),
+      ...(init.streamWindowBytes != null ? { streamOptions: { initialStreamWindowSize: 256 * 1024, maxStreamWindowSize: Math.max(256 * 1024, init.streamWindowBytes), maxReadBufferLength: 4 * 1024 * 1024, inactivityTimeout: 120_000 } } : {})
+    })],
+    ...(init.clusterKey != null ? { connectionProtector: clusterProtector(init.clusterKey) } : {}),
+    ...(init.denyPeer != null ? { connectionGater: { denyInboundEncryptedConnection: (peer: { toString(): string }) => init.denyPeer!(peer.toString()) } } : {}),
     connectionManager: { maxConnections: 1024, inboundConnectionThreshold: 1000, maxIncomingPendingConnections: 256 },
     connectionMonitor: { enabled: false }
   })

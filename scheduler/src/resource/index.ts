@@ -17,6 +17,8 @@ export class Host {
   /** registers in the current one-minute window, and when that window began (MAX_REGISTERS_PER_MINUTE) */
   registers = 0
   registerWindow = 0
+  /** tasks this host was first to register, needing the origin, in the same window (MAX_NEW_TASKS_PER_MINUTE) */
+  newTasks = 0
   /** bytes of `Peer.rawBitmap` this host's peers hold (MAX_HOST_PENDING_BITMAP_BYTES) */
   pendingBitmapBytes = 0
   /**
