@@ -138,6 +138,7 @@ describe('trust: scheduler and membership', () => {
     // arenas in use), so what follows measures what the attack's size adds
     const warm = await runGuoce(['get', `${origin.url}/g.bin`, '-O', join(out, 'g.bin'), '--daemon', cluster.daemons[0]!.api])
     expect(warm.code, warm.stderr).toBe(0)
+    const cold = (await memory(pid)).rss
     const brush = fixture('hostile-sched-flood.js', [cluster.schedulerAddr, cluster.clusterKey, cluster.seedKey, '3000', '1', '1'])
     expect(await brush.exited).toBe(0)
     await new Promise(resolve => setTimeout(resolve, 2000))
@@ -161,7 +162,7 @@ describe('trust: scheduler and membership', () => {
     let rss = Infinity
     await until(async () => { rss = (await memory(pid)).rss; return rss - baseline <= 32 * MiB }, `scheduler RSS back near its baseline (${baseline} bytes)`, 10_000)
     clearInterval(watch)
-    process.stderr.write(`scheduler memory: baseline ${(baseline / MiB).toFixed(1)} MiB, peak ${(peak / MiB).toFixed(1)} MiB, ${((Date.now() - left) / 1000).toFixed(1)} s after: ${(rss / MiB).toFixed(1)} MiB\n`)
+    process.stderr.write(`scheduler memory: before the brush ${(cold / MiB).toFixed(1)} MiB, baseline ${(baseline / MiB).toFixed(1)} MiB, peak ${(peak / MiB).toFixed(1)} MiB, ${((Date.now() - left) / 1000).toFixed(1)} s after: ${(rss / MiB).toFixed(1)} MiB\n`)
     const r = await runGuoce(['get', `${origin.url}/f.bin`, '-O', join(out, 'f.bin'), '--daemon', cluster.daemons[0]!.api])
     expect(r.code, r.stderr).toBe(0)
     expect(sha(await readFile(join(out, 'f.bin')))).toBe(sha(file))

@@ -2,7 +2,9 @@
  * The seed peer service: a host of type "seed". When the scheduler orders it to seed a task it
  * fetches the origin once, splits it into pieces, hashes each, stores it and announces number +
  * digest as it goes, so children download while the origin transfer still runs.
- * Ownership: `running` maps task id -> the one origin fetch in flight (single-flight).
+ * Ownership: `running` maps task id -> the one origin fetch in flight (single-flight); at most
+ * SEED_CONCURRENT_FETCHES run, SEED_QUEUED_ORDERS more wait in `queued`, later orders are dropped
+ * (warned; the task's peers then go to the origin themselves).
  */
 import type { Libp2p } from 'libp2p'
 import { toErrorInfo, type Logger, type Startable } from '@guoce/interface'
@@ -10,6 +12,13 @@ import type { TaskStore, StoredTask } from '@guoce/store'
 import { credentialHash, taskIdFrom } from '@guoce/content'
 import { SchedulerClient, servePieces, dataChannelFor, hostInfo, ANNOUNCE_BATCH, type PeerMessage, type PieceChannel, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
 import { fillFromSource } from './fetch.js'
+
+/**
+ * Origin fetches a seed runs at once, and seed orders it keeps waiting beyond them.
+ * @default 32, 1024
+ */
+export const SEED_CONCURRENT_FETCHES = 32
+export const SEED_QUEUED_ORDERS = 1024
 
 /** What every swarm host (seed peer or peer daemon) is built from. */
 export interface HostInit {
@@ -80,6 +89,7 @@ export interface SeedStats { originBytes: number, uploadBytes: number, tasks: nu
 export class SeedPeer implements Startable {
   private readonly client: SchedulerClient
   private readonly running = new Map<string, Promise<void>>()
+  private readonly queued = new Map<string, NonNullable<SchedulerMessage['seed']>>()
   private readonly log: Logger
   private pieceServer: PieceServer | undefined
   readonly stats: SeedStats = { originBytes: 0, uploadBytes: 0, tasks: 0 }
@@ -128,8 +138,21 @@ export class SeedPeer implements Startable {
   private onMessage (msg: SchedulerMessage): void {
     if (msg.seed == null) return
     const order = msg.seed
-    if (this.running.has(order.taskId)) return
-    const p = this.seed(order).finally(() => { this.running.delete(order.taskId) })
+    if (this.running.has(order.taskId) || this.queued.has(order.taskId)) return
+    if (this.running.size >= SEED_CONCURRENT_FETCHES) {
+      if (this.queued.size >= SEED_QUEUED_ORDERS) { this.log.warn('seed order dropped: queue full', { task: order.taskId.slice(0, 12) }); return }
+      this.queued.set(order.taskId, order)
+      return
+    }
+    this.run(order)
+  }
+
+  private run (order: NonNullable<SchedulerMessage['seed']>): void {
+    const p = this.seed(order).finally(() => {
+      this.running.delete(order.taskId)
+      const next = this.queued.values().next()
+      if (next.done !== true) { this.queued.delete(next.value.taskId); this.run(next.value) }
+    })
     this.running.set(order.taskId, p)
   }
 
