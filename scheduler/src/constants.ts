@@ -141,10 +141,10 @@ export const MAX_HOST_STREAMS = 2
 export const MAX_TASKS = 16384
 /**
  * yamux receive window of the scheduler's node: what a host may send ahead of what the scheduler read,
- * per stream (createNode streamWindowBytes).
- * @default 1 MiB
+ * per stream (createNode streamWindowBytes; yamux's floor).
+ * @default 256 KiB
  */
-export const SCHEDULER_STREAM_WINDOW_BYTES = 1024 * 1024
+export const SCHEDULER_STREAM_WINDOW_BYTES = 256 * 1024
 /**
  * Registers a host's stream is read at: a token bucket of REGISTER_BURST refilled at this rate; while
  * it is empty the stream is not read. Keeps a flood's garbage (id checks, tasks) to a pace the garbage

@@ -105,6 +105,6 @@ export const PNET_MAX_WRITE_BYTES = 256 * 1024
 /**
  * Bytes received on a scheduler stream and not yet read before the stream is paused (pausingSource):
  * the sender then waits on the muxer's window.
- * @default 256 KiB
+ * @default 64 KiB
  */
-export const MAX_SCHEDULER_READ_AHEAD_BYTES = 256 * 1024
+export const MAX_SCHEDULER_READ_AHEAD_BYTES = 64 * 1024
