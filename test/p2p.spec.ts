@@ -135,7 +135,7 @@ describe('p2p file distribution', () => {
     const file = randomBytes(16 * MiB)
     const { origin, cluster, out } = await setup({ files: { 'f.bin': file }, rate: 16 * MiB, daemons: 1 })
     const url = `${origin.url}/f.bin`
-    const evil = spawn(NODE, [join(ROOT, 'test', 'fixtures', 'evil-peer.js'), cluster.schedulerAddr, url], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const evil = spawn(NODE, [join(ROOT, 'test', 'fixtures', 'evil-peer.js'), cluster.schedulerAddr, url, cluster.clusterKey], { stdio: ['ignore', 'pipe', 'inherit'] })
     cleanups.push(async () => { evil.kill('SIGKILL') })
     let served = 0
     const ready = new Promise<void>(resolve => {

@@ -45,7 +45,7 @@ if (!['peertask', 'primary'].includes(opt['peer-policy'])) {
   process.exit(2)
 }
 const { SchedulerCore } = await import('@guoce/scheduler')
-const { Bitmap } = await import('@guoce/content')
+const { Bitmap, taskIdFrom } = await import('@guoce/content')
 // the child's piece choice is packages/peer's own (built by npm run build)
 const { PiecePolicy } = await import('../../packages/peer/dist/src/peer-task.js')
 const { STARVE_MS } = await import('../../packages/peer/dist/src/constants.js')
@@ -75,7 +75,9 @@ function hostInfo (type, uploadBps, i) {
   }
 }
 const digest = n => { const d = new Uint8Array(32); d[0] = n & 0xff; d[1] = (n >> 8) & 0xff; d[31] = 1; return d }
-const taskIdOf = t => t.toString(16).padStart(64, '0')
+// real task ids: the scheduler refuses a register whose id does not derive from its URL
+const taskIds = new Map()
+const taskIdOf = t => { let id = taskIds.get(t); if (id == null) taskIds.set(t, id = taskIdFrom({ url: `http://origin/${t}` })); return id }
 function percentile (sorted, p) { return sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] }
 function heap () { globalThis.gc(); globalThis.gc(); return process.memoryUsage().heapUsed }
 
@@ -90,7 +92,7 @@ function scale () {
   const core = new SchedulerCore(silentLogger)
   // one seed per 1,000 hosts, as a deployment would have
   const seeds = []
-  for (let i = 0; i < Math.max(1, Math.ceil(H / 1000)); i++) seeds.push(core.connectHost(`seed${i}`, hostInfo('seed', 0, i), sink))
+  for (let i = 0; i < Math.max(1, Math.ceil(H / 1000)); i++) seeds.push(core.connectHost(`seed${i}`, hostInfo('seed', 0, i), sink, { designated: true }))
   const hosts = []
   for (let i = 0; i < H; i++) hosts.push(core.connectHost(`host${i}`, hostInfo('normal', 0, i), sink))
   const lat = []
@@ -204,7 +206,7 @@ function swarm () {
   const DT = 0.02 // the scheduler's announcement interval
   const STARVE_S = STARVE_MS / 1000
   const pieceLen = n => n === P - 1 ? F - PL * (P - 1) : PL
-  const taskId = taskIdOf(0xfeed)
+  const taskId = taskIdFrom({ url: 'http://origin/file' })
   const info = { contentLength: F, pieceLength: PL, pieceCount: P }
 
   const core = new SchedulerCore(silentLogger)
@@ -221,7 +223,7 @@ function swarm () {
       reported: [], uploaded: 0, host: null, dirty: true, wakeAt: Infinity
     }
     node.view = { pieceCount: P, held: node.held, known: () => true, requested: node.requested, parents: node.parents }
-    node.host = core.connectHost(id, hostInfo(type, up, nodes.length), m => deliver(node, m))
+    node.host = core.connectHost(id, hostInfo(type, up, nodes.length), m => deliver(node, m), { designated: type === 'seed' })
     nodes.push(node); byId.set(id, node)
     return node
   }

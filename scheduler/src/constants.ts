@@ -81,3 +81,93 @@ export const STRIPE_BACKUPS = 1
  * @default 16
  */
 export const STRIPE_LEAF_SCAN = 16
+/**
+ * Tasks one host may have registered at a time; one more is a broken bound (the host is dropped).
+ * @default 4096
+ */
+export const MAX_HOST_TASKS = 4096
+/**
+ * Registers one host may send per minute (a fixed one-minute window); more is a broken bound.
+ * A daemon re-registers every task it holds after a reconnect, so this is well above MAX_HOST_TASKS.
+ * @default 8192
+ */
+export const MAX_REGISTERS_PER_MINUTE = 8192
+/**
+ * Refused messages (a register whose id does not derive from its fields, a source claim from a host
+ * that is not a designated seed, a malformed layout) a host may send before it is dropped.
+ * @default 3
+ */
+export const HOST_OFFENCE_LIMIT = 3
+/**
+ * A host dropped for offences or a broken bound is refused this long when it comes back.
+ * @default 60 s
+ */
+export const HOST_BAN_MS = 60_000
+/**
+ * Dropped hosts remembered at once (oldest forgotten first).
+ * @default 4096
+ */
+export const MAX_BANNED_HOSTS = 4096
+/**
+ * Bytes of a register's task reference (url, header names and values, digest, tag, version, credentials).
+ * @default 16 KiB
+ */
+export const MAX_TASK_REF_BYTES = 16 * 1024
+/**
+ * Bitmaps of tasks whose layout is not known yet, kept per host (re-registrations after a restart);
+ * beyond it a host's bitmap is dropped and the host counts as holding nothing until it re-registers.
+ * @default 1 MiB
+ */
+export const MAX_HOST_PENDING_BITMAP_BYTES = 1024 * 1024
+/**
+ * A hello's addresses: at most MAX_HOST_ADDRS of at most MAX_HOST_ADDR_BYTES each; hostname, idc and
+ * location at most MAX_HOST_LABEL_BYTES each. They are relayed to children in every parents message.
+ * @default 16, 256 bytes, 256 bytes
+ */
+export const MAX_HOST_ADDRS = 16
+export const MAX_HOST_ADDR_BYTES = 256
+export const MAX_HOST_LABEL_BYTES = 256
+/**
+ * Inbound /guoce/scheduler/1 streams one connection may hold open (a host needs one; a reconnect may
+ * briefly overlap the old one).
+ * @default 2
+ */
+export const MAX_HOST_STREAMS = 2
+/**
+ * Tasks the scheduler tracks at once, over all hosts; a register of a new task beyond it is refused
+ * (warned, not blamed: the requesting peer goes to the origin itself after SCHEDULER_WAIT_MS).
+ * @default 16384
+ */
+export const MAX_TASKS = 16384
+/**
+ * yamux receive window of the scheduler's node: what a host may send ahead of what the scheduler read,
+ * per stream (createNode streamWindowBytes; yamux's floor).
+ * @default 256 KiB
+ */
+export const SCHEDULER_STREAM_WINDOW_BYTES = 256 * 1024
+/**
+ * Registers a host's stream is read at: a token bucket of REGISTER_BURST refilled at this rate; while
+ * it is empty the stream is not read. Keeps a flood's garbage (id checks, tasks) to a pace the garbage
+ * collector absorbs without growing the heap; a daemon re-registering 4096 tasks takes about 15 s.
+ * @default 256 per second, burst 512
+ */
+export const REGISTER_RATE_PER_SECOND = 256
+export const REGISTER_BURST = 512
+/**
+ * Streams a connection may open to the scheduler's node, all protocols together (yamux); each can hold
+ * a receive window (256 KiB at first) of a host's data.
+ * @default 4
+ */
+export const SCHEDULER_STREAMS_PER_CONNECTION = 4
+/**
+ * Scheduler streams one host may open per minute (a client re-dials with backoff, 100 ms .. 2 s); more
+ * is a broken bound.
+ * @default 20
+ */
+export const MAX_HOST_STREAMS_PER_MINUTE = 20
+/**
+ * New tasks (first registered by this host, not complete) one host may start per minute: each costs a
+ * seed an origin fetch. Beyond, the register is refused (warned); the peer goes to the origin itself.
+ * @default 600
+ */
+export const MAX_NEW_TASKS_PER_MINUTE = 600

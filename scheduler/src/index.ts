@@ -9,7 +9,7 @@
  * const scheduler = new Scheduler({ node, log }); await scheduler.start()
  * ```
  */
-export { Scheduler, SchedulerCore, type SchedulerInit, type SchedulerStats } from './scheduler.js'
+export { Scheduler, SchedulerCore, helloProblem, layoutProblem, registerProblem, type ConnectOptions, type SchedulerInit, type SchedulerStats } from './scheduler.js'
 export * from './constants.js'
 export { evaluate, locationAffinity } from './evaluator/index.js'
 export { selectParents, reaches, mayReach, refuseReason } from './scheduling/index.js'

@@ -2,16 +2,22 @@
  * The scheduler service. One long-lived /guoce/scheduler/1 stream per host; all state is soft.
  * Ownership: `hosts` (by PeerId) own their channels; `tasks` own peers. Announcements (have,
  * digests) are queued and flushed every ANNOUNCE_INTERVAL_MS so a busy swarm sends batches.
+ *
+ * Trust (doc/PROTOCOL.md "Hello", "Register", doc/LIMITS.md): a register is refused unless its task id
+ * derives from its fields (taskIdFrom); only designated seeds (Hello.seed_proof, checked by the network
+ * layer) get seed orders, and only their layouts, piece digests and failures count for other hosts. A
+ * host that breaks a bound is dropped and refused for HOST_BAN_MS; one that sends refused messages is
+ * dropped after HOST_OFFENCE_LIMIT of them. All per-host state goes with the host.
  */
 import type { Libp2p } from 'libp2p'
 import type { Stream, Connection } from '@libp2p/interface'
-import { Bitmap } from '@guoce/content'
+import { Bitmap, MIN_PIECE_LENGTH, credentialHash, isTaskId, taskIdFrom } from '@guoce/content'
 import { type Logger, type ErrorInfo, type Startable } from '@guoce/interface'
-import { MessageChannel, SCHEDULER_PROTOCOL, peerMessage, schedulerMessage, KEEPALIVE_INTERVAL_MS, type PeerMessage, type SchedulerMessage, type WireParent, type WireHostInfo } from '@guoce/transfer'
+import { MessageChannel, SCHEDULER_PROTOCOL, peerMessage, schedulerMessage, verifySeedProof, KEEPALIVE_INTERVAL_MS, ANNOUNCE_BATCH, SCHEDULER_READ_BUDGET_BYTES, readBudget, isBlameless, MAX_CONTENT_BYTES, MAX_PIECE_BYTES, MAX_TASK_PIECES, type PeerMessage, type SchedulerMessage, type WireParent, type WireHostInfo, type WireTaskInfo } from '@guoce/transfer'
 import { Host, Peer, Task } from './resource/index.js'
 import { selectParents } from './scheduling/index.js'
 import { Forest } from './scheduling/forest.js'
-import { ANNOUNCE_INTERVAL_MS, BAD_PARENT_REPORTS, CHAIN_MAX_PEERS, DEFAULT_UPLOAD_SLOTS, MAX_SCHEDULE_RETRIES, MAX_SOURCE_FAILURES, STRIPE_BACKUPS } from './constants.js'
+import { ANNOUNCE_INTERVAL_MS, BAD_PARENT_REPORTS, CHAIN_MAX_PEERS, DEFAULT_UPLOAD_SLOTS, HOST_BAN_MS, HOST_OFFENCE_LIMIT, MAX_BANNED_HOSTS, MAX_HOST_ADDRS, MAX_HOST_ADDR_BYTES, MAX_HOST_LABEL_BYTES, MAX_HOST_PENDING_BITMAP_BYTES, MAX_HOST_STREAMS, MAX_HOST_TASKS, MAX_REGISTERS_PER_MINUTE, MAX_SCHEDULE_RETRIES, MAX_SOURCE_FAILURES, MAX_TASK_REF_BYTES, MAX_TASKS, MAX_HOST_STREAMS_PER_MINUTE, MAX_NEW_TASKS_PER_MINUTE, REGISTER_BURST, REGISTER_RATE_PER_SECOND, STRIPE_BACKUPS } from './constants.js'
 import { createHash } from 'node:crypto'
 
 /**
@@ -24,7 +30,62 @@ export const NO_SEED_GRACE_MS = 5_000
 /** Errors of the origin itself: retrying elsewhere cannot help, so the task fails for everyone. */
 const TERMINAL_ERRORS = new Set(['OriginStatusError', 'ContentLengthMismatchError', 'OriginTimeoutError', 'InvalidUrlError', 'DigestMismatchError'])
 
-export interface SchedulerInit extends SchedulerOptions { node: Libp2p, log: Logger }
+export interface SchedulerInit extends SchedulerOptions {
+  node: Libp2p
+  log: Logger
+  /** the seed key (`<data>/seed.key`): a hello of type seed is a designated seed only with a proof under it */
+  seedKey?: Uint8Array
+}
+
+/** Options of SchedulerCore.connectHost. */
+export interface ConnectOptions {
+  /** ends the host's stream (called when the host is replaced or dropped) */
+  close?: () => void
+  /** the host proved it holds the seed key; decided by the network layer (a simulator says so itself) */
+  designated?: boolean
+}
+
+/** Why a layout is refused, or undefined when it is sound (doc/LIMITS.md "Layouts"). */
+export function layoutProblem (info: WireTaskInfo): string | undefined {
+  const { contentLength: cl, pieceLength: pl, pieceCount: pc } = info
+  if (!Number.isSafeInteger(cl) || cl < 0 || cl > MAX_CONTENT_BYTES) return `content length ${cl} outside [0, ${MAX_CONTENT_BYTES}]`
+  if (!Number.isSafeInteger(pl) || pl < MIN_PIECE_LENGTH || pl > MAX_PIECE_BYTES) return `piece length ${pl} outside [${MIN_PIECE_LENGTH}, ${MAX_PIECE_BYTES}]`
+  if (pc !== (cl === 0 ? 0 : Math.ceil(cl / pl))) return `piece count ${pc} is not ceil(${cl} / ${pl})`
+  if (pc > MAX_TASK_PIECES) return `piece count ${pc} above ${MAX_TASK_PIECES}`
+  return undefined
+}
+
+/** Why a register is refused, or undefined when its task id derives from its fields. */
+export function registerProblem (reg: NonNullable<PeerMessage['register']>): string | undefined {
+  if (!isTaskId(reg.taskId)) return 'malformed task id'
+  const headers = reg.headers ?? {}
+  let refBytes = reg.url.length + (reg.digest?.length ?? 0) + (reg.tag?.length ?? 0) + (reg.version?.length ?? 0) + (reg.credentials?.length ?? 0)
+  for (const [k, v] of Object.entries(headers)) refBytes += k.length + v.length
+  if (refBytes > MAX_TASK_REF_BYTES) return `task reference of ${refBytes} bytes above ${MAX_TASK_REF_BYTES}`
+  try {
+    const credentials = reg.credentials != null && reg.credentials !== '' ? reg.credentials : undefined
+    if (Object.keys(headers).length > 0 && credentialHash({ url: reg.url, headers }) !== credentials) return 'headers do not hash to the credentials'
+    if (taskIdFrom({ url: reg.url, digest: reg.digest, tag: reg.tag, version: reg.version, credentials }) !== reg.taskId) return 'task id does not derive from url, digest, tag, version and credentials'
+  } catch (err) {
+    return `malformed task reference: ${(err as Error).message}`
+  }
+  return undefined
+}
+
+/** Why a hello's host info is refused (it is relayed to other hosts), or undefined. */
+export function helloProblem (info: WireHostInfo): string | undefined {
+  if ((info.addrs ?? []).length > MAX_HOST_ADDRS) return `more than ${MAX_HOST_ADDRS} addresses`
+  if ((info.addrs ?? []).some(a => a.byteLength > MAX_HOST_ADDR_BYTES)) return `an address above ${MAX_HOST_ADDR_BYTES} bytes`
+  for (const label of [info.hostname, info.idc, info.location, info.type]) if ((label?.length ?? 0) > MAX_HOST_LABEL_BYTES) return `a label above ${MAX_HOST_LABEL_BYTES} bytes`
+  return undefined
+}
+
+/** Split numbers (and their digests) into announcement batches of ANNOUNCE_BATCH. */
+function * batches (numbers: number[], digests?: Uint8Array[]): Generator<{ numbers: number[], digests: Uint8Array[] }> {
+  for (let i = 0; i < numbers.length; i += ANNOUNCE_BATCH) {
+    yield { numbers: numbers.slice(i, i + ANNOUNCE_BATCH), digests: digests?.slice(i, i + ANNOUNCE_BATCH) ?? [] }
+  }
+}
 
 export interface SchedulerOptions {
   /** peers (besides the source) up to which a task stays one chain; more switch it to striped trees @default CHAIN_MAX_PEERS */
@@ -45,9 +106,13 @@ export class SchedulerCore {
   private readonly pendingDigests = new Map<Task, number[]>()
 
   private readonly graceUntil: number
+  /** tasks waiting for the restart grace to end (one timer for all; a task that goes leaves the set) */
   private readonly graceWaiting = new Set<Task>()
+  private graceTimer: NodeJS.Timeout | undefined
 
   private readonly chainMaxPeers: number
+  /** hosts dropped for offences or a broken bound -> refused until (ms); oldest first (MAX_BANNED_HOSTS) */
+  private readonly banned = new Map<string, number>()
 
   constructor (log: Logger, noSeedGraceMs = NO_SEED_GRACE_MS, opts: SchedulerOptions = {}) {
     this.log = log.child({ component: 'scheduler' })
@@ -55,14 +120,50 @@ export class SchedulerCore {
     this.chainMaxPeers = opts.chainMaxPeers ?? CHAIN_MAX_PEERS
   }
 
-  /** A host said hello. A second hello from the same id replaces the first connection. */
-  connectHost (hostId: string, info: WireHostInfo, sink: (msg: SchedulerMessage) => void, close?: () => void): Host {
+  /**
+   * A host said hello. A second hello from the same id replaces the first connection. Only a host the
+   * caller marks `designated` is a seed; a hello of type seed without it joins as a normal host.
+   */
+  connectHost (hostId: string, info: WireHostInfo, sink: (msg: SchedulerMessage) => void, opts: ConnectOptions = {}): Host {
     const old = this.hosts.get(hostId)
     if (old != null) { this.removeHost(old); old.close() }
-    const host = new Host(hostId, { ...info, uploadSlots: info.uploadSlots > 0 ? info.uploadSlots : DEFAULT_UPLOAD_SLOTS, idc: info.idc ?? '', location: info.location ?? '', load: info.load ?? 0, addrs: info.addrs ?? [] }, sink, close)
+    const designated = opts.designated === true
+    if (info.type === 'seed' && !designated) this.log.warn('hello of type seed without a valid seed proof; joined as a normal host', { host: hostId })
+    const host = new Host(hostId, { ...info, type: designated ? 'seed' : 'normal', uploadSlots: info.uploadSlots > 0 ? info.uploadSlots : DEFAULT_UPLOAD_SLOTS, idc: info.idc ?? '', location: info.location ?? '', load: info.load ?? 0, addrs: (info.addrs ?? []).map(a => new Uint8Array(a)) }, sink, opts.close, designated)
     this.hosts.set(hostId, host)
     this.log.info('host joined', { host: hostId, type: host.info.type })
     return host
+  }
+
+  /** true while `hostId` is refused after being dropped (HOST_BAN_MS) */
+  isBanned (hostId: string): boolean {
+    const until = this.banned.get(hostId)
+    if (until == null) return false
+    if (until > Date.now()) return true
+    this.banned.delete(hostId)
+    return false
+  }
+
+  /** A refused message: warned, counted; HOST_OFFENCE_LIMIT of them drop the host. */
+  private offence (host: Host, reason: string, fields: Record<string, unknown> = {}): void {
+    host.offences++
+    this.log.warn('refused message from host', { host: host.id, reason, offences: host.offences, ...fields })
+    if (host.offences >= HOST_OFFENCE_LIMIT) this.dropHost(host, `${host.offences} refused messages`)
+  }
+
+  /** Drop a host that broke a bound or offended too often; it is refused for HOST_BAN_MS. */
+  dropHost (host: Host, reason: string): void {
+    this.log.warn('host dropped', { host: host.id, reason })
+    this.ban(host.id)
+    this.disconnectHost(host)
+    host.close()
+  }
+
+  /** Refuse `hostId` for HOST_BAN_MS (the network layer also ends its connections). */
+  protected ban (hostId: string): void {
+    this.banned.delete(hostId)
+    this.banned.set(hostId, Date.now() + HOST_BAN_MS)
+    if (this.banned.size > MAX_BANNED_HOSTS) this.banned.delete(this.banned.keys().next().value!)
   }
 
   /** The host's stream ended. */
@@ -78,6 +179,7 @@ export class SchedulerCore {
 
   /** One message from a connected host. */
   handleMessage (host: Host, msg: PeerMessage): void {
+    if (this.hosts.get(host.id) !== host) return // dropped or replaced: what it still sends is moot
     if (msg.register != null) this.onRegister(host, msg.register)
     else if (msg.sourceInfo != null) this.onSourceInfo(host, msg.sourceInfo.taskId, msg.sourceInfo.info)
     else if (msg.pieceDone != null) this.onPieceDone(host, msg.pieceDone.taskId, msg.pieceDone.numbers ?? [], msg.pieceDone.digests ?? [])
@@ -88,12 +190,29 @@ export class SchedulerCore {
   }
 
   private onRegister (host: Host, reg: NonNullable<PeerMessage['register']>): void {
+    const now = Date.now()
+    if (now - host.registerWindow >= 60_000) { host.registerWindow = now; host.registers = 0; host.newTasks = 0 }
+    if (++host.registers > MAX_REGISTERS_PER_MINUTE) { this.dropHost(host, `more than ${MAX_REGISTERS_PER_MINUTE} registers in a minute`); return }
+    const problem = registerProblem(reg)
+    if (problem != null) { this.offence(host, problem, { task: reg.taskId.slice(0, 12), url: reg.url.slice(0, 200) }); return }
+    let peer = host.peers.get(reg.taskId)
+    if (peer == null && host.peers.size >= MAX_HOST_TASKS) { this.dropHost(host, `more than ${MAX_HOST_TASKS} tasks registered`); return }
     let task = this.tasks.get(reg.taskId)
+    const headers = reg.headers ?? {}
     if (task == null) {
-      task = new Task(reg.taskId, { url: reg.url, headers: reg.headers ?? {}, ...(reg.digest != null && reg.digest !== '' ? { digest: reg.digest } : {}), ...(reg.tag != null && reg.tag !== '' ? { tag: reg.tag } : {}) })
+      if (this.tasks.size >= MAX_TASKS) { this.log.warn('task table full; register refused', { host: host.id, tasks: this.tasks.size }); return }
+      // a new task that needs its origin costs a seed's work: a host may start MAX_NEW_TASKS_PER_MINUTE
+      if (reg.completed !== true && ++host.newTasks > MAX_NEW_TASKS_PER_MINUTE) {
+        this.log.warn('new tasks above the per-host rate; register refused', { host: host.id, task: reg.taskId.slice(0, 12) })
+        return
+      }
+      task = new Task(reg.taskId, { url: reg.url, headers, ...(reg.digest != null && reg.digest !== '' ? { digest: reg.digest } : {}), ...(reg.tag != null && reg.tag !== '' ? { tag: reg.tag } : {}), ...(reg.version != null && reg.version !== '' ? { version: reg.version } : {}) })
       this.tasks.set(task.id, task)
+    } else if (Object.keys(task.ref.headers ?? {}).length === 0 && Object.keys(headers).length > 0) {
+      // the task was first named without its headers (a re-registration from a store): take them now
+      // (they hash to the task's credentials, registerProblem checked)
+      task.ref = { ...task.ref, headers }
     }
-    let peer = task.peers.get(host.id)
     if (peer == null) {
       peer = new Peer(host, task)
       task.peers.set(host.id, peer)
@@ -101,22 +220,34 @@ export class SchedulerCore {
     }
     peer.state = reg.completed === true ? 'succeeded' : 'running'
     if (host.isSeed) peer.isSource = true
+    const bitmap = reg.bitmap != null && reg.bitmap.length > 0 ? reg.bitmap : undefined
     if (task.info != null) {
       if (peer.bitmap != null) task.peerGone(peer) // a re-registration may hold less than before
-      peer.bitmap = new Bitmap(task.info.pieceCount, reg.bitmap != null && reg.bitmap.length > 0 ? reg.bitmap : undefined)
+      const fits = bitmap == null || bitmap.length === Math.ceil(task.info.pieceCount / 8)
+      if (!fits) this.log.warn('register bitmap of the wrong length; ignored', { host: host.id, task: task.id.slice(0, 12), bytes: bitmap.length })
+      peer.bitmap = new Bitmap(task.info.pieceCount, fits ? bitmap : undefined)
       this.sendTaskState(peer)
       if (peer.state === 'running' && !peer.isSource) this.schedule(peer)
       return
     }
-    if (reg.bitmap != null && reg.bitmap.length > 0) peer.rawBitmap = reg.bitmap
+    if (peer.rawBitmap != null) { host.pendingBitmapBytes -= peer.rawBitmap.byteLength; peer.rawBitmap = undefined }
+    if (bitmap != null && bitmap.length <= Math.ceil(MAX_TASK_PIECES / 8) && host.pendingBitmapBytes + bitmap.length <= MAX_HOST_PENDING_BITMAP_BYTES) {
+      peer.rawBitmap = new Uint8Array(bitmap) // a copy: a view would keep the whole received message alive
+      host.pendingBitmapBytes += bitmap.length
+    }
     if (peer.isSource) return // a seed re-registering: its source info follows
+    if (peer.state === 'succeeded') return // holds it all: nobody needs the origin until someone asks
     this.ensureSource(task, peer)
   }
 
-  /** Make sure someone is fetching the task from its origin. */
+  /**
+   * Make sure a designated seed is fetching the task from its origin. With none (after the restart
+   * grace), `asking`, or else every running peer, fetches the origin on its own: what a normal host
+   * reports of the origin (layout, digests) is never relayed to others.
+   */
   private ensureSource (task: Task, asking?: Peer): void {
-    for (const p of task.peers.values()) if (p.isSource && p.state !== 'failed' && p.state !== 'left') return
-    if (task.seeding != null && this.hosts.has(task.seeding)) return
+    for (const p of task.peers.values()) if (p.isSource && p.host.isSeed && p.state !== 'failed' && p.state !== 'left') return
+    if (task.seeding != null && this.hosts.get(task.seeding)?.isSeed === true) return
     const seeds = [...this.hosts.values()].filter(h => h.isSeed)
     if (seeds.length > 0) {
       // rendezvous hashing: the same task goes to the same seed while the seed set is stable
@@ -129,23 +260,23 @@ export class SchedulerCore {
     const wait = this.graceUntil - Date.now()
     if (wait > 0) {
       // seeds may still be reconnecting after a scheduler restart: look again when the grace ends
-      if (!this.graceWaiting.has(task)) {
-        this.graceWaiting.add(task)
-        setTimeout(() => { this.graceWaiting.delete(task); if (this.tasks.get(task.id) === task) this.ensureSource(task) }, wait).unref()
-      }
+      this.graceWaiting.add(task)
+      this.graceTimer ??= setTimeout(() => {
+        const waiting = [...this.graceWaiting]
+        this.graceWaiting.clear()
+        for (const t of waiting) if (this.tasks.get(t.id) === t) this.ensureSource(t)
+      }, wait).unref()
       return
     }
-    // no seed peer: the peer with the most pieces (or the one asking) goes to the origin itself
-    let best = asking
-    for (const p of task.peers.values()) {
-      if (p.state === 'failed' || p.state === 'left') continue
-      if (best == null || (p.bitmap?.count ?? 0) > (best.bitmap?.count ?? 0)) best = p
+    // no designated seed: each peer that needs the content goes to the origin itself
+    const targets = asking != null ? [asking] : [...task.peers.values()]
+    for (const p of targets) {
+      if (p.isSource || p.state !== 'running') continue
+      p.isSource = true
+      p.state = 'back-to-source'
+      this.log.info('back-to-source ordered', { task: task.id.slice(0, 12), peer: p.id, reason: 'no seed peer' })
+      p.host.send({ backToSource: { taskId: task.id, reason: 'no seed peer available' } })
     }
-    if (best == null) return
-    best.isSource = true
-    best.state = 'back-to-source'
-    this.log.info('back-to-source ordered', { task: task.id.slice(0, 12), peer: best.id, reason: 'no seed peer' })
-    best.host.send({ backToSource: { taskId: task.id, reason: 'no seed peer available' } })
   }
 
   private sendTaskState (peer: Peer): void {
@@ -154,16 +285,23 @@ export class SchedulerCore {
     peer.host.send({ taskInfo: { taskId: task.id, info: task.info } })
     const numbers: number[] = []; const digests: Uint8Array[] = []
     task.digests.forEach((d, i) => { if (d != null) { numbers.push(i); digests.push(d) } })
-    if (numbers.length > 0) peer.host.send({ digests: { taskId: task.id, numbers, digests } })
+    for (const b of batches(numbers, digests)) peer.host.send({ digests: { taskId: task.id, ...b } })
   }
 
-  private onSourceInfo (host: Host, taskId: string, info: { contentLength: number, pieceLength: number, pieceCount: number }): void {
+  private onSourceInfo (host: Host, taskId: string, info: WireTaskInfo): void {
     const task = this.tasks.get(taskId)
     const peer = task?.peers.get(host.id)
-    if (task == null || peer == null || !peer.isSource) {
-      this.log.warn('source info from a peer that is not a source; ignored', { host: host.id, task: taskId.slice(0, 12) })
+    if (!host.isSeed) {
+      // a normal host sent back to source announces its layout for itself; anyone else is lying
+      if (peer?.isSource !== true) this.offence(host, 'source info from a host that is not a designated seed', { task: taskId.slice(0, 12) })
       return
     }
+    if (task == null || peer == null || !peer.isSource) {
+      this.log.warn('source info from a seed that is not the task\'s source; ignored', { host: host.id, task: taskId.slice(0, 12) })
+      return
+    }
+    const problem = layoutProblem(info)
+    if (problem != null) { this.offence(host, `malformed layout: ${problem}`, { task: taskId.slice(0, 12) }); return }
     if (task.info != null) {
       if (task.info.contentLength !== info.contentLength || task.info.pieceLength !== info.pieceLength) {
         this.log.warn('conflicting source info; ignored', { host: host.id, task: taskId.slice(0, 12) })
@@ -184,12 +322,14 @@ export class SchedulerCore {
     if (task?.info == null || peer == null) return
     peer.bitmap ??= new Bitmap(task.info.pieceCount)
     const fresh: number[] = []
+    // only a designated seed's digests are relayed; a normal host's are its own business
+    const trusted = peer.isSource && host.isSeed
     numbers.forEach((n, i) => {
       if (n >= task.info!.pieceCount) return
       if (peer.bitmap!.set(n)) fresh.push(n)
       const d = digests[i]
-      if (peer.isSource && d != null && d.length === 32 && task.digests[n] == null) {
-        task.digests[n] = d
+      if (trusted && d != null && d.length === 32 && task.digests[n] == null) {
+        task.digests[n] = new Uint8Array(d) // a copy: a view would keep the whole received message alive
         let q = this.pendingDigests.get(task)
         if (q == null) this.pendingDigests.set(task, q = [])
         q.push(n)
@@ -207,17 +347,21 @@ export class SchedulerCore {
   /** Send batched have/digest announcements. */
   flushAnnouncements (): void {
     for (const [task, numbers] of this.pendingDigests) {
-      const digests = numbers.map(n => task.digests[n]!)
-      for (const p of task.peers.values()) {
-        if (p.isSource && p.state !== 'running') continue
-        p.host.send({ digests: { taskId: task.id, numbers, digests } })
+      if (this.tasks.get(task.id) !== task) continue
+      for (const b of batches(numbers, numbers.map(n => task.digests[n]!))) {
+        for (const p of task.peers.values()) {
+          if (p.isSource && p.state !== 'running') continue
+          p.host.send({ digests: { taskId: task.id, ...b } })
+        }
       }
     }
     this.pendingDigests.clear()
-    for (const [peer, numbers] of this.pendingHave) {
-      const have = { have: { taskId: peer.task.id, peerId: peer.id, numbers } }
-      for (const child of peer.children) child.host.send(have)
-      if (peer.task.forest != null) for (const child of peer.task.forest.children(peer)) child.host.send(have)
+    for (const [peer, all] of this.pendingHave) {
+      for (const { numbers } of batches(all)) {
+        const have = { have: { taskId: peer.task.id, peerId: peer.id, numbers } }
+        for (const child of peer.children) child.host.send(have)
+        if (peer.task.forest != null) for (const child of peer.task.forest.children(peer)) child.host.send(have)
+      }
     }
     this.pendingHave.clear()
   }
@@ -232,13 +376,14 @@ export class SchedulerCore {
       return
     }
     this.log.info('peer failed', { task: taskId.slice(0, 12), peer: host.id, err: error?.message })
-    if (peer.isSource && error != null && (TERMINAL_ERRORS.has(error.name) || ++task.sourceFailures >= MAX_SOURCE_FAILURES)) {
+    // only a designated seed's failure speaks for the origin; a normal host's failure removes that host alone
+    if (peer.isSource && host.isSeed && error != null && (TERMINAL_ERRORS.has(error.name) || ++task.sourceFailures >= MAX_SOURCE_FAILURES)) {
       this.failTask(task, error)
       return
     }
     if (task.seeding === host.id) task.seeding = undefined
     this.removePeer(peer, 'failed')
-    if (peer.isSource && !task.covered) this.ensureSource(task)
+    if (peer.isSource && host.isSeed && !task.covered && this.tasks.get(task.id) === task) this.ensureSource(task)
   }
 
   private failTask (task: Task, error: ErrorInfo): void {
@@ -246,8 +391,16 @@ export class SchedulerCore {
     for (const p of task.peers.values()) {
       p.host.send({ failed: { taskId: task.id, error } })
       p.host.peers.delete(task.id)
+      if (p.rawBitmap != null) { p.host.pendingBitmapBytes -= p.rawBitmap.byteLength; p.rawBitmap = undefined }
     }
-    this.tasks.delete(task.id)
+    this.dropTask(task)
+  }
+
+  /** Forget a task and everything queued for it. */
+  private dropTask (task: Task): void {
+    if (this.tasks.get(task.id) === task) this.tasks.delete(task.id)
+    this.pendingDigests.delete(task)
+    this.graceWaiting.delete(task)
   }
 
   private onBadParent (host: Host, taskId: string, parentId: string, reason: string): void {
@@ -255,9 +408,9 @@ export class SchedulerCore {
     const child = task?.peers.get(host.id)
     const parent = task?.peers.get(parentId)
     if (child == null) return
-    this.log.warn('parent blamed', { task: taskId.slice(0, 12), child: host.id, parent: parentId, reason })
-    child.blamed.add(parentId)
+    this.log.warn('parent blamed', { task: taskId.slice(0, 12), child: host.id, parent: parentId.slice(0, 64), reason: reason.slice(0, 200) })
     if (parent != null) {
+      child.blamed.add(parentId)
       parent.reportedBy.add(host.id)
       child.parents.delete(parent)
       parent.children.delete(child)
@@ -352,13 +505,14 @@ export class SchedulerCore {
     task.peers.delete(peer.id)
     task.peerGone(peer)
     peer.host.peers.delete(task.id)
+    if (peer.rawBitmap != null) { peer.host.pendingBitmapBytes -= peer.rawBitmap.byteLength; peer.rawBitmap = undefined }
     this.pendingHave.delete(peer)
     for (const p of peer.parents) p.children.delete(peer)
     const orphans = new Set([...peer.children, ...(task.forest?.remove(peer) ?? [])])
     for (const c of orphans) c.parents.delete(peer)
     peer.children.clear(); peer.parents.clear()
-    if (task.peers.size === 0) { this.tasks.delete(task.id); return }
-    if (peer.isSource && !task.covered) this.ensureSource(task)
+    if (task.peers.size === 0) { this.dropTask(task); return }
+    if (peer.isSource && peer.host.isSeed && !task.covered) this.ensureSource(task)
     for (const c of orphans) this.schedule(c)
   }
 
@@ -381,17 +535,42 @@ function usableStripeParent (child: Peer, p: Peer): boolean {
 /** The scheduler service: SchedulerCore behind /guoce/scheduler/1 streams. */
 export class Scheduler extends SchedulerCore implements Startable {
   private timer: NodeJS.Timeout | undefined
+  /** bytes of messages being received over all streams (SCHEDULER_READ_BUDGET_BYTES) */
+  readonly readBudget = readBudget(SCHEDULER_READ_BUDGET_BYTES)
 
   constructor (private readonly init: SchedulerInit) {
     super(init.log, NO_SEED_GRACE_MS, init)
   }
 
+  /** scheduler streams each remote opened in the current minute (MAX_HOST_STREAMS_PER_MINUTE) */
+  private readonly opened = new Map<string, { count: number, since: number }>()
+
+  protected override ban (hostId: string): void {
+    super.ban(hostId)
+    // end its connections: the node's gater (isBanned) refuses new ones until the ban ends
+    for (const conn of this.init.node.getConnections()) if (conn.remotePeer.toString() === hostId) void conn.close().catch(() => {})
+  }
+
   async start (): Promise<void> {
     await this.init.node.handle(SCHEDULER_PROTOCOL, (stream: Stream, conn: Connection) => {
-      void this.serveHost(stream, conn.remotePeer.toString()).catch((err: Error) => {
+      const id = conn.remotePeer.toString()
+      const now = Date.now()
+      let o = this.opened.get(id)
+      if (o == null || now - o.since >= 60_000) {
+        if (this.opened.size >= MAX_BANNED_HOSTS) for (const [k, v] of this.opened) if (now - v.since >= 60_000) this.opened.delete(k)
+        this.opened.set(id, o = { count: 0, since: now })
+      }
+      if (++o.count > MAX_HOST_STREAMS_PER_MINUTE) {
+        this.log.warn('host dropped', { host: id, reason: `more than ${MAX_HOST_STREAMS_PER_MINUTE} scheduler streams in a minute` })
+        const host = this.hosts.get(id)
+        if (host != null) this.dropHost(host, 'stream churn'); else this.ban(id)
+        stream.abort(new Error('refused'))
+        return
+      }
+      void this.serveHost(stream, id).catch((err: Error) => {
         this.log.debug('host stream error', { host: conn.remotePeer.toString(), err: err.message })
       })
-    }, { maxInboundStreams: 4, runOnLimitedConnection: false })
+    }, { maxInboundStreams: MAX_HOST_STREAMS, runOnLimitedConnection: false })
     this.timer = setInterval(() => { this.flushAnnouncements() }, ANNOUNCE_INTERVAL_MS)
     this.timer.unref()
   }
@@ -403,16 +582,41 @@ export class Scheduler extends SchedulerCore implements Startable {
   }
 
   private async serveHost (stream: Stream, hostId: string): Promise<void> {
-    const channel = new MessageChannel<PeerMessage, SchedulerMessage>(stream, m => schedulerMessage.encode(m), b => peerMessage.decode(b))
+    const channel = new MessageChannel<PeerMessage, SchedulerMessage>(stream, m => schedulerMessage.encode(m), b => peerMessage.decode(b), this.readBudget)
     let host: Host | undefined
+    if (this.isBanned(hostId)) { this.log.debug('dropped host refused', { host: hostId }); channel.close(new Error('refused')); return }
     const keepalive = setInterval(() => { void channel.send({ keepalive: true }) }, KEEPALIVE_INTERVAL_MS)
+    let tokens = REGISTER_BURST
+    let refilled = Date.now()
     try {
       for await (const msg of channel.messages()) {
         if (msg.hello != null) {
-          host = this.connectHost(hostId, msg.hello.host, m => { void channel.send(m) }, () => { channel.close() })
+          if (host != null) { this.dropHost(host, 'second hello on one stream'); return }
+          const problem = helloProblem(msg.hello.host)
+          if (problem != null) { this.log.warn('hello refused', { host: hostId, reason: problem }); channel.close(new Error('hello refused')); return }
+          // the seed proof is checked against the PeerId Noise authenticated, never against what the hello says
+          const designated = msg.hello.host.type === 'seed' && this.init.seedKey != null &&
+            verifySeedProof(this.init.seedKey, this.init.node.peerId.toString(), hostId, msg.hello.seedProof)
+          const h = host = this.connectHost(hostId, msg.hello.host, m => {
+            try { void channel.send(m) } catch (err) { this.log.error('message to host not sent', { host: hostId, err: (err as Error).message }) }
+          }, { close: () => { channel.close(new Error('dropped')); if (this.hosts.get(h.id) === h) this.disconnectHost(h) }, designated })
           continue
         }
         if (host == null) { channel.close(new Error('first message must be hello')); return }
+        if (this.hosts.get(hostId) !== host) return // dropped or replaced
+        if (msg.register != null) {
+          // registers cost a task id check and maybe a task: a host gets REGISTER_RATE_PER_SECOND of
+          // them; beyond, its stream is not read (the sender waits on the muxer's window)
+          const now = Date.now()
+          tokens = Math.min(REGISTER_BURST, tokens + (now - refilled) * REGISTER_RATE_PER_SECOND / 1000)
+          refilled = now
+          if (tokens < 1) {
+            await new Promise(resolve => setTimeout(resolve, Math.ceil((1 - tokens) * 1000 / REGISTER_RATE_PER_SECOND)))
+            tokens = 1; refilled = Date.now()
+            if (this.hosts.get(hostId) !== host) return
+          }
+          tokens--
+        }
         if (msg.keepalive === true) continue
         try {
           this.handleMessage(host, msg)
@@ -420,6 +624,14 @@ export class Scheduler extends SchedulerCore implements Startable {
           this.log.error('message handler failed', { host: hostId, err: (err as Error).message })
         }
       }
+    } catch (err) {
+      // a broken bound of the stream itself (message size, stall deadline, undecodable message) drops
+      // and blames the host; a silent stream (idle deadline) or a broken connection only ends it
+      const e = err as Error
+      const broken = e.name === 'ProtocolError' && !isBlameless(e)
+      if (broken && host != null && this.hosts.get(hostId) === host) this.dropHost(host, e.message)
+      else channel.close(e)
+      throw err
     } finally {
       clearInterval(keepalive)
       if (host != null) this.disconnectHost(host)

@@ -1,10 +1,11 @@
 import { describe, it, expect } from 'vitest'
 import { silentLogger, type SchedulerMessage, type WireHostInfo } from '@guoce/transfer'
-import { Bitmap } from '@guoce/content'
+import { Bitmap, taskIdFrom } from '@guoce/content'
 import { SchedulerCore, evaluate, locationAffinity, reaches, type Host } from '../src/index.js'
 
-const TASK = 'a'.repeat(64)
 const URL = 'http://origin/f.bin'
+const TASK = taskIdFrom({ url: URL })
+const MiB = 1024 * 1024
 
 function hostInfo (type: 'normal' | 'seed' = 'normal', extra: Partial<WireHostInfo> = {}): WireHostInfo {
   return { type, uploadSlots: 8, uploadBps: 0, idc: '', location: '', addrs: [], hostname: '', load: 0, ...extra }
@@ -16,7 +17,7 @@ function harness () {
   const hosts = new Map<string, Host>()
   const connect = (id: string, info = hostInfo()): Host => {
     inbox.set(id, [])
-    const h = core.connectHost(id, info, m => { inbox.get(id)!.push(m) })
+    const h = core.connectHost(id, info, m => { inbox.get(id)!.push(m) }, { designated: info.type === 'seed' })
     hosts.set(id, h)
     return h
   }
@@ -29,7 +30,7 @@ function harness () {
   return { core, inbox, connect, send, last }
 }
 
-const info = { contentLength: 10 * 1024, pieceLength: 1024, pieceCount: 10 }
+const info = { contentLength: 10 * MiB, pieceLength: MiB, pieceCount: 10 }
 const digest = (n: number): Uint8Array => new Uint8Array(32).fill(n + 1)
 
 describe('scheduler', () => {
@@ -105,14 +106,32 @@ describe('scheduler', () => {
     expect(h.last('c3', 'parents')!.parents.map(p => p.peerId)).not.toContain('bad')
   })
 
-  it('sends a peer back to source when there is no seed, and fails the task on an origin error', () => {
+  it('sends each peer back to source on its own when there is no seed; a normal peer\'s failure fails only that peer', () => {
     const h = harness()
     h.connect('p1'); h.connect('p2')
     h.send('p1', { register: { taskId: TASK, url: URL } })
     expect(h.last('p1', 'backToSource')?.taskId).toBe(TASK)
     h.send('p2', { register: { taskId: TASK, url: URL } })
+    expect(h.last('p2', 'backToSource')?.taskId).toBe(TASK)
+    // a normal host's layout and digests are its own: nothing is relayed
+    h.send('p1', { sourceInfo: { taskId: TASK, info } })
+    h.send('p1', { pieceDone: { taskId: TASK, numbers: [0], digests: [digest(0)] } })
+    h.core.flushAnnouncements()
+    expect(h.last('p2', 'taskInfo')).toBeUndefined()
+    expect(h.last('p2', 'digests')).toBeUndefined()
     h.send('p1', { result: { taskId: TASK, success: false, error: { name: 'OriginStatusError', code: 'ERR_ORIGIN_STATUS', message: 'origin returned HTTP 404', status: 404 } } })
-    expect(h.last('p2', 'failed')?.error.status).toBe(404)
+    expect(h.last('p2', 'failed')).toBeUndefined()
+    expect(h.core.tasks.get(TASK)?.peers.has('p2')).toBe(true)
+  })
+
+  it('fails the task for everyone on a designated seed\'s origin error', () => {
+    const h = harness()
+    h.connect('seed', hostInfo('seed'))
+    h.connect('p1')
+    h.send('p1', { register: { taskId: TASK, url: URL } })
+    h.send('seed', { register: { taskId: TASK, url: URL } })
+    h.send('seed', { result: { taskId: TASK, success: false, error: { name: 'OriginStatusError', code: 'ERR_ORIGIN_STATUS', message: 'origin returned HTTP 404', status: 404 } } })
+    expect(h.last('p1', 'failed')?.error.status).toBe(404)
     expect(h.core.tasks.has(TASK)).toBe(false)
   })
 
@@ -138,7 +157,7 @@ describe('scheduler', () => {
     core.handleMessage(p1, { register: { taskId: TASK, url: URL } })
     expect(box.find(m => m.backToSource != null)).toBeUndefined()
     const seedBox: SchedulerMessage[] = []
-    core.connectHost('seed', hostInfo('seed'), m => { seedBox.push(m) })
+    core.connectHost('seed', hostInfo('seed'), m => { seedBox.push(m) }, { designated: true })
     await new Promise(resolve => setTimeout(resolve, 300))
     expect(seedBox.find(m => m.seed != null)?.seed?.taskId).toBe(TASK)
     expect(box.find(m => m.backToSource != null)).toBeUndefined()

@@ -1,11 +1,12 @@
 import { describe, it, expect } from 'vitest'
 import { silentLogger, schedulerMessage, type SchedulerMessage, type WireHostInfo } from '@guoce/transfer'
-import { Bitmap } from '@guoce/content'
+import { Bitmap, taskIdFrom } from '@guoce/content'
 import { SchedulerCore, CHAIN_MAX_PEERS, MAX_CYCLE_WALK, MAX_SCHEDULE_RETRIES, STRIPE_COUNT, mayReach, reaches, type Host, type Peer, type Task } from '../src/index.js'
 
-const TASK = 'b'.repeat(64)
 const URL = 'http://origin/big.bin'
-const info = { contentLength: 64 * 1024, pieceLength: 1024, pieceCount: 64 }
+const TASK = taskIdFrom({ url: URL })
+const MiB = 1024 * 1024
+const info = { contentLength: 64 * MiB, pieceLength: MiB, pieceCount: 64 }
 
 function hostInfo (type: 'normal' | 'seed' = 'normal'): WireHostInfo {
   return { type, uploadSlots: 8, uploadBps: 0, idc: '', location: '', addrs: [], hostname: '', load: 0 }
@@ -18,7 +19,7 @@ function swarm (n: number) {
   const hosts = new Map<string, Host>()
   const connect = (id: string, type: 'normal' | 'seed' = 'normal'): void => {
     inbox.set(id, [])
-    hosts.set(id, core.connectHost(id, hostInfo(type), m => { inbox.get(id)!.push(m) }))
+    hosts.set(id, core.connectHost(id, hostInfo(type), m => { inbox.get(id)!.push(m) }, { designated: type === 'seed' }))
   }
   const send = (id: string, msg: Parameters<SchedulerCore['handleMessage']>[1]): void => { core.handleMessage(hosts.get(id)!, msg) }
   const parents = (id: string): string[] | undefined => {

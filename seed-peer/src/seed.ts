@@ -2,13 +2,23 @@
  * The seed peer service: a host of type "seed". When the scheduler orders it to seed a task it
  * fetches the origin once, splits it into pieces, hashes each, stores it and announces number +
  * digest as it goes, so children download while the origin transfer still runs.
- * Ownership: `running` maps task id -> the one origin fetch in flight (single-flight).
+ * Ownership: `running` maps task id -> the one origin fetch in flight (single-flight); at most
+ * SEED_CONCURRENT_FETCHES run, SEED_QUEUED_ORDERS more wait in `queued`, later orders are dropped
+ * (warned; the task's peers then go to the origin themselves).
  */
 import type { Libp2p } from 'libp2p'
 import { toErrorInfo, type Logger, type Startable } from '@guoce/interface'
 import type { TaskStore, StoredTask } from '@guoce/store'
-import { SchedulerClient, servePieces, dataChannelFor, hostInfo, type PeerMessage, type PieceChannel, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
+import { credentialHash, taskIdFrom } from '@guoce/content'
+import { SchedulerClient, servePieces, dataChannelFor, hostInfo, ANNOUNCE_BATCH, type PeerMessage, type PieceChannel, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
 import { fillFromSource } from './fetch.js'
+
+/**
+ * Origin fetches a seed runs at once, and seed orders it keeps waiting beyond them.
+ * @default 32, 1024
+ */
+export const SEED_CONCURRENT_FETCHES = 32
+export const SEED_QUEUED_ORDERS = 1024
 
 /** What every swarm host (seed peer or peer daemon) is built from. */
 export interface HostInit {
@@ -29,7 +39,38 @@ export interface HostInit {
   pieceChannel?: PieceChannel
 }
 
-export type SeedPeerInit = HostInit
+export interface SeedPeerInit extends HostInit {
+  /**
+   * The scheduler's seed key (`guoce seed --seed-key`): hello carries a proof under it, which makes this
+   * host a designated seed. Without it the scheduler treats the host as a normal one (no seed orders).
+   */
+  seedKey?: Uint8Array
+}
+
+/**
+ * The register fields of a stored task: its reference as kept in the store's meta (doc/PROTOCOL.md
+ * "Register"); undefined when the task id does not derive from them (a task stored under an older id
+ * scheme), which the scheduler would refuse.
+ */
+export function registerRef (t: StoredTask): { url: string, headers: Record<string, string>, digest?: string, tag?: string, version?: string, credentials?: string } | undefined {
+  const m = t.meta
+  const url = m.url ?? ''
+  let credentials = m.credentials
+  try {
+    credentials ??= credentialHash({ url, headers: m.headers })
+    if (taskIdFrom({ url, digest: m.digest, tag: m.tag, version: m.version, credentials }) !== t.taskId) return undefined
+  } catch {
+    return undefined
+  }
+  return {
+    url,
+    headers: m.headers ?? {},
+    ...(m.digest != null ? { digest: m.digest } : {}),
+    ...(m.tag != null ? { tag: m.tag } : {}),
+    ...(m.version != null && m.version !== '' ? { version: m.version } : {}),
+    ...(credentials != null ? { credentials } : {})
+  }
+}
 
 /** Serve every piece the host's store holds, over the host's piece channel. */
 export async function serveStore (init: HostInit, onUpload: (bytes: number) => void): Promise<PieceServer> {
@@ -48,6 +89,7 @@ export interface SeedStats { originBytes: number, uploadBytes: number, tasks: nu
 export class SeedPeer implements Startable {
   private readonly client: SchedulerClient
   private readonly running = new Map<string, Promise<void>>()
+  private readonly queued = new Map<string, NonNullable<SchedulerMessage['seed']>>()
   private readonly log: Logger
   private pieceServer: PieceServer | undefined
   readonly stats: SeedStats = { originBytes: 0, uploadBytes: 0, tasks: 0 }
@@ -59,6 +101,7 @@ export class SeedPeer implements Startable {
       scheduler: init.scheduler,
       log: init.log,
       host: () => hostInfo(init.node, { type: 'seed', uploadSlots: init.uploadSlots ?? 16, idc: init.idc, location: init.location }),
+      ...(init.seedKey != null ? { seedKey: init.seedKey } : {}),
       onMessage: (m) => { this.onMessage(m) },
       onConnect: async () => { await this.announceAll() }
     })
@@ -81,44 +124,65 @@ export class SeedPeer implements Startable {
     for (const id of await this.init.store.list()) {
       const t = await this.init.store.get(id).catch(() => null)
       if (t == null) continue
-      this.announce(t, t.meta.url ?? '')
+      this.announce(t)
     }
   }
 
-  private announce (t: StoredTask, url: string): void {
-    this.client.send({ register: { taskId: t.taskId, url, headers: t.meta.headers ?? {}, bitmap: t.bitmap.bytes, completed: t.complete, ...(t.meta.digest != null ? { digest: t.meta.digest } : {}) } })
+  private announce (t: StoredTask): void {
+    const ref = registerRef(t)
+    if (ref == null) { this.log.warn('stored task under an id its reference does not give; not announced', { task: t.taskId.slice(0, 12) }); return }
+    this.client.send({ register: { taskId: t.taskId, ...ref, bitmap: t.bitmap.bytes, completed: t.complete } })
     announceHeld(m => this.client.send(m), t)
   }
 
   private onMessage (msg: SchedulerMessage): void {
     if (msg.seed == null) return
     const order = msg.seed
-    if (this.running.has(order.taskId)) return
-    const p = this.seed(order).finally(() => { this.running.delete(order.taskId) })
+    if (this.running.has(order.taskId) || this.queued.has(order.taskId)) return
+    if (this.running.size >= SEED_CONCURRENT_FETCHES) {
+      if (this.queued.size >= SEED_QUEUED_ORDERS) { this.log.warn('seed order dropped: queue full', { task: order.taskId.slice(0, 12) }); return }
+      this.queued.set(order.taskId, order)
+      return
+    }
+    this.run(order)
+  }
+
+  private run (order: NonNullable<SchedulerMessage['seed']>): void {
+    const p = this.seed(order).finally(() => {
+      this.running.delete(order.taskId)
+      const next = this.queued.values().next()
+      if (next.done !== true) { this.queued.delete(next.value.taskId); this.run(next.value) }
+    })
     this.running.set(order.taskId, p)
   }
 
   private async seed (order: NonNullable<SchedulerMessage['seed']>): Promise<void> {
     const { taskId } = order
-    const ref = { url: order.url, headers: order.headers ?? {}, ...(order.digest != null && order.digest !== '' ? { digest: order.digest } : {}) }
+    const tagged = {
+      ...(order.digest != null && order.digest !== '' ? { digest: order.digest } : {}),
+      ...(order.tag != null && order.tag !== '' ? { tag: order.tag } : {}),
+      ...(order.version != null && order.version !== '' ? { version: order.version } : {})
+    }
+    const ref = { url: order.url, headers: order.headers ?? {}, ...tagged }
+    const credentials = credentialHash(ref)
     const existing = await this.init.store.get(taskId).catch(() => null)
-    if (existing?.complete === true) { this.announce(existing, order.url); return }
+    if (existing?.complete === true) { this.announce(existing); return }
     this.log.info('seeding', { task: taskId.slice(0, 12), url: order.url })
     this.stats.tasks++
-    this.client.send({ register: { taskId, url: order.url, headers: ref.headers, ...(ref.digest != null ? { digest: ref.digest } : {}) } })
+    this.client.send({ register: { taskId, ...ref, ...(credentials != null ? { credentials } : {}) } })
     try {
       const task = await fillFromSource({
         store: this.init.store,
         taskId,
         ref,
-        meta: { url: order.url, headers: ref.headers, ...(ref.digest != null ? { digest: ref.digest } : {}) },
+        meta: { ...ref, ...(credentials != null ? { credentials } : {}) },
         ...(existing != null ? { task: existing } : {}),
         timeoutMs: this.init.originTimeoutMs,
         onInfo: (info) => { this.client.send({ sourceInfo: { taskId, info } }) },
         onPiece: (n, digest) => { this.client.send({ pieceDone: { taskId, numbers: [n], digests: [digest] } }) },
         onBytes: (n) => { this.stats.originBytes += n }
       })
-      if (existing != null) this.announce(task, order.url)
+      if (existing != null) this.announce(task)
       this.client.send({ result: { taskId, success: true } })
       this.log.info('seeded', { task: taskId.slice(0, 12), bytes: task.info.contentLength })
     } catch (err) {
@@ -130,9 +194,15 @@ export class SeedPeer implements Startable {
   }
 }
 
-/** As a source: announce a task's layout and the digest of every piece held (after a (re)registration). */
+/**
+ * As a source: announce a task's layout and the digest of every piece held (after a (re)registration),
+ * in messages of ANNOUNCE_BATCH pieces (the scheduler refuses messages above MAX_SCHEDULER_MESSAGE_BYTES).
+ */
 export function announceHeld (send: (msg: PeerMessage) => unknown, t: StoredTask): void {
-  send({ sourceInfo: { taskId: t.taskId, info: t.info } })
-  const numbers = [...t.bitmap.present()]
-  if (numbers.length > 0) send({ pieceDone: { taskId: t.taskId, numbers, digests: numbers.map(n => t.digests[n]!) } })
+  send({ sourceInfo: { taskId: t.taskId, info: { contentLength: t.info.contentLength, pieceLength: t.info.pieceLength, pieceCount: t.info.pieceCount } } })
+  const all = [...t.bitmap.present()]
+  for (let i = 0; i < all.length; i += ANNOUNCE_BATCH) {
+    const numbers = all.slice(i, i + ANNOUNCE_BATCH)
+    send({ pieceDone: { taskId: t.taskId, numbers, digests: numbers.map(n => t.digests[n]!) } })
+  }
 }

@@ -21,28 +21,39 @@ Commands:
 Every command takes --help and --json. Logs are JSON lines on stderr (GUOCE_LOG=debug|info|warn|error).
 `
 
-const SCHEDULER_USAGE = `Usage: guoce scheduler [--listen MULTIADDR] [--data DIR] [--chain-max-peers N] [--json]
+const SCHEDULER_USAGE = `Usage: guoce scheduler [--listen MULTIADDR] [--data DIR] [--cluster-key FILE | --open] [--chain-max-peers N] [--json]
 
   --listen MULTIADDR   where to listen (default /ip4/0.0.0.0/tcp/65003)
-  --data DIR           identity key lives here, so the PeerId survives restarts (default $GUOCE_HOME/scheduler)
+  --data DIR           identity key, cluster.key and seed.key live here (default $GUOCE_HOME/scheduler)
+  --cluster-key FILE   cluster key to use instead of <data>/cluster.key (created on first start)
+  --open               no cluster key: any node that reaches the port may join (warned)
   --chain-max-peers N  peers of a task that form one chain; a bigger swarm gets striped trees (default 16)
-Prints the multiaddr it listens on, with /p2p/PEERID.
+Prints the multiaddr it listens on, with /p2p/PEERID, and the paths of the cluster key and the seed key.
 `
-const SEED_USAGE = `Usage: guoce seed --scheduler MULTIADDR [--data DIR] [--listen MULTIADDR] [--origin-timeout 30s] [--quota SIZE] [--piece-channel M] [--json]
+const SEED_USAGE = `Usage: guoce seed --scheduler MULTIADDR (--cluster-key FILE | --open) [--seed-key FILE] [--data DIR] [--listen MULTIADDR]
+                  [--origin-timeout 30s] [--quota SIZE] [--piece-channel M] [--json]
+
+  --cluster-key FILE   the scheduler's cluster.key (needed to connect to any node of the cluster)
+  --open               the cluster is open (scheduler --open)
+  --seed-key FILE      the scheduler's seed.key: makes this a designated seed (else it joins as a normal host)
 `
-const DAEMON_USAGE = `Usage: guoce daemon --scheduler MULTIADDR [--data DIR] [--api HOST:PORT] [--listen MULTIADDR]
+const DAEMON_USAGE = `Usage: guoce daemon --scheduler MULTIADDR (--cluster-key FILE | --open) [--data DIR] [--api HOST:PORT] [--listen MULTIADDR]
                     [--origin-timeout 30s] [--idc NAME] [--location A|B|C] [--quota SIZE] [--piece-channel M] [--json]
+
+  --cluster-key FILE   the scheduler's cluster.key (needed to connect to any node of the cluster)
+  --open               the cluster is open (scheduler --open)
 
   --api HOST:PORT      local API (default 127.0.0.1:65001); keep it on loopback
   --quota SIZE         most task data kept (e.g. 50GiB); least recently used tasks are evicted
   --piece-channel M    secure (default: AES-256-GCM direct TCP channel keyed over Noise) | stream (the
                        Noise-secured libp2p stream) | integrity (clear bytes, still sha256-verified; opt-in)
 `
-const UP_USAGE = `Usage: guoce up [--data DIR] [--api HOST:PORT] [--listen-host IP] [--scheduler-port N] [--origin-timeout 30s] [--quota SIZE] [--piece-channel M] [--json]
+const UP_USAGE = `Usage: guoce up [--data DIR] [--api HOST:PORT] [--listen-host IP] [--scheduler-port N] [--open] [--origin-timeout 30s] [--quota SIZE] [--piece-channel M] [--json]
 
 Runs a scheduler, a seed peer and a peer daemon in one process on embedded defaults, data under
---data (default $GUOCE_HOME or ~/.guoce). Prints its endpoints; other machines join with
-  guoce daemon --scheduler <scheduler multiaddr>
+--data (default $GUOCE_HOME or ~/.guoce); the seed and the daemon use the scheduler's cluster key and
+seed key (--open: no cluster key). Prints its endpoints; other machines join with
+  guoce daemon --scheduler <scheduler multiaddr> --cluster-key <copy of the cluster key>
 and \`guoce get --daemon <api>\` downloads through it.
 `
 
@@ -71,29 +82,32 @@ export async function main (argv: string[]): Promise<number | undefined> {
     case 'get': return await (await import('./get.js')).get(rest)
     case 'image': return await (await import('./image.js')).image(rest)
     case 'scheduler': {
-      const { values: v } = parse(rest, { listen: { type: 'string' }, data: { type: 'string' }, 'chain-max-peers': { type: 'string' } })
+      const { values: v } = parse(rest, { listen: { type: 'string' }, data: { type: 'string' }, 'chain-max-peers': { type: 'string' }, 'cluster-key': { type: 'string' }, open: { type: 'boolean' } })
       if (v.help === true) { process.stdout.write(SCHEDULER_USAGE); return 0 }
       const json = v.json === true
-      const s = await startScheduler({ data: (v.data as string | undefined) ?? join(defaultHome(), 'scheduler'), listen: (v.listen as string | undefined) ?? '/ip4/0.0.0.0/tcp/65003', log: logger(json, 'info'), chainMaxPeers: count(v['chain-max-peers'] as string | undefined, '--chain-max-peers') })
-      out(json, { event: 'ready', service: 'scheduler', addr: s.addr, addrs: s.addrs }, `scheduler listening on ${s.addrs.join(' ')}`)
+      const s = await startScheduler({ data: (v.data as string | undefined) ?? join(defaultHome(), 'scheduler'), listen: (v.listen as string | undefined) ?? '/ip4/0.0.0.0/tcp/65003', log: logger(json, 'info'), chainMaxPeers: count(v['chain-max-peers'] as string | undefined, '--chain-max-peers'), clusterKey: v['cluster-key'] as string | undefined, open: v.open === true })
+      out(json, { event: 'ready', service: 'scheduler', addr: s.addr, addrs: s.addrs, clusterKey: s.clusterKey ?? null, seedKey: s.seedKey },
+        `scheduler listening on ${s.addrs.join(' ')}\n  cluster key  ${s.clusterKey ?? '(none: open cluster)'}\n  seed key     ${s.seedKey}`)
       return await runUntilSignal([s])
     }
     case 'seed': {
-      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' } })
+      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' }, 'cluster-key': { type: 'string' }, open: { type: 'boolean' }, 'seed-key': { type: 'string' } })
       if (v.help === true) { process.stdout.write(SEED_USAGE); return 0 }
       if (typeof v.scheduler !== 'string') throw new InvalidParametersError('--scheduler MULTIADDR is required')
       const json = v.json === true
-      const s = await startSeed({ data: (v.data as string | undefined) ?? join(defaultHome(), 'seed'), listen: (v.listen as string | undefined) ?? '/ip4/0.0.0.0/tcp/0', scheduler: v.scheduler, log: logger(json, 'info'), originTimeoutMs: durationMs(v['origin-timeout'] as string | undefined, '--origin-timeout'), quotaBytes: sizeBytes(v.quota as string | undefined, '--quota'), pieceChannel: pieceChannel(v['piece-channel'] as string | undefined) })
+      const s = await startSeed({ clusterKey: v['cluster-key'] as string | undefined, open: v.open === true, seedKey: v['seed-key'] as string | undefined, data: (v.data as string | undefined) ?? join(defaultHome(), 'seed'), listen: (v.listen as string | undefined) ?? '/ip4/0.0.0.0/tcp/0', scheduler: v.scheduler, log: logger(json, 'info'), originTimeoutMs: durationMs(v['origin-timeout'] as string | undefined, '--origin-timeout'), quotaBytes: sizeBytes(v.quota as string | undefined, '--quota'), pieceChannel: pieceChannel(v['piece-channel'] as string | undefined) })
       await s.seed.ready
       out(json, { event: 'ready', service: 'seed', peerId: s.node.peerId.toString(), addrs: s.node.getMultiaddrs().map(String) }, `seed peer ${s.node.peerId.toString()} joined ${v.scheduler}`)
       return await runUntilSignal([s])
     }
     case 'daemon': {
-      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, api: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, idc: { type: 'string' }, location: { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' } })
+      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, api: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, idc: { type: 'string' }, location: { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' }, 'cluster-key': { type: 'string' }, open: { type: 'boolean' } })
       if (v.help === true) { process.stdout.write(DAEMON_USAGE); return 0 }
       if (typeof v.scheduler !== 'string') throw new InvalidParametersError('--scheduler MULTIADDR is required')
       const json = v.json === true
       const d = await startDaemon({
+        clusterKey: v['cluster-key'] as string | undefined,
+        open: v.open === true,
         data: (v.data as string | undefined) ?? join(defaultHome(), 'daemon'),
         listen: (v.listen as string | undefined) ?? '/ip4/0.0.0.0/tcp/0',
         scheduler: v.scheduler,
@@ -109,7 +123,7 @@ export async function main (argv: string[]): Promise<number | undefined> {
       return await runUntilSignal([d])
     }
     case 'up': {
-      const { values: v } = parse(rest, { data: { type: 'string' }, api: { type: 'string' }, 'listen-host': { type: 'string' }, 'scheduler-port': { type: 'string' }, 'origin-timeout': { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' } })
+      const { values: v } = parse(rest, { data: { type: 'string' }, api: { type: 'string' }, 'listen-host': { type: 'string' }, 'scheduler-port': { type: 'string' }, 'origin-timeout': { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' }, open: { type: 'boolean' } })
       if (v.help === true) { process.stdout.write(UP_USAGE); return 0 }
       const json = v.json === true
       const data = (v.data as string | undefined) ?? defaultHome()
@@ -118,14 +132,17 @@ export async function main (argv: string[]): Promise<number | undefined> {
       const originTimeoutMs = durationMs(v['origin-timeout'] as string | undefined, '--origin-timeout')
       const quotaBytes = sizeBytes(v.quota as string | undefined, '--quota')
       const channel = pieceChannel(v['piece-channel'] as string | undefined)
-      const sched = await startScheduler({ data: join(data, 'scheduler'), listen: `/ip4/${host}/tcp/${(v['scheduler-port'] as string | undefined) ?? '65003'}`, log })
-      const seed = await startSeed({ data: join(data, 'seed'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, log, originTimeoutMs, quotaBytes, pieceChannel: channel })
-      const daemon = await startDaemon({ data: join(data, 'daemon'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, api: hostPort((v.api as string | undefined) ?? '127.0.0.1:65001', '--api'), log, originTimeoutMs, quotaBytes, pieceChannel: channel })
+      const open = v.open === true
+      const sched = await startScheduler({ data: join(data, 'scheduler'), listen: `/ip4/${host}/tcp/${(v['scheduler-port'] as string | undefined) ?? '65003'}`, log, open })
+      const membership = open ? { open } : { clusterKey: sched.clusterKey }
+      const seed = await startSeed({ ...membership, seedKey: sched.seedKey, data: join(data, 'seed'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, log, originTimeoutMs, quotaBytes, pieceChannel: channel })
+      const daemon = await startDaemon({ ...membership, data: join(data, 'daemon'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, api: hostPort((v.api as string | undefined) ?? '127.0.0.1:65001', '--api'), log, originTimeoutMs, quotaBytes, pieceChannel: channel })
       await seed.seed.ready
       await daemon.daemon.client.ready
-      out(json, { event: 'ready', service: 'up', scheduler: sched.addr, schedulerAddrs: sched.addrs, api: daemon.apiUrl, data },
-        `guoce up\n  scheduler  ${sched.addrs.join('\n             ')}\n  api        ${daemon.apiUrl}\n  data       ${data}\n` +
-        `join:  guoce daemon --scheduler ${sched.addr}\nget:   guoce get --daemon ${daemon.apiUrl} URL -O FILE`)
+      out(json, { event: 'ready', service: 'up', scheduler: sched.addr, schedulerAddrs: sched.addrs, api: daemon.apiUrl, data, clusterKey: sched.clusterKey ?? null, seedKey: sched.seedKey },
+        `guoce up\n  scheduler    ${sched.addrs.join('\n               ')}\n  api          ${daemon.apiUrl}\n  data         ${data}\n` +
+        `  cluster key  ${sched.clusterKey ?? '(none: open cluster)'}\n  seed key     ${sched.seedKey}\n` +
+        `join:  guoce daemon --scheduler ${sched.addr} ${open ? '--open' : '--cluster-key <copy of the cluster key>'}\nget:   guoce get --daemon ${daemon.apiUrl} URL -O FILE`)
       return await runUntilSignal([sched, seed, daemon])
     }
     default:

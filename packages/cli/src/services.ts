@@ -1,10 +1,10 @@
 /** Wiring of the long-running services; the CLI commands and `guoce up` share it. */
 import { join } from 'node:path'
 import { mkdir } from 'node:fs/promises'
-import type { Logger } from '@guoce/interface'
-import { createNode, loadOrCreateKey, jsonLogger, type Libp2p, type LogLevel, type PieceChannel } from '@guoce/transfer'
+import { InvalidParametersError, type Logger } from '@guoce/interface'
+import { createNode, loadOrCreateKey, loadOrCreateClusterKey, loadOrCreateSeedKey, readClusterKey, readSeedKey, jsonLogger, type Libp2p, type LogLevel, type PieceChannel } from '@guoce/transfer'
 import { openStore } from '@guoce/store'
-import { Scheduler } from '@guoce/scheduler'
+import { Scheduler, SCHEDULER_STREAM_WINDOW_BYTES, SCHEDULER_STREAMS_PER_CONNECTION } from '@guoce/scheduler'
 import { SeedPeer } from '@guoce/seed-peer'
 import { PeerDaemon, buildServer, listenApi } from '@guoce/peer'
 import type { FastifyInstance } from 'fastify'
@@ -16,29 +16,66 @@ function p2pAddr (node: Libp2p, prefer = '127.0.0.1'): string {
   return addrs.find(a => a.includes(`/ip4/${prefer}/`)) ?? addrs[0] ?? ''
 }
 
-export async function startScheduler (o: { data: string, listen: string, log: Logger, chainMaxPeers?: number | undefined }): Promise<Running & { addr: string, addrs: string[], scheduler: Scheduler, node: Libp2p }> {
+/**
+ * How a node gets into the cluster: the cluster key file, or `open` (no key: anyone may connect).
+ * Seeds and daemons must say one of the two; the scheduler creates `<data>/cluster.key` when given neither.
+ */
+export interface Membership { clusterKey?: string | undefined, open?: boolean | undefined }
+
+/** The cluster key bytes for createNode, or undefined for an open node (warned); throws without either. */
+export async function clusterKeyOf (o: Membership, log: Logger, service: string): Promise<Uint8Array | undefined> {
+  if (o.clusterKey != null && o.open === true) throw new InvalidParametersError('--cluster-key and --open exclude each other')
+  if (o.clusterKey != null) return await readClusterKey(o.clusterKey)
+  if (o.open === true) { log.warn('open cluster: no cluster key, any node that can reach this one may connect', { service }); return undefined }
+  throw new InvalidParametersError(`${service} needs --cluster-key FILE (the scheduler's cluster.key) or --open`)
+}
+
+export async function startScheduler (o: Membership & { data: string, listen: string, log: Logger, chainMaxPeers?: number | undefined }): Promise<Running & { addr: string, addrs: string[], scheduler: Scheduler, node: Libp2p, clusterKey: string | undefined, seedKey: string }> {
   await mkdir(o.data, { recursive: true })
-  const node = await createNode({ listen: [o.listen], privateKey: await loadOrCreateKey(join(o.data, 'identity.key')) })
-  const scheduler = new Scheduler({ node, log: o.log, ...(o.chainMaxPeers != null ? { chainMaxPeers: o.chainMaxPeers } : {}) })
+  let clusterKey: Uint8Array | undefined
+  let clusterKeyPath: string | undefined
+  if (o.open === true || o.clusterKey != null) {
+    clusterKey = await clusterKeyOf(o, o.log, 'scheduler')
+    clusterKeyPath = o.clusterKey
+  } else {
+    clusterKeyPath = join(o.data, 'cluster.key')
+    clusterKey = await loadOrCreateClusterKey(clusterKeyPath)
+  }
+  const seedKeyPath = join(o.data, 'seed.key')
+  const seedKey = await loadOrCreateSeedKey(seedKeyPath)
+  let scheduler: Scheduler | undefined
+  const node = await createNode({
+    listen: [o.listen],
+    privateKey: await loadOrCreateKey(join(o.data, 'identity.key')),
+    streamWindowBytes: SCHEDULER_STREAM_WINDOW_BYTES,
+    maxStreamsPerConnection: SCHEDULER_STREAMS_PER_CONNECTION,
+    denyPeer: id => scheduler?.isBanned(id) === true,
+    ...(clusterKey != null ? { clusterKey } : {})
+  })
+  scheduler = new Scheduler({ node, log: o.log, seedKey, ...(o.chainMaxPeers != null ? { chainMaxPeers: o.chainMaxPeers } : {}) })
   await scheduler.start()
   return {
-    addr: p2pAddr(node), addrs: node.getMultiaddrs().map(a => a.toString()), scheduler, node,
+    addr: p2pAddr(node), addrs: node.getMultiaddrs().map(a => a.toString()), scheduler, node, clusterKey: clusterKeyPath, seedKey: seedKeyPath,
     stop: async () => { await scheduler.stop(); await node.stop() }
   }
 }
 
-export async function startSeed (o: { pieceChannel?: PieceChannel | undefined, quotaBytes?: number | undefined, data: string, listen: string, scheduler: string, log: Logger, originTimeoutMs?: number | undefined }): Promise<Running & { seed: SeedPeer, node: Libp2p }> {
+export async function startSeed (o: Membership & { seedKey?: string | undefined, pieceChannel?: PieceChannel | undefined, quotaBytes?: number | undefined, data: string, listen: string, scheduler: string, log: Logger, originTimeoutMs?: number | undefined }): Promise<Running & { seed: SeedPeer, node: Libp2p }> {
+  const clusterKey = await clusterKeyOf(o, o.log, 'seed')
+  const seedKey = o.seedKey != null ? await readSeedKey(o.seedKey) : undefined
+  if (seedKey == null) o.log.warn('no --seed-key: the scheduler treats this seed as a normal host (no seed orders)', {})
   await mkdir(o.data, { recursive: true })
-  const node = await createNode({ listen: [o.listen], privateKey: await loadOrCreateKey(join(o.data, 'identity.key')) })
+  const node = await createNode({ listen: [o.listen], privateKey: await loadOrCreateKey(join(o.data, 'identity.key')), ...(clusterKey != null ? { clusterKey } : {}) })
   const store = await openStore({ dir: o.data, ...(o.quotaBytes != null ? { quotaBytes: o.quotaBytes } : {}) })
-  const seed = new SeedPeer({ node, store, scheduler: o.scheduler, log: o.log, ...(o.pieceChannel != null ? { pieceChannel: o.pieceChannel } : {}), ...(o.originTimeoutMs != null ? { originTimeoutMs: o.originTimeoutMs } : {}) })
+  const seed = new SeedPeer({ node, store, scheduler: o.scheduler, log: o.log, ...(seedKey != null ? { seedKey } : {}), ...(o.pieceChannel != null ? { pieceChannel: o.pieceChannel } : {}), ...(o.originTimeoutMs != null ? { originTimeoutMs: o.originTimeoutMs } : {}) })
   await seed.start()
   return { seed, node, stop: async () => { await seed.stop(); await store.close(); await node.stop() } }
 }
 
-export async function startDaemon (o: { pieceChannel?: PieceChannel | undefined, quotaBytes?: number | undefined, data: string, listen: string, scheduler: string, api: { host: string, port: number }, log: Logger, originTimeoutMs?: number | undefined, idc?: string | undefined, location?: string | undefined }): Promise<Running & { daemon: PeerDaemon, apiUrl: string, app: FastifyInstance, node: Libp2p }> {
+export async function startDaemon (o: Membership & { pieceChannel?: PieceChannel | undefined, quotaBytes?: number | undefined, data: string, listen: string, scheduler: string, api: { host: string, port: number }, log: Logger, originTimeoutMs?: number | undefined, idc?: string | undefined, location?: string | undefined }): Promise<Running & { daemon: PeerDaemon, apiUrl: string, app: FastifyInstance, node: Libp2p }> {
+  const clusterKey = await clusterKeyOf(o, o.log, 'daemon')
   await mkdir(o.data, { recursive: true })
-  const node = await createNode({ listen: [o.listen], privateKey: await loadOrCreateKey(join(o.data, 'identity.key')) })
+  const node = await createNode({ listen: [o.listen], privateKey: await loadOrCreateKey(join(o.data, 'identity.key')), ...(clusterKey != null ? { clusterKey } : {}) })
   const store = await openStore({ dir: o.data, ...(o.quotaBytes != null ? { quotaBytes: o.quotaBytes } : {}) })
   const daemon = new PeerDaemon({
     node, store, scheduler: o.scheduler, log: o.log,

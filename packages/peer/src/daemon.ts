@@ -8,7 +8,7 @@ import { taskIdOf, parseSourceUrl, parseDigest } from '@guoce/content'
 import type { Startable, TaskRequest } from '@guoce/interface'
 import type { TaskStore } from '@guoce/store'
 import { SchedulerClient, hostInfo, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
-import { serveStore, type HostInit } from '@guoce/seed-peer'
+import { serveStore, registerRef, type HostInit } from '@guoce/seed-peer'
 import { PeerTask } from './peer-task.js'
 import { UPLOAD_SLOTS } from './constants.js'
 import { probeSource } from '@guoce/seed-peer'
@@ -119,7 +119,9 @@ export class PeerDaemon implements Startable {
       if (seen.has(id)) continue
       const st = await this.init.store.get(id).catch(() => null)
       if (st?.complete !== true || st.meta.url == null) continue
-      this.client.send({ register: { taskId: id, url: st.meta.url, bitmap: st.bitmap.bytes, completed: true } })
+      const ref = registerRef(st)
+      if (ref == null) continue // stored under an id its reference does not give: the scheduler would refuse it
+      this.client.send({ register: { taskId: id, ...ref, bitmap: st.bitmap.bytes, completed: true } })
     }
   }
 }

@@ -22,7 +22,7 @@
 import { createHash } from 'node:crypto'
 import type { Libp2p } from 'libp2p'
 import { multiaddr } from '@multiformats/multiaddr'
-import { Bitmap, verifyPieceAsync, checkPieceDigest, equalBytes, MAX_PIECE_LENGTH } from '@guoce/content'
+import { Bitmap, verifyPieceAsync, checkPieceDigest, equalBytes, MAX_PIECE_LENGTH, credentialHash } from '@guoce/content'
 import { DigestMismatchError, ParentTimeoutError, fromErrorInfo, toErrorInfo, type Logger, type TaskProgress, type TaskRequest, type PeerState, type TaskInfo } from '@guoce/interface'
 import type { StoredTask, TaskStore } from '@guoce/store'
 import { PieceConnection, type PieceChannel, Priority, type PeerMessage, type SchedulerMessage, type WireParent } from '@guoce/transfer'
@@ -395,10 +395,18 @@ export class PeerTask {
         headers: r.headers ?? {},
         ...(r.digest != null ? { digest: r.digest } : {}),
         ...(r.tag != null ? { tag: r.tag } : {}),
+        ...this.idFields(),
         ...(s != null ? { bitmap: s.bitmap.bytes, completed: s.complete } : {})
       }
     })
     if (this.isSource && s != null) announceHeld(this.init.send, s)
+  }
+
+  /** version and credentials: with url, digest and tag the fields the scheduler derives the task id from */
+  private idFields (): { version?: string, credentials?: string } {
+    const r = this.init.request
+    const credentials = credentialHash(r)
+    return { ...(r.version != null && r.version !== '' ? { version: r.version } : {}), ...(credentials != null ? { credentials } : {}) }
   }
 
   /** Scheduler disconnected: parents we have keep serving; nothing else to do. */
@@ -440,7 +448,7 @@ export class PeerTask {
     if (this.stored != null && this.stored.info.contentLength === info.contentLength && this.stored.info.pieceLength === info.pieceLength) return
     if (this.creating != null) return
     const r = this.init.request
-    this.creating = this.init.store.create(this.taskId, { taskId: this.taskId, ...info }, { url: r.url, ...(r.headers != null ? { headers: r.headers } : {}), ...(r.digest != null ? { digest: r.digest } : {}) })
+    this.creating = this.init.store.create(this.taskId, { taskId: this.taskId, ...info }, { url: r.url, ...(r.headers != null ? { headers: r.headers } : {}), ...(r.digest != null ? { digest: r.digest } : {}), ...(r.tag != null ? { tag: r.tag } : {}), ...this.idFields() })
     try {
       this.stored = await this.creating
       if (this.digests.length !== info.pieceCount) {
@@ -671,7 +679,7 @@ export class PeerTask {
           store: this.init.store,
           taskId: this.taskId,
           ref: { url: r.url, headers: r.headers ?? {}, ...(r.digest != null ? { digest: r.digest } : {}) },
-          meta: { url: r.url, ...(r.headers != null ? { headers: r.headers } : {}), ...(r.digest != null ? { digest: r.digest } : {}) },
+          meta: { url: r.url, ...(r.headers != null ? { headers: r.headers } : {}), ...(r.digest != null ? { digest: r.digest } : {}), ...(r.tag != null ? { tag: r.tag } : {}), ...this.idFields() },
           ...(this.stored != null ? { task: this.stored } : {}),
           digests: this.digests,
           timeoutMs: this.init.originTimeoutMs,
@@ -718,7 +726,8 @@ export class PeerTask {
       clearTimeout(this.waitTimer)
       for (const p of this.parents.values()) p.conn?.close()
       this.parents.clear()
-      this.init.send({ register: { taskId: this.taskId, url: this.init.request.url, bitmap: s.bitmap.bytes, completed: true } })
+      const r = this.init.request
+      this.init.send({ register: { taskId: this.taskId, url: r.url, ...(r.digest != null ? { digest: r.digest } : {}), ...(r.tag != null ? { tag: r.tag } : {}), ...this.idFields(), bitmap: s.bitmap.bytes, completed: true } })
       this.init.send({ result: { taskId: this.taskId, success: true } })
       this.log.info('task succeeded', { fromStore: this.piecesFromStore, fromPeers: this.piecesFromPeers, fromSource: this.piecesFromSource })
       this.emit()

@@ -46,7 +46,7 @@ export const DATA_CHANNEL_RECORD_BYTES = 1024 * 1024
 /**
  * Socket buffer (Node's high-water mark, each direction) of a data channel: a parent queues the next
  * piece while the kernel drains the current one, so the pipe never runs dry between pieces.
- * @default 8 MiB
+ * @default 4 MiB
  */
 export const DATA_CHANNEL_BUFFER_BYTES = 8 * 1024 * 1024
 /**
@@ -132,3 +132,56 @@ export const UPLOAD_BUFFER_BYTES = 128 * 1024 * 1024
  * @default 10 ms
  */
 export const UPLOAD_BUFFER_WAIT_MS = 10
+/**
+ * Largest message accepted on a /guoce/scheduler/1 stream, either way. The biggest legitimate ones are
+ * a register's bitmap (MAX_TASK_PIECES / 8 = 128 KiB) and a digests batch (ANNOUNCE_BATCH pieces).
+ * @default 1 MiB
+ */
+export const MAX_SCHEDULER_MESSAGE_BYTES = 1024 * 1024
+/**
+ * Pieces one have/digests/pieceDone announcement names; longer lists leave in several messages
+ * (a digest costs about 36 bytes on the wire, so a batch stays far below MAX_SCHEDULER_MESSAGE_BYTES).
+ * @default 8192
+ */
+export const ANNOUNCE_BATCH = 8192
+/**
+ * Most pieces of one task: the layout pieceLayout picks for the largest task (MAX_CONTENT_BYTES at
+ * 16 MiB pieces). A layout with more is refused by the scheduler.
+ * @default 2^20
+ */
+export const MAX_TASK_PIECES = 1 << 20
+/**
+ * Largest content length a source may announce.
+ * @default 16 TiB
+ */
+export const MAX_CONTENT_BYTES = 16 * 1024 ** 4
+/**
+ * A scheduler stream on which nothing (not even a keepalive, sent every KEEPALIVE_INTERVAL_MS) arrives
+ * for this long is dropped.
+ * @default 30 s
+ */
+export const SCHEDULER_IDLE_TIMEOUT_MS = 30_000
+/**
+ * Once the first byte of a message arrived, the rest must follow within this time, else the stream is
+ * dropped (a half-sent message holds memory).
+ * @default 10 s
+ */
+export const MESSAGE_STALL_TIMEOUT_MS = 10_000
+/**
+ * Bytes of scheduler messages being received at once, over all hosts: a message whose length does not
+ * fit ends its stream. Together with MAX_SCHEDULER_MESSAGE_BYTES and MESSAGE_STALL_TIMEOUT_MS it bounds
+ * what half-sent messages can hold, whatever the number of connections.
+ * @default 4 MiB
+ */
+export const SCHEDULER_READ_BUDGET_BYTES = 4 * 1024 * 1024
+/**
+ * Largest write the cluster-key layer (libp2p pnet) encrypts at once (createNode).
+ * @default 256 KiB
+ */
+export const PNET_MAX_WRITE_BYTES = 256 * 1024
+/**
+ * Bytes received on a scheduler stream and not yet read before the stream is paused (pausingSource):
+ * the sender then waits on the muxer's window.
+ * @default 64 KiB
+ */
+export const MAX_SCHEDULER_READ_AHEAD_BYTES = 64 * 1024

@@ -6,6 +6,7 @@
 import type { Libp2p } from 'libp2p'
 import { multiaddr } from '@multiformats/multiaddr'
 import { hostname, loadavg, cpus } from 'node:os'
+import { createHmac, timingSafeEqual } from 'node:crypto'
 import type { Logger, Startable } from '@guoce/interface'
 import { MessageChannel } from './channel.js'
 import { SCHEDULER_PROTOCOL, KEEPALIVE_INTERVAL_MS } from './constants.js'
@@ -32,6 +33,21 @@ export function hostInfo (node: Libp2p, o: { type: WireHostInfo['type'], uploadS
   }
 }
 
+/**
+ * A designated seed's proof (Hello.seed_proof): HMAC-SHA256 under the scheduler's seed key of
+ * "guoce seed v1\0" + scheduler PeerId + "\0" + seed PeerId. Bound to both Noise-authenticated ids, so a
+ * proof seen by anyone is good for no other host and no other scheduler.
+ */
+export function seedProof (seedKey: Uint8Array, schedulerId: string, seedId: string): Uint8Array {
+  return new Uint8Array(createHmac('sha256', seedKey).update(`guoce seed v1\0${schedulerId}\0${seedId}`).digest())
+}
+
+/** Constant-time check of a Hello.seed_proof against the ids the connection authenticated. */
+export function verifySeedProof (seedKey: Uint8Array, schedulerId: string, seedId: string, proof: Uint8Array | undefined): boolean {
+  if (proof == null || proof.byteLength !== 32) return false
+  return timingSafeEqual(seedProof(seedKey, schedulerId, seedId), proof)
+}
+
 export interface SchedulerClientInit {
   node: Libp2p
   scheduler: string
@@ -40,6 +56,8 @@ export interface SchedulerClientInit {
   onConnect: () => void | Promise<void>
   onDisconnect?: () => void
   log: Logger
+  /** a designated seed's seed key (`guoce seed --seed-key`): hello then carries its proof (seedProof) */
+  seedKey?: Uint8Array
 }
 
 export class SchedulerClient implements Startable {
@@ -82,9 +100,13 @@ export class SchedulerClient implements Startable {
     let delay = RECONNECT_MIN_MS
     while (!this.stopped) {
       try {
-        const stream = await this.init.node.dialProtocol(multiaddr(this.init.scheduler), SCHEDULER_PROTOCOL, { signal: AbortSignal.any([this.controller.signal, AbortSignal.timeout(5_000)]) })
+        const signal = AbortSignal.any([this.controller.signal, AbortSignal.timeout(5_000)])
+        const conn = await this.init.node.dial(multiaddr(this.init.scheduler), { signal })
+        const stream = await conn.newStream(SCHEDULER_PROTOCOL, { signal })
         const channel = new MessageChannel<SchedulerMessage, PeerMessage>(stream, m => peerMessage.encode(m), b => schedulerMessage.decode(b))
-        await channel.send({ hello: { host: this.init.host() } })
+        // the proof names the scheduler Noise authenticated on this connection, not the one we meant to dial
+        const proof = this.init.seedKey != null ? { seedProof: seedProof(this.init.seedKey, conn.remotePeer.toString(), this.init.node.peerId.toString()) } : {}
+        await channel.send({ hello: { host: this.init.host(), ...proof } })
         this.channel = channel
         delay = RECONNECT_MIN_MS
         this.log.info('connected to scheduler', { scheduler: this.init.scheduler })

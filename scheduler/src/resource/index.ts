@@ -12,11 +12,24 @@ export class Host {
   readonly peers = new Map<string, Peer>()
   /** children fed over all tasks, kept by the peers' ChildSets (read with `childCount`) */
   children = 0
-  /** `sink` delivers a message to the host (its stream, or a simulator) */
-  constructor (readonly id: string, public info: WireHostInfo, private readonly sink: (msg: SchedulerMessage) => void, readonly close: () => void = () => {}) {}
+  /** refused messages so far (HOST_OFFENCE_LIMIT) */
+  offences = 0
+  /** registers in the current one-minute window, and when that window began (MAX_REGISTERS_PER_MINUTE) */
+  registers = 0
+  registerWindow = 0
+  /** tasks this host was first to register, needing the origin, in the same window (MAX_NEW_TASKS_PER_MINUTE) */
+  newTasks = 0
+  /** bytes of `Peer.rawBitmap` this host's peers hold (MAX_HOST_PENDING_BITMAP_BYTES) */
+  pendingBitmapBytes = 0
+  /**
+   * `sink` delivers a message to the host (its stream, or a simulator). `designated`: the host proved
+   * it holds the seed key (Hello.seed_proof), decided by the network layer; only such a host is a seed.
+   */
+  constructor (readonly id: string, public info: WireHostInfo, private readonly sink: (msg: SchedulerMessage) => void, readonly close: () => void = () => {}, readonly designated = false) {}
   private locationLabel: string | undefined
   private locationCache: readonly string[] = []
-  get isSeed (): boolean { return this.info.type === 'seed' }
+  /** a designated seed: gets seed orders; its layouts, digests and failures count for everyone */
+  get isSeed (): boolean { return this.designated }
   /** the location label split into its elements, once per label (the evaluator compares them) */
   get location (): readonly string[] {
     const label = this.info.location ?? ''
@@ -183,6 +196,7 @@ export class Task {
     this.digests = new Array(info.pieceCount).fill(undefined)
     for (const p of this.peers.values()) {
       if (p.bitmap == null || p.bitmap.size !== info.pieceCount) p.bitmap = new Bitmap(info.pieceCount, p.rawBitmap != null && p.rawBitmap.length === Math.ceil(info.pieceCount / 8) ? p.rawBitmap : undefined)
+      if (p.rawBitmap != null) p.host.pendingBitmapBytes -= p.rawBitmap.byteLength
       p.rawBitmap = undefined
     }
   }

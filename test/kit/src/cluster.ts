@@ -18,9 +18,14 @@ export interface Cluster {
   schedulerPort: number
   scheduler: Proc
   schedulerAddr: string
+  /** the scheduler's cluster key file (seeds and daemons get --cluster-key with it) */
+  clusterKey: string
+  /** the scheduler's seed key file (seeds get --seed-key with it) */
+  seedKey: string
   seeds: Proc[]
   daemons: Array<Proc & { api: string, data: string }>
   startScheduler(): Promise<Proc>
+  addSeed(extra?: string[]): Promise<Proc>
   addDaemon(extra?: string[], data?: string): Promise<Proc & { api: string, data: string }>
   close(): Promise<void>
 }
@@ -32,15 +37,25 @@ export async function startCluster (o: { daemons: number, seeds?: number, schedu
     dir, schedulerPort, seeds: [], daemons: [],
     scheduler: undefined as unknown as Proc,
     schedulerAddr: '',
+    clusterKey: '',
+    seedKey: '',
     startScheduler: async () => {
       c.scheduler = await startGuoce(['scheduler', '--listen', `/ip4/127.0.0.1/tcp/${schedulerPort}`, '--data', join(dir, 'scheduler'), ...(o.schedulerArgs ?? [])])
       c.schedulerAddr = c.scheduler.ready.addr as string
+      c.clusterKey = (c.scheduler.ready.clusterKey as string | null) ?? ''
+      c.seedKey = c.scheduler.ready.seedKey as string
       return c.scheduler
+    },
+    addSeed: async (extra = []) => {
+      const i = c.seeds.length
+      const p = await startGuoce(['seed', '--scheduler', c.schedulerAddr, ...membership(), '--seed-key', c.seedKey, '--data', join(dir, `seed-${i}`), '--listen', '/ip4/127.0.0.1/tcp/0', ...(o.seedArgs ?? []), ...extra])
+      c.seeds.push(p)
+      return p
     },
     addDaemon: async (extra = [], data) => {
       const i = c.daemons.length
       const d = data ?? join(dir, `daemon-${i}`)
-      const p = await startGuoce(['daemon', '--scheduler', c.schedulerAddr, '--data', d, '--api', '127.0.0.1:0', '--listen', '/ip4/127.0.0.1/tcp/0', ...(o.daemonArgs ?? []), ...extra])
+      const p = await startGuoce(['daemon', '--scheduler', c.schedulerAddr, ...membership(), '--data', d, '--api', '127.0.0.1:0', '--listen', '/ip4/127.0.0.1/tcp/0', ...(o.daemonArgs ?? []), ...extra])
       const entry = Object.assign(p, { api: p.ready.api as string, data: d })
       c.daemons.push(entry)
       return entry
@@ -50,10 +65,10 @@ export async function startCluster (o: { daemons: number, seeds?: number, schedu
       await rm(dir, { recursive: true, force: true })
     }
   }
+  /** a scheduler started with --open has no cluster key: its nodes join with --open too */
+  const membership = (): string[] => c.clusterKey !== '' ? ['--cluster-key', c.clusterKey] : ['--open']
   await c.startScheduler()
-  for (let i = 0; i < (o.seeds ?? 1); i++) {
-    c.seeds.push(await startGuoce(['seed', '--scheduler', c.schedulerAddr, '--data', join(dir, `seed-${i}`), '--listen', '/ip4/127.0.0.1/tcp/0', ...(o.seedArgs ?? [])]))
-  }
+  for (let i = 0; i < (o.seeds ?? 1); i++) await c.addSeed()
   for (let i = 0; i < o.daemons; i++) await c.addDaemon()
   return c
 }

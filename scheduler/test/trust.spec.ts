@@ -1,0 +1,129 @@
+import { describe, it, expect } from 'vitest'
+import { silentLogger, MAX_TASK_PIECES, type SchedulerMessage, type WireHostInfo } from '@guoce/transfer'
+import { credentialHash, taskIdFrom } from '@guoce/content'
+import { SchedulerCore, HOST_OFFENCE_LIMIT, MAX_HOST_TASKS, MAX_NEW_TASKS_PER_MINUTE, MAX_HOST_ADDRS, helloProblem, layoutProblem, registerProblem, type Host } from '../src/index.js'
+
+const MiB = 1024 * 1024
+const URL_A = 'http://origin/a.bin'
+const URL_B = 'http://origin/b.bin'
+const A = taskIdFrom({ url: URL_A })
+
+function hostInfo (type: 'normal' | 'seed' = 'normal', extra: Partial<WireHostInfo> = {}): WireHostInfo {
+  return { type, uploadSlots: 8, uploadBps: 0, idc: '', location: '', addrs: [], hostname: '', load: 0, ...extra }
+}
+
+function harness () {
+  const core = new SchedulerCore(silentLogger, 0)
+  const inbox = new Map<string, SchedulerMessage[]>()
+  const closed = new Set<string>()
+  const hosts = new Map<string, Host>()
+  const connect = (id: string, type: 'normal' | 'seed' = 'normal', designated = type === 'seed'): Host => {
+    inbox.set(id, [])
+    const h = core.connectHost(id, hostInfo(type), m => { inbox.get(id)!.push(m) }, { designated, close: () => { closed.add(id) } })
+    hosts.set(id, h)
+    return h
+  }
+  const send = (id: string, msg: Parameters<SchedulerCore['handleMessage']>[1]): void => { core.handleMessage(hosts.get(id)!, msg) }
+  const got = (id: string, key: keyof SchedulerMessage): number => inbox.get(id)!.filter(m => m[key] != null).length
+  return { core, inbox, closed, connect, send, got }
+}
+
+describe('scheduler trust', () => {
+  it('refuses a register whose task id does not derive from its fields', () => {
+    expect(registerProblem({ taskId: A, url: URL_A })).toBeUndefined()
+    expect(registerProblem({ taskId: A, url: URL_B })).toMatch(/does not derive/)
+    expect(registerProblem({ taskId: A, url: URL_A, version: 'etag:"x"' })).toMatch(/does not derive/)
+    expect(registerProblem({ taskId: 'zz', url: URL_A })).toMatch(/malformed task id/)
+    const headers = { Authorization: 'Bearer s3cret' }
+    const credentials = credentialHash({ url: URL_A, headers })!
+    const priv = taskIdFrom({ url: URL_A, credentials })
+    expect(registerProblem({ taskId: priv, url: URL_A, headers, credentials })).toBeUndefined()
+    // headers that do not hash to the credentials the id carries
+    expect(registerProblem({ taskId: priv, url: URL_A, headers: { Authorization: 'Bearer other' }, credentials })).toMatch(/credentials/)
+    expect(registerProblem({ taskId: A, url: URL_A + '?' + 'x'.repeat(20_000) })).toMatch(/task reference/)
+
+    const h = harness()
+    h.connect('seed', 'seed')
+    h.connect('evil')
+    h.send('evil', { register: { taskId: A, url: URL_B } })
+    expect(h.core.tasks.has(A)).toBe(false)
+    expect(h.got('seed', 'seed')).toBe(0)
+  })
+
+  it('drops a host after HOST_OFFENCE_LIMIT refused messages and refuses it for a while', () => {
+    const h = harness()
+    h.connect('evil')
+    for (let i = 0; i < HOST_OFFENCE_LIMIT; i++) h.send('evil', { register: { taskId: A, url: `${URL_B}?${i}` } })
+    expect(h.closed.has('evil')).toBe(true)
+    expect(h.core.hosts.has('evil')).toBe(false)
+    expect(h.core.isBanned('evil')).toBe(true)
+  })
+
+  it('a host that says seed without being designated gets no seed order and its claims count for nothing', () => {
+    const h = harness()
+    h.connect('fake', 'seed', false)
+    h.connect('p1')
+    h.send('p1', { register: { taskId: A, url: URL_A, headers: {} } })
+    h.send('fake', { register: { taskId: A, url: URL_A } })
+    expect(h.got('fake', 'seed')).toBe(0)
+    expect(h.core.hosts.get('fake')!.isSeed).toBe(false)
+    h.send('fake', { sourceInfo: { taskId: A, info: { contentLength: 4 * MiB, pieceLength: MiB, pieceCount: 4 } } })
+    h.send('fake', { result: { taskId: A, success: false, error: { name: 'OriginStatusError', code: 'ERR_ORIGIN_STATUS', message: '404', status: 404 } } })
+    expect(h.got('p1', 'taskInfo')).toBe(0)
+    expect(h.got('p1', 'failed')).toBe(0)
+    expect(h.core.tasks.get(A)?.peers.has('p1')).toBe(true)
+  })
+
+  it('refuses layouts out of bounds and ignores bitmaps of the wrong length', () => {
+    expect(layoutProblem({ contentLength: 4 * MiB, pieceLength: MiB, pieceCount: 4 })).toBeUndefined()
+    expect(layoutProblem({ contentLength: 0, pieceLength: MiB, pieceCount: 0 })).toBeUndefined()
+    expect(layoutProblem({ contentLength: 4 * MiB, pieceLength: MiB, pieceCount: 2 ** 30 })).toMatch(/piece count/)
+    expect(layoutProblem({ contentLength: 2 ** 30 * MiB, pieceLength: MiB, pieceCount: 2 ** 30 })).toMatch(/content length/)
+    expect(layoutProblem({ contentLength: 4096, pieceLength: 1024, pieceCount: 4 })).toMatch(/piece length/)
+    expect(layoutProblem({ contentLength: 2 * MiB * MAX_TASK_PIECES, pieceLength: MiB, pieceCount: 2 * MAX_TASK_PIECES })).toMatch(/above/)
+
+    const h = harness()
+    h.connect('seed', 'seed')
+    h.connect('p1')
+    h.send('p1', { register: { taskId: A, url: URL_A } })
+    h.send('seed', { register: { taskId: A, url: URL_A } })
+    h.send('seed', { sourceInfo: { taskId: A, info: { contentLength: 4 * MiB, pieceLength: MiB, pieceCount: 2 ** 30 } } })
+    expect(h.core.tasks.get(A)!.info).toBeUndefined()
+    h.send('seed', { sourceInfo: { taskId: A, info: { contentLength: 4 * MiB, pieceLength: MiB, pieceCount: 4 } } })
+    expect(h.core.tasks.get(A)!.info?.pieceCount).toBe(4)
+    h.connect('p2')
+    h.send('p2', { register: { taskId: A, url: URL_A, bitmap: new Uint8Array(4096).fill(255), completed: true } })
+    expect(h.core.tasks.get(A)!.peers.get('p2')!.bitmap!.count).toBe(0)
+  })
+
+  it('drops a host that registers more than MAX_HOST_TASKS tasks, and frees its state', () => {
+    const h = harness()
+    h.connect('flood')
+    for (let i = 0; i <= MAX_HOST_TASKS; i++) {
+      const url = `http://origin/${i}`
+      h.send('flood', { register: { taskId: taskIdFrom({ url }), url, completed: true } })
+      if (h.closed.has('flood')) break
+    }
+    expect(h.closed.has('flood')).toBe(true)
+    expect(h.core.stats()).toEqual({ hosts: 0, tasks: 0, peers: 0 })
+  })
+
+  it('refuses new tasks above MAX_NEW_TASKS_PER_MINUTE from one host (each costs a seed an origin fetch)', () => {
+    const h = harness()
+    h.connect('seed', 'seed')
+    h.connect('busy')
+    for (let i = 0; i < MAX_NEW_TASKS_PER_MINUTE + 10; i++) {
+      const url = `http://origin/new/${i}`
+      h.send('busy', { register: { taskId: taskIdFrom({ url }), url } })
+    }
+    expect(h.got('seed', 'seed')).toBe(MAX_NEW_TASKS_PER_MINUTE)
+    expect(h.core.tasks.size).toBe(MAX_NEW_TASKS_PER_MINUTE)
+    expect(h.closed.has('busy')).toBe(false)
+  })
+
+  it('refuses a hello whose addresses or labels would swell every parents message', () => {
+    expect(helloProblem(hostInfo())).toBeUndefined()
+    expect(helloProblem(hostInfo('normal', { addrs: Array.from({ length: MAX_HOST_ADDRS + 1 }, () => new Uint8Array(8)) }))).toMatch(/addresses/)
+    expect(helloProblem(hostInfo('normal', { hostname: 'h'.repeat(10_000) }))).toMatch(/label/)
+  })
+})
