@@ -43,7 +43,7 @@ const DAEMON_USAGE = `Usage: guoce daemon --scheduler MULTIADDR (--cluster-key F
   --cluster-key FILE   the scheduler's cluster.key (needed to connect to any node of the cluster)
   --open               the cluster is open (scheduler --open)
 
-  --api HOST:PORT      local API (default 127.0.0.1:65001); keep it on loopback
+  --api HOST:PORT      local API (default 127.0.0.1:65001): a loopback address, or unix:PATH (a 0600 socket)
   --quota SIZE         most task data kept (e.g. 50GiB); least recently used tasks are evicted
   --piece-channel M    secure (default: AES-256-GCM direct TCP channel keyed over Noise) | stream (the
                        Noise-secured libp2p stream) | integrity (clear bytes, still sha256-verified; opt-in)
