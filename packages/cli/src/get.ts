@@ -6,7 +6,7 @@
  * shares extents, else copy_file_range); else they come over the daemon's HTTP API. FILE never shares
  * bytes with the daemon's cache: writing into it changes nothing the daemon serves.
  */
-import { constants as fsConstants, createReadStream } from 'node:fs'
+import { constants as fsConstants } from 'node:fs'
 import { access, chmod, copyFile, open, readFile, rename, rm, stat } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
 import { createHash, randomBytes } from 'node:crypto'
@@ -226,17 +226,11 @@ async function syncDir (dir: string): Promise<void> {
   try { await d.sync() } finally { await d.close() }
 }
 
-async function sha256File (path: string): Promise<string> {
-  const h = createHash('sha256')
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer)
-  return `sha256:${h.digest('hex')}`
-}
-
 interface DataFile { path: string, size: number, ino: number }
 
 /**
  * Same host: a kernel copy of the daemon's verified data file into a temp file of ours (reflink or
- * copy_file_range), checked (size, and the digest with --digest), fsynced, renamed onto `output`.
+ * copy_file_range), its size checked (the daemon checked the digest), fsynced, renamed onto `output`.
  * null when this user cannot read that file, or it is not the daemon's (another mount namespace): then
  * the caller streams it over HTTP.
  */
@@ -272,7 +266,9 @@ async function copyLocal (base: string, p: TaskProgress, token: string | undefin
     try {
       const size = (await fh.stat()).size
       if (size !== file.size) throw new ContentLengthMismatchError(`copied ${size} of ${file.size} bytes`)
-      if (digest != null && await sha256File(tmp) !== digest) throw new DigestMismatchError(`downloaded content does not match ${digest}`)
+      // with --digest the task is named by it, and the daemon checked the whole content against it before
+      // it reported success (PeerTask.succeed): the copy of that same file (inode and size checked) is not
+      // hashed a second time here (bench/fanout: 0.25 CPU-s per 128 MiB get on a CPU-bound swarm)
       await fh.sync()
     } finally { await fh.close() }
     await rename(tmp, output)
