@@ -135,7 +135,7 @@ describe('trust: scheduler and membership', () => {
   })
 
   /** the flood's size: identities of each kind, partial-message streams per identity (GUOCE_FLOOD=IxS to change) */
-  const [IDENTITIES, STREAMS] = (process.env.GUOCE_FLOOD ?? '3x2').split('x').map(Number) as [number, number]
+  const [IDENTITIES, STREAMS] = (process.env.GUOCE_FLOOD ?? '6x4').split('x').map(Number) as [number, number]
 
   it('must-hold 5: oversized layouts, half-sent messages and register floods leave the scheduler alive and its memory bounded', async () => {
     const file = randomBytes(4 * MiB)

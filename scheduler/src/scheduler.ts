@@ -13,7 +13,7 @@ import type { Libp2p } from 'libp2p'
 import type { Stream, Connection } from '@libp2p/interface'
 import { Bitmap, MIN_PIECE_LENGTH, credentialHash, isTaskId, taskIdFrom } from '@guoce/content'
 import { type Logger, type ErrorInfo, type Startable } from '@guoce/interface'
-import { MessageChannel, SCHEDULER_PROTOCOL, peerMessage, schedulerMessage, verifySeedProof, KEEPALIVE_INTERVAL_MS, ANNOUNCE_BATCH, SCHEDULER_READ_BUDGET_BYTES, readBudget, isBlameless, MAX_CONTENT_BYTES, MAX_PIECE_BYTES, MAX_TASK_PIECES, type PeerMessage, type SchedulerMessage, type WireParent, type WireHostInfo, type WireTaskInfo } from '@guoce/transfer'
+import { MessageChannel, SCHEDULER_PROTOCOL, peerMessage, schedulerMessage, verifySeedProof, KEEPALIVE_INTERVAL_MS, ANNOUNCE_BATCH, SCHEDULER_READ_BUDGET_BYTES, readBudget, isBlameless, reclaimSoon, MAX_CONTENT_BYTES, MAX_PIECE_BYTES, MAX_TASK_PIECES, type PeerMessage, type SchedulerMessage, type WireParent, type WireHostInfo, type WireTaskInfo } from '@guoce/transfer'
 import { Host, Peer, Task } from './resource/index.js'
 import { selectParents } from './scheduling/index.js'
 import { Forest } from './scheduling/forest.js'
@@ -547,6 +547,7 @@ export class Scheduler extends SchedulerCore implements Startable {
 
   protected override ban (hostId: string): void {
     super.ban(hostId)
+    reclaimSoon()
     // end its connections: the node's gater (isBanned) refuses new ones until the ban ends
     for (const conn of this.init.node.getConnections()) if (conn.remotePeer.toString() === hostId) void conn.close().catch(() => {})
   }
@@ -629,6 +630,8 @@ export class Scheduler extends SchedulerCore implements Startable {
       // and blames the host; a silent stream (idle deadline) or a broken connection only ends it
       const e = err as Error
       const broken = e.name === 'ProtocolError' && !isBlameless(e)
+      // whatever the stream made us allocate is garbage now: do not keep it resident (transfer/reclaim.ts)
+      reclaimSoon()
       if (broken && host != null && this.hosts.get(hostId) === host) this.dropHost(host, e.message)
       else channel.close(e)
       throw err
