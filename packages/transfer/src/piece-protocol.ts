@@ -15,6 +15,7 @@
  * The same byte stream can run on a data channel (data-channel.ts) instead of a yamux stream: opt-in
  * with `servePieces({ dataChannel })` on the parent and `PieceConnection.open(..., { channel })` on the child.
  */
+import { reclaimSoon } from './reclaim.js'
 import { createHash, type Hash } from 'node:crypto'
 import type { Libp2p } from 'libp2p'
 import { piecePool, type Lease } from '@guoce/content'
@@ -128,6 +129,8 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
         if (!isBanned(remote)) log.warn('child broke a piece protocol bound; refused for a while', { peer: remote, err: err.message, ms: PEER_VIOLATION_BAN_MS })
         if (banned.size >= MAX_BANNED_PEERS) for (const [k, t] of banned) if (t <= Date.now()) banned.delete(k)
         if (banned.size < MAX_BANNED_PEERS) banned.set(remote, Date.now() + PEER_VIOLATION_BAN_MS)
+        // what it made this host allocate is garbage now: do not keep it resident (reclaim.ts)
+        reclaimSoon()
       } else {
         log.debug('piece stream ended with error', { err: err.message })
       }
