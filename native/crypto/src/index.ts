@@ -19,6 +19,7 @@ import { fileURLToPath } from 'node:url'
 interface Addon {
   seal: (key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, inputs: Uint8Array[], out: Uint8Array, tag: Uint8Array) => void
   open: (key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array) => boolean
+  trim: () => boolean
 }
 
 // this module runs as dist/src/index.js; node-gyp builds into build/Release at the package root
@@ -43,4 +44,12 @@ export function seal (key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, input
  */
 export function open (key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): boolean {
   return addon.open(key, nonce, aad, data, tag)
+}
+
+/**
+ * Give the C heap's free memory back to the OS (glibc `malloc_trim(0)`); true when some was released.
+ * Buffers freed after an attack otherwise stay resident in the allocator's arenas.
+ */
+export function trimHeap (): boolean {
+  return addon.trim()
 }

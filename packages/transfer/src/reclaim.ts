@@ -2,11 +2,13 @@
  * Giving memory back after an attack. What a hostile host makes a process allocate (decrypted frames,
  * half-read messages, records) is garbage once it is dropped, but V8 collects it only when the process
  * allocates again: a service that goes quiet after the attacker leaves would keep it resident. After a
- * bound is broken the owner calls `reclaimSoon()`: one full collection RECLAIM_DELAY_MS later, at most one
- * every RECLAIM_INTERVAL_MS, so an ongoing attack cannot make it collect in a loop.
+ * bound is broken the owner calls `reclaimSoon()`: a full collection RECLAIM_DELAY_MS later and a short tail
+ * after it (RECLAIM_TAIL), at most one every RECLAIM_INTERVAL_MS, so an ongoing attack cannot make it collect
+ * in a loop; after each, glibc's free heap pages go back to the OS (malloc_trim, native/crypto).
  */
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
+import { trimHeap } from '@guoce/native-crypto'
 
 /**
  * Delay from the last broken bound to the collection (the attacker's connections close meanwhile).
@@ -37,26 +39,34 @@ export function fullCollection (): boolean {
   return true
 }
 
+/**
+ * Collections after the last broken bound: the attacker's connections may close (and their buffers become
+ * garbage) seconds after the bound broke, so a short tail follows, RECLAIM_INTERVAL_MS x 1, 2, 4 apart.
+ * @default 3
+ */
+export const RECLAIM_TAIL = 3
+
 let timer: NodeJS.Timeout | undefined
 let last = 0
-let pending = false
+/** collections still due after the last trigger */
+let due = 0
 
-/** Schedule a full collection after the attack that broke a bound (debounced, rate limited). */
+function run (): void {
+  timer = undefined
+  last = Date.now()
+  fullCollection()
+  // the collection freed the attacker's buffers into the C heap; hand its free pages back
+  trimHeap()
+  if (--due > 0) schedule(RECLAIM_INTERVAL_MS * 2 ** (RECLAIM_TAIL - due))
+}
+
+function schedule (delay: number): void {
+  timer = setTimeout(run, Math.max(delay, last + RECLAIM_INTERVAL_MS - Date.now()))
+  timer.unref()
+}
+
+/** Schedule a full collection (and its tail) after the attack that broke a bound (debounced, rate limited). */
 export function reclaimSoon (): void {
-  pending = true
-  if (timer != null) return
-  const run = (): void => {
-    timer = undefined
-    if (!pending) return
-    pending = false
-    last = Date.now()
-    fullCollection()
-    // a bound broken while collecting: once more, after the interval
-    if (pending) schedule()
-  }
-  const schedule = (): void => {
-    timer = setTimeout(run, Math.max(RECLAIM_DELAY_MS, last + RECLAIM_INTERVAL_MS - Date.now()))
-    timer.unref()
-  }
-  schedule()
+  due = 1 + RECLAIM_TAIL
+  if (timer == null) schedule(RECLAIM_DELAY_MS)
 }
