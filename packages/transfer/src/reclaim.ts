@@ -21,6 +21,12 @@ export const RECLAIM_DELAY_MS = 1_000
  */
 export const RECLAIM_INTERVAL_MS = 3_000
 
+/**
+ * Time from a collection to the heap trim: array buffers are freed by V8's sweeper after the collection.
+ * @default 250 ms
+ */
+export const RECLAIM_TRIM_DELAY_MS = 250
+
 let collect: (() => void) | null | undefined
 
 /** A full garbage collection, where the runtime allows one (V8's gc, made available to this module only). */
@@ -55,8 +61,9 @@ function run (): void {
   timer = undefined
   last = Date.now()
   fullCollection()
-  // the collection freed the attacker's buffers into the C heap; hand its free pages back
-  trimHeap()
+  // the collection frees the attacker's buffers into the C heap (V8 sweeps array buffers on a background
+  // thread, so a moment later); then hand the heap's free pages back
+  setTimeout(trimHeap, RECLAIM_TRIM_DELAY_MS).unref()
   if (--due > 0) schedule(RECLAIM_INTERVAL_MS * 2 ** (RECLAIM_TAIL - due))
 }
 
