@@ -113,6 +113,8 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
   const active = new Set<PieceDuplex>()
   const uploadBudget = init.uploadBufferBytes ?? UPLOAD_BUFFER_BYTES
   let reserved = 0
+  /** answers waiting for room in the upload budget, by priority: one goes only when no more urgent one waits */
+  const waiting = [0, 0, 0]
   let pieceEstimate = 1024 * 1024
   // hosts that broke a bound: no piece stream and no data channel from this parent for a while
   const banned = new Map<string, number>()
@@ -208,9 +210,6 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
       active.delete(stream)
     }
   }
-
-  /** requests waiting for room in the upload budget, by priority: a waiter goes only when no more urgent one waits */
-  const waiting = [0, 0, 0]
 
   /**
    * Wait until the bytes queued to children on every stream of this server, plus the pieces being read
