@@ -312,7 +312,16 @@ interface ParentState extends ParentView {
   /** stall check: bytes the connection had received at the last sample, and when that count last moved */
   seenBytes: number
   movedAt: number
+  /**
+   * What the scheduler said the parent holds before this task's layout was known (the parents message's
+   * bitmap, `have` numbers, at most EARLY_HAVES of them): applied when the layout comes, else those
+   * pieces would stay unknown until the next parents message (often only when the parent completes).
+   */
+  early?: { bitmap?: Uint8Array, haves: number[] }
 }
+
+/** `have` numbers kept per parent while the task's layout is not known. */
+const EARLY_HAVES = 65_536
 
 /** Errors after which a parent is blamed to the scheduler (not only dropped). */
 const BLAMED = new Set(['PieceDigestMismatchError', 'ParentTimeoutError', 'PeerViolationError'])
@@ -508,6 +517,10 @@ export class PeerTask {
     if (msg.have != null) {
       const p = this.parents.get(msg.have.peerId)
       if (p?.bitmap != null) for (const n of msg.have.numbers ?? []) if (n < p.bitmap.size) p.bitmap.set(n)
+      if (p != null && p.bitmap == null) {
+        p.early ??= { haves: [] }
+        for (const n of msg.have.numbers ?? []) if (Number.isInteger(n) && n >= 0 && p.early.haves.length < EARLY_HAVES) p.early.haves.push(n)
+      }
       this.pump()
     }
     if (msg.backToSource != null) this.goToSource(msg.backToSource.reason)
@@ -534,7 +547,13 @@ export class PeerTask {
         this.digests = new Array(info.pieceCount).fill(undefined)
         old.forEach((d, i) => { if (i < info.pieceCount) this.digests[i] = d })
       }
-      for (const p of this.parents.values()) if (p.bitmap == null || p.bitmap.size !== info.pieceCount) p.bitmap = new Bitmap(info.pieceCount)
+      for (const p of this.parents.values()) {
+        if (p.bitmap != null && p.bitmap.size === info.pieceCount) continue
+        const early = p.early
+        p.early = undefined
+        p.bitmap = new Bitmap(info.pieceCount, early?.bitmap != null && early.bitmap.length === Math.ceil(info.pieceCount / 8) ? early.bitmap : undefined)
+        for (const n of early?.haves ?? []) if (n < info.pieceCount) p.bitmap.set(n)
+      }
       this.waiters.layoutKnown()
       this.emit()
       this.pump()
@@ -567,6 +586,10 @@ export class PeerTask {
         const b = new Bitmap(count, wp.bitmap != null && wp.bitmap.length > 0 ? wp.bitmap : undefined)
         if (p.bitmap == null) p.bitmap = b
         else for (const n of b.present()) p.bitmap.set(n)
+      } else if (wp.bitmap != null && wp.bitmap.length > 0) {
+        // no layout yet: kept for when it comes (bounded by the scheduler message's own size)
+        p.early ??= { haves: [] }
+        p.early.bitmap = Uint8Array.from(wp.bitmap)
       }
     }
     for (const [id, p] of this.parents) {
