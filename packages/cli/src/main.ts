@@ -38,11 +38,12 @@ const SEED_USAGE = `Usage: guoce seed --scheduler MULTIADDR (--cluster-key FILE 
   --seed-key FILE      the scheduler's seed.key: makes this a designated seed (else it joins as a normal host)
 `
 const DAEMON_USAGE = `Usage: guoce daemon --scheduler MULTIADDR (--cluster-key FILE | --open) [--data DIR] [--api HOST:PORT] [--listen MULTIADDR]
-                    [--origin-timeout 30s] [--idc NAME] [--location A|B|C] [--quota SIZE] [--piece-channel M] [--json]
+                    [--origin-timeout 30s] [--read-timeout 60s] [--idc NAME] [--location A|B|C] [--quota SIZE] [--piece-channel M] [--json]
 
   --cluster-key FILE   the scheduler's cluster.key (needed to connect to any node of the cluster)
   --open               the cluster is open (scheduler --open)
 
+  --read-timeout D     longest a read of a task's content waits for one piece before it fails (default 60s)
   --api HOST:PORT      local API (default 127.0.0.1:65001): a loopback address, or unix:PATH (a 0600 socket)
   --quota SIZE         most task data kept (e.g. 50GiB); least recently used tasks are evicted
   --piece-channel M    secure (default: AES-256-GCM direct TCP channel keyed over Noise) | stream (the
@@ -101,7 +102,7 @@ export async function main (argv: string[]): Promise<number | undefined> {
       return await runUntilSignal([s])
     }
     case 'daemon': {
-      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, api: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, idc: { type: 'string' }, location: { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' }, 'cluster-key': { type: 'string' }, open: { type: 'boolean' } })
+      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, api: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, 'read-timeout': { type: 'string' }, idc: { type: 'string' }, location: { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' }, 'cluster-key': { type: 'string' }, open: { type: 'boolean' } })
       if (v.help === true) { process.stdout.write(DAEMON_USAGE); return 0 }
       if (typeof v.scheduler !== 'string') throw new InvalidParametersError('--scheduler MULTIADDR is required')
       const json = v.json === true
@@ -114,6 +115,7 @@ export async function main (argv: string[]): Promise<number | undefined> {
         api: hostPort((v.api as string | undefined) ?? '127.0.0.1:65001', '--api'),
         log: logger(json, 'info'),
         originTimeoutMs: durationMs(v['origin-timeout'] as string | undefined, '--origin-timeout'),
+        readTimeoutMs: durationMs(v['read-timeout'] as string | undefined, '--read-timeout'),
         idc: v.idc as string | undefined,
         location: v.location as string | undefined,
         quotaBytes: sizeBytes(v.quota as string | undefined, '--quota'),

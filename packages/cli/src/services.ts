@@ -72,7 +72,7 @@ export async function startSeed (o: Membership & { seedKey?: string | undefined,
   return { seed, node, stop: async () => { await seed.stop(); await store.close(); await node.stop() } }
 }
 
-export async function startDaemon (o: Membership & { pieceChannel?: PieceChannel | undefined, quotaBytes?: number | undefined, data: string, listen: string, scheduler: string, api: { host: string, port: number }, log: Logger, originTimeoutMs?: number | undefined, idc?: string | undefined, location?: string | undefined }): Promise<Running & { daemon: PeerDaemon, apiUrl: string, app: FastifyInstance, node: Libp2p }> {
+export async function startDaemon (o: Membership & { pieceChannel?: PieceChannel | undefined, quotaBytes?: number | undefined, data: string, listen: string, scheduler: string, api: { host: string, port: number }, log: Logger, originTimeoutMs?: number | undefined, readTimeoutMs?: number | undefined, idc?: string | undefined, location?: string | undefined }): Promise<Running & { daemon: PeerDaemon, apiUrl: string, app: FastifyInstance, node: Libp2p }> {
   const clusterKey = await clusterKeyOf(o, o.log, 'daemon')
   await mkdir(o.data, { recursive: true })
   const node = await createNode({ listen: [o.listen], privateKey: await loadOrCreateKey(join(o.data, 'identity.key')), ...(clusterKey != null ? { clusterKey } : {}) })
@@ -81,6 +81,7 @@ export async function startDaemon (o: Membership & { pieceChannel?: PieceChannel
     node, store, scheduler: o.scheduler, log: o.log,
     ...(o.pieceChannel != null ? { pieceChannel: o.pieceChannel } : {}),
     ...(o.originTimeoutMs != null ? { originTimeoutMs: o.originTimeoutMs } : {}),
+    ...(o.readTimeoutMs != null ? { readTimeoutMs: o.readTimeoutMs } : {}),
     ...(o.idc != null ? { idc: o.idc } : {}),
     ...(o.location != null ? { location: o.location } : {})
   })

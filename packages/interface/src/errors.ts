@@ -62,6 +62,10 @@ export const NoSpaceError = defineError('NoSpaceError', 'ERR_NO_SPACE')
 export const TaskFailedError = defineError('TaskFailedError', 'ERR_TASK_FAILED')
 /** The operation was aborted. */
 export const AbortError = defineError('AbortError', 'ERR_ABORTED')
+/** A read waited longer than its timeout for a piece (or the task's layout) that did not arrive. */
+export const ReadTimeoutError = defineError('ReadTimeoutError', 'ERR_READ_TIMEOUT')
+/** A read outside the content (offset beyond its end). */
+export const RangeNotSatisfiableError = defineError('RangeNotSatisfiableError', 'ERR_RANGE')
 /** Bad configuration or option. */
 export const InvalidParametersError = defineError('InvalidParametersError', 'ERR_INVALID_PARAMETERS')
 
@@ -81,7 +85,7 @@ export function toErrorInfo (err: unknown): ErrorInfo {
 const byName: Record<string, new (message: string) => GuoceError> = {
   InvalidUrlError, OriginTimeoutError, OriginUnreachableError, ContentLengthMismatchError, PieceDigestMismatchError, DigestMismatchError,
   InvalidDigestError, ProtocolError, ParentTimeoutError, NotFoundError, NoSpaceError, TaskFailedError, AbortError,
-  InvalidParametersError, ContentChangedError, ForbiddenError
+  InvalidParametersError, ContentChangedError, ForbiddenError, ReadTimeoutError, RangeNotSatisfiableError
 }
 
 /** Rebuild a typed error from its wire form. */

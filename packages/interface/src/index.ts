@@ -69,3 +69,58 @@ export interface TaskProgress {
   piecesFromSource: number
   error?: { name: string, code: string, message: string }
 }
+
+/**
+ * How urgently a read needs its pieces. `on-demand` (someone waits: a FUSE read, an HTTP response)
+ * outranks `prefetch`, which outranks `background` fill, at the child and at the parent.
+ */
+export type ReadPriority = 'on-demand' | 'prefetch' | 'background'
+
+/**
+ * Which task a read is of: a task already started on this host (or held whole in its store), by id;
+ * or a request, which starts the download or joins the running one.
+ */
+export type ReadTarget = { taskId: string, request?: undefined } | { request: TaskRequest, taskId?: undefined }
+
+/** What every read takes besides its range. */
+export interface ReadOptions extends AbortOptions {
+  /** @default 'on-demand' */
+  priority?: ReadPriority
+  /**
+   * Longest wait for any one piece the read needs (and for the task's layout); beyond it the read
+   * fails with ReadTimeoutError. @default the reader's own (READ_TIMEOUT_MS in packages/peer)
+   */
+  timeoutMs?: number
+}
+
+/** A ranged read: `length` bytes from `offset` (fewer only where the content ends). */
+export type RangeRead = ReadTarget & ReadOptions & { offset: number, length: number }
+
+/** An ordered stream of the bytes from `offset` (default 0) to `end` (exclusive; default the content's end). */
+export type StreamRead = ReadTarget & ReadOptions & { offset?: number, end?: number }
+
+/**
+ * The reader: the one way to read a task's bytes, whether the task is complete or still downloading.
+ * Every byte it returns belongs to a piece that was verified (sha256 against the source's digest)
+ * before it was stored. A read waits for the pieces it needs, which are fetched ahead of other
+ * work at its priority; it wakes when a piece arrives (no polling), fails when the task fails (with
+ * the task's error), fails with ReadTimeoutError when a piece it needs does not arrive within its
+ * timeout, and with AbortError when its signal aborts (it then stops waiting).
+ *
+ * Callers: the local API's content route (`stat` for the length, then `stream`), a FUSE read handler
+ * (`read` of the kernel's offset and size), the CLI and the registry mirror (`stream`).
+ *
+ * ```ts
+ * const info = await reader.stat({ taskId })
+ * const head = await reader.read({ taskId, offset: 0, length: 4096, signal })
+ * for await (const chunk of reader.stream({ taskId, offset: 0, signal })) res.write(chunk)
+ * ```
+ */
+export interface TaskReader {
+  /** The task's layout (content length, pieces), once the source has announced it. */
+  stat(target: ReadTarget & ReadOptions): Promise<TaskInfo>
+  /** Verified bytes of [offset, offset + length), clipped to the content's end; resolves once all its pieces are held. */
+  read(range: RangeRead): Promise<Uint8Array>
+  /** The bytes of [offset, end) in order, each chunk yielded as soon as its piece is verified. */
+  stream(range: StreamRead): AsyncIterable<Uint8Array>
+}

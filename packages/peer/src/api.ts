@@ -4,7 +4,8 @@
  *   GET  /api/v1/tasks/:id             progress; once complete, `dataFile` {path, size, ino} of the task's data
  *                                      file, so `guoce get` can copy it itself (as the calling user)
  *   GET  /api/v1/tasks/:id/progress    NDJSON progress lines until the task ends
- *   GET  /api/v1/tasks/:id/content     the bytes (Range supported) once complete
+ *   GET  /api/v1/tasks/:id/content     the bytes through the reader: Range -> 206 once those pieces are
+ *                                      verified; else the whole content in order as it arrives
  *   POST /api/v1/tasks/:id/export      removed: 410 (the daemon writes no file at a caller-given path)
  *   DELETE /api/v1/tasks/:id           drop a task from the store (access token)
  *   GET  /healthz, GET /metrics (Prometheus text)
@@ -16,7 +17,7 @@
  * (DNS rebinding). Others get 403 ForbiddenError.
  */
 import Fastify, { type FastifyInstance } from 'fastify'
-import { createReadStream } from 'node:fs'
+import { Readable } from 'node:stream'
 import { chmod, lstat, rm, stat } from 'node:fs/promises'
 import { connect, isIP } from 'node:net'
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
@@ -133,25 +134,51 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
     if (t.state === 'succeeded' || t.state === 'failed') finish()
   })
 
+  // The bytes of a task, complete or still downloading, through the reader: a Range is answered (206)
+  // as soon as its pieces are verified; without one the whole content streams in order as it arrives.
+  // The status waits for the first bytes: a read that fails before them (its pieces cannot be had, the
+  // task failed) gets its own error and status; one that fails later ends the response early.
   app.get<{ Params: { id: string } }>('/api/v1/tasks/:id/content', async (req, reply) => {
     if (!isTaskId(req.params.id)) throw new InvalidParametersError('bad task id')
-    if (!mayRead(req.params.id, req.headers[ACCESS_HEADER])) throw new ForbiddenError(`the content of a task needs the access token POST /api/v1/tasks returns (header ${ACCESS_HEADER})`)
-    const st = await daemon.store.get(req.params.id)
-    if (st == null) throw new NotFoundError(`no task ${req.params.id}`)
-    if (!st.complete) return await reply.status(409).send({ error: { name: 'NotFoundError', code: 'ERR_INCOMPLETE', message: 'task is not complete' } })
-    const size = st.info.contentLength
+    const taskId = req.params.id
+    if (!mayRead(taskId, req.headers[ACCESS_HEADER])) throw new ForbiddenError(`the content of a task needs the access token POST /api/v1/tasks returns (header ${ACCESS_HEADER})`)
+    // the client going away stops the read (its waits, its read-ahead)
+    const ac = new AbortController()
+    reply.raw.once('close', () => { ac.abort() })
+    const { contentLength: size } = await daemon.reader.stat({ taskId, signal: ac.signal })
     let start = 0; let end = size - 1
     const range = req.headers.range
-    if (typeof range === 'string') {
+    const ranged = typeof range === 'string'
+    if (ranged) {
       const m = /^bytes=(\d*)-(\d*)$/.exec(range)
       if (m == null) return await reply.status(416).header('content-range', `bytes */${size}`).send()
       if (m[1] !== '') { start = Number(m[1]); if (m[2] !== '') end = Math.min(size - 1, Number(m[2])) } else if (m[2] !== '') { start = Math.max(0, size - Number(m[2])) }
       if (start > end || start >= size) return await reply.status(416).header('content-range', `bytes */${size}`).send()
-      reply.status(206).header('content-range', `bytes ${start}-${end}/${size}`)
     }
-    reply.header('content-type', 'application/octet-stream').header('accept-ranges', 'bytes').header('content-length', String(size === 0 ? 0 : end - start + 1))
-    if (size === 0) return await reply.send(Buffer.alloc(0))
-    return await reply.send(createReadStream(st.dataPath, { start, end }))
+    const head = (): void => {
+      if (ranged) reply.status(206).header('content-range', `bytes ${start}-${end}/${size}`)
+      reply.header('content-type', 'application/octet-stream').header('accept-ranges', 'bytes').header('content-length', String(size === 0 ? 0 : end - start + 1))
+    }
+    if (size === 0) { head(); return await reply.send(Buffer.alloc(0)) }
+    const it = daemon.reader.stream({ taskId, offset: start, end: end + 1, signal: ac.signal })[Symbol.asyncIterator]()
+    let first: IteratorResult<Uint8Array>
+    try {
+      first = await it.next()
+    } catch (err) {
+      ac.abort()
+      throw err
+    }
+    head()
+    async function * rest (): AsyncGenerator<Uint8Array> {
+      try {
+        if (first.done === true) return
+        yield first.value
+        for (let r = await it.next(); r.done !== true; r = await it.next()) yield r.value
+      } finally {
+        await it.return?.()
+      }
+    }
+    return await reply.send(Readable.from(rest(), { objectMode: false }))
   })
 
   // The daemon used to write a complete task to a caller-given path (hard link or copy), as its own
@@ -187,6 +214,8 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
       '# TYPE guoce_peer_parent_lists_total counter',
       `guoce_peer_parent_lists_total{mode="chain"} ${s.parentLists.chain}`,
       `guoce_peer_parent_lists_total{mode="striped"} ${s.parentLists.striped}`,
+      '# TYPE guoce_peer_reads_waiting gauge',
+      `guoce_peer_reads_waiting ${daemon.readsWaiting}`,
       '# TYPE guoce_peer_scheduler_connected gauge',
       `guoce_peer_scheduler_connected ${daemon.client.connected ? 1 : 0}`
     ]

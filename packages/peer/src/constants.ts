@@ -71,3 +71,30 @@ export const PARENT_STALL_MS = 3_000
  * @default 500 ms
  */
 export const PARENT_STALL_CHECK_MS = 500
+/**
+ * Longest a read waits for any one piece it needs (or for the task's layout) before it fails with
+ * ReadTimeoutError. Per wait, not per read: a stream of a large task is bounded per piece.
+ * @default 60 s
+ */
+export const READ_TIMEOUT_MS = 60_000
+/**
+ * Pieces a read may have asked of one parent on top of PARENT_INFLIGHT (the parent serves them before
+ * background requests, so they do not wait behind those).
+ * @default 8
+ */
+export const READ_INFLIGHT = 8
+/**
+ * Pieces a stream waits for ahead of the one it is reading (they are requested at its priority too).
+ * @default 4
+ */
+export const STREAM_READAHEAD_PIECES = 4
+/**
+ * Largest chunk a stream yields (a piece is cut into chunks of at most this).
+ * @default 1 MiB
+ */
+export const STREAM_CHUNK_BYTES = 1024 * 1024
+/**
+ * Largest ranged read (one buffer); larger ranges are for `stream`.
+ * @default 64 MiB
+ */
+export const MAX_READ_BYTES = 64 * 1024 * 1024

@@ -5,15 +5,19 @@
  * API caller); the TaskStore owns bytes on disk.
  */
 import { taskIdOf, parseSourceUrl, parseDigest } from '@guoce/content'
-import type { Startable, TaskRequest } from '@guoce/interface'
+import type { Startable, TaskReader, TaskRequest } from '@guoce/interface'
 import type { TaskStore } from '@guoce/store'
 import { SchedulerClient, hostInfo, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
 import { serveStore, registerRef, type HostInit } from '@guoce/seed-peer'
 import { PeerTask } from './peer-task.js'
 import { UPLOAD_SLOTS } from './constants.js'
+import { taskReader, daemonResolver } from './reader.js'
 import { probeSource } from '@guoce/seed-peer'
 
-export type PeerDaemonInit = HostInit
+export type PeerDaemonInit = HostInit & {
+  /** longest a read waits for one piece (or the layout) @default READ_TIMEOUT_MS */
+  readTimeoutMs?: number | undefined
+}
 
 export interface DaemonStats {
   peerBytes: number
@@ -32,8 +36,14 @@ export class PeerDaemon implements Startable {
   readonly client: SchedulerClient
   readonly stats: DaemonStats = { peerBytes: 0, sourceBytes: 0, uploadBytes: 0, tasksStarted: 0, blamedParents: 0, parentConnections: {}, parentLists: { chain: 0, striped: 0 } }
   private pieceServer: PieceServer | undefined
+  /**
+   * The one way to read a task's bytes on this host, complete or still downloading (the local API's
+   * content route, and every consumer in this process).
+   */
+  readonly reader: TaskReader
 
   constructor (private readonly init: PeerDaemonInit) {
+    this.reader = taskReader({ resolve: daemonResolver(this), ...(init.readTimeoutMs != null ? { timeoutMs: init.readTimeoutMs } : {}) })
     this.client = new SchedulerClient({
       node: init.node,
       scheduler: init.scheduler,
@@ -46,6 +56,13 @@ export class PeerDaemon implements Startable {
 
   get peerId (): string { return this.init.node.peerId.toString() }
   get store (): TaskStore { return this.init.store }
+
+  /** reads waiting for pieces or layouts, over every task */
+  get readsWaiting (): number {
+    let n = 0
+    for (const t of this.tasks.values()) n += t.readsWaiting
+    return n
+  }
 
   async start (): Promise<void> {
     this.pieceServer = await serveStore(this.init, bytes => { this.stats.uploadBytes += bytes })

@@ -11,7 +11,10 @@ const STATUS: Record<string, number> = {
   DigestMismatchError: 502,
   NoSpaceError: 507,
   ContentChangedError: 502,
-  ForbiddenError: 403
+  ForbiddenError: 403,
+  ReadTimeoutError: 504,
+  RangeNotSatisfiableError: 416,
+  AbortError: 499
 }
 
 export function errorStatus (name: string): number { return STATUS[name] ?? 500 }

@@ -11,7 +11,9 @@
  * ```
  */
 export { PeerDaemon, type PeerDaemonInit, type DaemonStats } from './daemon.js'
-export { PeerTask } from './peer-task.js'
+export { PeerTask, PiecePolicy, planWanted } from './peer-task.js'
+export { taskReader, daemonResolver, storedSource, type ReadSource, type ReaderInit } from './reader.js'
+export { PieceWaiters, type WaitOptions } from './piece-waiters.js'
 export { errorStatus } from './errors.js'
 export { buildServer, listenApi, type ApiOptions } from './api.js'
 export * from './constants.js'

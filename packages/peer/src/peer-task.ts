@@ -23,11 +23,12 @@ import { createHash } from 'node:crypto'
 import type { Libp2p } from 'libp2p'
 import { multiaddr } from '@multiformats/multiaddr'
 import { Bitmap, verifyPieceAsync, checkPieceDigest, equalBytes, MAX_PIECE_LENGTH, credentialHash } from '@guoce/content'
-import { DigestMismatchError, ParentTimeoutError, fromErrorInfo, toErrorInfo, type Logger, type TaskProgress, type TaskRequest, type PeerState, type TaskInfo } from '@guoce/interface'
+import { AbortError, DigestMismatchError, ParentTimeoutError, fromErrorInfo, toErrorInfo, type Logger, type TaskProgress, type TaskRequest, type PeerState, type TaskInfo } from '@guoce/interface'
 import type { StoredTask, TaskStore } from '@guoce/store'
 import { PieceConnection, type PieceChannel, Priority, type PeerMessage, type SchedulerMessage, type WireParent } from '@guoce/transfer'
 import { fillFromSource, announceHeld } from '@guoce/seed-peer'
-import { ENDGAME_PIECES, PARENT_INFLIGHT, PARENT_STALL_MS, PARENT_STALL_CHECK_MS, PIECE_TIMEOUT_MS, PIECE_TIMEOUT_PER_MIB_MS, REPORT_DELAY_MS, REQUEST_BATCH, SCHEDULER_WAIT_MS, STALL_MS, STARVE_MS, STRIPE_FILL_MS, TOTAL_INFLIGHT } from './constants.js'
+import { PieceWaiters, type WaitOptions } from './piece-waiters.js'
+import { ENDGAME_PIECES, PARENT_INFLIGHT, READ_INFLIGHT, PARENT_STALL_MS, PARENT_STALL_CHECK_MS, PIECE_TIMEOUT_MS, PIECE_TIMEOUT_PER_MIB_MS, REPORT_DELAY_MS, REQUEST_BATCH, SCHEDULER_WAIT_MS, STALL_MS, STARVE_MS, STRIPE_FILL_MS, TOTAL_INFLIGHT } from './constants.js'
 
 /** What piece selection reads of a parent. */
 export interface ParentView {
@@ -261,6 +262,44 @@ export class PiecePolicy {
   }
 }
 
+/**
+ * Pieces reads wait for, asked first and at their read's priority (`wanted`: piece -> wire priority,
+ * lower first). Each goes to a parent that holds it with the fewest pieces in flight (then the best
+ * rank), up to PARENT_INFLIGHT + READ_INFLIGHT per parent: the parent serves them ahead of the
+ * background requests already queued there. A wanted piece already in flight is left where it is.
+ * Pure: `issue(p, numbers, priority)` must record the request at once (p.inflight, v.requested).
+ * Returns the pieces asked.
+ */
+export function planWanted<P extends ParentView> (v: DownloadView<P>, wanted: ReadonlyMap<number, number>, issue: (p: P, numbers: number[], priority: number) => void): number {
+  const added = new Map<P, number>()
+  const batches = new Map<P, Map<number, number[]>>()
+  let asked = 0
+  const order = [...wanted].sort((a, b) => a[1] - b[1] || a[0] - b[0])
+  for (const [n, priority] of order) {
+    if (n < 0 || n >= v.pieceCount || v.held.has(n) || !v.known(n) || v.requested.has(n)) continue
+    let best: P | undefined
+    let bestLoad = Infinity
+    for (const p of v.parents.values()) {
+      if (p.bitmap?.has(n) !== true) continue
+      const load = p.inflight.size + (added.get(p) ?? 0)
+      if (load >= PARENT_INFLIGHT + READ_INFLIGHT) continue
+      if (load < bestLoad || (load === bestLoad && best != null && p.rank < best.rank)) { best = p; bestLoad = load }
+    }
+    if (best == null) continue
+    added.set(best, (added.get(best) ?? 0) + 1)
+    let byPriority = batches.get(best)
+    if (byPriority == null) batches.set(best, byPriority = new Map())
+    let list = byPriority.get(priority)
+    if (list == null) byPriority.set(priority, list = [])
+    list.push(n)
+    asked++
+  }
+  for (const [p, byPriority] of batches) {
+    for (const [priority, numbers] of [...byPriority].sort((a, b) => a[0] - b[0])) issue(p, numbers, priority)
+  }
+  return asked
+}
+
 interface ParentState extends ParentView {
   addrs: string[]
   bitmap: Bitmap | undefined
@@ -273,7 +312,16 @@ interface ParentState extends ParentView {
   /** stall check: bytes the connection had received at the last sample, and when that count last moved */
   seenBytes: number
   movedAt: number
+  /**
+   * What the scheduler said the parent holds before this task's layout was known (the parents message's
+   * bitmap, `have` numbers, at most EARLY_HAVES of them): applied when the layout comes, else those
+   * pieces would stay unknown until the next parents message (often only when the parent completes).
+   */
+  early?: { bitmap?: Uint8Array, haves: number[] }
 }
+
+/** `have` numbers kept per parent while the task's layout is not known. */
+const EARLY_HAVES = 65_536
 
 /** Errors after which a parent is blamed to the scheduler (not only dropped). */
 const BLAMED = new Set(['PieceDigestMismatchError', 'ParentTimeoutError', 'PeerViolationError'])
@@ -324,12 +372,50 @@ export class PeerTask {
   private creating: Promise<StoredTask> | undefined
   private readonly blamed = new Set<string>()
   private readonly policy = new PiecePolicy()
+  /** reads waiting for pieces (or for the layout); their pieces are requested first */
+  private readonly waiters: PieceWaiters
   private stallTimer: NodeJS.Timeout | undefined
   private parentWatch: NodeJS.Timeout | undefined
 
   constructor (private readonly init: PeerTaskInit) {
     this.log = init.log.child({ component: 'peer:task', task: init.taskId.slice(0, 12) })
     this.done.promise.catch(() => {})
+    this.waiters = new PieceWaiters(`task ${init.taskId.slice(0, 12)}`, () => { if (!this.pumpQueued) { this.pumpQueued = true; queueMicrotask(() => { this.pumpQueued = false; this.pump() }) } })
+  }
+
+  private pumpQueued = false
+
+  /** The digest the whole content must have, when the task is named by one. */
+  get digest (): string | undefined { return this.init.request.digest }
+
+  /** Reads waiting on this task now. */
+  get readsWaiting (): number { return this.waiters.size }
+
+  /**
+   * The stored task once its layout is known. Rejects with the task's error if it fails,
+   * ReadTimeoutError after `o.timeoutMs`, AbortError when `o.signal` aborts.
+   */
+  async whenLayout (o: WaitOptions): Promise<StoredTask> {
+    for (;;) {
+      if (this.state === 'failed') throw this.error ?? new AbortError('the task failed')
+      if (this.stored != null) return this.stored
+      await this.waiters.layout(o)
+    }
+  }
+
+  /**
+   * The stored task once piece `n` is held (verified and written). Until then `n` is wanted: the
+   * task asks parents for it ahead of background fill, at `o.priority`. Rejects like whenLayout.
+   */
+  async whenPiece (n: number, o: WaitOptions): Promise<StoredTask> {
+    for (;;) {
+      if (this.state === 'failed') throw this.error ?? new AbortError('the task failed')
+      const s = this.stored
+      if (s != null && s.bitmap.has(n)) return s
+      if (s == null) { await this.waiters.layout(o); continue }
+      if (n < 0 || n >= s.info.pieceCount) throw new RangeError(`piece ${n} outside the task's ${s.info.pieceCount} pieces`)
+      await this.waiters.piece(n, o)
+    }
   }
 
   get taskId (): string { return this.init.taskId }
@@ -368,6 +454,7 @@ export class PeerTask {
       this.stored = existing
       this.piecesFromStore = existing.bitmap.count
       this.digests = [...existing.digests]
+      this.waiters.layoutKnown()
       if (existing.complete) {
         await this.succeed()
         return
@@ -430,6 +517,10 @@ export class PeerTask {
     if (msg.have != null) {
       const p = this.parents.get(msg.have.peerId)
       if (p?.bitmap != null) for (const n of msg.have.numbers ?? []) if (n < p.bitmap.size) p.bitmap.set(n)
+      if (p != null && p.bitmap == null) {
+        p.early ??= { haves: [] }
+        for (const n of msg.have.numbers ?? []) if (Number.isInteger(n) && n >= 0 && p.early.haves.length < EARLY_HAVES) p.early.haves.push(n)
+      }
       this.pump()
     }
     if (msg.backToSource != null) this.goToSource(msg.backToSource.reason)
@@ -456,7 +547,14 @@ export class PeerTask {
         this.digests = new Array(info.pieceCount).fill(undefined)
         old.forEach((d, i) => { if (i < info.pieceCount) this.digests[i] = d })
       }
-      for (const p of this.parents.values()) if (p.bitmap == null || p.bitmap.size !== info.pieceCount) p.bitmap = new Bitmap(info.pieceCount)
+      for (const p of this.parents.values()) {
+        if (p.bitmap != null && p.bitmap.size === info.pieceCount) continue
+        const early = p.early
+        p.early = undefined
+        p.bitmap = new Bitmap(info.pieceCount, early?.bitmap != null && early.bitmap.length === Math.ceil(info.pieceCount / 8) ? early.bitmap : undefined)
+        for (const n of early?.haves ?? []) if (n < info.pieceCount) p.bitmap.set(n)
+      }
+      this.waiters.layoutKnown()
       this.emit()
       this.pump()
     } catch (err) {
@@ -488,6 +586,10 @@ export class PeerTask {
         const b = new Bitmap(count, wp.bitmap != null && wp.bitmap.length > 0 ? wp.bitmap : undefined)
         if (p.bitmap == null) p.bitmap = b
         else for (const n of b.present()) p.bitmap.set(n)
+      } else if (wp.bitmap != null && wp.bitmap.length > 0) {
+        // no layout yet: kept for when it comes (bounded by the scheduler message's own size)
+        p.early ??= { haves: [] }
+        p.early.bitmap = Uint8Array.from(wp.bitmap)
       }
     }
     for (const [id, p] of this.parents) {
@@ -508,7 +610,10 @@ export class PeerTask {
     if (s.complete) { void this.succeed(); return }
     const now = Date.now()
     const view: DownloadView<ParentState> = { pieceCount: s.info.pieceCount, held: s.bitmap, known: n => this.digests[n] != null, requested: this.requested, parents: this.parents }
-    const { total, heldBack, wakeAt } = this.policy.plan(view, now, (p, picks) => { void this.requestFrom(p, picks) })
+    // what reads wait for goes first, at their priority; background fill takes what capacity is left
+    const wanted = this.waiters.wanted()
+    if (wanted.size > 0) planWanted(view, wanted, (p, picks, priority) => { void this.requestFrom(p, picks, priority) })
+    const { total, heldBack, wakeAt } = this.policy.plan(view, now, (p, picks) => { void this.requestFrom(p, picks, Priority.BACKGROUND) })
     if (total === 0 && !heldBack) this.armStarve()
     else this.disarmStarve()
     // a backup has what we need: look again when the stall limit is reached
@@ -526,7 +631,7 @@ export class PeerTask {
     return p.conn
   }
 
-  private async requestFrom (p: ParentState, numbers: number[]): Promise<void> {
+  private async requestFrom (p: ParentState, numbers: number[], priority: number): Promise<void> {
     // a parent's stall clock runs only while it has requests in flight
     if (p.inflight.size === 0) { p.movedAt = Date.now(); p.seenBytes = p.conn?.received ?? 0 }
     this.watchParents()
@@ -545,7 +650,7 @@ export class PeerTask {
       const writes: Array<Promise<void>> = []
       let bad: Error | undefined
       await Promise.race([
-        conn.request({ taskId: this.taskId, numbers, priority: Priority.BACKGROUND }, (r) => {
+        conn.request({ taskId: this.taskId, numbers, priority }, (r) => {
           if ('refused' in r) return
           writes.push(this.accept(p, r.n, r.data, r.digest).catch((err: Error) => { bad ??= err }).finally(r.release))
         }, s.info.pieceLength),
@@ -621,6 +726,7 @@ export class PeerTask {
   }
 
   private reportPiece (n: number): void {
+    this.waiters.arrived(n)
     this.reportQueue.push(n)
     this.emit()
     if (this.reportTimer != null) return
@@ -685,6 +791,7 @@ export class PeerTask {
           timeoutMs: this.init.originTimeoutMs,
           onInfo: (info, t) => {
             this.stored = t
+            this.waiters.layoutKnown()
             this.init.send({ sourceInfo: { taskId: this.taskId, info } })
             this.emit()
           },
@@ -751,6 +858,7 @@ export class PeerTask {
       await this.init.store.remove(this.taskId).catch(() => {})
     }
     this.log.warn('task failed', { err: err.message })
+    this.waiters.failAll(err)
     this.emit()
     this.done.reject(err)
   }
@@ -763,6 +871,7 @@ export class PeerTask {
     clearTimeout(this.waitTimer)
     clearTimeout(this.reportTimer)
     for (const p of this.parents.values()) p.conn?.close()
+    this.waiters.failAll(new AbortError(`task ${this.taskId.slice(0, 12)} was stopped`))
   }
 }
 

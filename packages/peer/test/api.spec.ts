@@ -1,11 +1,24 @@
 import { describe, it, expect } from 'vitest'
-import { InvalidUrlError } from '@guoce/interface'
+import { InvalidUrlError, NotFoundError, ReadTimeoutError, type StreamRead } from '@guoce/interface'
 import { buildServer, type PeerDaemon } from '../src/index.js'
 
 const ID = 'a'.repeat(64)
 
-function fakeDaemon (stored: { complete: boolean } | null): PeerDaemon {
+/** `stored` null: no such task; `failRead`: the reader fails before the first byte */
+function fakeDaemon (stored: { complete: boolean } | null, failRead?: Error): PeerDaemon {
+  const content = Buffer.from('hello, world')
   return {
+    reader: {
+      stat: async () => {
+        if (stored == null) throw new NotFoundError(`no task ${ID}`)
+        return { taskId: ID, contentLength: content.length, pieceLength: 4, pieceCount: 3 }
+      },
+      stream: async function * (r: StreamRead) {
+        if (failRead != null) throw failRead
+        yield content.subarray(r.offset ?? 0, r.end)
+      }
+    },
+    readsWaiting: 0,
     tasks: new Map(),
     store: { get: async () => stored },
     peerId: 'peer',
@@ -35,7 +48,7 @@ describe('local API errors', () => {
     await app.close()
   })
 
-  it('gives the content only with the access token of POST /api/v1/tasks; an incomplete task is 409', async () => {
+  it('gives the content only with the access token of POST /api/v1/tasks, through the reader (Range: 206)', async () => {
     const app = buildServer(fakeDaemon({ complete: false }))
     for (const headers of [{}, { 'x-guoce-access': 'f'.repeat(64) }, { 'x-guoce-access': 'nope' }]) {
       const r = await app.inject({ url: `/api/v1/tasks/${ID}/content`, headers })
@@ -45,10 +58,25 @@ describe('local API errors', () => {
     const posted = await app.inject({ method: 'POST', url: '/api/v1/tasks', payload: { url: 'http://127.0.0.1/f' } })
     const access = posted.json().access as string
     expect(access).toMatch(/^[0-9a-f]{64}$/)
-    const r = await app.inject({ url: `/api/v1/tasks/${ID}/content`, headers: { 'x-guoce-access': access } })
-    expect(r.statusCode).toBe(409)
+    let r = await app.inject({ url: `/api/v1/tasks/${ID}/content`, headers: { 'x-guoce-access': access } })
+    expect(r.statusCode).toBe(200)
+    expect(r.body).toBe('hello, world')
+    r = await app.inject({ url: `/api/v1/tasks/${ID}/content`, headers: { 'x-guoce-access': access, range: 'bytes=7-' } })
+    expect(r.statusCode).toBe(206)
+    expect(r.headers['content-range']).toBe('bytes 7-11/12')
+    expect(r.body).toBe('world')
+    r = await app.inject({ url: `/api/v1/tasks/${ID}/content`, headers: { 'x-guoce-access': access, range: 'bytes=12-' } })
+    expect(r.statusCode).toBe(416)
     expect((await app.inject({ method: 'DELETE', url: `/api/v1/tasks/${ID}` })).statusCode).toBe(403)
-    expect(r.json().error.code).toBe('ERR_INCOMPLETE')
+    await app.close()
+  })
+
+  it('a read that fails before its first byte gets its own error and status', async () => {
+    const app = buildServer(fakeDaemon({ complete: false }, new ReadTimeoutError('a read waited 100 ms for piece 0')))
+    const access = (await app.inject({ method: 'POST', url: '/api/v1/tasks', payload: { url: 'http://127.0.0.1/f' } })).json().access as string
+    const r = await app.inject({ url: `/api/v1/tasks/${ID}/content`, headers: { 'x-guoce-access': access } })
+    expect(r.statusCode).toBe(504)
+    expect(r.json().error).toMatchObject({ name: 'ReadTimeoutError', code: 'ERR_READ_TIMEOUT' })
     await app.close()
   })
 

@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest'
 import { Bitmap } from '@guoce/content'
-import { PiecePolicy, pickPieces, type DownloadView, type ParentView } from '../src/peer-task.js'
-import { ENDGAME_PIECES, PARENT_INFLIGHT, STALL_MS, STRIPE_FILL_MS } from '../src/constants.js'
+import { PiecePolicy, pickPieces, planWanted, type DownloadView, type ParentView } from '../src/peer-task.js'
+import { ENDGAME_PIECES, PARENT_INFLIGHT, READ_INFLIGHT, STALL_MS, STRIPE_FILL_MS } from '../src/constants.js'
 
 const PIECES = 64
 
@@ -215,5 +215,47 @@ describe('pickPieces', () => {
     expect(picks).toHaveLength(4)
     expect(picks.every(n => n < 32 && stripeOf(n) === 1)).toBe(true)
     expect(pickPieces(d.view, a, 4, false, () => false)).toEqual([])
+  })
+})
+
+describe('planWanted: what reads wait for goes first', () => {
+  /** one planWanted: what each parent was asked, at which priority (recorded as in flight) */
+  function want (d: ReturnType<typeof download>, wanted: Map<number, number>): Array<{ id: string, numbers: number[], priority: number }> {
+    const out: Array<{ id: string, numbers: number[], priority: number }> = []
+    planWanted(d.view, wanted, (p, numbers, priority) => {
+      for (const n of numbers) {
+        p.inflight.add(n)
+        const set = d.view.requested.get(n) as Set<string> | undefined
+        if (set == null) (d.view.requested as Map<number, Set<string>>).set(n, new Set([p.id])); else set.add(p.id)
+      }
+      out.push({ id: p.id, numbers, priority })
+    })
+    return out
+  }
+
+  it('asks for wanted pieces even when the primary is full of background requests, at their priority, most urgent first', () => {
+    const d = download([{ id: 'a' }, { id: 'b', holds: n => n < 32 }])
+    const policy = new PiecePolicy()
+    policy.onParents(d.parents, 0, undefined, 0)
+    d.plan(policy, 0)
+    expect(d.parents.get('a')!.inflight.size).toBe(PARENT_INFLIGHT)
+    const inflightBefore = new Set(d.view.requested.keys())
+    const wanted = new Map<number, number>([[60, 1], [50, 0], [10, 0]])
+    for (const n of inflightBefore) wanted.set(n, 0) // already in flight: left where it is
+    const asked = want(d, wanted)
+    // 10 goes to b (idle, holds it), 50 and 60 only a holds; on-demand (0) before prefetch (1)
+    expect(asked).toEqual([{ id: 'b', numbers: [10], priority: 0 }, { id: 'a', numbers: [50], priority: 0 }, { id: 'a', numbers: [60], priority: 1 }])
+    // pure: nothing asked twice
+    expect(want(d, wanted)).toEqual([])
+  })
+
+  it('skips pieces held, unknown or outside the task, and stops at PARENT_INFLIGHT + READ_INFLIGHT per parent', () => {
+    const d = download([{ id: 'a' }])
+    d.held.set(3)
+    const wanted = new Map<number, number>([[3, 0], [-1, 0], [PIECES, 0]])
+    for (let n = 10; n < 40; n++) wanted.set(n, 0)
+    const asked = want(d, wanted)
+    const numbers = asked.flatMap(a => a.numbers)
+    expect(numbers).toEqual(Array.from({ length: PARENT_INFLIGHT + READ_INFLIGHT }, (_, i) => 10 + i))
   })
 })

@@ -2,7 +2,8 @@
  * /guoce/piece/1
  *
  * child -> parent: varint-length-prefixed PieceRequest (task id, piece numbers, priority), any number, pipelined.
- * parent -> child: for every requested number, in request order, one frame:
+ * parent -> child: for every requested number one frame; the parent answers its most urgent request first
+ * (priority 0 on-demand, 1 prefetch, 2 background; oldest first within one), the pieces of a request in order:
  *   u8 kind (0 = piece, 1 = refused) | u32be number | u32be length | 32-byte sha256 (zero when refused) | length bytes
  * A refused piece carries a utf-8 reason instead of data. The child never trusts the digest in the frame;
  * it verifies against the seed's digest that the scheduler relayed.
@@ -113,6 +114,8 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
   const active = new Set<PieceDuplex>()
   const uploadBudget = init.uploadBufferBytes ?? UPLOAD_BUFFER_BYTES
   let reserved = 0
+  /** answers waiting for room in the upload budget, by priority: one goes only when no more urgent one waits */
+  const waiting = [0, 0, 0]
   let pieceEstimate = 1024 * 1024
   // hosts that broke a bound: no piece stream and no data channel from this parent for a while
   const banned = new Map<string, number>()
@@ -213,65 +216,129 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
 
   /**
    * Wait until the bytes queued to children on every stream of this server, plus the pieces being read
-   * for them, are under the upload budget; then reserve one piece's worth (the largest served so far).
+   * for them, are under the upload budget, and no more urgent answer waits for it; then reserve one
+   * piece's worth (the largest served so far).
    */
-  async function room (stream: PieceDuplex): Promise<number> {
+  async function room (stream: PieceDuplex, priority: number): Promise<number> {
     const over = (): boolean => {
+      for (let q = 0; q < priority; q++) if (waiting[q]! > 0) return true
       let n = reserved
       for (const s of active) n += s.writeBufferLength ?? 0
       return n >= uploadBudget
     }
-    while (over() && stream.writeStatus === 'writable') await new Promise(resolve => setTimeout(resolve, UPLOAD_BUFFER_WAIT_MS))
+    if (over()) {
+      waiting[priority]!++
+      try {
+        while (over() && stream.writeStatus === 'writable') await new Promise(resolve => setTimeout(resolve, UPLOAD_BUFFER_WAIT_MS))
+      } finally {
+        waiting[priority]!--
+      }
+    }
     reserved += pieceEstimate
     return pieceEstimate
   }
 
+  /**
+   * One stream's requests. A reader takes requests off the stream into a queue (at most
+   * MAX_PENDING_REQUESTS_PER_STREAM; beyond, it stops reading, and the stream's read buffer bounds the
+   * rest); the writer answers one piece at a time, always of the most urgent request queued (lowest
+   * priority value, then the oldest): an on-demand request overtakes background ones sent before it,
+   * after the piece being sent. The pieces of one request go in their order.
+   */
   async function answer (stream: PieceDuplex, remote: string): Promise<void> {
     const reader = new ByteReader(stream)
-    while (true) {
-      // every request so far is answered (its bytes handed to the stream): PIECE_CHANNEL_IDLE_MS without
-      // the next one closes the stream (a data channel also watches itself: data-channel.ts)
-      let idle: NodeJS.Timeout | undefined
-      const arm = (): void => {
-        idle = setTimeout(() => {
-          // bytes of the last answer still queued: the child is reading them
-          if ((stream.writeBufferLength ?? 0) > 0) arm()
-          else stream.abort(new ProtocolError(`no piece request for ${PIECE_CHANNEL_IDLE_MS} ms`))
-        }, PIECE_CHANNEL_IDLE_MS)
-        idle.unref()
-      }
-      arm()
-      let b: Uint8Array
+    const queue: Array<{ req: PieceRequest, priority: number, next: number }> = []
+    let readDone = false
+    let readError: Error | undefined
+    let sending = false
+    let wakeWriter: (() => void) | undefined
+    let wakeReader: (() => void) | undefined
+    const kick = (): void => { const w = wakeWriter; wakeWriter = undefined; w?.() }
+    // PIECE_CHANNEL_IDLE_MS with nothing queued, nothing being sent and no request closes the stream
+    // (a data channel also watches itself: data-channel.ts)
+    let lastActivity = Date.now()
+    let idle: NodeJS.Timeout | undefined
+    const arm = (ms: number): void => {
+      idle = setTimeout(() => {
+        const quiet = Date.now() - lastActivity
+        if (queue.length > 0 || sending || (stream.writeBufferLength ?? 0) > 0 || quiet < PIECE_CHANNEL_IDLE_MS) {
+          if (queue.length > 0 || sending || (stream.writeBufferLength ?? 0) > 0) lastActivity = Date.now()
+          arm(Math.max(1, PIECE_CHANNEL_IDLE_MS - (Date.now() - lastActivity)))
+        } else {
+          stream.abort(new ProtocolError(`no piece request for ${PIECE_CHANNEL_IDLE_MS} ms`))
+        }
+      }, ms)
+      idle.unref()
+    }
+    arm(PIECE_CHANNEL_IDLE_MS)
+
+    const reading = (async () => {
       try {
-        const len = await reader.varint()
-        if (len == null) break
-        if (len > MAX_PIECE_REQUEST_BYTES) throw new PeerViolationError(`piece request of ${len} bytes, limit ${MAX_PIECE_REQUEST_BYTES}`)
-        b = await reader.exact(len)
+        while (true) {
+          while (queue.length >= MAX_PENDING_REQUESTS_PER_STREAM) await new Promise<void>(resolve => { wakeReader = resolve })
+          const len = await reader.varint()
+          if (len == null) break
+          if (len > MAX_PIECE_REQUEST_BYTES) throw new PeerViolationError(`piece request of ${len} bytes, limit ${MAX_PIECE_REQUEST_BYTES}`)
+          const req = pieceRequest.decode(await reader.exact(len))
+          if (req.numbers.length > MAX_PIECES_PER_REQUEST) throw new PeerViolationError(`request names ${req.numbers.length} pieces, limit ${MAX_PIECES_PER_REQUEST}`)
+          lastActivity = Date.now()
+          if (req.numbers.length === 0) continue
+          const p = req.priority
+          queue.push({ req, priority: Number.isInteger(p) && p >= 0 && p < waiting.length ? p : waiting.length - 1, next: 0 })
+          kick()
+        }
+      } catch (err) {
+        readError = err as Error
       } finally {
-        clearTimeout(idle)
+        readDone = true
+        kick()
       }
-      const req = pieceRequest.decode(b)
-      if (req.numbers.length > MAX_PIECES_PER_REQUEST) throw new PeerViolationError(`request names ${req.numbers.length} pieces, limit ${MAX_PIECES_PER_REQUEST}`)
-      for (const n of req.numbers) {
-        let piece: StoredPiece | null = null
-        let reason = 'not held'
-        const held = await room(stream)
+    })()
+
+    try {
+      while (true) {
+        if (readError != null) throw readError
+        if (queue.length === 0) {
+          if (readDone) break
+          await new Promise<void>(resolve => { wakeWriter = resolve })
+          continue
+        }
+        sending = true
+        let urgent = waiting.length - 1
+        for (const q of queue) if (q.priority < urgent) urgent = q.priority
+        const held = await room(stream, urgent)
         let full: boolean
         try {
+          // chosen after the wait: a more urgent request may have come in meanwhile
+          let i = 0
+          for (let j = 1; j < queue.length; j++) if (queue[j]!.priority < queue[i]!.priority) i = j
+          const q = queue[i]!
+          const n = q.req.numbers[q.next++]!
+          if (q.next === q.req.numbers.length) {
+            queue.splice(i, 1)
+            const w = wakeReader; wakeReader = undefined; w?.()
+          }
+          let piece: StoredPiece | null = null
+          let reason = 'not held'
           try {
-            piece = await init.provider.getPiece(req.taskId, n)
+            piece = await init.provider.getPiece(q.req.taskId, n)
           } catch (err) {
             reason = (err as Error).message
           }
-          if (stream.writeStatus !== 'writable') { piece?.release?.(); return }
-          full = sendAnswer(stream, req.taskId, n, piece, reason, remote)
+          if (stream.writeStatus !== 'writable') { piece?.release?.(); reading.catch(() => {}); return }
+          full = sendAnswer(stream, q.req.taskId, n, piece, reason, remote)
         } finally {
           reserved -= held
         }
         // a child that takes nothing of an answer for PIECE_CHANNEL_IDLE_MS loses the stream
         if (full) await stream.onDrain({ signal: AbortSignal.timeout(PIECE_CHANNEL_IDLE_MS) })
+        lastActivity = Date.now()
+        sending = false
       }
+    } finally {
+      clearTimeout(idle)
     }
+    await reading
     await stream.close().catch(() => {})
   }
 
@@ -342,6 +409,8 @@ export class PieceConnection {
   private readonly head = Buffer.alloc(HEADER)
   private headFill = 0
   private frameKind = 0
+  /** the request the frame being received answers */
+  private framePending: Pending | undefined
   private frameN = 0
   private frameLen = 0
   private bodyFill = 0
@@ -460,9 +529,13 @@ export class PieceConnection {
     const kind = this.head[0]!
     const n = this.head.readUInt32BE(1)
     const len = this.head.readUInt32BE(5)
-    const p = this.pending[0]
-    if (p == null) throw new PeerViolationError(`unrequested piece ${n}`)
-    if (p.numbers[p.next] !== n) throw new PeerViolationError(`piece ${n} arrived, ${p.numbers[p.next]} expected`)
+    // a parent answers its most urgent request first: a frame is the next piece of some pending request
+    // (the first such), and the pieces of each request come in their order
+    const p = this.pending.find(q => q.numbers[q.next] === n)
+    if (p == null) {
+      if (this.pending.length === 0) throw new PeerViolationError(`unrequested piece ${n}`)
+      throw new PeerViolationError(`piece ${n} arrived, ${this.pending.map(q => q.numbers[q.next]).join(' or ')} expected`)
+    }
     if (kind !== KIND_PIECE && kind !== KIND_REFUSED) throw new PeerViolationError(`unknown frame kind ${kind}`)
     const max = kind === KIND_PIECE ? p.maxBytes : MAX_REFUSED_REASON_BYTES
     if (len > max) throw new PeerViolationError(`piece ${n} frame of ${len} bytes exceeds limit ${max}`)
@@ -473,6 +546,7 @@ export class PieceConnection {
     } else {
       this.body = Buffer.allocUnsafe(len)
     }
+    this.framePending = p
     this.frameKind = kind
     this.frameN = n
     this.frameLen = len
@@ -480,7 +554,8 @@ export class PieceConnection {
   }
 
   private endFrame (): void {
-    const p = this.pending[0]!
+    const p = this.framePending!
+    this.framePending = undefined
     const body = this.body!
     const lease = this.lease
     const hash = this.hash
@@ -491,7 +566,7 @@ export class PieceConnection {
     } else {
       p.onPiece({ n: this.frameN, refused: body.toString() })
     }
-    if (p.next === p.numbers.length) { this.pending.shift(); p.resolve() }
+    if (p.next === p.numbers.length) { this.pending.splice(this.pending.indexOf(p), 1); p.resolve() }
   }
 }
 

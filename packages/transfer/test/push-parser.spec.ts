@@ -77,7 +77,7 @@ describe('piece frames in push mode', () => {
 
   it('an unrequested piece, an oversized frame or an end inside a frame fail every pending request', async () => {
     const cases: Array<[string, (ch: ReturnType<typeof fakeChannel>) => void, RegExp]> = [
-      ['unrequested', ch => { ch.feed(frame(0, 5, randomBytes(10))) }, /piece 5 arrived, 1 expected/],
+      ['unrequested', ch => { ch.feed(frame(0, 5, randomBytes(10))) }, /piece 5 arrived, 1 (or \d+ )?expected/],
       ['oversized', ch => { const h = frame(0, 1, new Uint8Array()); h.writeUInt32BE(0xffffffff, 5); ch.feed(h) }, /exceeds limit/],
       ['unknown kind', ch => { ch.feed(frame(7, 1, randomBytes(3))) }, /unknown frame kind 7/],
       ['truncated', ch => { ch.feed(frame(0, 1, randomBytes(100)).subarray(0, 60)); ch.end() }, /ended inside a frame/]

@@ -1,0 +1,171 @@
+/**
+ * Reading a task while it downloads, end to end: real scheduler, seed and daemon processes on 127.0.0.1,
+ * a rate-limited local origin, reads through the daemon's local API (GET /api/v1/tasks/:id/content),
+ * which every consumer's read goes through (the reader, packages/peer/src/reader.ts).
+ */
+import { describe, it, expect, afterEach } from 'vitest'
+import { randomBytes, createHash } from 'node:crypto'
+import { startOrigin, startCluster, freePort, stopAll, type Origin, type Cluster } from '@guoce/testkit'
+
+const MiB = 1024 * 1024
+const cleanups: Array<() => Promise<void>> = []
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c().catch(() => {})
+  await stopAll()
+})
+
+async function setup (o: { files: Record<string, Buffer>, rate: number, daemonArgs?: string[] }): Promise<{ origin: Origin, cluster: Cluster, api: string }> {
+  const origin = await startOrigin({ files: o.files, rate: o.rate })
+  cleanups.push(async () => { await origin.close() })
+  const cluster = await startCluster({ daemons: 1, ...(o.daemonArgs != null ? { daemonArgs: o.daemonArgs } : {}) })
+  cleanups.push(async () => { await cluster.close() })
+  return { origin, cluster, api: cluster.daemons[0]!.api }
+}
+
+const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex')
+
+/** POST the task: its id and access token */
+async function start (api: string, body: { url: string, digest?: string }): Promise<{ taskId: string, access: string }> {
+  const res = await fetch(`${api}/api/v1/tasks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+  const j = await res.json() as { taskId: string, access: string }
+  expect(res.status, JSON.stringify(j)).toBe(200)
+  return j
+}
+
+async function progress (api: string, taskId: string): Promise<{ state: string, piecesDone: number, pieceCount?: number }> {
+  return await (await fetch(`${api}/api/v1/tasks/${taskId}`)).json() as { state: string, piecesDone: number, pieceCount?: number }
+}
+
+async function metric (api: string, name: string): Promise<number> {
+  const text = await (await fetch(`${api}/metrics`)).text()
+  const line = text.split('\n').find(l => l.startsWith(name + ' '))
+  return line == null ? NaN : Number(line.split(' ').pop())
+}
+
+async function until (cond: () => Promise<boolean> | boolean, what: string, timeoutMs = 30_000): Promise<void> {
+  const end = Date.now() + timeoutMs
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+}
+
+/**
+ * Read `path` of the local API to its end; `onFirst` runs when the first body bytes are in
+ * (its result is kept). The status, the body, and what onFirst returned.
+ */
+async function readAll<T> (url: string, headers: Record<string, string>, onFirst: () => Promise<T>, signal?: AbortSignal): Promise<{ status: number, body: Buffer, first: T | undefined, firstMs: number }> {
+  const t0 = Date.now()
+  const res = await fetch(url, { headers, ...(signal != null ? { signal } : {}) })
+  const parts: Buffer[] = []
+  let first: T | undefined
+  let firstMs = -1
+  for await (const chunk of res.body!) {
+    if (firstMs < 0) { firstMs = Date.now() - t0; first = await onFirst() }
+    parts.push(Buffer.from(chunk as Uint8Array))
+  }
+  return { status: res.status, body: Buffer.concat(parts), first, firstMs }
+}
+
+describe('reading a task while it downloads', () => {
+  it('8 concurrent streaming reads of one blob each get their first byte before the task is complete, and all are byte-identical to the origin', async () => {
+    // 24 pieces of 1 MiB at 6 MiB/s from the origin: about 4 s for the whole task
+    const file = randomBytes(24 * MiB)
+    const { origin, api } = await setup({ files: { 'blob.bin': file }, rate: 6 * MiB })
+    const t0 = Date.now()
+    const { taskId, access } = await start(api, { url: `${origin.url}/blob.bin` })
+    // what the origin had sent when a stream's first bytes were in (read here, in this process: no
+    // request to the daemon that could itself be late)
+    const reads = await Promise.all(Array.from({ length: 8 }, async () =>
+      await readAll(`${api}/api/v1/tasks/${taskId}/content`, { 'x-guoce-access': access }, async () => origin.sent['blob.bin'] ?? 0)))
+    const total = Date.now() - t0
+    process.stderr.write(`read.spec: per stream (first ms, origin MiB then): ${reads.map(r => `${r.firstMs}/${((r.first ?? 0) / MiB).toFixed(1)}`).join(' ')}; total ${total} ms\n`)
+    for (const r of reads) {
+      expect(r.status).toBe(200)
+      // the first bytes were in before the origin had even sent the whole blob: the task was not complete
+      expect(r.first!).toBeLessThan(file.length)
+      expect(r.body.length).toBe(file.length)
+      expect(sha(r.body)).toBe(sha(file))
+    }
+    await until(async () => (await progress(api, taskId)).state === 'succeeded', 'the task to succeed')
+    const firsts = reads.map(r => r.firstMs).sort((a, b) => a - b)
+    const sent = reads.map(r => Math.round(r.first! / MiB)).sort((a, b) => a - b)
+    process.stderr.write(`read.spec: 8 streams of 24 MiB at 6 MiB/s: first byte after ${firsts[0]}-${firsts[7]} ms (origin had sent ${sent[0]}-${sent[7]} MiB), all done after ${total} ms\n`)
+  })
+
+  it('a Range read of an incomplete task answers 206 with the right bytes before the task is complete', async () => {
+    const file = randomBytes(24 * MiB)
+    const { origin, api } = await setup({ files: { 'blob.bin': file }, rate: 6 * MiB })
+    const { taskId, access } = await start(api, { url: `${origin.url}/blob.bin` })
+    const from = 5 * MiB + 1000
+    const to = from + 64 * 1024 + 17 // crosses no piece boundary... and one that does:
+    const from2 = 8 * MiB - 100; const to2 = 8 * MiB + 99
+    const [a, b] = await Promise.all([[from, to], [from2, to2]].map(async ([s, e]) => {
+      const res = await fetch(`${api}/api/v1/tasks/${taskId}/content`, { headers: { 'x-guoce-access': access, range: `bytes=${s}-${e}` } })
+      const body = Buffer.from(await res.arrayBuffer())
+      return { res, body, sent: origin.sent['blob.bin'] ?? 0 }
+    }))
+    for (const [r, s, e] of [[a!, from, to], [b!, from2, to2]] as const) {
+      expect(r.res.status).toBe(206)
+      expect(r.res.headers.get('content-range')).toBe(`bytes ${s}-${e}/${file.length}`)
+      expect(r.body.equals(file.subarray(s, e + 1))).toBe(true)
+      // the whole answer was in before the origin had sent the whole blob: the task was not complete
+      expect(r.sent).toBeLessThan(file.length)
+    }
+  })
+
+  it('a read whose pieces cannot be had fails after a bounded time with a clear error, while other reads go on', async () => {
+    const file = randomBytes(4 * MiB)
+    const { origin, api } = await setup({ files: { 'ok.bin': file }, rate: 2 * MiB, daemonArgs: ['--read-timeout', '2s'] })
+    const digest = (b: Buffer): string => 'sha256:' + sha(b)
+    // an origin that never answers (digest-named: the daemon does not probe it; the seed waits on it)
+    const hung = await start(api, { url: `${origin.url}/hang`, digest: digest(randomBytes(16)) })
+    // an origin that is down: nothing listens on its port
+    const down = await start(api, { url: `http://127.0.0.1:${await freePort()}/gone.bin`, digest: digest(randomBytes(16)) })
+    const ok = await start(api, { url: `${origin.url}/ok.bin` })
+    const t0 = Date.now()
+    const [h, d, good] = await Promise.all([
+      fetch(`${api}/api/v1/tasks/${hung.taskId}/content`, { headers: { 'x-guoce-access': hung.access } }).then(async r => ({ status: r.status, body: await r.json() as any, ms: Date.now() - t0 })),
+      fetch(`${api}/api/v1/tasks/${down.taskId}/content`, { headers: { 'x-guoce-access': down.access } }).then(async r => ({ status: r.status, body: await r.json() as any, ms: Date.now() - t0 })),
+      fetch(`${api}/api/v1/tasks/${ok.taskId}/content`, { headers: { 'x-guoce-access': ok.access } }).then(async r => ({ status: r.status, body: Buffer.from(await r.arrayBuffer()) }))
+    ])
+    expect(h.status).toBe(504)
+    expect(h.body.error).toMatchObject({ name: 'ReadTimeoutError', code: 'ERR_READ_TIMEOUT' })
+    expect(h.body.error.message).toMatch(/waited 2000 ms for the task's layout/)
+    expect(h.ms).toBeGreaterThanOrEqual(1_900)
+    expect(h.ms).toBeLessThan(10_000)
+    // the origin that is down: the read fails within its bound, with the task's own error once the
+    // task failed (sources are tried again first), else with ReadTimeoutError
+    expect(d.ms).toBeLessThan(10_000)
+    expect([502, 504]).toContain(d.status)
+    expect(['OriginUnreachableError', 'ReadTimeoutError']).toContain(d.body.error.name)
+    await until(async () => (await progress(api, down.taskId)).state === 'failed', 'the task of the origin that is down to fail')
+    const after = await fetch(`${api}/api/v1/tasks/${down.taskId}/content`, { headers: { 'x-guoce-access': down.access } })
+    expect(after.status).toBe(502)
+    expect(((await after.json()) as any).error.name).toBe('OriginUnreachableError')
+    process.stderr.write(`read.spec: origin down: first read ${d.status} ${d.body.error.name as string} after ${d.ms} ms; task failed after ${Date.now() - t0} ms\n`)
+    expect(good.status).toBe(200)
+    expect(sha(good.body)).toBe(sha(file))
+  })
+
+  it('an aborted read stops waiting while the download goes on', async () => {
+    const file = randomBytes(16 * MiB)
+    const { origin, api } = await setup({ files: { 'blob.bin': file }, rate: 2 * MiB })
+    const { taskId, access } = await start(api, { url: `${origin.url}/blob.bin` })
+    const ac = new AbortController()
+    const res = await fetch(`${api}/api/v1/tasks/${taskId}/content`, { headers: { 'x-guoce-access': access }, signal: ac.signal })
+    expect(res.status).toBe(200)
+    const it = res.body![Symbol.asyncIterator]()
+    expect((await it.next()).done).toBe(false)
+    // the stream waits on the pieces ahead of it
+    await until(async () => await metric(api, 'guoce_peer_reads_waiting') > 0, 'the read to wait for pieces')
+    ac.abort()
+    await it.return?.().catch(() => {})
+    await until(async () => await metric(api, 'guoce_peer_reads_waiting') === 0, 'the aborted read to stop waiting', 5_000)
+    // the download itself goes on to the end
+    expect(origin.sent['blob.bin']).toBeLessThan(file.length)
+    await until(async () => (await progress(api, taskId)).state === 'succeeded', 'the download to finish')
+    const all = Buffer.from(await (await fetch(`${api}/api/v1/tasks/${taskId}/content`, { headers: { 'x-guoce-access': access } })).arrayBuffer())
+    expect(sha(all)).toBe(sha(file))
+  })
+})
