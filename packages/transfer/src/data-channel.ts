@@ -32,7 +32,6 @@
 import { createServer, connect, type NetConnectOpts, type Server, type Socket } from 'node:net'
 import { hkdfSync, randomBytes } from 'node:crypto'
 import { seal, open } from '@guoce/native-crypto'
-import { reclaimSoon } from './reclaim.js'
 import { piecePool, type Lease } from '@guoce/content'
 import { once } from 'node:events'
 import { Uint8ArrayList } from 'uint8arraylist'
@@ -232,8 +231,6 @@ export class DataStream implements PieceDuplex {
     this.rRecord?.release()
     this.rRecord = undefined
     this.endSink?.(err)
-    // a peer that broke a bound leaves garbage behind: do not keep it resident (reclaim.ts)
-    if (err?.name === 'PeerViolationError') reclaimSoon()
   }
 
   /**
