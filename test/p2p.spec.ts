@@ -3,14 +3,14 @@
  * `guoce get` as users run it, a local origin that counts the bytes it serves.
  */
 import { describe, it, expect, afterEach } from 'vitest'
-import { randomBytes, createHash } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises'
 import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { taskIdOf } from '@guoce/content'
-import { startOrigin, startCluster, startGuoce, freePort, runGuoce, stopAll, NODE, ROOT, type Origin, type Cluster } from '@guoce/testkit'
+import { until, sha, startOrigin, startCluster, startGuoce, freePort, runGuoce, stopAll, NODE, ROOT, type Origin, type Cluster } from '@guoce/testkit'
 
 const MiB = 1024 * 1024
 const cleanups: Array<() => Promise<void>> = []
@@ -29,7 +29,6 @@ async function setup (o: { files: Record<string, Buffer>, rate?: number, daemons
   return { origin, cluster, out }
 }
 
-function sha (b: Buffer): string { return createHash('sha256').update(b).digest('hex') }
 
 async function getJson (url: string): Promise<any> {
   const res = await fetch(url)
@@ -42,13 +41,6 @@ async function metric (api: string, name: string): Promise<number> {
   return line == null ? NaN : Number(line.split(' ').pop())
 }
 
-async function until (cond: () => Promise<boolean> | boolean, what: string, timeoutMs = 60_000): Promise<void> {
-  const end = Date.now() + timeoutMs
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
-}
 
 /** `guoce get` of `url` on every daemon at once; each exits 0 with a byte-identical copy; their done summaries */
 async function getOnEvery (cluster: Cluster, url: string, out: string, file: Buffer, extra: (i: number) => string[] = () => []): Promise<any[]> {

@@ -4,7 +4,7 @@
  * origin with validators (ETag / Last-Modified), private files and content that changes at run time.
  */
 import { describe, it, expect, afterEach } from 'vitest'
-import { randomBytes, createHash } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { appendFile, chmod, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { spawn } from 'node:child_process'
 import { createServer, request as httpRequest, type IncomingHttpHeaders } from 'node:http'
@@ -13,7 +13,7 @@ import { join } from 'node:path'
 import { pieceLayout, sha256, taskIdOf } from '@guoce/content'
 import { openStore } from '@guoce/store'
 import { fillFromSource, openSource, probeSource } from '@guoce/seed-peer'
-import { startOrigin, startCluster, runGuoce, stopAll, NODE, CLI, type Origin, type OriginInit, type Cluster, type RunResult } from '@guoce/testkit'
+import { until, sha, startOrigin, startCluster, runGuoce, stopAll, NODE, CLI, type Origin, type OriginInit, type Cluster, type RunResult } from '@guoce/testkit'
 
 const MiB = 1024 * 1024
 const cleanups: Array<() => Promise<void>> = []
@@ -33,15 +33,7 @@ async function setup (o: Omit<OriginInit, 'files'> & { files: Record<string, Buf
   return { origin, cluster, out }
 }
 
-function sha (b: Buffer): string { return createHash('sha256').update(b).digest('hex') }
 
-async function until (cond: () => Promise<boolean> | boolean, what: string, timeoutMs = 60_000): Promise<void> {
-  const end = Date.now() + timeoutMs
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
-}
 
 /** a failure as users see it: non-zero exit, one line `guoce: error: ...` matching `pattern` */
 function expectOneLineError (r: RunResult, pattern: RegExp): void {

@@ -3,7 +3,7 @@
  * hosts built from the project's own packages (test/fixtures/hostile-peer-*.js).
  */
 import { describe, it, expect, afterEach } from 'vitest'
-import { randomBytes, createHash } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
@@ -12,7 +12,7 @@ import { once } from 'node:events'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { taskIdOf } from '@guoce/content'
-import { startOrigin, startCluster, runGuoce, stopAll, NODE, ROOT, type Origin, type Cluster } from '@guoce/testkit'
+import { until, sha, startOrigin, startCluster, runGuoce, stopAll, NODE, ROOT, type Origin, type Cluster } from '@guoce/testkit'
 
 const MiB = 1024 * 1024
 const cleanups: Array<() => Promise<void>> = []
@@ -31,7 +31,6 @@ async function setup (o: { files: Record<string, Buffer>, rate?: number, daemons
   return { origin, cluster, out }
 }
 
-function sha (b: Buffer): string { return createHash('sha256').update(b).digest('hex') }
 
 async function metric (api: string, name: string): Promise<number> {
   const text = await (await fetch(`${api}/metrics`)).text()
@@ -39,13 +38,6 @@ async function metric (api: string, name: string): Promise<number> {
   return line == null ? NaN : Number(line.split(' ').pop())
 }
 
-async function until (cond: () => Promise<boolean> | boolean, what: string, timeoutMs = 60_000, stepMs = 50): Promise<void> {
-  const end = Date.now() + timeoutMs
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, stepMs))
-  }
-}
 
 /** VmRSS / VmHWM of a process, in bytes */
 async function memory (pid: number): Promise<{ rss: number, hwm: number }> {

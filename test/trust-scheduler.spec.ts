@@ -4,13 +4,13 @@
  * (test/fixtures/hostile-sched-*.js) that hold the cluster key, as an insider would.
  */
 import { describe, it, expect, afterEach } from 'vitest'
-import { randomBytes, createHash } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { startOrigin, startCluster, runGuoce, stopAll, NODE, ROOT, type Origin, type Cluster, type Proc } from '@guoce/testkit'
+import { until, sha, startOrigin, startCluster, runGuoce, stopAll, NODE, ROOT, type Origin, type Cluster, type Proc } from '@guoce/testkit'
 
 const MiB = 1024 * 1024
 const cleanups: Array<() => Promise<void>> = []
@@ -29,15 +29,7 @@ async function setup (o: { files: Record<string, Buffer>, rate?: number, daemons
   return { origin, cluster, out }
 }
 
-function sha (b: Buffer): string { return createHash('sha256').update(b).digest('hex') }
 
-async function until (cond: () => Promise<boolean> | boolean, what: string, timeoutMs = 30_000): Promise<void> {
-  const end = Date.now() + timeoutMs
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
-}
 
 interface Fixture { child: ChildProcess, events: Array<Record<string, any>>, exited: Promise<number | null> }
 
@@ -65,8 +57,8 @@ describe('trust: scheduler and membership', () => {
     const a = randomBytes(4 * MiB); const b = randomBytes(4 * MiB)
     const { origin, cluster, out } = await setup({ files: { 'a.bin': a, 'b.bin': b }, daemons: 1 })
     const evil = fixture('hostile-sched-mismatch.js', [cluster.schedulerAddr, cluster.clusterKey, `${origin.url}/a.bin`, `${origin.url}/b.bin`])
-    await until(() => evil.events.some(e => e.event === 'sent'), 'the hostile registers')
-    await until(() => logged(cluster.scheduler, /refused message from host.*does not derive|does not derive.*refused message/), 'the scheduler refusing the register')
+    await until(() => evil.events.some(e => e.event === 'sent'), 'the hostile registers', 30_000)
+    await until(() => logged(cluster.scheduler, /refused message from host.*does not derive|does not derive.*refused message/), 'the scheduler refusing the register', 30_000)
     const r = await runGuoce(['get', `${origin.url}/a.bin`, '-O', join(out, 'a.bin'), '--daemon', cluster.daemons[0]!.api])
     expect(r.code, r.stderr).toBe(0)
     expect(sha(await readFile(join(out, 'a.bin')))).toBe(sha(a))
@@ -79,12 +71,12 @@ describe('trust: scheduler and membership', () => {
     const { origin, cluster, out } = await setup({ files: { 'f.bin': file }, rate: 8 * MiB, daemons: 2 })
     const url = `${origin.url}/f.bin`
     const fake = fixture('hostile-sched-fakeseed.js', [cluster.schedulerAddr, cluster.clusterKey, url, '300'])
-    await until(() => fake.events.some(e => e.event === 'ready'), 'the fake seed')
-    await until(() => logged(cluster.scheduler, /type seed without a valid seed proof/), 'the scheduler refusing the seed claim')
+    await until(() => fake.events.some(e => e.event === 'ready'), 'the fake seed', 30_000)
+    await until(() => logged(cluster.scheduler, /type seed without a valid seed proof/), 'the scheduler refusing the seed claim', 30_000)
     // two users download the task the fake claims (its layout, digests, pieces and, while they run, an
     // origin failure); both get the origin's bytes, neither task is failed
     const gets = cluster.daemons.map(async (d, i) => await runGuoce(['get', url, '-O', join(out, `copy-${i}`), '--daemon', d.api]))
-    await until(() => fake.events.some(e => e.event === 'failed-sent'), 'the fake seed\'s failure result')
+    await until(() => fake.events.some(e => e.event === 'failed-sent'), 'the fake seed\'s failure result', 30_000)
     const results = await Promise.all(gets)
     for (let i = 0; i < results.length; i++) {
       expect(results[i]!.code, results[i]!.stderr).toBe(0)

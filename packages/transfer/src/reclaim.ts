@@ -16,10 +16,10 @@ import { trimHeap } from '@guoce/native-crypto'
  */
 export const RECLAIM_DELAY_MS = 1_000
 /**
- * Least time between two collections.
- * @default 3 s
+ * Least time between two collections, and the spacing of the tail.
+ * @default 2 s
  */
-export const RECLAIM_INTERVAL_MS = 3_000
+export const RECLAIM_INTERVAL_MS = 2_000
 
 /**
  * Time from a collection to the heap trim: array buffers are freed by V8's sweeper after the collection.
@@ -47,10 +47,11 @@ export function fullCollection (): boolean {
 
 /**
  * Collections after the last broken bound: the attacker's connections may close (and their buffers become
- * garbage) seconds after the bound broke, so a short tail follows, RECLAIM_INTERVAL_MS x 1, 2, 4 apart.
- * @default 3
+ * garbage) seconds after the bound broke, so a tail follows, RECLAIM_INTERVAL_MS apart (the last about
+ * 11 s after the last broken bound).
+ * @default 5
  */
-export const RECLAIM_TAIL = 3
+export const RECLAIM_TAIL = 5
 
 let timer: NodeJS.Timeout | undefined
 let last = 0
@@ -64,7 +65,7 @@ function run (): void {
   // the collection frees the attacker's buffers into the C heap (V8 sweeps array buffers on a background
   // thread, so a moment later); then hand the heap's free pages back
   setTimeout(trimHeap, RECLAIM_TRIM_DELAY_MS).unref()
-  if (--due > 0) schedule(RECLAIM_INTERVAL_MS * 2 ** (RECLAIM_TAIL - due))
+  if (--due > 0) schedule(RECLAIM_INTERVAL_MS)
 }
 
 function schedule (delay: number): void {

@@ -2,3 +2,4 @@
 export * from './origin.js'
 export * from './procs.js'
 export * from './cluster.js'
+export * from './wait.js'
