@@ -171,3 +171,12 @@ export const MAX_HOST_STREAMS_PER_MINUTE = 20
  * @default 600
  */
 export const MAX_NEW_TASKS_PER_MINUTE = 600
+
+/**
+ * A parent that announced no new piece for this long and holds nothing its starving child lacks is not
+ * offered to that child (a stopped parent: the child has nothing in flight to blame it for); the child
+ * gets another parent, the seed if none. Chained parents announce a piece every few hundred ms while
+ * they download.
+ * @default 2000
+ */
+export const STALLED_PARENT_MS = 2_000

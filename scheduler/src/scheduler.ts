@@ -335,6 +335,7 @@ export class SchedulerCore {
         q.push(n)
       }
     })
+    if (fresh.length > 0) { peer.progressAt = Date.now(); peer.starving = false }
     // progress: the retry budget counts fruitless asks in a row, not asks over the whole download
     if (fresh.length > 0) peer.scheduleRetries = 0
     if (fresh.length > 0 && (peer.children.size > 0 || task.forest != null)) {
@@ -428,6 +429,7 @@ export class SchedulerCore {
     if (task == null || peer == null) return
     if (task.info == null) { this.ensureSource(task, peer); return }
     peer.scheduleRetries++
+    peer.starving = true
     if (!task.covered) {
       this.ensureSource(task, peer)
     } else if (peer.scheduleRetries > MAX_SCHEDULE_RETRIES) {

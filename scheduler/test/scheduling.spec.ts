@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest'
 import { silentLogger, schedulerMessage, type SchedulerMessage, type WireHostInfo } from '@guoce/transfer'
 import { Bitmap, taskIdFrom } from '@guoce/content'
-import { SchedulerCore, CHAIN_MAX_PEERS, MAX_CYCLE_WALK, MAX_SCHEDULE_RETRIES, STRIPE_COUNT, mayReach, reaches, type Host, type Peer, type Task } from '../src/index.js'
+import { SchedulerCore, CHAIN_MAX_PEERS, MAX_CYCLE_WALK, MAX_SCHEDULE_RETRIES, STALLED_PARENT_MS, STRIPE_COUNT, mayReach, reaches, type Host, type Peer, type Task } from '../src/index.js'
 
 const URL = 'http://origin/big.bin'
 const TASK = taskIdFrom({ url: URL })
@@ -168,5 +168,31 @@ describe('scheduling at scale', () => {
     expect(s.got('p2', 'backToSource')).toBe(0)
     s.send('p2', { needParents: { taskId: TASK } })
     expect(s.got('p2', 'backToSource')).toBe(1)
+  })
+})
+
+describe('a stalled parent', () => {
+  it('is not offered again to a starving child that holds all it has; a parent still making progress is', () => {
+    const s = swarm(2)
+    const [p0, p1] = s.ids as [string, string]
+    expect(s.parents(p1)).toEqual([p0])
+    // p0 got pieces 0..4, and so did its child
+    const five = [0, 1, 2, 3, 4]
+    s.send(p0, { pieceDone: { taskId: TASK, numbers: five } })
+    s.send(p1, { pieceDone: { taskId: TASK, numbers: five } })
+    // p1 starves while p0 still makes progress: p0 stays its parent
+    s.send(p1, { needParents: { taskId: TASK } })
+    expect(s.parents(p1)).toEqual([p0])
+    // p0 announces nothing new for STALLED_PARENT_MS: the starving child gets the seed instead
+    s.peer(p0).progressAt = Date.now() - STALLED_PARENT_MS
+    s.send(p1, { needParents: { taskId: TASK } })
+    expect(s.parents(p1)).toEqual(['seed'])
+    // a stalled parent that still holds a piece the child lacks is kept
+    const t = swarm(2)
+    t.send(t.ids[0]!, { pieceDone: { taskId: TASK, numbers: five } })
+    t.send(t.ids[1]!, { pieceDone: { taskId: TASK, numbers: [0, 1] } })
+    t.peer(t.ids[0]!).progressAt = Date.now() - STALLED_PARENT_MS
+    t.send(t.ids[1]!, { needParents: { taskId: TASK } })
+    expect(t.parents(t.ids[1]!)).toEqual([t.ids[0]])
   })
 })

@@ -99,6 +99,10 @@ export class Peer {
   rawBitmap: Uint8Array | undefined
   /** place in the task's forest (large swarms, scheduling/forest.ts); its stripe edges are not in parents/children */
   stripes: StripeSlot | undefined
+  /** when this peer last announced a piece it did not have (or joined) */
+  progressAt = Date.now()
+  /** the child asked for parents because none of its parents has a piece it lacks; a fresh piece clears it */
+  starving = false
 
   constructor (readonly host: Host, readonly task: Task) { this.children = new ChildSet(this) }
   get id (): string { return this.host.id }

@@ -17,7 +17,7 @@
  */
 import type { Logger } from '@guoce/interface'
 import { evaluate } from '../evaluator/index.js'
-import { CANDIDATE_AFTER_SCAN, CANDIDATE_BEFORE_SCAN, CANDIDATE_FIRST_SCAN, CANDIDATE_PARENT_LIMIT, MAX_CYCLE_WALK, SEED_CHILD_LIMIT } from '../constants.js'
+import { CANDIDATE_AFTER_SCAN, CANDIDATE_BEFORE_SCAN, CANDIDATE_FIRST_SCAN, CANDIDATE_PARENT_LIMIT, MAX_CYCLE_WALK, SEED_CHILD_LIMIT, STALLED_PARENT_MS } from '../constants.js'
 import type { Peer } from '../resource/index.js'
 
 /** Is `target` reachable from `from` following child edges? (then target -> from would close a cycle) */
@@ -59,11 +59,23 @@ export function refuseReason (child: Peer, cand: Peer): string | null {
   if (child.blamed.has(cand.id)) return 'blamed by child'
   if (cand.bad) return 'blamed by several children'
   if (cand.host.isSeed && !cand.isSource && (cand.bitmap?.count ?? 0) === 0) return 'seed host without pieces'
+  // a starving child's parent that has made no progress for STALLED_PARENT_MS and holds nothing the
+  // child lacks is no parent at all (it may be stopped: the child has nothing in flight to blame it for)
+  if (child.starving && !cand.host.isSeed && !cand.isSource && Date.now() - cand.progressAt >= STALLED_PARENT_MS && !holdsMissing(cand, child)) return 'stalled with nothing the child lacks'
   const slots = cand.host.uploadSlots
   if (!child.parents.has(cand) && cand.host.childCount >= slots) return `no free upload slot (${slots})`
   // levels are a topological order (resource/): a candidate not above the child cannot be its descendant
   if (cand.level > child.level && mayReach(child, cand)) return 'would close a cycle'
   return null
+}
+
+/** Whether `cand` holds a piece that `child` does not. */
+function holdsMissing (cand: Peer, child: Peer): boolean {
+  const a = cand.bitmap?.bytes
+  if (a == null) return false
+  const b = child.bitmap?.bytes
+  for (let i = 0; i < a.length; i++) if ((a[i]! & ~(b?.[i] ?? 0)) !== 0) return true
+  return false
 }
 
 /** The peers one decision looks at (may repeat a peer): current parents, first joiners, nearest joiners. */
