@@ -4,8 +4,9 @@
  * which every consumer's read goes through (the reader, packages/peer/src/reader.ts).
  */
 import { describe, it, expect, afterEach } from 'vitest'
-import { randomBytes, createHash } from 'node:crypto'
-import { startOrigin, startCluster, freePort, stopAll, type Origin, type Cluster } from '@guoce/testkit'
+import { randomBytes } from 'node:crypto'
+import { pieceLayout } from '@guoce/content'
+import { startOrigin, startCluster, freePort, stopAll, sha, until, type Origin, type Cluster } from '@guoce/testkit'
 
 const MiB = 1024 * 1024
 const cleanups: Array<() => Promise<void>> = []
@@ -22,10 +23,8 @@ async function setup (o: { files: Record<string, Buffer>, rate: number, daemonAr
   return { origin, cluster, api: cluster.daemons[0]!.api }
 }
 
-const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex')
-
 /** POST the task: its id and access token */
-async function start (api: string, body: { url: string, digest?: string }): Promise<{ taskId: string, access: string }> {
+async function start (api: string, body: { url: string, digest?: string, ranged?: boolean }): Promise<{ taskId: string, access: string }> {
   const res = await fetch(`${api}/api/v1/tasks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
   const j = await res.json() as { taskId: string, access: string }
   expect(res.status, JSON.stringify(j)).toBe(200)
@@ -42,12 +41,16 @@ async function metric (api: string, name: string): Promise<number> {
   return line == null ? NaN : Number(line.split(' ').pop())
 }
 
-async function until (cond: () => Promise<boolean> | boolean, what: string, timeoutMs = 30_000): Promise<void> {
-  const end = Date.now() + timeoutMs
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
+/**
+ * `size` bytes that no shifted copy of itself matches: a random 1 MiB block repeated, with every 4 KiB
+ * block stamped with its own offset (cheap to make at 1 GiB, and a read from a wrong offset differs).
+ */
+function stamped (size: number): Buffer {
+  const block = randomBytes(MiB)
+  const b = Buffer.allocUnsafe(size)
+  for (let off = 0; off < size; off += MiB) block.copy(b, off, 0, Math.min(MiB, size - off))
+  for (let off = 0; off + 8 <= size; off += 4096) b.writeDoubleLE(off, off)
+  return b
 }
 
 /**
@@ -66,6 +69,67 @@ async function readAll<T> (url: string, headers: Record<string, string>, onFirst
   }
   return { status: res.status, body: Buffer.concat(parts), first, firstMs }
 }
+
+describe('ranged reads fetch only what is read', () => {
+  it('a 4 KiB read at a random offset of a 1 GiB task that no host has returns the right bytes after fetching at most two pieces; a second host reads it from the swarm', async () => {
+    const GiB = 1024 * MiB
+    const file = stamped(GiB)
+    const origin = await startOrigin({ files: { 'big.bin': file }, validators: 'etag' })
+    cleanups.push(async () => { await origin.close() })
+    const cluster = await startCluster({ daemons: 2 })
+    cleanups.push(async () => { await cluster.close() })
+    const [a, b] = cluster.daemons.map(d => d.api) as [string, string]
+    const { pieceLength } = pieceLayout(GiB)
+    const url = `${origin.url}/big.bin`
+    const read = async (api: string, offset: number): Promise<Response> => {
+      const { taskId, access } = await start(api, { url, ranged: true })
+      return await fetch(`${api}/api/v1/tasks/${taskId}/content`, { headers: { 'x-guoce-access': access, range: `bytes=${offset}-${offset + 4095}` } })
+    }
+    const offset = Math.floor(Math.random() * (GiB - 4096))
+    const res = await read(a, offset)
+    expect(res.status).toBe(206)
+    expect(Buffer.from(await res.arrayBuffer()).equals(file.subarray(offset, offset + 4096))).toBe(true)
+    // a read within one piece, or across two: at most two pieces crossed the origin link (plus the
+    // one-byte probes that name the version and learn the length) and the link between peers
+    const pieces = Math.floor((offset + 4095) / pieceLength) - Math.floor(offset / pieceLength) + 1
+    const fromOrigin = origin.totalSent()
+    expect(fromOrigin).toBeLessThanOrEqual(pieces * pieceLength + 16)
+    expect(fromOrigin).toBeGreaterThanOrEqual(4096)
+    expect(await metric(a, 'guoce_peer_download_bytes_total{source="peer"}')).toBeLessThanOrEqual(pieces * pieceLength)
+    process.stderr.write(`read.spec: 4 KiB at ${offset} of 1 GiB (${pieceLength / MiB} MiB pieces): origin sent ${fromOrigin} bytes\n`)
+
+    // another host reads the same bytes: from the swarm, the origin sends nothing more but its probe
+    const again = await read(b, offset)
+    expect(again.status).toBe(206)
+    expect(Buffer.from(await again.arrayBuffer()).equals(file.subarray(offset, offset + 4096))).toBe(true)
+    expect(origin.totalSent()).toBeLessThanOrEqual(fromOrigin + 16)
+  })
+
+  it('a ranged task fetches nothing unread; a whole download joining it fetches the rest, each piece from the origin once', async () => {
+    const file = stamped(48 * MiB)
+    const origin = await startOrigin({ files: { 'f.bin': file }, validators: 'etag', rate: 32 * MiB })
+    cleanups.push(async () => { await origin.close() })
+    const cluster = await startCluster({ daemons: 1 })
+    cleanups.push(async () => { await cluster.close() })
+    const api = cluster.daemons[0]!.api
+    const url = `${origin.url}/f.bin`
+    const { taskId, access } = await start(api, { url, ranged: true })
+    const at = 40 * MiB + 123
+    const part = await fetch(`${api}/api/v1/tasks/${taskId}/content`, { headers: { 'x-guoce-access': access, range: `bytes=${at}-${at + 99}` } })
+    expect(part.status).toBe(206)
+    expect(Buffer.from(await part.arrayBuffer()).equals(file.subarray(at, at + 100))).toBe(true)
+    // lazy: nothing else is fetched while nobody reads
+    await new Promise(resolve => setTimeout(resolve, 500))
+    expect(origin.totalSent()).toBeLessThanOrEqual(MiB + 16)
+    expect((await progress(api, taskId)).piecesDone).toBe(1)
+    // the same task asked for whole: it completes, byte-identical, each piece fetched from the origin once
+    await start(api, { url })
+    await until(async () => (await progress(api, taskId)).state === 'succeeded', 'the whole download to finish')
+    const all = Buffer.from(await (await fetch(`${api}/api/v1/tasks/${taskId}/content`, { headers: { 'x-guoce-access': access } })).arrayBuffer())
+    expect(sha(all)).toBe(sha(file))
+    expect(origin.totalSent()).toBeLessThanOrEqual(file.length + 32)
+  })
+})
 
 describe('reading a task while it downloads', () => {
   it('8 concurrent streaming reads of one blob each get their first byte before the task is complete, and all are byte-identical to the origin', async () => {

@@ -180,3 +180,9 @@ export const MAX_NEW_TASKS_PER_MINUTE = 600
  * @default 2000
  */
 export const STALLED_PARENT_MS = 2_000
+
+/**
+ * Pieces one want message may name (a read's pieces that no parent holds); more is an offence.
+ * @default 64
+ */
+export const MAX_WANT_PIECES = 64

@@ -17,7 +17,7 @@ import { MessageChannel, SCHEDULER_PROTOCOL, peerMessage, schedulerMessage, veri
 import { Host, Peer, Task } from './resource/index.js'
 import { selectParents } from './scheduling/index.js'
 import { Forest } from './scheduling/forest.js'
-import { ANNOUNCE_INTERVAL_MS, BAD_PARENT_REPORTS, CHAIN_MAX_PEERS, DEFAULT_UPLOAD_SLOTS, HOST_BAN_MS, HOST_OFFENCE_LIMIT, MAX_BANNED_HOSTS, MAX_HOST_ADDRS, MAX_HOST_ADDR_BYTES, MAX_HOST_LABEL_BYTES, MAX_HOST_PENDING_BITMAP_BYTES, MAX_HOST_STREAMS, MAX_HOST_TASKS, MAX_REGISTERS_PER_MINUTE, MAX_SCHEDULE_RETRIES, MAX_SOURCE_FAILURES, MAX_TASK_REF_BYTES, MAX_TASKS, MAX_HOST_STREAMS_PER_MINUTE, MAX_NEW_TASKS_PER_MINUTE, REGISTER_BURST, REGISTER_RATE_PER_SECOND, STRIPE_BACKUPS } from './constants.js'
+import { ANNOUNCE_INTERVAL_MS, BAD_PARENT_REPORTS, CHAIN_MAX_PEERS, DEFAULT_UPLOAD_SLOTS, HOST_BAN_MS, HOST_OFFENCE_LIMIT, MAX_BANNED_HOSTS, MAX_HOST_ADDRS, MAX_HOST_ADDR_BYTES, MAX_HOST_LABEL_BYTES, MAX_HOST_PENDING_BITMAP_BYTES, MAX_HOST_STREAMS, MAX_HOST_TASKS, MAX_REGISTERS_PER_MINUTE, MAX_SCHEDULE_RETRIES, MAX_SOURCE_FAILURES, MAX_TASK_REF_BYTES, MAX_TASKS, MAX_WANT_PIECES, MAX_HOST_STREAMS_PER_MINUTE, MAX_NEW_TASKS_PER_MINUTE, REGISTER_BURST, REGISTER_RATE_PER_SECOND, STRIPE_BACKUPS } from './constants.js'
 import { createHash } from 'node:crypto'
 
 /**
@@ -187,6 +187,23 @@ export class SchedulerCore {
     else if (msg.badParent != null) this.onBadParent(host, msg.badParent.taskId, msg.badParent.parent, msg.badParent.reason)
     else if (msg.needParents != null) this.onNeedParents(host, msg.needParents.taskId)
     else if (msg.leave != null) this.onLeave(host, msg.leave.taskId)
+    else if (msg.want != null) this.onWant(host, msg.want.taskId, msg.want.numbers ?? [])
+  }
+
+  /**
+   * A read waits for pieces no parent of the child holds: the seed fetching the task (lazily) fetches
+   * them first. Pieces some peer holds are left to the child's parents; a child asks again if none serves.
+   */
+  private onWant (host: Host, taskId: string, numbers: number[]): void {
+    const task = this.tasks.get(taskId)
+    const peer = task?.peers.get(host.id)
+    if (task?.info == null || peer == null) return
+    if (numbers.length > MAX_WANT_PIECES) { this.offence(host, `want of ${numbers.length} pieces, limit ${MAX_WANT_PIECES}`, { task: taskId.slice(0, 12) }); return }
+    const missing = numbers.filter(n => Number.isInteger(n) && n >= 0 && n < task.info!.pieceCount && task.digests[n] == null)
+    if (missing.length === 0) return
+    this.ensureSource(task, peer)
+    const seeding = task.seeding != null ? this.hosts.get(task.seeding) : undefined
+    if (seeding?.isSeed === true) seeding.send({ seed: { taskId: task.id, ...task.ref, lazy: task.lazy, numbers: missing } })
   }
 
   private onRegister (host: Host, reg: NonNullable<PeerMessage['register']>): void {
@@ -213,12 +230,19 @@ export class SchedulerCore {
       // (they hash to the task's credentials, registerProblem checked)
       task.ref = { ...task.ref, headers }
     }
+    if (reg.lazy !== true && reg.completed !== true && !host.isSeed && task.lazy) {
+      // a whole download of a task seeded lazily so far: the seed now fetches all of it
+      task.lazy = false
+      const seeding = task.seeding != null ? this.hosts.get(task.seeding) : undefined
+      if (seeding?.isSeed === true) seeding.send({ seed: { taskId: task.id, ...task.ref, lazy: false } })
+    }
     if (peer == null) {
       peer = new Peer(host, task)
       task.peers.set(host.id, peer)
       host.peers.set(task.id, peer)
     }
     peer.state = reg.completed === true ? 'succeeded' : 'running'
+    peer.lazy = reg.lazy === true && !host.isSeed
     if (host.isSeed) peer.isSource = true
     const bitmap = reg.bitmap != null && reg.bitmap.length > 0 ? reg.bitmap : undefined
     if (task.info != null) {
@@ -254,7 +278,7 @@ export class SchedulerCore {
       const seed = seeds.map(h => ({ h, w: createHash('sha256').update(task.id).update(h.id).digest().readUInt32BE(0) })).sort((a, b) => b.w - a.w)[0]!.h
       task.seeding = seed.id
       this.log.info('seed ordered', { task: task.id.slice(0, 12), seed: seed.id })
-      seed.send({ seed: { taskId: task.id, ...task.ref } })
+      seed.send({ seed: { taskId: task.id, ...task.ref, lazy: task.lazy } })
       return
     }
     const wait = this.graceUntil - Date.now()

@@ -83,35 +83,57 @@ async function * countBytes (body: AsyncIterable<Uint8Array>, onBytes?: (n: numb
 }
 
 async function fetchMissing (init: SourceFillInit, task: StoredTask): Promise<void> {
-  const { pieceLength, pieceCount, contentLength } = task.info
+  const { pieceCount } = task.info
   let n = 0
   while (n < pieceCount) {
     if (task.bitmap.has(n)) { n++; continue }
     let end = n
     while (end < pieceCount && !task.bitmap.has(end)) end++
-    const start = n * pieceLength
-    const stop = Math.min(contentLength, end * pieceLength)
-    const res = await openSource(init.ref, { signal: init.signal, timeoutMs: init.timeoutMs, range: { start, end: stop } })
-    let body = countBytes(res.body, init.onBytes)
-    let i = n
-    if (!res.ranged) {
-      // the origin ignored Range: skip to the run's first piece
-      i = 0
-    }
-    if (res.totalLength != null && res.totalLength !== contentLength) throw new ContentLengthMismatchError(`origin length changed: ${res.totalLength} != ${contentLength}`)
-    for await (const piece of pieces(body, pieceLength)) {
-      if (i >= end) break
-      if (i >= n && !task.bitmap.has(i)) {
-        const digest = sha256(piece)
-        const known = init.digests?.[i] ?? task.digests[i]
-        if (known != null) verifyPiece(i, piece, known)
-        await task.writePiece(i, piece, digest)
-        init.onPiece?.(i, digest, piece.byteLength)
-      }
-      i++
-    }
-    body = undefined as never
+    await fetchRun(init, task, n, end)
     n = end
   }
   await task.flush()
+}
+
+/**
+ * Pieces [n, end) of a task whose content is pinned (a version or a digest), in one Range request
+ * (conditional on the version: If-Range / If-Match, source.ts). Pieces held already are skipped.
+ */
+export async function fetchRun (init: SourceFillInit, task: StoredTask, n: number, end: number): Promise<void> {
+  const { pieceLength, contentLength } = task.info
+  const start = n * pieceLength
+  const stop = Math.min(contentLength, end * pieceLength)
+  const res = await openSource(init.ref, { signal: init.signal, timeoutMs: init.timeoutMs, range: { start, end: stop } })
+  const body = countBytes(res.body, init.onBytes)
+  // the origin ignored Range: skip to the run's first piece
+  let i = res.ranged ? n : 0
+  if (res.totalLength != null && res.totalLength !== contentLength) throw new ContentLengthMismatchError(`origin length changed: ${res.totalLength} != ${contentLength}`)
+  for await (const piece of pieces(body, pieceLength)) {
+    if (i >= end) break
+    if (i >= n && !task.bitmap.has(i)) {
+      const digest = sha256(piece)
+      const known = init.digests?.[i] ?? task.digests[i]
+      if (known != null) verifyPiece(i, piece, known)
+      await task.writePiece(i, piece, digest)
+      init.onPiece?.(i, digest, piece.byteLength)
+    }
+    i++
+  }
+}
+
+/**
+ * A task to be fetched piece by piece (lazily): its layout from a one-byte Range request, no body.
+ * Only for content pinned by a version or a digest (else two requests may see two contents).
+ */
+export async function openLazy (init: SourceFillInit): Promise<StoredTask> {
+  const res = await openSource(init.ref, { signal: init.signal, timeoutMs: init.timeoutMs, range: { start: 0, end: 1 } })
+  const total = res.ranged ? res.totalLength : res.length
+  // the body (one byte, or the whole content of an origin that ignored Range) is not read
+  void (async () => { try { for await (const c of res.body) { init.onBytes?.(c.byteLength); if (!res.ranged) break } } catch {} })()
+  if (total == null) throw new ContentLengthMismatchError(`origin sent no length for ${redactUrl(init.ref.url)}; unknown lengths are not supported`)
+  const layout = pieceLayout(total)
+  const info: TaskInfo = { taskId: init.taskId, contentLength: total, ...layout }
+  const task = await init.store.create(init.taskId, info, init.meta ?? {})
+  init.onInfo?.(info, task)
+  return task
 }

@@ -11,7 +11,7 @@ import { toErrorInfo, type Logger, type Startable } from '@guoce/interface'
 import type { TaskStore, StoredTask } from '@guoce/store'
 import { credentialHash, taskIdFrom } from '@guoce/content'
 import { SchedulerClient, servePieces, dataChannelFor, hostInfo, ANNOUNCE_BATCH, type PeerMessage, type PieceChannel, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
-import { fillFromSource } from './fetch.js'
+import { fillFromSource, fetchRun, openLazy, type SourceFillInit } from './fetch.js'
 
 /**
  * Origin fetches a seed runs at once, and seed orders it keeps waiting beyond them.
@@ -19,6 +19,35 @@ import { fillFromSource } from './fetch.js'
  */
 export const SEED_CONCURRENT_FETCHES = 32
 export const SEED_QUEUED_ORDERS = 1024
+/**
+ * Tasks a seed holds open for lazy (piece by piece) fetching at once; orders beyond are seeded whole.
+ * @default 4096
+ */
+export const SEED_LAZY_TASKS = 4096
+/**
+ * Pieces one Range request of a lazy task's fill covers (wanted pieces go out beside it, at once).
+ * @default 32
+ */
+export const LAZY_FILL_RUN = 32
+
+/** A task the seed fetches piece by piece: wanted pieces first, then (once upgraded) the rest. */
+interface LazyTask {
+  wanted: Set<number>
+  whole: boolean
+  /** something changed (a want, an upgrade, a run ended) since the loop last looked */
+  dirty: boolean
+  wake: (() => void) | undefined
+}
+
+function poke (t: LazyTask): void {
+  t.dirty = true
+  const w = t.wake; t.wake = undefined; w?.()
+}
+
+async function changed (t: LazyTask): Promise<void> {
+  if (!t.dirty) await new Promise<void>(resolve => { t.wake = resolve })
+  t.dirty = false
+}
 
 /** What every swarm host (seed peer or peer daemon) is built from. */
 export interface HostInit {
@@ -89,6 +118,7 @@ export interface SeedStats { originBytes: number, uploadBytes: number, tasks: nu
 export class SeedPeer implements Startable {
   private readonly client: SchedulerClient
   private readonly running = new Map<string, Promise<void>>()
+  private readonly lazy = new Map<string, LazyTask>()
   private readonly queued = new Map<string, NonNullable<SchedulerMessage['seed']>>()
   private readonly log: Logger
   private pieceServer: PieceServer | undefined
@@ -138,7 +168,21 @@ export class SeedPeer implements Startable {
   private onMessage (msg: SchedulerMessage): void {
     if (msg.seed == null) return
     const order = msg.seed
+    const lazy = this.lazy.get(order.taskId)
+    if (lazy != null) {
+      for (const n of order.numbers ?? []) lazy.wanted.add(n)
+      if (order.lazy !== true) lazy.whole = true
+      poke(lazy)
+      return
+    }
     if (this.running.has(order.taskId) || this.queued.has(order.taskId)) return
+    const pinned = (order.version != null && order.version !== '') || (order.digest != null && order.digest !== '')
+    if (order.lazy === true && pinned && this.lazy.size < SEED_LAZY_TASKS) {
+      const t: LazyTask = { wanted: new Set(order.numbers ?? []), whole: false, dirty: true, wake: undefined }
+      this.lazy.set(order.taskId, t)
+      void this.seedLazy(order, t).finally(() => { this.lazy.delete(order.taskId) })
+      return
+    }
     if (this.running.size >= SEED_CONCURRENT_FETCHES) {
       if (this.queued.size >= SEED_QUEUED_ORDERS) { this.log.warn('seed order dropped: queue full', { task: order.taskId.slice(0, 12) }); return }
       this.queued.set(order.taskId, order)
@@ -154,6 +198,93 @@ export class SeedPeer implements Startable {
       if (next.done !== true) { this.queued.delete(next.value.taskId); this.run(next.value) }
     })
     this.running.set(order.taskId, p)
+  }
+
+  /**
+   * Seed a task lazily (ranged reads): learn its layout with a one-byte request, then fetch wanted
+   * pieces at once, each run of adjacent ones with its own Range request, announcing digests as they
+   * come. A whole order (a full download joined) fills the rest in runs of LAZY_FILL_RUN beside them.
+   */
+  private async seedLazy (order: NonNullable<SchedulerMessage['seed']>, lazy: LazyTask): Promise<void> {
+    const { taskId } = order
+    const ref = { url: order.url, headers: order.headers ?? {}, ...(order.digest != null && order.digest !== '' ? { digest: order.digest } : {}), ...(order.tag != null && order.tag !== '' ? { tag: order.tag } : {}), ...(order.version != null && order.version !== '' ? { version: order.version } : {}) }
+    const credentials = credentialHash(ref)
+    this.log.info('seeding lazily', { task: taskId.slice(0, 12), url: order.url })
+    this.stats.tasks++
+    this.client.send({ register: { taskId, ...ref, ...(credentials != null ? { credentials } : {}), lazy: true } })
+    const fill: SourceFillInit = {
+      store: this.init.store,
+      taskId,
+      ref,
+      meta: { ...ref, ...(credentials != null ? { credentials } : {}) },
+      timeoutMs: this.init.originTimeoutMs,
+      onInfo: (info) => { this.client.send({ sourceInfo: { taskId, info } }) },
+      onPiece: (n, digest) => { this.client.send({ pieceDone: { taskId, numbers: [n], digests: [digest] } }) },
+      onBytes: (n) => { this.stats.originBytes += n }
+    }
+    let failure: Error | undefined
+    try {
+      let task = await this.init.store.get(taskId).catch(() => null)
+      if (task != null) this.announce(task)
+      else task = await openLazy(fill)
+      const t = task
+      const { pieceCount } = t.info
+      /** pieces a request in flight covers */
+      const fetching = new Set<number>()
+      const run = async (n: number, end: number): Promise<void> => {
+        for (let i = n; i < end; i++) fetching.add(i)
+        try {
+          await fetchRun(fill, t, n, end)
+        } catch (err) {
+          if ((err as Error).name === 'ContentChangedError') failure ??= err as Error
+          // the readers waiting for these pieces time out on their own; a later want asks again
+          else this.log.warn('lazy fetch failed', { task: taskId.slice(0, 12), pieces: `${n}-${end - 1}`, err: (err as Error).message })
+          throw err
+        } finally {
+          for (let i = n; i < end; i++) fetching.delete(i)
+        }
+      }
+      const free = (i: number): boolean => !t.bitmap.has(i) && !fetching.has(i)
+      /** wanted pieces now, adjacent ones in one request, beside whatever else runs */
+      const serveWanted = (): void => {
+        const wanted = [...lazy.wanted].filter(i => i < pieceCount && free(i)).sort((a, b) => a - b)
+        lazy.wanted.clear()
+        for (let i = 0; i < wanted.length;) {
+          let j = i + 1
+          while (j < wanted.length && wanted[j] === wanted[j - 1]! + 1 && j - i < LAZY_FILL_RUN) j++
+          void run(wanted[i]!, wanted[j - 1]! + 1).catch(() => {}).finally(() => { poke(lazy) })
+          i = j
+        }
+      }
+      let next = 0
+      while (!t.complete && failure == null) {
+        serveWanted()
+        if (lazy.whole) {
+          while (next < pieceCount && !free(next)) next++
+          if (next < pieceCount) {
+            let end = next
+            while (end < pieceCount && end - next < LAZY_FILL_RUN && free(end)) end++
+            // wanted pieces keep going out while this run is in flight
+            let settled = false
+            const r = run(next, end).finally(() => { settled = true; poke(lazy) })
+            while (!settled) { await changed(lazy); serveWanted() }
+            await r.catch(async () => { await new Promise(resolve => setTimeout(resolve, 1000)) })
+            continue
+          }
+          next = 0 // a piece a failed want run left behind
+        }
+        if (t.complete) break
+        await changed(lazy)
+      }
+      if (failure != null) throw failure
+      await t.flush()
+      this.client.send({ result: { taskId, success: true } })
+      this.log.info('seeded', { task: taskId.slice(0, 12), bytes: t.info.contentLength })
+    } catch (err) {
+      this.log.warn('seeding failed', { task: taskId.slice(0, 12), err: (err as Error).message })
+      this.client.send({ result: { taskId, success: false, error: toErrorInfo(err) } })
+      await this.init.store.remove(taskId).catch(() => {})
+    }
   }
 
   private async seed (order: NonNullable<SchedulerMessage['seed']>): Promise<void> {

@@ -43,6 +43,11 @@ export interface TaskRequest {
    * read from the origin by the requesting daemon; part of the task id, so a changed origin is a new task.
    */
   version?: string
+  /**
+   * Ranged reads only: fetch just the pieces that reads (and prefetches) ask for, not the whole task.
+   * Not part of the task id; a request for the same task without it turns the download into a full one.
+   */
+  ranged?: boolean
 }
 
 /** Piece layout of a task, fixed by the seed peer from the content length. */

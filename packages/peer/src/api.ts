@@ -51,7 +51,9 @@ const taskBody = {
     url: { type: 'string', minLength: 1, maxLength: 8192 },
     headers: { type: 'object', additionalProperties: { type: 'string' } },
     digest: { type: 'string' },
-    tag: { type: 'string', maxLength: 256 }
+    tag: { type: 'string', maxLength: 256 },
+    // fetch only what reads of the content route ask for (TaskRequest.ranged)
+    ranged: { type: 'boolean' }
   }
 } as const
 
@@ -84,7 +86,7 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
 
   app.get('/healthz', async () => ({ ok: true, peerId: daemon.peerId, scheduler: daemon.client.connected }))
 
-  app.post<{ Body: { url: string, headers?: Record<string, string>, digest?: string, tag?: string } }>('/api/v1/tasks', { schema: { body: taskBody } }, async (req) => {
+  app.post<{ Body: { url: string, headers?: Record<string, string>, digest?: string, tag?: string, ranged?: boolean } }>('/api/v1/tasks', { schema: { body: taskBody } }, async (req) => {
     const t = await daemon.download(req.body)
     return { ...t.progress(), access: accessFor(t.taskId).toString('hex') }
   })

@@ -98,3 +98,11 @@ export const STREAM_CHUNK_BYTES = 1024 * 1024
  * @default 64 MiB
  */
 export const MAX_READ_BYTES = 64 * 1024 * 1024
+
+/**
+ * A lazy (ranged-read) task asks the scheduler again for a wanted piece no parent holds after this long.
+ * @default 1000
+ */
+export const WANT_RETRY_MS = 1_000
+/** Pieces per want message (the scheduler's MAX_WANT_PIECES). */
+export const MAX_WANT_PIECES = 64

@@ -93,7 +93,10 @@ export class PeerDaemon implements Startable {
     }
     const taskId = taskIdOf(req)
     const running = this.tasks.get(taskId)
-    if (running != null && running.state !== 'failed') return running
+    if (running != null && running.state !== 'failed') {
+      if (req.ranged !== true) running.upgrade()
+      return running
+    }
     const task = new PeerTask({
       taskId,
       request: req,

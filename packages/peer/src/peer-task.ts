@@ -26,9 +26,9 @@ import { Bitmap, verifyPieceAsync, checkPieceDigest, equalBytes, MAX_PIECE_LENGT
 import { AbortError, DigestMismatchError, ParentTimeoutError, fromErrorInfo, toErrorInfo, type Logger, type TaskProgress, type TaskRequest, type PeerState, type TaskInfo } from '@guoce/interface'
 import type { StoredTask, TaskStore } from '@guoce/store'
 import { PieceConnection, type PieceChannel, Priority, type PeerMessage, type SchedulerMessage, type WireParent } from '@guoce/transfer'
-import { fillFromSource, announceHeld } from '@guoce/seed-peer'
+import { fillFromSource, fetchRun, openLazy, announceHeld } from '@guoce/seed-peer'
 import { PieceWaiters, type WaitOptions } from './piece-waiters.js'
-import { ENDGAME_PIECES, PARENT_INFLIGHT, READ_INFLIGHT, PARENT_STALL_MS, PARENT_STALL_CHECK_MS, PIECE_TIMEOUT_MS, PIECE_TIMEOUT_PER_MIB_MS, REPORT_DELAY_MS, REQUEST_BATCH, SCHEDULER_WAIT_MS, STALL_MS, STARVE_MS, STRIPE_FILL_MS, TOTAL_INFLIGHT } from './constants.js'
+import { ENDGAME_PIECES, PARENT_INFLIGHT, READ_INFLIGHT, PARENT_STALL_MS, PARENT_STALL_CHECK_MS, PIECE_TIMEOUT_MS, PIECE_TIMEOUT_PER_MIB_MS, REPORT_DELAY_MS, REQUEST_BATCH, SCHEDULER_WAIT_MS, STALL_MS, STARVE_MS, STRIPE_FILL_MS, TOTAL_INFLIGHT, WANT_RETRY_MS, MAX_WANT_PIECES } from './constants.js'
 
 /** What piece selection reads of a parent. */
 export interface ParentView {
@@ -376,10 +376,17 @@ export class PeerTask {
   private readonly waiters: PieceWaiters
   private stallTimer: NodeJS.Timeout | undefined
   private parentWatch: NodeJS.Timeout | undefined
+  /** ranged reads only (request.ranged): fetch what reads ask for, no background fill, until upgrade() */
+  private lazy: boolean
+  /** lazy: when each wanted piece was last asked of the scheduler (want), so it is asked again only after WANT_RETRY_MS */
+  private readonly wantAt = new Map<number, number>()
+  /** lazy and sent back to source: the origin fetches in flight, by first piece */
+  private readonly sourceRuns = new Map<number, Promise<void>>()
 
   constructor (private readonly init: PeerTaskInit) {
     this.log = init.log.child({ component: 'peer:task', task: init.taskId.slice(0, 12) })
     this.done.promise.catch(() => {})
+    this.lazy = init.request.ranged === true
     this.waiters = new PieceWaiters(`task ${init.taskId.slice(0, 12)}`, () => { if (!this.pumpQueued) { this.pumpQueued = true; queueMicrotask(() => { this.pumpQueued = false; this.pump() }) } })
   }
 
@@ -416,6 +423,18 @@ export class PeerTask {
       if (n < 0 || n >= s.info.pieceCount) throw new RangeError(`piece ${n} outside the task's ${s.info.pieceCount} pieces`)
       await this.waiters.piece(n, o)
     }
+  }
+
+  /** Whether only what is read is fetched (a ranged-read task not yet upgraded). */
+  get isLazy (): boolean { return this.lazy }
+
+  /** A whole download joins a lazy task: from now on every piece is fetched. */
+  upgrade (): void {
+    if (!this.lazy) return
+    this.lazy = false
+    if (this.state === 'running') this.register()
+    if (this.state === 'back-to-source' && this.sourcing == null) { this.state = 'running'; this.goToSource('a whole download joined a ranged task fetched from the origin') }
+    this.pump()
   }
 
   get taskId (): string { return this.init.taskId }
@@ -483,7 +502,8 @@ export class PeerTask {
         ...(r.digest != null ? { digest: r.digest } : {}),
         ...(r.tag != null ? { tag: r.tag } : {}),
         ...this.idFields(),
-        ...(s != null ? { bitmap: s.bitmap.bytes, completed: s.complete } : {})
+        ...(s != null ? { bitmap: s.bitmap.bytes, completed: s.complete } : {}),
+        ...(this.lazy ? { lazy: true } : {})
       }
     })
     if (this.isSource && s != null) announceHeld(this.init.send, s)
@@ -613,6 +633,7 @@ export class PeerTask {
     // what reads wait for goes first, at their priority; background fill takes what capacity is left
     const wanted = this.waiters.wanted()
     if (wanted.size > 0) planWanted(view, wanted, (p, picks, priority) => { void this.requestFrom(p, picks, priority) })
+    if (this.lazy) { this.askForWanted(wanted, now); return }
     const { total, heldBack, wakeAt } = this.policy.plan(view, now, (p, picks) => { void this.requestFrom(p, picks, Priority.BACKGROUND) })
     if (total === 0 && !heldBack) this.armStarve()
     else this.disarmStarve()
@@ -620,6 +641,68 @@ export class PeerTask {
     if (heldBack && this.stallTimer == null && wakeAt != null) {
       this.stallTimer = setTimeout(() => { this.stallTimer = undefined; this.pump() }, Math.max(1, wakeAt - now))
       this.stallTimer.unref()
+    }
+  }
+
+  /**
+   * Lazy task: wanted pieces that no parent holds and none is asked of are asked of the scheduler
+   * (want: the seed fetches them first), at most every WANT_RETRY_MS per piece.
+   */
+  private askForWanted (wanted: Map<number, number>, now: number): void {
+    const s = this.stored!
+    const ask: number[] = []
+    let priority = Priority.BACKGROUND as number
+    for (const [n, pr] of wanted) {
+      if (s.bitmap.has(n) || this.requested.has(n)) continue
+      if (!this.isSource && [...this.parents.values()].some(p => p.bitmap?.has(n) === true && this.digests[n] != null)) continue
+      if (now - (this.wantAt.get(n) ?? -Infinity) < WANT_RETRY_MS) continue
+      this.wantAt.set(n, now)
+      ask.push(n)
+      if (pr < priority) priority = pr
+    }
+    for (const n of this.wantAt.keys()) if (!wanted.has(n)) this.wantAt.delete(n)
+    if (ask.length === 0) return
+    if (this.isSource) { this.fetchFromSource(ask); return }
+    for (let i = 0; i < ask.length; i += MAX_WANT_PIECES) this.init.send({ want: { taskId: this.taskId, numbers: ask.slice(i, i + MAX_WANT_PIECES), priority } })
+    // asked again unless a piece arrives first
+    if (this.stallTimer == null) {
+      this.stallTimer = setTimeout(() => { this.stallTimer = undefined; this.pump() }, WANT_RETRY_MS)
+      this.stallTimer.unref()
+    }
+  }
+
+  /** Lazy task sent back to source: the wanted pieces by Range requests, adjacent ones together. */
+  private fetchFromSource (numbers: number[]): void {
+    const s = this.stored!
+    numbers.sort((a, b) => a - b)
+    for (let i = 0; i < numbers.length;) {
+      let j = i + 1
+      while (j < numbers.length && numbers[j] === numbers[j - 1]! + 1) j++
+      const n = numbers[i]!; const end = numbers[j - 1]! + 1
+      i = j
+      if (this.sourceRuns.has(n)) continue
+      const r = this.init.request
+      const run = fetchRun({
+        store: this.init.store,
+        taskId: this.taskId,
+        ref: { url: r.url, headers: r.headers ?? {}, ...(r.digest != null ? { digest: r.digest } : {}), ...(r.version != null && r.version !== '' ? { version: r.version } : {}) },
+        digests: this.digests,
+        timeoutMs: this.init.originTimeoutMs,
+        onPiece: (k, _digest, bytes) => {
+          this.piecesFromSource++
+          this.init.onStats?.('source', bytes)
+          this.policy.onPiece(k, Date.now())
+          this.reportPiece(k)
+        }
+      }, s, n, end).catch((err: Error) => {
+        this.log.warn('origin range failed', { pieces: `${n}-${end - 1}`, err: err.message })
+        if (err.name === 'ContentChangedError') void this.fail(err)
+      }).finally(() => {
+        this.sourceRuns.delete(n)
+        if (s.complete) void this.succeed()
+        else this.pump()
+      })
+      this.sourceRuns.set(n, run)
     }
   }
 
@@ -778,6 +861,8 @@ export class PeerTask {
     this.state = 'back-to-source'
     this.isSource = true
     this.disarmStarve()
+    const pinned = (this.init.request.version != null && this.init.request.version !== '') || this.init.request.digest != null
+    if (this.lazy && pinned) { this.sourceLazily(); return }
     const r = this.init.request
     this.sourcing = (async () => {
       try {
@@ -807,6 +892,37 @@ export class PeerTask {
       } catch (err) {
         this.init.send({ result: { taskId: this.taskId, success: false, error: toErrorInfo(err) } })
         await this.fail(err as Error, false)
+      }
+    })()
+  }
+
+  /** Lazy and back to source: learn the layout (one-byte request) unless known, then fetch what reads want. */
+  private sourceLazily (): void {
+    this.state = 'running'
+    if (this.stored != null) { this.pump(); return }
+    const r = this.init.request
+    this.sourcing = (async () => {
+      try {
+        await openLazy({
+          store: this.init.store,
+          taskId: this.taskId,
+          ref: { url: r.url, headers: r.headers ?? {}, ...(r.digest != null ? { digest: r.digest } : {}), ...(r.version != null && r.version !== '' ? { version: r.version } : {}) },
+          meta: { url: r.url, ...(r.headers != null ? { headers: r.headers } : {}), ...(r.digest != null ? { digest: r.digest } : {}), ...(r.tag != null ? { tag: r.tag } : {}), ...this.idFields() },
+          timeoutMs: this.init.originTimeoutMs,
+          onInfo: (info, t) => {
+            this.stored = t
+            this.digests = new Array(info.pieceCount).fill(undefined)
+            this.waiters.layoutKnown()
+            this.init.send({ sourceInfo: { taskId: this.taskId, info } })
+            this.emit()
+          }
+        })
+        this.pump()
+      } catch (err) {
+        this.init.send({ result: { taskId: this.taskId, success: false, error: toErrorInfo(err) } })
+        await this.fail(err as Error, false)
+      } finally {
+        this.sourcing = undefined
       }
     })()
   }

@@ -30,6 +30,7 @@ message Register {
   bool completed = 7;
   string version = 8;         // origin validator of a URL task (part of its id)
   string credentials = 9;     // credentialHash of the request (part of its id); headers, when sent, must hash to it
+  bool lazy = 10;             // ranged reads: fetch only the pieces asked for (want), not the whole task
 }
 message PieceDone { string task_id = 1; repeated uint32 numbers = 2; repeated bytes digests = 3; }
 message SourceInfo { string task_id = 1; TaskInfo info = 2; }
@@ -37,9 +38,11 @@ message PeerResult { string task_id = 1; bool success = 2; ErrorInfo error = 3; 
 message BadParent { string task_id = 1; string parent = 2; string reason = 3; }
 message NeedParents { string task_id = 1; }
 message Leave { string task_id = 1; }
+message Want { string task_id = 1; repeated uint32 numbers = 2; uint32 priority = 3; }   // pieces a read waits for that no parent holds
 message PeerMessage {
   Hello hello = 1; Register register = 2; PieceDone piece_done = 3; SourceInfo source_info = 4;
   PeerResult result = 5; BadParent bad_parent = 6; NeedParents need_parents = 7; Leave leave = 8; bool keepalive = 9;
+  Want want = 10;
 }
 
 // scheduler -> peer
@@ -55,7 +58,11 @@ message Have { string task_id = 1; string peer_id = 2; repeated uint32 numbers =
 message Digests { string task_id = 1; repeated uint32 numbers = 2; repeated bytes digests = 3; }
 message TaskInfoMsg { string task_id = 1; TaskInfo info = 2; }
 message BackToSource { string task_id = 1; string reason = 2; }
-message SeedOrder { string task_id = 1; string url = 2; map<string, string> headers = 3; string digest = 4; string tag = 5; string version = 6; }
+message SeedOrder {
+  string task_id = 1; string url = 2; map<string, string> headers = 3; string digest = 4; string tag = 5; string version = 6;
+  bool lazy = 7;              // learn the layout, then fetch only the pieces wanted (numbers, later orders); false = the whole task
+  repeated uint32 numbers = 8; // pieces someone waits for: fetched first
+}
 message TaskFailed { string task_id = 1; ErrorInfo error = 2; }
 message SchedulerMessage {
   TaskInfoMsg task_info = 1; Parents parents = 2; Have have = 3; Digests digests = 4;
@@ -79,7 +86,7 @@ export interface WireTaskRef { url: string, headers?: Record<string, string>, di
 
 export interface PeerMessage {
   hello?: { host: WireHostInfo, seedProof?: Uint8Array }
-  register?: { taskId: string, bitmap?: Uint8Array, completed?: boolean, credentials?: string } & WireTaskRef
+  register?: { taskId: string, bitmap?: Uint8Array, completed?: boolean, credentials?: string, lazy?: boolean } & WireTaskRef
   pieceDone?: { taskId: string, numbers: number[], digests?: Uint8Array[] }
   sourceInfo?: { taskId: string, info: WireTaskInfo }
   result?: { taskId: string, success: boolean, error?: ErrorInfo }
@@ -87,6 +94,7 @@ export interface PeerMessage {
   needParents?: { taskId: string }
   leave?: { taskId: string }
   keepalive?: boolean
+  want?: { taskId: string, numbers: number[], priority?: number }
 }
 
 /** `stripes`: bit s set = the primary for the pieces n with n mod stripeCount = s (forest mode) */
@@ -98,7 +106,7 @@ export interface SchedulerMessage {
   have?: { taskId: string, peerId: string, numbers: number[] }
   digests?: { taskId: string, numbers: number[], digests: Uint8Array[] }
   backToSource?: { taskId: string, reason: string }
-  seed?: { taskId: string } & WireTaskRef
+  seed?: { taskId: string, lazy?: boolean, numbers?: number[] } & WireTaskRef
   failed?: { taskId: string, error: ErrorInfo }
   keepalive?: boolean
 }

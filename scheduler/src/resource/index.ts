@@ -103,6 +103,8 @@ export class Peer {
   progressAt = Date.now()
   /** the child asked for parents because none of its parents has a piece it lacks; a fresh piece clears it */
   starving = false
+  /** registered for ranged reads (register.lazy): random access, so the seed is always among its parents */
+  lazy = false
 
   constructor (readonly host: Host, readonly task: Task) { this.children = new ChildSet(this) }
   get id (): string { return this.host.id }
@@ -188,6 +190,8 @@ export class Task {
   forest: Forest | undefined
   /** host asked to seed this task, while it runs */
   seeding: string | undefined
+  /** every peer so far only reads ranges (register.lazy): the seed fetches only what is wanted */
+  lazy = true
   /** source attempts that failed with a retryable error */
   sourceFailures = 0
   /** cached `covered`: once true it stays true until a peer goes (`peerGone`) */

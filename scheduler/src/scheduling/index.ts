@@ -145,7 +145,8 @@ export function selectParents (child: Peer, log: Logger, limit = CANDIDATE_PAREN
   // the seed: for its first SEED_CHILD_LIMIT children, and for any child with no other parent
   seeds.sort((a, b) => a.children - b.children || b.score - a.score)
   for (const s of seeds) {
-    if (chosen.length === 0 || s.children < SEED_CHILD_LIMIT) {
+    // a ranged reader (lazy) wants pieces anywhere in the task: only the seed is sure to get them
+    if (chosen.length === 0 || s.children < SEED_CHILD_LIMIT || child.lazy) {
       if (chosen.length >= limit) chosen.pop()
       chosen.unshift(s)
     }
