@@ -6,7 +6,10 @@
 import { describe, it, expect, afterEach } from 'vitest'
 import { randomBytes } from 'node:crypto'
 import { pieceLayout } from '@guoce/content'
-import { startOrigin, startCluster, freePort, stopAll, sha, until, type Origin, type Cluster } from '@guoce/testkit'
+import { spawn } from 'node:child_process'
+import { createInterface } from 'node:readline'
+import { join } from 'node:path'
+import { startOrigin, startCluster, freePort, stopAll, sha, until, NODE, ROOT, type Origin, type Cluster } from '@guoce/testkit'
 
 const MiB = 1024 * 1024
 const cleanups: Array<() => Promise<void>> = []
@@ -128,6 +131,38 @@ describe('ranged reads fetch only what is read', () => {
     const all = Buffer.from(await (await fetch(`${api}/api/v1/tasks/${taskId}/content`, { headers: { 'x-guoce-access': access } })).arrayBuffer())
     expect(sha(all)).toBe(sha(file))
     expect(origin.totalSent()).toBeLessThanOrEqual(file.length + 32)
+  })
+})
+
+describe('a corrupt piece during a ranged read', () => {
+  it('is detected and fetched again: the read returns the right bytes and the peer is blamed', async () => {
+    const file = stamped(64 * MiB)
+    const origin = await startOrigin({ files: { 'f.bin': file }, validators: 'etag' })
+    cleanups.push(async () => { await origin.close() })
+    const cluster = await startCluster({ daemons: 1 })
+    cleanups.push(async () => { await cluster.close() })
+    const api = cluster.daemons[0]!.api
+    const url = `${origin.url}/f.bin`
+    // a member of the cluster that claims every piece and answers each request with random bytes
+    const evil = spawn(NODE, [join(ROOT, 'test', 'fixtures', 'evil-peer.js'), cluster.schedulerAddr, url, cluster.clusterKey], { stdio: ['ignore', 'pipe', 'inherit'] })
+    cleanups.push(async () => { evil.kill('SIGKILL') })
+    let served = 0
+    await new Promise<void>(resolve => {
+      createInterface({ input: evil.stdout }).on('line', l => {
+        const m = JSON.parse(l)
+        if (m.event === 'ready') resolve()
+        if (m.event === 'served') served = m.served
+      })
+    })
+    const { taskId, access } = await start(api, { url, ranged: true })
+    // ranges of several pieces each: the reader asks both parents (the seed and the liar) at once
+    for (const [from, len] of [[3 * MiB + 5, 8 * MiB], [40 * MiB, 6 * MiB + 1], [20 * MiB - 7, 4 * MiB]] as const) {
+      const res = await fetch(`${api}/api/v1/tasks/${taskId}/content`, { headers: { 'x-guoce-access': access, range: `bytes=${from}-${from + len - 1}` } })
+      expect(res.status).toBe(206)
+      expect(sha(Buffer.from(await res.arrayBuffer()))).toBe(sha(file.subarray(from, from + len)))
+    }
+    expect(served).toBeGreaterThan(0)
+    expect(await metric(api, 'guoce_peer_blamed_parents_total')).toBeGreaterThanOrEqual(1)
   })
 })
 

@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest'
 import { silentLogger, MAX_TASK_PIECES, type SchedulerMessage, type WireHostInfo } from '@guoce/transfer'
 import { credentialHash, taskIdFrom } from '@guoce/content'
-import { SchedulerCore, HOST_OFFENCE_LIMIT, MAX_HOST_TASKS, MAX_NEW_TASKS_PER_MINUTE, MAX_HOST_ADDRS, helloProblem, layoutProblem, registerProblem, type Host } from '../src/index.js'
+import { SchedulerCore, HOST_OFFENCE_LIMIT, MAX_WANT_PIECES, MAX_HOST_TASKS, MAX_NEW_TASKS_PER_MINUTE, MAX_HOST_ADDRS, helloProblem, layoutProblem, registerProblem, type Host } from '../src/index.js'
 
 const MiB = 1024 * 1024
 const URL_A = 'http://origin/a.bin'
@@ -125,5 +125,45 @@ describe('scheduler trust', () => {
     expect(helloProblem(hostInfo())).toBeUndefined()
     expect(helloProblem(hostInfo('normal', { addrs: Array.from({ length: MAX_HOST_ADDRS + 1 }, () => new Uint8Array(8)) }))).toMatch(/addresses/)
     expect(helloProblem(hostInfo('normal', { hostname: 'h'.repeat(10_000) }))).toMatch(/label/)
+  })
+})
+
+describe('lazy tasks (ranged reads)', () => {
+  function lazySwarm () {
+    const h = harness()
+    h.connect('seed', 'seed')
+    h.connect('reader')
+    h.send('reader', { register: { taskId: A, url: URL_A, lazy: true } })
+    // a lazy register orders a lazy seed: the layout only
+    const order = h.inbox.get('seed')!.find(m => m.seed != null)!.seed!
+    expect(order.lazy).toBe(true)
+    h.send('seed', { register: { taskId: A, url: URL_A, lazy: true } })
+    h.send('seed', { sourceInfo: { taskId: A, info: { contentLength: 64 * MiB, pieceLength: MiB, pieceCount: 64 } } })
+    return h
+  }
+  const seedOrders = (h: ReturnType<typeof harness>): Array<NonNullable<SchedulerMessage['seed']>> => h.inbox.get('seed')!.filter(m => m.seed != null).map(m => m.seed!)
+
+  it('forwards the wanted pieces nobody holds to the seed, first, and gives a lazy reader the seed as a parent', () => {
+    const h = lazySwarm()
+    const last = h.inbox.get('reader')!.findLast(m => m.parents != null)!.parents!
+    expect(last.parents.map(p => p.peerId)).toContain('seed')
+    h.send('seed', { pieceDone: { taskId: A, numbers: [7], digests: [new Uint8Array(32).fill(7)] } })
+    h.send('reader', { want: { taskId: A, numbers: [7, 8, 9, 99, -1], priority: 0 } })
+    const orders = seedOrders(h)
+    // 7 is held (its digest relayed), 99 and -1 are outside the task: only 8 and 9 go to the seed
+    expect(orders.at(-1)).toMatchObject({ taskId: A, lazy: true, numbers: [8, 9] })
+    // a whole download of the task joins: the seed is told to fill the rest
+    h.connect('full')
+    h.send('full', { register: { taskId: A, url: URL_A } })
+    expect(seedOrders(h).at(-1)!.lazy).toBe(false)
+  })
+
+  it('a want naming more than MAX_WANT_PIECES pieces is an offence; enough of them drop the host', () => {
+    const h = lazySwarm()
+    const before = seedOrders(h).length
+    const many = Array.from({ length: MAX_WANT_PIECES + 1 }, (_, i) => i)
+    for (let i = 0; i < HOST_OFFENCE_LIMIT; i++) h.send('reader', { want: { taskId: A, numbers: many, priority: 0 } })
+    expect(seedOrders(h).length).toBe(before)
+    expect(h.closed.has('reader')).toBe(true)
   })
 })
