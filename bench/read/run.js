@@ -7,7 +7,9 @@
 //  B. Random 4 KiB reads per second from a complete local task: through the reader (in process, the
 //     contract every consumer calls) and through the local API (HTTP Range, what another process gets),
 //     against pread of the same file from Node, same offsets and concurrency.
-// usage: npm run bench -- read [--samples 8] [--rate-mib 119] [--seconds 3] [--concurrency 16]
+//  C. 4 KiB reads at random offsets during a full download of the task (--during-rate-mib): p99 latency
+//     against the time one piece takes on the link.
+// usage: npm run bench -- read [--samples 8] [--rate-mib 119] [--seconds 3] [--concurrency 16] [--during-rate-mib 12]
 import { parseArgs } from 'node:util'
 import { randomBytes, createHash } from 'node:crypto'
 import { mkdtemp, open, rm } from 'node:fs/promises'
@@ -19,7 +21,7 @@ import { openStore } from '@guoce/store'
 import { pieceLayout, sha256, taskIdFrom } from '@guoce/content'
 import { taskReader, storedSource } from '@guoce/peer'
 
-const { values } = parseArgs({ options: { samples: { type: 'string', default: '8' }, 'rate-mib': { type: 'string', default: '119' }, seconds: { type: 'string', default: '3' }, concurrency: { type: 'string', default: '16' } } })
+const { values } = parseArgs({ options: { samples: { type: 'string', default: '8' }, 'rate-mib': { type: 'string', default: '119' }, seconds: { type: 'string', default: '3' }, concurrency: { type: 'string', default: '16' }, 'during-rate-mib': { type: 'string', default: '12' } } })
 const MiB = 1024 * 1024
 const GiB = 1024 * MiB
 const samples = Number(values.samples)
@@ -149,6 +151,32 @@ try {
       if (res.statusCode !== 206 || !body.equals(small.subarray(off, off + 4096))) throw new Error(`wrong bytes from the local API at ${off}`)
     })
     await pool.close(); await o2.close(); await fh.close(); await store.close()
+
+    // C: 4 KiB reads at random offsets while a full download of the same task runs on daemon A, the
+    // origin's upload being the link; reads start once the download has its first piece
+    log('reads during a download')
+    const dsize = 96 * MiB
+    const dfile = randomBytes(dsize)
+    const o3 = await startOrigin({ files: { 'd.bin': dfile }, validators: 'etag', rate: Number(values['during-rate-mib']) * MiB })
+    const td = await post(a, { url: `${o3.url}/d.bin` })
+    const st = async () => (await (await request(`${a}/api/v1/tasks/${td.taskId}`)).body.json())
+    await until(async () => (await st()).piecesDone > 0, 'the first piece', 60_000)
+    const lat = []
+    let ahead = 0
+    while ((await st()).state !== 'succeeded') {
+      const off = Math.floor(Math.random() * (dsize - 4096))
+      if (off > o3.sent['d.bin']) ahead++
+      const r = await timed(`${a}/api/v1/tasks/${td.taskId}/content`, { headers: { range: `bytes=${off}-${off + 4095}`, 'x-guoce-access': td.access } }, dfile.subarray(off, off + 4096))
+      lat.push(r.all)
+    }
+    const pieceMs = pieceLayout(dsize).pieceLength / (Number(values['during-rate-mib']) * MiB) * 1000
+    out.during_download = {
+      rate_bytes_per_s: Number(values['during-rate-mib']) * MiB, reads: lat.length, ahead_of_fill: ahead,
+      median_ms: +median(lat).toFixed(2), p99_ms: +p99(lat).toFixed(2), piece_ms: +pieceMs.toFixed(2),
+      p99_over_piece: +(p99(lat) / pieceMs).toFixed(3),
+      origin_bytes_over_file: +(o3.totalSent() / dsize).toFixed(4)
+    }
+    await o3.close()
     out.random_4k = {
       concurrency: conc,
       pread_per_s: pread.per_s, reader_per_s: viaReader.per_s, local_api_per_s: viaApi.per_s,

@@ -635,6 +635,8 @@ export class PeerTask {
     if (wanted.size > 0) planWanted(view, wanted, (p, picks, priority) => { void this.requestFrom(p, picks, priority) })
     if (this.lazy) { this.askForWanted(wanted, now); return }
     const { total, heldBack, wakeAt } = this.policy.plan(view, now, (p, picks) => { void this.requestFrom(p, picks, Priority.BACKGROUND) })
+    // a read ahead of every parent: its pieces are asked of the seed first
+    if (wanted.size > 0 && !this.isSource) this.askForWanted(wanted, now)
     if (total === 0 && !heldBack) this.armStarve()
     else this.disarmStarve()
     // a backup has what we need: look again when the stall limit is reached
