@@ -99,6 +99,9 @@ describe('ranged reads fetch only what is read', () => {
     expect(fromOrigin).toBeLessThanOrEqual(pieces * pieceLength + 16)
     expect(fromOrigin).toBeGreaterThanOrEqual(4096)
     expect(await metric(a, 'guoce_peer_download_bytes_total{source="peer"}')).toBeLessThanOrEqual(pieces * pieceLength)
+    // the read was timed: one on-demand read in the latency histogram, within its buckets
+    expect(await metric(a, 'guoce_peer_read_seconds_count{priority="on-demand"}')).toBe(1)
+    expect(await metric(a, 'guoce_peer_read_seconds_bucket{le="60",priority="on-demand"}')).toBe(1)
     process.stderr.write(`read.spec: 4 KiB at ${offset} of 1 GiB (${pieceLength / MiB} MiB pieces): origin sent ${fromOrigin} bytes\n`)
 
     // another host reads the same bytes: from the swarm, the origin sends nothing more but its probe

@@ -200,28 +200,8 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
   })
 
   app.get('/metrics', async (_req, reply) => {
-    const s = daemon.stats
-    const lines = [
-      '# TYPE guoce_peer_download_bytes_total counter',
-      `guoce_peer_download_bytes_total{source="peer"} ${s.peerBytes}`,
-      `guoce_peer_download_bytes_total{source="origin"} ${s.sourceBytes}`,
-      '# TYPE guoce_peer_upload_bytes_total counter',
-      `guoce_peer_upload_bytes_total ${s.uploadBytes}`,
-      '# TYPE guoce_peer_tasks_started_total counter',
-      `guoce_peer_tasks_started_total ${s.tasksStarted}`,
-      '# TYPE guoce_peer_blamed_parents_total counter',
-      `guoce_peer_blamed_parents_total ${s.blamedParents}`,
-      '# TYPE guoce_peer_parent_connections_total counter',
-      ...Object.entries(s.parentConnections).map(([channel, n]) => `guoce_peer_parent_connections_total{channel="${channel}"} ${n}`),
-      '# TYPE guoce_peer_parent_lists_total counter',
-      `guoce_peer_parent_lists_total{mode="chain"} ${s.parentLists.chain}`,
-      `guoce_peer_parent_lists_total{mode="striped"} ${s.parentLists.striped}`,
-      '# TYPE guoce_peer_reads_waiting gauge',
-      `guoce_peer_reads_waiting ${daemon.readsWaiting}`,
-      '# TYPE guoce_peer_scheduler_connected gauge',
-      `guoce_peer_scheduler_connected ${daemon.client.connected ? 1 : 0}`
-    ]
-    return await reply.header('content-type', 'text/plain; version=0.0.4').send(lines.join('\n') + '\n' + (opts.extraMetrics?.() ?? ''))
+    const text = await daemon.metrics.registry.metrics()
+    return await reply.header('content-type', daemon.metrics.registry.contentType).send(text + (opts.extraMetrics?.() ?? ''))
   })
 
   return app

@@ -12,6 +12,7 @@ import { serveStore, registerRef, type HostInit } from '@guoce/seed-peer'
 import { PeerTask } from './peer-task.js'
 import { UPLOAD_SLOTS } from './constants.js'
 import { taskReader, daemonResolver } from './reader.js'
+import { daemonMetrics, type DaemonMetrics } from './metrics.js'
 import { probeSource } from '@guoce/seed-peer'
 
 export type PeerDaemonInit = HostInit & {
@@ -41,9 +42,13 @@ export class PeerDaemon implements Startable {
    * content route, and every consumer in this process).
    */
   readonly reader: TaskReader
+  /** Prometheus metrics of this daemon (`GET /metrics`); consumers may register their own in `metrics.registry` */
+  readonly metrics: DaemonMetrics
 
   constructor (private readonly init: PeerDaemonInit) {
-    this.reader = taskReader({ resolve: daemonResolver(this), ...(init.readTimeoutMs != null ? { timeoutMs: init.readTimeoutMs } : {}) })
+    const metrics = daemonMetrics()
+    this.metrics = metrics
+    this.reader = taskReader({ resolve: daemonResolver(this), onRead: metrics.observeRead, ...(init.readTimeoutMs != null ? { timeoutMs: init.readTimeoutMs } : {}) })
     this.client = new SchedulerClient({
       node: init.node,
       scheduler: init.scheduler,
@@ -52,6 +57,7 @@ export class PeerDaemon implements Startable {
       onMessage: (m) => { this.onMessage(m) },
       onConnect: async () => { await this.reregister() }
     })
+    metrics.bind(this)
   }
 
   get peerId (): string { return this.init.node.peerId.toString() }

@@ -30,6 +30,8 @@ export interface ReaderInit {
   resolve: (target: ReadTarget) => Promise<ReadSource>
   /** @default READ_TIMEOUT_MS */
   timeoutMs?: number
+  /** a read got its bytes (a stream: its first chunk) after `seconds` */
+  onRead?: (priority: ReadPriority, seconds: number) => void
 }
 
 const WIRE: Record<ReadPriority, number> = { 'on-demand': Priority.ON_DEMAND, prefetch: Priority.PREFETCH, background: Priority.BACKGROUND }
@@ -97,6 +99,13 @@ class Reader implements TaskReader {
   }
 
   async read (r: RangeRead): Promise<Uint8Array> {
+    const t0 = performance.now()
+    const b = await this.readRange(r)
+    this.init.onRead?.(r.priority ?? 'on-demand', (performance.now() - t0) / 1000)
+    return b
+  }
+
+  private async readRange (r: RangeRead): Promise<Uint8Array> {
     checkInt(r.offset, 'offset'); checkInt(r.length, 'length')
     if (r.length > MAX_READ_BYTES) throw new InvalidParametersError(`a read of ${r.length} bytes is above MAX_READ_BYTES (${MAX_READ_BYTES}): stream it`)
     const src = await this.init.resolve(r)
@@ -125,6 +134,15 @@ class Reader implements TaskReader {
   }
 
   async * stream (r: StreamRead): AsyncGenerator<Uint8Array> {
+    const t0 = performance.now()
+    let first = true
+    for await (const chunk of this.streamRange(r)) {
+      if (first) { first = false; this.init.onRead?.(r.priority ?? 'on-demand', (performance.now() - t0) / 1000) }
+      yield chunk
+    }
+  }
+
+  private async * streamRange (r: StreamRead): AsyncGenerator<Uint8Array> {
     const offset = r.offset ?? 0
     checkInt(offset, 'offset')
     if (r.end != null) checkInt(r.end, 'end')
