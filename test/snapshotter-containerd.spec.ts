@@ -6,8 +6,7 @@
  * running and writing through its overlay, and new containers start after the restart; removing the
  * containers and the image lets containerd's garbage collector remove every snapshot through us.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
-import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { existsSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -15,7 +14,7 @@ import { randomBytes } from 'node:crypto'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { startGuoce, stopAll, until, type Proc } from '@guoce/testkit'
+import { busyboxImage, startContainerd, startGuoce, stopAll, until, type Containerd, type Proc } from '@guoce/testkit'
 
 const exec = promisify(execFile)
 
@@ -24,26 +23,16 @@ describe('containerd with the guoce snapshotter', () => {
   const tag = randomBytes(4).toString('hex')
   const ids = { first: `guoce-first-${tag}`, long: `guoce-long-${tag}`, after: `guoce-after-${tag}` }
   const image = `guoce.test/busybox-${tag}:v1`
-  let containerd: ChildProcess | undefined
+  let cd: Containerd | undefined
   let daemon: Proc | undefined
   let daemonArgs: string[] = []
-  const sock = (): string => join(T, 'containerd.sock')
-  const ctr = async (args: string[], timeout = 60_000): Promise<string> => {
-    const r = await exec('ctr', ['--address', sock(), ...args], { timeout, killSignal: 'SIGKILL' })
-    return r.stdout
-  }
-  const run = (id: string, args: string[]): string[] => ['run', '--snapshotter', 'guoce', '--fifo-dir', join(T, 'fifo'), '--runc-root', join(T, 'runc'), ...args, image, id]
+  const ctr = async (args: string[], timeoutMs = 60_000): Promise<string> => await cd!.ctr(args, { timeoutMs })
+  const run = (id: string, args: string[]): string[] => { cd!.track('default', id); return ['run', '--snapshotter', 'guoce', ...cd!.runArgs(), ...args, image, id] }
 
   beforeAll(async () => {
     T = await mkdtemp(join(tmpdir(), 'guoce-ctrd-'))
     // the image: busybox with a file, one layer, an OCI archive ctr can import
-    await exec('umoci', ['init', '--layout', join(T, 'img')])
-    await exec('umoci', ['new', '--image', `${join(T, 'img')}:v1`])
-    await exec('umoci', ['unpack', '--image', `${join(T, 'img')}:v1`, join(T, 'bundle')])
-    await mkdir(join(T, 'bundle/rootfs/bin'), { recursive: true })
-    await copyFile('/bin/busybox', join(T, 'bundle/rootfs/bin/busybox'))
-    await writeFile(join(T, 'bundle/rootfs/greeting'), 'hello from an ordinary image\n')
-    await exec('umoci', ['repack', '--image', `${join(T, 'img')}:v1`, join(T, 'bundle')])
+    await busyboxImage(join(T, 'img'), 'v1', [async r => { await writeFile(join(r, 'greeting'), 'hello from an ordinary image\n') }])
     await exec('tar', ['-C', join(T, 'img'), '-cf', join(T, 'img.tar'), '.'])
 
     // scheduler + daemon with the snapshotter socket
@@ -52,48 +41,13 @@ describe('containerd with the guoce snapshotter', () => {
       '--api', `unix:${join(T, 'api.sock')}`, '--snapshotter-socket', join(T, 'snap.sock')]
     daemon = await startGuoce(daemonArgs)
     expect(daemon.ready.snapshotter).toBe(join(T, 'snap.sock'))
-
-    // containerd with its own root, state and sockets (ENVIRONMENT.md)
-    await writeFile(join(T, 'config.toml'), [
-      'version = 2',
-      `root = "${T}/root"`,
-      `state = "${T}/state"`,
-      'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
-      `[grpc]\n  address = "${sock()}"`,
-      `[ttrpc]\n  address = "${sock()}.ttrpc"`,
-      `[debug]\n  address = "${T}/debug.sock"`,
-      `[plugins."io.containerd.internal.v1.opt"]\n  path = "${T}/opt"`,
-      `[proxy_plugins.guoce]\n  type = "snapshot"\n  address = "${T}/snap.sock"`
-    ].join('\n') + '\n')
-    const log: string[] = []
-    containerd = spawn('containerd', ['--config', join(T, 'config.toml')], { stdio: ['ignore', 'ignore', 'pipe'] })
-    containerd.stderr!.on('data', (d: Buffer) => { log.push(d.toString()) })
-    await until(async () => { try { await ctr(['version'], 5_000); return true } catch { return false } }, `containerd to answer:\n${log.join('')}`, 30_000, 100)
+    cd = await startContainerd({ dir: join(T, 'c'), snapshotters: { guoce: join(T, 'snap.sock') } })
   })
 
   afterAll(async () => {
-    if (T === '') return
-    for (const id of Object.values(ids)) {
-      await ctr(['task', 'kill', '-s', 'SIGKILL', id], 10_000).catch(() => {})
-      await until(async () => !(await ctr(['task', 'ls'], 10_000).catch(() => '')).includes(`${id} `), 'task to die', 10_000).catch(() => {})
-      await ctr(['task', 'delete', '-f', id], 10_000).catch(() => {})
-      await ctr(['container', 'delete', id], 10_000).catch(() => {})
-    }
-    if (containerd != null && containerd.exitCode == null) {
-      containerd.kill('SIGTERM')
-      await new Promise(resolve => { const t = setTimeout(() => { containerd!.kill('SIGKILL'); resolve(null) }, 10_000); containerd!.once('exit', () => { clearTimeout(t); resolve(null) }) })
-    }
+    await cd?.stop()
     await stopAll()
-    const info = await readFile('/proc/self/mountinfo', 'utf8')
-    for (const p of info.split('\n').map(l => l.split(' ')[4]).filter((p): p is string => p?.startsWith(T + '/') === true).reverse()) {
-      await exec('umount', ['-l', p]).catch(() => {})
-    }
-    // runc (cgroupfs) leaves /sys/fs/cgroup/<controller>/default/<id>
-    for (const ctl of await readdir('/sys/fs/cgroup').catch(() => [] as string[])) {
-      for (const id of Object.values(ids)) await rmdir(join('/sys/fs/cgroup', ctl, 'default', id)).catch(() => {})
-      await rmdir(join('/sys/fs/cgroup', ctl, 'default')).catch(() => {})
-    }
-    await rm(T, { recursive: true, force: true })
+    if (T !== '') await rm(T, { recursive: true, force: true })
   })
 
   it('imports and runs an ordinary OCI image through the snapshotter', async () => {

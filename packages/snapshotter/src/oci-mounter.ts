@@ -41,7 +41,8 @@ export function ociLayoutMounter (init: OciLayoutMounterInit): RemoteLayerMounte
     if (!DIGEST.test(layer.layerDigest)) return undefined
     for (const dir of init.layouts) {
       const index = await readJson<{ manifests?: Array<{ digest: string }> }>(join(dir, 'index.json'))
-      const digests = DIGEST.test(layer.manifestDigest) ? [layer.manifestDigest] : (index?.manifests ?? []).map(d => d.digest).filter(d => DIGEST.test(d))
+      // the manifest CRI names first; then every manifest of the layout (a registry copy may re-serialize the manifest)
+      const digests = [...new Set([layer.manifestDigest, ...(index?.manifests ?? []).map(d => d.digest)])].filter(d => DIGEST.test(d))
       for (const d of digests) {
         const manifest = await readJson<Manifest>(blob(dir, d))
         if (manifest?.annotations?.[ANNOTATION_FORMAT] === undefined) continue

@@ -163,6 +163,7 @@ export class Snapshotter {
       }
       if (this.meta.snapshots.size >= MAX_SNAPSHOTS) throw new SnapshotStateError(`more than ${MAX_SNAPSHOTS} snapshots`)
       const remote = kind === 'active' && this.init.remote !== undefined ? remoteLayerOf(labels) : undefined
+      this.log.debug('create snapshot', { kind, key, parent, labels, remote: remote !== undefined })
       if (remote !== undefined && this.meta.snapshots.has(remote.ref)) throw new SnapshotExistsError(`target snapshot ${JSON.stringify(remote.ref)} already exists`)
       const now = new Date().toISOString()
       const r: SnapshotRecord = { id: this.meta.nextId++, kind, parent, labels: { ...labels }, created: now, updated: now }
