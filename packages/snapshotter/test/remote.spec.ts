@@ -11,7 +11,7 @@ import { status } from '@grpc/grpc-js'
 import * as native from '@guoce/native-mount'
 import { convertImage, readManifest, parseOciRef, MEDIA_TYPE_EROFS_META, type Manifest } from '@guoce/image'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { startSnapshotter, ociLayoutMounter, LABEL_REMOTE, type RunningSnapshotter } from '../src/index.js'
+import { startSnapshotter, ociLayoutMounter, chainIds, LABEL_REMOTE, type RunningSnapshotter } from '../src/index.js'
 import { api, codeOf, isMounted, mountAll, run, tempDir, umount, type Api } from './helpers.js'
 
 const CRI = (ref: string, layer: string, manifest: string): Record<string, string> => ({
@@ -70,8 +70,9 @@ describe('remote layers through a RemoteLayerMounter', () => {
     expect(manifest.layers.length).toBeGreaterThanOrEqual(3) // blobs and metadata layers
     let parent = ''
     const refs: string[] = []
+    const chain = chainIds(manifest.layers.map(l => l.digest)) // the converted config's diff ids are the layer digests
     for (const [i, l] of manifest.layers.entries()) {
-      const ref = `k8s.io/1/chain-${i}`
+      const ref = chain[i]!
       // what containerd's unpacker does: Prepare "extract-<rand> <chain id>" with the labels, expect ALREADY_EXISTS
       expect(await codeOf(c.prepare({ key: `k8s.io/2/extract-${i} chain-${i}`, parent, labels: CRI(ref, l.digest, manifestDigest) }))).toBe(status.ALREADY_EXISTS)
       const info = (await c.stat({ key: ref })).info
@@ -128,11 +129,18 @@ describe('remote layers through a RemoteLayerMounter', () => {
   })
 
   it('a layer no layout holds, or hostile labels, make an ordinary snapshot', async () => {
+    // a real layer of the image, named under another chain (labels an image's own annotations could forge outside CRI)
+    const meta = manifest.layers.findIndex(l => l.mediaType === MEDIA_TYPE_EROFS_META)
+    const forged = await c.prepare({ key: 'o/forged', labels: CRI(`sha256:${'cd'.repeat(32)}`, manifest.layers[meta]!.digest, manifestDigest) })
+    expect(forged.mounts[0]!.type).toBe('bind')
+    expect((await c.stat({ key: 'o/forged' })).info.kind).toBe('ACTIVE')
+    await c.remove({ key: 'o/forged' })
+
     const other = `sha256:${'ab'.repeat(32)}`
-    const a = await c.prepare({ key: 'o/extract', labels: CRI('o/chain', other, manifestDigest) })
+    const a = await c.prepare({ key: 'o/extract', labels: CRI(`sha256:${'ef'.repeat(32)}`, other, manifestDigest) })
     expect(a.mounts[0]!.type).toBe('bind')
     expect((await c.stat({ key: 'o/extract' })).info.kind).toBe('ACTIVE')
-    expect(await codeOf(c.stat({ key: 'o/chain' }))).toBe(status.NOT_FOUND)
+    expect(await codeOf(c.stat({ key: `sha256:${'ef'.repeat(32)}` }))).toBe(status.NOT_FOUND)
     const b = await c.prepare({ key: 'o/extract2', labels: CRI('o/chain2', 'sha256:../../../etc/passwd', 'sha256:../x') })
     expect(b.mounts[0]!.type).toBe('bind')
     await c.remove({ key: 'o/extract' })
@@ -149,7 +157,7 @@ describe('remote layers through a RemoteLayerMounter', () => {
     const badRoot = w('bad-root')
     await start([w('bad')], badRoot)
     try {
-      expect(await codeOf(c.prepare({ key: 'b/extract', labels: CRI('b/chain', meta.digest, manifestDigest) }))).toBe(status.INTERNAL)
+      expect(await codeOf(c.prepare({ key: 'b/extract', labels: CRI(chainIds(manifest.layers.map(l => l.digest))[manifest.layers.indexOf(meta)]!, meta.digest, manifestDigest) }))).toBe(status.INTERNAL)
       expect(await c.list()).toEqual([])
       expect(await readdir(join(badRoot, 'snapshots'))).toEqual([])
     } finally {
