@@ -1,7 +1,7 @@
 /**
  * The remote-snapshot path with real containerd 1.6: a converted image (guoce image convert) in a local
  * distribution registry is pulled by a CRI client (gRPC PullImage to containerd's CRI plugin, as kubelet does,
- * `disable_snapshot_annotations = false`); CRI's labels reach the guoce snapshotter, whose RemoteLayerMounter
+ * containerd configured with deploy/containerd/config.toml); CRI's labels reach the guoce snapshotter, whose RemoteLayerMounter
  * (here the OCI layout mounter: file-backed EROFS over local blobs) mounts every layer and answers
  * ALREADY_EXISTS, so containerd downloads no layer; a container then runs from that image. Removing the image
  * removes (and unmounts) every layer through the snapshotter.
@@ -15,7 +15,7 @@ import { promisify } from 'node:util'
 import * as grpc from '@grpc/grpc-js'
 import { loadSync } from '@grpc/proto-loader'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { busyboxImage, runGuoce, startContainerd, startGuoce, startRegistry, stopAll, until, type Containerd, type Registry } from '@guoce/testkit'
+import { ROOT, busyboxImage, runGuoce, startContainerd, startGuoce, startRegistry, stopAll, until, type Containerd, type Registry } from '@guoce/testkit'
 
 const exec = promisify(execFile)
 
@@ -51,7 +51,10 @@ describe('CRI pulls a converted image through the guoce snapshotter', () => {
     const sched = await startGuoce(['scheduler', '--open', '--listen', '/ip4/127.0.0.1/tcp/0', '--data', join(T, 'sched')])
     await startGuoce(['daemon', '--open', '--scheduler', sched.ready.addr as string, '--listen', '/ip4/127.0.0.1/tcp/0', '--data', join(T, 'daemon'),
       '--api', `unix:${join(T, 'api.sock')}`, '--snapshotter-socket', join(T, 'snap.sock'), '--snapshotter-layout', join(T, 'lazy')])
-    cd = await startContainerd({ dir: join(T, 'c'), snapshotters: { guoce: join(T, 'snap.sock') }, cri: { snapshotter: 'guoce', hostsDir: join(T, 'hosts') } })
+    // the snippet users merge into their config (deploy/containerd/config.toml), with this test's socket
+    const snippet = (await readFile(join(ROOT, 'deploy', 'containerd', 'config.toml'), 'utf8')).replace(/^version = 2$/m, '')
+    expect(snippet).toContain('/run/guoce/snapshotter.sock')
+    cd = await startContainerd({ dir: join(T, 'c'), cri: { hostsDir: join(T, 'hosts') }, extra: snippet.replaceAll('/run/guoce/snapshotter.sock', join(T, 'snap.sock')) })
   })
 
   afterAll(async () => {

@@ -18,8 +18,10 @@ export interface ContainerdInit {
   dir: string
   /** name -> socket of `[proxy_plugins.NAME] type = "snapshot"`. */
   snapshotters?: Record<string, string>
-  /** Enables the CRI plugin with this snapshotter, snapshot annotations on, registry hosts from `hostsDir`. */
-  cri?: { snapshotter: string, hostsDir: string }
+  /** Enables the CRI plugin, registry hosts from `hostsDir`; with `snapshotter`, that one with snapshot annotations on. */
+  cri?: { snapshotter?: string, hostsDir: string }
+  /** More configuration (TOML tables), appended as is (e.g. deploy/containerd/config.toml). */
+  extra?: string
 }
 
 export interface Containerd {
@@ -46,12 +48,13 @@ export async function startContainerd (init: ContainerdInit): Promise<Containerd
   if (init.cri != null) {
     lines.push(
       '[plugins."io.containerd.grpc.v1.cri"]\n  stream_server_address = "127.0.0.1"\n  stream_server_port = "0"',
-      `[plugins."io.containerd.grpc.v1.cri".containerd]\n  snapshotter = "${init.cri.snapshotter}"\n  disable_snapshot_annotations = false`,
+      ...(init.cri.snapshotter != null ? [`[plugins."io.containerd.grpc.v1.cri".containerd]\n  snapshotter = "${init.cri.snapshotter}"\n  disable_snapshot_annotations = false`] : []),
       `[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "${init.cri.hostsDir}"`,
       `[plugins."io.containerd.grpc.v1.cri".cni]\n  bin_dir = "${d}/cni/bin"\n  conf_dir = "${d}/cni/conf"`
     )
   }
   for (const [name, socket] of Object.entries(init.snapshotters ?? {})) lines.push(`[proxy_plugins.${name}]\n  type = "snapshot"\n  address = "${socket}"`)
+  if (init.extra != null) lines.push(init.extra)
   await mkdir(d, { recursive: true })
   await writeFile(join(d, 'containerd.toml'), lines.join('\n') + '\n')
   const log: string[] = []
