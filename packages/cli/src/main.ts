@@ -4,7 +4,7 @@
 import { join, resolve } from 'node:path'
 import { InvalidParametersError, type Logger } from '@guoce/interface'
 import { parse, defaultHome, hostPort, durationMs, sizeBytes, pieceChannel, count } from './args.js'
-import type { Running } from './services.js'
+import type { Running, SnapshotterOptions } from './services.js'
 
 const USAGE = `guoce: P2P content distribution and lazy-loading images
 
@@ -69,17 +69,22 @@ ${SNAPSHOTTER_HELP}`
 
 const SNAPSHOTTER_OPTIONS = { 'snapshotter-socket': { type: 'string' }, 'snapshotter-root': { type: 'string' }, 'snapshotter-layout': { type: 'string', multiple: true } } as const
 
-/** The snapshotter of `--snapshotter-socket`, started; undefined without the option. */
-async function snapshotterOf (v: Record<string, unknown>, data: string, log: Logger): Promise<(Running & { socket: string }) | undefined> {
+/** The snapshotter options of `--snapshotter-socket` (checked before anything starts); undefined without it. */
+function snapshotterOptions (v: Record<string, unknown>, data: string): SnapshotterOptions | undefined {
   const socket = v['snapshotter-socket'] as string | undefined
   if (socket == null) {
     if (v['snapshotter-root'] != null || v['snapshotter-layout'] != null) throw new InvalidParametersError('--snapshotter-root and --snapshotter-layout need --snapshotter-socket')
     return undefined
   }
   if (socket === '') throw new InvalidParametersError('--snapshotter-socket needs a path')
-  const { startSnapshotterService } = await import('./services.js')
   const layouts = (v['snapshotter-layout'] as string[] | undefined)?.map(l => resolve(l))
-  return await startSnapshotterService({ socket: resolve(socket), root: resolve((v['snapshotter-root'] as string | undefined) ?? join(data, 'snapshotter')), layouts }, log)
+  return { socket: resolve(socket), root: resolve((v['snapshotter-root'] as string | undefined) ?? join(data, 'snapshotter')), layouts }
+}
+
+async function startSnapshotterIf (o: SnapshotterOptions | undefined, log: Logger): Promise<(Running & { socket: string }) | undefined> {
+  if (o == null) return undefined
+  const { startSnapshotterService } = await import('./services.js')
+  return await startSnapshotterService(o, log)
 }
 
 function out (json: boolean, obj: Record<string, unknown>, text: string): void {
@@ -131,6 +136,7 @@ export async function main (argv: string[]): Promise<number | undefined> {
       if (typeof v.scheduler !== 'string') throw new InvalidParametersError('--scheduler MULTIADDR is required')
       const json = v.json === true
       const log = logger(json, 'info')
+      const snapOpts = snapshotterOptions(v, (v.data as string | undefined) ?? join(defaultHome(), 'daemon'))
       const d = await startDaemon({
         clusterKey: v['cluster-key'] as string | undefined,
         open: v.open === true,
@@ -146,7 +152,7 @@ export async function main (argv: string[]): Promise<number | undefined> {
         quotaBytes: sizeBytes(v.quota as string | undefined, '--quota'),
         pieceChannel: pieceChannel(v['piece-channel'] as string | undefined)
       })
-      const snap = await snapshotterOf(v, (v.data as string | undefined) ?? join(defaultHome(), 'daemon'), log)
+      const snap = await startSnapshotterIf(snapOpts, log)
       out(json, { event: 'ready', service: 'daemon', api: d.apiUrl, peerId: d.node.peerId.toString(), addrs: d.node.getMultiaddrs().map(String), snapshotter: snap?.socket ?? null },
         `daemon ${d.node.peerId.toString()} api ${d.apiUrl}${snap != null ? `\nsnapshotter ${snap.socket}` : ''}`)
       return await runUntilSignal(snap != null ? [d, snap] : [d])
@@ -162,13 +168,14 @@ export async function main (argv: string[]): Promise<number | undefined> {
       const quotaBytes = sizeBytes(v.quota as string | undefined, '--quota')
       const channel = pieceChannel(v['piece-channel'] as string | undefined)
       const open = v.open === true
+      const snapOpts = snapshotterOptions(v, data)
       const sched = await startScheduler({ data: join(data, 'scheduler'), listen: `/ip4/${host}/tcp/${(v['scheduler-port'] as string | undefined) ?? '65003'}`, log, open })
       const membership = open ? { open } : { clusterKey: sched.clusterKey }
       const seed = await startSeed({ ...membership, seedKey: sched.seedKey, data: join(data, 'seed'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, log, originTimeoutMs, quotaBytes, pieceChannel: channel })
       const daemon = await startDaemon({ ...membership, data: join(data, 'daemon'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, api: hostPort((v.api as string | undefined) ?? '127.0.0.1:65001', '--api'), log, originTimeoutMs, quotaBytes, pieceChannel: channel })
       await seed.seed.ready
       await daemon.daemon.client.ready
-      const snap = await snapshotterOf(v, data, log)
+      const snap = await startSnapshotterIf(snapOpts, log)
       out(json, { event: 'ready', service: 'up', scheduler: sched.addr, schedulerAddrs: sched.addrs, api: daemon.apiUrl, data, clusterKey: sched.clusterKey ?? null, seedKey: sched.seedKey, snapshotter: snap?.socket ?? null },
         `guoce up\n  scheduler    ${sched.addrs.join('\n               ')}\n  api          ${daemon.apiUrl}\n  data         ${data}\n` +
         `  cluster key  ${sched.clusterKey ?? '(none: open cluster)'}\n  seed key     ${sched.seedKey}\n` +

@@ -37,6 +37,7 @@ describe('snapshots API over gRPC', () => {
   })
 
   it('prepare, commit, view and remove in containerd\'s order, each misuse with its status code', async () => {
+    expect((await stat(running!.socket)).mode & 0o777).toBe(0o600) // root (containerd) only: it mounts
     // base layer: an active snapshot without parent is a read-write bind of its fs directory
     const base = await c.prepare({ key: 'ns/1/extract-base', labels: { a: '1' } })
     expect(base.mounts).toHaveLength(1)
