@@ -40,8 +40,9 @@ export class MetaStore {
     let text: string | undefined
     try { text = await readFile(m.path, 'utf8') } catch (err) { if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err }
     if (text !== undefined) {
-      const f = JSON.parse(text) as MetaFile
-      if (f.version !== 1 || !Array.isArray(f.snapshots) || !Number.isSafeInteger(f.nextId)) throw new Error(`${m.path}: not a snapshotter metadata file of version 1`)
+      let f: MetaFile
+      try { f = JSON.parse(text) as MetaFile } catch (err) { throw new Error(`${m.path}: not valid JSON (${(err as Error).message}); the file is left as it is`, { cause: err }) }
+      if (f?.version !== 1 || !Array.isArray(f.snapshots) || !Number.isSafeInteger(f.nextId)) throw new Error(`${m.path}: not a snapshotter metadata file of version 1`)
       for (const [k, r] of f.snapshots) m.snapshots.set(k, r)
       m.nextId = f.nextId
     }

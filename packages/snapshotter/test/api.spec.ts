@@ -195,6 +195,16 @@ describe('snapshots API over gRPC', () => {
     expect((await readdir(root)).sort()).toEqual(['metadata.json', 'snapshots'])
   })
 
+  it('a damaged metadata file stops the start with an error naming it, and is left as it was', async () => {
+    const bad = join(dir, 'bad-root')
+    await mkdir(bad)
+    await writeFile(join(bad, 'metadata.json'), '{"version":1,"nextId":3,"snapsh')
+    await expect(startSnapshotter({ root: bad, socket: join(dir, 'bad.sock') })).rejects.toThrow(`${join(bad, 'metadata.json')}: not valid JSON`)
+    expect(await readFile(join(bad, 'metadata.json'), 'utf8')).toBe('{"version":1,"nextId":3,"snapsh')
+    await writeFile(join(bad, 'metadata.json'), '{"version":2}')
+    await expect(startSnapshotter({ root: bad, socket: join(dir, 'bad.sock') })).rejects.toThrow('not a snapshotter metadata file of version 1')
+  })
+
   it('Cleanup frees the directories nothing references and keeps the rest', async () => {
     await stop()
     await start({ asyncRemove: true })
