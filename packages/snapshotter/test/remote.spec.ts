@@ -165,4 +165,36 @@ describe('remote layers through a RemoteLayerMounter', () => {
       await start([w('lazy')])
     }
   })
+
+  it('a Prepare whose caller gives up aborts the layer mount and leaves nothing; the next one goes on', async () => {
+    // a mounter standing in for a lazy one whose source hangs: it waits until the snapshotter aborts it
+    const seen: string[] = []
+    const hanging = {
+      mount: async (_l: unknown, dir: string, opts: { signal?: AbortSignal }): Promise<boolean> => {
+        seen.push(dir)
+        return await new Promise<boolean>((_resolve, reject) => { opts.signal!.addEventListener('abort', () => { reject(opts.signal!.reason) }, { once: true }) })
+      },
+      unmount: async (): Promise<void> => {}
+    }
+    const hroot = w('hang-root')
+    const h = await startSnapshotter({ root: hroot, socket: w('hang.sock'), remote: hanging })
+    const hc = api(h.socket)
+    try {
+      const labels = CRI(`sha256:${'12'.repeat(32)}`, manifest.layers[0]!.digest, manifestDigest)
+      const err = await new Promise<{ code: number }>(resolve => {
+        hc.client.Prepare({ key: 'h/extract', labels }, { deadline: Date.now() + 300 }, (e: unknown) => { resolve(e as { code: number }) })
+      })
+      expect(err.code).toBe(status.DEADLINE_EXCEEDED)
+      expect(seen).toHaveLength(1)
+      // the aborted mount released the snapshotter: nothing recorded, its directory gone, the next call served
+      for (let i = 0; i < 100 && (await readdir(join(hroot, 'snapshots'))).length > 0; i++) await new Promise(resolve => setTimeout(resolve, 50))
+      expect(await readdir(join(hroot, 'snapshots'))).toEqual([])
+      expect(await hc.list()).toEqual([])
+      const plain = await hc.prepare({ key: 'h/plain' })
+      expect(plain.mounts[0]!.type).toBe('bind')
+    } finally {
+      hc.close()
+      await h.stop()
+    }
+  })
 })
