@@ -93,6 +93,13 @@ describe('snapshots API over gRPC', () => {
     expect((await c.stat({ key: 'ns/1/view-base' })).info.kind).toBe('VIEW')
     expect(await codeOf(c.commit({ name: 'ns/1/x', key: 'ns/1/view-base' }))).toBe(status.FAILED_PRECONDITION) // only active snapshots commit
 
+    // CRI's remote-layer labels with no RemoteLayerMounter: an ordinary snapshot, recorded under its key
+    const cri = { 'containerd.io/snapshot.ref': `sha256:${'aa'.repeat(32)}`, 'containerd.io/snapshot/cri.image-ref': 'r/app:v1', 'containerd.io/snapshot/cri.layer-digest': `sha256:${'bb'.repeat(32)}` }
+    expect((await c.prepare({ key: 'ns/1/extract-cri', labels: cri })).mounts[0]!.type).toBe('bind')
+    expect((await c.stat({ key: 'ns/1/extract-cri' })).info).toMatchObject({ kind: 'ACTIVE', labels: cri })
+    expect(await codeOf(c.stat({ key: cri['containerd.io/snapshot.ref'] }))).toBe(status.NOT_FOUND)
+    await c.remove({ key: 'ns/1/extract-cri' })
+
     // bad requests
     expect(await codeOf(c.prepare({ key: 'ns/1/orphan', parent: 'ns/1/nope' }))).toBe(status.NOT_FOUND)
     await c.prepare({ key: 'ns/1/active' })
