@@ -3,7 +3,8 @@
  * distribution registry is pulled by a CRI client (gRPC PullImage to containerd's CRI plugin, as kubelet does,
  * containerd configured with deploy/containerd/config.toml); CRI's labels reach the guoce snapshotter, whose RemoteLayerMounter
  * (here the OCI layout mounter: file-backed EROFS over local blobs) mounts every layer and answers
- * ALREADY_EXISTS, so containerd downloads no layer; a container then runs from that image. Removing the image
+ * ALREADY_EXISTS, so containerd downloads no layer; a container then runs from that image, and keeps running
+ * across a SIGKILL and restart of the snapshotter, after which new containers start. Removing the image
  * removes (and unmounts) every layer through the snapshotter.
  */
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
@@ -15,7 +16,7 @@ import { promisify } from 'node:util'
 import * as grpc from '@grpc/grpc-js'
 import { loadSync } from '@grpc/proto-loader'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { ROOT, busyboxImage, runGuoce, startContainerd, startGuoce, startRegistry, stopAll, until, type Containerd, type Registry } from '@guoce/testkit'
+import { ROOT, busyboxImage, runGuoce, startContainerd, startGuoce, startRegistry, stopAll, until, type Containerd, type Proc, type Registry } from '@guoce/testkit'
 
 const exec = promisify(execFile)
 
@@ -29,6 +30,8 @@ describe('CRI pulls a converted image through the guoce snapshotter', () => {
   let registry: Registry | undefined
   let image = ''
   let manifest: Manifest
+  let daemon: Proc | undefined
+  let daemonArgs: string[] = []
 
   beforeAll(async () => {
     T = await mkdtemp(join(tmpdir(), 'guoce-cri-'))
@@ -49,8 +52,9 @@ describe('CRI pulls a converted image through the guoce snapshotter', () => {
       `server = "http://${registry.host}"\n[host."http://${registry.host}"]\n  capabilities = ["pull", "resolve"]\n`)
 
     const sched = await startGuoce(['scheduler', '--open', '--listen', '/ip4/127.0.0.1/tcp/0', '--data', join(T, 'sched')])
-    await startGuoce(['daemon', '--open', '--scheduler', sched.ready.addr as string, '--listen', '/ip4/127.0.0.1/tcp/0', '--data', join(T, 'daemon'),
-      '--api', `unix:${join(T, 'api.sock')}`, '--snapshotter-socket', join(T, 'snap.sock'), '--snapshotter-layout', join(T, 'lazy')])
+    daemonArgs = ['daemon', '--open', '--scheduler', sched.ready.addr as string, '--listen', '/ip4/127.0.0.1/tcp/0', '--data', join(T, 'daemon'),
+      '--api', `unix:${join(T, 'api.sock')}`, '--snapshotter-socket', join(T, 'snap.sock'), '--snapshotter-layout', join(T, 'lazy')]
+    daemon = await startGuoce(daemonArgs)
     // the snippet users merge into their config (deploy/containerd/config.toml), with this test's socket
     const snippet = (await readFile(join(ROOT, 'deploy', 'containerd', 'config.toml'), 'utf8')).replace(/^version = 2$/m, '')
     expect(snippet).toContain('/run/guoce/snapshotter.sock')
@@ -100,6 +104,30 @@ describe('CRI pulls a converted image through the guoce snapshotter', () => {
     cd!.track('k8s.io', id)
     const out = await cd!.ctr(['run', '--snapshotter', 'guoce', ...cd!.runArgs(), '--rm', image, id, '/bin/busybox', 'sh', '-c', '/bin/busybox cat /greeting /second; test -e /gone && echo gone-present; echo ok'], { namespace: 'k8s.io' })
     expect(out).toBe('hello from a converted image\nlayer 2\nok\n')
+
+    // the snapshotter SIGKILLed and restarted under a running container on remote layers: it keeps reading
+    // them, the restarted snapshotter finds its layer mounts in place, and a new container starts
+    const long = `${id}-long`
+    cd!.track('k8s.io', long)
+    await cd!.ctr(['run', '-d', '--snapshotter', 'guoce', ...cd!.runArgs(), image, long, '/bin/busybox', 'sh', '-c',
+      'i=0; while true; do i=$((i+1)); /bin/busybox cat /greeting > /dev/null && echo $i > /beat; /bin/busybox sleep 0.1; done'], { namespace: 'k8s.io' })
+    const upper = (await cd!.ctr(['snapshots', '--snapshotter', 'guoce', 'mounts', '/x', long], { namespace: 'k8s.io' })).match(/upperdir=([^,\s]+)/)![1]!
+    const beat = async (): Promise<number> => Number((await readFile(join(upper, 'beat'), 'utf8').catch(() => '0')).trim())
+    await until(async () => await beat() > 2, 'the container to beat', 20_000)
+    const erofsBefore = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter(l => / - erofs /.test(l) && l.includes(T)).length
+    await daemon!.kill('SIGKILL')
+    const atKill = await beat()
+    await until(async () => await beat() > atKill + 5, 'the container to go on reading its layers without the snapshotter', 20_000)
+    daemon = await startGuoce(daemonArgs)
+    await until(async () => { try { await cd!.ctr(['snapshots', '--snapshotter', 'guoce', 'ls'], { namespace: 'k8s.io', timeoutMs: 10_000 }); return true } catch { return false } }, 'containerd to reconnect', 15_000, 200)
+    expect((await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter(l => / - erofs /.test(l) && l.includes(T)).length).toBe(erofsBefore) // none mounted twice
+    const again = await cd!.ctr(['run', '--snapshotter', 'guoce', ...cd!.runArgs(), '--rm', image, `${id}-again`, '/bin/busybox', 'cat', '/second'], { namespace: 'k8s.io' })
+    expect(again).toBe('layer 2\n')
+    const atRestart = await beat()
+    await until(async () => await beat() > atRestart + 3, 'the container to beat after the restart', 20_000)
+    await cd!.ctr(['task', 'kill', '-s', 'SIGKILL', long], { namespace: 'k8s.io' })
+    await until(async () => { try { await cd!.ctr(['task', 'delete', long], { namespace: 'k8s.io' }); return true } catch { return false } }, 'task delete', 20_000, 200)
+    await cd!.ctr(['container', 'delete', long], { namespace: 'k8s.io' })
 
     // removing the image lets containerd's GC remove every layer through us: unmounted, directories gone
     // (CRI names the image three ways: tag, repo digest, image id)
