@@ -1,10 +1,10 @@
 /**
  * The `guoce` command: parses options and wires the parts; nothing else lives here.
  */
-import { join } from 'node:path'
-import { InvalidParametersError } from '@guoce/interface'
+import { join, resolve } from 'node:path'
+import { InvalidParametersError, type Logger } from '@guoce/interface'
 import { parse, defaultHome, hostPort, durationMs, sizeBytes, pieceChannel, count } from './args.js'
-import type { Running } from './services.js'
+import type { Running, SnapshotterOptions } from './services.js'
 
 const USAGE = `guoce: P2P content distribution and lazy-loading images
 
@@ -37,8 +37,16 @@ const SEED_USAGE = `Usage: guoce seed --scheduler MULTIADDR (--cluster-key FILE 
   --open               the cluster is open (scheduler --open)
   --seed-key FILE      the scheduler's seed.key: makes this a designated seed (else it joins as a normal host)
 `
+const SNAPSHOTTER_HELP = `
+  --snapshotter-socket PATH  serve containerd's snapshots API on this unix socket (root only: it mounts);
+                       containerd: [proxy_plugins.guoce] type = "snapshot" address = PATH (deploy/containerd/)
+  --snapshotter-root DIR     snapshots and their metadata (default <data>/snapshotter)
+  --snapshotter-layout DIR   an OCI layout of converted images (guoce image convert --target oci:DIR):
+                       their layers are mounted from its blobs instead of unpacked (repeatable)
+`
 const DAEMON_USAGE = `Usage: guoce daemon --scheduler MULTIADDR (--cluster-key FILE | --open) [--data DIR] [--api HOST:PORT] [--listen MULTIADDR]
-                    [--origin-timeout 30s] [--read-timeout 60s] [--idc NAME] [--location A|B|C] [--quota SIZE] [--piece-channel M] [--json]
+                    [--origin-timeout 30s] [--read-timeout 60s] [--idc NAME] [--location A|B|C] [--quota SIZE] [--piece-channel M]
+                    [--snapshotter-socket PATH [--snapshotter-root DIR] [--snapshotter-layout DIR]...] [--json]
 
   --cluster-key FILE   the scheduler's cluster.key (needed to connect to any node of the cluster)
   --open               the cluster is open (scheduler --open)
@@ -48,15 +56,36 @@ const DAEMON_USAGE = `Usage: guoce daemon --scheduler MULTIADDR (--cluster-key F
   --quota SIZE         most task data kept (e.g. 50GiB); least recently used tasks are evicted
   --piece-channel M    secure (default: AES-256-GCM direct TCP channel keyed over Noise) | stream (the
                        Noise-secured libp2p stream) | integrity (clear bytes, still sha256-verified; opt-in)
-`
-const UP_USAGE = `Usage: guoce up [--data DIR] [--api HOST:PORT] [--listen-host IP] [--scheduler-port N] [--open] [--origin-timeout 30s] [--quota SIZE] [--piece-channel M] [--json]
+${SNAPSHOTTER_HELP}`
+const UP_USAGE = `Usage: guoce up [--data DIR] [--api HOST:PORT] [--listen-host IP] [--scheduler-port N] [--open] [--origin-timeout 30s] [--quota SIZE] [--piece-channel M]
+                [--snapshotter-socket PATH [--snapshotter-root DIR] [--snapshotter-layout DIR]...] [--json]
 
 Runs a scheduler, a seed peer and a peer daemon in one process on embedded defaults, data under
 --data (default $GUOCE_HOME or ~/.guoce); the seed and the daemon use the scheduler's cluster key and
 seed key (--open: no cluster key). Prints its endpoints; other machines join with
   guoce daemon --scheduler <scheduler multiaddr> --cluster-key <copy of the cluster key>
 and \`guoce get --daemon <api>\` downloads through it.
-`
+${SNAPSHOTTER_HELP}`
+
+const SNAPSHOTTER_OPTIONS = { 'snapshotter-socket': { type: 'string' }, 'snapshotter-root': { type: 'string' }, 'snapshotter-layout': { type: 'string', multiple: true } } as const
+
+/** The snapshotter options of `--snapshotter-socket` (checked before anything starts); undefined without it. */
+function snapshotterOptions (v: Record<string, unknown>, data: string): SnapshotterOptions | undefined {
+  const socket = v['snapshotter-socket'] as string | undefined
+  if (socket == null) {
+    if (v['snapshotter-root'] != null || v['snapshotter-layout'] != null) throw new InvalidParametersError('--snapshotter-root and --snapshotter-layout need --snapshotter-socket')
+    return undefined
+  }
+  if (socket === '') throw new InvalidParametersError('--snapshotter-socket needs a path')
+  const layouts = (v['snapshotter-layout'] as string[] | undefined)?.map(l => resolve(l))
+  return { socket: resolve(socket), root: resolve((v['snapshotter-root'] as string | undefined) ?? join(data, 'snapshotter')), layouts }
+}
+
+async function startSnapshotterIf (o: SnapshotterOptions | undefined, log: Logger): Promise<(Running & { socket: string }) | undefined> {
+  if (o == null) return undefined
+  const { startSnapshotterService } = await import('./services.js')
+  return await startSnapshotterService(o, log)
+}
 
 function out (json: boolean, obj: Record<string, unknown>, text: string): void {
   process.stdout.write(json ? JSON.stringify(obj) + '\n' : text + '\n')
@@ -102,10 +131,12 @@ export async function main (argv: string[]): Promise<number | undefined> {
       return await runUntilSignal([s])
     }
     case 'daemon': {
-      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, api: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, 'read-timeout': { type: 'string' }, idc: { type: 'string' }, location: { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' }, 'cluster-key': { type: 'string' }, open: { type: 'boolean' } })
+      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, api: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, 'read-timeout': { type: 'string' }, idc: { type: 'string' }, location: { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' }, 'cluster-key': { type: 'string' }, open: { type: 'boolean' }, ...SNAPSHOTTER_OPTIONS })
       if (v.help === true) { process.stdout.write(DAEMON_USAGE); return 0 }
       if (typeof v.scheduler !== 'string') throw new InvalidParametersError('--scheduler MULTIADDR is required')
       const json = v.json === true
+      const log = logger(json, 'info')
+      const snapOpts = snapshotterOptions(v, (v.data as string | undefined) ?? join(defaultHome(), 'daemon'))
       const d = await startDaemon({
         clusterKey: v['cluster-key'] as string | undefined,
         open: v.open === true,
@@ -113,7 +144,7 @@ export async function main (argv: string[]): Promise<number | undefined> {
         listen: (v.listen as string | undefined) ?? '/ip4/0.0.0.0/tcp/0',
         scheduler: v.scheduler,
         api: hostPort((v.api as string | undefined) ?? '127.0.0.1:65001', '--api'),
-        log: logger(json, 'info'),
+        log,
         originTimeoutMs: durationMs(v['origin-timeout'] as string | undefined, '--origin-timeout'),
         readTimeoutMs: durationMs(v['read-timeout'] as string | undefined, '--read-timeout'),
         idc: v.idc as string | undefined,
@@ -121,11 +152,13 @@ export async function main (argv: string[]): Promise<number | undefined> {
         quotaBytes: sizeBytes(v.quota as string | undefined, '--quota'),
         pieceChannel: pieceChannel(v['piece-channel'] as string | undefined)
       })
-      out(json, { event: 'ready', service: 'daemon', api: d.apiUrl, peerId: d.node.peerId.toString(), addrs: d.node.getMultiaddrs().map(String) }, `daemon ${d.node.peerId.toString()} api ${d.apiUrl}`)
-      return await runUntilSignal([d])
+      const snap = await startSnapshotterIf(snapOpts, log)
+      out(json, { event: 'ready', service: 'daemon', api: d.apiUrl, peerId: d.node.peerId.toString(), addrs: d.node.getMultiaddrs().map(String), snapshotter: snap?.socket ?? null },
+        `daemon ${d.node.peerId.toString()} api ${d.apiUrl}${snap != null ? `\nsnapshotter ${snap.socket}` : ''}`)
+      return await runUntilSignal(snap != null ? [d, snap] : [d])
     }
     case 'up': {
-      const { values: v } = parse(rest, { data: { type: 'string' }, api: { type: 'string' }, 'listen-host': { type: 'string' }, 'scheduler-port': { type: 'string' }, 'origin-timeout': { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' }, open: { type: 'boolean' } })
+      const { values: v } = parse(rest, { data: { type: 'string' }, api: { type: 'string' }, 'listen-host': { type: 'string' }, 'scheduler-port': { type: 'string' }, 'origin-timeout': { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' }, open: { type: 'boolean' }, ...SNAPSHOTTER_OPTIONS })
       if (v.help === true) { process.stdout.write(UP_USAGE); return 0 }
       const json = v.json === true
       const data = (v.data as string | undefined) ?? defaultHome()
@@ -135,17 +168,20 @@ export async function main (argv: string[]): Promise<number | undefined> {
       const quotaBytes = sizeBytes(v.quota as string | undefined, '--quota')
       const channel = pieceChannel(v['piece-channel'] as string | undefined)
       const open = v.open === true
+      const snapOpts = snapshotterOptions(v, data)
       const sched = await startScheduler({ data: join(data, 'scheduler'), listen: `/ip4/${host}/tcp/${(v['scheduler-port'] as string | undefined) ?? '65003'}`, log, open })
       const membership = open ? { open } : { clusterKey: sched.clusterKey }
       const seed = await startSeed({ ...membership, seedKey: sched.seedKey, data: join(data, 'seed'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, log, originTimeoutMs, quotaBytes, pieceChannel: channel })
       const daemon = await startDaemon({ ...membership, data: join(data, 'daemon'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, api: hostPort((v.api as string | undefined) ?? '127.0.0.1:65001', '--api'), log, originTimeoutMs, quotaBytes, pieceChannel: channel })
       await seed.seed.ready
       await daemon.daemon.client.ready
-      out(json, { event: 'ready', service: 'up', scheduler: sched.addr, schedulerAddrs: sched.addrs, api: daemon.apiUrl, data, clusterKey: sched.clusterKey ?? null, seedKey: sched.seedKey },
+      const snap = await startSnapshotterIf(snapOpts, log)
+      out(json, { event: 'ready', service: 'up', scheduler: sched.addr, schedulerAddrs: sched.addrs, api: daemon.apiUrl, data, clusterKey: sched.clusterKey ?? null, seedKey: sched.seedKey, snapshotter: snap?.socket ?? null },
         `guoce up\n  scheduler    ${sched.addrs.join('\n               ')}\n  api          ${daemon.apiUrl}\n  data         ${data}\n` +
         `  cluster key  ${sched.clusterKey ?? '(none: open cluster)'}\n  seed key     ${sched.seedKey}\n` +
+        (snap != null ? `  snapshotter  ${snap.socket}\n` : '') +
         `join:  guoce daemon --scheduler ${sched.addr} ${open ? '--open' : '--cluster-key <copy of the cluster key>'}\nget:   guoce get --daemon ${daemon.apiUrl} URL -O FILE`)
-      return await runUntilSignal([sched, seed, daemon])
+      return await runUntilSignal(snap != null ? [sched, seed, daemon, snap] : [sched, seed, daemon])
     }
     default:
       process.stderr.write(`guoce: error: unknown command "${cmd}"\n${USAGE}`)

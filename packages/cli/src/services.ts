@@ -92,6 +92,20 @@ export async function startDaemon (o: Membership & { pieceChannel?: PieceChannel
 }
 
 /** JSON-lines logger on stderr at GUOCE_LOG's level (default `fallback`). */
+/** Where a daemon serves containerd's snapshots API (`--snapshotter-socket`), and the layouts it mounts layers from. */
+export interface SnapshotterOptions { socket: string, root: string, layouts?: string[] | undefined }
+
+/**
+ * The containerd snapshotter (packages/snapshotter) on its unix socket. With `layouts`, layers of the converted
+ * images in those OCI layouts are mounted from their local blobs (file-backed EROFS) instead of unpacked.
+ */
+export async function startSnapshotterService (o: SnapshotterOptions, log: Logger): Promise<Running & { socket: string }> {
+  const { startSnapshotter, ociLayoutMounter } = await import('@guoce/snapshotter')
+  const remote = o.layouts != null && o.layouts.length > 0 ? ociLayoutMounter({ layouts: o.layouts, mounter: await import('@guoce/native-mount') }) : undefined
+  const s = await startSnapshotter({ root: o.root, socket: o.socket, log, ...(remote != null ? { remote } : {}) })
+  return { socket: s.socket, stop: async () => { await s.stop() } }
+}
+
 export function logger (_json: boolean, fallback: LogLevel): Logger {
   const lvl = (process.env.GUOCE_LOG ?? fallback) as LogLevel
   return jsonLogger(['debug', 'info', 'warn', 'error', 'silent'].includes(lvl) ? lvl : fallback)

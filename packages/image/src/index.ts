@@ -39,4 +39,4 @@ export {
   RegistryClient, parseDockerRef, formatDockerRef, isDockerRef, parseChallenge, pullImage, pushImage,
   MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MAX_MANIFEST_SIZE, type DockerRef, type RegistryOptions
 } from './registry.js'
-export { mountImage, type Mounter, type MountImageOptions, type MountedImage } from './mount.js'
+export { mountImage, mountLayer, type Mounter, type MountImageOptions, type MountedImage } from './mount.js'

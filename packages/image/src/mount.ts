@@ -30,6 +30,15 @@ export interface MountedImage {
   unmount: () => Promise<void>
 }
 
+/**
+ * Mounts one converted layer read-only at `target`: its metadata image file-backed (EROFS), with `device=`
+ * each of its blobs in device-table order. The snapshotter's layer mounters and mountImage share it.
+ */
+export async function mountLayer (layer: { meta: string, blobs: string[] }, target: string, m: Mounter): Promise<void> {
+  const data = layer.blobs.map(b => `device=${b}`).join(',')
+  await m.mount(layer.meta, target, 'erofs', m.constants.MS_RDONLY, data === '' ? null : data)
+}
+
 /** Mounts a converted image (`oci:DIR[:TAG]`) read-only at `target`. */
 export async function mountImage (ref: string, target: string, opts: MountImageOptions): Promise<MountedImage> {
   const { mounter: m, workDir } = opts
@@ -50,8 +59,7 @@ export async function mountImage (ref: string, target: string, opts: MountImageO
     for (const [i, l] of layers.entries()) {
       const p = join(workDir, `layer-${i}`)
       await mkdir(p)
-      const data = l.blobs.map(b => `device=${b}`).join(',')
-      await m.mount(l.meta, p, 'erofs', m.constants.MS_RDONLY, data === '' ? null : data)
+      await mountLayer(l, p, m)
       done.push(p)
       points.push(p)
     }

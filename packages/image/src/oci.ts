@@ -2,7 +2,8 @@
  * OCI image conversion: `oci:DIR[:TAG]` (OCI image layout) or `docker://REGISTRY/REPO[:TAG][@DIGEST]` (a registry,
  * see registry.ts) in, the same kinds out. Registry images are staged through temporary OCI layouts.
  *
- * The output manifest keeps the source config (with rootfs.diff_ids set to the metadata images' digests)
+ * The output manifest keeps the source config (with rootfs.diff_ids set to the digests of all its layers, blobs and
+ * metadata images alike: none is compressed, and containerd requires one diff id per manifest layer)
  * and has, for each source layer, its data blob (when it stored new chunks) followed by its EROFS metadata
  * image, marked by the media types and annotations documented in doc/FORMAT.md. Blobs of `chunkDict`
  * images that a layer references are added to the manifest (and copied into the target layout).
@@ -24,10 +25,14 @@ export const MEDIA_TYPE_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
 export const MEDIA_TYPE_INDEX = 'application/vnd.oci.image.index.v1+json'
 const MEDIA_TYPE_CONFIG = 'application/vnd.oci.image.config.v1+json'
 const MEDIA_TYPE_DOCKER_CONFIG = 'application/vnd.docker.container.image.v1+json'
-/** An EROFS metadata image with chunk-based inodes and a chunk table appended. */
-export const MEDIA_TYPE_EROFS_META = 'application/vnd.guoce.image.erofs.v1'
+/**
+ * An EROFS metadata image with chunk-based inodes and a chunk table appended. Both media types are under
+ * `application/vnd.oci.image.layer.`: containerd (images.IsLayerType) hands only such layers to its unpacker,
+ * which is what asks a remote snapshotter first (with CRI's labels); any other type it downloads and fails to apply.
+ */
+export const MEDIA_TYPE_EROFS_META = 'application/vnd.oci.image.layer.guoce.erofs.v1'
 /** A data blob: unique chunks, each at a 4 KiB boundary, referenced by metadata images' device tables. */
-export const MEDIA_TYPE_CHUNK_BLOB = 'application/vnd.guoce.image.blob.v1'
+export const MEDIA_TYPE_CHUNK_BLOB = 'application/vnd.oci.image.layer.guoce.blob.v1'
 
 export const ANNOTATION_FORMAT = 'io.guoce.image.format'
 export const FORMAT_VERSION = 'erofs-chunked-v1'
@@ -282,7 +287,9 @@ async function convertLayout (source: string, target: string, opts: ConvertImage
     await rm(work, { recursive: true, force: true })
   }
 
-  config.rootfs = { type: 'layers', diff_ids: results.map(r => `sha256:${r.metaDigest}`) }
+  // one diff id per manifest layer (containerd refuses an image whose counts differ); layers are not compressed,
+  // so each one's diff id is its digest
+  config.rootfs = { type: 'layers', diff_ids: layers.map(l => l.digest) }
   const configDesc = await putBlob(dst.dir, Buffer.from(JSON.stringify(config)))
   const out: Manifest = {
     schemaVersion: 2,

@@ -1,0 +1,36 @@
+/** Limits and names of the snapshotter (doc/LIMITS.md). */
+
+/**
+ * Longest label key + value, in bytes (containerd's own rule for snapshot labels).
+ * @default 4096
+ */
+export const MAX_LABEL_BYTES = 4096
+/**
+ * Most labels on one snapshot; more is INVALID_ARGUMENT (containerd sets a handful).
+ * @default 256
+ */
+export const MAX_LABELS = 256
+/**
+ * Longest snapshot key or name, in bytes.
+ * @default 4096
+ */
+export const MAX_KEY_BYTES = 4096
+/**
+ * Most snapshots the metadata file holds; a Prepare or View beyond it is FAILED_PRECONDITION.
+ * @default 100000
+ */
+export const MAX_SNAPSHOTS = 100_000
+/**
+ * Longest a remote layer mount may take before Prepare gives up on it and fails (INTERNAL).
+ * @default 120000
+ */
+export const REMOTE_MOUNT_TIMEOUT_MS = 120_000
+
+/** The label containerd's unpacker sets on Prepare: the name (chain id) the layer's snapshot is committed as. */
+export const LABEL_TARGET_REF = 'containerd.io/snapshot.ref'
+/** Labels CRI adds to a layer's Prepare (containerd 1.6, `disable_snapshot_annotations = false`). */
+export const LABEL_CRI_IMAGE_REF = 'containerd.io/snapshot/cri.image-ref'
+export const LABEL_CRI_LAYER_DIGEST = 'containerd.io/snapshot/cri.layer-digest'
+export const LABEL_CRI_MANIFEST_DIGEST = 'containerd.io/snapshot/cri.manifest-digest'
+/** Set by us on a snapshot that a RemoteLayerMounter mounted (value: the layer digest). */
+export const LABEL_REMOTE = 'containerd.io/snapshot/guoce.remote'
