@@ -1,10 +1,14 @@
 /**
- * `guoce image convert | inspect | check`: thin wiring over @guoce/image.
+ * `guoce image convert | inspect | check | mount | umount`: thin wiring over @guoce/image and @guoce/lazy-mount.
  */
+import { spawn } from 'node:child_process'
+import { mkdir, open } from 'node:fs/promises'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
 import { InvalidParametersError } from '@guoce/interface'
-import { parse, sizeBytes } from './args.js'
+import { parse, sizeBytes, defaultHome, durationMs } from './args.js'
 
-const USAGE = `Usage: guoce image <convert|inspect|check> ...
+const USAGE = `Usage: guoce image <convert|inspect|check|mount|umount> ...
 
   guoce image convert --source REF --target REF [--chunk-size 1MiB] [--chunk-dict REF]... [--plain-http] [--json]
       turn an OCI image into a chunk-deduplicated lazy image (EROFS metadata layers + chunk blobs)
@@ -15,6 +19,17 @@ const USAGE = `Usage: guoce image <convert|inspect|check> ...
       layers, files, chunks and dedup figures of a converted image
   guoce image check oci:DIR[:TAG] [--json]
       verify every metadata structure and every chunk digest; exits non-zero on the first fault, naming it
+  guoce image mount REF DIR [--detach] [--daemon http://127.0.0.1:65001] [--state DIR] [--chunks DIR]
+                    [--chunk-quota 10GiB] [--fetch-timeout 30s] [--read-timeout 60s] [--json]
+      show the image's whole tree at DIR at once; chunks are fetched as they are read (kernel EROFS over
+      blobs served by FUSE from this process, layers stacked with overlayfs), verified, and kept in the
+      node chunk store (--chunks, default $GUOCE_HOME/chunks). REF is oci:DIR[:TAG], or
+      docker://REGISTRY/REPO:TAG with chunks through the peer daemon's swarm (--daemon).
+      Serves until SIGINT/SIGTERM or \`guoce image umount DIR\`, then undoes every mount; --detach
+      returns once mounted and serves in the background. Mounts left by a killed process are cleaned
+      up by the next mount or umount (state in --state, default $GUOCE_HOME/mounts).
+  guoce image umount DIR [--state DIR] [--json]
+      undo a lazy mount (stops its serving process)
 `
 
 export async function image (argv: string[]): Promise<number> {
@@ -54,7 +69,72 @@ export async function image (argv: string[]): Promise<number> {
       else for (const r of reports) process.stdout.write(`ok ${r.digest}: ${r.inodes} inodes, ${r.chunksChecked} chunks, ${r.bytesChecked} bytes verified\n`)
       return 0
     }
+    case 'mount': return await mount(rest)
+    case 'umount': {
+      const { values: v, positionals } = parse(rest, { state: { type: 'string' } }, true)
+      if (v.help === true) { process.stdout.write(USAGE); return 0 }
+      if (positionals.length !== 1) throw new InvalidParametersError('guoce image umount needs exactly one DIR')
+      const lazy = await import('@guoce/lazy-mount')
+      const st = await lazy.lazyUmount(positionals[0]!, (v.state as string | undefined) ?? join(defaultHome(), 'mounts'), lazy.UMOUNT_GRACE_MS)
+      process.stdout.write(v.json === true ? JSON.stringify({ event: 'unmounted', target: st.target, ref: st.ref }) + '\n' : `unmounted ${st.target}\n`)
+      return 0
+    }
     default:
       throw new InvalidParametersError(`unknown image command "${sub}"`)
   }
+}
+
+const MOUNT_OPTIONS = {
+  detach: { type: 'boolean' }, daemon: { type: 'string' }, state: { type: 'string' }, chunks: { type: 'string' },
+  'chunk-quota': { type: 'string' }, 'fetch-timeout': { type: 'string' }, 'read-timeout': { type: 'string' }
+} as const
+
+/** `guoce image mount`: serves in the foreground until a signal, or (--detach) in a child that outlives us. */
+async function mount (argv: string[]): Promise<number> {
+  const { values: v, positionals } = parse(argv, MOUNT_OPTIONS, true)
+  if (v.help === true) { process.stdout.write(USAGE); return 0 }
+  if (positionals.length !== 2) throw new InvalidParametersError('guoce image mount needs REF and DIR')
+  const [ref, dir] = positionals as [string, string]
+  const stateDir = (v.state as string | undefined) ?? join(defaultHome(), 'mounts')
+  const json = v.json === true
+  if (v.detach === true) {
+    await mkdir(stateDir, { recursive: true })
+    const log = await open(join(stateDir, 'detached.log'), 'a')
+    const child = spawn(process.execPath, [process.argv[1]!, 'image', 'mount', ...argv.filter(a => a !== '--detach'), '--json'], { detached: true, stdio: ['ignore', 'pipe', log.fd] })
+    await log.close()
+    const line = await new Promise<string | undefined>((resolve) => {
+      createInterface({ input: child.stdout! }).once('line', resolve)
+      child.once('exit', () => { resolve(undefined) })
+    })
+    if (line === undefined) throw new InvalidParametersError(`the mount process exited before mounting; see ${join(stateDir, 'detached.log')}`)
+    child.stdout!.destroy()
+    child.unref()
+    const ready = JSON.parse(line) as { target: string, pid: number }
+    process.stdout.write(json ? line + '\n' : `mounted ${ref} at ${ready.target} (served by pid ${ready.pid})\n`)
+    return 0
+  }
+  const lazy = await import('@guoce/lazy-mount')
+  const fetchTimeoutMs = durationMs(v['fetch-timeout'] as string | undefined, '--fetch-timeout')
+  const readDeadlineMs = durationMs(v['read-timeout'] as string | undefined, '--read-timeout')
+  const chunkQuota = sizeBytes(v['chunk-quota'] as string | undefined, '--chunk-quota')
+  const verbose = process.env.GUOCE_LOG === 'debug' || process.env.GUOCE_LOG === 'info'
+  const m = await lazy.lazyMount(ref, dir, {
+    stateDir,
+    chunkDir: (v.chunks as string | undefined) ?? join(defaultHome(), 'chunks'),
+    ...(chunkQuota != null ? { chunkQuota } : {}),
+    ...(typeof v.daemon === 'string' ? { daemon: v.daemon } : {}),
+    ...(fetchTimeoutMs != null ? { fetchTimeoutMs } : {}),
+    ...(readDeadlineMs != null ? { readDeadlineMs } : {}),
+    ...(verbose ? { log: (o: Record<string, unknown>) => { process.stderr.write(JSON.stringify({ component: 'lazy-mount', ...o }) + '\n') } } : {})
+  })
+  // an uncaught error still detaches every mount (readers then see the mount gone, never a hung one)
+  process.once('exit', () => { lazy.unmountSync(m.state) })
+  const { promise, resolve } = Promise.withResolvers<string>()
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, () => { resolve(sig) })
+  const ready = { event: 'mounted', ref, target: m.target, id: m.id, pid: process.pid }
+  process.stdout.write(json ? JSON.stringify(ready) + '\n' : `mounted ${ref} at ${m.target}; serving until SIGINT/SIGTERM or guoce image umount\n`)
+  await promise
+  await m.unmount()
+  process.stderr.write(JSON.stringify({ event: 'unmounted', target: m.target, ...m.stats() }) + '\n')
+  return 0
 }

@@ -1,0 +1,199 @@
+/**
+ * `guoce image mount REF DIR` in EROFS mode: the image's metadata layers local, its data blobs served on a
+ * FUSE mount (blob-server.ts), each metadata layer mounted file-backed with `-o device=` those files, the
+ * layers stacked with overlayfs at DIR (mountLayers of @guoce/image).
+ *
+ * Who owns what: the LazyMount owns the FUSE server, the chunk store handle, the blob source, every mount it
+ * made and its state file (state.ts); `unmount()` undoes them top first. A failure part-way undoes what was
+ * made. The process that calls lazyMount serves the blobs: it must never read DIR itself.
+ */
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdir, readFile, rm } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
+import * as native from '@guoce/native-mount'
+import {
+  ANNOTATION_BLOBS, CorruptImageError, MEDIA_TYPE_EROFS_META, RegistryClient, blobViewSizes, convertedLayers,
+  isDockerRef, mountLayers, parseDockerRef, parseOciRef, readChunkTable, type ChunkExtent, type Descriptor, type Manifest, type MountedImage
+} from '@guoce/image'
+import { serveBlobs, type BlobFile, type BlobServer, type BlobServerStats } from './blob-server.js'
+import { openChunkStore, type ChunkStore, type ChunkStoreStats } from './chunk-store.js'
+import { daemonBlobSource, localBlobSource, type BlobSource } from './source.js'
+import { cleanupStale, findState, isAlive, processStart, removeState, undoMounts, writeState, type MountState } from './state.js'
+import { LazyMountError } from './errors.js'
+
+export interface LazyMountOptions {
+  /** Mount state and work directories (one per mount). */
+  stateDir: string
+  /** The node chunk store's directory. */
+  chunkDir: string
+  /** Chunk store quota in bytes. */
+  chunkQuota?: number
+  /** Local API of the peer daemon, for `docker://` refs (chunks come through its swarm). */
+  daemon?: string
+  /** Replaces the source the ref implies (tests: a source that lies). */
+  source?: BlobSource
+  fetchTimeoutMs?: number
+  fetchAttempts?: number
+  readDeadlineMs?: number
+  onFirstRead?: (blob: string, e: ChunkExtent) => void
+  log?: (obj: Record<string, unknown>) => void
+}
+
+export interface LazyMountStats { server: BlobServerStats, store: ChunkStoreStats }
+
+export interface LazyMount {
+  id: string
+  target: string
+  state: MountState
+  store: ChunkStore
+  stats: () => LazyMountStats
+  unmount: () => Promise<void>
+}
+
+interface ResolvedLayer { meta: string, blobs: string[] }
+
+function sha256File (b: Buffer): string { return `sha256:${createHash('sha256').update(b).digest('hex')}` }
+
+async function checkedMeta (path: string, d: Descriptor): Promise<void> {
+  const got = sha256File(await readFile(path))
+  if (got !== d.digest) throw new CorruptImageError(`metadata layer ${d.digest}: bytes hash to ${got}`)
+}
+
+function blobsOf (d: Descriptor): string[] {
+  const list = JSON.parse(d.annotations?.[ANNOTATION_BLOBS] ?? '[]') as unknown
+  if (!Array.isArray(list) || !list.every(x => typeof x === 'string' && /^sha256:[0-9a-f]{64}$/.test(x))) throw new CorruptImageError(`metadata layer ${d.digest}: bad ${ANNOTATION_BLOBS} annotation`)
+  return list as string[]
+}
+
+/** The image's metadata layers on local disk (verified against the manifest) and where its blobs come from. */
+async function resolveImage (ref: string, work: string, opts: LazyMountOptions): Promise<{ layers: ResolvedLayer[], source: BlobSource }> {
+  if (isDockerRef(ref)) {
+    const r = parseDockerRef(ref)
+    const client = new RegistryClient(r.registry)
+    const m = await client.getManifest(r.repository, r.digest ?? r.tag ?? 'latest')
+    const doc = JSON.parse(m.bytes.toString('utf8')) as Manifest
+    if (!Array.isArray(doc.layers)) throw new LazyMountError(`${ref}: not an image manifest (an index is not mounted: name the manifest by digest)`)
+    await mkdir(join(work, 'meta'), { recursive: true })
+    const layers: ResolvedLayer[] = []
+    for (const d of doc.layers.filter(l => l.mediaType === MEDIA_TYPE_EROFS_META)) {
+      const p = join(work, 'meta', d.digest.replace(/^sha256:/, ''))
+      await client.getBlob(r.repository, d, p) // size and sha256 checked before the file appears
+      layers.push({ meta: p, blobs: blobsOf(d) })
+    }
+    if (layers.length === 0) throw new LazyMountError(`${ref}: no Guoce metadata layers: convert the image first (guoce image convert)`)
+    if (opts.daemon === undefined) throw new LazyMountError(`${ref}: a docker:// image needs the peer daemon (--daemon)`)
+    const source = opts.source ?? daemonBlobSource({ api: opts.daemon, blobUrl: (digest) => `${client.base}/v2/${r.repository}/blobs/${digest}` })
+    return { layers, source }
+  }
+  const dir = parseOciRef(ref).dir
+  const layers: ResolvedLayer[] = []
+  for (const l of await convertedLayers(ref)) {
+    await checkedMeta(l.meta, l.descriptor)
+    layers.push({ meta: l.meta, blobs: blobsOf(l.descriptor) })
+  }
+  if (layers.length === 0) throw new LazyMountError(`${ref}: no Guoce metadata layers: convert the image first (guoce image convert)`)
+  return { layers, source: opts.source ?? localBlobSource(dir) }
+}
+
+/** Every blob of the image with the union of its chunk extents over the layers that use it. */
+async function blobFiles (layers: ResolvedLayer[]): Promise<BlobFile[]> {
+  const byDigest = new Map<string, { size: number, extents: Map<number, ChunkExtent> }>()
+  for (const l of layers) {
+    const sizes = await blobViewSizes(l.meta)
+    if (sizes.length !== l.blobs.length) throw new CorruptImageError(`${l.meta}: ${sizes.length} devices, manifest names ${l.blobs.length} blobs`)
+    sizes.forEach((size, i) => {
+      const d = l.blobs[i]!
+      const b = byDigest.get(d)
+      if (b === undefined) byDigest.set(d, { size, extents: new Map() })
+      else if (b.size !== size) throw new CorruptImageError(`blob ${d}: layers disagree on its size (${b.size} and ${size})`)
+    })
+    const table = await readChunkTable(l.meta)
+    for (const e of table.entries) {
+      const b = byDigest.get(l.blobs[e.device - 1]!)!
+      const known = b.extents.get(e.blkaddr)
+      if (known === undefined) b.extents.set(e.blkaddr, e)
+      else if (!known.digest.equals(e.digest) || known.length !== e.length || known.storedOffset !== e.storedOffset) {
+        throw new CorruptImageError(`blob ${l.blobs[e.device - 1]!} block ${e.blkaddr}: layers disagree on its chunk`)
+      }
+    }
+  }
+  return [...byDigest].map(([digest, b]) => {
+    const extents = [...b.extents.values()].sort((x, y) => x.blkaddr - y.blkaddr)
+    for (let i = 1; i < extents.length; i++) {
+      const p = extents[i - 1]!
+      if (p.blkaddr * 4096 + p.length > extents[i]!.blkaddr * 4096) throw new CorruptImageError(`blob ${digest}: chunks overlap at block ${extents[i]!.blkaddr}`)
+    }
+    return { digest, size: b.size, extents }
+  })
+}
+
+/** Mounts `ref` lazily at `target`; the calling process serves its blobs until `unmount()`. */
+export async function lazyMount (ref: string, targetDir: string, opts: LazyMountOptions): Promise<LazyMount> {
+  const target = resolve(targetDir)
+  const stateDir = resolve(opts.stateDir)
+  await cleanupStale(stateDir)
+  const other = await findState(stateDir, target)
+  if (other !== undefined && await isAlive(other)) throw new LazyMountError(`${target}: already a lazy mount of ${other.ref} (pid ${other.pid})`)
+  const id = randomBytes(8).toString('hex')
+  const work = join(stateDir, id)
+  const layerWork = join(work, 'layers')
+  const state: MountState = {
+    id, pid: process.pid, pidStart: (await processStart(process.pid)) ?? '', ref, target, work,
+    fuse: join(work, 'blobs'), layers: [], created: new Date().toISOString()
+  }
+  await mkdir(work, { recursive: true })
+  await writeState(stateDir, state)
+  let server: BlobServer | undefined
+  let mounted: MountedImage | undefined
+  let source: BlobSource | undefined
+  const undo = async (): Promise<void> => {
+    await mounted?.unmount().catch(() => {})
+    await server?.close().catch(() => {})
+    await source?.close().catch(() => {})
+    await undoMounts(stateDir, state) // anything the steps above left, then the work dir and the state file
+  }
+  try {
+    const resolved = await resolveImage(ref, work, opts)
+    source = resolved.source
+    const files = await blobFiles(resolved.layers)
+    const store = await openChunkStore({ dir: opts.chunkDir, ...(opts.chunkQuota !== undefined ? { quota: opts.chunkQuota } : {}) })
+    state.layers = resolved.layers.map((_, i) => join(layerWork, `layer-${i}`))
+    await writeState(stateDir, state)
+    server = await serveBlobs({
+      mountpoint: state.fuse, blobs: files, store, source,
+      ...(opts.fetchTimeoutMs !== undefined ? { fetchTimeoutMs: opts.fetchTimeoutMs } : {}),
+      ...(opts.fetchAttempts !== undefined ? { fetchAttempts: opts.fetchAttempts } : {}),
+      ...(opts.readDeadlineMs !== undefined ? { readDeadlineMs: opts.readDeadlineMs } : {}),
+      ...(opts.onFirstRead !== undefined ? { onFirstRead: opts.onFirstRead } : {}),
+      ...(opts.log !== undefined ? { log: opts.log } : {})
+    })
+    const s = server
+    mounted = await mountLayers(resolved.layers.map(l => ({ meta: l.meta, blobs: l.blobs.map(d => s.path(d)) })), target, { mounter: native, workDir: layerWork })
+    const m = mounted
+    let done: Promise<void> | undefined
+    return {
+      id, target, state, store,
+      stats: () => ({ server: s.stats(), store: store.stats() }),
+      unmount: async () => {
+        done ??= (async () => {
+          await m.unmount().catch(() => {})
+          await s.close()
+          await undoMounts(stateDir, state)
+        })()
+        await done
+      }
+    }
+  } catch (err) {
+    await undo()
+    throw err
+  }
+}
+
+/** Undoes mounts synchronously (process exit after an uncaught error): detach target, layers and the FUSE mount. */
+export function unmountSync (state: MountState): void {
+  for (const p of [state.target, ...[...state.layers].reverse(), state.fuse]) {
+    try { native.umount2Sync(p, native.constants.MNT_DETACH) } catch {}
+  }
+}
+
+export { removeState }
