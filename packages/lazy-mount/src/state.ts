@@ -30,7 +30,10 @@ export async function processStart (pid: number): Promise<string | undefined> {
   const s = await readFile(`/proc/${pid}/stat`, 'latin1').catch(() => undefined)
   if (s === undefined) return undefined
   // the command name (field 2) may hold spaces and parentheses: fields after the last ')'
-  return s.slice(s.lastIndexOf(')') + 2).split(' ')[19]
+  const f = s.slice(s.lastIndexOf(')') + 2).split(' ')
+  // a zombie (killed, not yet reaped by a parent that may never reap it) serves nothing
+  if (f[0] === 'Z' || f[0] === 'X') return undefined
+  return f[19]
 }
 
 export async function isAlive (st: MountState): Promise<boolean> {
