@@ -16,7 +16,7 @@ import { decodeChunk, type ChunkExtent } from '@guoce/image'
 import type { ChunkStore } from './chunk-store.js'
 import type { BlobSource } from './source.js'
 import { ChunkUnavailableError } from './errors.js'
-import { DEFAULT_FETCH_ATTEMPTS, DEFAULT_FETCH_TIMEOUT_MS, DEFAULT_READ_DEADLINE_MS } from './constants.js'
+import { DEFAULT_FETCH_ATTEMPTS, DEFAULT_FETCH_TIMEOUT_MS, DEFAULT_READ_DEADLINE_MS, FAILED_CHUNK_TTL_MS } from './constants.js'
 
 const require = createRequire(import.meta.url)
 
@@ -90,6 +90,8 @@ export async function serveBlobs (init: BlobServerInit): Promise<BlobServer> {
   const closing = new AbortController()
   const counters: BlobServerStats = { reads: 0, bytesRead: 0, failedReads: 0, refused: 0 }
   const seen = new Set<string>()
+  /** `blob/blkaddr` -> until when reads of it fail at once (FAILED_CHUNK_TTL_MS). */
+  const failed = new Map<string, { until: number, err: Error }>()
   const epoch = new Date()
 
   const fetchChunk = async (blob: BlobFile, e: ChunkExtent): Promise<Buffer> => {
@@ -129,11 +131,21 @@ export async function serveBlobs (init: BlobServerInit): Promise<BlobServer> {
       const start = e.blkaddr * 4096
       if (start >= end) break
       if (init.onFirstRead !== undefined) {
-        const key = `${blob.digest}/${e.blkaddr}`
-        if (!seen.has(key)) { seen.add(key); init.onFirstRead(blob.digest, e) }
+        const k = `${blob.digest}/${e.blkaddr}`
+        if (!seen.has(k)) { seen.add(k); init.onFirstRead(blob.digest, e) }
       }
+      const key = `${blob.digest}/${e.blkaddr}`
       jobs.push((async () => {
-        const data = await store.get(e.digest, e.length, async () => await fetchChunk(blob, e))
+        const f = failed.get(key)
+        if (f !== undefined) {
+          if (f.until > Date.now()) throw f.err
+          failed.delete(key)
+        }
+        const data = await store.get(e.digest, e.length, async () => await fetchChunk(blob, e)).catch((err: Error) => {
+          if (failed.size > 4096) failed.clear() // bounded: it only shortens retries
+          failed.set(key, { until: Date.now() + FAILED_CHUNK_TTL_MS, err })
+          throw err
+        })
         const from = Math.max(pos, start)
         const to = Math.min(end, start + e.length)
         data.copy(buf, from - pos, from - start, to - start)

@@ -44,3 +44,11 @@ export const UMOUNT_GRACE_MS = 10_000
 
 /** Largest chunk a source may hand over (the format's largest chunk size). */
 export const MAX_STORED_CHUNK = 1 << 30
+
+/**
+ * A chunk whose fetch just failed (every attempt) fails further reads at once for this long: the kernel
+ * retries a failed read (readahead, then the read itself), and each retry would otherwise wait out every
+ * attempt again, multiplying how long a reader waits for its EIO.
+ * @default 2 s
+ */
+export const FAILED_CHUNK_TTL_MS = 2_000

@@ -78,3 +78,23 @@ export async function sweepMounts (root: string): Promise<string[]> {
 export async function mountsUnder (root: string): Promise<string[]> {
   return (await mountTable()).filter(m => m.point === root || m.point.startsWith(root + '/')).map(m => m.point)
 }
+
+/** `docker-registry serve` (distribution 2.8) on a free 127.0.0.1 port, ready once GET /v2/ answers 200. */
+export async function startRegistry (dir: string, port?: number): Promise<{ host: string, port: number, stop: () => Promise<void> }> {
+  const { freePort } = await import('@guoce/testkit')
+  port ??= await freePort()
+  const { writeFile, mkdir } = await import('node:fs/promises')
+  await mkdir(join(dir, 'data'), { recursive: true })
+  await writeFile(join(dir, 'registry.yml'), `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${join(dir, 'data')}\nhttp:\n  addr: 127.0.0.1:${port}\n`)
+  const proc = spawn('docker-registry', ['serve', join(dir, 'registry.yml')], { stdio: 'ignore' })
+  const exited = new Promise<void>(resolve => proc.once('exit', () => { resolve() }))
+  const host = `127.0.0.1:${port}`
+  const stop = async (): Promise<void> => { if (proc.exitCode === null && proc.signalCode === null) { proc.kill('SIGKILL'); await exited } }
+  for (let i = 0; ; i++) {
+    const ok = await fetch(`http://${host}/v2/`).then(r => r.status === 200, () => false)
+    if (ok) break
+    if (i > 200 || proc.exitCode !== null) { await stop(); throw new Error('docker-registry did not start') }
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+  return { host, port, stop }
+}

@@ -100,11 +100,9 @@ describe('lazy mount against hostile and dead sources', () => {
     // the wrong bytes never reached the reader: nothing, not a hash of wrong bytes
     const wrong = createHash('sha256').update('').digest('hex')
     expect(bad.stdout.startsWith(wrong)).toBe(true)
-    // each read the kernel made of it (readahead, then the read itself) asked DEFAULT_FETCH_ATTEMPTS (3) times
-    const { refused } = m.stats().server
-    expect(refused).toBeGreaterThanOrEqual(3)
-    expect(refused % 3).toBe(0)
-    expect(m.stats().server.failedReads).toBe(refused / 3)
+    // asked DEFAULT_FETCH_ATTEMPTS (3) times; the kernel's retries of the failed read failed at once
+    expect(m.stats().server.refused).toBe(3)
+    expect(m.stats().server.failedReads).toBeGreaterThanOrEqual(1)
     // everything else still reads right
     const rest = await sh('cd "$1" && sha256sum data/multi usr/lib/multi-again etc/passwd bin/busybox', [mnt])
     expect(rest.code, rest.stderr).toBe(0)
