@@ -19,12 +19,13 @@ const USAGE = `Usage: guoce image <convert|inspect|check|mount|umount> ...
       layers, files, chunks and dedup figures of a converted image
   guoce image check oci:DIR[:TAG] [--json]
       verify every metadata structure and every chunk digest; exits non-zero on the first fault, naming it
-  guoce image mount REF DIR [--detach] [--daemon http://127.0.0.1:65001] [--state DIR] [--chunks DIR]
+  guoce image mount REF DIR [--detach] [--mode erofs|fuse] [--daemon http://127.0.0.1:65001] [--state DIR] [--chunks DIR]
                     [--chunk-quota 10GiB] [--fetch-timeout 30s] [--read-timeout 60s] [--json]
       show the image's whole tree at DIR at once; chunks are fetched as they are read (kernel EROFS over
       blobs served by FUSE from this process, layers stacked with overlayfs), verified, and kept in the
       node chunk store (--chunks, default $GUOCE_HOME/chunks). REF is oci:DIR[:TAG], or
       docker://REGISTRY/REPO:TAG with chunks through the peer daemon's swarm (--daemon).
+      --mode fuse serves the metadata by FUSE too (kernels without file-backed EROFS).
       Serves until SIGINT/SIGTERM or \`guoce image umount DIR\`, then undoes every mount; --detach
       returns once mounted and serves in the background. Mounts left by a killed process are cleaned
       up by the next mount or umount (state in --state, default $GUOCE_HOME/mounts).
@@ -85,7 +86,7 @@ export async function image (argv: string[]): Promise<number> {
 }
 
 const MOUNT_OPTIONS = {
-  detach: { type: 'boolean' }, daemon: { type: 'string' }, state: { type: 'string' }, chunks: { type: 'string' },
+  detach: { type: 'boolean' }, mode: { type: 'string' }, daemon: { type: 'string' }, state: { type: 'string' }, chunks: { type: 'string' },
   'chunk-quota': { type: 'string' }, 'fetch-timeout': { type: 'string' }, 'read-timeout': { type: 'string' }
 } as const
 
@@ -113,12 +114,15 @@ async function mount (argv: string[]): Promise<number> {
     process.stdout.write(json ? line + '\n' : `mounted ${ref} at ${ready.target} (served by pid ${ready.pid})\n`)
     return 0
   }
+  const mode = (v.mode as string | undefined) ?? 'erofs'
+  if (mode !== 'erofs' && mode !== 'fuse') throw new InvalidParametersError(`--mode ${mode}: erofs or fuse`)
   const lazy = await import('@guoce/lazy-mount')
   const fetchTimeoutMs = durationMs(v['fetch-timeout'] as string | undefined, '--fetch-timeout')
   const readDeadlineMs = durationMs(v['read-timeout'] as string | undefined, '--read-timeout')
   const chunkQuota = sizeBytes(v['chunk-quota'] as string | undefined, '--chunk-quota')
   const verbose = process.env.GUOCE_LOG === 'debug' || process.env.GUOCE_LOG === 'info'
   const m = await lazy.lazyMount(ref, dir, {
+    mode,
     stateDir,
     chunkDir: (v.chunks as string | undefined) ?? join(defaultHome(), 'chunks'),
     ...(chunkQuota != null ? { chunkQuota } : {}),

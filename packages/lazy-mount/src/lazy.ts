@@ -13,15 +13,22 @@ import { join, resolve } from 'node:path'
 import * as native from '@guoce/native-mount'
 import {
   ANNOTATION_BLOBS, CorruptImageError, MEDIA_TYPE_EROFS_META, RegistryClient, blobViewSizes, convertedLayers,
-  isDockerRef, mountLayers, parseDockerRef, parseOciRef, readChunkTable, type ChunkExtent, type Descriptor, type Manifest, type MountedImage
+  isDockerRef, mountLayers, parseDockerRef, parseOciRef, readChunkTable, type ChunkExtent, type Descriptor, type Manifest
 } from '@guoce/image'
-import { serveBlobs, type BlobFile, type BlobServer, type BlobServerStats } from './blob-server.js'
+import { serveBlobs, type BlobFile, type BlobServerStats } from './blob-server.js'
+import { chunkReader } from './chunk-reader.js'
+import { serveLayer, type LayerServer } from './fs-server.js'
 import { openChunkStore, type ChunkStore, type ChunkStoreStats } from './chunk-store.js'
 import { daemonBlobSource, localBlobSource, type BlobSource } from './source.js'
 import { cleanupStale, findState, isAlive, processStart, removeState, undoMounts, writeState, type MountState } from './state.js'
 import { LazyMountError } from './errors.js'
 
 export interface LazyMountOptions {
+  /**
+   * `erofs` (default): kernel EROFS over blobs served by FUSE; `fuse`: the metadata itself served by FUSE
+   * (ErofsReader in TypeScript), for kernels without file-backed EROFS.
+   */
+  mode?: 'erofs' | 'fuse'
   /** Mount state and work directories (one per mount). */
   stateDir: string
   /** The node chunk store's directory. */
@@ -143,50 +150,69 @@ export async function lazyMount (ref: string, targetDir: string, opts: LazyMount
   }
   await mkdir(work, { recursive: true })
   await writeState(stateDir, state)
-  let server: BlobServer | undefined
-  let mounted: MountedImage | undefined
-  let source: BlobSource | undefined
+  /** Undo steps, last first. */
+  const undos: Array<() => Promise<void>> = []
   const undo = async (): Promise<void> => {
-    await mounted?.unmount().catch(() => {})
-    await server?.close().catch(() => {})
-    await source?.close().catch(() => {})
+    for (const u of undos.splice(0).reverse()) await u().catch(() => {})
     await undoMounts(stateDir, state) // anything the steps above left, then the work dir and the state file
   }
   try {
     const resolved = await resolveImage(ref, work, opts)
-    source = resolved.source
+    undos.push(async () => { await resolved.source.close() })
     const files = await blobFiles(resolved.layers)
     const store = await openChunkStore({ dir: opts.chunkDir, ...(opts.chunkQuota !== undefined ? { quota: opts.chunkQuota } : {}) })
     state.layers = resolved.layers.map((_, i) => join(layerWork, `layer-${i}`))
     await writeState(stateDir, state)
-    server = await serveBlobs({
-      mountpoint: state.fuse, blobs: files, store, source,
+    const reading = {
+      store, source: resolved.source,
       ...(opts.fetchTimeoutMs !== undefined ? { fetchTimeoutMs: opts.fetchTimeoutMs } : {}),
       ...(opts.fetchAttempts !== undefined ? { fetchAttempts: opts.fetchAttempts } : {}),
-      ...(opts.readDeadlineMs !== undefined ? { readDeadlineMs: opts.readDeadlineMs } : {}),
       ...(opts.onFirstRead !== undefined ? { onFirstRead: opts.onFirstRead } : {}),
       ...(opts.log !== undefined ? { log: opts.log } : {})
-    })
-    const s = server
-    mounted = await mountLayers(resolved.layers.map(l => ({ meta: l.meta, blobs: l.blobs.map(d => s.path(d)) })), target, { mounter: native, workDir: layerWork })
-    const m = mounted
+    }
+    const deadline = opts.readDeadlineMs !== undefined ? { readDeadlineMs: opts.readDeadlineMs } : {}
+    let stats: () => LazyMountStats['server']
+    if ((opts.mode ?? 'erofs') === 'erofs') {
+      const s = await serveBlobs({ mountpoint: state.fuse, blobs: files, ...reading, ...deadline })
+      undos.push(async () => { await s.close() })
+      const m = await mountLayers(resolved.layers.map(l => ({ meta: l.meta, blobs: l.blobs.map(d => s.path(d)) })), target, { mounter: native, workDir: layerWork })
+      undos.push(async () => { await m.unmount() })
+      stats = s.stats
+    } else {
+      const chunks = chunkReader(reading)
+      undos.push(async () => { await chunks.close() })
+      const extents = new Map(files.map(f => [f.digest, new Map(f.extents.map(e => [e.blkaddr, e]))]))
+      const servers: LayerServer[] = []
+      for (const [i, l] of resolved.layers.entries()) {
+        const srv = await serveLayer({ mountpoint: state.layers[i]!, metaPath: l.meta, blobs: l.blobs, extents, chunks, ...deadline, ...(opts.log !== undefined ? { log: opts.log } : {}) })
+        undos.push(async () => { await srv.close() })
+        servers.push(srv)
+      }
+      await stack(state.layers, target)
+      undos.push(async () => { await native.umount2(target, native.constants.MNT_DETACH) })
+      stats = () => {
+        const all = servers.map(x => x.stats())
+        return { reads: sum(all, 'reads'), bytesRead: sum(all, 'bytesRead'), failedReads: sum(all, 'failedReads'), refused: chunks.refused() }
+      }
+    }
     let done: Promise<void> | undefined
     return {
       id, target, state, store,
-      stats: () => ({ server: s.stats(), store: store.stats() }),
-      unmount: async () => {
-        done ??= (async () => {
-          await m.unmount().catch(() => {})
-          await s.close()
-          await undoMounts(stateDir, state)
-        })()
-        await done
-      }
+      stats: () => ({ server: stats(), store: store.stats() }),
+      unmount: async () => { done ??= undo(); await done }
     }
   } catch (err) {
     await undo()
     throw err
   }
+}
+
+function sum<K extends string> (xs: Array<Record<K, number>>, k: K): number { return xs.reduce((a, x) => a + x[k], 0) }
+
+/** Stacks layer mount points (bottom first) read-only at `target`: overlayfs, or a bind mount for one layer. */
+async function stack (points: string[], target: string): Promise<void> {
+  if (points.length === 1) await native.mount(points[0]!, target, null, native.constants.MS_BIND, null)
+  else await native.mount('overlay', target, 'overlay', native.constants.MS_RDONLY, `lowerdir=${[...points].reverse().join(':')}`)
 }
 
 /** Undoes mounts synchronously (process exit after an uncaught error): detach target, layers and the FUSE mount. */

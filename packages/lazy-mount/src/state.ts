@@ -96,7 +96,8 @@ export async function abortFuse (point: string): Promise<void> {
 
 /** Detaches every mount a state names that is still mounted, top first, and removes its files. */
 export async function undoMounts (stateDir: string, st: MountState): Promise<void> {
-  await abortFuse(st.fuse)
+  // EROFS mode has one FUSE mount (the blobs), FUSE mode one per layer
+  for (const p of [st.fuse, ...st.layers]) await abortFuse(p)
   for (const p of [st.target, ...[...st.layers].reverse(), st.fuse]) {
     // a point may carry several mounts (a mount made twice): detach until none is left
     for (let i = 0; i < 8; i++) {
