@@ -13,7 +13,7 @@
 import type { ChunkExtent } from '@guoce/image'
 import { chunkReader, type ChunkReaderInit } from './chunk-reader.js'
 import { DEFAULT_READ_DEADLINE_MS } from './constants.js'
-import { Fuse, fuseMount, type FuseOps } from './fuse.js'
+import { Fuse, answerRead, fuseMount, type FuseOps } from './fuse.js'
 
 /** One data blob as served: its digest, view size and chunk extents sorted by blkaddr (`device` is not used). */
 export interface BlobFile {
@@ -110,19 +110,7 @@ export async function serveBlobs (init: BlobServerInit): Promise<BlobServer> {
       counters.reads++
       if (pos >= b.size) { cb(0); return }
       const end = Math.min(b.size, pos + len)
-      let answered = false
-      const answer = (n: number): void => { if (!answered) { answered = true; clearTimeout(timer); cb(n) } }
-      const timer = setTimeout(() => { counters.failedReads++; init.log?.({ msg: 'read past its deadline', blob: b.digest, pos, len }); answer(Fuse.EIO) }, deadlineMs)
-      fill(b, buf, pos, end).then(() => {
-        if (answered) return
-        counters.bytesRead += end - pos
-        answer(end - pos)
-      }, (err: Error) => {
-        if (answered) return
-        counters.failedReads++
-        init.log?.({ msg: 'read failed', blob: b.digest, pos, len, err: err.message })
-        answer(Fuse.EIO)
-      })
+      answerRead(cb, end - pos, async () => { await fill(b, buf, pos, end) }, { deadlineMs, counters, ...(init.log !== undefined ? { log: init.log } : {}), what: { blob: b.digest, pos, len } })
     }
   }
 

@@ -15,7 +15,7 @@ import { readFile } from 'node:fs/promises'
 import { LRUCache } from 'lru-cache'
 import { BLOCK_SIZE, ErofsReader, type ChunkExtent, type ErofsInode } from '@guoce/image'
 import type { ChunkReader } from './chunk-reader.js'
-import { Fuse, fuseMount, type FuseOps, type FuseStat } from './fuse.js'
+import { Fuse, answerRead, fuseMount, type FuseOps, type FuseStat } from './fuse.js'
 import { DEFAULT_READ_DEADLINE_MS } from './constants.js'
 
 export interface LayerServerInit {
@@ -168,19 +168,7 @@ export async function serveLayer (init: LayerServerInit): Promise<LayerServer> {
         if (ino.kind !== 'file') { cb(Fuse.EISDIR); return }
         if (pos >= ino.size) { cb(0); return }
         const end = Math.min(ino.size, pos + len)
-        let answered = false
-        const answer = (n: number): void => { if (!answered) { answered = true; clearTimeout(timer); cb(n) } }
-        const timer = setTimeout(() => { counters.failedReads++; answer(Fuse.EIO) }, deadlineMs)
-        fill(ino, buf, pos, end).then(() => {
-          if (answered) return
-          counters.bytesRead += end - pos
-          answer(end - pos)
-        }, (err: Error) => {
-          if (answered) return
-          counters.failedReads++
-          init.log?.({ msg: 'read failed', path, pos, len, err: err.message })
-          answer(Fuse.EIO)
-        })
+        answerRead(cb, end - pos, async () => { await fill(ino, buf, pos, end) }, { deadlineMs, counters, ...(init.log !== undefined ? { log: init.log } : {}), what: { path, pos, len } })
       })
     }
   }

@@ -45,3 +45,25 @@ export async function fuseMount (mountpoint: string, ops: FuseOps, opts: { fsnam
   let done: Promise<void> | undefined
   return { unmount: async () => { done ??= new Promise<void>((resolve) => { fuse.unmount(() => { resolve() }) }); await done } }
 }
+
+export interface ReadCounters { reads: number, bytesRead: number, failedReads: number }
+
+/**
+ * Answers a FUSE read once `fill` has put bytes [0, n) in the kernel's buffer: with n, or with EIO when it
+ * fails or is not done within `deadlineMs` (the reader is never left waiting on a source).
+ */
+export function answerRead (cb: (n: number) => void, n: number, fill: () => Promise<void>, o: { deadlineMs: number, counters: ReadCounters, log?: (obj: Record<string, unknown>) => void, what: Record<string, unknown> }): void {
+  let answered = false
+  const answer = (r: number): void => { if (!answered) { answered = true; clearTimeout(timer); cb(r) } }
+  const timer = setTimeout(() => { o.counters.failedReads++; o.log?.({ msg: 'read past its deadline', ...o.what }); answer(Fuse.EIO) }, o.deadlineMs)
+  fill().then(() => {
+    if (answered) return
+    o.counters.bytesRead += n
+    answer(n)
+  }, (err: Error) => {
+    if (answered) return
+    o.counters.failedReads++
+    o.log?.({ msg: 'read failed', ...o.what, err: err.message })
+    answer(Fuse.EIO)
+  })
+}
