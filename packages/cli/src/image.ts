@@ -8,7 +8,7 @@ import { createInterface } from 'node:readline'
 import { InvalidParametersError } from '@guoce/interface'
 import { parse, sizeBytes, defaultHome, durationMs } from './args.js'
 
-const USAGE = `Usage: guoce image <convert|inspect|check|mount|umount> ...
+const USAGE = `Usage: guoce image <convert|inspect|check|mount|pull|umount> ...
 
   guoce image convert --source REF --target REF [--chunk-size 1MiB] [--chunk-dict REF]... [--plain-http] [--json]
       turn an OCI image into a chunk-deduplicated lazy image (EROFS metadata layers + chunk blobs)
@@ -29,6 +29,9 @@ const USAGE = `Usage: guoce image <convert|inspect|check|mount|umount> ...
       Serves until SIGINT/SIGTERM or \`guoce image umount DIR\`, then undoes every mount; --detach
       returns once mounted and serves in the background. Mounts left by a killed process are cleaned
       up by the next mount or umount (state in --state, default $GUOCE_HOME/mounts).
+  guoce image pull REF [--daemon http://127.0.0.1:65001] [--chunks DIR] [--chunk-quota 10GiB] [--json]
+      every chunk of the image into the node chunk store (verified); mounts of it, running or later,
+      then read no chunk from the network
   guoce image umount DIR [--state DIR] [--json]
       undo a lazy mount (stops its serving process)
 `
@@ -71,6 +74,22 @@ export async function image (argv: string[]): Promise<number> {
       return 0
     }
     case 'mount': return await mount(rest)
+    case 'pull': {
+      const { values: v, positionals } = parse(rest, { daemon: { type: 'string' }, chunks: { type: 'string' }, 'chunk-quota': { type: 'string' } }, true)
+      if (v.help === true) { process.stdout.write(USAGE); return 0 }
+      if (positionals.length !== 1) throw new InvalidParametersError('guoce image pull needs exactly one REF')
+      const chunkQuota = sizeBytes(v['chunk-quota'] as string | undefined, '--chunk-quota')
+      const lazy = await import('@guoce/lazy-mount')
+      const t0 = Date.now()
+      const r = await lazy.fillChunks(positionals[0]!, {
+        chunkDir: (v.chunks as string | undefined) ?? join(defaultHome(), 'chunks'),
+        ...(chunkQuota != null ? { chunkQuota } : {}),
+        ...(typeof v.daemon === 'string' ? { daemon: v.daemon } : {})
+      })
+      const summary = { event: 'pulled', ref: positionals[0], ...r, seconds: (Date.now() - t0) / 1000 }
+      process.stdout.write(v.json === true ? JSON.stringify(summary) + '\n' : `${positionals[0]!}: ${r.chunks} chunks, ${r.fetched} fetched (${r.fetchedBytes} bytes), ${r.present} already here\n`)
+      return 0
+    }
     case 'umount': {
       const { values: v, positionals } = parse(rest, { state: { type: 'string' } }, true)
       if (v.help === true) { process.stdout.write(USAGE); return 0 }

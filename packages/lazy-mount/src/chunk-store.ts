@@ -3,7 +3,8 @@
  * (one directory, `<dir>/<hex[0:2]>/<hex>`; any process that serves a mount uses the same directory).
  *
  * Who owns what: a ChunkStore owns its in-memory index (lru-cache, least recently used first) and the
- * files it wrote or found at open; another process may evict a file under it, which is only a miss. A chunk
+ * files it wrote or found at open (a chunk another process stored is found on disk at its first read); another
+ * process may evict a file under it, which is only a miss. A chunk
  * is *pinned* while a read uses it and while a mount pins it (`pin`/`unpin`, counted): eviction past the
  * quota skips pinned chunks. Every chunk is verified before use: a file read back from disk is re-hashed
  * (a mismatch deletes it and counts as a miss); a fetched chunk comes through the caller's `fetch`, which
@@ -129,16 +130,19 @@ class DiskChunkStore implements ChunkStore {
   private async load (hex: string, digest: Buffer, length: number, fetch: () => Promise<Buffer>): Promise<Buffer> {
     this.pin(digest)
     try {
-      if (this.index.has(hex)) {
-        const b = await readFile(this.path(hex)).catch(() => null)
-        if (b !== null && b.length === length && createHash('sha256').update(b).digest().equals(digest)) {
-          this.index.get(hex) // recency
-          this.counters.hits++
-          this.memory.set(hex, b)
-          return b
-        }
-        // gone (evicted by another process) or corrupt on disk: drop it and fetch again
-        if (b !== null) this.counters.corrupt++
+      // not indexed may still be on disk: another process (a pull, another mount) stored it
+      const disk = await readFile(this.path(hex)).catch(() => null)
+      if (disk !== null && disk.length === length && createHash('sha256').update(disk).digest().equals(digest)) {
+        if (!this.index.has(hex)) { this.bytes += disk.length; this.index.set(hex, disk.length) }
+        this.index.get(hex) // recency
+        this.counters.hits++
+        this.memory.set(hex, disk)
+        await this.evict()
+        return disk
+      }
+      if (disk !== null || this.index.has(hex)) {
+        // corrupt on disk, or gone (evicted by another process): drop it and fetch again
+        if (disk !== null) this.counters.corrupt++
         this.forget(hex)
         await rm(this.path(hex), { force: true })
       }

@@ -52,3 +52,9 @@ export const MAX_STORED_CHUNK = 1 << 30
  * @default 2 s
  */
 export const FAILED_CHUNK_TTL_MS = 2_000
+
+/**
+ * Chunks `guoce image pull` fetches at once.
+ * @default 4
+ */
+export const FILL_CONCURRENCY = 4

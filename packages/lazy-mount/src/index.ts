@@ -13,7 +13,7 @@
  * `docker://REGISTRY/REPO:TAG` refs take `daemon: 'http://127.0.0.1:65001'`: metadata layers come from the
  * registry (verified), chunks through the daemon's ranged reader (the swarm, then the origin).
  */
-export { lazyMount, unmountSync, type LazyMount, type LazyMountOptions, type LazyMountStats } from './lazy.js'
+export { lazyMount, unmountSync, fillChunks, type LazyMount, type LazyMountOptions, type LazyMountStats, type FillOptions, type FillResult } from './lazy.js'
 export { lazyUmount, cleanupStale, listStates, findState, abortFuse, mountTable, type MountState } from './state.js'
 export { openChunkStore, type ChunkStore, type ChunkStoreInit, type ChunkStoreStats } from './chunk-store.js'
 export { localBlobSource, daemonBlobSource, type BlobSource, type DaemonSourceInit } from './source.js'

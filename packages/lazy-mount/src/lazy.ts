@@ -8,7 +8,8 @@
  * made. The process that calls lazyMount serves the blobs: it must never read DIR itself.
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdir, readFile, rm } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import * as native from '@guoce/native-mount'
 import {
@@ -22,6 +23,7 @@ import { openChunkStore, type ChunkStore, type ChunkStoreStats } from './chunk-s
 import { daemonBlobSource, localBlobSource, type BlobSource } from './source.js'
 import { cleanupStale, findState, isAlive, processStart, removeState, undoMounts, writeState, type MountState } from './state.js'
 import { LazyMountError } from './errors.js'
+import { FILL_CONCURRENCY } from './constants.js'
 
 export interface LazyMountOptions {
   /**
@@ -73,7 +75,7 @@ function blobsOf (d: Descriptor): string[] {
 }
 
 /** The image's metadata layers on local disk (verified against the manifest) and where its blobs come from. */
-async function resolveImage (ref: string, work: string, opts: LazyMountOptions): Promise<{ layers: ResolvedLayer[], source: BlobSource }> {
+async function resolveImage (ref: string, work: string, opts: { daemon?: string, source?: BlobSource }): Promise<{ layers: ResolvedLayer[], source: BlobSource }> {
   if (isDockerRef(ref)) {
     const r = parseDockerRef(ref)
     const client = new RegistryClient(r.registry)
@@ -213,6 +215,59 @@ function sum<K extends string> (xs: Array<Record<K, number>>, k: K): number { re
 async function stack (points: string[], target: string): Promise<void> {
   if (points.length === 1) await native.mount(points[0]!, target, null, native.constants.MS_BIND, null)
   else await native.mount('overlay', target, 'overlay', native.constants.MS_RDONLY, `lowerdir=${[...points].reverse().join(':')}`)
+}
+
+export interface FillOptions {
+  chunkDir: string
+  chunkQuota?: number
+  daemon?: string
+  source?: BlobSource
+  /** Chunks fetched at once. @default FILL_CONCURRENCY */
+  concurrency?: number
+  fetchTimeoutMs?: number
+  fetchAttempts?: number
+  onProgress?: (done: number, total: number) => void
+  signal?: AbortSignal
+}
+
+export interface FillResult { chunks: number, fetched: number, fetchedBytes: number, present: number }
+
+/**
+ * `guoce image pull REF`: every chunk of the image into the node chunk store (verified), so mounts of it,
+ * running or later, read no chunk from the network. Safe beside running mounts: they find the chunks on disk.
+ */
+export async function fillChunks (ref: string, opts: FillOptions): Promise<FillResult> {
+  const work = await mkdtemp(join(tmpdir(), 'guoce-pull-'))
+  try {
+    const resolved = await resolveImage(ref, work, opts)
+    const files = await blobFiles(resolved.layers)
+    const store = await openChunkStore({ dir: opts.chunkDir, ...(opts.chunkQuota !== undefined ? { quota: opts.chunkQuota } : {}) })
+    const chunks = chunkReader({
+      store, source: resolved.source,
+      ...(opts.fetchTimeoutMs !== undefined ? { fetchTimeoutMs: opts.fetchTimeoutMs } : {}),
+      ...(opts.fetchAttempts !== undefined ? { fetchAttempts: opts.fetchAttempts } : {})
+    })
+    try {
+      const todo = files.flatMap(f => f.extents.map(e => ({ blob: f.digest, e })))
+      let next = 0; let done = 0; let present = 0
+      const worker = async (): Promise<void> => {
+        while (next < todo.length) {
+          opts.signal?.throwIfAborted()
+          const { blob, e } = todo[next++]!
+          if (store.has(e.digest)) present++
+          await chunks.read(blob, e)
+          opts.onProgress?.(++done, todo.length)
+        }
+      }
+      await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? FILL_CONCURRENCY) }, worker))
+      const st = store.stats()
+      return { chunks: todo.length, fetched: st.fetches, fetchedBytes: st.fetchedBytes, present }
+    } finally {
+      await chunks.close()
+    }
+  } finally {
+    await rm(work, { recursive: true, force: true })
+  }
 }
 
 /** Undoes mounts synchronously (process exit after an uncaught error): detach target, layers and the FUSE mount. */

@@ -34,6 +34,17 @@ describe('node chunk store', () => {
     expect(again.stats()).toMatchObject({ hits: 1, fetches: 0 })
   })
 
+  it('finds a chunk another process stored after it opened', async () => {
+    const a = await openChunkStore({ dir })
+    const b = await openChunkStore({ dir })
+    const data = randomBytes(20_000)
+    const d = sha(data)
+    await a.get(d, data.length, async () => data)
+    expect(b.has(d)).toBe(false)
+    expect((await b.get(d, data.length, async () => { throw new Error('must not fetch') })).equals(data)).toBe(true)
+    expect(b.stats()).toMatchObject({ hits: 1, fetches: 0, bytes: 20_000 })
+  })
+
   it('refuses a chunk corrupted on disk and fetches it again', async () => {
     const data = randomBytes(50_000)
     const d = sha(data)

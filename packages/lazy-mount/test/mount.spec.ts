@@ -145,6 +145,26 @@ describe('guoce image mount', () => {
   })
   }
 
+  it('guoce image pull fills the node chunk store beside a running mount, which then fetches nothing', async () => {
+    const d = await dirs()
+    const p = await startGuoce(mountArgs(d))
+    const pull = await runGuoce(['image', 'pull', `oci:${img.lazy}:v1`, '--chunks', d.chunks, '--json'])
+    expect(pull.code, pull.stderr).toBe(0)
+    const r1 = JSON.parse(pull.stdout) as { chunks: number, fetched: number, present: number }
+    expect(r1.chunks).toBeGreaterThan(40)
+    expect(r1.fetched).toBeGreaterThan(0)
+    expect(r1.present).toBe(0)
+    const r = await sh(LIST_TREE, [d.mnt])
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.stdout).toBe(expected)
+    p.child.kill('SIGTERM')
+    expect(await p.exited).toEqual({ code: 0, signal: null })
+    expect(stats(p).store.fetches).toBe(0)
+    const again = await runGuoce(['image', 'pull', `oci:${img.lazy}:v1`, '--chunks', d.chunks, '--json'])
+    expect(again.code, again.stderr).toBe(0)
+    expect(JSON.parse(again.stdout)).toMatchObject({ chunks: r1.chunks, fetched: 0, present: r1.chunks })
+  })
+
   it('umount of a dead mount cleans it up; umount of something else fails clearly', async () => {
     const d = await dirs()
     const p = await startGuoce(mountArgs(d))
