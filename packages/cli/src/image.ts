@@ -2,7 +2,7 @@
  * `guoce image convert | inspect | check | mount | umount`: thin wiring over @guoce/image and @guoce/lazy-mount.
  */
 import { spawn } from 'node:child_process'
-import { mkdir, open } from 'node:fs/promises'
+import { mkdir, open, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { InvalidParametersError } from '@guoce/interface'
@@ -10,8 +10,9 @@ import { parse, sizeBytes, defaultHome, durationMs } from './args.js'
 
 const USAGE = `Usage: guoce image <convert|inspect|check|mount|pull|umount> ...
 
-  guoce image convert --source REF --target REF [--chunk-size 1MiB] [--chunk-dict REF]... [--plain-http] [--json]
-      turn an OCI image into a chunk-deduplicated lazy image (EROFS metadata layers + chunk blobs)
+  guoce image convert --source REF --target REF [--chunk-size 1MiB] [--chunk-dict REF]... [--prefetch-trace FILE] [--plain-http] [--json]
+      turn an OCI image into a chunk-deduplicated lazy image (EROFS metadata layers + chunk blobs);
+      --prefetch-trace stores a trace recorded by \`guoce image mount --record-trace\` in it (oci: targets)
       REF is oci:DIR[:TAG] (OCI image layout) or docker://REGISTRY/REPO[:TAG][@sha256:DIGEST] (registry;
       http for 127.0.0.1/localhost, https otherwise, --plain-http forces http; token/basic auth with
       credentials from GUOCE_REGISTRY_AUTH=user:pass)
@@ -20,12 +21,14 @@ const USAGE = `Usage: guoce image <convert|inspect|check|mount|pull|umount> ...
   guoce image check oci:DIR[:TAG] [--json]
       verify every metadata structure and every chunk digest; exits non-zero on the first fault, naming it
   guoce image mount REF DIR [--detach] [--mode erofs|fuse] [--daemon http://127.0.0.1:65001] [--state DIR] [--chunks DIR]
-                    [--chunk-quota 10GiB] [--fetch-timeout 30s] [--read-timeout 60s] [--json]
+                    [--chunk-quota 10GiB] [--fetch-timeout 30s] [--read-timeout 60s] [--record-trace FILE] [--no-prefetch] [--json]
       show the image's whole tree at DIR at once; chunks are fetched as they are read (kernel EROFS over
       blobs served by FUSE from this process, layers stacked with overlayfs), verified, and kept in the
       node chunk store (--chunks, default $GUOCE_HOME/chunks). REF is oci:DIR[:TAG], or
       docker://REGISTRY/REPO:TAG with chunks through the peer daemon's swarm (--daemon).
-      --mode fuse serves the metadata by FUSE too (kernels without file-backed EROFS).
+      --mode fuse serves the metadata by FUSE too (kernels without file-backed EROFS). --record-trace
+      writes the order of first chunk reads to FILE at unmount; an image with a stored trace is
+      prefetched in that order in the background, below on-demand reads (--no-prefetch: not).
       Serves until SIGINT/SIGTERM or \`guoce image umount DIR\`, then undoes every mount; --detach
       returns once mounted and serves in the background. Mounts left by a killed process are cleaned
       up by the next mount or umount (state in --state, default $GUOCE_HOME/mounts).
@@ -42,14 +45,20 @@ export async function image (argv: string[]): Promise<number> {
   const img = await import('@guoce/image')
   switch (sub) {
     case 'convert': {
-      const { values: v } = parse(rest, { source: { type: 'string' }, target: { type: 'string' }, 'chunk-size': { type: 'string' }, 'chunk-dict': { type: 'string', multiple: true }, 'plain-http': { type: 'boolean' } })
+      const { values: v } = parse(rest, { source: { type: 'string' }, target: { type: 'string' }, 'chunk-size': { type: 'string' }, 'chunk-dict': { type: 'string', multiple: true }, 'prefetch-trace': { type: 'string' }, 'plain-http': { type: 'boolean' } })
       if (v.help === true) { process.stdout.write(USAGE); return 0 }
       if (typeof v.source !== 'string' || typeof v.target !== 'string') throw new InvalidParametersError('--source and --target are required')
+      const trace = v['prefetch-trace'] as string | undefined
+      if (trace != null && !v.target.startsWith('oci:')) throw new InvalidParametersError('--prefetch-trace needs an oci:DIR[:TAG] target (push the result with skopeo)')
+      // a malformed trace is refused before anything is written
+      if (trace != null) (await import('@guoce/lazy-mount')).parseTrace(await readFile(trace), trace)
       const chunkSize = sizeBytes(v['chunk-size'] as string | undefined, '--chunk-size')
       const t0 = Date.now()
       const r = await img.convertImage(v.source, v.target, { ...(chunkSize != null ? { chunkSize } : {}), ...(v['chunk-dict'] != null ? { chunkDict: v['chunk-dict'] as string[] } : {}), ...(v['plain-http'] === true ? { plainHttp: true } : {}) })
-      const summary = { event: 'converted', source: v.source, target: v.target, manifestDigest: r.manifestDigest, layers: r.layers.length, seconds: (Date.now() - t0) / 1000 }
-      process.stdout.write(v.json === true ? JSON.stringify(summary) + '\n' : `${v.target}: ${r.layers.length} layers, manifest ${r.manifestDigest}\n`)
+      let manifestDigest = r.manifestDigest
+      if (trace != null) manifestDigest = (await (await import('@guoce/lazy-mount')).attachPrefetchTrace(v.target, trace)).manifestDigest
+      const summary = { event: 'converted', source: v.source, target: v.target, manifestDigest, layers: r.layers.length, seconds: (Date.now() - t0) / 1000 }
+      process.stdout.write(v.json === true ? JSON.stringify(summary) + '\n' : `${v.target}: ${r.layers.length} layers, manifest ${manifestDigest}\n`)
       return 0
     }
     case 'inspect': {
@@ -106,7 +115,8 @@ export async function image (argv: string[]): Promise<number> {
 
 const MOUNT_OPTIONS = {
   detach: { type: 'boolean' }, mode: { type: 'string' }, daemon: { type: 'string' }, state: { type: 'string' }, chunks: { type: 'string' },
-  'chunk-quota': { type: 'string' }, 'fetch-timeout': { type: 'string' }, 'read-timeout': { type: 'string' }
+  'chunk-quota': { type: 'string' }, 'fetch-timeout': { type: 'string' }, 'read-timeout': { type: 'string' },
+  'record-trace': { type: 'string' }, 'no-prefetch': { type: 'boolean' }
 } as const
 
 /** `guoce image mount`: serves in the foreground until a signal, or (--detach) in a child that outlives us. */
@@ -148,6 +158,9 @@ async function mount (argv: string[]): Promise<number> {
     ...(typeof v.daemon === 'string' ? { daemon: v.daemon } : {}),
     ...(fetchTimeoutMs != null ? { fetchTimeoutMs } : {}),
     ...(readDeadlineMs != null ? { readDeadlineMs } : {}),
+    ...(typeof v['record-trace'] === 'string' ? { recordTrace: v['record-trace'] } : {}),
+    ...(v['no-prefetch'] === true ? { prefetch: false } : {}),
+    onPrefetchDone: (r: { chunks: number, ms: number }) => { process.stderr.write(JSON.stringify({ event: 'prefetched', ...r }) + '\n') },
     ...(verbose ? { log: (o: Record<string, unknown>) => { process.stderr.write(JSON.stringify({ component: 'lazy-mount', ...o }) + '\n') } } : {})
   })
   // an uncaught error still detaches every mount (readers then see the mount gone, never a hung one)

@@ -11,7 +11,7 @@
  * Never read the mount from this process: FUSE requests are answered on this process's JS thread.
  */
 import type { ChunkExtent } from '@guoce/image'
-import { chunkReader, type ChunkReaderInit } from './chunk-reader.js'
+import type { ChunkReader } from './chunk-reader.js'
 import { DEFAULT_READ_DEADLINE_MS } from './constants.js'
 import { Fuse, answerRead, fuseMount, type FuseOps } from './fuse.js'
 
@@ -22,9 +22,11 @@ export interface BlobFile {
   extents: ChunkExtent[]
 }
 
-export interface BlobServerInit extends ChunkReaderInit {
+export interface BlobServerInit {
   mountpoint: string
   blobs: BlobFile[]
+  chunks: ChunkReader
+  log?: (obj: Record<string, unknown>) => void
   /** @default DEFAULT_READ_DEADLINE_MS */
   readDeadlineMs?: number
 }
@@ -51,7 +53,7 @@ const FILE_MODE = 0o100444
 const DIR_MODE = 0o40555
 
 export async function serveBlobs (init: BlobServerInit): Promise<BlobServer> {
-  const chunks = chunkReader(init)
+  const { chunks } = init
   const deadlineMs = init.readDeadlineMs ?? DEFAULT_READ_DEADLINE_MS
   const byName = new Map<string, BlobFile>()
   for (const b of init.blobs) byName.set(b.digest.replace(/^sha256:/, ''), b)
@@ -124,7 +126,6 @@ export async function serveBlobs (init: BlobServerInit): Promise<BlobServer> {
     close: async () => {
       closed ??= (async () => {
         await fuse.unmount()
-        await chunks.close()
       })()
       await closed
     }

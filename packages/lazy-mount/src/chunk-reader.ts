@@ -23,8 +23,13 @@ export interface ChunkReaderInit {
 }
 
 export interface ChunkReader {
-  /** The chunk's verified bytes (shared: copy out of it, never write to it). */
-  read: (blob: string, e: ChunkExtent) => Promise<Buffer>
+  /**
+   * The chunk's verified bytes (shared: copy out of it, never write to it). `background` reads (prefetch)
+   * are not recorded as first reads and do not count as readers waiting.
+   */
+  read: (blob: string, e: ChunkExtent, opts?: { background?: boolean }) => Promise<Buffer>
+  /** Reads (not background) in progress: prefetch waits while there are any. */
+  waiting: () => number
   /** Stored chunks from a source that did not decode to their digest (refused, asked again). */
   refused: () => number
   close: () => Promise<void>
@@ -38,6 +43,7 @@ export function chunkReader (init: ChunkReaderInit): ChunkReader {
   const failed = new Map<string, { until: number, err: Error }>()
   const seen = new Set<string>()
   let refused = 0
+  let waiting = 0
 
   const fetchChunk = async (blob: string, e: ChunkExtent): Promise<Buffer> => {
     let last: unknown
@@ -56,22 +62,27 @@ export function chunkReader (init: ChunkReaderInit): ChunkReader {
   }
 
   return {
-    async read (blob, e) {
+    async read (blob, e, opts = {}) {
       const key = `${blob}/${e.blkaddr}`
-      if (init.onFirstRead !== undefined && !seen.has(key)) { seen.add(key); init.onFirstRead(blob, e) }
+      const background = opts.background === true
+      if (!background && init.onFirstRead !== undefined && !seen.has(key)) { seen.add(key); init.onFirstRead(blob, e) }
       const f = failed.get(key)
       if (f !== undefined) {
         if (f.until > Date.now()) throw f.err
         failed.delete(key)
       }
+      if (!background) waiting++
       try {
         return await store.get(e.digest, e.length, async () => await fetchChunk(blob, e))
       } catch (err) {
         if (failed.size > 4096) failed.clear() // bounded: it only shortens retries
         failed.set(key, { until: Date.now() + FAILED_CHUNK_TTL_MS, err: err as Error })
         throw err
+      } finally {
+        if (!background) waiting--
       }
     },
+    waiting: () => waiting,
     refused: () => refused,
     close: async () => { closing.abort(); await source.close() }
   }

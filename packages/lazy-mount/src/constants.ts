@@ -58,3 +58,15 @@ export const FAILED_CHUNK_TTL_MS = 2_000
  * @default 4
  */
 export const FILL_CONCURRENCY = 4
+
+/**
+ * How long prefetch waits before looking again while a reader waits on a fetch (on-demand reads first).
+ * @default 5 ms
+ */
+export const PREFETCH_YIELD_MS = 5
+
+/**
+ * Entries of a prefetch trace (recorded, attached to an image, or read from one).
+ * @default 1,000,000
+ */
+export const MAX_TRACE_ENTRIES = 1_000_000

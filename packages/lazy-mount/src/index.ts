@@ -18,5 +18,6 @@ export { lazyUmount, cleanupStale, listStates, findState, abortFuse, mountTable,
 export { openChunkStore, type ChunkStore, type ChunkStoreInit, type ChunkStoreStats } from './chunk-store.js'
 export { localBlobSource, daemonBlobSource, type BlobSource, type DaemonSourceInit } from './source.js'
 export { serveBlobs, type BlobServer, type BlobServerInit, type BlobServerStats, type BlobFile } from './blob-server.js'
+export { attachPrefetchTrace, parseTrace, MEDIA_TYPE_PREFETCH, type Trace, type TraceEntry } from './prefetch.js'
 export * from './errors.js'
 export * from './constants.js'

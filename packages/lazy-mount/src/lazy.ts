@@ -14,7 +14,7 @@ import { join, resolve } from 'node:path'
 import * as native from '@guoce/native-mount'
 import {
   ANNOTATION_BLOBS, CorruptImageError, MEDIA_TYPE_EROFS_META, RegistryClient, blobViewSizes, convertedLayers,
-  isDockerRef, mountLayers, parseDockerRef, parseOciRef, readChunkTable, type ChunkExtent, type Descriptor, type Manifest
+  isDockerRef, mountLayers, parseDockerRef, parseOciRef, readChunkTable, readManifest, type ChunkExtent, type Descriptor, type Manifest
 } from '@guoce/image'
 import { serveBlobs, type BlobFile, type BlobServerStats } from './blob-server.js'
 import { chunkReader } from './chunk-reader.js'
@@ -23,7 +23,9 @@ import { openChunkStore, type ChunkStore, type ChunkStoreStats } from './chunk-s
 import { daemonBlobSource, localBlobSource, type BlobSource } from './source.js'
 import { cleanupStale, findState, isAlive, processStart, removeState, undoMounts, writeState, type MountState } from './state.js'
 import { LazyMountError } from './errors.js'
-import { FILL_CONCURRENCY } from './constants.js'
+import { FILL_CONCURRENCY, PREFETCH_YIELD_MS } from './constants.js'
+import { MEDIA_TYPE_PREFETCH, parseTrace, traceRecorder, type Trace } from './prefetch.js'
+import type { ChunkReader } from './chunk-reader.js'
 
 export interface LazyMountOptions {
   /**
@@ -45,6 +47,12 @@ export interface LazyMountOptions {
   fetchAttempts?: number
   readDeadlineMs?: number
   onFirstRead?: (blob: string, e: ChunkExtent) => void
+  /** Records the order of first chunk reads to this file (written at unmount). */
+  recordTrace?: string
+  /** Fetch the chunks of the image's prefetch trace in the background (@default true). */
+  prefetch?: boolean
+  /** Called when the prefetch list was gone through (chunks fetched or already held). */
+  onPrefetchDone?: (r: { chunks: number, ms: number }) => void
   log?: (obj: Record<string, unknown>) => void
 }
 
@@ -75,7 +83,7 @@ function blobsOf (d: Descriptor): string[] {
 }
 
 /** The image's metadata layers on local disk (verified against the manifest) and where its blobs come from. */
-async function resolveImage (ref: string, work: string, opts: { daemon?: string, source?: BlobSource }): Promise<{ layers: ResolvedLayer[], source: BlobSource }> {
+async function resolveImage (ref: string, work: string, opts: { daemon?: string, source?: BlobSource }): Promise<{ layers: ResolvedLayer[], source: BlobSource, trace?: Trace }> {
   if (isDockerRef(ref)) {
     const r = parseDockerRef(ref)
     const client = new RegistryClient(r.registry)
@@ -92,7 +100,11 @@ async function resolveImage (ref: string, work: string, opts: { daemon?: string,
     if (layers.length === 0) throw new LazyMountError(`${ref}: no Guoce metadata layers: convert the image first (guoce image convert)`)
     if (opts.daemon === undefined) throw new LazyMountError(`${ref}: a docker:// image needs the peer daemon (--daemon)`)
     const source = opts.source ?? daemonBlobSource({ api: opts.daemon, blobUrl: (digest) => `${client.base}/v2/${r.repository}/blobs/${digest}` })
-    return { layers, source }
+    const t = doc.layers.find(l => l.mediaType === MEDIA_TYPE_PREFETCH)
+    if (t === undefined) return { layers, source }
+    const p = join(work, 'meta', 'prefetch')
+    await client.getBlob(r.repository, t, p)
+    return { layers, source, trace: parseTrace(await readFile(p), `${ref} prefetch layer`) }
   }
   const dir = parseOciRef(ref).dir
   const layers: ResolvedLayer[] = []
@@ -101,7 +113,12 @@ async function resolveImage (ref: string, work: string, opts: { daemon?: string,
     layers.push({ meta: l.meta, blobs: blobsOf(l.descriptor) })
   }
   if (layers.length === 0) throw new LazyMountError(`${ref}: no Guoce metadata layers: convert the image first (guoce image convert)`)
-  return { layers, source: opts.source ?? localBlobSource(dir) }
+  const source = opts.source ?? localBlobSource(dir)
+  const t = (await readManifest(parseOciRef(ref))).manifest.layers.find(l => l.mediaType === MEDIA_TYPE_PREFETCH)
+  if (t === undefined) return { layers, source }
+  const bytes = await readFile(join(dir, 'blobs', 'sha256', t.digest.replace(/^sha256:/, '')))
+  if (sha256File(bytes) !== t.digest) throw new CorruptImageError(`prefetch layer ${t.digest}: bytes hash to ${sha256File(bytes)}`)
+  return { layers, source, trace: parseTrace(bytes, `${ref} prefetch layer`) }
 }
 
 /** Every blob of the image with the union of its chunk extents over the layers that use it. */
@@ -165,28 +182,30 @@ export async function lazyMount (ref: string, targetDir: string, opts: LazyMount
     const store = await openChunkStore({ dir: opts.chunkDir, ...(opts.chunkQuota !== undefined ? { quota: opts.chunkQuota } : {}) })
     state.layers = resolved.layers.map((_, i) => join(layerWork, `layer-${i}`))
     await writeState(stateDir, state)
-    const reading = {
-      store, source: resolved.source,
+    const recorder = opts.recordTrace !== undefined ? traceRecorder(opts.recordTrace) : undefined
+    const onFirstRead = (blob: string, e: ChunkExtent): void => { recorder?.add(blob, e.blkaddr); opts.onFirstRead?.(blob, e) }
+    const chunks = chunkReader({
+      store, source: resolved.source, onFirstRead,
       ...(opts.fetchTimeoutMs !== undefined ? { fetchTimeoutMs: opts.fetchTimeoutMs } : {}),
       ...(opts.fetchAttempts !== undefined ? { fetchAttempts: opts.fetchAttempts } : {}),
-      ...(opts.onFirstRead !== undefined ? { onFirstRead: opts.onFirstRead } : {}),
       ...(opts.log !== undefined ? { log: opts.log } : {})
-    }
+    })
+    undos.push(async () => { await chunks.close() })
+    if (recorder !== undefined) undos.push(async () => { await recorder.save() })
     const deadline = opts.readDeadlineMs !== undefined ? { readDeadlineMs: opts.readDeadlineMs } : {}
+    const logOpt = opts.log !== undefined ? { log: opts.log } : {}
     let stats: () => LazyMountStats['server']
     if ((opts.mode ?? 'erofs') === 'erofs') {
-      const s = await serveBlobs({ mountpoint: state.fuse, blobs: files, ...reading, ...deadline })
+      const s = await serveBlobs({ mountpoint: state.fuse, blobs: files, chunks, ...deadline, ...logOpt })
       undos.push(async () => { await s.close() })
       const m = await mountLayers(resolved.layers.map(l => ({ meta: l.meta, blobs: l.blobs.map(d => s.path(d)) })), target, { mounter: native, workDir: layerWork })
       undos.push(async () => { await m.unmount() })
       stats = s.stats
     } else {
-      const chunks = chunkReader(reading)
-      undos.push(async () => { await chunks.close() })
       const extents = new Map(files.map(f => [f.digest, new Map(f.extents.map(e => [e.blkaddr, e]))]))
       const servers: LayerServer[] = []
       for (const [i, l] of resolved.layers.entries()) {
-        const srv = await serveLayer({ mountpoint: state.layers[i]!, metaPath: l.meta, blobs: l.blobs, extents, chunks, ...deadline, ...(opts.log !== undefined ? { log: opts.log } : {}) })
+        const srv = await serveLayer({ mountpoint: state.layers[i]!, metaPath: l.meta, blobs: l.blobs, extents, chunks, ...deadline, ...logOpt })
         undos.push(async () => { await srv.close() })
         servers.push(srv)
       }
@@ -196,6 +215,11 @@ export async function lazyMount (ref: string, targetDir: string, opts: LazyMount
         const all = servers.map(x => x.stats())
         return { reads: sum(all, 'reads'), bytesRead: sum(all, 'bytesRead'), failedReads: sum(all, 'failedReads'), refused: chunks.refused() }
       }
+    }
+    if (resolved.trace !== undefined && opts.prefetch !== false) {
+      const stop = new AbortController()
+      undos.push(async () => { stop.abort() })
+      void prefetch(resolved.trace, files, chunks, stop.signal).then(r => { if (r !== undefined) opts.onPrefetchDone?.(r) })
     }
     let done: Promise<void> | undefined
     return {
@@ -207,6 +231,25 @@ export async function lazyMount (ref: string, targetDir: string, opts: LazyMount
     await undo()
     throw err
   }
+}
+
+/**
+ * Fetches the chunks of a prefetch trace in order, one at a time, each only once no reader waits on a fetch.
+ * Failures are left to the reads that need the chunk. Returns undefined when stopped before the end.
+ */
+async function prefetch (trace: Trace, files: BlobFile[], chunks: ChunkReader, signal: AbortSignal): Promise<{ chunks: number, ms: number } | undefined> {
+  const t0 = Date.now()
+  const byBlob = new Map(files.map(f => [f.digest, new Map(f.extents.map(e => [e.blkaddr, e]))]))
+  let n = 0
+  for (const c of trace.chunks) {
+    const e = byBlob.get(c.blob)?.get(c.blkaddr)
+    if (e === undefined) continue
+    while (chunks.waiting() > 0 && !signal.aborted) await new Promise(resolve => setTimeout(resolve, PREFETCH_YIELD_MS))
+    if (signal.aborted) return undefined
+    await chunks.read(c.blob, e, { background: true }).catch(() => {})
+    n++
+  }
+  return { chunks: n, ms: Date.now() - t0 }
 }
 
 function sum<K extends string> (xs: Array<Record<K, number>>, k: K): number { return xs.reduce((a, x) => a + x[k], 0) }
