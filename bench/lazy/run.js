@@ -66,11 +66,21 @@ try {
     const ref = `oci:${join(work, `lazy-${cs}`)}:v1`
     await convertImage(`oci:${join(work, 'src')}:v1`, ref, { chunkSize: cs })
     const { stdout: img } = await run('du', ['-sb', join(work, `lazy-${cs}`, 'blobs')])
-    for (const mode of ['erofs', 'fuse']) {
-      const mnt = join(work, `mnt-${cs}-${mode}`); const state = join(work, `state-${cs}-${mode}`)
+    const trace = join(work, `trace-${cs}.json`)
+    const runs = [
+      { mode: 'erofs', ref, extra: ['--record-trace', trace] },
+      { mode: 'fuse', ref, extra: [] },
+      // the trace the first run recorded, stored in the image: prefetched from mount on, beside the workload
+      { mode: 'erofs', ref: `oci:${join(work, `traced-${cs}`)}:v1`, extra: [], traced: true }
+    ]
+    for (const r of runs) {
+      const { mode } = r
+      if (r.traced) await run(process.execPath, [CLI, 'image', 'convert', '--source', `oci:${join(work, 'src')}:v1`, '--target', r.ref, '--chunk-size', String(cs), '--prefetch-trace', trace])
+      const tag = `${cs}-${mode}${r.traced ? '-traced' : ''}`
+      const mnt = join(work, `mnt-${tag}`); const state = join(work, `state-${tag}`)
       await mkdir(mnt)
       const t1 = process.hrtime.bigint()
-      const p = spawn(process.execPath, [CLI, 'image', 'mount', ref, mnt, '--mode', mode, '--state', state, '--chunks', join(work, `chunks-${cs}-${mode}`), '--json'], { stdio: ['ignore', 'pipe', 'pipe'] })
+      const p = spawn(process.execPath, [CLI, 'image', 'mount', r.ref, mnt, '--mode', mode, '--state', state, '--chunks', join(work, `chunks-${tag}`), ...r.extra, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] })
       children.add(p)
       let err = ''
       p.stderr.on('data', d => { err += d })
@@ -84,7 +94,7 @@ try {
       children.delete(p)
       const stats = JSON.parse(err.split('\n').find(l => l.includes('"unmounted"')))
       results.push({
-        chunkSize: cs, mode, imageBlobBytes: Number(img.split('\t')[0]), mountMs: Math.round(mountedMs), mountToExitMs: Math.round(totalMs),
+        chunkSize: cs, mode, prefetchTrace: r.traced === true, imageBlobBytes: Number(img.split('\t')[0]), mountMs: Math.round(mountedMs), mountToExitMs: Math.round(totalMs),
         fetchedBytes: stats.store.fetchedBytes, chunksFetched: stats.store.fetches, fuseReadBytes: stats.server.bytesRead,
         fetchedPerOpenedFileBytes: +(stats.store.fetchedBytes / openedBytes).toFixed(3),
         fetchedPerFuseReadBytes: +(stats.store.fetchedBytes / Math.max(1, stats.server.bytesRead)).toFixed(3)
