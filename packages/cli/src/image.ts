@@ -164,13 +164,15 @@ async function mount (argv: string[]): Promise<number> {
     ...(verbose ? { log: (o: Record<string, unknown>) => { process.stderr.write(JSON.stringify({ component: 'lazy-mount', ...o }) + '\n') } } : {})
   })
   // an uncaught error still detaches every mount (readers then see the mount gone, never a hung one)
-  process.once('exit', () => { lazy.unmountSync(m.state) })
+  const onExit = (): void => { lazy.unmountSync(m.state) }
+  process.once('exit', onExit)
   const { promise, resolve } = Promise.withResolvers<string>()
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, () => { resolve(sig) })
   const ready = { event: 'mounted', ref, target: m.target, id: m.id, pid: process.pid }
   process.stdout.write(json ? JSON.stringify(ready) + '\n' : `mounted ${ref} at ${m.target}; serving until SIGINT/SIGTERM or guoce image umount\n`)
   await promise
   await m.unmount()
+  process.off('exit', onExit)
   process.stderr.write(JSON.stringify({ event: 'unmounted', target: m.target, ...m.stats() }) + '\n')
   return 0
 }
