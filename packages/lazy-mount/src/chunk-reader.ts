@@ -75,8 +75,11 @@ export function chunkReader (init: ChunkReaderInit): ChunkReader {
       try {
         return await store.get(e.digest, e.length, async () => await fetchChunk(blob, e))
       } catch (err) {
-        if (failed.size > 4096) failed.clear() // bounded: it only shortens retries
-        failed.set(key, { until: Date.now() + FAILED_CHUNK_TTL_MS, err: err as Error })
+        // a prefetch that failed does not make a reader's first attempt fail at once
+        if (!background) {
+          if (failed.size > 4096) failed.clear() // bounded: it only shortens retries
+          failed.set(key, { until: Date.now() + FAILED_CHUNK_TTL_MS, err: err as Error })
+        }
         throw err
       } finally {
         if (!background) waiting--
