@@ -35,8 +35,9 @@ const USAGE = `Usage: guoce image <convert|inspect|check|mount|pull|umount> ...
   guoce image pull REF [--daemon http://127.0.0.1:65001] [--chunks DIR] [--chunk-quota 10GiB] [--json]
       every chunk of the image into the node chunk store (verified); mounts of it, running or later,
       then read no chunk from the network
-  guoce image umount DIR [--state DIR] [--json]
-      undo a lazy mount (stops its serving process)
+  guoce image umount DIR [--state DIR] [--timeout 10s] [--json]
+      undo a lazy mount: its serving process undoes it on SIGTERM; one that has not within --timeout (hung,
+      stopped) is killed and its mounts undone here (FUSE connection aborted, so no reader stays blocked)
 `
 
 export async function image (argv: string[]): Promise<number> {
@@ -100,11 +101,12 @@ export async function image (argv: string[]): Promise<number> {
       return 0
     }
     case 'umount': {
-      const { values: v, positionals } = parse(rest, { state: { type: 'string' } }, true)
+      const { values: v, positionals } = parse(rest, { state: { type: 'string' }, timeout: { type: 'string' } }, true)
       if (v.help === true) { process.stdout.write(USAGE); return 0 }
       if (positionals.length !== 1) throw new InvalidParametersError('guoce image umount needs exactly one DIR')
       const lazy = await import('@guoce/lazy-mount')
-      const st = await lazy.lazyUmount(positionals[0]!, (v.state as string | undefined) ?? join(defaultHome(), 'mounts'), lazy.UMOUNT_GRACE_MS)
+      const grace = durationMs(v.timeout as string | undefined, '--timeout') ?? lazy.UMOUNT_GRACE_MS
+      const st = await lazy.lazyUmount(positionals[0]!, (v.state as string | undefined) ?? join(defaultHome(), 'mounts'), grace)
       process.stdout.write(v.json === true ? JSON.stringify({ event: 'unmounted', target: st.target, ref: st.ref }) + '\n' : `unmounted ${st.target}\n`)
       return 0
     }

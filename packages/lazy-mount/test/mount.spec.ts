@@ -165,6 +165,29 @@ describe('guoce image mount', () => {
     expect(JSON.parse(again.stdout)).toMatchObject({ chunks: r1.chunks, fetched: 0, present: r1.chunks })
   })
 
+  it('umount of a hung (stopped) serving process kills it and aborts the mount: a blocked reader returns', async () => {
+    const d = await dirs()
+    const p = await startGuoce(mountArgs(d))
+    const pid = p.child.pid!
+    process.kill(pid, 'SIGSTOP')
+    try {
+      const reading = sh('cat "$1"/data/big > /dev/null', [d.mnt], 60)
+      await new Promise(resolve => setTimeout(resolve, 500))
+      const t0 = Date.now()
+      const u = await runGuoce(['image', 'umount', d.mnt, '--state', d.state, '--timeout', '1s'])
+      expect(u.code, u.stderr).toBe(0)
+      const r = await reading
+      expect(r.signal).toBeNull()
+      expect(r.code).not.toBe(0)
+      expect(Date.now() - t0).toBeLessThan(10_000)
+      expect((await p.exited).signal).toBe('SIGKILL')
+      expect(await mountsUnder(work)).toEqual([])
+      expect(await readdir(d.state)).toEqual([])
+    } finally {
+      try { process.kill(pid, 'SIGCONT') } catch {}
+    }
+  })
+
   it('umount of a dead mount cleans it up; umount of something else fails clearly', async () => {
     const d = await dirs()
     const p = await startGuoce(mountArgs(d))
