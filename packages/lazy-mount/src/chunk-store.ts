@@ -14,7 +14,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { LRUCache } from 'lru-cache'
-import { DEFAULT_CHUNK_STORE_QUOTA, DEFAULT_MEMORY_CACHE } from './constants.js'
+import { DEFAULT_CHUNK_STORE_QUOTA, DEFAULT_MEMORY_CACHE, MAX_PENDING_WRITES } from './constants.js'
 
 export interface ChunkStoreInit {
   dir: string
@@ -48,6 +48,8 @@ export interface ChunkStore {
   pin: (digest: Buffer) => void
   unpin: (digest: Buffer) => void
   stats: () => ChunkStoreStats
+  /** Waits for the chunks handed to readers to be on disk. */
+  flush: () => Promise<void>
 }
 
 const HEX = /^[0-9a-f]{64}$/
@@ -67,6 +69,7 @@ class DiskChunkStore implements ChunkStore {
   private readonly memory: LRUCache<string, Buffer>
   private readonly pins = new Map<string, number>()
   private readonly inflight = new Map<string, Promise<Buffer>>()
+  private readonly writes = new Set<Promise<void>>()
   private bytes = 0
   private readonly counters = { hits: 0, fetches: 0, fetchedBytes: 0, corrupt: 0, evicted: 0 }
 
@@ -112,6 +115,8 @@ class DiskChunkStore implements ChunkStore {
 
   stats (): ChunkStoreStats { return { ...this.counters, bytes: this.bytes } }
 
+  async flush (): Promise<void> { while (this.writes.size > 0) await Promise.all([...this.writes]) }
+
   async get (digest: Buffer, length: number, fetch: () => Promise<Buffer>): Promise<Buffer> {
     const hex = digest.toString('hex')
     const mem = this.memory.get(hex)
@@ -151,7 +156,11 @@ class DiskChunkStore implements ChunkStore {
       if (b.length !== length) throw new Error(`internal: fetched chunk ${hex} has ${b.length} bytes, expected ${length}`)
       this.counters.fetchedBytes += b.length
       this.memory.set(hex, b)
-      await this.put(hex, b).catch(() => {}) // a full disk costs a later refetch, not this read
+      // the reader gets the verified chunk now; it reaches the disk behind it (a full disk costs a later
+      // refetch, not this read). Past MAX_PENDING_WRITES waiting writes, a read waits for its own.
+      const write = this.put(hex, b).catch(() => {}).finally(() => { this.writes.delete(write) })
+      this.writes.add(write)
+      if (this.writes.size > MAX_PENDING_WRITES) await write
       return b
     } finally {
       this.unpin(digest)

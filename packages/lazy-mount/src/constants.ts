@@ -70,3 +70,9 @@ export const PREFETCH_YIELD_MS = 5
  * @default 1,000,000
  */
 export const MAX_TRACE_ENTRIES = 1_000_000
+
+/**
+ * Fetched chunks handed to readers before they are on disk: past this, a fetch waits for its own write.
+ * @default 16
+ */
+export const MAX_PENDING_WRITES = 16

@@ -180,6 +180,7 @@ export async function lazyMount (ref: string, targetDir: string, opts: LazyMount
     undos.push(async () => { await resolved.source.close() })
     const files = await blobFiles(resolved.layers)
     const store = await openChunkStore({ dir: opts.chunkDir, ...(opts.chunkQuota !== undefined ? { quota: opts.chunkQuota } : {}) })
+    undos.push(async () => { await store.flush() })
     state.layers = resolved.layers.map((_, i) => join(layerWork, `layer-${i}`))
     await writeState(stateDir, state)
     const recorder = opts.recordTrace !== undefined ? traceRecorder(opts.recordTrace) : undefined
@@ -306,6 +307,7 @@ export async function fillChunks (ref: string, opts: FillOptions): Promise<FillR
       const st = store.stats()
       return { chunks: todo.length, fetched: st.fetches, fetchedBytes: st.fetchedBytes, present }
     } finally {
+      await store.flush()
       await chunks.close()
     }
   } finally {

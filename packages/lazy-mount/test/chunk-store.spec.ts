@@ -26,6 +26,7 @@ describe('node chunk store', () => {
     const got = await Promise.all(Array.from({ length: 16 }, async () => await store.get(d, data.length, fetch)))
     expect(fetches).toBe(1)
     for (const g of got) expect(g.equals(data)).toBe(true)
+    await store.flush()
     expect((await readFile(chunkPath(dir, d))).equals(data)).toBe(true)
     // a fresh store (another process) finds it on disk
     const again = await openChunkStore({ dir })
@@ -40,6 +41,7 @@ describe('node chunk store', () => {
     const data = randomBytes(20_000)
     const d = sha(data)
     await a.get(d, data.length, async () => data)
+    await a.flush()
     expect(b.has(d)).toBe(false)
     expect((await b.get(d, data.length, async () => { throw new Error('must not fetch') })).equals(data)).toBe(true)
     expect(b.stats()).toMatchObject({ hits: 1, fetches: 0, bytes: 20_000 })
@@ -48,7 +50,9 @@ describe('node chunk store', () => {
   it('refuses a chunk corrupted on disk and fetches it again', async () => {
     const data = randomBytes(50_000)
     const d = sha(data)
-    await (await openChunkStore({ dir })).get(d, data.length, async () => data)
+    const first = await openChunkStore({ dir })
+    await first.get(d, data.length, async () => data)
+    await first.flush()
     const bad = Buffer.from(data); bad[1234]! ^= 1
     await writeFile(chunkPath(dir, d), bad)
     const store = await openChunkStore({ dir, memory: 1 })
@@ -57,6 +61,7 @@ describe('node chunk store', () => {
     expect(got.equals(data)).toBe(true)
     expect(fetches).toBe(1)
     expect(store.stats().corrupt).toBe(1)
+    await store.flush()
     expect((await readFile(chunkPath(dir, d))).equals(data)).toBe(true)
   })
 
@@ -74,13 +79,14 @@ describe('node chunk store', () => {
     const chunks = Array.from({ length: 5 }, () => randomBytes(40_000))
     const ds = chunks.map(sha)
     store.pin(ds[0]!)
-    for (const [i, c] of chunks.entries()) await store.get(ds[i]!, c.length, async () => c)
+    for (const [i, c] of chunks.entries()) { await store.get(ds[i]!, c.length, async () => c); await store.flush() }
     // 0 pinned, 1 and 2 were the least recently used unpinned: evicted; 3 and 4 kept
     expect(ds.map(d => store.has(d))).toEqual([true, false, false, true, true])
     expect(store.stats()).toMatchObject({ evicted: 2, bytes: 3 * 40_000 })
     store.unpin(ds[0]!)
     const extra = randomBytes(40_000)
     await store.get(sha(extra), extra.length, async () => extra)
+    await store.flush()
     expect(store.has(ds[0]!)).toBe(false) // unpinned now, and the least recently used
     const files = (await Promise.all((await readdir(dir)).map(async s => await readdir(join(dir, s))))).flat()
     expect(files).toHaveLength(3)
