@@ -70,6 +70,8 @@ class DiskChunkStore implements ChunkStore {
   private readonly pins = new Map<string, number>()
   private readonly inflight = new Map<string, Promise<Buffer>>()
   private readonly writes = new Set<Promise<void>>()
+  /** Fan-out directories known to exist (one mkdir each, not one per chunk). */
+  private readonly subdirs = new Set<string>()
   private bytes = 0
   private readonly counters = { hits: 0, fetches: 0, fetchedBytes: 0, corrupt: 0, evicted: 0 }
 
@@ -171,7 +173,8 @@ class DiskChunkStore implements ChunkStore {
   private async put (hex: string, b: Buffer): Promise<void> {
     if (b.length > this.quota) return
     const p = this.path(hex)
-    await mkdir(join(this.dir, hex.slice(0, 2)), { recursive: true })
+    const sub = hex.slice(0, 2)
+    if (!this.subdirs.has(sub)) { await mkdir(join(this.dir, sub), { recursive: true }); this.subdirs.add(sub) }
     const tmp = `${p}.${randomBytes(6).toString('hex')}.tmp`
     try {
       await writeFile(tmp, b)
