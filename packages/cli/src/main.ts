@@ -16,7 +16,7 @@ Commands:
   scheduler            run the scheduler
   seed                 run a seed peer
   daemon               run a peer daemon (P2P node + local API)
-  image                convert | inspect | check lazy images
+  image                convert | inspect | check | mount | pull | umount lazy images
 
 Every command takes --help and --json. Logs are JSON lines on stderr (GUOCE_LOG=debug|info|warn|error).
 `

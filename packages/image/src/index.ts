@@ -39,4 +39,5 @@ export {
   RegistryClient, parseDockerRef, formatDockerRef, isDockerRef, parseChallenge, pullImage, pushImage,
   MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MAX_MANIFEST_SIZE, type DockerRef, type RegistryOptions
 } from './registry.js'
-export { mountImage, mountLayer, type Mounter, type MountImageOptions, type MountedImage } from './mount.js'
+export { mountImage, mountLayer, mountLayers, type Mounter, type MountImageOptions, type MountedImage } from './mount.js'
+export { readChunkTable, decodeChunk, blobViewSizes, type ChunkTable, type ChunkExtent, type ChunkCompression } from './chunks.js'

@@ -41,8 +41,15 @@ export async function mountLayer (layer: { meta: string, blobs: string[] }, targ
 
 /** Mounts a converted image (`oci:DIR[:TAG]`) read-only at `target`. */
 export async function mountImage (ref: string, target: string, opts: MountImageOptions): Promise<MountedImage> {
+  return await mountLayers(await convertedLayers(ref), target, opts)
+}
+
+/**
+ * Mounts metadata layers (bottom first; `blobs` = the files to pass as `device=`, in device order) read-only
+ * at `target`: per-layer mount points are `workDir/layer-<i>`. The lazy mount passes blob files on its FUSE mount.
+ */
+export async function mountLayers (layers: Array<{ meta: string, blobs: string[] }>, target: string, opts: MountImageOptions): Promise<MountedImage> {
   const { mounter: m, workDir } = opts
-  const layers = await convertedLayers(ref)
   const done: string[] = []
   const unmountAll = async (): Promise<void> => {
     let first: unknown

@@ -1,0 +1,78 @@
+/**
+ * Bounds of the lazy mount, each a named default (doc/LIMITS.md lists them).
+ */
+
+/**
+ * Bytes of verified chunks the node chunk store keeps on disk; least recently used chunks that no mount
+ * pins are evicted past it.
+ * @default 10 GiB
+ */
+export const DEFAULT_CHUNK_STORE_QUOTA = 10 * 1024 ** 3
+
+/**
+ * Bytes of verified chunks kept in memory by a serving process (FUSE reads are at most 128 KiB, chunks
+ * 1 MiB by default: one chunk serves several reads without re-reading and re-hashing its file).
+ * @default 64 MiB
+ */
+export const DEFAULT_MEMORY_CACHE = 64 * 1024 * 1024
+
+/**
+ * Longest one fetch of a chunk's stored bytes may take (local blob file or the daemon's ranged reader).
+ * @default 30 s
+ */
+export const DEFAULT_FETCH_TIMEOUT_MS = 30_000
+
+/**
+ * Fetches of one chunk before its read fails with EIO: a source that returned bytes that do not match the
+ * chunk's digest, or failed, is asked again this many times in all.
+ * @default 3
+ */
+export const DEFAULT_FETCH_ATTEMPTS = 3
+
+/**
+ * Longest one FUSE read may wait, all fetches included, before the reader gets EIO.
+ * @default 60 s
+ */
+export const DEFAULT_READ_DEADLINE_MS = 60_000
+
+/**
+ * Longest `guoce image umount` waits for the serving process to undo its mounts before it kills it and
+ * undoes them itself.
+ * @default 10 s
+ */
+export const UMOUNT_GRACE_MS = 10_000
+
+/** Largest chunk a source may hand over (the format's largest chunk size). */
+export const MAX_STORED_CHUNK = 1 << 30
+
+/**
+ * A chunk whose fetch just failed (every attempt) fails further reads at once for this long: the kernel
+ * retries a failed read (readahead, then the read itself), and each retry would otherwise wait out every
+ * attempt again, multiplying how long a reader waits for its EIO.
+ * @default 2 s
+ */
+export const FAILED_CHUNK_TTL_MS = 2_000
+
+/**
+ * Chunks `guoce image pull` fetches at once.
+ * @default 4
+ */
+export const FILL_CONCURRENCY = 4
+
+/**
+ * How long prefetch waits before looking again while a reader waits on a fetch (on-demand reads first).
+ * @default 5 ms
+ */
+export const PREFETCH_YIELD_MS = 5
+
+/**
+ * Entries of a prefetch trace (recorded, attached to an image, or read from one).
+ * @default 1,000,000
+ */
+export const MAX_TRACE_ENTRIES = 1_000_000
+
+/**
+ * Fetched chunks handed to readers before they are on disk: past this, a fetch waits for its own write.
+ * @default 16
+ */
+export const MAX_PENDING_WRITES = 16

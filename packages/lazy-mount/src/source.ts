@@ -1,0 +1,122 @@
+/**
+ * Where a chunk's stored bytes come from when the node chunk store does not have them: a byte range of an
+ * OCI blob, named by its digest. The bytes are untrusted: the caller decodes and verifies them (decodeChunk)
+ * against the chunk table of a metadata image whose digest the user's manifest named.
+ *
+ * - `localBlobSource(dir)`: the blobs of an OCI image layout on this host (`oci:DIR`).
+ * - `daemonBlobSource(...)`: the local peer daemon's ranged reader (the swarm, then the origin): a task per
+ *   blob named by its digest (`POST /api/v1/tasks`), then `GET /api/v1/tasks/:id/content` with a Range.
+ */
+import { open, type FileHandle } from 'node:fs/promises'
+import { join } from 'node:path'
+import { BlobSourceError } from './errors.js'
+import { MAX_STORED_CHUNK } from './constants.js'
+
+export interface BlobSource {
+  /** Exactly `length` stored bytes of blob `digest` (`sha256:HEX`) from `offset`, or throws. */
+  read: (digest: string, offset: number, length: number, signal: AbortSignal) => Promise<Buffer>
+  close: () => Promise<void>
+}
+
+const DIGEST = /^sha256:([0-9a-f]{64})$/
+
+function hexOf (digest: string): string {
+  const m = DIGEST.exec(digest)
+  if (m === null) throw new BlobSourceError(`not a sha256 digest: ${digest}`)
+  return m[1]!
+}
+
+function checkRange (offset: number, length: number): void {
+  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 1 || length > MAX_STORED_CHUNK) {
+    throw new BlobSourceError(`bad range ${offset}+${length}`)
+  }
+}
+
+/** The blobs of an OCI image layout directory (`DIR/blobs/sha256/HEX`). */
+export function localBlobSource (dir: string): BlobSource {
+  const files = new Map<string, Promise<FileHandle>>()
+  return {
+    async read (digest, offset, length, signal) {
+      checkRange(offset, length)
+      signal.throwIfAborted()
+      const hex = hexOf(digest)
+      let fh = files.get(hex)
+      if (fh === undefined) {
+        fh = open(join(dir, 'blobs', 'sha256', hex), 'r')
+        files.set(hex, fh)
+        fh.catch(() => { files.delete(hex) })
+      }
+      const h = await fh
+      const buf = Buffer.allocUnsafe(length)
+      let got = 0
+      while (got < length) {
+        const { bytesRead } = await h.read(buf, got, length - got, offset + got)
+        if (bytesRead === 0) break
+        got += bytesRead
+      }
+      if (got !== length) throw new BlobSourceError(`blob ${digest}: ${got} bytes at ${offset}, wanted ${length}`)
+      return buf
+    },
+    async close () {
+      const all = [...files.values()]
+      files.clear()
+      await Promise.all(all.map(async p => { await (await p.catch(() => null))?.close() }))
+    }
+  }
+}
+
+export interface DaemonSourceInit {
+  /** Local API base, e.g. `http://127.0.0.1:65001`. */
+  api: string
+  /** The origin URL of a blob (`http(s)://REGISTRY/v2/REPO/blobs/DIGEST`). */
+  blobUrl: (digest: string) => string
+}
+
+/** Header that carries a task's access token (the peer daemon's local API). */
+const ACCESS_HEADER = 'x-guoce-access'
+
+/** Blobs through the local peer daemon's ranged reader: only the verified pieces a range needs are fetched. */
+export function daemonBlobSource (init: DaemonSourceInit): BlobSource {
+  const base = init.api.replace(/\/+$/, '')
+  const tasks = new Map<string, Promise<{ taskId: string, access: string }>>()
+  const task = async (digest: string, signal: AbortSignal): Promise<{ taskId: string, access: string }> => {
+    let t = tasks.get(digest)
+    if (t === undefined) {
+      t = (async () => {
+        const res = await fetch(`${base}/api/v1/tasks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ url: init.blobUrl(digest), digest }), signal })
+        const body = await res.json().catch(() => undefined) as { taskId?: unknown, access?: unknown, error?: { message?: string } } | undefined
+        if (!res.ok || typeof body?.taskId !== 'string' || typeof body.access !== 'string') {
+          throw new BlobSourceError(`daemon refused a task for blob ${digest}: ${res.status} ${body?.error?.message ?? ''}`)
+        }
+        return { taskId: body.taskId, access: body.access }
+      })()
+      tasks.set(digest, t)
+      t.catch(() => { tasks.delete(digest) })
+    }
+    return await t
+  }
+  return {
+    async read (digest, offset, length, signal) {
+      checkRange(offset, length)
+      hexOf(digest)
+      const t = await task(digest, signal)
+      const res = await fetch(`${base}/api/v1/tasks/${t.taskId}/content`, { headers: { range: `bytes=${offset}-${offset + length - 1}`, [ACCESS_HEADER]: t.access }, signal })
+      if (res.status !== 206) {
+        await res.body?.cancel().catch(() => {})
+        // a failed task is not asked again: the next attempt starts (or joins) a fresh one
+        tasks.delete(digest)
+        throw new BlobSourceError(`daemon: blob ${digest} range ${offset}+${length}: status ${res.status}`)
+      }
+      const buf = Buffer.allocUnsafe(length)
+      let got = 0
+      for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
+        if (got + part.length > length) throw new BlobSourceError(`daemon: blob ${digest} range ${offset}+${length}: more bytes than asked for`)
+        buf.set(part, got)
+        got += part.length
+      }
+      if (got !== length) throw new BlobSourceError(`daemon: blob ${digest} range ${offset}+${length}: ${got} bytes`)
+      return buf
+    },
+    async close () { tasks.clear() }
+  }
+}

@@ -1,0 +1,82 @@
+/**
+ * Prefetch traces as a user makes them: `guoce image mount --record-trace` records a workload's first reads,
+ * `guoce image convert --prefetch-trace` stores them in the image, and a fresh mount fetches them in the
+ * background so the same workload then fetches nothing itself. Malformed traces are refused.
+ */
+import { readFile, rm, writeFile, mkdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { runGuoce, startGuoce, stopAll, until } from '@guoce/testkit'
+import { readManifest, parseOciRef } from '@guoce/image'
+import { MEDIA_TYPE_PREFETCH, parseTrace } from '../src/index.js'
+import { buildImage, sh, sweepMounts, tempDir } from './helpers.js'
+
+const WORKLOAD = 'cd "$1" && sha256sum data/multi etc/passwd usr/lib/multi-again'
+
+describe('prefetch traces', () => {
+  let work = ''
+  let img: { src: string, lazy: string, flat: string }
+  beforeAll(async () => {
+    work = await tempDir('prefetch')
+    img = await buildImage(work, 64 * 1024)
+  })
+  afterEach(async () => {
+    await stopAll()
+    expect(await sweepMounts(work), 'mounts left behind').toEqual([])
+  })
+  afterAll(async () => {
+    await stopAll()
+    await sweepMounts(work)
+    if (work !== '') await rm(work, { recursive: true, force: true })
+  })
+
+  it('records first reads, stores them in the image, and a mount prefetches them so the workload fetches nothing', async () => {
+    const expected = (await sh(WORKLOAD, [img.flat])).stdout
+    const trace = join(work, 'trace.json')
+    await mkdir(join(work, 'a'))
+    const rec = await startGuoce(['image', 'mount', `oci:${img.lazy}:v1`, join(work, 'a'), '--state', join(work, 'state-a'), '--chunks', join(work, 'chunks-a'), '--record-trace', trace])
+    expect((await sh(WORKLOAD, [join(work, 'a')])).stdout).toBe(expected)
+    rec.child.kill('SIGTERM')
+    expect(await rec.exited).toEqual({ code: 0, signal: null })
+    const t = parseTrace(await readFile(trace), trace)
+    expect(t.chunks.length).toBeGreaterThan(10) // 700 KB of data/multi in 64 KiB chunks
+
+    const conv = await runGuoce(['image', 'convert', '--source', `oci:${img.src}:v1`, '--target', `oci:${join(work, 'lazy2')}:v1`, '--chunk-size', '64KiB', '--prefetch-trace', trace, '--json'])
+    expect(conv.code, conv.stderr).toBe(0)
+    const { manifest } = await readManifest(parseOciRef(`oci:${join(work, 'lazy2')}:v1`))
+    expect(manifest.layers.filter(l => l.mediaType === MEDIA_TYPE_PREFETCH)).toHaveLength(1)
+    expect(JSON.parse(conv.stdout).manifestDigest).not.toBe(undefined)
+    const check = await runGuoce(['image', 'check', `oci:${join(work, 'lazy2')}:v1`])
+    expect(check.code, check.stderr).toBe(0)
+
+    await mkdir(join(work, 'b'))
+    const p = await startGuoce(['image', 'mount', `oci:${join(work, 'lazy2')}:v1`, join(work, 'b'), '--state', join(work, 'state-b'), '--chunks', join(work, 'chunks-b')])
+    await until(() => p.stderr.some(l => l.includes('"prefetched"')), 'prefetch to finish', 30_000)
+    const done = JSON.parse(p.stderr.find(l => l.includes('"prefetched"'))!) as { chunks: number }
+    expect(done.chunks).toBe(t.chunks.length)
+    expect((await sh(WORKLOAD, [join(work, 'b')])).stdout).toBe(expected)
+    p.child.kill('SIGTERM')
+    expect(await p.exited).toEqual({ code: 0, signal: null })
+    const stats = JSON.parse(p.stderr.find(l => l.includes('"unmounted"'))!) as { store: { fetches: number } }
+    expect(stats.store.fetches).toBe(t.chunks.length) // all by prefetch: the workload itself fetched nothing
+  })
+
+  it('refuses malformed traces before writing anything', async () => {
+    expect(() => parseTrace(Buffer.from('{"version":1,"chunks":[{"blob":"sha256:zz","blkaddr":1}]}'), 't')).toThrow(/bad prefetch trace entry/)
+    expect(() => parseTrace(Buffer.from('{"version":2,"chunks":[]}'), 't')).toThrow(/version 1/)
+    expect(() => parseTrace(Buffer.from('not json'), 't')).toThrow(/not JSON/)
+    expect(() => parseTrace(Buffer.alloc(200_000_000, 0x20), 't')).toThrow(/too large/)
+    const bad = join(work, 'bad.json')
+    await writeFile(bad, '{"version":1,"chunks":[{"blob":"sha256:' + 'a'.repeat(64) + '","blkaddr":-1}]}')
+    const target = join(work, 'never')
+    const r = await runGuoce(['image', 'convert', '--source', `oci:${img.src}:v1`, '--target', `oci:${target}:v1`, '--prefetch-trace', bad])
+    expect(r.code).not.toBe(0)
+    expect(r.stderr).toMatch(/bad prefetch trace entry/)
+    await expect(readFile(join(target, 'index.json'))).rejects.toThrow()
+    // a trace naming a blob the image does not have
+    await writeFile(bad, '{"version":1,"chunks":[{"blob":"sha256:' + 'a'.repeat(64) + '","blkaddr":0}]}')
+    const r2 = await runGuoce(['image', 'convert', '--source', `oci:${img.src}:v1`, '--target', `oci:${join(work, 'other')}:v1`, '--prefetch-trace', bad])
+    expect(r2.code).not.toBe(0)
+    expect(r2.stderr).toMatch(/is not in/)
+  })
+})
