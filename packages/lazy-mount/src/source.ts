@@ -70,6 +70,11 @@ export interface DaemonSourceInit {
   api: string
   /** The origin URL of a blob (`http(s)://REGISTRY/v2/REPO/blobs/DIGEST`). */
   blobUrl: (digest: string) => string
+  /**
+   * Fetch whole blobs in the background (`guoce image pull`); by default a blob's task is a ranged one
+   * (TaskRequest.ranged): the swarm and the origin send only the pieces the mount reads.
+   */
+  whole?: boolean
 }
 
 /** Header that carries a task's access token (the peer daemon's local API). */
@@ -83,7 +88,7 @@ export function daemonBlobSource (init: DaemonSourceInit): BlobSource {
     let t = tasks.get(digest)
     if (t === undefined) {
       t = (async () => {
-        const res = await fetch(`${base}/api/v1/tasks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ url: init.blobUrl(digest), digest }), signal })
+        const res = await fetch(`${base}/api/v1/tasks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ url: init.blobUrl(digest), digest, ranged: init.whole !== true }), signal })
         const body = await res.json().catch(() => undefined) as { taskId?: unknown, access?: unknown, error?: { message?: string } } | undefined
         if (!res.ok || typeof body?.taskId !== 'string' || typeof body.access !== 'string') {
           throw new BlobSourceError(`daemon refused a task for blob ${digest}: ${res.status} ${body?.error?.message ?? ''}`)
