@@ -268,11 +268,17 @@ export const MIN_COMPRESSION_SAVING = 1 / 8
 /** @default 3 (zstd's own default; bench/convert measures levels against conversion time and size) */
 export const DEFAULT_ZSTD_LEVEL = 3
 
-/** Compresses one chunk as convertLayer stores it (off the main thread). */
+/** zstd window for a chunk: just large enough to hold it (a chunk is compressed alone). */
+export function zstdWindowLog (length: number): number {
+  return Math.min(30, Math.max(10, Math.ceil(Math.log2(Math.max(length, 1)))))
+}
+
+/** Compresses one chunk as convertLayer stores it (same bytes as its workers write; on libuv's pool). */
 export async function encodeChunk (data: Buffer, opts: ChunkCompressionOptions = {}): Promise<{ compression: ChunkCompression, bytes: Buffer }> {
   if ((opts.compression ?? 'zstd') === 'none') return { compression: 'none', bytes: data }
   const z = await zstdCompressAsync(data, {
-    params: { [zc.ZSTD_c_compressionLevel]: opts.level ?? DEFAULT_ZSTD_LEVEL, [zc.ZSTD_c_checksumFlag]: 0, [zc.ZSTD_c_contentSizeFlag]: 1 }
+    params: { [zc.ZSTD_c_compressionLevel]: opts.level ?? DEFAULT_ZSTD_LEVEL, [zc.ZSTD_c_checksumFlag]: 0, [zc.ZSTD_c_windowLog]: zstdWindowLog(data.length) },
+    pledgedSrcSize: data.length
   })
   return z.length <= data.length * (1 - MIN_COMPRESSION_SAVING) ? { compression: 'zstd', bytes: z } : { compression: 'none', bytes: data }
 }

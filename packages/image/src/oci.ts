@@ -113,6 +113,12 @@ async function putBlob (dir: string, data: Buffer): Promise<Descriptor & { media
   return { mediaType: '', digest, size: data.length }
 }
 
+/** Makes the renames and creations in a directory durable. */
+async function syncDir (dir: string): Promise<void> {
+  const fh = await open(dir, 'r')
+  try { await fh.sync() } finally { await fh.close() }
+}
+
 async function exists (p: string): Promise<boolean> {
   return await stat(p).then(() => true, () => false)
 }
@@ -249,7 +255,7 @@ async function convertLayout (source: string, target: string, opts: ConvertImage
       if (!LAYER_TYPES.has(l.mediaType)) throw new InvalidImageRefError(`layer ${i}: unsupported media type ${l.mediaType}`)
       const metaTmp = join(work, `${i}.erofs`)
       const blobTmp = join(work, `${i}.blob`)
-      const r = await convertLayer(createReadStream(blobPath(src.dir, l.digest)), {
+      const r = await convertLayer(createReadStream(blobPath(src.dir, l.digest), { highWaterMark: 1 << 20 }), {
         metaPath: metaTmp, blobPath: blobTmp, chunkSize, chunkDict: dict, lowerDirs, expectedDigest: l.digest, signal: opts.signal,
         ...(opts.compression !== undefined ? { compression: opts.compression } : {}),
         ...(opts.compressionLevel !== undefined ? { compressionLevel: opts.compressionLevel } : {}),
@@ -288,6 +294,7 @@ async function convertLayout (source: string, target: string, opts: ConvertImage
     await rm(work, { recursive: true, force: true })
   }
 
+  await syncDir(join(dst.dir, 'blobs', 'sha256')) // blobs renamed into place are durable before the index names them
   config.rootfs = { type: 'layers', diff_ids: results.map(r => `sha256:${r.metaDigest}`) }
   const configDesc = await putBlob(dst.dir, Buffer.from(JSON.stringify(config)))
   const out: Manifest = {
@@ -303,7 +310,9 @@ async function convertLayout (source: string, target: string, opts: ConvertImage
   const tag = dst.tag ?? src.tag ?? 'latest'
   index.manifests = index.manifests.filter(d => d.annotations?.[ANNOTATION_REF_NAME] !== tag)
   index.manifests.push({ mediaType: MEDIA_TYPE_MANIFEST, digest: mDesc.digest, size: mDesc.size, annotations: { [ANNOTATION_REF_NAME]: tag } })
+  await syncDir(join(dst.dir, 'blobs', 'sha256'))
   await writeAtomic(join(dst.dir, 'index.json'), JSON.stringify(index))
+  await syncDir(dst.dir)
   return { manifestDigest: mDesc.digest, manifest: out, layers: results }
 }
 
