@@ -10,8 +10,9 @@ import { parse, sizeBytes, defaultHome, durationMs } from './args.js'
 
 const USAGE = `Usage: guoce image <convert|inspect|check|mount|pull|umount> ...
 
-  guoce image convert --source REF --target REF [--chunk-size 1MiB] [--chunk-dict REF]... [--prefetch-trace FILE] [--plain-http] [--json]
-      turn an OCI image into a chunk-deduplicated lazy image (EROFS metadata layers + chunk blobs);
+  guoce image convert --source REF --target REF [--chunk-size 1MiB] [--chunk-dict REF]... [--compression zstd|none]
+                      [--compression-level 3] [--prefetch-trace FILE] [--plain-http] [--json]
+      turn an OCI image into a chunk-deduplicated lazy image (EROFS metadata layers + blobs of zstd-compressed chunks);
       --prefetch-trace stores a trace recorded by \`guoce image mount --record-trace\` in it (oci: targets)
       REF is oci:DIR[:TAG] (OCI image layout) or docker://REGISTRY/REPO[:TAG][@sha256:DIGEST] (registry;
       http for 127.0.0.1/localhost, https otherwise, --plain-http forces http; token/basic auth with
@@ -46,7 +47,7 @@ export async function image (argv: string[]): Promise<number> {
   const img = await import('@guoce/image')
   switch (sub) {
     case 'convert': {
-      const { values: v } = parse(rest, { source: { type: 'string' }, target: { type: 'string' }, 'chunk-size': { type: 'string' }, 'chunk-dict': { type: 'string', multiple: true }, 'prefetch-trace': { type: 'string' }, 'plain-http': { type: 'boolean' } })
+      const { values: v } = parse(rest, { source: { type: 'string' }, target: { type: 'string' }, 'chunk-size': { type: 'string' }, 'chunk-dict': { type: 'string', multiple: true }, 'prefetch-trace': { type: 'string' }, 'plain-http': { type: 'boolean' }, compression: { type: 'string' }, 'compression-level': { type: 'string' } })
       if (v.help === true) { process.stdout.write(USAGE); return 0 }
       if (typeof v.source !== 'string' || typeof v.target !== 'string') throw new InvalidParametersError('--source and --target are required')
       const trace = v['prefetch-trace'] as string | undefined
@@ -54,8 +55,16 @@ export async function image (argv: string[]): Promise<number> {
       // a malformed trace is refused before anything is written
       if (trace != null) (await import('@guoce/lazy-mount')).parseTrace(await readFile(trace), trace)
       const chunkSize = sizeBytes(v['chunk-size'] as string | undefined, '--chunk-size')
+      const compression = v.compression as string | undefined
+      if (compression !== undefined && compression !== 'zstd' && compression !== 'none') throw new InvalidParametersError('--compression must be zstd or none')
+      const levelArg = v['compression-level'] as string | undefined
+      const level = levelArg === undefined ? undefined : Number(levelArg)
+      if (level !== undefined && (!Number.isInteger(level) || level < 1 || level > 22)) throw new InvalidParametersError('--compression-level must be an integer from 1 to 22')
       const t0 = Date.now()
-      const r = await img.convertImage(v.source, v.target, { ...(chunkSize != null ? { chunkSize } : {}), ...(v['chunk-dict'] != null ? { chunkDict: v['chunk-dict'] as string[] } : {}), ...(v['plain-http'] === true ? { plainHttp: true } : {}) })
+      const r = await img.convertImage(v.source, v.target, {
+        ...(chunkSize != null ? { chunkSize } : {}), ...(v['chunk-dict'] != null ? { chunkDict: v['chunk-dict'] as string[] } : {}), ...(v['plain-http'] === true ? { plainHttp: true } : {}),
+        ...(compression !== undefined ? { compression } : {}), ...(level !== undefined ? { compressionLevel: level } : {})
+      })
       let manifestDigest = r.manifestDigest
       if (trace != null) manifestDigest = (await (await import('@guoce/lazy-mount')).attachPrefetchTrace(v.target, trace)).manifestDigest
       const summary = { event: 'converted', source: v.source, target: v.target, manifestDigest, layers: r.layers.length, seconds: (Date.now() - t0) / 1000 }

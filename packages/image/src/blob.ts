@@ -5,23 +5,35 @@
  * - a hole if all zero (stored nowhere, read back as zeros),
  * - else identified by its sha256; if that digest is already in this blob or in the chunk
  *   dictionary (earlier layers, other images) the chunk is referenced there,
- * - else appended to this layer's blob at the next 4 KiB boundary (EROFS addresses chunks in blocks).
+ * - else given the next 4 KiB-aligned address of this blob's *uncompressed view* (what EROFS chunk indexes
+ *   address) and *stored* in the blob file compressed (zstd) or as is, packed back to back (chunks.ts).
  *
- * Who owns what: a BlobWriter owns its file handle and the temp file until `finish()`/`abort()`;
+ * Compression runs on worker threads (compress.ts), several chunks at a time (bounded by COMPRESS_AHEAD bytes),
+ * while the main thread goes on parsing and hashing; results are stored in the order the chunks came, so a layer
+ * always converts to the same bytes.
+ *
+ * Who owns what: a BlobWriter owns its compression workers until `close()` (always called, also on failure);
+ * the caller owns the file handle;
  * the ChunkDict is owned by the caller and only read here (convertLayer adds the finished blob).
  */
 import { createHash } from 'node:crypto'
 import type { FileHandle } from 'node:fs/promises'
+import { DEFAULT_ZSTD_LEVEL, type ChunkCompression, type ChunkCompressionOptions } from './chunks.js'
+import { CompressorPool } from './compress.js'
 import { BLOCK_SIZE } from './constants.js'
 import type { ChunkRef } from './tree.js'
 
 /** Data segments of a sparse file (sorted, not overlapping) and its full size. */
 export interface SparseMap { size: number, map: Array<{ offset: number, length: number }> }
 
-/** A chunk known to a dictionary: which blob (1-based index in `blobs`), where, how long. */
-export interface DictChunk { blob: number, blkaddr: number, length: number, digest: Buffer }
+/** Where a chunk is stored in its blob file. */
+export interface StoredExtent { compression: ChunkCompression, storedOffset: number, storedLength: number }
 
-export interface DictBlob { digest: string, blocks: number }
+/** A chunk known to a dictionary: which blob (1-based index in `blobs`), where in its view, how long, where stored. */
+export interface DictChunk extends StoredExtent { blob: number, blkaddr: number, length: number, digest: Buffer }
+
+/** A blob known to a dictionary: its digest (of the stored bytes), view size in blocks, stored size in bytes. */
+export interface DictBlob { digest: string, blocks: number, storedSize: number }
 
 /** Chunks already stored somewhere, by sha256 hex. */
 export interface ChunkDict {
@@ -32,9 +44,6 @@ export interface ChunkDict {
 export function createChunkDict (): ChunkDict {
   return { blobs: [], chunks: new Map() }
 }
-
-/** Chunk table entry: a chunk referenced by an image (device is 1-based in the image's device table). */
-export interface ChunkTableEntry { device: number, blkaddr: number, length: number, digest: Buffer }
 
 export interface ChunkStats {
   /** Non-hole chunks in all files. */
@@ -49,14 +58,20 @@ export interface ChunkStats {
   dedupFromDict: number
   /** Bytes of file data (sum of file sizes). */
   fileBytes: number
-  /** Bytes of chunk data written to the blob (without padding). */
+  /** Uncompressed bytes of the chunks stored in this layer's blob (without padding). */
   storedBytes: number
+  /** Bytes those chunks take in the blob file (after compression). */
+  compressedBytes: number
+  /** Chunks stored zstd-compressed (the others are stored as is: compression did not pay). */
+  compressedChunks: number
 }
 
-interface OwnChunk { blkaddr: number, length: number, digest: Buffer }
+interface OwnChunk { blkaddr: number, length: number, digest: Buffer, stored?: StoredExtent }
 
 /** Blob bytes queued before a write is issued. */
 const WRITE_BATCH = 8 * 1024 * 1024
+/** Uncompressed bytes handed to the compressor ahead of the store (at least one chunk). */
+const COMPRESS_AHEAD = 16 * 1024 * 1024
 
 export class BlobWriter {
   readonly chunkSize: number
@@ -68,15 +83,19 @@ export class BlobWriter {
   private readonly hash = createHash('sha256')
   private readonly buf: Buffer
   private readonly zero: Buffer
+  private readonly pool: CompressorPool | undefined
   private fill = 0
-  /** Bytes written to the blob (always a multiple of BLOCK_SIZE). */
+  /** Bytes of this blob's uncompressed view (always a multiple of BLOCK_SIZE). */
   size = 0
-  readonly stats: ChunkStats = { chunks: 0, holes: 0, unique: 0, dedupInLayer: 0, dedupFromDict: 0, fileBytes: 0, storedBytes: 0 }
+  /** Bytes of the blob file (stored chunks, back to back). */
+  storedSize = 0
+  readonly stats: ChunkStats = { chunks: 0, holes: 0, unique: 0, dedupInLayer: 0, dedupFromDict: 0, fileBytes: 0, storedBytes: 0, compressedBytes: 0, compressedChunks: 0 }
 
-  constructor (fh: FileHandle, chunkSize: number, dict?: ChunkDict) {
+  constructor (fh: FileHandle, chunkSize: number, dict?: ChunkDict, compression: ChunkCompressionOptions = {}) {
     this.fh = fh
     this.chunkSize = chunkSize
     this.dict = dict
+    this.pool = (compression.compression ?? 'zstd') === 'zstd' ? new CompressorPool({ level: compression.level ?? DEFAULT_ZSTD_LEVEL }) : undefined
     this.ownOrdinal = (dict?.blobs.length ?? 0) + 1
     this.buf = Buffer.allocUnsafe(chunkSize)
     this.zero = Buffer.alloc(chunkSize)
@@ -191,21 +210,38 @@ export class BlobWriter {
     }
     const blkaddr = this.size / BLOCK_SIZE
     const pad = (BLOCK_SIZE - (c.length % BLOCK_SIZE)) % BLOCK_SIZE
-    // the chunk buffer is reused for the next chunk: queue a copy of it; stream slices are never reused
-    const data = c.buffer === this.buf.buffer ? Buffer.from(c) : c
-    this.hash.update(data)
-    this.queue(data)
-    if (pad > 0) {
-      const z = this.zero.subarray(0, pad)
-      this.hash.update(z)
-      this.queue(z)
-    }
-    if (this.pendingBytes >= WRITE_BATCH) await this.flushPending()
+    const own: OwnChunk = { blkaddr, length: c.length, digest }
+    // the compressor copies the chunk before this returns; without it, the chunk buffer is reused for the next
+    // chunk: keep a copy (stream slices are never reused)
+    const encoded = this.pool !== undefined
+      ? this.pool.compress(c)
+      : Promise.resolve({ compression: 'none' as const, bytes: c.buffer === this.buf.buffer ? Buffer.from(c) : c })
+    encoded.catch(() => {}) // surfaced when stored
+    this.ahead.push({ own, encoded })
+    this.aheadBytes += c.length
+    while (this.aheadBytes > COMPRESS_AHEAD && this.ahead.length > 1) await this.storeOldest()
     this.size += c.length + pad
-    this.own.set(hex, { blkaddr, length: c.length, digest })
+    this.own.set(hex, own)
     this.stats.unique++
     this.stats.storedBytes += c.length
     return { device: this.ownOrdinal, blkaddr }
+  }
+
+  private ahead: Array<{ own: OwnChunk, encoded: Promise<{ compression: ChunkCompression, bytes: Buffer }> }> = []
+  private aheadBytes = 0
+
+  /** Stores the oldest chunk handed to the compressor: appends its stored bytes to the blob file. */
+  private async storeOldest (): Promise<void> {
+    const next = this.ahead.shift()!
+    this.aheadBytes -= next.own.length
+    const { compression, bytes } = await next.encoded
+    next.own.stored = { compression, storedOffset: this.storedSize, storedLength: bytes.length }
+    this.storedSize += bytes.length
+    this.stats.compressedBytes += bytes.length
+    if (compression !== 'none') this.stats.compressedChunks++
+    this.hash.update(bytes)
+    this.queue(bytes)
+    if (this.pendingBytes >= WRITE_BATCH) await this.flushPending()
   }
 
   private pending: Buffer[] = []
@@ -251,10 +287,16 @@ export class BlobWriter {
     }
   }
 
-  /** Writes everything queued; call before closing the file. */
+  /** Stores and writes everything queued; call before closing the file. */
   async flush (): Promise<void> {
+    while (this.ahead.length > 0) await this.storeOldest()
     await this.flushPending()
     await this.inflight
+  }
+
+  /** Stops the compression workers. */
+  async close (): Promise<void> {
+    await this.pool?.close()
   }
 
   /** The chunk stored at `blkaddr` of this blob. */
@@ -271,47 +313,12 @@ export class BlobWriter {
     return this.addrIndex
   }
 
-  ownChunks (): OwnChunk[] {
-    return [...this.own.values()]
+  ownChunks (): Array<Required<OwnChunk>> {
+    return [...this.own.values()] as Array<Required<OwnChunk>>
   }
 
   /** sha256 hex of the blob's bytes. */
   digest (): string {
     return this.hash.copy().digest('hex')
   }
-}
-
-/** Chunk table: appended to the metadata image at `superblock.blocks * 4096`. */
-export const CHUNK_TABLE_MAGIC = 'GUOCECT1'
-export const CHUNK_TABLE_HEADER = 32
-export const CHUNK_TABLE_ENTRY = 48
-
-export function encodeChunkTable (entries: ChunkTableEntry[], chunkSize: number): Buffer {
-  const out = Buffer.alloc(CHUNK_TABLE_HEADER + CHUNK_TABLE_ENTRY * entries.length)
-  out.write(CHUNK_TABLE_MAGIC, 0, 'latin1')
-  out.writeUInt32LE(1, 8)
-  out.writeUInt32LE(entries.length, 12)
-  out.writeUInt32LE(chunkSize, 16)
-  entries.forEach((e, i) => {
-    const p = CHUNK_TABLE_HEADER + i * CHUNK_TABLE_ENTRY
-    out.writeUInt16LE(e.device, p)
-    out.writeUInt32LE(e.blkaddr, p + 4)
-    out.writeUInt32LE(e.length, p + 8)
-    e.digest.copy(out, p + 16)
-  })
-  return out
-}
-
-export function decodeChunkTable (b: Buffer): { chunkSize: number, entries: ChunkTableEntry[] } | undefined {
-  if (b.length < CHUNK_TABLE_HEADER || b.toString('latin1', 0, 8) !== CHUNK_TABLE_MAGIC) return undefined
-  const version = b.readUInt32LE(8)
-  const count = b.readUInt32LE(12)
-  const chunkSize = b.readUInt32LE(16)
-  if (version !== 1 || b.length < CHUNK_TABLE_HEADER + count * CHUNK_TABLE_ENTRY) return undefined
-  const entries: ChunkTableEntry[] = []
-  for (let i = 0; i < count; i++) {
-    const p = CHUNK_TABLE_HEADER + i * CHUNK_TABLE_ENTRY
-    entries.push({ device: b.readUInt16LE(p), blkaddr: b.readUInt32LE(p + 4), length: b.readUInt32LE(p + 8), digest: Buffer.from(b.subarray(p + 16, p + 48)) })
-  }
-  return { chunkSize, entries }
 }

@@ -1,13 +1,13 @@
 /**
  * inspectImage(): what is inside a converted layer (tree, chunk and dedup figures).
- * checkImage(): verifies every metadata structure and every chunk digest; throws on the first fault,
- * naming it (CorruptImageError / ChunkDigestMismatchError).
+ * checkImage(): verifies every metadata structure, the chunk table (extents in bounds, not overlapping) and,
+ * with the blobs, every stored extent (decompressed, bounded, sha256 checked) and every blob digest; throws on
+ * the first fault, naming it (CorruptImageError / ChunkDigestMismatchError).
  */
 import { createHash } from 'node:crypto'
-import { open, readFile } from 'node:fs/promises'
-import { decodeChunkTable, type ChunkTableEntry } from './blob.js'
-import { BLOCK_SIZE } from './constants.js'
-import { ErofsReader, type ErofsInode, type ErofsSuper } from './erofs/reader.js'
+import { open } from 'node:fs/promises'
+import { decodeChunkAsync, loadChunkTable, type ChunkExtent } from './chunks.js'
+import { type ErofsInode, type ErofsReader, type ErofsSuper } from './erofs/reader.js'
 import { ChunkDigestMismatchError, CorruptImageError } from './errors.js'
 import type { NodeKind } from './tree.js'
 
@@ -16,6 +16,8 @@ export interface InspectFile { path: string, kind: NodeKind, size: number, mode:
 export interface ImageInspection {
   super: Omit<ErofsSuper, 'uuid'> & { uuid: string }
   chunkSize: number
+  /** Chunk table version (1: uncompressed blobs, 2: compressed chunks). */
+  tableVersion: number
   /** Inodes by kind (hardlinked inodes once). */
   inodes: Record<NodeKind, number>
   paths: number
@@ -29,23 +31,24 @@ export interface ImageInspection {
     distinct: number
     /** Bytes of distinct chunks, per device (1-based index - 1). */
     bytesPerDevice: number[]
+    /** Stored (compressed) bytes of those chunks, per device. */
+    storedBytesPerDevice: number[]
+    /** Distinct chunks stored zstd-compressed. */
+    compressed: number
   }
   metadataBytes: number
   files?: InspectFile[]
 }
 
-interface Loaded { reader: ErofsReader, table: ChunkTableEntry[], chunkSize: number, size: number }
+interface Loaded { reader: ErofsReader, table: ChunkExtent[], chunkSize: number, size: number, version: number, storedSizes: number[] }
 
 async function load (metaPath: string): Promise<Loaded> {
-  const img = await readFile(metaPath)
-  const reader = new ErofsReader(img)
-  const ct = decodeChunkTable(img.subarray(reader.sb.blocks * BLOCK_SIZE))
-  if (ct === undefined) throw new CorruptImageError(`chunk table: missing or malformed at byte ${reader.sb.blocks * BLOCK_SIZE}`)
-  return { reader, table: ct.entries, chunkSize: ct.chunkSize, size: img.length }
+  const { reader, table, size } = await loadChunkTable(metaPath)
+  return { reader, table: table.entries, chunkSize: table.chunkSize, size, version: table.version, storedSizes: table.storedSizes! }
 }
 
 export async function inspectImage (metaPath: string, opts: { files?: boolean } = {}): Promise<ImageInspection> {
-  const { reader, table, chunkSize, size } = await load(metaPath)
+  const { reader, table, chunkSize, size, version } = await load(metaPath)
   const inodes: Record<NodeKind, number> = { file: 0, dir: 0, symlink: 0, char: 0, block: 0, fifo: 0, socket: 0 }
   const seen = new Set<number>()
   let paths = 0; let fileBytes = 0; let referenced = 0; let holes = 0
@@ -66,15 +69,22 @@ export async function inspectImage (metaPath: string, opts: { files?: boolean } 
     }
   })
   const bytesPerDevice = reader.sb.devices.map(() => 0)
-  for (const e of table) bytesPerDevice[e.device - 1] = (bytesPerDevice[e.device - 1] ?? 0) + e.length
+  const storedBytesPerDevice = reader.sb.devices.map(() => 0)
+  let compressed = 0
+  for (const e of table) {
+    bytesPerDevice[e.device - 1] = (bytesPerDevice[e.device - 1] ?? 0) + e.length
+    storedBytesPerDevice[e.device - 1] = (storedBytesPerDevice[e.device - 1] ?? 0) + e.storedLength
+    if (e.compression !== 'none') compressed++
+  }
   const { uuid, ...sb } = reader.sb
   return {
     super: { ...sb, uuid: uuid.toString('hex') },
     chunkSize,
+    tableVersion: version,
     inodes,
     paths,
     fileBytes,
-    chunks: { referenced, holes, distinct: table.length, bytesPerDevice },
+    chunks: { referenced, holes, distinct: table.length, bytesPerDevice, storedBytesPerDevice, compressed },
     metadataBytes: size,
     ...(opts.files === true ? { files } : {})
   }
@@ -92,22 +102,11 @@ export interface CheckReport { inodes: number, paths: number, chunksChecked: num
 
 /** Verifies the metadata image (and its blobs when given). Throws on the first fault. */
 export async function checkImage (metaPath: string, opts: CheckImageOptions = {}): Promise<CheckReport> {
-  const { reader, table, chunkSize } = await load(metaPath)
+  const { reader, table, chunkSize, storedSizes } = await load(metaPath)
   const devices = reader.sb.devices
-  if (chunkSize < BLOCK_SIZE || !Number.isInteger(Math.log2(chunkSize))) throw new CorruptImageError(`chunk table: chunk size ${chunkSize} is not a power of two >= 4096`)
-  const byAddr = new Map<string, ChunkTableEntry>()
-  let prev: ChunkTableEntry | undefined
-  for (const e of table) {
-    const dev = devices[e.device - 1]
-    if (dev === undefined) throw new CorruptImageError(`chunk table: entry for device ${e.device}, image has ${devices.length}`)
-    if (e.length < 1 || e.length > chunkSize) throw new CorruptImageError(`chunk table: device ${e.device} block ${e.blkaddr}: length ${e.length} out of range`)
-    if (e.blkaddr + Math.ceil(e.length / BLOCK_SIZE) > dev.blocks) throw new CorruptImageError(`chunk table: device ${e.device} block ${e.blkaddr}: past the end of the blob (${dev.blocks} blocks)`)
-    if (prev !== undefined && (prev.device > e.device || (prev.device === e.device && prev.blkaddr + Math.ceil(prev.length / BLOCK_SIZE) > e.blkaddr))) {
-      throw new CorruptImageError(`chunk table: entries overlap or are out of order at device ${e.device} block ${e.blkaddr}`)
-    }
-    byAddr.set(`${e.device}:${e.blkaddr}`, e)
-    prev = e
-  }
+  // bounds, order and overlap of views and stored extents were checked by loadChunkTable
+  const byAddr = new Map<string, ChunkExtent>()
+  for (const e of table) byAddr.set(`${e.device}:${e.blkaddr}`, e)
   const names = new Map<number, number>()
   const inodes = new Map<number, ErofsInode>()
   const allNids = new Set<number>()
@@ -146,15 +145,15 @@ export async function checkImage (metaPath: string, opts: CheckImageOptions = {}
     const fh = await open(blobs[d]!, 'r')
     try {
       const { size } = await fh.stat()
-      if (size !== dev.blocks * BLOCK_SIZE) throw new CorruptImageError(`blob for device ${d + 1}: ${size} bytes, device table says ${dev.blocks} blocks`)
-      const buf = Buffer.allocUnsafe(chunkSize)
-      for (const e of table) {
-        if (e.device !== d + 1) continue
+      if (size !== storedSizes[d]) throw new CorruptImageError(`blob for device ${d + 1}: ${size} bytes, the chunk table says ${storedSizes[d]} (device table: ${dev.blocks} blocks of view)`)
+      // stored order: the blob is read front to back
+      const mine = table.filter(e => e.device === d + 1).sort((a, b) => a.storedOffset - b.storedOffset)
+      const buf = Buffer.allocUnsafe(mine.reduce((m, e) => Math.max(m, e.storedLength), 1))
+      for (const e of mine) {
         opts.signal?.throwIfAborted()
-        const { bytesRead } = await fh.read(buf, 0, e.length, e.blkaddr * BLOCK_SIZE)
-        if (bytesRead !== e.length) throw new CorruptImageError(`blob for device ${d + 1}: short read at block ${e.blkaddr}`)
-        const got = createHash('sha256').update(buf.subarray(0, e.length)).digest()
-        if (!got.equals(e.digest)) throw new ChunkDigestMismatchError(`device ${d + 1} block ${e.blkaddr}: chunk sha256 ${got.toString('hex')} != ${e.digest.toString('hex')}`)
+        const { bytesRead } = await fh.read(buf, 0, e.storedLength, e.storedOffset)
+        if (bytesRead !== e.storedLength) throw new CorruptImageError(`blob for device ${d + 1}: short read at byte ${e.storedOffset}`)
+        await decodeChunkAsync(e, buf.subarray(0, e.storedLength)) // bounded decompression + sha256; throws ChunkDigestMismatchError
         chunksChecked++
         bytesChecked += e.length
       }

@@ -1,14 +1,16 @@
 /**
  * Layer conversion: one OCI layer (tar, tar+gzip or tar+zstd, autodetected) streams into
- *  (a) an EROFS metadata image with chunk-based inodes and a chunk table appended, and
- *  (b) a data blob holding the chunks not already in the chunk dictionary.
+ *  (a) an EROFS metadata image with chunk-based inodes and a (v2) chunk table appended, and
+ *  (b) a data blob holding the chunks not already in the chunk dictionary, each stored zstd-compressed
+ *      or as is (chunks.ts); the EROFS device table describes the blob's uncompressed view.
  *
  * Both outputs are written to temp names next to their targets, fsynced, and renamed only when the
  * whole layer converted; on any error the temp files are removed, so a failed conversion leaves nothing.
  */
 import { randomBytes, createHash } from 'node:crypto'
 import { open, rename, rm, type FileHandle } from 'node:fs/promises'
-import { BlobWriter, encodeChunkTable, type ChunkDict, type ChunkStats, type ChunkTableEntry } from './blob.js'
+import { BlobWriter, type ChunkDict, type ChunkStats } from './blob.js'
+import { encodeChunkTable, type ChunkCompressionOptions, type ChunkExtent } from './chunks.js'
 import { BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_LAYER_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE } from './constants.js'
 import { writeErofs, type ErofsDevice } from './erofs/writer.js'
 import { InvalidImageRefError, LayerDigestMismatchError } from './errors.js'
@@ -32,6 +34,10 @@ export interface ConvertLayerOptions {
   chunkDict?: ChunkDict
   /** @default 'overlay' */
   whiteouts?: WhiteoutMode
+  /** How chunks are stored: 'zstd' (each chunk alone, kept when it pays) or 'none'. @default 'zstd' */
+  compression?: ChunkCompressionOptions['compression']
+  /** zstd level. @default DEFAULT_ZSTD_LEVEL (3) */
+  compressionLevel?: number
   /** Also hash the uncompressed tar (the DiffID) of compressed layers; one more sha256 pass. @default false */
   diffId?: boolean
   /** Directory attributes of the layers below (see LowerDirs); updated with this layer on success. */
@@ -51,11 +57,16 @@ export interface LayerResult {
   tarSize: number
   metaDigest: string
   metaSize: number
-  /** sha256 hex of the new blob, or undefined when the layer stored no new chunk. */
+  /** sha256 hex of the new blob file (its stored bytes, the OCI digest), or undefined when the layer stored no new chunk. */
   blobDigest: string | undefined
+  /** Bytes of the new blob file (stored chunks). */
   blobSize: number
+  /** Bytes of the new blob's uncompressed view (what its device table entry describes). */
+  blobViewSize: number
   /** Blobs this metadata image refers to, in device order (device id = index + 1). */
   devices: ErofsDevice[]
+  /** Bytes of each of those blob files, in device order. */
+  storedSizes: number[]
   chunkSize: number
   entries: number
   files: number
@@ -95,9 +106,10 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
   const blobTmp = opts.blobPath + suffix
   let blobFh: FileHandle | undefined
   let metaFh: FileHandle | undefined
+  let writer: BlobWriter | undefined
   try {
     blobFh = await open(blobTmp, 'wx')
-    const blob = new BlobWriter(blobFh, chunkSize, opts.chunkDict)
+    const blob = writer = new BlobWriter(blobFh, chunkSize, opts.chunkDict, { ...(opts.compression !== undefined ? { compression: opts.compression } : {}), ...(opts.compressionLevel !== undefined ? { level: opts.compressionLevel } : {}) })
     const decoded = await decodeLayer(source, { maxSize, diffId: opts.diffId === true, signal: opts.signal })
     const reader = new ByteReader(decoded.stream)
     const builder = new LayerBuilder(opts.whiteouts ?? 'overlay', opts.lowerDirs)
@@ -107,6 +119,7 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
     })
     await reader.drain()
     await blob.flush()
+    await blob.close()
     if (opts.expectedDigest !== undefined) {
       const want = opts.expectedDigest.replace(/^sha256:/, '')
       if (decoded.compressedDigest() !== want) throw new LayerDigestMismatchError(`layer bytes hash to sha256:${decoded.compressedDigest()}, expected sha256:${want}`)
@@ -124,20 +137,22 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
       const b = dict!.blobs[o - 1]!
       return { tag: b.digest, blocks: b.blocks }
     })
+    const storedSizes = ordinals.map(o => o === blob.ownOrdinal ? blob.storedSize : dict!.blobs[o - 1]!.storedSize)
     const devOf = new Map(ordinals.map((o, i) => [o, i + 1]))
-    // Chunk table: every (device, blkaddr) the image refers to, with its digest.
-    const table = new Map<string, ChunkTableEntry>()
-    const dictByAddr = new Map<string, { length: number, digest: Buffer }>()
-    if (dict !== undefined) for (const c of dict.chunks.values()) dictByAddr.set(`${c.blob}:${c.blkaddr}`, c)
+    // Chunk table: every (device, blkaddr) the image refers to, with its digest and stored extent.
+    const table = new Map<string, ChunkExtent>()
+    const dictByAddr = new Map<string, ChunkExtent>()
+    if (dict !== undefined) for (const c of dict.chunks.values()) dictByAddr.set(`${c.blob}:${c.blkaddr}`, { ...c, device: c.blob })
     forEachFile(root, f => {
       f.chunks = f.chunks.map(c => {
         if (c === null) return null
         const key = `${c.device}:${c.blkaddr}`
         const device = devOf.get(c.device)!
         if (!table.has(key)) {
-          const info = c.device === blob.ownOrdinal ? blob.ownChunk(c.blkaddr) : dictByAddr.get(key)
+          const own = c.device === blob.ownOrdinal ? blob.ownChunk(c.blkaddr) : undefined
+          const info = own !== undefined ? { ...own, ...own.stored! } : dictByAddr.get(key)
           if (info === undefined) throw new Error(`internal: no chunk at ${key}`)
-          table.set(key, { device, blkaddr: c.blkaddr, length: info.length, digest: info.digest })
+          table.set(key, { device, blkaddr: c.blkaddr, length: info.length, digest: info.digest, compression: info.compression, storedOffset: info.storedOffset, storedLength: info.storedLength })
         }
         return { device, blkaddr: c.blkaddr }
       })
@@ -145,7 +160,7 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
     const entriesSorted = [...table.values()].sort((a, b) => a.device - b.device || a.blkaddr - b.blkaddr)
     const uuid = createHash('sha256').update(decoded.compressedDigest()).update(String(chunkSize)).digest().subarray(0, 16)
     const { image, inodes } = writeErofs(root, { chunkSize, devices, uuid })
-    const ct = encodeChunkTable(entriesSorted, chunkSize)
+    const ct = encodeChunkTable(entriesSorted, chunkSize, storedSizes)
     const meta = Buffer.concat([image, ct])
     metaFh = await open(metaTmp, 'wx')
     await metaFh.writeFile(meta)
@@ -159,8 +174,8 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
     await rename(metaTmp, opts.metaPath)
     opts.lowerDirs?.apply(root)
     if (dict !== undefined && blobDigest !== undefined) {
-      const ordinal = dict.blobs.push({ digest: blobDigest, blocks: blob.size / BLOCK_SIZE })
-      for (const c of blob.ownChunks()) dict.chunks.set(c.digest.toString('hex'), { blob: ordinal, blkaddr: c.blkaddr, length: c.length, digest: c.digest })
+      const ordinal = dict.blobs.push({ digest: blobDigest, blocks: blob.size / BLOCK_SIZE, storedSize: blob.storedSize })
+      for (const c of blob.ownChunks()) dict.chunks.set(c.digest.toString('hex'), { blob: ordinal, blkaddr: c.blkaddr, length: c.length, digest: c.digest, ...c.stored })
     }
     return {
       compression: decoded.compression,
@@ -171,8 +186,10 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
       metaDigest: createHash('sha256').update(meta).digest('hex'),
       metaSize: meta.length,
       blobDigest,
-      blobSize: blob.size,
+      blobSize: blob.storedSize,
+      blobViewSize: blob.size,
       devices,
+      storedSizes,
       chunkSize,
       entries,
       files: builder.files,
@@ -180,6 +197,7 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
       stats: blob.stats
     }
   } catch (err) {
+    await writer?.close().catch(() => {})
     await blobFh?.close().catch(() => {})
     await metaFh?.close().catch(() => {})
     await rm(blobTmp, { force: true })

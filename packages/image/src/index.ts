@@ -16,12 +16,15 @@
  * // one layer, streaming, with a chunk dictionary shared by the layers of an image:
  * const dict = createChunkDict()
  * const r = await convertLayer(createReadStream('layer.tar.gz'), { metaPath: 'l.erofs', blobPath: 'l.blob', chunkDict: dict })
- * // mount(2): source l.erofs, type erofs, data `device=BLOB` for each of r.devices, in order
+ * // the blob stores compressed chunks; the kernel reads its uncompressed view (what the device table describes):
+ * await materializeBlob('l.erofs', 1, 'l.blob', 'l.view')           // or a FUSE file serving decodeChunk() results
+ * // mount(2): source l.erofs, type erofs, data `device=VIEW` for each of r.devices, in order
  * ```
  * A ChunkDict must not be shared by conversions running at the same time (each adds its blob when it ends).
  */
 export { convertLayer, type ConvertLayerOptions, type LayerResult } from './convert.js'
-export { createChunkDict, type ChunkDict, type ChunkStats, type ChunkTableEntry } from './blob.js'
+export { createChunkDict, type ChunkDict, type ChunkStats, type DictBlob, type DictChunk, type StoredExtent } from './blob.js'
+export * from './chunks.js'
 export { writeErofs, type WriteErofsOptions, type ErofsDevice, type ErofsImageInfo } from './erofs/writer.js'
 export { checkImage, inspectImage, type CheckImageOptions, type CheckReport, type ImageInspection, type InspectFile } from './check.js'
 export { ErofsReader, type ErofsInode, type ErofsSuper, type ErofsDirent } from './erofs/reader.js'
@@ -39,5 +42,4 @@ export {
   RegistryClient, parseDockerRef, formatDockerRef, isDockerRef, parseChallenge, pullImage, pushImage,
   MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MAX_MANIFEST_SIZE, type DockerRef, type RegistryOptions
 } from './registry.js'
-export { mountImage, mountLayer, mountLayers, type Mounter, type MountImageOptions, type MountedImage } from './mount.js'
-export { readChunkTable, decodeChunk, blobViewSizes, type ChunkTable, type ChunkExtent, type ChunkCompression } from './chunks.js'
+export { mountImage, mountLayer, mountLayers, materializeLayers, type Mounter, type MountImageOptions, type MountedImage } from './mount.js'

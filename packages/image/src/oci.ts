@@ -13,10 +13,10 @@ import { copyFile, mkdir, mkdtemp, open, readFile, rename, rm, stat } from 'node
 import { createHash, randomBytes } from 'node:crypto'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createChunkDict, decodeChunkTable, type ChunkDict } from './blob.js'
-import { BLOCK_SIZE, DEFAULT_CHUNK_SIZE } from './constants.js'
+import { createChunkDict, type ChunkDict } from './blob.js'
+import { loadChunkTable, type ChunkCompressionOptions } from './chunks.js'
+import { DEFAULT_CHUNK_SIZE } from './constants.js'
 import { convertLayer, type LayerResult } from './convert.js'
-import { ErofsReader } from './erofs/reader.js'
 import { LowerDirs } from './layer.js'
 import { CorruptImageError, InvalidImageRefError } from './errors.js'
 import { isDockerRef, parseDockerRef, pullImage, pushImage, type DockerRef, type RegistryOptions } from './registry.js'
@@ -31,11 +31,12 @@ const MEDIA_TYPE_DOCKER_CONFIG = 'application/vnd.docker.container.image.v1+json
  * which is what asks a remote snapshotter first (with CRI's labels); any other type it downloads and fails to apply.
  */
 export const MEDIA_TYPE_EROFS_META = 'application/vnd.oci.image.layer.guoce.erofs.v1'
-/** A data blob: unique chunks, each at a 4 KiB boundary, referenced by metadata images' device tables. */
+/** A data blob: unique chunks, each stored compressed or as is (the chunk table maps its uncompressed view to them). */
 export const MEDIA_TYPE_CHUNK_BLOB = 'application/vnd.oci.image.layer.guoce.blob.v1'
 
 export const ANNOTATION_FORMAT = 'io.guoce.image.format'
-export const FORMAT_VERSION = 'erofs-chunked-v1'
+/** What convertImage writes: chunk table v2 (compressed chunks). 'erofs-chunked-v1' images are still read. */
+export const FORMAT_VERSION = 'erofs-chunked-v2'
 export const ANNOTATION_CHUNK_SIZE = 'io.guoce.image.chunk-size'
 export const ANNOTATION_SOURCE_DIGEST = 'io.guoce.image.source-digest'
 export const ANNOTATION_SOURCE_DIFF_ID = 'io.guoce.image.source-diff-id'
@@ -117,28 +118,37 @@ async function putBlob (dir: string, data: Buffer): Promise<Descriptor & { media
   return { mediaType: '', digest, size: data.length }
 }
 
+/** Makes the renames and creations in a directory durable. */
+async function syncDir (dir: string): Promise<void> {
+  const fh = await open(dir, 'r')
+  try { await fh.sync() } finally { await fh.close() }
+}
+
 async function exists (p: string): Promise<boolean> {
   return await stat(p).then(() => true, () => false)
 }
 
 /** Adds every chunk of a converted metadata image to a chunk dictionary. */
 export async function addToChunkDict (dict: ChunkDict, metaPath: string): Promise<void> {
-  const img = await readFile(metaPath)
-  const reader = new ErofsReader(img)
-  const ct = decodeChunkTable(img.subarray(reader.sb.blocks * BLOCK_SIZE))
-  if (ct === undefined) throw new CorruptImageError(`${metaPath}: no chunk table`)
-  const ordinal = reader.sb.devices.map(d => {
-    const i = dict.blobs.findIndex(b => b.digest === d.tag)
-    return i === -1 ? dict.blobs.push({ digest: d.tag, blocks: d.blocks }) : i + 1
+  const { reader, table } = await loadChunkTable(metaPath)
+  const ordinal = reader.sb.devices.map((d, i) => {
+    const j = dict.blobs.findIndex(b => b.digest === d.tag)
+    return j === -1 ? dict.blobs.push({ digest: d.tag, blocks: d.blocks, storedSize: table.storedSizes![i]! }) : j + 1
   })
-  for (const e of ct.entries) {
+  for (const e of table.entries) {
     const hex = e.digest.toString('hex')
-    if (!dict.chunks.has(hex)) dict.chunks.set(hex, { blob: ordinal[e.device - 1]!, blkaddr: e.blkaddr, length: e.length, digest: e.digest })
+    if (!dict.chunks.has(hex)) {
+      dict.chunks.set(hex, { blob: ordinal[e.device - 1]!, blkaddr: e.blkaddr, length: e.length, digest: e.digest, compression: e.compression, storedOffset: e.storedOffset, storedLength: e.storedLength })
+    }
   }
 }
 
 export interface ConvertImageOptions {
   chunkSize?: number
+  /** How chunks are stored. @default 'zstd' */
+  compression?: ChunkCompressionOptions['compression']
+  /** zstd level. @default DEFAULT_ZSTD_LEVEL */
+  compressionLevel?: number
   /** Converted images (oci:DIR[:TAG] or docker://...) whose chunks are referenced instead of stored again. */
   chunkDict?: string[]
   maxLayerSize?: number
@@ -250,8 +260,10 @@ async function convertLayout (source: string, target: string, opts: ConvertImage
       if (!LAYER_TYPES.has(l.mediaType)) throw new InvalidImageRefError(`layer ${i}: unsupported media type ${l.mediaType}`)
       const metaTmp = join(work, `${i}.erofs`)
       const blobTmp = join(work, `${i}.blob`)
-      const r = await convertLayer(createReadStream(blobPath(src.dir, l.digest)), {
+      const r = await convertLayer(createReadStream(blobPath(src.dir, l.digest), { highWaterMark: 1 << 20 }), {
         metaPath: metaTmp, blobPath: blobTmp, chunkSize, chunkDict: dict, lowerDirs, expectedDigest: l.digest, signal: opts.signal,
+        ...(opts.compression !== undefined ? { compression: opts.compression } : {}),
+        ...(opts.compressionLevel !== undefined ? { compressionLevel: opts.compressionLevel } : {}),
         ...(opts.maxLayerSize !== undefined ? { maxSize: opts.maxLayerSize } : {})
       })
       results.push(r)
@@ -260,13 +272,13 @@ async function convertLayout (source: string, target: string, opts: ConvertImage
         dictBlobSource.set(r.blobDigest, blobPath(dst.dir, `sha256:${r.blobDigest}`))
       }
       // every blob this layer's device table names is in the manifest before the metadata layer
-      for (const dev of r.devices) {
+      for (const [d, dev] of r.devices.entries()) {
         if (inManifest.has(dev.tag)) continue
         const from = dictBlobSource.get(dev.tag)
         if (from === undefined) throw new CorruptImageError(`layer ${i}: blob ${dev.tag} of its device table is nowhere`)
         const to = blobPath(dst.dir, `sha256:${dev.tag}`)
         if (!await exists(to)) await copyFile(from, to)
-        layers.push({ mediaType: MEDIA_TYPE_CHUNK_BLOB, digest: `sha256:${dev.tag}`, size: dev.blocks * BLOCK_SIZE, annotations: { [ANNOTATION_FORMAT]: FORMAT_VERSION } })
+        layers.push({ mediaType: MEDIA_TYPE_CHUNK_BLOB, digest: `sha256:${dev.tag}`, size: r.storedSizes[d]!, annotations: { [ANNOTATION_FORMAT]: FORMAT_VERSION } })
         inManifest.add(dev.tag)
       }
       await rename(metaTmp, blobPath(dst.dir, `sha256:${r.metaDigest}`))
@@ -287,6 +299,7 @@ async function convertLayout (source: string, target: string, opts: ConvertImage
     await rm(work, { recursive: true, force: true })
   }
 
+  await syncDir(join(dst.dir, 'blobs', 'sha256')) // blobs renamed into place are durable before the index names them
   // one diff id per manifest layer (containerd refuses an image whose counts differ); layers are not compressed,
   // so each one's diff id is its digest
   config.rootfs = { type: 'layers', diff_ids: layers.map(l => l.digest) }
@@ -304,7 +317,9 @@ async function convertLayout (source: string, target: string, opts: ConvertImage
   const tag = dst.tag ?? src.tag ?? 'latest'
   index.manifests = index.manifests.filter(d => d.annotations?.[ANNOTATION_REF_NAME] !== tag)
   index.manifests.push({ mediaType: MEDIA_TYPE_MANIFEST, digest: mDesc.digest, size: mDesc.size, annotations: { [ANNOTATION_REF_NAME]: tag } })
+  await syncDir(join(dst.dir, 'blobs', 'sha256'))
   await writeAtomic(join(dst.dir, 'index.json'), JSON.stringify(index))
+  await syncDir(dst.dir)
   return { manifestDigest: mDesc.digest, manifest: out, layers: results }
 }
 

@@ -6,7 +6,7 @@ import { readFile, writeFile, truncate, copyFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { checkImage, convertLayer, createChunkDict, ErofsReader, inspectImage, type LayerResult } from '../src/index.js'
+import { checkImage, convertLayer, createChunkDict, ErofsReader, inspectImage, readChunkTable, type LayerResult } from '../src/index.js'
 import { cleanup, makeTar, tempDir } from './helpers.js'
 
 const rnd = (n: number, seed: number): Buffer => {
@@ -48,6 +48,11 @@ describe('checkImage / inspectImage', () => {
     expect(i1.inodes).toMatchObject({ file: 3, dir: 1 })
     expect(i1.fileBytes).toBe(50_000 * 2 + 20_000)
     expect(i1.chunks).toMatchObject({ holes: 3, distinct: 7, referenced: 14, bytesPerDevice: [50_000] })
+    const t1 = await readChunkTable(p('1.erofs'))
+    expect(i1.chunks.storedBytesPerDevice).toEqual([t1.entries.reduce((s, e) => s + e.storedLength, 0)])
+    expect(i1.chunks.compressed).toBe(t1.entries.filter(e => e.compression === 'zstd').length)
+    expect(i1.chunks.storedBytesPerDevice[0]).toBe(r1.blobSize) // the blob holds exactly the stored extents
+    expect(i1.tableVersion).toBe(2)
     expect(i1.files?.find(f => f.path === 'h')).toMatchObject({ kind: 'file', size: 50_000, chunks: 7 })
     expect(r1.stats).toMatchObject({ unique: 7, dedupInLayer: 7, holes: 3 })
     expect(r2.stats).toMatchObject({ dedupFromDict: 7, unique: 4 })
@@ -77,19 +82,20 @@ describe('checkImage / inspectImage', () => {
   it('names chunk and blob faults', async () => {
     const reader = new ErofsReader(await readFile(p('1.erofs')))
     const tableAt = reader.sb.blocks * 4096
-    // a digest in the chunk table that the blob does not match
-    const bad = await corrupted('digest.erofs', b => { b[tableAt + 32 + 16] = b[tableAt + 32 + 16]! ^ 1 })
+    // a digest in the chunk table that the blob does not match (v2: header, one stored size, entries of 56 bytes)
+    const bad = await corrupted('digest.erofs', b => { b[tableAt + 40 + 24] = b[tableAt + 40 + 24]! ^ 1 })
     await expect(checkImage(bad, { blobs: [p('1.blob')] })).rejects.toMatchObject({ name: 'ChunkDigestMismatchError', code: 'ERR_CHUNK_DIGEST', message: expect.stringContaining('device 1 block 0') })
-    // a flipped byte in the blob
+    // a flipped byte in the blob, inside the third stored extent
+    const e = (await readChunkTable(p('1.erofs'))).entries[2]!
     await copyFile(p('1.blob'), p('flip.blob'))
     const blob = await readFile(p('flip.blob'))
-    blob[8192 + 10] = blob[8192 + 10]! ^ 0xff
+    blob[e.storedOffset + 10] = blob[e.storedOffset + 10]! ^ 0xff
     await writeFile(p('flip.blob'), blob)
-    await expect(checkImage(p('1.erofs'), { blobs: [p('flip.blob')] })).rejects.toMatchObject({ name: 'ChunkDigestMismatchError', message: expect.stringContaining('block 2') })
+    await expect(checkImage(p('1.erofs'), { blobs: [p('flip.blob')] })).rejects.toMatchObject({ name: 'ChunkDigestMismatchError', message: expect.stringContaining(`block ${e.blkaddr}`) })
     // a truncated blob
     await copyFile(p('1.blob'), p('short.blob'))
     await truncate(p('short.blob'), 4096)
-    await expect(checkImage(p('1.erofs'), { blobs: [p('short.blob')] })).rejects.toMatchObject({ name: 'CorruptImageError', message: expect.stringContaining('device table says') })
+    await expect(checkImage(p('1.erofs'), { blobs: [p('short.blob')] })).rejects.toMatchObject({ name: 'CorruptImageError', message: expect.stringContaining('the chunk table says') })
     // the wrong number of blobs
     await expect(checkImage(p('2.erofs'), { blobs: [p('2.blob')] })).rejects.toMatchObject({ name: 'CorruptImageError' })
   })

@@ -10,6 +10,7 @@ import { dirname, join } from 'node:path'
 import { existsSync } from 'node:fs'
 import { promisify } from 'node:util'
 import { pathToFileURL } from 'node:url'
+import { materializeLayers } from '../src/index.js'
 
 export const run = promisify(execFile)
 
@@ -54,6 +55,14 @@ export async function mountErofs (meta: string, blobs: string[], dir: string): P
   const m = await nativeMount()
   const data = blobs.map(b => `device=${b}`).join(',')
   await m.mount(meta, dir, 'erofs', m.constants.MS_RDONLY, data === '' ? null : data)
+}
+
+/**
+ * What the kernel and fsck.erofs take as `device=`: each stored blob expanded (and verified) into its
+ * uncompressed view under `dir` (v2), or the blob itself (v1).
+ */
+export async function views (meta: string, blobs: string[], dir: string): Promise<string[]> {
+  return (await materializeLayers([{ meta, blobs }], dir))[0]!
 }
 
 export async function umount (dir: string): Promise<void> {

@@ -6,10 +6,11 @@ import { createReadStream } from 'node:fs'
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
-import { gzipSync, createGzip } from 'node:zlib'
+import { randomBytes } from 'node:crypto'
+import { gzipSync, createGzip, zstdCompressSync } from 'node:zlib'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { convertLayer, type ConvertLayerOptions } from '../src/index.js'
-import { cleanup, makeTar, mountErofs, requireTools, run, snapshot, tempDir, umount, type TarMember } from './helpers.js'
+import { checkImage, convertLayer, decodeChunk, decodeChunkAsync, ErofsReader, materializeBlob, readChunkTable, type ConvertLayerOptions } from '../src/index.js'
+import { cleanup, makeTar, mountErofs, requireTools, run, snapshot, tempDir, umount, views, type TarMember } from './helpers.js'
 
 let work: string
 let n = 0
@@ -171,8 +172,9 @@ describe('hostile layers', () => {
     await mkdir(ref)
     await mkdir(mnt)
     await run('tar', ['--numeric-owner', '-xpf', tarPath, '-C', ref])
-    await run('fsck.erofs', [`--device=${join(dir, 'data.blob')}`, join(dir, 'meta.erofs')])
-    await mountErofs(join(dir, 'meta.erofs'), [join(dir, 'data.blob')], mnt)
+    const devs = await views(join(dir, 'meta.erofs'), [join(dir, 'data.blob')], join(dir, 'views'))
+    await run('fsck.erofs', [`--device=${devs[0]!}`, join(dir, 'meta.erofs')])
+    await mountErofs(join(dir, 'meta.erofs'), devs, mnt)
     try {
       const a = await snapshot(mnt)
       const e = await snapshot(ref)
@@ -184,5 +186,113 @@ describe('hostile layers', () => {
     } finally {
       await umount(mnt)
     }
+  })
+})
+
+/**
+ * Hostile v2 chunk tables (the metadata image's map from blob views to stored extents) and hostile stored bytes:
+ * readChunkTable, checkImage, materializeBlob and decodeChunk refuse them with a named error, bounded before
+ * anything is allocated or decompressed past a chunk's length.
+ */
+describe('hostile chunk tables and stored chunks', () => {
+  let dir: string
+  let tableAt: number
+  let entAt: number
+  const compressible = (seed: number, n: number): Buffer => Buffer.from(Array.from({ length: n }, (_, i) => `line ${seed}:${i % 97} of a compressible file\n`).join(''))
+
+  beforeAll(async () => {
+    dir = await tempDir('hostile-table')
+    await convertBytes(makeTar([file('a', ''), { name: 'a', data: compressible(1, 400) }, { name: 'b', data: compressible(2, 900) }, { name: 'c', data: randomBytes(10_000) }]), dir, { chunkSize: 8192 })
+    const img = await readFile(join(dir, 'meta.erofs'))
+    tableAt = new ErofsReader(img).sb.blocks * 4096
+    entAt = tableAt + 32 + 8 * img.readUInt32LE(tableAt + 20)
+  })
+  afterAll(async () => { if (dir !== undefined) await cleanup(dir) })
+
+  async function hostile (mutate: (b: Buffer) => Buffer | undefined | void): Promise<string> {
+    const b = await readFile(join(dir, 'meta.erofs'))
+    const out = mutate(b) ?? b
+    const p = join(dir, `hostile-${n++}.erofs`)
+    await writeFile(p, out)
+    return p
+  }
+
+  async function expectCorrupt (meta: string, pattern: RegExp): Promise<void> {
+    for (const op of [async () => await readChunkTable(meta), async () => await checkImage(meta, { blobs: [join(dir, 'data.blob')] }), async () => await materializeBlob(meta, 1, join(dir, 'data.blob'), join(dir, `view-${n++}`))]) {
+      const err = await op().then(() => undefined, (e: unknown) => e as Error & { code: string })
+      expect(err, String(pattern)).toBeDefined()
+      expect({ name: err!.name, code: err!.code }).toEqual({ name: 'CorruptImageError', code: 'ERR_IMAGE_CORRUPT' })
+      expect(err!.message).toMatch(pattern)
+    }
+    expect((await readdir(dir)).filter(f => f.includes('.tmp-'))).toEqual([]) // no partial view left
+  }
+
+  it('accepts the honest image, with compressed and stored chunks', async () => {
+    const t = await readChunkTable(join(dir, 'meta.erofs'))
+    expect(t.version).toBe(2)
+    expect(t.entries.map(e => e.compression).sort()).toEqual(expect.arrayContaining(['none', 'zstd']))
+    await checkImage(join(dir, 'meta.erofs'), { blobs: [join(dir, 'data.blob')] })
+  })
+
+  it('refuses extents out of range', async () => {
+    await expectCorrupt(await hostile(b => { b.writeBigUInt64LE(10_000_000n, entAt + 16) }), /entry 0 .*stored extent .* past the end of the blob/)
+    await expectCorrupt(await hostile(b => { b.writeBigUInt64LE(2n ** 60n, entAt + 16) }), /stored offset .* out of range/)
+    await expectCorrupt(await hostile(b => { b.writeUInt32LE(1_000_000, entAt + 4) }), /past the end of the blob's view/)
+    await expectCorrupt(await hostile(b => { b.writeUInt32LE(9000, entAt + 8) }), /length 9000 out of range/)
+    await expectCorrupt(await hostile(b => { b.writeUInt32LE(b.readUInt32LE(entAt + 8) + 1, entAt + 12) }), /stored length .* out of range/)
+    await expectCorrupt(await hostile(b => { b.writeUInt16LE(3, entAt) }), /device not in the device table/)
+    await expectCorrupt(await hostile(b => { b.writeBigUInt64LE(1n << 62n, tableAt + 32) }), /stored size .* out of range/)
+  })
+
+  it('refuses overlapping extents, in the view and in the blob', async () => {
+    const e1 = entAt + 56
+    await expectCorrupt(await hostile(b => { b.writeBigUInt64LE(b.readBigUInt64LE(entAt + 16), e1 + 16) }), /stored extents of blocks .* overlap/)
+    await expectCorrupt(await hostile(b => { b.writeUInt32LE(b.readUInt32LE(entAt + 4), e1 + 4) }), /overlap or are out of order/)
+  })
+
+  it('refuses huge counts before allocating, and unknown versions, compressions and chunk sizes', async () => {
+    await expectCorrupt(await hostile(b => { b.writeUInt32LE(0xffffffff, tableAt + 12) }), /4294967295 entries of 56 bytes do not fit/)
+    await expectCorrupt(await hostile(b => { b.writeUInt32LE(1000, tableAt + 20) }), /1000 devices, the device table has 1/)
+    await expectCorrupt(await hostile(b => { b.writeUInt32LE(3, tableAt + 8) }), /version 3 is not supported/)
+    await expectCorrupt(await hostile(b => { b.writeUInt8(7, entAt + 2) }), /unknown compression 7/)
+    await expectCorrupt(await hostile(b => { b.writeUInt8(2, entAt + 2) }), /lz4 chunks are reserved/)
+    await expectCorrupt(await hostile(b => { b.writeUInt32LE(12345, tableAt + 16) }), /chunk size 12345 is not a power of two/)
+    await expectCorrupt(await hostile(b => { b.fill(0, tableAt) }), /bad magic/)
+    await expectCorrupt(await hostile(b => b.subarray(0, b.length - 10)), /entries of 56 bytes do not fit/) // cut inside the last entry
+    await expectCorrupt(await hostile(b => b.subarray(0, tableAt + 20)), /missing: 20 bytes/)
+  })
+
+  it('bounds decompression to the chunk length: a zstd bomb is refused, not expanded', async () => {
+    const bomb = zstdCompressSync(Buffer.alloc(256 * 1024 * 1024)) // 256 MiB of zeros in a few KiB
+    expect(bomb.length).toBeLessThan(16 * 1024)
+    const e = { device: 1, blkaddr: 0, length: 16 * 1024, digest: Buffer.alloc(32), compression: 'zstd' as const, storedOffset: 0, storedLength: bomb.length }
+    const before = process.memoryUsage().arrayBuffers
+    expect(() => decodeChunk(e, bomb)).toThrow(expect.objectContaining({ name: 'ChunkDigestMismatchError', message: expect.stringMatching(/decompresses past the chunk's 16384 bytes/) }))
+    await expect(decodeChunkAsync(e, bomb)).rejects.toMatchObject({ name: 'ChunkDigestMismatchError', message: expect.stringMatching(/decompresses past/) })
+    expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(64 * 1024 * 1024)
+    // garbage, a short extent and a frame of the wrong bytes
+    expect(() => decodeChunk({ ...e, storedLength: 100 }, randomBytes(100))).toThrow(expect.objectContaining({ name: 'ChunkDigestMismatchError', message: expect.stringMatching(/does not decompress/) }))
+    expect(() => decodeChunk(e, bomb.subarray(1))).toThrow(expect.objectContaining({ name: 'ChunkDigestMismatchError', message: expect.stringMatching(/stored bytes, the chunk table says/) }))
+    const other = zstdCompressSync(Buffer.alloc(16 * 1024, 1))
+    expect(() => decodeChunk({ ...e, storedLength: other.length }, other)).toThrow(expect.objectContaining({ name: 'ChunkDigestMismatchError', message: expect.stringMatching(/chunk sha256/) }))
+
+    // the same bomb in a blob: checkImage and materializeBlob refuse it and leave no view behind
+    const t = await readChunkTable(join(dir, 'meta.erofs'))
+    const victim = t.entries.findIndex(x => x.compression === 'zstd' && x.length >= 8192)
+    expect(victim).toBeGreaterThanOrEqual(0)
+    const small = zstdCompressSync(Buffer.alloc(64 * 1024 * 1024))
+    const blob = await readFile(join(dir, 'data.blob'))
+    const bombBlob = join(dir, 'bomb.blob')
+    await writeFile(bombBlob, Buffer.concat([blob, small]))
+    const meta = await hostile(b => {
+      b.writeBigUInt64LE(BigInt(blob.length + small.length), tableAt + 32)
+      const p = entAt + 56 * victim
+      b.writeUInt32LE(small.length, p + 12)
+      b.writeBigUInt64LE(BigInt(blob.length), p + 16)
+    })
+    await expect(checkImage(meta, { blobs: [bombBlob] })).rejects.toMatchObject({ name: 'ChunkDigestMismatchError', message: expect.stringMatching(/decompresses past the chunk's 8192 bytes/) })
+    const out = join(dir, 'bomb.view')
+    await expect(materializeBlob(meta, 1, bombBlob, out)).rejects.toMatchObject({ name: 'ChunkDigestMismatchError' })
+    expect((await readdir(dir)).filter(f => f.startsWith('bomb.view'))).toEqual([])
   })
 })

@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { checkImage, convertLayer, type LayerResult } from '../src/index.js'
 import { makeRootfs, tarDir, untar, type TarFormat } from './fixtures.js'
-import { cleanup, mountErofs, overlayForm, requireTools, run, snapshot, tempDir, umount } from './helpers.js'
+import { cleanup, mountErofs, overlayForm, requireTools, run, snapshot, tempDir, umount, views } from './helpers.js'
 
 interface Case { format: TarFormat, compress: 'gzip' | 'zstd' | 'none', chunkSize: number }
 
@@ -55,21 +55,27 @@ describe('layer conversion validated by fsck.erofs, the kernel and GNU tar', () 
       expect(r.devices).toHaveLength(1)
       expect(r.devices[0]!.tag).toBe(r.blobDigest)
       expect((await stat(blob)).size).toBe(r.blobSize)
+      // chunks are stored compressed: the blob file is smaller than the view the device table describes
+      expect(r.stats.compressedChunks).toBeGreaterThan(0)
+      expect(r.blobSize).toBeLessThan(r.stats.storedBytes)
+      expect(r.devices[0]!.blocks * 4096).toBe(r.blobViewSize)
       // no temp files left next to the outputs
       expect((await readdir(dir)).filter(n => n.includes('.tmp-'))).toEqual([])
 
       // our own checker agrees (every structure, every chunk digest, the blob digest)
       expect((await checkImage(meta, { blobs: [blob] })).paths).toBeGreaterThan(700)
 
-      // validator 1: fsck.erofs (erofs-utils), reading every file's data through the blob
+      // validator 1: fsck.erofs (erofs-utils), reading every file's data through the blob's materialised view
+      const [view] = await views(meta, [blob], join(dir, 'views'))
+      expect((await stat(view!)).size).toBe(r.blobViewSize)
       const fsckOut = join(dir, 'fsck')
-      await run('fsck.erofs', [`--device=${blob}`, meta])
-      await run('fsck.erofs', [`--device=${blob}`, `--extract=${fsckOut}`, meta])
+      await run('fsck.erofs', [`--device=${view!}`, meta])
+      await run('fsck.erofs', [`--device=${view!}`, `--extract=${fsckOut}`, meta])
 
-      // validator 2: the kernel, file-backed with the blob as device
+      // validator 2: the kernel, file-backed with the view as device
       const mnt = join(dir, 'mnt')
       await mkdir(mnt)
-      await mountErofs(meta, [blob], mnt)
+      await mountErofs(meta, [view!], mnt)
       mounts.push(mnt)
       try {
         // validator 3: GNU tar's extraction of the same layer

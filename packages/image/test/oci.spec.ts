@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   checkImage, convertImage, convertedLayers, InvalidImageRefError, LayerDigestMismatchError, MEDIA_TYPE_CHUNK_BLOB, MEDIA_TYPE_EROFS_META,
-  ANNOTATION_BLOBS, readManifest, parseOciRef, checkImageRef, inspectImageRef, mountImage, type Mounter
+  ANNOTATION_BLOBS, readManifest, parseOciRef, checkImageRef, inspectImageRef, mountImage, materializeLayers, type Mounter
 } from '../src/index.js'
 import { makeRootfs } from './fixtures.js'
 import { cleanup, makeTar, mountErofs, nativeMount, requireTools, run, snapshot, tempDir, umount } from './helpers.js'
@@ -54,12 +54,13 @@ describe('OCI image conversion (oci:DIR:TAG)', () => {
 
     const layers = await convertedLayers(`oci:${w('dst')}:v1`)
     const mnts: string[] = []
+    const devs = await materializeLayers(layers, w('views'))
     for (const [i, l] of layers.entries()) {
-      await run('fsck.erofs', [...l.blobs.map(b => `--device=${b}`), l.meta])
+      await run('fsck.erofs', [...devs[i]!.map(b => `--device=${b}`), l.meta])
       await checkImage(l.meta, { blobs: l.blobs })
       const mnt = w(`m${i}`)
       await mkdir(mnt)
-      await mountErofs(l.meta, l.blobs, mnt)
+      await mountErofs(l.meta, devs[i]!, mnt)
       mounts.push(mnt)
       mnts.push(mnt)
     }

@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { checkImage, convertLayer, createChunkDict, type LayerResult } from '../src/index.js'
 import { makeRootfs, tarDir } from './fixtures.js'
-import { cleanup, mountErofs, nativeMount, requireTools, run, snapshot, tempDir, umount } from './helpers.js'
+import { cleanup, mountErofs, nativeMount, requireTools, run, snapshot, tempDir, umount, views } from './helpers.js'
 
 const LAYER2 = String.raw`
 set -eu
@@ -103,11 +103,12 @@ describe('converted layers stack with overlayfs', () => {
     for (let i = 0; i < 3; i++) {
       const meta = join(work, `l${i + 1}.erofs`)
       const blobs = results[i]!.devices.map(d => blobFor(d.tag))
-      await run('fsck.erofs', [...blobs.map(b => `--device=${b}`), meta])
+      const devs = await views(meta, blobs, join(work, `views${i + 1}`))
+      await run('fsck.erofs', [...devs.map(b => `--device=${b}`), meta])
       await checkImage(meta, { blobs })
       const mnt = join(work, `m${i + 1}`)
       await mkdir(mnt)
-      await mountErofs(meta, blobs, mnt)
+      await mountErofs(meta, devs, mnt)
       mounts.push(mnt)
       layerMounts.push(mnt)
     }

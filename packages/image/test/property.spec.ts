@@ -9,7 +9,7 @@ import { Readable } from 'node:stream'
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { checkImage, convertLayer } from '../src/index.js'
-import { cleanup, makeTar, mountErofs, requireTools, run, snapshot, tempDir, umount, type EntrySnapshot, type TarMember, type TreeSnapshot } from './helpers.js'
+import { cleanup, makeTar, mountErofs, requireTools, run, snapshot, tempDir, umount, views, type EntrySnapshot, type TarMember, type TreeSnapshot } from './helpers.js'
 
 const CHUNK = 4096
 
@@ -169,9 +169,10 @@ describe('property: generated trees round-trip through tar, conversion and the k
         const blob = join(dir, 'data.blob')
         const r = await convertLayer(Readable.from([makeTar(members)]), { metaPath: meta, blobPath: blob, chunkSize: CHUNK })
         const blobs = r.blobDigest === undefined ? [] : [blob]
-        await run('fsck.erofs', [...blobs.map(b => `--device=${b}`), meta])
+        const devs = await views(meta, blobs, join(dir, 'views'))
+        await run('fsck.erofs', [...devs.map(b => `--device=${b}`), meta])
         await checkImage(meta, { blobs })
-        await mountErofs(meta, blobs, mnt)
+        await mountErofs(meta, devs, mnt)
         try {
           const actual = await snapshot(mnt)
           expect(actual).toEqual(expected)

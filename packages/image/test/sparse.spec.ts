@@ -9,7 +9,7 @@ import { Readable } from 'node:stream'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { checkImage, convertLayer } from '../src/index.js'
 import { untar } from './fixtures.js'
-import { cleanup, makeTar, mountErofs, requireTools, run, snapshot, tempDir, umount } from './helpers.js'
+import { cleanup, makeTar, mountErofs, requireTools, run, snapshot, tempDir, umount, views } from './helpers.js'
 
 const SPARSE_TREE = String.raw`
 set -eu
@@ -45,14 +45,15 @@ describe('GNU sparse members', () => {
       expect(r.tarSize).toBeLessThan(2 * 1024 * 1024) // really sparse in the tar
       expect(r.blobSize).toBeLessThan(4 * 1024 * 1024) // and in the blob (one 64 KiB chunk per data segment)
       expect(r.stats.holes).toBeGreaterThan(16000)
-      await run('fsck.erofs', [`--device=${blob}`, meta])
+      const devs = await views(meta, [blob], join(dir, 'views'))
+      await run('fsck.erofs', [`--device=${devs[0]!}`, meta])
       await checkImage(meta, { blobs: [blob] })
       const ref = join(dir, 'ref')
       const mnt = join(dir, 'mnt')
       await mkdir(ref)
       await mkdir(mnt)
       await untar(tar, ref)
-      await mountErofs(meta, [blob], mnt)
+      await mountErofs(meta, devs, mnt)
       try {
         const a = await snapshot(mnt)
         const e = await snapshot(ref)

@@ -10,10 +10,10 @@
  * (blobs served by FUSE from the swarm) plugs into the same seam.
  */
 import { createHash } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { readFile, rm } from 'node:fs/promises'
+import { basename, dirname, join } from 'node:path'
 import type { AbortOptions } from '@guoce/interface'
-import { mountLayer, MEDIA_TYPE_EROFS_META, MEDIA_TYPE_CHUNK_BLOB, ANNOTATION_BLOBS, ANNOTATION_FORMAT, type Manifest, type Mounter } from '@guoce/image'
+import { mountLayer, materializeLayers, MEDIA_TYPE_EROFS_META, MEDIA_TYPE_CHUNK_BLOB, ANNOTATION_BLOBS, ANNOTATION_FORMAT, type Manifest, type Mounter } from '@guoce/image'
 import type { RemoteLayer, RemoteLayerMounter } from './remote.js'
 
 export interface OciLayoutMounterInit {
@@ -70,6 +70,8 @@ export function ociLayoutMounter (init: OciLayoutMounterInit): RemoteLayerMounte
     }
     return undefined
   }
+  /** where the blob views of the layer mounted at `dir` go */
+  const viewsOf = (dir: string): string => join(dirname(dir), `${basename(dir)}.views`)
   return {
     mount: async (layer: RemoteLayer, dir: string, opts: AbortOptions): Promise<boolean> => {
       opts.signal?.throwIfAborted()
@@ -79,11 +81,21 @@ export function ociLayoutMounter (init: OciLayoutMounterInit): RemoteLayerMounte
       if (desc.mediaType === MEDIA_TYPE_CHUNK_BLOB) return true
       if (desc.mediaType !== MEDIA_TYPE_EROFS_META) return false
       const blobs = JSON.parse(desc.annotations?.[ANNOTATION_BLOBS] ?? '[]') as string[]
-      await mountLayer({ meta: blob(found.dir, desc.digest), blobs: blobs.map(b => blob(found.dir, b)) }, dir, init.mounter)
+      const converted = { meta: blob(found.dir, desc.digest), blobs: blobs.map(b => blob(found.dir, b)) }
+      // the kernel reads blob views: a v2 blob (compressed chunks) is expanded, verified, beside the mount point
+      const views = viewsOf(dir)
+      try {
+        const [devices] = await materializeLayers([converted], views, opts.signal !== undefined ? { signal: opts.signal } : {})
+        await mountLayer({ meta: converted.meta, blobs: devices! }, dir, init.mounter)
+      } catch (err) {
+        await rm(views, { recursive: true, force: true })
+        throw err
+      }
       return true
     },
     unmount: async (dir: string): Promise<void> => {
       await init.mounter.umount2(dir, init.mounter.constants.MNT_DETACH)
+      await rm(viewsOf(dir), { recursive: true, force: true })
     }
   }
 }
