@@ -83,7 +83,7 @@ function blobsOf (d: Descriptor): string[] {
 }
 
 /** The image's metadata layers on local disk (verified against the manifest) and where its blobs come from. */
-async function resolveImage (ref: string, work: string, opts: { daemon?: string, source?: BlobSource, whole?: boolean }): Promise<{ layers: ResolvedLayer[], source: BlobSource, trace?: Trace }> {
+async function resolveImage (ref: string, work: string, opts: { daemon?: string, source?: BlobSource }): Promise<{ layers: ResolvedLayer[], source: BlobSource, trace?: Trace }> {
   if (isDockerRef(ref)) {
     const r = parseDockerRef(ref)
     const client = new RegistryClient(r.registry)
@@ -99,7 +99,7 @@ async function resolveImage (ref: string, work: string, opts: { daemon?: string,
     }
     if (layers.length === 0) throw new LazyMountError(`${ref}: no Guoce metadata layers: convert the image first (guoce image convert)`)
     if (opts.daemon === undefined) throw new LazyMountError(`${ref}: a docker:// image needs the peer daemon (--daemon)`)
-    const source = opts.source ?? daemonBlobSource({ api: opts.daemon, blobUrl: (digest) => `${client.base}/v2/${r.repository}/blobs/${digest}`, whole: opts.whole === true })
+    const source = opts.source ?? daemonBlobSource({ api: opts.daemon, blobUrl: (digest) => `${client.base}/v2/${r.repository}/blobs/${digest}` })
     const t = doc.layers.find(l => l.mediaType === MEDIA_TYPE_PREFETCH)
     if (t === undefined) return { layers, source }
     const p = join(work, 'meta', 'prefetch')
@@ -283,8 +283,7 @@ export interface FillResult { chunks: number, fetched: number, fetchedBytes: num
 export async function fillChunks (ref: string, opts: FillOptions): Promise<FillResult> {
   const work = await mkdtemp(join(tmpdir(), 'guoce-pull-'))
   try {
-    // every chunk is wanted: the blobs' tasks are whole downloads, not ranged ones
-    const resolved = await resolveImage(ref, work, { ...opts, whole: true })
+    const resolved = await resolveImage(ref, work, opts)
     const files = await blobFiles(resolved.layers)
     const store = await openChunkStore({ dir: opts.chunkDir, ...(opts.chunkQuota !== undefined ? { quota: opts.chunkQuota } : {}) })
     const chunks = chunkReader({
