@@ -11,6 +11,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
+import { createServer, request as httpRequest } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import {
   startCluster, stopAll, runGuoce, startRegistry, startContainerd, stopRegistries, buildImage, pushImage, freePort,
   type Cluster, type Registry, type Containerd, type BuiltImage
@@ -41,6 +43,39 @@ async function metric (api: string, name: string): Promise<number> {
 async function ociCode (res: Response): Promise<string> {
   const j = await res.json() as { errors?: Array<{ code: string }> }
   return j.errors?.[0]?.code ?? ''
+}
+
+/**
+ * A slow link in front of the registry: every response body goes out at `rate` bytes/s (the registry itself
+ * answers); `sent` counts the body bytes that went through.
+ */
+async function throttle (target: string, rate: number): Promise<{ host: string, sent: () => number, close: () => Promise<void> }> {
+  let sent = 0
+  const server = createServer((req, res) => {
+    const up = httpRequest({ host: target.split(':')[0], port: Number(target.split(':')[1]), path: req.url, method: req.method, headers: req.headers }, (ur) => {
+      res.writeHead(ur.statusCode ?? 502, ur.headers)
+      void (async () => {
+        const t0 = Date.now(); let n = 0
+        for await (const c of ur as AsyncIterable<Buffer>) {
+          for (let off = 0; off < c.length; off += 16 * 1024) {
+            const part = c.subarray(off, off + 16 * 1024)
+            n += part.length
+            const wait = t0 + n * 1000 / rate - Date.now()
+            if (wait > 0) await new Promise(resolve => setTimeout(resolve, wait))
+            if (res.destroyed) return
+            sent += part.length
+            if (!res.write(part)) await new Promise(resolve => res.once('drain', resolve))
+          }
+        }
+        res.end()
+      })().catch(() => { res.destroy() })
+    })
+    up.on('error', () => { res.destroy() })
+    req.pipe(up)
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  const host = `127.0.0.1:${(server.address() as AddressInfo).port}`
+  return { host, sent: () => sent, close: async () => { server.closeAllConnections(); await new Promise(resolve => server.close(resolve)) } }
 }
 
 beforeAll(async () => {
@@ -156,6 +191,33 @@ describe('registry mirror', () => {
     expect(part.status).toBe(206)
     expect(part.headers.get('content-range')).toBe(`bytes 100-199/${image.layers[1]!.size}`)
     expect((await part.arrayBuffer()).byteLength).toBe(100)
+  })
+
+  it('a blob streams to the client as its pieces arrive, not after the whole blob', async () => {
+    // a layer no node has seen, behind a 4 MiB/s link: 12 MiB take 3 s to leave the registry
+    const slow = await buildImage(join(dir, 'slow'), [{ 'data/slow.bin': randomBytes(12 * MiB) }])
+    await pushImage(slow.layout, 'v1', `${pub.host}/demo/slow:v1`)
+    const link = await throttle(pub.host, 4 * MiB)
+    try {
+      const layer = slow.layers[0]!
+      const res = await fetch(`${nodes[1]!.mirror}/v2/demo/slow/blobs/${layer.digest}?ns=${link.host}`)
+      expect(res.status).toBe(200)
+      expect(res.headers.get('content-length')).toBe(String(layer.size))
+      const reader = res.body!.getReader()
+      const parts: Uint8Array[] = []
+      let sentAtFirst = -1
+      for (let r = await reader.read(); r.done !== true; r = await reader.read()) {
+        if (sentAtFirst < 0) sentAtFirst = link.sent()
+        parts.push(r.value)
+      }
+      expect(sha(Buffer.concat(parts))).toBe(layer.digest)
+      // the first bytes reached the client while most of the blob had not yet left the registry
+      expect(sentAtFirst).toBeGreaterThan(0)
+      expect(sentAtFirst).toBeLessThan(layer.size / 2)
+      expect(await metric(nodes[1]!.api, 'guoce_mirror_upstream_fallbacks_total')).toBe(0)
+    } finally {
+      await link.close()
+    }
   })
 
   it('must-hold 4: bad input gets its OCI error code, and nothing wrong is cached', async () => {
