@@ -92,6 +92,9 @@ beforeAll(async () => {
   await pushImage(image.layout, 'v1', `${pub.host}/demo/app:v1`)
   await pushImage(small.layout, 'v1', `${pub.host}/demo/small:v1`)
   await pushImage(image.layout, 'v1', `${priv.host}/secret/app:v1`, `${USER}:${PASSWORD}`)
+  // debug logs, to check that no credential reaches any of them
+  const level = process.env.GUOCE_TEST_LOG
+  process.env.GUOCE_TEST_LOG = 'debug'
   cluster = await startCluster({ daemons: 0 })
   for (let i = 0; i < 3; i++) {
     // the first mirror also has a default upstream, for clients that name none (skopeo); the third a small manifest cap
@@ -105,6 +108,7 @@ beforeAll(async () => {
     }
     nodes.push({ mirror, api: d.api, ctrd: await startContainerd(join(dir, `ctrd-${i}`)), hosts })
   }
+  if (level == null) delete process.env.GUOCE_TEST_LOG; else process.env.GUOCE_TEST_LOG = level
 }, 180_000)
 
 afterAll(async () => {
@@ -191,6 +195,11 @@ describe('registry mirror', () => {
     expect(part.status).toBe(206)
     expect(part.headers.get('content-range')).toBe(`bytes 100-199/${image.layers[1]!.size}`)
     expect((await part.arrayBuffer()).byteLength).toBe(100)
+    // the credential went to the upstream and the seed, never into a log line of any process
+    const logs = [cluster.scheduler, ...cluster.seeds, ...cluster.daemons].flatMap(p => p.stderr).join('\n')
+    expect(logs).toContain('secret/app')
+    expect(logs).not.toContain(PASSWORD)
+    expect(logs).not.toContain(BASIC.slice(6))
   })
 
   it('a blob streams to the client as its pieces arrive, not after the whole blob', async () => {

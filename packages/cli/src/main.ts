@@ -56,11 +56,12 @@ const DAEMON_USAGE = `Usage: guoce daemon --scheduler MULTIADDR (--cluster-key F
   --mirror-insecure R  ask registry R over plain http (loopback registries always are); repeatable
   --mirror-max-manifest SIZE  largest manifest the mirror reads from an upstream (default 4MiB)
 `
-const MIRROR_USAGE = `Usage: guoce mirror hosts --registry R [--dir D] [--mirror HOST:PORT] [--json]
+const MIRROR_USAGE = `Usage: guoce mirror hosts --registry R [--dir D] [--mirror HOST:PORT] [--insecure] [--json]
 
 Writes D/R/hosts.toml (D defaults to /etc/containerd/certs.d): containerd then pulls R through the registry
 mirror at HOST:PORT (default 127.0.0.1:${DEFAULT_MIRROR_PORT}, the one \`guoce up\` serves). containerd's CRI reads
-it when its registry config_path is D; \`ctr images pull --hosts-dir D\` too.
+it when its registry config_path is D; \`ctr images pull --hosts-dir D\` too. --insecure: R itself (containerd's
+fallback when the mirror fails) is http, as loopback registries always are.
 `
 const UP_USAGE = `Usage: guoce up [--data DIR] [--api HOST:PORT] [--mirror HOST:PORT|off] [--listen-host IP] [--scheduler-port N] [--open] [--origin-timeout 30s] [--quota SIZE] [--piece-channel M] [--json]
 
@@ -173,12 +174,12 @@ export async function main (argv: string[]): Promise<number | undefined> {
     }
     case 'mirror': {
       const [sub, ...args] = rest
-      const { values: v } = parse(args, { registry: { type: 'string' }, dir: { type: 'string' }, mirror: { type: 'string' }, 'mirror-insecure': { type: 'string', multiple: true } })
+      const { values: v } = parse(args, { registry: { type: 'string' }, dir: { type: 'string' }, mirror: { type: 'string' }, insecure: { type: 'boolean' } })
       if (v.help === true || sub !== 'hosts') { process.stdout.write(MIRROR_USAGE); return v.help === true ? 0 : 2 }
       if (typeof v.registry !== 'string') throw new InvalidParametersError('--registry R is required')
       const m = hostPort((v.mirror as string | undefined) ?? `127.0.0.1:${DEFAULT_MIRROR_PORT}`, '--mirror')
       const { writeHostsToml } = await import('@guoce/registry-mirror')
-      const file = await writeHostsToml((v.dir as string | undefined) ?? '/etc/containerd/certs.d', v.registry, `http://${m.host.includes(':') ? `[${m.host}]` : m.host}:${m.port}`, { insecure: (v['mirror-insecure'] as string[] | undefined) ?? [] })
+      const file = await writeHostsToml((v.dir as string | undefined) ?? '/etc/containerd/certs.d', v.registry, `http://${m.host.includes(':') ? `[${m.host}]` : m.host}:${m.port}`, { insecure: v.insecure === true ? [v.registry] : [] })
       out(v.json === true, { event: 'written', file }, `wrote ${file}`)
       return 0
     }

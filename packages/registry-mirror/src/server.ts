@@ -101,7 +101,11 @@ function route (path: string): Route {
   if (path === '/v2/' || path === '/v2') return { kind: 'base' }
   let m = /^\/v2\/(.+)\/(manifests|blobs|referrers)\/([^/]+)$/.exec(path)
   let r: { kind: 'manifests' | 'blobs' | 'tags' | 'referrers', name: string, ref: string } | undefined
-  if (m != null) r = { kind: m[2] as 'manifests', name: m[1]!, ref: decodeURIComponent(m[3]!) }
+  if (m != null) {
+    let ref: string
+    try { ref = decodeURIComponent(m[3]!) } catch { throw ociError(400, m[2] === 'manifests' ? 'MANIFEST_INVALID' : 'DIGEST_INVALID', 'a reference that is not valid percent-encoding') }
+    r = { kind: m[2] as 'manifests', name: m[1]!, ref }
+  }
   else if ((m = /^\/v2\/(.+)\/tags\/list$/.exec(path)) != null) r = { kind: 'tags', name: m[1]!, ref: '' }
   if (r == null) throw ociError(404, 'UNSUPPORTED', 'not a route of the distribution API read side')
   if (r.name.length > 255 || !NAME_RE.test(r.name)) throw ociError(400, 'NAME_INVALID', `invalid repository name ${JSON.stringify(r.name.slice(0, 100))}`)
@@ -161,8 +165,11 @@ export function buildMirror (init: MirrorInit): Mirror {
       const head = req.method === 'HEAD'
       stats.requests[r.kind] = (stats.requests[r.kind] ?? 0) + 1
       const q = req.query as Record<string, string | undefined>
-      const up = resolveUpstream(typeof q.ns === 'string' ? q.ns : undefined, init)
+      const ns = typeof q.ns === 'string' ? q.ns : undefined
       reply.header('docker-distribution-api-version', 'registry/2.0')
+      // a ping that names no registry, to a mirror without a default: the API is here
+      if (r.kind === 'base' && ns == null && init.defaultUpstream == null) return await reply.header('content-type', 'application/json').send(head ? undefined : '{}')
+      const up = resolveUpstream(ns, init)
       switch (r.kind) {
         case 'base': return await base(up, req, reply)
         case 'manifests': return await manifest(up, r.name, r.ref, head, req, reply)
