@@ -134,7 +134,12 @@ export function buildMirror (init: MirrorInit): Mirror {
   const tags = new Lru<TagEntry>(MAX_CACHE_ENTRIES)
   const confirmed = new Lru<number>(MAX_CACHE_ENTRIES)
   const stats: MirrorStats = { requests: {}, blobBytes: { swarm: 0, upstream: 0 }, upstreamFallbacks: 0, confirmations: { asked: 0, cached: 0 }, manifestCache: { hits: 0, misses: 0 }, errors: {} }
-  const app = Fastify({ logger: false, exposeHeadRoutes: false })
+  const app = Fastify({
+    logger: false,
+    exposeHeadRoutes: false,
+    // a path fastify cannot even decode still gets an OCI error body
+    frameworkErrors: (err, _req, reply) => { void (reply as FastifyReply).status(400).header('content-type', 'application/json').send(JSON.stringify({ errors: [{ code: 'NAME_INVALID', message: err.message, detail: null }] })) }
+  })
 
   /** the client's Authorization: the only client header the upstream (and a blob task) gets */
   const authOf = (req: FastifyRequest): string | undefined => { const a = req.headers.authorization; return typeof a === 'string' && a !== '' ? a : undefined }
