@@ -28,8 +28,11 @@ export interface Registry {
   blobFile(digest: string): string
 }
 
-/** `docker-registry serve` on 127.0.0.1 (kernel-chosen port); `htpasswd` makes every repository private. */
-export async function startRegistry (dir: string, o: { htpasswd?: { user: string, password: string } } = {}): Promise<Registry> {
+/**
+ * `docker-registry serve` on 127.0.0.1 (kernel-chosen port), or on `addr` inside network namespace `netns`;
+ * `htpasswd` makes every repository private.
+ */
+export async function startRegistry (dir: string, o: { htpasswd?: { user: string, password: string }, addr?: string, netns?: string } = {}): Promise<Registry> {
   const data = join(dir, 'data')
   await mkdir(data, { recursive: true })
   const auth: string[] = []
@@ -42,11 +45,9 @@ export async function startRegistry (dir: string, o: { htpasswd?: { user: string
   await writeFile(cfg, [
     'version: 0.1', 'log:', '  level: info', '  accesslog:', '    disabled: true',
     'storage:', '  filesystem:', `    rootdirectory: ${data}`,
-    'http:', '  addr: 127.0.0.1:0', `  secret: ${randomBytes(16).toString('hex')}`, ...auth
+    'http:', `  addr: ${o.addr ?? '127.0.0.1:0'}`, `  secret: ${randomBytes(16).toString('hex')}`, ...auth
   ].join('\n') + '\n')
-  const proc = spawn('docker-registry', ['serve', cfg], { stdio: ['ignore', 'ignore', 'pipe'] })
-  live.add(proc)
-  proc.once('exit', () => live.delete(proc))
+  const proc = spawnIn(o.netns, 'docker-registry', ['serve', cfg])
   const log: string[] = []
   let buf = ''
   proc.stderr!.on('data', (d: Buffer) => {
@@ -55,7 +56,7 @@ export async function startRegistry (dir: string, o: { htpasswd?: { user: string
     log.push(...lines)
   })
   let host = ''
-  await until(() => { const m = /listening on (127\.0\.0\.1:\d+)/.exec(log.join('\n')); if (m?.[1] != null) host = m[1]; return host !== '' || proc.exitCode != null }, 'docker-registry to listen', 10_000)
+  await until(() => { const m = /listening on ([0-9.]+:\d+)/.exec(log.join('\n')); if (m?.[1] != null) host = m[1]; return host !== '' || proc.exitCode != null }, 'docker-registry to listen', 10_000)
   if (host === '') throw new Error(`docker-registry exited: ${log.join('\n')}`)
   return {
     host, data, log, proc,
@@ -67,12 +68,20 @@ export async function startRegistry (dir: string, o: { htpasswd?: { user: string
 export interface Containerd {
   dir: string
   address: string
-  /** `ctr -a ADDRESS -n guoce ARGS` */
+  /** `ctr -a ADDRESS -n guoce ARGS` (in the containerd's namespace) */
   ctr(args: string[], o?: { timeoutMs?: number }): Promise<{ stdout: string, stderr: string }>
 }
 
-/** A containerd with its own root, state and sockets under `dir` (CRI off), ready to answer. */
-export async function startContainerd (dir: string): Promise<Containerd> {
+/** A command, inside network namespace `netns` when given (`ip netns exec` execs it: the child is the command). */
+function spawnIn (netns: string | undefined, cmd: string, args: string[]): ChildProcess {
+  const proc = netns != null ? spawn('ip', ['netns', 'exec', netns, cmd, ...args], { stdio: ['ignore', 'ignore', 'pipe'] }) : spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] })
+  live.add(proc)
+  proc.once('exit', () => live.delete(proc))
+  return proc
+}
+
+/** A containerd with its own root, state and sockets under `dir` (CRI off; in `netns` when given), ready to answer. */
+export async function startContainerd (dir: string, o: { netns?: string } = {}): Promise<Containerd> {
   await mkdir(dir, { recursive: true })
   const address = join(dir, 'c.sock')
   const cfg = join(dir, 'config.toml')
@@ -82,13 +91,13 @@ export async function startContainerd (dir: string): Promise<Containerd> {
     '[grpc]', `  address = "${address}"`, '[ttrpc]', `  address = "${join(dir, 'c.ttrpc')}"`, '[debug]', `  address = "${join(dir, 'd.sock')}"`,
     '[plugins."io.containerd.internal.v1.opt"]', `  path = "${join(dir, 'opt')}"`
   ].join('\n') + '\n')
-  const proc = spawn('containerd', ['--config', cfg], { stdio: ['ignore', 'ignore', 'pipe'] })
-  live.add(proc)
-  proc.once('exit', () => live.delete(proc))
+  const netns = o.netns
+  const proc = spawnIn(netns, 'containerd', ['--config', cfg])
   const err: string[] = []
   proc.stderr!.on('data', (d: Buffer) => { if (err.length < 200) err.push(d.toString()) })
   const ctr = async (args: string[], o: { timeoutMs?: number } = {}): Promise<{ stdout: string, stderr: string }> =>
-    await exec('ctr', ['-a', address, '-n', 'guoce', ...args], { timeout: o.timeoutMs ?? 120_000, killSignal: 'SIGKILL', maxBuffer: 16 * 1024 * 1024 })
+    // ctr itself fetches what `images pull` names: it runs in the namespace too
+    await exec(netns != null ? 'ip' : 'ctr', [...(netns != null ? ['netns', 'exec', netns, 'ctr'] : []), '-a', address, '-n', 'guoce', ...args], { timeout: o.timeoutMs ?? 120_000, killSignal: 'SIGKILL', maxBuffer: 16 * 1024 * 1024 })
   await until(async () => { if (proc.exitCode != null) throw new Error(`containerd exited: ${err.join('')}`); try { await ctr(['version'], { timeoutMs: 5_000 }); return true } catch { return false } }, 'containerd to answer', 20_000, 100)
   return { dir, address, ctr }
 }
@@ -155,7 +164,7 @@ export async function buildImage (dir: string, layers: Array<Record<string, Buff
   return { layout: join(dir, 'layout'), manifestDigest, configDigest, layers: descs }
 }
 
-/** Push an OCI layout's tag to `docker://HOST/REPO:TAG` with skopeo (plain http). */
-export async function pushImage (layout: string, tag: string, dest: string, creds?: string): Promise<void> {
-  await exec('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', ...(creds != null ? ['--dest-creds', creds] : []), `oci:${layout}:${tag}`, `docker://${dest}`], { timeout: 120_000 })
+/** Push an OCI layout's tag to `docker://HOST/REPO:TAG` with skopeo (plain http; from inside `netns` when given). */
+export async function pushImage (layout: string, tag: string, dest: string, creds?: string, netns?: string): Promise<void> {
+  await exec(netns != null ? 'ip' : 'skopeo', [...(netns != null ? ['netns', 'exec', netns, 'skopeo'] : []), 'copy', '--quiet', '--dest-tls-verify=false', ...(creds != null ? ['--dest-creds', creds] : []), `oci:${layout}:${tag}`, `docker://${dest}`], { timeout: 120_000 })
 }
