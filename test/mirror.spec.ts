@@ -14,7 +14,7 @@ import { promisify } from 'node:util'
 import { createServer, request as httpRequest } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import {
-  startCluster, stopAll, runGuoce, startRegistry, startContainerd, stopRegistries, buildImage, pushImage, freePort,
+  startCluster, stopAll, runGuoce, startRegistry, startTokenServer, startContainerd, stopRegistries, buildImage, pushImage, freePort,
   type Cluster, type Registry, type Containerd, type BuiltImage
 } from '@guoce/testkit'
 
@@ -31,6 +31,7 @@ let priv: Registry
 let cluster: Cluster
 let image: BuiltImage
 let small: BuiltImage
+let secret: BuiltImage
 const nodes: Array<{ mirror: string, api: string, ctrd: Containerd, hosts: string }> = []
 
 async function metric (api: string, name: string): Promise<number> {
@@ -91,7 +92,9 @@ beforeAll(async () => {
   small = await buildImage(join(dir, 'small'), [{ 'etc/small.txt': randomBytes(4096) }])
   await pushImage(image.layout, 'v1', `${pub.host}/demo/app:v1`)
   await pushImage(small.layout, 'v1', `${pub.host}/demo/small:v1`)
-  await pushImage(image.layout, 'v1', `${priv.host}/secret/app:v1`, `${USER}:${PASSWORD}`)
+  // the private image has blobs of its own (a blob that is public elsewhere is served from the shared task)
+  secret = await buildImage(join(dir, 'secret'), [{ 'bin/busybox': { copy: '/bin/busybox' } }, { 'data/secret.bin': randomBytes(3 * MiB) }])
+  await pushImage(secret.layout, 'v1', `${priv.host}/secret/app:v1`, `${USER}:${PASSWORD}`)
   // debug logs, to check that no credential reaches any of them
   const level = process.env.GUOCE_TEST_LOG
   process.env.GUOCE_TEST_LOG = 'debug'
@@ -166,13 +169,20 @@ describe('registry mirror', () => {
   it('must-hold 3: a private repository: without credentials the mirror refuses, even after a node with them pulled it into the swarm', async () => {
     const ref = `${priv.host}/secret/app:v1`
     const [a, b] = [nodes[0]!, nodes[1]!]
+    const credentialTasks = await metric(a.api, 'guoce_mirror_blob_tasks_total{task="credential"}')
     await a.ctrd.ctr(['images', 'pull', '--hosts-dir', a.hosts, '--user', `${USER}:${PASSWORD}`, ref])
-    expect((await a.ctrd.ctr(['images', 'ls'])).stdout).toContain(image.manifestDigest)
+    expect((await a.ctrd.ctr(['images', 'ls'])).stdout).toContain(secret.manifestDigest)
+    // the registry gives these blobs to no anonymous reader: they came in tasks of this credential
+    expect(await metric(a.api, 'guoce_mirror_blob_tasks_total{task="credential"}')).toBeGreaterThan(credentialTasks)
+    for (const d of [secret.configDigest, secret.layers[1]!.digest]) expect(priv.gets(`/v2/secret/app/blobs/${d}`), d).toBe(1)
+    // its busybox layer is the public image's too: once the registry confirmed this client, the shared task served it
+    expect(secret.layers[0]!.digest).toBe(image.layers[0]!.digest)
+    expect(priv.gets(`/v2/secret/app/blobs/${secret.layers[0]!.digest}`)).toBe(0)
     // node b without credentials: containerd is refused
     await expect(b.ctrd.ctr(['images', 'pull', '--hosts-dir', b.hosts, ref])).rejects.toThrow()
     // with wrong ones too
     await expect(b.ctrd.ctr(['images', 'pull', '--hosts-dir', b.hosts, '--user', `${USER}:wrong`, ref])).rejects.toThrow()
-    const layer = image.layers[1]!.digest
+    const layer = secret.layers[1]!.digest
     for (const n of [a, b]) {
       // the blob is held in the swarm (node a has it): still 401 with the upstream's challenge, no byte
       const res = await fetch(`${n.mirror}/v2/secret/app/blobs/${layer}?ns=${priv.host}`)
@@ -182,7 +192,7 @@ describe('registry mirror', () => {
       const wrong = await fetch(`${n.mirror}/v2/secret/app/blobs/${layer}?ns=${priv.host}`, { headers: { authorization: `Basic ${Buffer.from(`${USER}:nope`).toString('base64')}` } })
       expect(wrong.status).toBe(401)
       await wrong.arrayBuffer()
-      const m = await fetch(`${n.mirror}/v2/secret/app/manifests/${image.manifestDigest}?ns=${priv.host}`)
+      const m = await fetch(`${n.mirror}/v2/secret/app/manifests/${secret.manifestDigest}?ns=${priv.host}`)
       expect(m.status).toBe(401)
       await m.arrayBuffer()
     }
@@ -193,13 +203,55 @@ describe('registry mirror', () => {
     // and a Range of it
     const part = await fetch(`${b.mirror}/v2/secret/app/blobs/${layer}?ns=${priv.host}`, { headers: { authorization: BASIC, range: 'bytes=100-199' } })
     expect(part.status).toBe(206)
-    expect(part.headers.get('content-range')).toBe(`bytes 100-199/${image.layers[1]!.size}`)
+    expect(part.headers.get('content-range')).toBe(`bytes 100-199/${secret.layers[1]!.size}`)
     expect((await part.arrayBuffer()).byteLength).toBe(100)
     // the credential went to the upstream and the seed, never into a log line of any process
     const logs = [cluster.scheduler, ...cluster.seeds, ...cluster.daemons].flatMap(p => p.stderr).join('\n')
     expect(logs).toContain('secret/app')
     expect(logs).not.toContain(PASSWORD)
     expect(logs).not.toContain(BASIC.slice(6))
+  })
+
+  it('Bearer tokens (a token service): nodes with tokens of their own share the public blobs; private ones are per credential, refused without', async () => {
+    const ts = await startTokenServer(join(dir, 'token'), { user: USER, password: PASSWORD })
+    try {
+      const tok = await startRegistry(join(dir, 'reg-token'), { token: ts })
+      const pubImg = await buildImage(join(dir, 'tok-pub'), [{ 'data/a.bin': randomBytes(6 * MiB) }, { 'etc/b.txt': randomBytes(1000) }])
+      const privImg = await buildImage(join(dir, 'tok-priv'), [{ 'data/c.bin': randomBytes(3 * MiB) }])
+      await pushImage(pubImg.layout, 'v1', `${tok.host}/public/app:v1`, `${USER}:${PASSWORD}`)
+      await pushImage(privImg.layout, 'v1', `${tok.host}/private/app:v1`, `${USER}:${PASSWORD}`)
+      for (const n of nodes) {
+        const r = await runGuoce(['mirror', 'hosts', '--registry', tok.host, '--dir', n.hosts, '--mirror', n.mirror.replace('http://', '')])
+        expect(r.code, r.stderr).toBe(0)
+      }
+      const issuedBefore = ts.issued.length
+      // three nodes logged in as the same user: each containerd gets its own token from the service
+      await Promise.all(nodes.map(async n => await n.ctrd.ctr(['images', 'pull', '--hosts-dir', n.hosts, '--user', `${USER}:${PASSWORD}`, `${tok.host}/public/app:v1`])))
+      expect(ts.issued.slice(issuedBefore).filter(w => w === USER).length).toBeGreaterThanOrEqual(3)
+      for (const n of nodes) expect((await n.ctrd.ctr(['images', 'ls'])).stdout).toContain(pubImg.manifestDigest)
+      // one shared task per blob, fetched by the seed with the service's anonymous token: each blob left once
+      expect(ts.issued.slice(issuedBefore)).toContain('anonymous')
+      for (const d of [pubImg.configDigest, ...pubImg.layers.map(l => l.digest)]) expect(tok.gets(`/v2/public/app/blobs/${d}`), d).toBe(1)
+      // a client without credentials pulls the public image too (an anonymous token)
+      const [a, b] = [nodes[0]!, nodes[1]!]
+      await b.ctrd.ctr(['images', 'rm', `${tok.host}/public/app:v1`])
+      await b.ctrd.ctr(['images', 'pull', '--hosts-dir', b.hosts, `${tok.host}/public/app:v1`])
+      // the private image: with the credential on one node; its blobs in a task of that credential
+      const credentialTasks = await metric(a.api, 'guoce_mirror_blob_tasks_total{task="credential"}')
+      await a.ctrd.ctr(['images', 'pull', '--hosts-dir', a.hosts, '--user', `${USER}:${PASSWORD}`, `${tok.host}/private/app:v1`])
+      expect(await metric(a.api, 'guoce_mirror_blob_tasks_total{task="credential"}')).toBeGreaterThan(credentialTasks)
+      for (const d of [privImg.configDigest, ...privImg.layers.map(l => l.digest)]) expect(tok.gets(`/v2/private/app/blobs/${d}`), d).toBe(1)
+      // without it, on the node that holds it and on another: refused
+      await expect(b.ctrd.ctr(['images', 'pull', '--hosts-dir', b.hosts, `${tok.host}/private/app:v1`])).rejects.toThrow()
+      for (const n of [a, b]) {
+        const res = await fetch(`${n.mirror}/v2/private/app/blobs/${privImg.layers[0]!.digest}?ns=${tok.host}`)
+        expect(res.status).toBe(401)
+        expect(res.headers.get('www-authenticate')).toMatch(/^Bearer realm=/)
+        await res.arrayBuffer()
+      }
+    } finally {
+      await ts.close()
+    }
   })
 
   it('a blob streams to the client as its pieces arrive, not after the whole blob', async () => {

@@ -30,6 +30,12 @@ export const TAG_CACHE_MS = 5_000
  */
 export const CONFIRM_TTL_MS = 30_000
 /**
+ * How long the mirror remembers that an upstream refuses anonymous reads of a repository's blobs (its
+ * credentialed clients then read their own blob tasks without trying the shared anonymous one first).
+ * @default 5 min
+ */
+export const ANON_REFUSED_MS = 5 * 60_000
+/**
  * Confirmations and tag entries kept.
  * @default 4096
  */

@@ -7,9 +7,13 @@
  *
  * Trust: every blob and manifest is served to a client only after the upstream said, to that client's own
  * Authorization (or to none), that it may read it: a HEAD (or the GET itself) per credential and repository,
- * reused for CONFIRM_TTL_MS. A blob task carries the client's Authorization, so its id includes the
- * credential's hash (credentialHash): requests with different credentials, or none, never share a task.
- * The Authorization is never logged; it reaches the upstream, and the designated seed that fetches the task.
+ * reused for CONFIRM_TTL_MS. A confirmed client then reads the blob's shared task, `{ url, digest }` without
+ * any credential (its id is the digest's): what the upstream gives anyone, fetched by the seed anonymously
+ * (with the registry's anonymous token where there is a token service). Where the upstream refuses anonymous
+ * reads of the repository, a credentialed client reads a task of its own, `{ url, digest, headers:
+ * { authorization } }`, whose id includes the credential's hash (credentialHash): only that credential
+ * shares it. The Authorization is never logged; it reaches the upstream, and the designated seed of a
+ * credential's task.
  */
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { createHash } from 'node:crypto'
@@ -19,7 +23,7 @@ import { openSource } from '@guoce/seed-peer'
 import type { Logger, TaskReader, TaskRequest } from '@guoce/interface'
 import { RegistryMirrorError, ociError, upstreamStatusError } from './errors.js'
 import { resolveUpstream, statusError, upstreamRequest, type Upstream } from './upstream.js'
-import { CONFIRM_TTL_MS, MANIFEST_CACHE_BYTES, MAX_CACHE_ENTRIES, MAX_LIST_BYTES, MAX_MANIFEST_BYTES, TAG_CACHE_MS, UPSTREAM_TIMEOUT_MS, VERIFY_HOLD_BYTES } from './constants.js'
+import { CONFIRM_TTL_MS, MANIFEST_CACHE_BYTES, MAX_CACHE_ENTRIES, MAX_LIST_BYTES, MAX_MANIFEST_BYTES, TAG_CACHE_MS, UPSTREAM_TIMEOUT_MS, VERIFY_HOLD_BYTES, ANON_REFUSED_MS } from './constants.js'
 
 export interface MirrorInit {
   /** the daemon's reader: blobs are tasks read through it */
@@ -39,6 +43,8 @@ export interface MirrorStats {
   requests: Record<string, number>
   /** blob bytes sent to clients, by where they came from */
   blobBytes: { swarm: number, upstream: number }
+  /** blob responses served from the swarm, by the task they read: the shared anonymous one, or the client's own */
+  blobTasks: { anonymous: number, credential: number }
   /** blobs the swarm could not serve, fetched from the upstream by the mirror itself */
   upstreamFallbacks: number
   /** confirmations asked of the upstream / reused from the cache */
@@ -133,7 +139,10 @@ export function buildMirror (init: MirrorInit): Mirror {
   const manifests = new Lru<CachedManifest>(MAX_CACHE_ENTRIES, MANIFEST_CACHE_BYTES, v => v.body.byteLength)
   const tags = new Lru<TagEntry>(MAX_CACHE_ENTRIES)
   const confirmed = new Lru<number>(MAX_CACHE_ENTRIES)
-  const stats: MirrorStats = { requests: {}, blobBytes: { swarm: 0, upstream: 0 }, upstreamFallbacks: 0, confirmations: { asked: 0, cached: 0 }, manifestCache: { hits: 0, misses: 0 }, errors: {} }
+  /** upstream + repository whose blobs the upstream would not give anonymously, when that was learnt */
+  const anonRefusals = new Lru<number>(MAX_CACHE_ENTRIES)
+  const anonRefused = (key: string): boolean => { const at = anonRefusals.get(key); return at != null && Date.now() - at < ANON_REFUSED_MS }
+  const stats: MirrorStats = { requests: {}, blobBytes: { swarm: 0, upstream: 0 }, blobTasks: { anonymous: 0, credential: 0 }, upstreamFallbacks: 0, confirmations: { asked: 0, cached: 0 }, manifestCache: { hits: 0, misses: 0 }, errors: {} }
   const app = Fastify({
     logger: false,
     exposeHeadRoutes: false,
@@ -300,14 +309,39 @@ export function buildMirror (init: MirrorInit): Mirror {
     const ac = new AbortController()
     reply.raw.once('close', () => { ac.abort() })
     const rangeHeader = typeof req.headers.range === 'string' ? req.headers.range : undefined
-    let body: { total: number, range: { start: number, end: number } | undefined, first: IteratorResult<Uint8Array>, it: AsyncIterator<Uint8Array>, source: 'swarm' | 'upstream' }
-    try {
-      body = await fromSwarm({ url, digest, ...(auth != null ? { headers: { authorization: auth } } : {}) }, rangeHeader, ac.signal)
-    } catch (err) {
-      if (ac.signal.aborted) throw err
-      if (err instanceof RegistryMirrorError && err.status === 416) throw err
+    let body: { total: number, range: { start: number, end: number } | undefined, first: IteratorResult<Uint8Array>, it: AsyncIterator<Uint8Array>, source: 'swarm' | 'upstream' } | undefined
+    // the task everyone shares: the blob as the upstream gives it to anyone (its seed fetches it without a
+    // credential, with the registry's anonymous token where it has a token service); a client with a
+    // credential reads it too, now that the upstream confirmed this client may read the repository. Where
+    // the upstream refuses anonymous reads of the repository, the client's own task: its credential is in
+    // the request (and so in the task id), and only that credential shares it.
+    const anonKey = `${up.base}\0${name}`
+    const shared = auth == null || !anonRefused(anonKey)
+    const tasks: Array<{ kind: 'anonymous' | 'credential', request: TaskRequest }> = []
+    if (shared) tasks.push({ kind: 'anonymous', request: { url, digest } })
+    if (auth != null) tasks.push({ kind: 'credential', request: { url, digest, headers: { authorization: auth } } })
+    let failure: Error | undefined
+    for (const t of tasks) {
+      try {
+        body = await fromSwarm(t.request, rangeHeader, ac.signal)
+        stats.blobTasks[t.kind]++
+        break
+      } catch (err) {
+        if (ac.signal.aborted) throw err
+        if (err instanceof RegistryMirrorError && err.status === 416) throw err
+        failure = err as Error
+        const status = (err as { status?: unknown }).status
+        // the upstream refuses anonymous reads here: the client's own task next (and for a while)
+        if (t.kind === 'anonymous' && auth != null && (err as Error).name === 'OriginStatusError' && (status === 401 || status === 403 || status === 404)) {
+          anonRefusals.set(anonKey, Date.now())
+          continue
+        }
+        break
+      }
+    }
+    if (body == null) {
       stats.upstreamFallbacks++
-      log.warn('the swarm could not serve a blob: fetching it from the upstream', { upstream: up.host, repository: name, digest, reason: (err as Error).name, error: (err as Error).message })
+      log.warn('the swarm could not serve a blob: fetching it from the upstream', { upstream: up.host, repository: name, digest, reason: failure?.name, error: failure?.message })
       body = await fromUpstream(url, digest, auth, rangeHeader, ac.signal)
     }
     const { total, range, first, it, source } = body
@@ -395,6 +429,9 @@ export function buildMirror (init: MirrorInit): Mirror {
       '# TYPE guoce_mirror_blob_bytes_total counter',
       `guoce_mirror_blob_bytes_total{source="swarm"} ${s.blobBytes.swarm}`,
       `guoce_mirror_blob_bytes_total{source="upstream"} ${s.blobBytes.upstream}`,
+      '# TYPE guoce_mirror_blob_tasks_total counter',
+      `guoce_mirror_blob_tasks_total{task="anonymous"} ${s.blobTasks.anonymous}`,
+      `guoce_mirror_blob_tasks_total{task="credential"} ${s.blobTasks.credential}`,
       '# TYPE guoce_mirror_upstream_fallbacks_total counter',
       `guoce_mirror_upstream_fallbacks_total ${s.upstreamFallbacks}`,
       '# TYPE guoce_mirror_confirmations_total counter',

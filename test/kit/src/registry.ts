@@ -5,7 +5,9 @@
  * Everything started here is stopped by `stopRegistries()` (register it in afterEach/afterAll).
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process'
-import { createHash, randomBytes } from 'node:crypto'
+import { createHash, createPrivateKey, randomBytes, sign, X509Certificate } from 'node:crypto'
+import { createServer, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { mkdir, writeFile, readFile, copyFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -32,7 +34,7 @@ export interface Registry {
  * `docker-registry serve` on 127.0.0.1 (kernel-chosen port), or on `addr` inside network namespace `netns`;
  * `htpasswd` makes every repository private.
  */
-export async function startRegistry (dir: string, o: { htpasswd?: { user: string, password: string }, addr?: string, netns?: string } = {}): Promise<Registry> {
+export async function startRegistry (dir: string, o: { htpasswd?: { user: string, password: string }, token?: TokenServer, addr?: string, netns?: string } = {}): Promise<Registry> {
   const data = join(dir, 'data')
   await mkdir(data, { recursive: true })
   const auth: string[] = []
@@ -40,6 +42,9 @@ export async function startRegistry (dir: string, o: { htpasswd?: { user: string
     const { stdout } = await exec('htpasswd', ['-Bbn', o.htpasswd.user, o.htpasswd.password])
     await writeFile(join(dir, 'htpasswd'), stdout)
     auth.push('auth:', '  htpasswd:', '    realm: guoce-test', `    path: ${join(dir, 'htpasswd')}`)
+  }
+  if (o.token != null) {
+    auth.push('auth:', '  token:', `    realm: ${o.token.realm}`, `    service: ${o.token.service}`, `    issuer: ${o.token.issuer}`, `    rootcertbundle: ${o.token.certFile}`)
   }
   const cfg = join(dir, 'config.yml')
   await writeFile(cfg, [
@@ -70,6 +75,66 @@ export interface Containerd {
   address: string
   /** `ctr -a ADDRESS -n guoce ARGS` (in the containerd's namespace) */
   ctr(args: string[], o?: { timeoutMs?: number }): Promise<{ stdout: string, stderr: string }>
+}
+
+export interface TokenServer {
+  realm: string
+  service: string
+  issuer: string
+  /** the certificate the registry trusts (PEM) */
+  certFile: string
+  /** tokens issued, by whom: 'anonymous' or the user */
+  issued: string[]
+  close(): Promise<void>
+}
+
+/**
+ * A registry token service (the Bearer flow of the distribution spec; Docker Hub, Harbor and GHCR have one):
+ * JWTs signed RS256 with a self-signed certificate (openssl) that the registry trusts (`x5c` header).
+ * Anonymous callers get `pull` on repositories under `public/` only; `user:password` (Basic) gets pull and
+ * push on every scope asked.
+ */
+export async function startTokenServer (dir: string, user: { user: string, password: string }): Promise<TokenServer> {
+  await mkdir(dir, { recursive: true })
+  const keyFile = join(dir, 'token.key'); const certFile = join(dir, 'token.pem')
+  await exec('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '2', '-subj', '/CN=guoce-test-token'])
+  const key = createPrivateKey(await readFile(keyFile))
+  const der = new X509Certificate(await readFile(certFile)).raw.toString('base64')
+  const service = 'guoce-test-registry'; const issuer = 'guoce-test-issuer'
+  const issued: string[] = []
+  const b64 = (o: unknown): string => Buffer.from(JSON.stringify(o)).toString('base64url')
+  const answer = (res: ServerResponse, who: string | undefined, scopes: string[]): void => {
+    if (who != null && who !== `${user.user}:${user.password}`) { res.writeHead(401); res.end(); return }
+    const access = scopes.map(s => s.split(':')).filter(p => p.length === 3 && p[0] === 'repository').map(([type, name, actions]) => ({
+      type, name, actions: who != null ? actions!.split(',') : name!.startsWith('public/') ? actions!.split(',').filter(a => a === 'pull') : []
+    }))
+    const now = Math.floor(Date.now() / 1000)
+    const head = b64({ typ: 'JWT', alg: 'RS256', x5c: [der] })
+    const body = b64({ iss: issuer, sub: who?.split(':')[0] ?? '', aud: service, exp: now + 300, nbf: now - 10, iat: now, jti: randomBytes(8).toString('hex'), access })
+    const token = `${head}.${body}.${sign('sha256', Buffer.from(`${head}.${body}`), key).toString('base64url')}`
+    issued.push(who != null ? user.user : 'anonymous')
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.end(JSON.stringify({ token, access_token: token, expires_in: 300 }))
+  }
+  // GET with Basic (or nothing), and the OAuth2 password grant (POST form) that containerd tries first
+  const server = createServer((req, res) => {
+    const u = new URL(req.url ?? '/', 'http://x')
+    if (req.method === 'POST') {
+      let form = ''
+      req.on('data', (d: Buffer) => { if (form.length < 65536) form += d.toString() })
+      req.on('end', () => {
+        const f = new URLSearchParams(form)
+        const who = f.get('grant_type') === 'password' ? `${f.get('username') ?? ''}:${f.get('password') ?? ''}` : undefined
+        answer(res, who, (f.get('scope') ?? '').split(' ').filter(Boolean))
+      })
+      return
+    }
+    const basic = /^Basic (.+)$/.exec(req.headers.authorization ?? '')?.[1]
+    answer(res, basic != null ? Buffer.from(basic, 'base64').toString() : undefined, u.searchParams.getAll('scope'))
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  const realm = `http://127.0.0.1:${(server.address() as AddressInfo).port}/token`
+  return { realm, service, issuer, certFile, issued, close: async () => { server.closeAllConnections(); await new Promise(resolve => server.close(resolve)) } }
 }
 
 /** A command, inside network namespace `netns` when given (`ip netns exec` execs it: the child is the command). */
