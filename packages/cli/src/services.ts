@@ -7,7 +7,7 @@ import { openStore } from '@guoce/store'
 import { Scheduler, SCHEDULER_STREAM_WINDOW_BYTES, SCHEDULER_STREAMS_PER_CONNECTION } from '@guoce/scheduler'
 import { SeedPeer } from '@guoce/seed-peer'
 import { PeerDaemon, buildServer, listenApi } from '@guoce/peer'
-import { buildMirror, type Mirror } from '@guoce/registry-mirror'
+import type { Mirror } from '@guoce/registry-mirror'
 import type { FastifyInstance } from 'fastify'
 
 export interface Running { stop(): Promise<void> }
@@ -88,7 +88,8 @@ export async function startDaemon (o: Membership & { pieceChannel?: PieceChannel
   })
   await daemon.start()
   // the registry mirror reads blobs through the daemon's reader; its counters join the daemon's /metrics
-  const mirror = o.mirror != null ? buildMirror({ reader: daemon.reader, log: o.log, defaultUpstream: o.mirror.upstream, insecure: o.mirror.insecure, maxManifestBytes: o.mirror.maxManifestBytes }) : undefined
+  // loaded only for a daemon that serves one
+  const mirror = o.mirror != null ? (await import('@guoce/registry-mirror')).buildMirror({ reader: daemon.reader, log: o.log, defaultUpstream: o.mirror.upstream, insecure: o.mirror.insecure, maxManifestBytes: o.mirror.maxManifestBytes }) : undefined
   const app = buildServer(daemon, mirror != null ? { extraMetrics: () => mirror.metrics() } : {})
   const apiUrl = await listenApi(app, o.api)
   const mirrorUrl = mirror != null && o.mirror != null ? await mirror.app.listen({ host: o.mirror.host, port: o.mirror.port }) : undefined

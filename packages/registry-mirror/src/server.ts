@@ -137,7 +137,7 @@ export function buildMirror (init: MirrorInit): Mirror {
   const maxManifest = init.maxManifestBytes ?? MAX_MANIFEST_BYTES
   const confirmTtl = init.confirmTtlMs ?? CONFIRM_TTL_MS
   const manifests = new Lru<CachedManifest>(MAX_CACHE_ENTRIES, MANIFEST_CACHE_BYTES, v => v.body.byteLength)
-  const tags = new Lru<TagEntry>(MAX_CACHE_ENTRIES)
+  const tags = new Lru<TagEntry>(MAX_CACHE_ENTRIES, MANIFEST_CACHE_BYTES, v => v.body?.byteLength ?? 0)
   const confirmed = new Lru<number>(MAX_CACHE_ENTRIES)
   /** upstream + repository whose blobs the upstream would not give anonymously, when that was learnt */
   const anonRefusals = new Lru<number>(MAX_CACHE_ENTRIES)
