@@ -15,7 +15,8 @@ export interface Network {
 
 let made = 0
 
-export function createNetwork (hosts: string[]): Network {
+/** `mbit`: every host's link shaped to that rate both ways (tbf, 64 KB burst: ENVIRONMENT.md), else unshaped. */
+export function createNetwork (hosts: string[], o: { mbit?: number } = {}): Network {
   const id = `gt${process.pid % 100000}n${made++}`
   const net = 10 + ((process.pid + made * 37) % 200)
   const sh = (...args: string[]): void => { execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] }) }
@@ -38,6 +39,12 @@ export function createNetwork (hosts: string[]): Network {
       const ip = `10.${net}.0.${10 + i}`
       sh('-n', ns, 'addr', 'add', `${ip}/24`, 'dev', 'eth0')
       sh('-n', ns, 'link', 'set', 'eth0', 'up')
+      if (o.mbit != null) {
+        for (const [where, dev] of [[ns, 'eth0'], [br, end]] as const) {
+          sh('-n', where, 'link', 'set', dev, 'txqueuelen', '1000')
+          sh('netns', 'exec', where, 'tc', 'qdisc', 'replace', 'dev', dev, 'root', 'tbf', 'rate', `${o.mbit}mbit`, 'burst', '64kb', 'latency', '50ms')
+        }
+      }
       addrs.set(h, { ns, ip })
     }
   } catch (err) {
