@@ -18,6 +18,8 @@ const N = Number(v.n); const MiB = 1024 * 1024; const LAYERS = Number(v.layers);
 const exec = promisify(execFile)
 const log = (m) => process.stderr.write(`[mirror] ${m}\n`)
 const nodes = Array.from({ length: N }, (_, i) => `n${i}`)
+// daemons log at info (their back-to-source reasons) unless told otherwise
+process.env.GUOCE_TEST_LOG ??= 'info'
 const dir = await mkdtemp(join(tmpdir(), 'guoce-bench-mirror-'))
 let net
 const cleanup = async () => { await stopAll().catch(() => {}); await stopRegistries().catch(() => {}); net?.close(); await rm(dir, { recursive: true, force: true }) }
@@ -74,12 +76,16 @@ try {
   const metrics = await Promise.all(daemons.map(async d => (await exec('ip', ['netns', 'exec', d.ns, process.execPath, '-e', `fetch(${JSON.stringify(d.api + '/metrics')}).then(r => r.text()).then(t => process.stdout.write(t))`])).stdout))
   const sum = (name) => metrics.reduce((n, t) => n + Number(t.split('\n').find(l => l.startsWith(name))?.split(' ').pop() ?? 0), 0)
   const reasons = daemons.flatMap(d => d.proc.stderr.filter(l => l.includes('swarm could not serve')).map(l => JSON.parse(l).reason))
+  // why daemons read the origin themselves, and parents they blamed (daemons log at info for this: GUOCE_TEST_LOG)
+  const count = (pred, key) => { const c = {}; for (const d of daemons) for (const l of d.proc.stderr) { if (!pred(l)) continue; let k = 'unparsed'; try { k = String(JSON.parse(l)[key]).replace(/\d+/g, 'N').slice(0, 80) } catch {} c[k] = (c[k] ?? 0) + 1 } return c }
+  const backToSource = count(l => l.includes('"back to source"'), 'reason')
+  const blamed = count(l => l.includes('"parent blamed"'), 'reason')
   const round = (x) => Math.round(x * 1000) / 1000
   process.stdout.write(JSON.stringify({
     bench: 'mirror', n: N, image_bytes: imageBytes, layers: LAYERS, link_mbit: MBIT,
     direct_s: round(directS), mirror_s: round(mirrorS), speedup: round(directS / mirrorS),
     upstream_bytes_ratio_direct: round(directBytes / imageBytes), upstream_bytes_ratio_mirror: round(mirrorBytes / imageBytes),
-    mirror_upstream_fallbacks: sum('guoce_mirror_upstream_fallbacks_total'), fallback_reasons: reasons,
+    mirror_upstream_fallbacks: sum('guoce_mirror_upstream_fallbacks_total'), fallback_reasons: reasons, daemon_back_to_source: backToSource, daemon_parents_blamed: blamed,
     daemon_origin_bytes_ratio: round(sum('guoce_peer_download_bytes_total{source="origin"}') / imageBytes / N),
     daemon_peer_bytes_ratio: round(sum('guoce_peer_download_bytes_total{source="peer"}') / imageBytes / N)
   }) + '\n')
