@@ -430,26 +430,13 @@ export class SchedulerCore {
     peer.scheduleRetries++
     if (!task.covered) {
       this.ensureSource(task, peer)
-    } else if (peer.scheduleRetries > MAX_SCHEDULE_RETRIES && !this.seedServes(task, peer)) {
+    } else if (peer.scheduleRetries > MAX_SCHEDULE_RETRIES) {
       peer.isSource = true
       peer.state = 'back-to-source'
       peer.host.send({ backToSource: { taskId, reason: `no usable parent after ${MAX_SCHEDULE_RETRIES} tries` } })
       return
     }
     this.schedule(peer)
-  }
-
-  /**
-   * A designated seed holds the task (or is fetching it) and this child has not blamed it: a child that
-   * starves waits for the swarm instead of fetching the origin again (under load, five fruitless asks in a
-   * row happen while the seed's pieces are still on their way down a chain; each such child used to
-   * read the whole content from the origin once more).
-   */
-  private seedServes (task: Task, peer: Peer): boolean {
-    for (const p of task.peers.values()) {
-      if (p.isSource && p.host.isSeed && (p.state === 'succeeded' || p.state === 'running') && !peer.blamed.has(p.id) && !p.bad) return true
-    }
-    return false
   }
 
   private onLeave (host: Host, taskId: string): void {

@@ -155,14 +155,6 @@ describe('scheduling at scale', () => {
     expect(mayReach(tail, head)).toBe(false)
   })
 
-  it('keeps a starving child in the swarm while a designated seed it has not blamed holds the task', () => {
-    const s = swarm(4)
-    // p3 waits on its chain parent, which has nothing new yet: many fruitless asks in a row
-    for (let i = 0; i < 3 * MAX_SCHEDULE_RETRIES; i++) s.send('p3', { needParents: { taskId: TASK } })
-    expect(s.got('p3', 'backToSource')).toBe(0)
-    expect(s.parents('p3')!.length).toBeGreaterThan(0)
-  })
-
   it('sends a child with no usable parent back to source only after MAX_SCHEDULE_RETRIES fruitless asks', () => {
     const s = swarm(3)
     // p2 blames every peer it could use
