@@ -6,6 +6,7 @@
 import { request, Agent, errors as undiciErrors } from 'undici'
 import { ContentChangedError, ContentLengthMismatchError, OriginStatusError, OriginTimeoutError, OriginUnreachableError, type AbortOptions } from '@guoce/interface'
 import { parseSourceUrl, redactUrl, CREDENTIAL_HEADERS } from '@guoce/content'
+import { parseChallenge } from '@guoce/image'
 
 /**
  * Time allowed for the origin's response headers, and between body chunks.
@@ -17,6 +18,19 @@ export const ORIGIN_TIMEOUT_MS = 30_000
  * @default 5
  */
 export const MAX_REDIRECTS = 5
+
+/**
+ * Largest answer read from a registry's token service.
+ * @default 64 KiB
+ */
+export const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024
+/**
+ * Longest an anonymous registry token is reused (shorter when the token service says it expires sooner).
+ * @default 5 min
+ */
+export const ANONYMOUS_TOKEN_TTL_MS = 5 * 60_000
+/** Anonymous tokens kept. @default 256 */
+export const MAX_ANONYMOUS_TOKENS = 256
 
 export interface SourceRef {
   url: string
@@ -94,24 +108,79 @@ function changed (url: string, why: string): Error {
   return new ContentChangedError(`origin content of ${redactUrl(url)} changed while it was being fetched (${why}); get it again`)
 }
 
+const anonymousTokens = new Map<string, { token: string, until: number }>()
+
+/**
+ * The token an OCI registry's token service gives anyone (no credential sent): the Bearer flow of a request
+ * that carries no credential, so that a public image on Docker Hub, GHCR or Harbor is fetched like any
+ * anonymous URL. undefined when the challenge is not Bearer or the service gives no token.
+ */
+async function anonymousToken (challenge: string | undefined, options: SourceOptions): Promise<string | undefined> {
+  const ch = challenge != null ? parseChallenge(challenge) : undefined
+  if (ch?.scheme !== 'bearer' || ch.params.realm == null) return undefined
+  let realm: URL
+  try { realm = new URL(ch.params.realm) } catch { return undefined }
+  if (realm.protocol !== 'https:' && realm.protocol !== 'http:') return undefined
+  if (ch.params.service != null) realm.searchParams.set('service', ch.params.service)
+  for (const scope of (ch.params.scope ?? '').split(' ').filter(Boolean)) realm.searchParams.append('scope', scope)
+  const key = realm.toString()
+  const held = anonymousTokens.get(key)
+  if (held != null && held.until > Date.now()) return held.token
+  let res: Awaited<ReturnType<typeof request>>
+  try {
+    res = await request(key, { method: 'GET', dispatcher: agentFor(options.timeoutMs ?? ORIGIN_TIMEOUT_MS), signal: options.signal })
+  } catch {
+    return undefined
+  }
+  if (res.statusCode !== 200) { await res.body.dump().catch(() => {}); return undefined }
+  const parts: Buffer[] = []
+  let got = 0
+  for await (const c of res.body) {
+    got += (c as Buffer).byteLength
+    if (got > MAX_TOKEN_RESPONSE_BYTES) { res.body.destroy(); return undefined }
+    parts.push(c as Buffer)
+  }
+  let body: { token?: unknown, access_token?: unknown, expires_in?: unknown }
+  try { body = JSON.parse(Buffer.concat(parts).toString('utf8')) as typeof body } catch { return undefined }
+  const token = typeof body.token === 'string' && body.token !== '' ? body.token : typeof body.access_token === 'string' && body.access_token !== '' ? body.access_token : undefined
+  if (token == null || /[\r\n]/.test(token)) return undefined
+  const expires = typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in * 1000 : 60_000
+  if (anonymousTokens.size >= MAX_ANONYMOUS_TOKENS) anonymousTokens.delete(anonymousTokens.keys().next().value!)
+  anonymousTokens.set(key, { token, until: Date.now() + Math.min(ANONYMOUS_TOKEN_TTL_MS, expires - 10_000) })
+  return token
+}
+
 /** Same host, port and scheme: credentials may follow a redirect only there. */
 function sameOrigin (a: string, b: string): boolean { return new URL(a).origin === new URL(b).origin }
 
 /**
  * One request, following redirects. Credential headers are dropped on a redirect to another origin
- * (what browsers and undici's own redirect handler do): they are for the host the user named.
+ * (what browsers and undici's own redirect handler do): they are for the host the user named. A request
+ * without credentials that an OCI registry answers 401 with a Bearer challenge is sent once more with the
+ * anonymous token of the registry's token service (anonymousToken).
  */
 async function send (ref: SourceRef, method: 'GET' | 'HEAD', extra: Record<string, string>, options: SourceOptions): Promise<{ url: string, res: Awaited<ReturnType<typeof request>> }> {
   parseSourceUrl(ref.url)
   const timeoutMs = options.timeoutMs ?? ORIGIN_TIMEOUT_MS
   let headers: Record<string, string> = { ...(ref.headers ?? {}), ...extra }
   let url = ref.url
+  let anonymous = !Object.keys(headers).some(k => CREDENTIAL_HEADERS.has(k.toLowerCase()))
   for (let hop = 0; ; hop++) {
     let res: Awaited<ReturnType<typeof request>>
     try {
       res = await request(url, { method, headers, dispatcher: agentFor(timeoutMs), signal: options.signal })
     } catch (err) {
       throw mapError(err, url)
+    }
+    if (res.statusCode === 401 && anonymous) {
+      anonymous = false
+      const token = await anonymousToken(header(res.headers, 'www-authenticate'), { ...options, timeoutMs })
+      if (token != null) {
+        await res.body.dump().catch(() => {})
+        headers = { ...headers, authorization: `Bearer ${token}` }
+        hop--
+        continue
+      }
     }
     const location = res.headers.location
     if (res.statusCode >= 300 && res.statusCode < 400 && typeof location === 'string' && hop < MAX_REDIRECTS) {

@@ -40,6 +40,7 @@ export function hostPort (s: string, what: string): { host: string, port: number
   const port = Number(m[2])
   if (port > 65535) throw new InvalidParametersError(`${what}: bad port ${port}`)
   const host = m[1].replace(/^\[|\]$/g, '')
+  if (what === '--mirror' && !isLoopbackHost(host)) throw new InvalidParametersError(`--mirror must be a loopback address (127.0.0.1:PORT, localhost:PORT, [::1]:PORT): it fetches from any registry a request names; got "${s}"`)
   if (what === '--api' && !isLoopbackHost(host)) throw new InvalidParametersError(`--api must be a loopback address (127.0.0.1:PORT, localhost:PORT, [::1]:PORT) or unix:PATH: the local API has no authentication; got "${s}"`)
   return { host, port }
 }

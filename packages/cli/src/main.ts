@@ -4,7 +4,9 @@
 import { join, resolve } from 'node:path'
 import { InvalidParametersError, type Logger } from '@guoce/interface'
 import { parse, defaultHome, hostPort, durationMs, sizeBytes, pieceChannel, count } from './args.js'
-import type { Running, SnapshotterOptions } from './services.js'
+import type { Running, SnapshotterOptions, MirrorOptions } from './services.js'
+/** @guoce/registry-mirror's DEFAULT_MIRROR_PORT, not imported here: `guoce get` loads no fastify */
+const DEFAULT_MIRROR_PORT = 65002
 
 const USAGE = `guoce: P2P content distribution and lazy-loading images
 
@@ -17,6 +19,7 @@ Commands:
   seed                 run a seed peer
   daemon               run a peer daemon (P2P node + local API)
   image                convert | inspect | check | mount | pull | umount lazy images
+  mirror hosts         write containerd's hosts.toml that sends a registry's pulls to the mirror
 
 Every command takes --help and --json. Logs are JSON lines on stderr (GUOCE_LOG=debug|info|warn|error).
 `
@@ -56,15 +59,27 @@ const DAEMON_USAGE = `Usage: guoce daemon --scheduler MULTIADDR (--cluster-key F
   --quota SIZE         most task data kept (e.g. 50GiB); least recently used tasks are evicted
   --piece-channel M    secure (default: AES-256-GCM direct TCP channel keyed over Noise) | stream (the
                        Noise-secured libp2p stream) | integrity (clear bytes, still sha256-verified; opt-in)
+  --mirror HOST:PORT   serve the registry mirror there (loopback only; off by default for daemon)
+  --mirror-upstream R  registry a mirror request goes to when it names none (containerd names it: ?ns=)
+  --mirror-insecure R  ask registry R over plain http (loopback registries always are); repeatable
+  --mirror-max-manifest SIZE  largest manifest the mirror reads from an upstream (default 4MiB)
 ${SNAPSHOTTER_HELP}`
-const UP_USAGE = `Usage: guoce up [--data DIR] [--api HOST:PORT] [--listen-host IP] [--scheduler-port N] [--open] [--origin-timeout 30s] [--quota SIZE] [--piece-channel M]
+const MIRROR_USAGE = `Usage: guoce mirror hosts --registry R [--dir D] [--mirror HOST:PORT] [--insecure] [--json]
+
+Writes D/R/hosts.toml (D defaults to /etc/containerd/certs.d): containerd then pulls R through the registry
+mirror at HOST:PORT (default 127.0.0.1:${DEFAULT_MIRROR_PORT}, the one \`guoce up\` serves). containerd's CRI reads
+it when its registry config_path is D; \`ctr images pull --hosts-dir D\` too. --insecure: R itself (containerd's
+fallback when the mirror fails) is http, as loopback registries always are.
+`
+const UP_USAGE = `Usage: guoce up [--data DIR] [--api HOST:PORT] [--mirror HOST:PORT|off] [--listen-host IP] [--scheduler-port N] [--open] [--origin-timeout 30s] [--quota SIZE] [--piece-channel M]
                 [--snapshotter-socket PATH [--snapshotter-root DIR] [--snapshotter-layout DIR]...] [--json]
 
 Runs a scheduler, a seed peer and a peer daemon in one process on embedded defaults, data under
 --data (default $GUOCE_HOME or ~/.guoce); the seed and the daemon use the scheduler's cluster key and
 seed key (--open: no cluster key). Prints its endpoints; other machines join with
   guoce daemon --scheduler <scheduler multiaddr> --cluster-key <copy of the cluster key>
-and \`guoce get --daemon <api>\` downloads through it.
+and \`guoce get --daemon <api>\` downloads through it. The registry mirror listens on --mirror (default
+127.0.0.1:${DEFAULT_MIRROR_PORT}; \`off\` for none): \`guoce mirror hosts --registry R\` points containerd at it.
 ${SNAPSHOTTER_HELP}`
 
 const SNAPSHOTTER_OPTIONS = { 'snapshotter-socket': { type: 'string' }, 'snapshotter-root': { type: 'string' }, 'snapshotter-layout': { type: 'string', multiple: true } } as const
@@ -85,6 +100,15 @@ async function startSnapshotterIf (o: SnapshotterOptions | undefined, log: Logge
   if (o == null) return undefined
   const { startSnapshotterService } = await import('./services.js')
   return await startSnapshotterService(o, log)
+}
+
+const MIRROR_OPTIONS = { mirror: { type: 'string' }, 'mirror-upstream': { type: 'string' }, 'mirror-insecure': { type: 'string', multiple: true }, 'mirror-max-manifest': { type: 'string' } } as const
+
+/** The mirror options of daemon and up: `--mirror HOST:PORT` (loopback) or `off`; `fallback` when not given. */
+function mirrorOptions (v: Record<string, unknown>, fallback: string | undefined): MirrorOptions | undefined {
+  const at = (v.mirror as string | undefined) ?? fallback
+  if (at == null || at === 'off') return undefined
+  return { ...hostPort(at, '--mirror'), upstream: v['mirror-upstream'] as string | undefined, insecure: v['mirror-insecure'] as string[] | undefined, maxManifestBytes: sizeBytes(v['mirror-max-manifest'] as string | undefined, '--mirror-max-manifest') }
 }
 
 function out (json: boolean, obj: Record<string, unknown>, text: string): void {
@@ -131,7 +155,7 @@ export async function main (argv: string[]): Promise<number | undefined> {
       return await runUntilSignal([s])
     }
     case 'daemon': {
-      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, api: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, 'read-timeout': { type: 'string' }, idc: { type: 'string' }, location: { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' }, 'cluster-key': { type: 'string' }, open: { type: 'boolean' }, ...SNAPSHOTTER_OPTIONS })
+      const { values: v } = parse(rest, { scheduler: { type: 'string' }, data: { type: 'string' }, api: { type: 'string' }, listen: { type: 'string' }, 'origin-timeout': { type: 'string' }, 'read-timeout': { type: 'string' }, idc: { type: 'string' }, location: { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' }, 'cluster-key': { type: 'string' }, open: { type: 'boolean' }, ...SNAPSHOTTER_OPTIONS, ...MIRROR_OPTIONS })
       if (v.help === true) { process.stdout.write(DAEMON_USAGE); return 0 }
       if (typeof v.scheduler !== 'string') throw new InvalidParametersError('--scheduler MULTIADDR is required')
       const json = v.json === true
@@ -150,15 +174,16 @@ export async function main (argv: string[]): Promise<number | undefined> {
         idc: v.idc as string | undefined,
         location: v.location as string | undefined,
         quotaBytes: sizeBytes(v.quota as string | undefined, '--quota'),
-        pieceChannel: pieceChannel(v['piece-channel'] as string | undefined)
+        pieceChannel: pieceChannel(v['piece-channel'] as string | undefined),
+        mirror: mirrorOptions(v, undefined)
       })
       const snap = await startSnapshotterIf(snapOpts, log)
-      out(json, { event: 'ready', service: 'daemon', api: d.apiUrl, peerId: d.node.peerId.toString(), addrs: d.node.getMultiaddrs().map(String), snapshotter: snap?.socket ?? null },
-        `daemon ${d.node.peerId.toString()} api ${d.apiUrl}${snap != null ? `\nsnapshotter ${snap.socket}` : ''}`)
+      out(json, { event: 'ready', service: 'daemon', api: d.apiUrl, mirror: d.mirrorUrl ?? null, peerId: d.node.peerId.toString(), addrs: d.node.getMultiaddrs().map(String), snapshotter: snap?.socket ?? null },
+        `daemon ${d.node.peerId.toString()} api ${d.apiUrl}${d.mirrorUrl != null ? ` mirror ${d.mirrorUrl}` : ''}${snap != null ? `\nsnapshotter ${snap.socket}` : ''}`)
       return await runUntilSignal(snap != null ? [d, snap] : [d])
     }
     case 'up': {
-      const { values: v } = parse(rest, { data: { type: 'string' }, api: { type: 'string' }, 'listen-host': { type: 'string' }, 'scheduler-port': { type: 'string' }, 'origin-timeout': { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' }, open: { type: 'boolean' }, ...SNAPSHOTTER_OPTIONS })
+      const { values: v } = parse(rest, { data: { type: 'string' }, api: { type: 'string' }, 'listen-host': { type: 'string' }, 'scheduler-port': { type: 'string' }, 'origin-timeout': { type: 'string' }, quota: { type: 'string' }, 'piece-channel': { type: 'string' }, open: { type: 'boolean' }, ...SNAPSHOTTER_OPTIONS, ...MIRROR_OPTIONS })
       if (v.help === true) { process.stdout.write(UP_USAGE); return 0 }
       const json = v.json === true
       const data = (v.data as string | undefined) ?? defaultHome()
@@ -172,16 +197,27 @@ export async function main (argv: string[]): Promise<number | undefined> {
       const sched = await startScheduler({ data: join(data, 'scheduler'), listen: `/ip4/${host}/tcp/${(v['scheduler-port'] as string | undefined) ?? '65003'}`, log, open })
       const membership = open ? { open } : { clusterKey: sched.clusterKey }
       const seed = await startSeed({ ...membership, seedKey: sched.seedKey, data: join(data, 'seed'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, log, originTimeoutMs, quotaBytes, pieceChannel: channel })
-      const daemon = await startDaemon({ ...membership, data: join(data, 'daemon'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, api: hostPort((v.api as string | undefined) ?? '127.0.0.1:65001', '--api'), log, originTimeoutMs, quotaBytes, pieceChannel: channel })
+      const daemon = await startDaemon({ ...membership, data: join(data, 'daemon'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, api: hostPort((v.api as string | undefined) ?? '127.0.0.1:65001', '--api'), log, originTimeoutMs, quotaBytes, pieceChannel: channel, mirror: mirrorOptions(v, `127.0.0.1:${DEFAULT_MIRROR_PORT}`) })
       await seed.seed.ready
       await daemon.daemon.client.ready
       const snap = await startSnapshotterIf(snapOpts, log)
-      out(json, { event: 'ready', service: 'up', scheduler: sched.addr, schedulerAddrs: sched.addrs, api: daemon.apiUrl, data, clusterKey: sched.clusterKey ?? null, seedKey: sched.seedKey, snapshotter: snap?.socket ?? null },
-        `guoce up\n  scheduler    ${sched.addrs.join('\n               ')}\n  api          ${daemon.apiUrl}\n  data         ${data}\n` +
+      out(json, { event: 'ready', service: 'up', scheduler: sched.addr, schedulerAddrs: sched.addrs, api: daemon.apiUrl, mirror: daemon.mirrorUrl ?? null, data, clusterKey: sched.clusterKey ?? null, seedKey: sched.seedKey, snapshotter: snap?.socket ?? null },
+        `guoce up\n  scheduler    ${sched.addrs.join('\n               ')}\n  api          ${daemon.apiUrl}\n  mirror       ${daemon.mirrorUrl ?? '(off)'}\n  data         ${data}\n` +
         `  cluster key  ${sched.clusterKey ?? '(none: open cluster)'}\n  seed key     ${sched.seedKey}\n` +
         (snap != null ? `  snapshotter  ${snap.socket}\n` : '') +
         `join:  guoce daemon --scheduler ${sched.addr} ${open ? '--open' : '--cluster-key <copy of the cluster key>'}\nget:   guoce get --daemon ${daemon.apiUrl} URL -O FILE`)
       return await runUntilSignal(snap != null ? [sched, seed, daemon, snap] : [sched, seed, daemon])
+    }
+    case 'mirror': {
+      const [sub, ...args] = rest
+      const { values: v } = parse(args, { registry: { type: 'string' }, dir: { type: 'string' }, mirror: { type: 'string' }, insecure: { type: 'boolean' } })
+      if (v.help === true || sub !== 'hosts') { process.stdout.write(MIRROR_USAGE); return v.help === true ? 0 : 2 }
+      if (typeof v.registry !== 'string') throw new InvalidParametersError('--registry R is required')
+      const m = hostPort((v.mirror as string | undefined) ?? `127.0.0.1:${DEFAULT_MIRROR_PORT}`, '--mirror')
+      const { writeHostsToml } = await import('@guoce/registry-mirror')
+      const file = await writeHostsToml((v.dir as string | undefined) ?? '/etc/containerd/certs.d', v.registry, `http://${m.host.includes(':') ? `[${m.host}]` : m.host}:${m.port}`, { insecure: v.insecure === true ? [v.registry] : [] })
+      out(v.json === true, { event: 'written', file }, `wrote ${file}`)
+      return 0
     }
     default:
       process.stderr.write(`guoce: error: unknown command "${cmd}"\n${USAGE}`)

@@ -7,6 +7,7 @@ import { openStore } from '@guoce/store'
 import { Scheduler, SCHEDULER_STREAM_WINDOW_BYTES, SCHEDULER_STREAMS_PER_CONNECTION } from '@guoce/scheduler'
 import { SeedPeer } from '@guoce/seed-peer'
 import { PeerDaemon, buildServer, listenApi } from '@guoce/peer'
+import type { Mirror } from '@guoce/registry-mirror'
 import type { FastifyInstance } from 'fastify'
 
 export interface Running { stop(): Promise<void> }
@@ -72,7 +73,7 @@ export async function startSeed (o: Membership & { seedKey?: string | undefined,
   return { seed, node, stop: async () => { await seed.stop(); await store.close(); await node.stop() } }
 }
 
-export async function startDaemon (o: Membership & { pieceChannel?: PieceChannel | undefined, quotaBytes?: number | undefined, data: string, listen: string, scheduler: string, api: { host: string, port: number }, log: Logger, originTimeoutMs?: number | undefined, readTimeoutMs?: number | undefined, idc?: string | undefined, location?: string | undefined }): Promise<Running & { daemon: PeerDaemon, apiUrl: string, app: FastifyInstance, node: Libp2p }> {
+export async function startDaemon (o: Membership & { pieceChannel?: PieceChannel | undefined, quotaBytes?: number | undefined, data: string, listen: string, scheduler: string, api: { host: string, port: number }, log: Logger, originTimeoutMs?: number | undefined, readTimeoutMs?: number | undefined, idc?: string | undefined, location?: string | undefined, mirror?: MirrorOptions | undefined }): Promise<Running & { daemon: PeerDaemon, apiUrl: string, app: FastifyInstance, node: Libp2p, mirror?: Mirror | undefined, mirrorUrl?: string | undefined }> {
   const clusterKey = await clusterKeyOf(o, o.log, 'daemon')
   await mkdir(o.data, { recursive: true })
   const node = await createNode({ listen: [o.listen], privateKey: await loadOrCreateKey(join(o.data, 'identity.key')), ...(clusterKey != null ? { clusterKey } : {}) })
@@ -86,10 +87,17 @@ export async function startDaemon (o: Membership & { pieceChannel?: PieceChannel
     ...(o.location != null ? { location: o.location } : {})
   })
   await daemon.start()
-  const app = buildServer(daemon)
+  // the registry mirror reads blobs through the daemon's reader; its counters join the daemon's /metrics
+  // loaded only for a daemon that serves one
+  const mirror = o.mirror != null ? (await import('@guoce/registry-mirror')).buildMirror({ reader: daemon.reader, log: o.log, defaultUpstream: o.mirror.upstream, insecure: o.mirror.insecure, maxManifestBytes: o.mirror.maxManifestBytes }) : undefined
+  const app = buildServer(daemon, mirror != null ? { extraMetrics: () => mirror.metrics() } : {})
   const apiUrl = await listenApi(app, o.api)
-  return { daemon, apiUrl, app, node, stop: async () => { await app.close(); await daemon.stop(); await node.stop() } }
+  const mirrorUrl = mirror != null && o.mirror != null ? await mirror.app.listen({ host: o.mirror.host, port: o.mirror.port }) : undefined
+  return { daemon, apiUrl, app, node, mirror, mirrorUrl, stop: async () => { await mirror?.app.close(); await app.close(); await daemon.stop(); await node.stop() } }
 }
+
+/** `--mirror HOST:PORT` (loopback), `--mirror-upstream R` (when a request names none), `--mirror-insecure R` (plain http), `--mirror-max-manifest SIZE`. */
+export interface MirrorOptions { host: string, port: number, upstream?: string | undefined, insecure?: string[] | undefined, maxManifestBytes?: number | undefined }
 
 /** JSON-lines logger on stderr at GUOCE_LOG's level (default `fallback`). */
 /** Where a daemon serves containerd's snapshots API (`--snapshotter-socket`), and the layouts it mounts layers from. */

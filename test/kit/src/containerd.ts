@@ -95,38 +95,6 @@ export async function startContainerd (init: ContainerdInit): Promise<Containerd
   }
 }
 
-export interface Registry { host: string, log: string[], stop: () => Promise<void> }
-
-/** `docker-registry serve` on 127.0.0.1 with a kernel-chosen port and its access log kept; ready when GET /v2/ answers. */
-export async function startRegistry (dir: string): Promise<Registry> {
-  await mkdir(join(dir, 'data'), { recursive: true })
-  const cfg = join(dir, 'config.yml')
-  await writeFile(cfg, [
-    'version: 0.1', 'log:', '  level: info',
-    'storage:', '  filesystem:', `    rootdirectory: ${join(dir, 'data')}`,
-    'http:', '  addr: 127.0.0.1:0', `  secret: ${randomBytes(16).toString('hex')}`
-  ].join('\n') + '\n')
-  const proc = spawn('docker-registry', ['serve', cfg], { stdio: ['ignore', 'ignore', 'pipe'] })
-  const log: string[] = []
-  const host = await new Promise<string>((resolve, reject) => {
-    proc.stderr!.on('data', (b: Buffer) => {
-      log.push(...b.toString().split('\n').filter(l => l !== ''))
-      const m = /listening on (127\.0\.0\.1:\d+)/.exec(log.join('\n'))
-      if (m !== null) resolve(m[1]!)
-    })
-    proc.once('error', reject)
-    proc.once('exit', code => { reject(new Error(`docker-registry exited (${code}) before listening: ${log.join('\n')}`)) })
-  })
-  const stop = async (): Promise<void> => {
-    if (proc.exitCode != null || proc.signalCode != null) return
-    proc.kill('SIGKILL')
-    await new Promise(resolve => proc.once('exit', resolve))
-  }
-  const res = await fetch(`http://${host}/v2/`).catch(() => undefined)
-  if (res?.status !== 200) { await stop(); throw new Error(`registry at ${host}: GET /v2/ answered ${res?.status}`) }
-  return { host, log, stop }
-}
-
 /**
  * An OCI image layout at `dir` (tag `tag`) built with umoci: its first layer holds /bin/busybox (static), then each
  * `layers` callback edits a copy of the root file system that becomes the next layer.

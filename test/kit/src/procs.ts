@@ -22,9 +22,11 @@ export interface Proc {
 
 const live = new Set<Proc>()
 
-/** Spawn `guoce ARGS --json` and wait for its `ready` line. */
-export async function startGuoce (args: string[], opts: { env?: Record<string, string>, timeoutMs?: number } = {}): Promise<Proc> {
-  const child = spawn(NODE, [CLI, ...args, '--json'], { env: { ...process.env, GUOCE_LOG: process.env.GUOCE_TEST_LOG ?? 'warn', ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] })
+/** Spawn `guoce ARGS --json` (inside network namespace `netns` when given) and wait for its `ready` line. */
+export async function startGuoce (args: string[], opts: { env?: Record<string, string>, timeoutMs?: number, netns?: string } = {}): Promise<Proc> {
+  // `ip netns exec` execs the command: the child is the guoce process itself
+  const argv = [CLI, ...args, '--json']
+  const child = spawn(opts.netns != null ? 'ip' : NODE, opts.netns != null ? ['netns', 'exec', opts.netns, NODE, ...argv] : argv, { env: { ...process.env, GUOCE_LOG: process.env.GUOCE_TEST_LOG ?? 'warn', ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] })
   const stderr: string[] = []
   createInterface({ input: child.stderr! }).on('line', l => { stderr.push(l); if (process.env.GUOCE_TEST_ECHO != null) process.stderr.write(`[${args[0]}] ${l}\n`) })
   const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>(resolve => child.once('exit', (code, signal) => { resolve({ code, signal }) }))
