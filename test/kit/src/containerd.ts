@@ -6,7 +6,6 @@
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process'
 import { copyFile, mkdir, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises'
-import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { until } from './wait.js'
