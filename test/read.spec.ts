@@ -137,6 +137,22 @@ describe('ranged reads fetch only what is read', () => {
   })
 })
 
+describe('empty content', () => {
+  it('a pinned empty file (the origin answers its Range with 416) completes, whole or ranged', async () => {
+    const origin = await startOrigin({ files: { 'empty.bin': Buffer.alloc(0) }, validators: 'etag' })
+    cleanups.push(async () => { await origin.close() })
+    const cluster = await startCluster({ daemons: 2 })
+    cleanups.push(async () => { await cluster.close() })
+    for (const [i, ranged] of [[0, false], [1, true]] as const) {
+      const api = cluster.daemons[i]!.api
+      const { taskId, access } = await start(api, { url: `${origin.url}/empty.bin`, ranged })
+      const res = await fetch(`${api}/api/v1/tasks/${taskId}/content`, { headers: { 'x-guoce-access': access } })
+      expect(res.status).toBe(200)
+      expect((await res.arrayBuffer()).byteLength).toBe(0)
+    }
+  })
+})
+
 describe('a corrupt piece during a ranged read', () => {
   it('is detected and fetched again: the read returns the right bytes and the peer is blamed', async () => {
     const file = stamped(64 * MiB)

@@ -5,7 +5,7 @@
  * digest is already known (from the seed) the bytes must match it.
  */
 import { createHash } from 'node:crypto'
-import { pieceLayout, verifyPiece, sha256, equalBytes, redactUrl } from '@guoce/content'
+import { pieceLayout, verifyPiece, sha256, equalBytes, redactUrl, MIN_PIECE_LENGTH } from '@guoce/content'
 import { ContentChangedError, DigestMismatchError, ContentLengthMismatchError, type AbortOptions, type TaskInfo } from '@guoce/interface'
 import type { StoredTask, TaskStore, TaskMeta } from '@guoce/store'
 import { openSource, pieces, type SourceRef } from './source.js'
@@ -122,18 +122,48 @@ export async function fetchRun (init: SourceFillInit, task: StoredTask, n: numbe
 }
 
 /**
- * A task to be fetched piece by piece (lazily): its layout from a one-byte Range request, no body.
- * Only for content pinned by a version or a digest (else two requests may see two contents).
+ * A task to be fetched piece by piece: its layout from a first Range request. Only for content pinned by
+ * a version or a digest (else two requests may see two contents). `firstPiece` (a task fetched whole):
+ * the request asks for the smallest piece length's worth and keeps it as piece 0 when the layout's pieces
+ * are that long (else those bytes are dropped: a task of more than TARGET_PIECE_COUNT MiB); without it
+ * (a lazy task, which may never read piece 0) one byte. Content of length 0 is answered 416: `undefined`.
  */
-export async function openLazy (init: SourceFillInit): Promise<StoredTask> {
-  const res = await openSource(init.ref, { signal: init.signal, timeoutMs: init.timeoutMs, range: { start: 0, end: 1 } })
+export async function openLazy (init: SourceFillInit, o: { firstPiece?: boolean } = {}): Promise<StoredTask | undefined> {
+  let res: Awaited<ReturnType<typeof openSource>>
+  try {
+    res = await openSource(init.ref, { signal: init.signal, timeoutMs: init.timeoutMs, range: { start: 0, end: o.firstPiece === true ? MIN_PIECE_LENGTH : 1 } })
+  } catch (err) {
+    if ((err as { status?: number }).status === 416) return undefined
+    throw err
+  }
   const total = res.ranged ? res.totalLength : res.length
-  // the body (one byte, or the whole content of an origin that ignored Range) is not read
-  void (async () => { try { for await (const c of res.body) { init.onBytes?.(c.byteLength); if (!res.ranged) break } } catch {} })()
-  if (total == null) throw new ContentLengthMismatchError(`origin sent no length for ${redactUrl(init.ref.url)}; unknown lengths are not supported`)
+  if (total == null) {
+    void drain(res.body, init.onBytes, true)
+    throw new ContentLengthMismatchError(`origin sent no length for ${redactUrl(init.ref.url)}; unknown lengths are not supported`)
+  }
   const layout = pieceLayout(total)
   const info: TaskInfo = { taskId: init.taskId, contentLength: total, ...layout }
   const task = await init.store.create(init.taskId, info, init.meta ?? {})
   init.onInfo?.(info, task)
+  if (o.firstPiece === true && res.ranged && total > 0 && layout.pieceLength === MIN_PIECE_LENGTH) {
+    // the answer is piece 0, whole
+    const body = countBytes(res.body, init.onBytes)
+    for await (const piece of pieces(body, layout.pieceLength)) {
+      if (task.bitmap.has(0)) break
+      const digest = sha256(piece)
+      const known = init.digests?.[0] ?? task.digests[0]
+      if (known != null) verifyPiece(0, piece, known)
+      await task.writePiece(0, piece, digest)
+      init.onPiece?.(0, digest, piece.byteLength)
+      break
+    }
+  } else {
+    // the byte, or the bytes of an origin that ignored Range, are not kept
+    void drain(res.body, init.onBytes, !res.ranged)
+  }
   return task
+}
+
+async function drain (body: AsyncIterable<Uint8Array>, onBytes: ((n: number) => void) | undefined, stopEarly: boolean): Promise<void> {
+  try { for await (const c of body) { onBytes?.(c.byteLength); if (stopEarly) break } } catch {}
 }

@@ -229,7 +229,9 @@ export class SeedPeer implements Startable {
     try {
       let task = await this.init.store.get(taskId).catch(() => null)
       if (task != null) this.announce(task)
-      else task = await openLazy(fill)
+      else task = await openLazy(fill, { firstPiece: lazy.whole }) ?? null
+      // empty content (416 to a range): fetched whole, which takes an empty body
+      if (task == null) task = await fillFromSource(fill)
       const t = task
       const { pieceCount } = t.info
       /** pieces a request in flight covers */

@@ -905,7 +905,7 @@ export class PeerTask {
     const r = this.init.request
     this.sourcing = (async () => {
       try {
-        await openLazy({
+        const t = await openLazy({
           store: this.init.store,
           taskId: this.taskId,
           ref: { url: r.url, headers: r.headers ?? {}, ...(r.digest != null ? { digest: r.digest } : {}), ...(r.version != null && r.version !== '' ? { version: r.version } : {}) },
@@ -919,6 +919,8 @@ export class PeerTask {
             this.emit()
           }
         })
+        // empty content: nothing to read lazily, the whole (empty) task then
+        if (t == null) { this.lazy = false; queueMicrotask(() => { this.goToSource('empty content') }); return }
         this.pump()
       } catch (err) {
         this.init.send({ result: { taskId: this.taskId, success: false, error: toErrorInfo(err) } })
