@@ -40,6 +40,6 @@ export {
 } from './oci.js'
 export {
   RegistryClient, parseDockerRef, formatDockerRef, isDockerRef, parseChallenge, pullImage, pushImage,
-  MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MAX_MANIFEST_SIZE, type DockerRef, type RegistryOptions
+  MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MAX_MANIFEST_SIZE, MAX_TOKEN_RESPONSE_BYTES, type DockerRef, type RegistryOptions
 } from './registry.js'
 export { mountImage, mountLayer, mountLayers, materializeLayers, type Mounter, type MountImageOptions, type MountedImage } from './mount.js'

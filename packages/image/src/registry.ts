@@ -32,6 +32,11 @@ const OCI_INDEX = 'application/vnd.oci.image.index.v1+json'
 const ACCEPT = [OCI_MANIFEST, OCI_INDEX, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST].join(', ')
 /** Largest manifest or index read into memory. */
 export const MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+/**
+ * Largest token service answer read (a JSON object with a token of a few KiB).
+ * @default 64 KiB
+ */
+export const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024
 const REF_NAME = 'org.opencontainers.image.ref.name'
 
 export interface DockerRef {
@@ -198,7 +203,10 @@ export class RegistryClient {
       throw new RegistryAuthError(`${this.registry}: token service ${realm.origin}${realm.pathname} refused ${this.auth === undefined ? 'anonymous access (set GUOCE_REGISTRY_AUTH=user:pass)' : 'the credentials in GUOCE_REGISTRY_AUTH'} for ${[...scopes].join(' ')}`)
     }
     if (!res.ok) throw await statusError(res, `${this.registry}: token service ${realm.origin}${realm.pathname}`, this.auth !== undefined)
-    const body = await res.json().catch(() => undefined) as { token?: string, access_token?: string } | undefined
+    // a token answer is small: bounded before it is parsed
+    const raw = await readCapped(res, MAX_TOKEN_RESPONSE_BYTES, `${this.registry}: token service ${realm.origin}${realm.pathname}`)
+    let body: { token?: string, access_token?: string } | undefined
+    try { body = JSON.parse(raw.toString('utf8')) } catch { body = undefined }
     const token = body?.token ?? body?.access_token
     if (typeof token !== 'string' || token === '') throw new RegistryError(`${this.registry}: token service ${realm.origin}${realm.pathname} answered no token`)
     this.tokens.set(scope, token)

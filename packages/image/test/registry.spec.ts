@@ -13,7 +13,7 @@ import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   checkImageRef, convertImage, parseDockerRef, parseChallenge, readManifest, parseOciRef, RegistryClient, InvalidImageRefError,
-  MEDIA_TYPE_CHUNK_BLOB, MEDIA_TYPE_EROFS_META, type Manifest
+  MEDIA_TYPE_CHUNK_BLOB, MEDIA_TYPE_EROFS_META, MAX_TOKEN_RESPONSE_BYTES, type Manifest
 } from '../src/index.js'
 import { cleanup, requireTools, run, tempDir } from './helpers.js'
 
@@ -56,6 +56,8 @@ interface Front {
   corruptBlobs: boolean
   /** Answer /v2/* with Basic challenges instead of Bearer ones. */
   basicOnly: boolean
+  /** Answer /token with a 1 MiB JSON body (a hostile token service). */
+  hugeToken: boolean
   /** Every method+path the front saw on /v2/ (after auth). */
   seen: string[]
 }
@@ -68,7 +70,7 @@ interface Front {
 async function startFront (registry: string): Promise<Front> {
   const tokens = new Map<string, string[]>()
   const [rhost, rport] = registry.split(':') as [string, string]
-  const front: Front = { server: undefined as unknown as Server, host: '', tokenRequests: [], redirects: 0, corruptBlobs: false, basicOnly: false, seen: [] }
+  const front: Front = { server: undefined as unknown as Server, host: '', tokenRequests: [], redirects: 0, corruptBlobs: false, basicOnly: false, hugeToken: false, seen: [] }
   const proxy = (req: IncomingMessage, res: ServerResponse, path: string): void => {
     const isBlobGet = req.method === 'GET' && /\/blobs\/sha256:/.test(path)
     const up = httpRequest({ host: rhost, port: Number(rport), method: req.method, path, headers: req.headers }, r => {
@@ -103,7 +105,7 @@ async function startFront (registry: string): Promise<Front> {
       const token = randomBytes(16).toString('hex')
       tokens.set(token, scopes)
       res.writeHead(200, { 'content-type': 'application/json' })
-      res.end(JSON.stringify({ token, expires_in: 300 }))
+      res.end(JSON.stringify({ token, expires_in: 300, ...(front.hugeToken ? { padding: 'x'.repeat(1024 * 1024) } : {}) }))
       return
     }
     if (url.pathname.startsWith('/_blob/')) { proxy(req, res, url.pathname.slice('/_blob'.length) + url.search); return }
@@ -321,6 +323,18 @@ describe('docker:// sources and targets (OCI distribution API)', () => {
       expect(await skopeoManifest(`docker://${R}/lazy-auth:v1`)).toEqual(res.manifest)
       await run('skopeo', ['copy', '--src-tls-verify=false', `docker://${R}/lazy-auth:v1`, `oci:${w('auth-out')}:v1`])
       expect(await checkImageRef(`oci:${w('auth-out')}:v1`)).toHaveLength(2)
+    })
+
+    it('a token service answer above MAX_TOKEN_RESPONSE_BYTES is refused before it is parsed', async () => {
+      const F = front!.host
+      front!.hugeToken = true
+      try {
+        await expect(convertImage(`docker://${F}/src:v1`, `oci:${w('huge-token')}:v1`, { chunkSize: 64 * 1024, registryAuth: USER }))
+          .rejects.toThrow(new RegExp(`token service .*larger than ${MAX_TOKEN_RESPONSE_BYTES} bytes`))
+      } finally {
+        front!.hugeToken = false
+      }
+      expect(await readdir(work)).not.toContain('huge-token')
     })
 
     it('wrong or missing credentials fail with one clear line and push nothing', async () => {
