@@ -1,19 +1,20 @@
 // Runs the whole suite with vitest and ends with a plain "N passed, N failed" line.
-// Two phases: every file but the trust suites, files in parallel; then the trust suites
-// (test/trust-*.spec.ts) one file at a time. Those measure a process's resident memory after an attack
-// and a hung parent's cost against a clean run (must-holds 5 and 9 of doc/SECURITY.md): a neighbour
-// test's CPU load would measure the machine, not the code. With arguments, one run with them.
+// Two phases: every file but the serial ones, files in parallel; then the serial ones one file at a
+// time: the trust suites (test/trust-*.spec.ts), which measure a process's resident memory after an
+// attack and a hung parent's cost against a clean run (must-holds 5 and 9 of doc/SECURITY.md), and
+// test/read-during-download.spec.ts, which bounds read latencies: a neighbour test's CPU load would
+// measure the machine, not the code. With arguments, one run with them.
 import { spawn } from 'node:child_process'
 import { readFileSync, rmSync, mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
-const TRUST = 'test/trust-*.spec.ts'
+const SERIAL = ['test/trust-*.spec.ts', 'test/read-during-download.spec.ts']
 const dir = mkdtempSync(join(tmpdir(), 'guoce-test-'))
 const extra = process.argv.slice(2)
 const phases = extra.length > 0
   ? [extra]
-  : [['--exclude', TRUST], ['--no-file-parallelism', 'test/trust-']]
+  : [SERIAL.flatMap(f => ['--exclude', f]), ['--no-file-parallelism', 'test/trust-', 'test/read-during-download']]
 
 function run (args, i) {
   const out = join(dir, `results-${i}.json`)

@@ -1,8 +1,10 @@
 /**
  * Foreground reads against a background download on the same link: on-demand pieces outrank the fill
- * at the child, at the parent (its request queue) and at the seed (a want is fetched beside the fill
- * run, by Range). The latency bound itself (p99 against one piece's time on the link) is measured by
- * bench/read (section `during_download`), not asserted here: a neighbour's CPU load would decide it.
+ * at the child, at the parent (its request queue) and at the seed (a want is fetched by its own Range
+ * request, and the fill starts no new run meanwhile). The issue's bound (p99 under 3x one piece's time on
+ * the link) is measured by bench/read (`during_download`: 2.46x here); this test, run in the suite's
+ * serial phase (scripts/test.js), holds a looser 5x so a busy CI machine does not decide it, which the
+ * code before the seed's want priority (6.5-9x, a want starved by the fill for up to 1.8 s) failed.
  */
 import { describe, it, expect, afterEach } from 'vitest'
 import { randomBytes } from 'node:crypto'
@@ -17,7 +19,7 @@ afterEach(async () => {
 })
 
 describe('foreground reads during a background download', () => {
-  it('4 KiB reads at random offsets, ahead of the fill too, get the right bytes and cost the origin nothing extra', async () => {
+  it('4 KiB reads at random offsets, ahead of the fill too, get the right bytes quickly and cost the origin nothing extra', async () => {
     const size = 48 * MiB
     const file = randomBytes(size)
     // the origin's upload is the link: about 4 s for the whole task
@@ -32,6 +34,8 @@ describe('foreground reads during a background download', () => {
     const state = async (): Promise<string> => ((await (await fetch(`${api}/api/v1/tasks/${taskId}`)).json()) as { state: string }).state
     const latencies: number[] = []
     let ahead = 0
+    // reads during the download: from its first piece on (not the task's start-up)
+    await until(async () => ((await (await fetch(`${api}/api/v1/tasks/${taskId}`)).json()) as { piecesDone: number }).piecesDone > 0, 'the first piece')
     while (await state() !== 'succeeded') {
       const off = Math.floor(Math.random() * (size - 4096))
       const t0 = performance.now()
@@ -51,6 +55,7 @@ describe('foreground reads during a background download', () => {
     expect(latencies.length).toBeGreaterThanOrEqual(10)
     // the first reads start with the download: ahead of the fill
     expect(ahead).toBeGreaterThanOrEqual(1)
+    expect(p99, `p99 ${p99.toFixed(0)} ms, one piece ${pieceMs.toFixed(0)} ms`).toBeLessThan(5 * pieceMs)
     await until(async () => await state() === 'succeeded', 'the download')
     const all = Buffer.from(await (await fetch(`${api}/api/v1/tasks/${taskId}/content`, { headers: { 'x-guoce-access': access } })).arrayBuffer())
     expect(sha(all)).toBe(sha(file))

@@ -250,6 +250,8 @@ export class SeedPeer implements Startable {
         }
       }
       const free = (i: number): boolean => !t.bitmap.has(i) && !fetching.has(i)
+      /** Range requests for wanted pieces in flight: the fill starts no new run meanwhile (they get the link) */
+      let wantRuns = 0
       /** wanted pieces now, adjacent ones in one request, beside whatever else runs */
       const serveWanted = (): void => {
         const wanted = [...lazy.wanted].filter(i => i < pieceCount && free(i)).sort((a, b) => a - b)
@@ -257,13 +259,15 @@ export class SeedPeer implements Startable {
         for (let i = 0; i < wanted.length;) {
           let j = i + 1
           while (j < wanted.length && wanted[j] === wanted[j - 1]! + 1 && j - i < LAZY_FILL_RUN) j++
-          void run(wanted[i]!, wanted[j - 1]! + 1).catch(() => {}).finally(() => { poke(lazy) })
+          wantRuns++
+          void run(wanted[i]!, wanted[j - 1]! + 1).catch(() => {}).finally(() => { wantRuns--; poke(lazy) })
           i = j
         }
       }
       let next = 0
       while (!t.complete && failure == null) {
         serveWanted()
+        if (lazy.whole && wantRuns > 0) { await changed(lazy); continue }
         if (lazy.whole) {
           while (next < pieceCount && !free(next)) next++
           if (next < pieceCount) {

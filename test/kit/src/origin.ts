@@ -42,16 +42,27 @@ export interface Origin {
 class Bucket {
   private tokens = 0
   private last = Date.now()
+  /** takers in arrival order: a link shares its rate between flows, the first waiting goes first */
+  private readonly queue: Array<() => void> = []
+  private busy = false
   constructor (public rate: number) {}
   /** resolves when `n` bytes may go */
   async take (n: number): Promise<void> {
     if (this.rate <= 0) return
-    for (;;) {
-      const now = Date.now()
-      this.tokens = Math.min(this.rate / 4, this.tokens + (now - this.last) * this.rate / 1000)
-      this.last = now
-      if (this.tokens >= n || (n > this.rate / 4 && this.tokens >= this.rate / 4)) { this.tokens -= n; return }
-      await new Promise(resolve => setTimeout(resolve, Math.max(5, Math.ceil((n - this.tokens) * 1000 / this.rate))))
+    if (this.busy) await new Promise<void>(resolve => { this.queue.push(resolve) })
+    this.busy = true
+    try {
+      for (;;) {
+        const now = Date.now()
+        this.tokens = Math.min(this.rate / 4, this.tokens + (now - this.last) * this.rate / 1000)
+        this.last = now
+        if (this.tokens >= n || (n > this.rate / 4 && this.tokens >= this.rate / 4)) { this.tokens -= n; return }
+        await new Promise(resolve => setTimeout(resolve, Math.max(5, Math.ceil((n - this.tokens) * 1000 / this.rate))))
+      }
+    } finally {
+      const next = this.queue.shift()
+      if (next != null) next()
+      else this.busy = false
     }
   }
 }
