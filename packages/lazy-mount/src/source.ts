@@ -9,6 +9,7 @@
  */
 import { open, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
+import { unixFetch, type FetchInit } from '@guoce/interface'
 import { BlobSourceError } from './errors.js'
 import { MAX_STORED_CHUNK } from './constants.js'
 
@@ -66,7 +67,7 @@ export function localBlobSource (dir: string): BlobSource {
 }
 
 export interface DaemonSourceInit {
-  /** Local API base, e.g. `http://127.0.0.1:65001`. */
+  /** Local API base, e.g. `http://127.0.0.1:65001`, or `unix:/PATH` (the daemon's `--api unix:PATH`). */
   api: string
   /** The origin URL of a blob (`http(s)://REGISTRY/v2/REPO/blobs/DIGEST`). */
   blobUrl: (digest: string) => string
@@ -84,7 +85,9 @@ const ACCESS_HEADER = 'x-guoce-access'
 
 /** Blobs through the local peer daemon's ranged reader: only the verified pieces a range needs are fetched. */
 export function daemonBlobSource (init: DaemonSourceInit): BlobSource {
-  const base = init.api.replace(/\/+$/, '')
+  const unix = init.api.startsWith('unix:') ? init.api.slice(5) : undefined
+  const base = unix !== undefined ? 'http://localhost' : init.api.replace(/\/+$/, '')
+  const fetch = async (url: string, req: FetchInit): Promise<Response> => unix !== undefined ? await unixFetch(unix, new URL(url).pathname, req) : await globalThis.fetch(url, req)
   const tasks = new Map<string, Promise<{ taskId: string, access: string }>>()
   const task = async (digest: string, signal: AbortSignal): Promise<{ taskId: string, access: string }> => {
     let t = tasks.get(digest)
@@ -127,3 +130,4 @@ export function daemonBlobSource (init: DaemonSourceInit): BlobSource {
     async close () { tasks.clear() }
   }
 }
+
