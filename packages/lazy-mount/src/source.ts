@@ -75,7 +75,8 @@ export interface DaemonSourceInit {
    * A blob's task as a ranged one (TaskRequest.ranged): the swarm and the origin send only the pieces the
    * mount reads. Off by default: with it, a read of a chunk this mount read before failed with EIO once the
    * origin was down (packages/lazy-mount/test/swarm.spec.ts "origin down"), not yet understood; without it
-   * the first read of a blob starts its whole download in the background.
+   * the first read of a blob starts its whole download in the background. A ranged task is named by the
+   * blob's URL (and the origin's validator), not by its digest: see read().
    */
   ranged?: boolean
 }
@@ -93,7 +94,11 @@ export function daemonBlobSource (init: DaemonSourceInit): BlobSource {
     let t = tasks.get(digest)
     if (t === undefined) {
       t = (async () => {
-        const res = await fetch(`${base}/api/v1/tasks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ url: init.blobUrl(digest), digest, ...(init.ranged === true ? { ranged: true } : {}) }), signal })
+        // a ranged task is named by its URL and the origin's validator, not by the digest: the daemon holds
+        // back the last bytes of digest-named content until the whole content matched it, which a ranged
+        // task never fetches (every chunk is verified by the caller against its chunk table either way)
+        const named = init.ranged === true ? { ranged: true } : { digest }
+        const res = await fetch(`${base}/api/v1/tasks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ url: init.blobUrl(digest), ...named }), signal })
         const body = await res.json().catch(() => undefined) as { taskId?: unknown, access?: unknown, error?: { message?: string } } | undefined
         if (!res.ok || typeof body?.taskId !== 'string' || typeof body.access !== 'string') {
           throw new BlobSourceError(`daemon refused a task for blob ${digest}: ${res.status} ${body?.error?.message ?? ''}`)

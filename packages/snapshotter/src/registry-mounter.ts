@@ -49,6 +49,12 @@ export interface RegistryMounterInit {
   /** Replaces the daemon source (tests). */
   source?: BlobSource
   log?: Logger
+  /**
+   * Blob tasks as ranged ones (@default true): only the pieces containers read cross the swarm and the
+   * origin. False: the first read of a blob starts its whole download in the daemon (daemonBlobSource's
+   * `ranged`, off there by default for `guoce image mount`).
+   */
+  ranged?: boolean
   /** Milliseconds a FUSE read may wait for its chunks before it fails with EIO. */
   readDeadlineMs?: number
 }
@@ -108,8 +114,7 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
       const store = await openChunkStore({ dir: init.chunkDir, ...(init.chunkQuota !== undefined ? { quota: init.chunkQuota } : {}) })
       const source = init.source ?? daemonBlobSource({
         api: init.daemon,
-        // ranged: only the pieces the containers read cross the swarm and the origin
-        ranged: true,
+        ranged: init.ranged !== false,
         blobUrl: (digest) => {
           const u = urls.get(digest)
           if (u === undefined) throw new Error(`blob ${digest}: no image named it`)
