@@ -20,7 +20,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { criPullImage } from './cri-client.js'
 import { unixFetch } from '@guoce/interface'
 import { snapshotsClient } from '@guoce/snapshotter'
-import { ROOT, busyboxImage, runGuoce, startContainerd, startGuoce, startRegistry, stopAll, type Containerd, type Proc, type Registry } from '@guoce/testkit'
+import { ROOT, busyboxImage, runGuoce, startContainerd, startGuoce, startRegistry, stopAll, until, type Containerd, type Proc, type Registry } from '@guoce/testkit'
 
 const exec = promisify(execFile)
 
@@ -53,6 +53,7 @@ describe('CRI pulls a converted image lazily from its registry through the guoce
   let manifest: Manifest
   let manifestDigest = ''
   let daemon: Proc | undefined
+  let daemonArgs: string[] = []
 
   beforeAll(async () => {
     T = await mkdtemp(join(tmpdir(), 'guoce-lazy-'))
@@ -78,8 +79,9 @@ describe('CRI pulls a converted image lazily from its registry through the guoce
       `server = "http://${registry.host}"\n[host."http://${registry.host}"]\n  capabilities = ["pull", "resolve"]\n`)
 
     const sched = await startGuoce(['scheduler', '--open', '--listen', '/ip4/127.0.0.1/tcp/0', '--data', join(T, 'sched')])
-    daemon = await startGuoce(['daemon', '--open', '--scheduler', sched.ready.addr as string, '--listen', '/ip4/127.0.0.1/tcp/0', '--data', join(T, 'daemon'),
-      '--api', `unix:${join(T, 'api.sock')}`, '--snapshotter-socket', join(T, 'snap.sock')])
+    daemonArgs = ['daemon', '--open', '--scheduler', sched.ready.addr as string, '--listen', '/ip4/127.0.0.1/tcp/0', '--data', join(T, 'daemon'),
+      '--api', `unix:${join(T, 'api.sock')}`, '--snapshotter-socket', join(T, 'snap.sock')]
+    daemon = await startGuoce(daemonArgs)
     const snippet = (await readFile(join(ROOT, 'deploy', 'containerd', 'config.toml'), 'utf8')).replace(/^version = 2$/m, '')
     cd = await startContainerd({ dir: join(T, 'c'), cri: { hostsDir: join(T, 'hosts') }, extra: snippet.replaceAll('/run/guoce/snapshotter.sock', join(T, 'snap.sock')) })
   })
@@ -138,6 +140,23 @@ describe('CRI pulls a converted image lazily from its registry through the guoce
     expect(fetched / total).toBeLessThan(0.2)
     expect(downloaded).toBeGreaterThan(0)
     expect(downloaded / blobBytes).toBeLessThan(0.35) // pieces of the blobs, not the blobs
+  })
+
+  it('after the daemon is killed and restarted, its lazy layers are mounted again over the new blob server and new containers start', async () => {
+    const erofs = async (): Promise<string[]> => (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter(l => l.includes(join(T, 'daemon', 'snapshotter', 'snapshots')) && / - erofs /.test(l))
+    const before = await erofs()
+    expect(before.length).toBeGreaterThan(0)
+    await daemon!.kill('SIGKILL')
+    daemon = await startGuoce(daemonArgs)
+    await until(async () => { try { await cd!.ctr(['snapshots', '--snapshotter', 'guoce', 'ls'], { namespace: 'k8s.io', timeoutMs: 10_000 }); return true } catch { return false } }, 'containerd to reconnect', 15_000, 200)
+    // as many layer mounts as before, none of them the dead server's (each mounted once, anew)
+    const after = await erofs()
+    expect(after).toHaveLength(before.length)
+    expect(after.map(l => l.split(' ')[0]).filter(id => before.some(b => b.split(' ')[0] === id))).toEqual([])
+    const fuse = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter(l => l.includes(join(T, 'daemon', 'snapshotter', 'lazy', 'fuse-')))
+    expect(fuse).toHaveLength(1) // the dead one detached
+    const out = await cd!.ctr(['run', '--snapshotter', 'guoce', ...cd!.runArgs(), '--rm', image, `${id}-again`, '/bin/busybox', 'cat', '/greeting'], { namespace: 'k8s.io' })
+    expect(out).toBe('hello from a lazy image\n')
   })
 
   it('declines a layer whose labels name it under another chain id, and a manifest the registry does not have', async () => {
