@@ -9,7 +9,7 @@
  * daemon downloaded are counted against the image's. Labels that name a layer of the image under another
  * chain id (forged) are declined: the snapshotter prepares an ordinary snapshot.
  */
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
@@ -157,6 +157,27 @@ describe('CRI pulls a converted image lazily from its registry through the guoce
     expect(fuse).toHaveLength(1) // the dead one detached
     const out = await cd!.ctr(['run', '--snapshotter', 'guoce', ...cd!.runArgs(), '--rm', image, `${id}-again`, '/bin/busybox', 'cat', '/greeting'], { namespace: 'k8s.io' })
     expect(out).toBe('hello from a lazy image\n')
+  })
+
+  it('a metadata layer the registry serves with other bytes fails the pull with a clear error and leaves no file', async () => {
+    await busyboxImage(join(T, 'src2'), 'v1', [async r => { await writeFile(join(r, 'greeting'), 'tampered image\n') }])
+    const conv = await runGuoce(['image', 'convert', '--source', `oci:${join(T, 'src2')}:v1`, '--target', `oci:${join(T, 'lazy2')}:v1`, '--json'])
+    expect(conv.code, conv.stderr).toBe(0)
+    const m2 = JSON.parse(await readFile(join(T, 'lazy2', 'blobs', 'sha256', (JSON.parse(conv.stdout).manifestDigest as string).slice(7)), 'utf8')) as Manifest
+    const image2 = `${registry!.host}/guoce/tampered:v1`
+    await exec('skopeo', ['copy', '--dest-tls-verify=false', `oci:${join(T, 'lazy2')}:v1`, `docker://${image2}`])
+    // the registry's stored bytes of the metadata layer flipped (same length): what a hostile registry sends
+    const metaLayer = m2.layers.find(l => l.mediaType === META)!
+    const hex = metaLayer.digest.slice(7)
+    const stored = join(T, 'registry', 'data', 'docker', 'registry', 'v2', 'blobs', 'sha256', hex.slice(0, 2), hex, 'data')
+    const bytes = await readFile(stored)
+    bytes[bytes.length >> 1] ^= 0xff
+    await writeFile(stored, bytes)
+    await expect(criPullImage(cd!.address, image2)).rejects.toThrow(/hash|digest/i)
+    const files = await readdir(join(T, 'daemon', 'snapshotter', 'lazy', 'meta'))
+    expect(files.filter(f => f.startsWith(hex))).toEqual([]) // neither the layer nor a partial file
+    const meta = JSON.parse(await readFile(join(T, 'daemon', 'snapshotter', 'metadata.json'), 'utf8')) as { snapshots: Array<[string, { remote?: { layerDigest: string } }]> }
+    expect(meta.snapshots.filter(([, r]) => r.remote?.layerDigest === metaLayer.digest)).toEqual([])
   })
 
   it('declines a layer whose labels name it under another chain id, and a manifest the registry does not have', async () => {
