@@ -6,8 +6,10 @@
  * metadata layer file-backed with device= files of the daemon's FUSE blob server, and containerd downloads no
  * layer. A container runs from the image and prints what it reads, while the image's large file it never
  * reads is never fetched: the chunks the daemon's node chunk store fetched (its /metrics) and the bytes the
- * daemon downloaded are counted against the image's. Labels that name a layer of the image under another
- * chain id (forged) are declined: the snapshotter prepares an ordinary snapshot.
+ * daemon downloaded are counted against the image's. Then: the daemon SIGKILLed and restarted mounts the lazy
+ * layers again over its new blob server and new containers start; a metadata layer the registry serves with
+ * other bytes fails the pull (no file, no snapshot); labels that name a layer under another chain id (forged)
+ * are declined (an ordinary snapshot); removing the images unmounts every lazy layer.
  */
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -195,5 +197,13 @@ describe('CRI pulls a converted image lazily from its registry through the guoce
       const missing = await prepare(`k8s.io/1/missing-${tag}`, { ...base, 'containerd.io/snapshot.ref': `sha256:${'cd'.repeat(32)}`, 'containerd.io/snapshot/cri.manifest-digest': `sha256:${'ef'.repeat(32)}` })
       expect(missing.mounts).toHaveLength(1)
     } finally { client.close() }
+  })
+
+  it('removing the images lets containerd\'s GC remove every lazy layer through the snapshotter: unmounted', async () => {
+    const names = (await cd!.ctr(['images', 'ls', '-q'], { namespace: 'k8s.io' })).trim().split('\n').filter(n => n !== '')
+    expect(names).toContain(image)
+    await cd!.ctr(['images', 'rm', '--sync', ...names], { namespace: 'k8s.io' })
+    const erofs = async (): Promise<number> => (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter(l => l.includes(join(T, 'daemon', 'snapshotter', 'snapshots')) && / - erofs /.test(l)).length
+    await until(async () => await erofs() === 0, 'containerd\'s GC to remove the lazy layers', 20_000, 200)
   })
 })
