@@ -13,9 +13,8 @@ import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
-import * as grpc from '@grpc/grpc-js'
-import { loadSync } from '@grpc/proto-loader'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { criPullImage } from './cri-client.js'
 import { ROOT, busyboxImage, runGuoce, startContainerd, startGuoce, startRegistry, stopAll, until, type Containerd, type Proc, type Registry } from '@guoce/testkit'
 
 const exec = promisify(execFile)
@@ -72,15 +71,7 @@ describe('CRI pulls a converted image through the guoce snapshotter', () => {
   })
 
   it('mounts every layer remotely, containerd fetches none, and a container runs from the image', async () => {
-    const def = loadSync('image-service.proto', { includeDirs: [join(import.meta.dirname, 'fixtures', 'cri')], keepCase: false, defaults: true })
-    const pkg = grpc.loadPackageDefinition(def) as unknown as { runtime: { v1: { ImageService: new (addr: string, creds: grpc.ChannelCredentials) => grpc.Client & { PullImage: (req: unknown, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: { imageRef: string }) => void) => void } } } }
-    const cri = new pkg.runtime.v1.ImageService(`unix:${cd!.address}`, grpc.credentials.createInsecure())
-    try {
-      const res = await new Promise<{ imageRef: string }>((resolve, reject) => {
-        cri.PullImage({ image: { image } }, { deadline: Date.now() + 60_000 }, (err, r) => { if (err != null) reject(err); else resolve(r!) })
-      })
-      expect(res.imageRef).toMatch(/^sha256:[0-9a-f]{64}$/)
-    } finally { cri.close() }
+    expect(await criPullImage(cd!.address, image)).toMatch(/^sha256:[0-9a-f]{64}$/)
 
     // every layer is a remote snapshot of ours, each mounted metadata layer a live EROFS mount
     const meta = JSON.parse(await readFile(join(T, 'daemon', 'snapshotter', 'metadata.json'), 'utf8')) as { snapshots: Array<[string, { id: number, kind: string, labels: Record<string, string>, remote?: { layerDigest: string, imageRef: string } }]> }

@@ -10,10 +10,8 @@ import { constants as fsConstants } from 'node:fs'
 import { access, chmod, copyFile, open, readFile, rename, rm, stat } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
 import { createHash, randomBytes } from 'node:crypto'
-import { request as httpRequest } from 'node:http'
-import { Readable } from 'node:stream'
 import { parseSourceUrl, parseDigest, redactUrl } from '@guoce/content'
-import { ContentChangedError, DigestMismatchError, InvalidParametersError, NoSpaceError, TaskFailedError, ContentLengthMismatchError, fromErrorInfo, type TaskProgress } from '@guoce/interface'
+import { unixFetch, ContentChangedError, DigestMismatchError, InvalidParametersError, NoSpaceError, TaskFailedError, ContentLengthMismatchError, fromErrorInfo, type TaskProgress } from '@guoce/interface'
 import { parse, durationMs, isLoopbackHost } from './args.js'
 
 export const GET_USAGE = `Usage: guoce get URL -O FILE [--daemon http://HOST:PORT] [--digest sha256:HEX] [--header K:V]... [--header-file FILE]
@@ -36,18 +34,6 @@ function fmtBytes (n: number): string {
   let i = 0
   while (n >= 1024 && i < u.length - 1) { n /= 1024; i++ }
   return `${n.toFixed(i === 0 ? 0 : 1)} ${u[i]}`
-}
-
-/** HTTP over the daemon's unix socket (`--daemon unix:PATH`), answered as a fetch Response. */
-async function unixFetch (socketPath: string, path: string, init: { method: string, headers: Record<string, string>, body: string | null, signal?: AbortSignal }): Promise<Response> {
-  return await new Promise<Response>((resolve, reject) => {
-    const req = httpRequest({ socketPath, path, method: init.method, headers: { host: 'localhost', ...init.headers }, ...(init.signal != null ? { signal: init.signal } : {}) }, res => {
-      const status = res.statusCode ?? 502
-      resolve(new Response(status === 204 || status === 304 ? null : Readable.toWeb(res) as ReadableStream<Uint8Array>, { status }))
-    })
-    req.on('error', err => { reject(Object.assign(new Error(err.message), { cause: err, name: err.name })) })
-    req.end(init.body ?? undefined)
-  })
 }
 
 // the built-in fetch: no HTTP client to load at start-up

@@ -4,7 +4,7 @@
 import { join, resolve } from 'node:path'
 import { InvalidParametersError, type Logger } from '@guoce/interface'
 import { parse, defaultHome, hostPort, durationMs, sizeBytes, pieceChannel, count } from './args.js'
-import type { Running, SnapshotterOptions, MirrorOptions } from './services.js'
+import type { Running, SnapshotterDaemon, SnapshotterOptions, MirrorOptions } from './services.js'
 /** @guoce/registry-mirror's DEFAULT_MIRROR_PORT, not imported here: `guoce get` loads no fastify */
 const DEFAULT_MIRROR_PORT = 65002
 
@@ -45,7 +45,9 @@ const SNAPSHOTTER_HELP = `
                        containerd: [proxy_plugins.guoce] type = "snapshot" address = PATH (deploy/containerd/)
   --snapshotter-root DIR     snapshots and their metadata (default <data>/snapshotter)
   --snapshotter-layout DIR   an OCI layout of converted images (guoce image convert --target oci:DIR):
-                       their layers are mounted from its blobs instead of unpacked (repeatable)
+                       their layers are mounted from its blobs instead of unpacked (repeatable). Without
+                       it, layers of converted images are mounted lazily from their registry: chunks are
+                       fetched through this daemon as containers read them (node chunk store <data>/chunks)
 `
 const DAEMON_USAGE = `Usage: guoce daemon --scheduler MULTIADDR (--cluster-key FILE | --open) [--data DIR] [--api HOST:PORT] [--listen MULTIADDR]
                     [--origin-timeout 30s] [--read-timeout 60s] [--idc NAME] [--location A|B|C] [--quota SIZE] [--piece-channel M]
@@ -96,10 +98,10 @@ function snapshotterOptions (v: Record<string, unknown>, data: string): Snapshot
   return { socket: resolve(socket), root: resolve((v['snapshotter-root'] as string | undefined) ?? join(data, 'snapshotter')), layouts }
 }
 
-async function startSnapshotterIf (o: SnapshotterOptions | undefined, log: Logger): Promise<(Running & { socket: string }) | undefined> {
+async function startSnapshotterIf (o: SnapshotterOptions | undefined, log: Logger, daemon: SnapshotterDaemon): Promise<(Running & { socket: string }) | undefined> {
   if (o == null) return undefined
   const { startSnapshotterService } = await import('./services.js')
-  return await startSnapshotterService(o, log)
+  return await startSnapshotterService(o, log, daemon)
 }
 
 const MIRROR_OPTIONS = { mirror: { type: 'string' }, 'mirror-upstream': { type: 'string' }, 'mirror-insecure': { type: 'string', multiple: true }, 'mirror-max-manifest': { type: 'string' } } as const
@@ -177,7 +179,8 @@ export async function main (argv: string[]): Promise<number | undefined> {
         pieceChannel: pieceChannel(v['piece-channel'] as string | undefined),
         mirror: mirrorOptions(v, undefined)
       })
-      const snap = await startSnapshotterIf(snapOpts, log)
+      const chunkDir = v.data != null ? join(v.data as string, 'chunks') : join(defaultHome(), 'chunks')
+      const snap = await startSnapshotterIf(snapOpts, log, { apiUrl: d.apiUrl, chunkDir, metrics: d.daemon.metrics.registry })
       out(json, { event: 'ready', service: 'daemon', api: d.apiUrl, mirror: d.mirrorUrl ?? null, peerId: d.node.peerId.toString(), addrs: d.node.getMultiaddrs().map(String), snapshotter: snap?.socket ?? null },
         `daemon ${d.node.peerId.toString()} api ${d.apiUrl}${d.mirrorUrl != null ? ` mirror ${d.mirrorUrl}` : ''}${snap != null ? `\nsnapshotter ${snap.socket}` : ''}`)
       return await runUntilSignal(snap != null ? [d, snap] : [d])
@@ -200,7 +203,7 @@ export async function main (argv: string[]): Promise<number | undefined> {
       const daemon = await startDaemon({ ...membership, data: join(data, 'daemon'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, api: hostPort((v.api as string | undefined) ?? '127.0.0.1:65001', '--api'), log, originTimeoutMs, quotaBytes, pieceChannel: channel, mirror: mirrorOptions(v, `127.0.0.1:${DEFAULT_MIRROR_PORT}`) })
       await seed.seed.ready
       await daemon.daemon.client.ready
-      const snap = await startSnapshotterIf(snapOpts, log)
+      const snap = await startSnapshotterIf(snapOpts, log, { apiUrl: daemon.apiUrl, chunkDir: join(data, 'chunks'), metrics: daemon.daemon.metrics.registry })
       out(json, { event: 'ready', service: 'up', scheduler: sched.addr, schedulerAddrs: sched.addrs, api: daemon.apiUrl, mirror: daemon.mirrorUrl ?? null, data, clusterKey: sched.clusterKey ?? null, seedKey: sched.seedKey, snapshotter: snap?.socket ?? null },
         `guoce up\n  scheduler    ${sched.addrs.join('\n               ')}\n  api          ${daemon.apiUrl}\n  mirror       ${daemon.mirrorUrl ?? '(off)'}\n  data         ${data}\n` +
         `  cluster key  ${sched.clusterKey ?? '(none: open cluster)'}\n  seed key     ${sched.seedKey}\n` +

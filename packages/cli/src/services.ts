@@ -9,6 +9,7 @@ import { SeedPeer } from '@guoce/seed-peer'
 import { PeerDaemon, buildServer, listenApi } from '@guoce/peer'
 import type { Mirror } from '@guoce/registry-mirror'
 import type { FastifyInstance } from 'fastify'
+import type { Counter, Gauge, Registry } from 'prom-client'
 
 export interface Running { stop(): Promise<void> }
 
@@ -103,15 +104,35 @@ export interface MirrorOptions { host: string, port: number, upstream?: string |
 /** Where a daemon serves containerd's snapshots API (`--snapshotter-socket`), and the layouts it mounts layers from. */
 export interface SnapshotterOptions { socket: string, root: string, layouts?: string[] | undefined }
 
+/** The peer daemon a snapshotter without layouts fetches lazy layers' chunks through (this process's own). */
+export interface SnapshotterDaemon { apiUrl: string, chunkDir: string, metrics: Registry }
+
 /**
  * The containerd snapshotter (packages/snapshotter) on its unix socket. With `layouts`, layers of the converted
  * images in those OCI layouts are mounted from their local blobs (file-backed EROFS) instead of unpacked.
+ * Without, layers of converted images are mounted lazily from their registry (registryMounter): chunks
+ * through this process's daemon (`daemon.apiUrl`), counted in its /metrics as guoce_snapshotter_*.
  */
-export async function startSnapshotterService (o: SnapshotterOptions, log: Logger): Promise<Running & { socket: string }> {
-  const { startSnapshotter, ociLayoutMounter } = await import('@guoce/snapshotter')
-  const remote = o.layouts != null && o.layouts.length > 0 ? ociLayoutMounter({ layouts: o.layouts, mounter: await import('@guoce/native-mount') }) : undefined
-  const s = await startSnapshotter({ root: o.root, socket: o.socket, log, ...(remote != null ? { remote } : {}) })
-  return { socket: s.socket, stop: async () => { await s.stop() } }
+export async function startSnapshotterService (o: SnapshotterOptions, log: Logger, daemon: SnapshotterDaemon): Promise<Running & { socket: string }> {
+  const { startSnapshotter, ociLayoutMounter, registryMounter } = await import('@guoce/snapshotter')
+  const mounter = await import('@guoce/native-mount')
+  const lazy = o.layouts != null && o.layouts.length > 0
+    ? undefined
+    : registryMounter({ dir: join(o.root, 'lazy'), chunkDir: daemon.chunkDir, daemon: daemon.apiUrl, mounter, log: log.child({ component: 'registry-mounter' }) })
+  const remote = lazy ?? ociLayoutMounter({ layouts: o.layouts!, mounter })
+  if (lazy !== undefined) {
+    const prom = await import('prom-client')
+    const counted = (name: string, help: string, get: () => number): void => {
+      const c: Counter<string> = new prom.Counter({ name, help, registers: [daemon.metrics], collect () { c.reset(); c.inc(get()) } })
+    }
+    counted('guoce_snapshotter_chunks_fetched_total', 'Chunks of lazy layers fetched into the node chunk store', () => lazy.stats().store.fetches)
+    counted('guoce_snapshotter_chunk_bytes_fetched_total', 'Bytes of chunks of lazy layers fetched', () => lazy.stats().store.fetchedBytes)
+    counted('guoce_snapshotter_reads_total', 'Reads of lazy layers\' blob files (kernel EROFS)', () => lazy.stats().server.reads)
+    counted('guoce_snapshotter_failed_reads_total', 'Reads of lazy layers answered with EIO', () => lazy.stats().server.failedReads)
+    const served: Gauge<string> = new prom.Gauge({ name: 'guoce_snapshotter_chunks', help: 'Chunks in the blobs of the lazy layers served', registers: [daemon.metrics], collect () { served.set(lazy.stats().chunks) } })
+  }
+  const s = await startSnapshotter({ root: o.root, socket: o.socket, log, remote })
+  return { socket: s.socket, stop: async () => { await s.stop(); await lazy?.close() } }
 }
 
 export function logger (_json: boolean, fallback: LogLevel): Logger {

@@ -11,6 +11,7 @@
  */
 
 export * from './errors.js'
+export { unixFetch, type FetchInit } from './unix-fetch.js'
 
 export interface AbortOptions {
   signal?: AbortSignal

@@ -10,7 +10,7 @@
  * wrong bytes) when no attempt gave a chunk that verifies within `fetchAttempts` or the read deadline.
  * Never read the mount from this process: FUSE requests are answered on this process's JS thread.
  */
-import type { ChunkExtent } from '@guoce/image'
+import { CorruptImageError, type ChunkExtent } from '@guoce/image'
 import type { ChunkReader } from './chunk-reader.js'
 import { DEFAULT_READ_DEADLINE_MS } from './constants.js'
 import { Fuse, answerRead, fuseMount, type FuseOps } from './fuse.js'
@@ -45,6 +45,11 @@ export interface BlobServer {
   readonly mountpoint: string
   /** Path of a blob's file on the mount. */
   path: (digest: string) => string
+  /**
+   * Serves more blobs (a layer that arrived later). A blob already served gets the union of its extents;
+   * a size or chunk that disagrees with what is served throws CorruptImageError and changes nothing.
+   */
+  add: (blobs: BlobFile[]) => void
   stats: () => BlobServerStats
   close: () => Promise<void>
 }
@@ -56,7 +61,17 @@ export async function serveBlobs (init: BlobServerInit): Promise<BlobServer> {
   const { chunks } = init
   const deadlineMs = init.readDeadlineMs ?? DEFAULT_READ_DEADLINE_MS
   const byName = new Map<string, BlobFile>()
-  for (const b of init.blobs) byName.set(b.digest.replace(/^sha256:/, ''), b)
+  const add = (blobs: BlobFile[]): void => {
+    const next = new Map<string, BlobFile>()
+    for (const b of blobs) {
+      const name = b.digest.replace(/^sha256:/, '')
+      const known = next.get(name) ?? byName.get(name)
+      next.set(name, known === undefined ? b : mergeBlob(known, b))
+    }
+    // replaced whole: a read in flight keeps the extents it started with
+    for (const [k, b] of next) byName.set(k, b)
+  }
+  add(init.blobs)
   const counters = { reads: 0, bytesRead: 0, failedReads: 0 }
   const epoch = new Date()
 
@@ -121,6 +136,7 @@ export async function serveBlobs (init: BlobServerInit): Promise<BlobServer> {
   let closed: Promise<void> | undefined
   return {
     mountpoint: init.mountpoint,
+    add,
     path: (digest) => `${init.mountpoint}/${digest.replace(/^sha256:/, '')}`,
     stats: () => ({ ...counters, refused: chunks.refused() }),
     close: async () => {
@@ -130,4 +146,23 @@ export async function serveBlobs (init: BlobServerInit): Promise<BlobServer> {
       await closed
     }
   }
+}
+
+/** One blob as two layers describe it: the union of their extents (they must agree on size and on shared chunks). */
+export function mergeBlob (a: BlobFile, b: BlobFile): BlobFile {
+  if (a.size !== b.size) throw new CorruptImageError(`blob ${a.digest}: layers disagree on its size (${a.size} and ${b.size})`)
+  const byAddr = new Map(a.extents.map(e => [e.blkaddr, e]))
+  for (const e of b.extents) {
+    const known = byAddr.get(e.blkaddr)
+    if (known === undefined) byAddr.set(e.blkaddr, e)
+    else if (!known.digest.equals(e.digest) || known.length !== e.length || known.storedOffset !== e.storedOffset) {
+      throw new CorruptImageError(`blob ${a.digest} block ${e.blkaddr}: layers disagree on its chunk`)
+    }
+  }
+  const extents = [...byAddr.values()].sort((x, y) => x.blkaddr - y.blkaddr)
+  for (let i = 1; i < extents.length; i++) {
+    const p = extents[i - 1]!
+    if (p.blkaddr * 4096 + p.length > extents[i]!.blkaddr * 4096) throw new CorruptImageError(`blob ${a.digest}: chunks overlap at block ${extents[i]!.blkaddr}`)
+  }
+  return { digest: a.digest, size: a.size, extents }
 }

@@ -13,11 +13,12 @@
  * `docker://REGISTRY/REPO:TAG` refs take `daemon: 'http://127.0.0.1:65001'`: metadata layers come from the
  * registry (verified), chunks through the daemon's ranged reader (the swarm, then the origin).
  */
-export { lazyMount, unmountSync, fillChunks, type LazyMount, type LazyMountOptions, type LazyMountStats, type FillOptions, type FillResult } from './lazy.js'
+export { lazyMount, unmountSync, fillChunks, blobFiles, blobsOf, type ResolvedLayer, type LazyMount, type LazyMountOptions, type LazyMountStats, type FillOptions, type FillResult } from './lazy.js'
 export { lazyUmount, cleanupStale, listStates, findState, abortFuse, mountTable, type MountState } from './state.js'
+export { chunkReader, type ChunkReader, type ChunkReaderInit } from './chunk-reader.js'
 export { openChunkStore, type ChunkStore, type ChunkStoreInit, type ChunkStoreStats } from './chunk-store.js'
 export { localBlobSource, daemonBlobSource, type BlobSource, type DaemonSourceInit } from './source.js'
-export { serveBlobs, type BlobServer, type BlobServerInit, type BlobServerStats, type BlobFile } from './blob-server.js'
+export { serveBlobs, mergeBlob, type BlobServer, type BlobServerInit, type BlobServerStats, type BlobFile } from './blob-server.js'
 export { attachPrefetchTrace, parseTrace, MEDIA_TYPE_PREFETCH, type Trace, type TraceEntry } from './prefetch.js'
 export * from './errors.js'
 export * from './constants.js'

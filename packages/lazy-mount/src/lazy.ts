@@ -16,7 +16,7 @@ import {
   ANNOTATION_BLOBS, CorruptImageError, MEDIA_TYPE_EROFS_META, RegistryClient, blobViewSizes, convertedLayers,
   isDockerRef, mountLayers, parseDockerRef, parseOciRef, readChunkTable, readManifest, type ChunkExtent, type Descriptor, type Manifest
 } from '@guoce/image'
-import { serveBlobs, type BlobFile, type BlobServerStats } from './blob-server.js'
+import { mergeBlob, serveBlobs, type BlobFile, type BlobServerStats } from './blob-server.js'
 import { chunkReader } from './chunk-reader.js'
 import { serveLayer, type LayerServer } from './fs-server.js'
 import { openChunkStore, type ChunkStore, type ChunkStoreStats } from './chunk-store.js'
@@ -67,7 +67,8 @@ export interface LazyMount {
   unmount: () => Promise<void>
 }
 
-interface ResolvedLayer { meta: string, blobs: string[] }
+/** A metadata layer on local disk and the digests of its blobs (its device table, in order). */
+export interface ResolvedLayer { meta: string, blobs: string[] }
 
 function sha256File (b: Buffer): string { return `sha256:${createHash('sha256').update(b).digest('hex')}` }
 
@@ -76,7 +77,8 @@ async function checkedMeta (path: string, d: Descriptor): Promise<void> {
   if (got !== d.digest) throw new CorruptImageError(`metadata layer ${d.digest}: bytes hash to ${got}`)
 }
 
-function blobsOf (d: Descriptor): string[] {
+/** The blob digests a metadata layer's descriptor names (its device table, in order), checked. */
+export function blobsOf (d: Descriptor): string[] {
   const list = JSON.parse(d.annotations?.[ANNOTATION_BLOBS] ?? '[]') as unknown
   if (!Array.isArray(list) || !list.every(x => typeof x === 'string' && /^sha256:[0-9a-f]{64}$/.test(x))) throw new CorruptImageError(`metadata layer ${d.digest}: bad ${ANNOTATION_BLOBS} annotation`)
   return list as string[]
@@ -121,36 +123,26 @@ async function resolveImage (ref: string, work: string, opts: { daemon?: string,
   return { layers, source, trace: parseTrace(bytes, `${ref} prefetch layer`) }
 }
 
-/** Every blob of the image with the union of its chunk extents over the layers that use it. */
-async function blobFiles (layers: ResolvedLayer[]): Promise<BlobFile[]> {
-  const byDigest = new Map<string, { size: number, extents: Map<number, ChunkExtent> }>()
+/** Every blob of the image's metadata layers with the union of its chunk extents over the layers that use it. */
+export async function blobFiles (layers: ResolvedLayer[]): Promise<BlobFile[]> {
+  const byDigest = new Map<string, BlobFile>()
   for (const l of layers) {
     const sizes = await blobViewSizes(l.meta)
     if (sizes.length !== l.blobs.length) throw new CorruptImageError(`${l.meta}: ${sizes.length} devices, manifest names ${l.blobs.length} blobs`)
-    sizes.forEach((size, i) => {
-      const d = l.blobs[i]!
-      const b = byDigest.get(d)
-      if (b === undefined) byDigest.set(d, { size, extents: new Map() })
-      else if (b.size !== size) throw new CorruptImageError(`blob ${d}: layers disagree on its size (${b.size} and ${size})`)
+    const extents = l.blobs.map(() => [] as ChunkExtent[])
+    for (const e of (await readChunkTable(l.meta)).entries) {
+      const list = extents[e.device - 1]
+      if (list === undefined) throw new CorruptImageError(`${l.meta}: a chunk on device ${e.device} of ${l.blobs.length}`)
+      list.push(e)
+    }
+    l.blobs.forEach((digest, i) => {
+      const b: BlobFile = { digest, size: sizes[i]!, extents: [] }
+      const known = byDigest.get(digest)
+      // merged even with nothing known: mergeBlob sorts the extents and refuses overlaps and disagreements
+      byDigest.set(digest, mergeBlob(known ?? b, { ...b, extents: extents[i]! }))
     })
-    const table = await readChunkTable(l.meta)
-    for (const e of table.entries) {
-      const b = byDigest.get(l.blobs[e.device - 1]!)!
-      const known = b.extents.get(e.blkaddr)
-      if (known === undefined) b.extents.set(e.blkaddr, e)
-      else if (!known.digest.equals(e.digest) || known.length !== e.length || known.storedOffset !== e.storedOffset) {
-        throw new CorruptImageError(`blob ${l.blobs[e.device - 1]!} block ${e.blkaddr}: layers disagree on its chunk`)
-      }
-    }
   }
-  return [...byDigest].map(([digest, b]) => {
-    const extents = [...b.extents.values()].sort((x, y) => x.blkaddr - y.blkaddr)
-    for (let i = 1; i < extents.length; i++) {
-      const p = extents[i - 1]!
-      if (p.blkaddr * 4096 + p.length > extents[i]!.blkaddr * 4096) throw new CorruptImageError(`blob ${digest}: chunks overlap at block ${extents[i]!.blkaddr}`)
-    }
-    return { digest, size: b.size, extents }
-  })
+  return [...byDigest.values()]
 }
 
 /** Mounts `ref` lazily at `target`; the calling process serves its blobs until `unmount()`. */

@@ -9,6 +9,7 @@
  */
 import { open, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
+import { unixFetch, type FetchInit } from '@guoce/interface'
 import { BlobSourceError } from './errors.js'
 import { MAX_STORED_CHUNK } from './constants.js'
 
@@ -66,7 +67,7 @@ export function localBlobSource (dir: string): BlobSource {
 }
 
 export interface DaemonSourceInit {
-  /** Local API base, e.g. `http://127.0.0.1:65001`. */
+  /** Local API base, e.g. `http://127.0.0.1:65001`, or `unix:/PATH` (the daemon's `--api unix:PATH`). */
   api: string
   /** The origin URL of a blob (`http(s)://REGISTRY/v2/REPO/blobs/DIGEST`). */
   blobUrl: (digest: string) => string
@@ -74,7 +75,8 @@ export interface DaemonSourceInit {
    * A blob's task as a ranged one (TaskRequest.ranged): the swarm and the origin send only the pieces the
    * mount reads. Off by default: with it, a read of a chunk this mount read before failed with EIO once the
    * origin was down (packages/lazy-mount/test/swarm.spec.ts "origin down"), not yet understood; without it
-   * the first read of a blob starts its whole download in the background.
+   * the first read of a blob starts its whole download in the background. A ranged task is named by the
+   * blob's URL (and the origin's validator), not by its digest: see read().
    */
   ranged?: boolean
 }
@@ -84,13 +86,19 @@ const ACCESS_HEADER = 'x-guoce-access'
 
 /** Blobs through the local peer daemon's ranged reader: only the verified pieces a range needs are fetched. */
 export function daemonBlobSource (init: DaemonSourceInit): BlobSource {
-  const base = init.api.replace(/\/+$/, '')
+  const unix = init.api.startsWith('unix:') ? init.api.slice(5) : undefined
+  const base = unix !== undefined ? 'http://localhost' : init.api.replace(/\/+$/, '')
+  const fetch = async (url: string, req: FetchInit): Promise<Response> => unix !== undefined ? await unixFetch(unix, new URL(url).pathname, req) : await globalThis.fetch(url, req)
   const tasks = new Map<string, Promise<{ taskId: string, access: string }>>()
   const task = async (digest: string, signal: AbortSignal): Promise<{ taskId: string, access: string }> => {
     let t = tasks.get(digest)
     if (t === undefined) {
       t = (async () => {
-        const res = await fetch(`${base}/api/v1/tasks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ url: init.blobUrl(digest), digest, ...(init.ranged === true ? { ranged: true } : {}) }), signal })
+        // a ranged task is named by its URL and the origin's validator, not by the digest: the daemon holds
+        // back the last bytes of digest-named content until the whole content matched it, which a ranged
+        // task never fetches (every chunk is verified by the caller against its chunk table either way)
+        const named = init.ranged === true ? { ranged: true } : { digest }
+        const res = await fetch(`${base}/api/v1/tasks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ url: init.blobUrl(digest), ...named }), signal })
         const body = await res.json().catch(() => undefined) as { taskId?: unknown, access?: unknown, error?: { message?: string } } | undefined
         if (!res.ok || typeof body?.taskId !== 'string' || typeof body.access !== 'string') {
           throw new BlobSourceError(`daemon refused a task for blob ${digest}: ${res.status} ${body?.error?.message ?? ''}`)
@@ -127,3 +135,4 @@ export function daemonBlobSource (init: DaemonSourceInit): BlobSource {
     async close () { tasks.clear() }
   }
 }
+

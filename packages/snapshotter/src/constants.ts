@@ -25,6 +25,16 @@ export const MAX_SNAPSHOTS = 100_000
  * @default 120000
  */
 export const REMOTE_MOUNT_TIMEOUT_MS = 120_000
+/**
+ * Largest image config the registry mounter fetches (it reads the diff ids to check chain ids).
+ * @default 4 MiB
+ */
+export const MAX_CONFIG_BYTES = 4 << 20
+/**
+ * Largest EROFS metadata layer the registry mounter fetches (the metadata of a large image is tens of MB).
+ * @default 1 GiB
+ */
+export const MAX_LAYER_META_BYTES = 1 << 30
 
 /** The label containerd's unpacker sets on Prepare: the name (chain id) the layer's snapshot is committed as. */
 export const LABEL_TARGET_REF = 'containerd.io/snapshot.ref'

@@ -18,6 +18,7 @@ export { Snapshotter, diskUsage, type SnapshotterInit, type SnapshotInfo, type M
 export { serveSnapshots, snapshotsClient, snapshotsHandlers, type SnapshotServer } from './server.js'
 export { remoteLayerOf, type RemoteLayer, type RemoteLayerMounter } from './remote.js'
 export { ociLayoutMounter, chainIds, type OciLayoutMounterInit } from './oci-mounter.js'
+export { registryMounter, type RegistryMounter, type RegistryMounterInit, type RegistryMounterStats } from './registry-mounter.js'
 export { parseFilter } from './filters.js'
 export * from './errors.js'
 export * from './constants.js'

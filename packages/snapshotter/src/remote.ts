@@ -30,6 +30,11 @@ export interface RemoteLayerMounter {
    * Rejects on failure; the snapshotter then fails the Prepare (containerd retries, or the pull fails).
    */
   mount: (layer: RemoteLayer, dir: string, opts: AbortOptions) => Promise<boolean>
+  /**
+   * True when a layer mount this mounter made does not survive its process (it reads through a server of that
+   * process): at open, the snapshotter detaches and mounts again every remote layer it finds still mounted.
+   */
+  remountOnOpen?: boolean
   /** Undoes a mount made by mount() (the snapshot is removed, or the snapshotter stops with `unmountOnStop`). */
   unmount: (dir: string) => Promise<void>
 }

@@ -116,7 +116,12 @@ export class Snapshotter {
     if (remote.length === 0) return
     const mounted = await mountPointsUnder(join(this.root, 'snapshots'))
     for (const r of remote) {
-      if (mounted.has(this.fsPath(r))) continue
+      if (mounted.has(this.fsPath(r))) {
+        if (this.init.remote?.remountOnOpen !== true) continue
+        // mounted by an earlier process over a server that died with it: detached (containers that hold it
+        // keep what they hold), mounted again below for the containers to come
+        await this.init.remote.unmount(this.fsPath(r)).catch((err: Error) => { this.log.warn('stale remote layer not detached', { ref: r.remote!.ref, error: err.message }) })
+      }
       if (this.init.remote === undefined) { this.log.warn('remote snapshot is not mounted and no remote mounter is configured', { ref: r.remote!.ref }); continue }
       try {
         const ok = await this.init.remote.mount(r.remote!, this.fsPath(r), { signal: AbortSignal.timeout(REMOTE_MOUNT_TIMEOUT_MS) })

@@ -1,0 +1,257 @@
+/**
+ * The lazy RemoteLayerMounter: layers of converted images straight from their registry, their data fetched
+ * chunk by chunk only as containers read it.
+ *
+ * For a Prepare whose CRI labels name an image (`cri.image-ref` REGISTRY/REPO:TAG, `cri.manifest-digest`,
+ * `cri.layer-digest`, `snapshot.ref`): the manifest by its digest from the registry (verified), its config
+ * (verified), and the layer taken only where containerd's chain id (`snapshot.ref`) is that layer's chain id in
+ * the image, as ociLayoutMounter checks it (a layer digest label alone could name another image's layer). An
+ * EROFS metadata layer is fetched (verified, kept under `<dir>/meta`) and mounted file-backed with `device=`
+ * the files of its data blobs on ONE FUSE blob server this mounter owns (packages/lazy-mount blob-server.ts:
+ * blob files are added as layers arrive). Each file's bytes come from the node chunk store, else the peer
+ * daemon's ranged reader (daemonBlobSource: the swarm, then the registry), every chunk verified against the
+ * metadata layer's chunk table. A data-blob layer is "mounted" with nothing to mount (its bytes are reached
+ * through the metadata layers' devices). Anything else (an ordinary image, a registry that cannot be reached,
+ * a chain id that does not match) is declined, and containerd unpacks the layer as usual.
+ *
+ * Who owns what: the mounter owns the blob server (its FUSE mount under `<dir>/fuse-<random>`, one per
+ * process), the chunk reader and its source, and the metadata files. Its layer mounts depend on this process:
+ * they read through its FUSE server, so they outlive neither a stop (close) nor a crash; at the next start
+ * every one of them is mounted again (`remountOnOpen`) over the new server, and stale FUSE mounts of earlier
+ * processes are aborted and detached. This process never reads its own FUSE mount: only the kernel (EROFS,
+ * on behalf of containers) does.
+ */
+import { randomBytes } from 'node:crypto'
+import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { AbortOptions, Logger } from '@guoce/interface'
+import {
+  ANNOTATION_FORMAT, CorruptImageError, MEDIA_TYPE_CHUNK_BLOB, MEDIA_TYPE_EROFS_META, RegistryClient, mountLayer, parseDockerRef,
+  type Descriptor, type Manifest, type Mounter
+} from '@guoce/image'
+import {
+  abortFuse, blobFiles, blobsOf, chunkReader, daemonBlobSource, openChunkStore, serveBlobs,
+  type BlobServer, type BlobServerStats, type BlobSource, type ChunkReader, type ChunkStore, type ChunkStoreStats
+} from '@guoce/lazy-mount'
+import type { RemoteLayer, RemoteLayerMounter } from './remote.js'
+import { chainIds } from './oci-mounter.js'
+import { MAX_CONFIG_BYTES, MAX_LAYER_META_BYTES } from './constants.js'
+
+export interface RegistryMounterInit {
+  /** Directory of the metadata layers and the FUSE mount point (created). */
+  dir: string
+  /** The node chunk store's directory (shared with `guoce image mount`). */
+  chunkDir: string
+  chunkQuota?: number
+  /** The local peer daemon's API (`http://127.0.0.1:PORT` or `unix:/PATH`): chunks come through its reader. */
+  daemon: string
+  mounter: Mounter
+  /** Replaces the daemon source (tests). */
+  source?: BlobSource
+  log?: Logger
+  /**
+   * Blob tasks as ranged ones (@default true): only the pieces containers read cross the swarm and the
+   * origin. False: the first read of a blob starts its whole download in the daemon (daemonBlobSource's
+   * `ranged`, off there by default for `guoce image mount`).
+   */
+  ranged?: boolean
+  /** Milliseconds a FUSE read may wait for its chunks before it fails with EIO. */
+  readDeadlineMs?: number
+}
+
+export interface RegistryMounterStats {
+  /** The blob server's reads (kernel EROFS reading data on behalf of containers). */
+  server: BlobServerStats
+  /** The node chunk store: `fetches` is the chunks fetched through the daemon, `hits` those found. */
+  store: ChunkStoreStats
+  /** Chunks in the blobs served (every chunk a container could read). */
+  chunks: number
+  /** Bytes of those chunks (uncompressed). */
+  chunkBytes: number
+}
+
+export interface RegistryMounter extends RemoteLayerMounter {
+  stats: () => RegistryMounterStats
+  /** Stops serving blobs: every layer mounted from here stops reading (call only when the node is going away). */
+  close: () => Promise<void>
+}
+
+const DIGEST = /^sha256:([0-9a-f]{64})$/
+
+interface Found { client: RegistryClient, repository: string, manifest: Manifest, index: number }
+
+/** What registry/repository an image reference as CRI names it (`REGISTRY/REPO[:TAG][@DIGEST]`) is at; undefined if none. */
+function locate (imageRef: string): { registry: string, repository: string } | undefined {
+  try {
+    const r = parseDockerRef(`docker://${imageRef}`)
+    return { registry: r.registry, repository: r.repository }
+  } catch { return undefined }
+}
+
+export function registryMounter (init: RegistryMounterInit): RegistryMounter {
+  const log = init.log
+  const metaDir = join(init.dir, 'meta')
+  /** blob digest -> its URL at the registry of the image that named it (the daemon's task origin) */
+  const urls = new Map<string, string>()
+  let served: Promise<{ server: BlobServer, store: ChunkStore, chunks: ChunkReader }> | undefined
+  let closed = false
+  let live: { server: BlobServer, store: ChunkStore } | undefined
+  /** blob -> block address -> chunk length, of every chunk served */
+  const known = new Map<string, Map<number, number>>()
+
+  /** The blob server, started at the first lazy layer (no FUSE for a node that only runs ordinary images). */
+  const serving = async (): Promise<{ server: BlobServer, store: ChunkStore, chunks: ChunkReader }> => {
+    served ??= (async () => {
+      await mkdir(init.dir, { recursive: true, mode: 0o700 })
+      // FUSE mounts of processes before this one are dead: abort and detach them (their layers are mounted again)
+      for (const e of await readdir(init.dir)) {
+        if (!e.startsWith('fuse-')) continue
+        const p = join(init.dir, e)
+        await abortFuse(p).catch(() => {})
+        for (let i = 0; i < 8; i++) { if (await init.mounter.umount2(p, init.mounter.constants.MNT_DETACH).then(() => false, () => true)) break }
+        await rm(p, { recursive: true, force: true }).catch(() => {})
+      }
+      const store = await openChunkStore({ dir: init.chunkDir, ...(init.chunkQuota !== undefined ? { quota: init.chunkQuota } : {}) })
+      const source = init.source ?? daemonBlobSource({
+        api: init.daemon,
+        ranged: init.ranged !== false,
+        blobUrl: (digest) => {
+          const u = urls.get(digest)
+          if (u === undefined) throw new Error(`blob ${digest}: no image named it`)
+          return u
+        }
+      })
+      const chunks = chunkReader({ store, source, ...(log !== undefined ? { log: (o: Record<string, unknown>) => { log.warn('lazy layer', o) } } : {}) })
+      const server = await serveBlobs({
+        mountpoint: join(init.dir, `fuse-${randomBytes(6).toString('hex')}`),
+        blobs: [],
+        chunks,
+        ...(init.readDeadlineMs !== undefined ? { readDeadlineMs: init.readDeadlineMs } : {}),
+        ...(log !== undefined ? { log: (o: Record<string, unknown>) => { log.warn('lazy layer read', o) } } : {})
+      })
+      live = { server, store }
+      return { server, store, chunks }
+    })()
+    served.catch(() => { served = undefined })
+    return await served
+  }
+
+  /** Manifests by digest, as fetched and verified (every layer of an image asks for the same one). */
+  const manifests = new Map<string, Promise<{ manifest: Manifest, chain: string[] } | undefined>>()
+  const imageOf = async (client: RegistryClient, repository: string, reference: string, signal: AbortSignal | undefined): Promise<{ manifest: Manifest, chain: string[] } | undefined> => {
+    const key = `${client.registry}/${repository}@${reference}`
+    let p = manifests.get(key)
+    if (p === undefined) {
+      p = (async () => {
+        signal?.throwIfAborted()
+        const m = await client.getManifest(repository, reference) // verified against the digest it is named by
+        const manifest = JSON.parse(m.bytes.toString('utf8')) as Manifest
+        if (manifest?.annotations?.[ANNOTATION_FORMAT] === undefined || !Array.isArray(manifest.layers) || !DIGEST.test(manifest.config?.digest ?? '')) return undefined
+        if (!(manifest.config.size <= MAX_CONFIG_BYTES)) throw new CorruptImageError(`${key}: config of ${manifest.config.size} bytes (at most ${MAX_CONFIG_BYTES})`)
+        await mkdir(metaDir, { recursive: true, mode: 0o700 })
+        const path = join(metaDir, `config-${randomBytes(6).toString('hex')}`)
+        try {
+          await client.getBlob(repository, manifest.config, path) // size and sha256 checked
+          const config = JSON.parse(await readFile(path, 'utf8')) as { rootfs?: { diff_ids?: unknown } }
+          const diffIds = config.rootfs?.diff_ids
+          if (!Array.isArray(diffIds) || !diffIds.every(d => typeof d === 'string')) return undefined
+          return { manifest, chain: chainIds(diffIds as string[]) }
+        } finally { await rm(path, { force: true }) }
+      })()
+      // only digests are cached (a tag may move); failures are not
+      if (DIGEST.test(reference)) {
+        if (manifests.size >= 256) manifests.clear()
+        manifests.set(key, p)
+        p.catch(() => { manifests.delete(key) })
+      }
+    }
+    return await p
+  }
+
+  const find = async (layer: RemoteLayer, signal: AbortSignal | undefined): Promise<Found | undefined> => {
+    if (!DIGEST.test(layer.layerDigest) || !DIGEST.test(layer.ref)) return undefined
+    const at = locate(layer.imageRef)
+    if (at === undefined) return undefined
+    const client = new RegistryClient(at.registry, signal !== undefined ? { signal } : {})
+    const reference = DIGEST.test(layer.manifestDigest) ? layer.manifestDigest : undefined
+    if (reference === undefined) return undefined
+    let image: { manifest: Manifest, chain: string[] } | undefined
+    try {
+      image = await imageOf(client, at.repository, reference, signal)
+    } catch (err) {
+      if ((err as Error).name === 'CorruptImageError' || (err as Error).name === 'RegistryDigestMismatchError') throw err
+      // not reachable from here (containerd may use a mirror): containerd downloads the layer itself
+      log?.info('registry mounter declines a layer: its manifest could not be fetched', { image: layer.imageRef, error: (err as Error).message })
+      return undefined
+    }
+    if (image === undefined) return undefined
+    const { manifest, chain } = image
+    // the layer at the place in its image that containerd's chain id names
+    const index = manifest.layers.findIndex((l, i) => l.digest === layer.layerDigest && chain[i] === layer.ref)
+    if (index === -1 || chain.length !== manifest.layers.length) return undefined
+    return { client, repository: at.repository, manifest, index }
+  }
+
+  /** The metadata layer on local disk (fetched once, verified before it appears under its digest). */
+  const metaOf = async (f: Found, d: Descriptor): Promise<string> => {
+    const path = join(metaDir, DIGEST.exec(d.digest)![1]!)
+    if (await stat(path).then(s => s.size === d.size, () => false)) return path
+    if (!(d.size > 0 && d.size <= MAX_LAYER_META_BYTES)) throw new CorruptImageError(`metadata layer ${d.digest}: ${d.size} bytes (at most ${MAX_LAYER_META_BYTES})`)
+    await mkdir(metaDir, { recursive: true, mode: 0o700 })
+    const tmp = `${path}.part-${randomBytes(6).toString('hex')}`
+    try {
+      await f.client.getBlob(f.repository, d, tmp)
+      await rename(tmp, path)
+    } finally { await rm(tmp, { force: true }) }
+    return path
+  }
+
+  return {
+    // every mount of an earlier process read through that process's FUSE server, which is gone
+    remountOnOpen: true,
+    mount: async (layer: RemoteLayer, dir: string, opts: AbortOptions): Promise<boolean> => {
+      if (closed) return false
+      opts.signal?.throwIfAborted()
+      const found = await find(layer, opts.signal)
+      if (found === undefined) return false
+      const desc = found.manifest.layers[found.index]!
+      if (desc.mediaType === MEDIA_TYPE_CHUNK_BLOB) return true
+      if (desc.mediaType !== MEDIA_TYPE_EROFS_META) return false
+      const meta = await metaOf(found, desc)
+      const blobs = blobsOf(desc)
+      const files = await blobFiles([{ meta, blobs }])
+      const { server } = await serving()
+      for (const b of blobs) urls.set(b, `${found.client.base}/v2/${found.repository}/blobs/${b}`)
+      server.add(files)
+      for (const f of files) {
+        const m = known.get(f.digest) ?? new Map<number, number>()
+        for (const e of f.extents) m.set(e.blkaddr, e.length)
+        known.set(f.digest, m)
+      }
+      await mountLayer({ meta, blobs: blobs.map(b => server.path(b)) }, dir, init.mounter)
+      log?.info('lazy layer mounted', { layer: desc.digest, image: layer.imageRef, blobs: blobs.length })
+      return true
+    },
+    unmount: async (dir: string): Promise<void> => {
+      await init.mounter.umount2(dir, init.mounter.constants.MNT_DETACH)
+    },
+    stats: () => {
+      let chunks = 0; let chunkBytes = 0
+      for (const m of known.values()) for (const n of m.values()) { chunks++; chunkBytes += n }
+      return {
+        server: live?.server.stats() ?? { reads: 0, bytesRead: 0, failedReads: 0, refused: 0 },
+        store: live?.store.stats() ?? { hits: 0, fetches: 0, fetchedBytes: 0, corrupt: 0, evicted: 0, bytes: 0 },
+        chunks,
+        chunkBytes
+      }
+    },
+    close: async () => {
+      closed = true
+      const s = await served?.catch(() => undefined)
+      if (s === undefined) return
+      await s.server.close()
+      await s.chunks.close()
+      await s.store.flush()
+    }
+  }
+}

@@ -1,0 +1,209 @@
+/**
+ * Containers start from LAZY images: a converted image (guoce image convert) pushed to a local distribution
+ * registry, pulled by a CRI client (gRPC PullImage to containerd 1.6's CRI plugin, containerd configured with
+ * deploy/containerd/config.toml) through `guoce daemon --snapshotter-socket` WITHOUT --snapshotter-layout:
+ * the registry mounter fetches the manifest, config and metadata layers from the registry, mounts each
+ * metadata layer file-backed with device= files of the daemon's FUSE blob server, and containerd downloads no
+ * layer. A container runs from the image and prints what it reads, while the image's large file it never
+ * reads is never fetched: the chunks the daemon's node chunk store fetched (its /metrics) and the bytes the
+ * daemon downloaded are counted against the image's. Then: the daemon SIGKILLed and restarted mounts the lazy
+ * layers again over its new blob server and new containers start; a metadata layer the registry serves with
+ * other bytes fails the pull (no file, no snapshot); labels that name a layer under another chain id (forged)
+ * are declined (an ordinary snapshot); removing the images unmounts every lazy layer.
+ */
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { randomBytes } from 'node:crypto'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+import * as grpc from '@grpc/grpc-js'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { criPullImage } from './cri-client.js'
+import { unixFetch } from '@guoce/interface'
+import { snapshotsClient } from '@guoce/snapshotter'
+import { ROOT, busyboxImage, runGuoce, startContainerd, startGuoce, startRegistry, stopAll, until, type Containerd, type Proc, type Registry } from '@guoce/testkit'
+
+const exec = promisify(execFile)
+
+interface Descriptor { digest: string, mediaType: string, size: number, annotations?: Record<string, string> }
+interface Manifest { layers: Descriptor[], config: { digest: string } }
+
+const BIG = 48 << 20
+const META = 'application/vnd.oci.image.layer.guoce.erofs.v1'
+const BLOB = 'application/vnd.oci.image.layer.guoce.blob.v1'
+
+/** A Prometheus counter or gauge (summed over its labels) from the text exposition. */
+function metric (text: string, name: string): number {
+  let sum = 0
+  let seen = false
+  for (const l of text.split('\n')) {
+    const m = new RegExp(`^${name}(\\{[^}]*\\})? ([0-9.e+-]+)$`).exec(l)
+    if (m !== null) { sum += Number(m[2]); seen = true }
+  }
+  if (!seen) throw new Error(`no metric ${name}`)
+  return sum
+}
+
+describe('CRI pulls a converted image lazily from its registry through the guoce snapshotter', () => {
+  let T = ''
+  const tag = randomBytes(4).toString('hex')
+  const id = `guoce-lazy-${tag}`
+  let cd: Containerd | undefined
+  let registry: Registry | undefined
+  let image = ''
+  let manifest: Manifest
+  let manifestDigest = ''
+  let daemon: Proc | undefined
+  let daemonArgs: string[] = []
+
+  beforeAll(async () => {
+    T = await mkdtemp(join(tmpdir(), 'guoce-lazy-'))
+    await busyboxImage(join(T, 'src'), 'v1', [
+      async r => {
+        await writeFile(join(r, 'greeting'), 'hello from a lazy image\n')
+        // never read by the container: its chunks must never be fetched
+        await writeFile(join(r, 'big'), randomBytes(BIG))
+      },
+      async r => { await writeFile(join(r, 'second'), 'layer 2\n') }
+    ])
+    const conv = await runGuoce(['image', 'convert', '--source', `oci:${join(T, 'src')}:v1`, '--target', `oci:${join(T, 'lazy')}:v1`, '--json'])
+    expect(conv.code, conv.stderr).toBe(0)
+    manifestDigest = JSON.parse(conv.stdout).manifestDigest as string
+    manifest = JSON.parse(await readFile(join(T, 'lazy', 'blobs', 'sha256', manifestDigest.slice(7)), 'utf8')) as Manifest
+
+    registry = await startRegistry(join(T, 'registry'))
+    image = `${registry.host}/guoce/lazy:v1`
+    await exec('skopeo', ['copy', '--dest-tls-verify=false', `oci:${join(T, 'lazy')}:v1`, `docker://${image}`])
+    await rm(join(T, 'lazy'), { recursive: true, force: true }) // only the registry has the image now
+    await mkdir(join(T, 'hosts', registry.host), { recursive: true })
+    await writeFile(join(T, 'hosts', registry.host, 'hosts.toml'),
+      `server = "http://${registry.host}"\n[host."http://${registry.host}"]\n  capabilities = ["pull", "resolve"]\n`)
+
+    const sched = await startGuoce(['scheduler', '--open', '--listen', '/ip4/127.0.0.1/tcp/0', '--data', join(T, 'sched')])
+    daemonArgs = ['daemon', '--open', '--scheduler', sched.ready.addr as string, '--listen', '/ip4/127.0.0.1/tcp/0', '--data', join(T, 'daemon'),
+      '--api', `unix:${join(T, 'api.sock')}`, '--snapshotter-socket', join(T, 'snap.sock')]
+    daemon = await startGuoce(daemonArgs)
+    const snippet = (await readFile(join(ROOT, 'deploy', 'containerd', 'config.toml'), 'utf8')).replace(/^version = 2$/m, '')
+    cd = await startContainerd({ dir: join(T, 'c'), cri: { hostsDir: join(T, 'hosts') }, extra: snippet.replaceAll('/run/guoce/snapshotter.sock', join(T, 'snap.sock')) })
+  })
+
+  afterAll(async () => {
+    await cd?.stop()
+    // the daemon serves the blob files under every lazy layer: abort its FUSE connection first, so that no
+    // unmount below can wait on a server that is gone or stuck
+    const info = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '')
+    const ours = info.split('\n').map(l => l.split(' ')).filter(f => f[4]?.startsWith(T + '/') === true)
+    for (const f of ours.filter(f => / - fuse/.test(f.join(' ')))) {
+      await exec('mount', ['-t', 'fusectl', 'none', '/sys/fs/fuse/connections']).catch(() => {})
+      await writeFile(`/sys/fs/fuse/connections/${f[2]!.split(':')[1]!}/abort`, '1').catch(() => {})
+    }
+    for (const f of ours.reverse()) await exec('umount', ['-l', f[4]!]).catch(() => {})
+    await stopAll()
+    await registry?.stop()
+    if (T !== '') await rm(T, { recursive: true, force: true })
+  })
+
+  it('mounts the layers from the registry, containerd fetches none, a container runs and most chunks are never fetched', async () => {
+    expect(await criPullImage(cd!.address, image)).toMatch(/^sha256:[0-9a-f]{64}$/)
+
+    // every layer is a remote snapshot; each metadata layer an EROFS mount whose devices are the daemon's FUSE files
+    const meta = JSON.parse(await readFile(join(T, 'daemon', 'snapshotter', 'metadata.json'), 'utf8')) as { snapshots: Array<[string, { remote?: { layerDigest: string } }]> }
+    expect(meta.snapshots.filter(([, r]) => r.remote !== undefined).map(([, r]) => r.remote!.layerDigest).sort()).toEqual(manifest.layers.map(l => l.digest).sort())
+    const mountinfo = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n')
+    expect(mountinfo.filter(l => l.includes(join(T, 'daemon', 'snapshotter', 'snapshots')) && / - erofs /.test(l))).toHaveLength(manifest.layers.filter(l => l.mediaType === META).length)
+    expect(mountinfo.filter(l => l.includes(join(T, 'daemon', 'snapshotter', 'lazy', 'fuse-')) && / - fuse/.test(l))).toHaveLength(1) // one blob server for all layers
+
+    // containerd downloaded no layer, and nobody fetched a data blob whole
+    const content = await cd!.ctr(['content', 'ls', '-q'], { namespace: 'k8s.io' })
+    for (const l of manifest.layers) expect(content).not.toContain(l.digest)
+    const gets = registry!.log.filter(l => /GET/.test(l) && /\/blobs\//.test(l))
+    expect(gets.some(g => g.includes(manifest.config.digest))).toBe(true) // the log does show blob fetches
+
+    const api = join(T, 'api.sock')
+    const metrics = async (): Promise<string> => await (await unixFetch(api, '/metrics')).text()
+    const before = await metrics()
+    expect(metric(before, 'guoce_snapshotter_chunks_fetched_total')).toBe(0) // a pull fetches no chunk
+
+    cd!.track('k8s.io', id)
+    const out = await cd!.ctr(['run', '--snapshotter', 'guoce', ...cd!.runArgs(), '--rm', image, id, '/bin/busybox', 'sh', '-c', '/bin/busybox cat /greeting /second; /bin/busybox ls -l /big | /bin/busybox awk \'{print $5}\''], { namespace: 'k8s.io' })
+    expect(out).toBe(`hello from a lazy image\nlayer 2\n${BIG}\n`)
+
+    const after = await metrics()
+    const total = metric(after, 'guoce_snapshotter_chunks')
+    const fetched = metric(after, 'guoce_snapshotter_chunks_fetched_total')
+    const fetchedBytes = metric(after, 'guoce_snapshotter_chunk_bytes_fetched_total')
+    const downloaded = metric(after, 'guoce_peer_download_bytes_total')
+    const blobBytes = manifest.layers.filter(l => l.mediaType === BLOB).reduce((a, l) => a + l.size, 0)
+    console.log(JSON.stringify({ chunks: total, fetched, fetchedBytes, downloaded, blobBytes, failedReads: metric(after, 'guoce_snapshotter_failed_reads_total') }))
+    expect(metric(after, 'guoce_snapshotter_failed_reads_total')).toBe(0)
+    expect(total).toBeGreaterThanOrEqual(BIG >> 20) // the big file alone is 48 chunks of 1 MiB
+    expect(fetched).toBeGreaterThan(0) // busybox and the files it read
+    expect(fetched / total).toBeLessThan(0.2)
+    expect(downloaded).toBeGreaterThan(0)
+    expect(downloaded / blobBytes).toBeLessThan(0.35) // pieces of the blobs, not the blobs
+  })
+
+  it('after the daemon is killed and restarted, its lazy layers are mounted again over the new blob server and new containers start', async () => {
+    const erofs = async (): Promise<string[]> => (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter(l => l.includes(join(T, 'daemon', 'snapshotter', 'snapshots')) && / - erofs /.test(l))
+    const before = await erofs()
+    expect(before.length).toBeGreaterThan(0)
+    await daemon!.kill('SIGKILL')
+    daemon = await startGuoce(daemonArgs)
+    await until(async () => { try { await cd!.ctr(['snapshots', '--snapshotter', 'guoce', 'ls'], { namespace: 'k8s.io', timeoutMs: 10_000 }); return true } catch { return false } }, 'containerd to reconnect', 15_000, 200)
+    // as many layer mounts as before, none of them the dead server's (each mounted once, anew)
+    const after = await erofs()
+    expect(after).toHaveLength(before.length)
+    expect(after.map(l => l.split(' ')[0]).filter(id => before.some(b => b.split(' ')[0] === id))).toEqual([])
+    const fuse = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter(l => l.includes(join(T, 'daemon', 'snapshotter', 'lazy', 'fuse-')))
+    expect(fuse).toHaveLength(1) // the dead one detached
+    const out = await cd!.ctr(['run', '--snapshotter', 'guoce', ...cd!.runArgs(), '--rm', image, `${id}-again`, '/bin/busybox', 'cat', '/greeting'], { namespace: 'k8s.io' })
+    expect(out).toBe('hello from a lazy image\n')
+  })
+
+  it('a metadata layer the registry serves with other bytes fails the pull with a clear error and leaves no file', async () => {
+    await busyboxImage(join(T, 'src2'), 'v1', [async r => { await writeFile(join(r, 'greeting'), 'tampered image\n') }])
+    const conv = await runGuoce(['image', 'convert', '--source', `oci:${join(T, 'src2')}:v1`, '--target', `oci:${join(T, 'lazy2')}:v1`, '--json'])
+    expect(conv.code, conv.stderr).toBe(0)
+    const m2 = JSON.parse(await readFile(join(T, 'lazy2', 'blobs', 'sha256', (JSON.parse(conv.stdout).manifestDigest as string).slice(7)), 'utf8')) as Manifest
+    const image2 = `${registry!.host}/guoce/tampered:v1`
+    await exec('skopeo', ['copy', '--dest-tls-verify=false', `oci:${join(T, 'lazy2')}:v1`, `docker://${image2}`])
+    // the registry's stored bytes of the metadata layer flipped (same length): what a hostile registry sends
+    const metaLayer = m2.layers.find(l => l.mediaType === META)!
+    const hex = metaLayer.digest.slice(7)
+    const stored = join(T, 'registry', 'data', 'docker', 'registry', 'v2', 'blobs', 'sha256', hex.slice(0, 2), hex, 'data')
+    const bytes = await readFile(stored)
+    bytes[bytes.length >> 1] ^= 0xff
+    await writeFile(stored, bytes)
+    await expect(criPullImage(cd!.address, image2)).rejects.toThrow(/hash|digest/i)
+    const files = await readdir(join(T, 'daemon', 'snapshotter', 'lazy', 'meta'))
+    expect(files.filter(f => f.startsWith(hex))).toEqual([]) // neither the layer nor a partial file
+    const meta = JSON.parse(await readFile(join(T, 'daemon', 'snapshotter', 'metadata.json'), 'utf8')) as { snapshots: Array<[string, { remote?: { layerDigest: string } }]> }
+    expect(meta.snapshots.filter(([, r]) => r.remote?.layerDigest === metaLayer.digest)).toEqual([])
+  })
+
+  it('declines a layer whose labels name it under another chain id, and a manifest the registry does not have', async () => {
+    const client = snapshotsClient(join(T, 'snap.sock'))
+    const prepare = async (key: string, labels: Record<string, string>): Promise<{ mounts: unknown[] }> => await new Promise((resolve, reject) => {
+      client.Prepare({ key, parent: '', labels }, (err: grpc.ServiceError | null, res?: { mounts: unknown[] }) => { if (err != null) reject(err); else resolve(res!) })
+    })
+    const metaLayer = manifest.layers.find(l => l.mediaType === META)!
+    const base = { 'containerd.io/snapshot/cri.image-ref': image, 'containerd.io/snapshot/cri.layer-digest': metaLayer.digest, 'containerd.io/snapshot/cri.manifest-digest': manifestDigest }
+    try {
+      // a forged chain id: an ordinary (empty, writable) snapshot, not the image's layer
+      const forged = await prepare(`k8s.io/1/forged-${tag}`, { ...base, 'containerd.io/snapshot.ref': `sha256:${'ab'.repeat(32)}` })
+      expect(forged.mounts).toHaveLength(1)
+      // a manifest digest the registry does not have
+      const missing = await prepare(`k8s.io/1/missing-${tag}`, { ...base, 'containerd.io/snapshot.ref': `sha256:${'cd'.repeat(32)}`, 'containerd.io/snapshot/cri.manifest-digest': `sha256:${'ef'.repeat(32)}` })
+      expect(missing.mounts).toHaveLength(1)
+    } finally { client.close() }
+  })
+
+  it('removing the images lets containerd\'s GC remove every lazy layer through the snapshotter: unmounted', async () => {
+    const names = (await cd!.ctr(['images', 'ls', '-q'], { namespace: 'k8s.io' })).trim().split('\n').filter(n => n !== '')
+    expect(names).toContain(image)
+    await cd!.ctr(['images', 'rm', '--sync', ...names], { namespace: 'k8s.io' })
+    const erofs = async (): Promise<number> => (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter(l => l.includes(join(T, 'daemon', 'snapshotter', 'snapshots')) && / - erofs /.test(l)).length
+    await until(async () => await erofs() === 0, 'containerd\'s GC to remove the lazy layers', 20_000, 200)
+  })
+})
