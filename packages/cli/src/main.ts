@@ -12,6 +12,8 @@ Usage: guoce <command> [options]
 
 Commands:
   get URL -O FILE      download a file through the swarm
+  get hf://ORG/REPO[/PATH][@REV] -O DIR
+                       download a model repository (or one file or folder of it) from a Hugging Face hub
   up                   scheduler + seed peer + peer daemon in one process (embedded defaults)
   scheduler            run the scheduler
   seed                 run a seed peer
@@ -109,7 +111,8 @@ export async function main (argv: string[]): Promise<number | undefined> {
   // services load libp2p and fastify; `guoce get` needs neither, so load them only when asked
   const { startScheduler, startSeed, startDaemon, logger } = cmd === 'get' || cmd === 'image' ? {} as typeof import('./services.js') : await import('./services.js')
   switch (cmd) {
-    case 'get': return await (await import('./get.js')).get(rest)
+    // hf:// names a model repository (many files), anything else one file
+    case 'get': return rest.some(a => a.startsWith('hf://')) ? await (await import('./hf.js')).getHf(rest) : await (await import('./get.js')).get(rest)
     case 'image': return await (await import('./image.js')).image(rest)
     case 'scheduler': {
       const { values: v } = parse(rest, { listen: { type: 'string' }, data: { type: 'string' }, 'chain-max-peers': { type: 'string' }, 'cluster-key': { type: 'string' }, open: { type: 'boolean' } })
