@@ -52,10 +52,10 @@ async function unixFetch (socketPath: string, path: string, init: { method: stri
 }
 
 // the built-in fetch: no HTTP client to load at start-up
-export async function api (base: string, path: string, init: { method?: string, body?: unknown, signal?: AbortSignal | undefined, access?: string } = {}): Promise<Response> {
+export async function api (base: string, path: string, init: { method?: string, body?: unknown, signal?: AbortSignal | undefined, access?: string, headers?: Record<string, string> } = {}): Promise<Response> {
   const req = {
     method: init.method ?? 'GET',
-    headers: { ...(init.body != null ? { 'content-type': 'application/json' } : {}), ...(init.access != null ? { 'x-guoce-access': init.access } : {}) },
+    headers: { ...(init.body != null ? { 'content-type': 'application/json' } : {}), ...(init.access != null ? { 'x-guoce-access': init.access } : {}), ...init.headers },
     body: init.body != null ? JSON.stringify(init.body) : null,
     ...(init.signal != null ? { signal: init.signal } : {})
   }

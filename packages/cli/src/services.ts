@@ -1,6 +1,7 @@
 /** Wiring of the long-running services; the CLI commands and `guoce up` share it. */
 import { join } from 'node:path'
-import { mkdir } from 'node:fs/promises'
+import { mkdir, rm, writeFile } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
 import { InvalidParametersError, type Logger } from '@guoce/interface'
 import { createNode, loadOrCreateKey, loadOrCreateClusterKey, loadOrCreateSeedKey, readClusterKey, readSeedKey, jsonLogger, type Libp2p, type LogLevel, type PieceChannel } from '@guoce/transfer'
 import { openStore } from '@guoce/store'
@@ -86,7 +87,11 @@ export async function startDaemon (o: Membership & { pieceChannel?: PieceChannel
     ...(o.location != null ? { location: o.location } : {})
   })
   await daemon.start()
-  const app = buildServer(daemon)
+  // the import token: in a 0600 file of the daemon's user, so only that user (and root) may import
+  const importToken = { token: randomBytes(32).toString('hex'), file: join(o.data, 'import.token') }
+  await rm(importToken.file, { force: true })
+  await writeFile(importToken.file, importToken.token + '\n', { mode: 0o600, flag: 'wx' })
+  const app = buildServer(daemon, { importToken })
   const apiUrl = await listenApi(app, o.api)
   return { daemon, apiUrl, app, node, stop: async () => { await app.close(); await daemon.stop(); await node.stop() } }
 }
