@@ -7,7 +7,9 @@ import { randomBytes } from 'node:crypto'
 import { chmod, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { sha, startCluster, runGuoce, stopAll, type Cluster } from '@guoce/testkit'
+import { spawn } from 'node:child_process'
+import { createInterface } from 'node:readline'
+import { sha, startCluster, runGuoce, stopAll, NODE, ROOT, type Cluster } from '@guoce/testkit'
 
 let cluster: Cluster
 let dir: string
@@ -92,6 +94,28 @@ describe('guoce import / export', () => {
     for (const path of ['/dev/zero', 'relative/path', '/proc/self']) {
       const res = await fetch(`${api}/api/v1/import`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-guoce-import': token }, body: JSON.stringify({ path }) })
       expect(res.status, path).toBe(400)
+    }
+  })
+
+  it('a hostile holder that vouches for bytes of its own: every piece passes, the whole digest does not; no output', async () => {
+    const file = randomBytes(3 * 1024 * 1024 + 5)
+    const digest = `sha256:${sha(file)}`
+    const evil = spawn(NODE, [join(ROOT, 'test', 'fixtures', 'evil-importer.js'), cluster.schedulerAddr, digest, String(file.length), cluster.clusterKey], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const exited = new Promise(resolve => evil.once('exit', resolve))
+    try {
+      const events: any[] = []
+      const ready = new Promise<void>(resolve => createInterface({ input: evil.stdout }).on('line', l => { const e = JSON.parse(l); events.push(e); if (e.event === 'ready') resolve() }))
+      await ready
+      const out = join(dir, 'evil.bin')
+      const r = await guoce(['export', digest, '-O', out, '--daemon', cluster.daemons[0]!.api, '--timeout', '60s'])
+      expect(r.code).toBe(1)
+      expect(r.stderr).toMatch(/does not match sha256:/)
+      // it did serve (the pieces passed their own digests): the whole-content check refused them
+      expect(events.some(e => e.event === 'served')).toBe(true)
+      expect((await readdir(dir)).filter(n => n.includes('evil'))).toEqual([])
+    } finally {
+      evil.kill('SIGKILL')
+      await exited
     }
   })
 })
