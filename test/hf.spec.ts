@@ -32,7 +32,9 @@ async function outDir (): Promise<string> {
 }
 
 async function hf (url: string, out: string, daemon = 0, env: Record<string, string> = {}, extra: string[] = []): Promise<{ code: number | null, stdout: string, stderr: string, lines: any[] }> {
-  const r = await runGuoce(['get', url, '-O', out, '--daemon', cluster.daemons[daemon]!.api, '--hf-endpoint', hub.url, '--json', ...extra], { env: { HF_TOKEN: '', HF_ENDPOINT: '', ...env } })
+  // the hub from --hf-endpoint, or from HF_ENDPOINT when the test sets it
+  const endpoint = env.HF_ENDPOINT != null ? [] : ['--hf-endpoint', hub.url]
+  const r = await runGuoce(['get', url, '-O', out, '--daemon', cluster.daemons[daemon]!.api, ...endpoint, '--json', ...extra], { env: { HF_TOKEN: '', HF_ENDPOINT: '', ...env } })
   const lines = r.stdout.trim().split('\n').filter(l => l.startsWith('{')).map(l => JSON.parse(l))
   return { ...r, lines }
 }
@@ -84,7 +86,7 @@ describe('guoce get hf://', () => {
     const v1 = { ...main, 'config.json': Buffer.from('{"version": 1}\n') }
     hub.addRepo({ id: 'acme/revs', revisions: { main, v1 } })
     const one = await outDir()
-    const r = await hf('hf://acme/revs/onnx/decoder/model.onnx', one)
+    const r = await hf('hf://acme/revs/onnx/decoder/model.onnx', one, 0, { HF_ENDPOINT: hub.url })
     expect(r.code, r.stderr).toBe(0)
     await expectSame(one, { 'onnx/decoder/model.onnx': main['onnx/decoder/model.onnx']! })
     const folder = await outDir()

@@ -250,7 +250,8 @@ export async function getHf (argv: string[]): Promise<number> {
   const ref = parseHfUrl(positionals[0]!)
   if (typeof v.output !== 'string' || v.output === '') throw new InvalidParametersError('-O DIR is required')
   const json = v.json === true
-  const endpoint = ((v['hf-endpoint'] as string | undefined) ?? process.env.HF_ENDPOINT ?? 'https://huggingface.co').replace(/\/+$/, '')
+  const fromEnv = process.env.HF_ENDPOINT != null && process.env.HF_ENDPOINT !== '' ? process.env.HF_ENDPOINT : undefined
+  const endpoint = ((v['hf-endpoint'] as string | undefined) ?? fromEnv ?? 'https://huggingface.co').replace(/\/+$/, '')
   let ep: URL
   try { ep = new URL(endpoint) } catch { throw new InvalidParametersError(`--hf-endpoint must be a URL, got "${endpoint}"`) }
   if (ep.protocol !== 'https:' && ep.protocol !== 'http:') throw new InvalidParametersError('--hf-endpoint must be http(s)')
