@@ -226,6 +226,9 @@ export class SchedulerCore {
       }
       task = new Task(reg.taskId, { url: reg.url, headers, ...(reg.digest != null && reg.digest !== '' ? { digest: reg.digest } : {}), ...(reg.tag != null && reg.tag !== '' ? { tag: reg.tag } : {}), ...(reg.version != null && reg.version !== '' ? { version: reg.version } : {}) })
       this.tasks.set(task.id, task)
+    } else if (task.ref.digest != null && isImportUrl(task.ref.url) && !isImportUrl(reg.url)) {
+      // content imported somewhere (no origin) and now named by a URL that has one: a seed can fetch it
+      task.ref = { ...task.ref, url: reg.url, headers }
     } else if (Object.keys(task.ref.headers ?? {}).length === 0 && Object.keys(headers).length > 0) {
       // the task was first named without its headers (a re-registration from a store): take them now
       // (they hash to the task's credentials, registerProblem checked)
