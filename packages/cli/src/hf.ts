@@ -236,6 +236,71 @@ async function alreadyHere (file: HubFile, at: string): Promise<boolean> {
   return false
 }
 
+/** One file of a repository or artifact, as landFiles fetches it. */
+export interface LandFile {
+  /** path under DIR (checked with checkPath) */
+  path: string
+  size: number
+  url: string
+  digest?: string
+  headers?: Record<string, string>
+  /** already at `at`, complete and matching: kept */
+  here?: (at: string) => Promise<boolean>
+  /** the temp file is the listed one (throws to refuse it) */
+  verify?: (tmp: string) => Promise<void>
+}
+
+/**
+ * Fetch `files` through the daemon into `dir`, `concurrency` at once, each at its path (parents made one by
+ * one, plain directories only) through fetchToFile's temp file + rename. A failed file is reported and the
+ * others go on; then the whole fails, naming the count (files already complete stay).
+ */
+export async function landFiles (dir: string, files: LandFile[], o: { base: string, signal: AbortSignal, json: boolean, concurrency: number, stream: boolean }): Promise<{ bytes: number, kept: number }> {
+  const failures: Array<{ path: string, error: Error }> = []
+  let bytes = 0; let kept = 0
+  const queue = [...files]
+  const worker = async (): Promise<void> => {
+    for (let file = queue.shift(); file != null; file = queue.shift()) {
+      const output = join(dir, ...file.path.split('/'))
+      try {
+        checkPath(file.path)
+        await makeParents(dir, file.path)
+        if (file.here != null && await file.here(output)) {
+          kept++
+          if (o.json) process.stdout.write(JSON.stringify({ event: 'file', path: file.path, bytes: file.size, kept: true }) + '\n')
+          continue
+        }
+        const r = await fetchToFile({ base: o.base, url: file.url, ...(file.headers != null ? { headers: file.headers } : {}), ...(file.digest != null ? { digest: file.digest } : {}), output, signal: o.signal, stream: o.stream, ...(file.verify != null ? { verify: file.verify } : {}) })
+        bytes += r.bytes
+        if (o.json) process.stdout.write(JSON.stringify({ event: 'file', path: file.path, bytes: r.bytes, taskId: r.final.taskId, via: r.via, piecesFromStore: r.final.piecesFromStore, piecesFromPeers: r.final.piecesFromPeers, piecesFromSource: r.final.piecesFromSource }) + '\n')
+        else process.stderr.write(`${file.path}: ${fmtBytes(r.bytes)}\n`)
+      } catch (err) {
+        if (o.signal.aborted) throw err
+        failures.push({ path: file.path, error: err as Error })
+        process.stderr.write(`guoce: ${file.path}: ${(err as Error).message}\n`)
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(o.concurrency, files.length) }, worker))
+  if (failures.length > 0) {
+    const first = failures[0]!
+    throw new TaskFailedError(`${failures.length} of ${files.length} files failed (first: ${first.path}: ${first.error.message}); ${files.length - failures.length} complete under ${dir}`)
+  }
+  return { bytes, kept }
+}
+
+/** `--concurrency`, `--daemon`, `--timeout`, `-O DIR` (made if missing): what hf:// and oci:// share. */
+export async function manyFileOptions (v: Record<string, unknown>): Promise<{ concurrency: number, base: string, signal: AbortSignal, dir: string }> {
+  if (typeof v.output !== 'string' || v.output === '') throw new InvalidParametersError('-O DIR is required')
+  const concurrency = count(v.concurrency as string | undefined, '--concurrency') ?? HF_CONCURRENCY
+  if (concurrency > 64) throw new InvalidParametersError('--concurrency is at most 64')
+  const base = daemonBase(v.daemon as string | undefined)
+  const signal = commandSignal(durationMs(v.timeout as string | undefined, '--timeout'))
+  const dir = resolve(callerCwd(), v.output)
+  await mkdir(dir, { recursive: true }).catch((err: NodeJS.ErrnoException) => { throw new InvalidParametersError(`cannot create ${dir}: ${err.code ?? err.message}`) })
+  return { concurrency, base, signal, dir }
+}
+
 export async function getHf (argv: string[]): Promise<number> {
   const { values: v, positionals } = parse(argv, {
     output: { type: 'string', short: 'O' },
@@ -248,7 +313,6 @@ export async function getHf (argv: string[]): Promise<number> {
   if (v.help === true) { process.stdout.write(HF_USAGE); return 0 }
   if (positionals.length !== 1) throw new InvalidParametersError('exactly one hf:// URL is required (guoce get hf://ORG/REPO -O DIR)')
   const ref = parseHfUrl(positionals[0]!)
-  if (typeof v.output !== 'string' || v.output === '') throw new InvalidParametersError('-O DIR is required')
   const json = v.json === true
   const fromEnv = process.env.HF_ENDPOINT != null && process.env.HF_ENDPOINT !== '' ? process.env.HF_ENDPOINT : undefined
   const endpoint = ((v['hf-endpoint'] as string | undefined) ?? fromEnv ?? 'https://huggingface.co').replace(/\/+$/, '')
@@ -257,50 +321,22 @@ export async function getHf (argv: string[]): Promise<number> {
   if (ep.protocol !== 'https:' && ep.protocol !== 'http:') throw new InvalidParametersError('--hf-endpoint must be http(s)')
   const token = process.env.HF_TOKEN != null && process.env.HF_TOKEN !== '' ? process.env.HF_TOKEN : undefined
   if (token != null && ep.protocol === 'http:' && !isLoopbackHost(ep.hostname)) throw new InvalidParametersError(`HF_TOKEN is not sent in clear text to ${ep.host}: use an https:// hub`)
-  const concurrency = count(v.concurrency as string | undefined, '--concurrency') ?? HF_CONCURRENCY
-  if (concurrency > 64) throw new InvalidParametersError('--concurrency is at most 64')
-  const base = daemonBase(v.daemon as string | undefined)
-  const signal = commandSignal(durationMs(v.timeout as string | undefined, '--timeout'))
-  const dir = resolve(callerCwd(), v.output)
-  await mkdir(dir, { recursive: true }).catch((err: NodeJS.ErrnoException) => { throw new InvalidParametersError(`cannot create ${dir}: ${err.code ?? err.message}`) })
+  const { concurrency, base, signal, dir } = await manyFileOptions(v)
 
   const started = Date.now()
   const listing = await fetchListing(endpoint, ref, token, signal)
   const files = select(listing, ref.path)
   const headers = token != null && (listing.private || listing.gated) ? { authorization: `Bearer ${token}` } : undefined
-  const failures: Array<{ path: string, error: Error }> = []
-  let bytes = 0; let kept = 0
-  const queue = [...files]
-  const worker = async (): Promise<void> => {
-    for (let f = queue.shift(); f != null; f = queue.shift()) {
-      const file = f
-      const output = join(dir, ...file.path.split('/'))
-      try {
-        await makeParents(dir, file.path)
-        if (await alreadyHere(file, output)) {
-          kept++
-          if (json) process.stdout.write(JSON.stringify({ event: 'file', path: file.path, bytes: file.size, kept: true }) + '\n')
-          continue
-        }
-        const url = `${endpoint}/${ref.repo}/resolve/${listing.commit}/${encodePath(file.path)}`
-        const r = await fetchToFile({ base, url, ...(headers != null ? { headers } : {}), ...(file.sha256 != null ? { digest: `sha256:${file.sha256}` } : {}), output, signal, stream: v.stream === true, verify: async (tmp) => { await checkFile(file, tmp) } })
-        bytes += r.bytes
-        if (json) process.stdout.write(JSON.stringify({ event: 'file', path: file.path, bytes: r.bytes, taskId: r.final.taskId, via: r.via, piecesFromStore: r.final.piecesFromStore, piecesFromPeers: r.final.piecesFromPeers, piecesFromSource: r.final.piecesFromSource }) + '\n')
-        else process.stderr.write(`${file.path}: ${fmtBytes(r.bytes)}\n`)
-      } catch (err) {
-        if (signal.aborted) throw err
-        failures.push({ path: file.path, error: err as Error })
-        process.stderr.write(`guoce: ${file.path}: ${(err as Error).message}\n`)
-      }
-    }
-  }
-  await Promise.all(Array.from({ length: Math.min(concurrency, files.length) }, worker))
+  const { bytes, kept } = await landFiles(dir, files.map(file => ({
+    path: file.path,
+    size: file.size,
+    url: `${endpoint}/${ref.repo}/resolve/${listing.commit}/${encodePath(file.path)}`,
+    ...(file.sha256 != null ? { digest: `sha256:${file.sha256}` } : {}),
+    ...(headers != null ? { headers } : {}),
+    here: async (at) => await alreadyHere(file, at),
+    verify: async (tmp) => { await checkFile(file, tmp) }
+  })), { base, signal, json, concurrency, stream: v.stream === true })
   const secs = (Date.now() - started) / 1000
-  if (failures.length > 0) {
-    const first = failures[0]!
-    const err = new TaskFailedError(`${failures.length} of ${files.length} files failed (first: ${first.path}: ${first.error.message}); ${files.length - failures.length} complete under ${dir}`)
-    throw err
-  }
   if (json) process.stdout.write(JSON.stringify({ event: 'done', repo: ref.repo, revision: ref.revision, commit: listing.commit, output: dir, files: files.length, kept, bytes, seconds: secs }) + '\n')
   else process.stderr.write(`${ref.repo}@${listing.commit.slice(0, 12)}: ${files.length} files, ${fmtBytes(bytes)} in ${secs.toFixed(1)} s\n`)
   return 0

@@ -14,6 +14,8 @@ Commands:
   get URL -O FILE      download a file through the swarm
   get hf://ORG/REPO[/PATH][@REV] -O DIR
                        download a model repository (or one file or folder of it) from a Hugging Face hub
+  get oci://REGISTRY/REPO:TAG -O DIR
+                       download model data stored as an OCI artifact (a file per layer, by its title)
   import FILE          put a local file into the swarm (named by its sha256)
   export ID -O FILE    get imported content back (ID: sha256:DIGEST, or a task id this daemon knows)
   up                   scheduler + seed peer + peer daemon in one process (embedded defaults)
@@ -114,7 +116,10 @@ export async function main (argv: string[]): Promise<number | undefined> {
   const { startScheduler, startSeed, startDaemon, logger } = cmd === 'get' || cmd === 'image' || cmd === 'import' || cmd === 'export' ? {} as typeof import('./services.js') : await import('./services.js')
   switch (cmd) {
     // hf:// names a model repository (many files), anything else one file
-    case 'get': return rest.some(a => a.startsWith('hf://')) ? await (await import('./hf.js')).getHf(rest) : await (await import('./get.js')).get(rest)
+    case 'get':
+      if (rest.some(a => a.startsWith('hf://'))) return await (await import('./hf.js')).getHf(rest)
+      if (rest.some(a => a.startsWith('oci://'))) return await (await import('./artifact.js')).getOci(rest)
+      return await (await import('./get.js')).get(rest)
     case 'image': return await (await import('./image.js')).image(rest)
     case 'import': return await (await import('./swarm.js')).importCmd(rest)
     case 'export': return await (await import('./swarm.js')).exportCmd(rest)
