@@ -6,7 +6,8 @@ import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest'
 import { mkdtemp, readFile, readdir, rm, symlink, mkdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { sha, startCluster, startHub, modelFiles, runGuoce, stopAll, type Cluster, type Hub } from '@guoce/testkit'
+import { spawn } from 'node:child_process'
+import { sha, startCluster, startHub, modelFiles, runGuoce, stopAll, until, NODE, CLI, type Cluster, type Hub } from '@guoce/testkit'
 
 let cluster: Cluster
 let hub: Hub
@@ -201,5 +202,34 @@ describe('guoce get hf://', () => {
     expect(again.lines.at(-1)).toMatchObject({ files: 5, kept: 4 })
     // the files already complete were kept, not fetched again
     expect(hub.sent[onnx]).toBe(before)
+  })
+
+  it('interrupted half-way (Ctrl-C): no partial file; a second run completes it', async () => {
+    const files = modelFiles(12)
+    hub.addRepo({ id: 'acme/resume', revisions: { main: files } })
+    const total = fileBytes(files)
+    hub.setRate(6 * 1024 * 1024)
+    try {
+      const out = await outDir()
+      const before = hub.totalSent()
+      const lfs = `cdn:${sha(files['model.safetensors']!)}`
+      const child = spawn(NODE, [CLI, 'get', 'hf://acme/resume', '-O', out, '--daemon', cluster.daemons[0]!.api, '--hf-endpoint', hub.url], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, HF_TOKEN: '' } })
+      const exited = new Promise<number | null>(resolve => child.once('exit', code => { resolve(code) }))
+      await until(() => (hub.sent[lfs] ?? 0) > total / 3, 'a third of the weights from the hub', 30_000)
+      child.kill('SIGINT')
+      expect(await exited).not.toBe(0)
+      // nothing half-written under DIR: the weights are not there at all, and no temp file is
+      expect(await tree(out)).not.toContain('model.safetensors')
+      expect((await readdir(out, { recursive: true })).filter(n => n.includes('.guoce-'))).toEqual([])
+      const r = await hf('hf://acme/resume', out)
+      expect(r.code, r.stderr).toBe(0)
+      await expectSame(out, files)
+      // the weights crossed the hub's uplink at most twice: the designated seed's fetch, and (seen when the
+      // rate-limited seed starves the daemon) the daemon's own back-to-source; never once per attempt more
+      const weights = files['model.safetensors']!
+      expect(hub.sent[lfs]).toBeLessThanOrEqual(weights.length * 2 + 2)
+    } finally {
+      hub.setRate(0)
+    }
   })
 })
