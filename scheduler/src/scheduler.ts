@@ -28,8 +28,10 @@ import { createHash } from 'node:crypto'
 export const NO_SEED_GRACE_MS = 5_000
 
 /** Errors of the origin itself: retrying elsewhere cannot help, so the task fails for everyone. */
-// NotFoundError: a seed asked for imported content (guoce import), which has no origin
-const TERMINAL_ERRORS = new Set(['OriginStatusError', 'ContentLengthMismatchError', 'OriginTimeoutError', 'InvalidUrlError', 'DigestMismatchError', 'NotFoundError'])
+const TERMINAL_ERRORS = new Set(['OriginStatusError', 'ContentLengthMismatchError', 'OriginTimeoutError', 'InvalidUrlError', 'DigestMismatchError'])
+
+/** A seed asked for imported content (guoce import), which has no origin: no retry can help. */
+function importMissing (task: Task, name: string): boolean { return name === 'NotFoundError' && isImportUrl(task.ref.url) }
 
 export interface SchedulerInit extends SchedulerOptions {
   node: Libp2p
@@ -421,7 +423,7 @@ export class SchedulerCore {
     }
     this.log.info('peer failed', { task: taskId.slice(0, 12), peer: host.id, err: error?.message })
     // only a designated seed's failure speaks for the origin; a normal host's failure removes that host alone
-    if (peer.isSource && host.isSeed && error != null && (TERMINAL_ERRORS.has(error.name) || ++task.sourceFailures >= MAX_SOURCE_FAILURES)) {
+    if (peer.isSource && host.isSeed && error != null && (TERMINAL_ERRORS.has(error.name) || importMissing(task, error.name) || ++task.sourceFailures >= MAX_SOURCE_FAILURES)) {
       this.failTask(task, error)
       return
     }
