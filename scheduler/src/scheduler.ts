@@ -11,7 +11,7 @@
  */
 import type { Libp2p } from 'libp2p'
 import type { Stream, Connection } from '@libp2p/interface'
-import { Bitmap, MIN_PIECE_LENGTH, credentialHash, isTaskId, taskIdFrom } from '@guoce/content'
+import { Bitmap, MIN_PIECE_LENGTH, credentialHash, isImportUrl, isTaskId, taskIdFrom } from '@guoce/content'
 import { type Logger, type ErrorInfo, type Startable } from '@guoce/interface'
 import { MessageChannel, SCHEDULER_PROTOCOL, peerMessage, schedulerMessage, verifySeedProof, KEEPALIVE_INTERVAL_MS, ANNOUNCE_BATCH, SCHEDULER_READ_BUDGET_BYTES, readBudget, isBlameless, reclaimSoon, MAX_CONTENT_BYTES, MAX_PIECE_BYTES, MAX_TASK_PIECES, type PeerMessage, type SchedulerMessage, type WireParent, type WireHostInfo, type WireTaskInfo } from '@guoce/transfer'
 import { Host, Peer, Task } from './resource/index.js'
@@ -29,6 +29,9 @@ export const NO_SEED_GRACE_MS = 5_000
 
 /** Errors of the origin itself: retrying elsewhere cannot help, so the task fails for everyone. */
 const TERMINAL_ERRORS = new Set(['OriginStatusError', 'ContentLengthMismatchError', 'OriginTimeoutError', 'InvalidUrlError', 'DigestMismatchError'])
+
+/** A seed asked for imported content (guoce import), which has no origin: no retry can help. */
+function importMissing (task: Task, name: string): boolean { return name === 'NotFoundError' && isImportUrl(task.ref.url) }
 
 export interface SchedulerInit extends SchedulerOptions {
   node: Libp2p
@@ -225,6 +228,9 @@ export class SchedulerCore {
       }
       task = new Task(reg.taskId, { url: reg.url, headers, ...(reg.digest != null && reg.digest !== '' ? { digest: reg.digest } : {}), ...(reg.tag != null && reg.tag !== '' ? { tag: reg.tag } : {}), ...(reg.version != null && reg.version !== '' ? { version: reg.version } : {}) })
       this.tasks.set(task.id, task)
+    } else if (task.ref.digest != null && isImportUrl(task.ref.url) && !isImportUrl(reg.url)) {
+      // content imported somewhere (no origin) and now named by a URL that has one: a seed can fetch it
+      task.ref = { ...task.ref, url: reg.url, headers }
     } else if (Object.keys(task.ref.headers ?? {}).length === 0 && Object.keys(headers).length > 0) {
       // the task was first named without its headers (a re-registration from a store): take them now
       // (they hash to the task's credentials, registerProblem checked)
@@ -315,6 +321,21 @@ export class SchedulerCore {
   private onSourceInfo (host: Host, taskId: string, info: WireTaskInfo): void {
     const task = this.tasks.get(taskId)
     const peer = task?.peers.get(host.id)
+    if (!host.isSeed && task != null && peer != null && task.info == null && peer.state === 'succeeded' && task.ref.digest != null && isImportUrl(task.ref.url)) {
+      // imported content (guoce import) has no origin and no seed: the holder that registered it
+      // complete vouches for its layout and piece digests; every child still checks each piece, and
+      // the whole content against the digest that names it, before it succeeds
+      const problem = layoutProblem(info)
+      if (problem != null) { this.offence(host, `malformed layout: ${problem}`, { task: taskId.slice(0, 12) }); return }
+      task.vouchedBy = host.id
+      task.setInfo({ taskId, contentLength: info.contentLength, pieceLength: info.pieceLength, pieceCount: info.pieceCount })
+      for (const p of task.peers.values()) {
+        if (p === peer) continue
+        this.sendTaskState(p)
+        if (p.state === 'running') this.schedule(p)
+      }
+      return
+    }
     if (!host.isSeed) {
       // a normal host sent back to source announces its layout for itself; anyone else is lying
       if (peer?.isSource !== true) this.offence(host, 'source info from a host that is not a designated seed', { task: taskId.slice(0, 12) })
@@ -347,7 +368,7 @@ export class SchedulerCore {
     peer.bitmap ??= new Bitmap(task.info.pieceCount)
     const fresh: number[] = []
     // only a designated seed's digests are relayed; a normal host's are its own business
-    const trusted = peer.isSource && host.isSeed
+    const trusted = (peer.isSource && host.isSeed) || task.vouchedBy === host.id
     numbers.forEach((n, i) => {
       if (n >= task.info!.pieceCount) return
       if (peer.bitmap!.set(n)) fresh.push(n)
@@ -402,7 +423,7 @@ export class SchedulerCore {
     }
     this.log.info('peer failed', { task: taskId.slice(0, 12), peer: host.id, err: error?.message })
     // only a designated seed's failure speaks for the origin; a normal host's failure removes that host alone
-    if (peer.isSource && host.isSeed && error != null && (TERMINAL_ERRORS.has(error.name) || ++task.sourceFailures >= MAX_SOURCE_FAILURES)) {
+    if (peer.isSource && host.isSeed && error != null && (TERMINAL_ERRORS.has(error.name) || importMissing(task, error.name) || ++task.sourceFailures >= MAX_SOURCE_FAILURES)) {
       this.failTask(task, error)
       return
     }

@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest'
 import { silentLogger, MAX_TASK_PIECES, type SchedulerMessage, type WireHostInfo } from '@guoce/transfer'
-import { credentialHash, taskIdFrom } from '@guoce/content'
+import { credentialHash, importUrl, taskIdFrom } from '@guoce/content'
 import { SchedulerCore, HOST_OFFENCE_LIMIT, MAX_WANT_PIECES, MAX_HOST_TASKS, MAX_NEW_TASKS_PER_MINUTE, MAX_HOST_ADDRS, helloProblem, layoutProblem, registerProblem, type Host } from '../src/index.js'
 
 const MiB = 1024 * 1024
@@ -72,6 +72,44 @@ describe('scheduler trust', () => {
     expect(h.got('p1', 'taskInfo')).toBe(0)
     expect(h.got('p1', 'failed')).toBe(0)
     expect(h.core.tasks.get(A)?.peers.has('p1')).toBe(true)
+  })
+
+  it('takes the layout and digests of imported content from its complete holder, and of nothing else', () => {
+    const digest = `sha256:${'ab'.repeat(32)}`
+    const info = { contentLength: 4 * MiB, pieceLength: MiB, pieceCount: 4 }
+    const d = (n: number): Uint8Array => new Uint8Array(32).fill(n + 1)
+    // a digest-named task under a real URL: a complete normal holder's layout counts for nothing
+    const h = harness()
+    const other = `sha256:${'cd'.repeat(32)}`
+    const real = taskIdFrom({ url: URL_A, digest: other })
+    h.connect('other')
+    h.connect('holder')
+    h.connect('p1')
+    h.send('other', { register: { taskId: real, url: URL_A, digest: other, bitmap: new Uint8Array([0xf0]), completed: true } })
+    h.send('other', { sourceInfo: { taskId: real, info } })
+    expect(h.core.tasks.get(real)!.info).toBeUndefined()
+    // imported content: the holder that registered it complete vouches; a running peer does not
+    const imported = taskIdFrom({ url: importUrl(digest), digest })
+    h.send('p1', { register: { taskId: imported, url: importUrl(digest), digest } })
+    h.send('p1', { sourceInfo: { taskId: imported, info } })
+    expect(h.core.tasks.get(imported)!.info).toBeUndefined()
+    h.send('holder', { register: { taskId: imported, url: importUrl(digest), digest, bitmap: new Uint8Array([0xf0]), completed: true } })
+    h.send('holder', { sourceInfo: { taskId: imported, info: { ...info, pieceCount: 2 ** 30 } } })
+    expect(h.core.tasks.get(imported)!.info).toBeUndefined()
+    h.send('holder', { sourceInfo: { taskId: imported, info } })
+    expect(h.core.tasks.get(imported)!.info?.pieceCount).toBe(4)
+    h.send('holder', { pieceDone: { taskId: imported, numbers: [0, 1, 2, 3], digests: [0, 1, 2, 3].map(d) } })
+    expect(h.core.tasks.get(imported)!.digests.filter(x => x != null)).toHaveLength(4)
+    // a second holder cannot replace the layout or the digests
+    h.connect('late')
+    h.send('late', { register: { taskId: imported, url: importUrl(digest), digest, bitmap: new Uint8Array([0xf0]), completed: true } })
+    h.send('late', { sourceInfo: { taskId: imported, info: { contentLength: 2 * MiB, pieceLength: MiB, pieceCount: 2 } } })
+    h.send('late', { pieceDone: { taskId: imported, numbers: [0], digests: [d(9)] } })
+    expect(h.core.tasks.get(imported)!.info?.pieceCount).toBe(4)
+    expect(h.core.tasks.get(imported)!.digests[0]).toEqual(d(0))
+    // the same digest named by a URL with an origin: the task takes that URL (a seed can fetch it)
+    h.send('late', { register: { taskId: imported, url: URL_B, digest } })
+    expect(h.core.tasks.get(imported)!.ref.url).toBe(URL_B)
   })
 
   it('refuses layouts out of bounds and ignores bitmaps of the wrong length', () => {

@@ -4,8 +4,8 @@
  * unreachable, short body, changed content). URLs in messages are redacted (redactUrl).
  */
 import { request, Agent, errors as undiciErrors } from 'undici'
-import { ContentChangedError, ContentLengthMismatchError, OriginStatusError, OriginTimeoutError, OriginUnreachableError, type AbortOptions } from '@guoce/interface'
-import { parseSourceUrl, redactUrl, CREDENTIAL_HEADERS } from '@guoce/content'
+import { ContentChangedError, ContentLengthMismatchError, NotFoundError, OriginStatusError, OriginTimeoutError, OriginUnreachableError, type AbortOptions } from '@guoce/interface'
+import { parseSourceUrl, redactUrl, isImportUrl, CREDENTIAL_HEADERS } from '@guoce/content'
 import { parseChallenge } from '@guoce/image'
 
 /**
@@ -161,6 +161,8 @@ function sameOrigin (a: string, b: string): boolean { return new URL(a).origin =
  */
 async function send (ref: SourceRef, method: 'GET' | 'HEAD', extra: Record<string, string>, options: SourceOptions): Promise<{ url: string, res: Awaited<ReturnType<typeof request>> }> {
   parseSourceUrl(ref.url)
+  // imported content has no origin: only its holders have it
+  if (isImportUrl(ref.url)) throw new NotFoundError(`no peer holds ${ref.url.slice(ref.url.lastIndexOf('/') + 1)}: imported content (guoce import) is had only from the daemons that hold it`)
   const timeoutMs = options.timeoutMs ?? ORIGIN_TIMEOUT_MS
   let headers: Record<string, string> = { ...(ref.headers ?? {}), ...extra }
   let url = ref.url

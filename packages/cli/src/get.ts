@@ -16,6 +16,7 @@ import { parse, durationMs, isLoopbackHost } from './args.js'
 
 export const GET_USAGE = `Usage: guoce get URL -O FILE [--daemon http://HOST:PORT] [--digest sha256:HEX] [--header K:V]... [--header-file FILE]
                  [--timeout 1h] [--stream] [--json]
+       guoce get hf://ORG/REPO[/PATH][@REVISION] -O DIR ...   (a model repository: guoce get hf:// --help)
 
   -O, --output FILE    where the file goes; it appears only when complete and verified
   --daemon URL         peer daemon API: http://HOST:PORT or unix:/PATH (default $GUOCE_DAEMON or http://127.0.0.1:65001)
@@ -29,7 +30,7 @@ export const GET_USAGE = `Usage: guoce get URL -O FILE [--daemon http://HOST:POR
                        HTTP); writing into FILE never changes the daemon's cache
 `
 
-function fmtBytes (n: number): string {
+export function fmtBytes (n: number): string {
   const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
   let i = 0
   while (n >= 1024 && i < u.length - 1) { n /= 1024; i++ }
@@ -37,10 +38,10 @@ function fmtBytes (n: number): string {
 }
 
 // the built-in fetch: no HTTP client to load at start-up
-async function api (base: string, path: string, init: { method?: string, body?: unknown, signal?: AbortSignal | undefined, access?: string } = {}): Promise<Response> {
+export async function api (base: string, path: string, init: { method?: string, body?: unknown, signal?: AbortSignal | undefined, access?: string, headers?: Record<string, string> } = {}): Promise<Response> {
   const req = {
     method: init.method ?? 'GET',
-    headers: { ...(init.body != null ? { 'content-type': 'application/json' } : {}), ...(init.access != null ? { 'x-guoce-access': init.access } : {}) },
+    headers: { ...(init.body != null ? { 'content-type': 'application/json' } : {}), ...(init.access != null ? { 'x-guoce-access': init.access } : {}), ...init.headers },
     body: init.body != null ? JSON.stringify(init.body) : null,
     ...(init.signal != null ? { signal: init.signal } : {})
   }
@@ -62,7 +63,7 @@ async function * body (res: Response): AsyncGenerator<Uint8Array> {
   for await (const chunk of res.body) yield chunk
 }
 
-async function errorFrom (res: Response): Promise<Error> {
+export async function errorFrom (res: Response): Promise<Error> {
   const text = await res.text()
   try {
     const e = (JSON.parse(text) as { error: { name: string, code: string, message: string } }).error
@@ -70,6 +71,29 @@ async function errorFrom (res: Response): Promise<Error> {
   } catch {
     return new TaskFailedError(`daemon answered HTTP ${res.status}: ${text.slice(0, 200)}`)
   }
+}
+
+/** `--daemon`, else $GUOCE_DAEMON, else the default API address; checked. */
+export function daemonBase (given: string | undefined): string {
+  const base = given ?? process.env.GUOCE_DAEMON ?? 'http://127.0.0.1:65001'
+  if (!/^unix:\/./.test(base)) {
+    try { new URL(base) } catch { throw new InvalidParametersError(`--daemon must be a URL like http://127.0.0.1:65001 or unix:/PATH, got "${base}"`) }
+  }
+  return base
+}
+
+/** Aborted by Ctrl-C or SIGTERM (so temp files are removed on the way out) and by the timeout. */
+export function commandSignal (timeoutMs: number | undefined): AbortSignal {
+  const interrupted = new AbortController()
+  const onSignal = (sig: NodeJS.Signals): void => { interrupted.abort(new TaskFailedError(`interrupted by ${sig}`)) }
+  process.once('SIGINT', onSignal)
+  process.once('SIGTERM', onSignal)
+  return timeoutMs != null ? AbortSignal.any([interrupted.signal, AbortSignal.timeout(timeoutMs)]) : interrupted.signal
+}
+
+/** The caller's working directory: under `npm run guoce -- ...` npm runs us from the checkout's root. */
+export function callerCwd (): string {
+  return process.env.npm_lifecycle_event === 'guoce' ? (process.env.INIT_CWD ?? process.cwd()) : process.cwd()
 }
 
 export async function get (argv: string[]): Promise<number> {
@@ -103,20 +127,9 @@ export async function get (argv: string[]): Promise<number> {
     if (i <= 0) throw new InvalidParametersError(`--header must be K:V, got "${h}"`)
     headers[h.slice(0, i).trim().toLowerCase()] = h.slice(i + 1).trim()
   }
-  const base = (v.daemon as string | undefined) ?? process.env.GUOCE_DAEMON ?? 'http://127.0.0.1:65001'
-  if (!/^unix:\/./.test(base)) {
-    try { new URL(base) } catch { throw new InvalidParametersError(`--daemon must be a URL like http://127.0.0.1:65001 or unix:/PATH, got "${base}"`) }
-  }
-  const timeoutMs = durationMs(v.timeout as string | undefined, '--timeout')
-  // Ctrl-C or SIGTERM abort the transfer so the temp file is removed on the way out
-  const interrupted = new AbortController()
-  const onSignal = (sig: NodeJS.Signals): void => { interrupted.abort(new TaskFailedError(`interrupted by ${sig}`)) }
-  process.once('SIGINT', onSignal)
-  process.once('SIGTERM', onSignal)
-  const signal = timeoutMs != null ? AbortSignal.any([interrupted.signal, AbortSignal.timeout(timeoutMs)]) : interrupted.signal
-  // under `npm run guoce -- ...` npm runs us from the checkout's root; paths are the caller's
-  const cwd = process.env.npm_lifecycle_event === 'guoce' ? (process.env.INIT_CWD ?? process.cwd()) : process.cwd()
-  const output = resolve(cwd, v.output)
+  const base = daemonBase(v.daemon as string | undefined)
+  const signal = commandSignal(durationMs(v.timeout as string | undefined, '--timeout'))
+  const output = resolve(callerCwd(), v.output)
   const dir = dirname(output)
   const st = await stat(dir).catch((err: NodeJS.ErrnoException) => {
     if (err.code === 'EACCES') throw new InvalidParametersError(`cannot write ${output}: no permission to reach ${dir}`)
@@ -127,11 +140,40 @@ export async function get (argv: string[]): Promise<number> {
   await access(dir, fsConstants.W_OK | fsConstants.X_OK).catch(() => { throw new InvalidParametersError(`cannot write ${output}: no write permission on ${dir}`) })
 
   const started = Date.now()
+  const { final, bytes, via } = await fetchToFile({ base, url, headers, ...(digest != null ? { digest } : {}), output, signal, bar: !json, stream: v.stream === true })
+  const secs = (Date.now() - started) / 1000
+  const summary = { event: 'done', url: redactUrl(url), output, taskId: final.taskId, bytes, via, seconds: secs, piecesFromStore: final.piecesFromStore, piecesFromPeers: final.piecesFromPeers, piecesFromSource: final.piecesFromSource }
+  if (json) process.stdout.write(JSON.stringify(summary) + '\n')
+  else process.stderr.write(`${basename(output)}: ${fmtBytes(bytes)} in ${secs.toFixed(1)} s\n`)
+  return 0
+}
+
+export interface FetchInit {
+  /** the daemon's API: http://HOST:PORT or unix:PATH */
+  base: string
+  url: string
+  /** request headers for the origin (credentials stay in the daemon's request, never in argv or on peers) */
+  headers?: Record<string, string>
+  digest?: string
+  output: string
+  signal: AbortSignal
+  /** a progress bar on a TTY */
+  bar?: boolean
+  /** bytes over HTTP even when the daemon runs on this host */
+  stream?: boolean
+  /** a last check of the complete temp file before it is renamed onto `output` (throws to refuse it) */
+  verify?: (tmp: string) => Promise<void>
+}
+
+/**
+ * One file through the peer daemon: start (or join) the task, follow it to its end, then write
+ * `output` through a temp file + fsync + rename, so `output` appears only complete and verified.
+ */
+export async function fetchToFile (o: FetchInit): Promise<{ final: TaskProgress, bytes: number, via: 'copy' | 'http' }> {
+  const { base, url, digest, output, signal } = o
+  const headers = o.headers ?? {}
   let final: TaskProgress
-  let bytes: number
   let token: string | undefined
-  /** how FILE was written: a kernel copy of the daemon's data file, or bytes over HTTP */
-  let via: 'copy' | 'http'
   try {
     // the origin changed while the task ran (ContentChangedError): the daemon dropped it; one more
     // try asks the origin again and fetches the new content under its new version
@@ -140,26 +182,22 @@ export async function get (argv: string[]): Promise<number> {
       if (res.status !== 200) throw await errorFrom(res)
       const first = await res.json() as TaskProgress & { access?: string }
       token = first.access
-      final = await follow(base, first.taskId, json, signal)
+      final = await follow(base, first.taskId, o.bar !== true, signal)
       if (final.state === 'succeeded') break
       const err = final.error != null ? fromErrorInfo(final.error) : new TaskFailedError(`download ended in state ${final.state}`)
       if (err.name !== ContentChangedError.name || attempt >= 2) throw err
     }
     // a daemon on this host: a kernel copy of its data file when this user may read it; elsewhere, with
     // --stream, or when the file is not readable, bytes come over HTTP
-    const local = v.stream !== true && isLoopback(base) ? await copyLocal(base, final, token, output, digest, signal) : null
-    via = local != null ? 'copy' : 'http'
-    bytes = local ?? await copyOut(base, final, token, output, digest, signal)
+    const local = o.stream !== true && isLoopback(base) ? await copyLocal(base, final, token, output, digest, signal, o.verify) : null
+    const via = local != null ? 'copy' : 'http'
+    const bytes = local ?? await copyOut(base, final, token, output, digest, signal, o.verify)
+    return { final, bytes, via }
   } catch (err) {
     // an abort can surface anywhere in a body read; say why, in one line
     if (signal.aborted) throw new TaskFailedError(signal.reason instanceof Error && signal.reason.name !== 'TimeoutError' ? signal.reason.message : 'timed out (--timeout)')
     throw err
   }
-  const secs = (Date.now() - started) / 1000
-  const summary = { event: 'done', url: redactUrl(url), output, taskId: final.taskId, bytes, via, seconds: secs, piecesFromStore: final.piecesFromStore, piecesFromPeers: final.piecesFromPeers, piecesFromSource: final.piecesFromSource }
-  if (json) process.stdout.write(JSON.stringify(summary) + '\n')
-  else process.stderr.write(`${basename(output)}: ${fmtBytes(bytes)} in ${secs.toFixed(1)} s\n`)
-  return 0
 }
 
 async function follow (base: string, taskId: string, json: boolean, signal?: AbortSignal): Promise<TaskProgress> {
@@ -195,7 +233,7 @@ function isLoopback (base: string): boolean {
   return base.startsWith('unix:') || isLoopbackHost(new URL(base).hostname)
 }
 
-function tempFor (output: string): string {
+export function tempFor (output: string): string {
   return join(dirname(output), `.${basename(output)}.guoce-${randomBytes(4).toString('hex')}`)
 }
 
@@ -220,7 +258,7 @@ interface DataFile { path: string, size: number, ino: number }
  * null when this user cannot read that file, or it is not the daemon's (another mount namespace): then
  * the caller streams it over HTTP.
  */
-async function copyLocal (base: string, p: TaskProgress, token: string | undefined, output: string, digest: string | undefined, signal?: AbortSignal): Promise<number | null> {
+async function copyLocal (base: string, p: TaskProgress, token: string | undefined, output: string, digest: string | undefined, signal?: AbortSignal, verify?: (tmp: string) => Promise<void>): Promise<number | null> {
   const res = await api(base, `/api/v1/tasks/${p.taskId}`, { signal, ...(token != null ? { access: token } : {}) })
   if (res.status !== 200) { await res.body?.cancel(); return null }
   const file = ((await res.json()) as { dataFile?: DataFile }).dataFile
@@ -255,6 +293,7 @@ async function copyLocal (base: string, p: TaskProgress, token: string | undefin
       // with --digest the task is named by it, and the daemon checked the whole content against it before
       // it reported success (PeerTask.succeed): the copy of that same file (inode and size checked) is not
       // hashed a second time here (bench/fanout: 0.25 CPU-s per 128 MiB get on a CPU-bound swarm)
+      if (verify != null) await verify(tmp)
       await fh.sync()
     } finally { await fh.close() }
     await rename(tmp, output)
@@ -268,7 +307,7 @@ async function copyLocal (base: string, p: TaskProgress, token: string | undefin
   }
 }
 
-async function copyOut (base: string, p: TaskProgress, token: string | undefined, output: string, digest: string | undefined, signal?: AbortSignal): Promise<number> {
+async function copyOut (base: string, p: TaskProgress, token: string | undefined, output: string, digest: string | undefined, signal?: AbortSignal, verify?: (tmp: string) => Promise<void>): Promise<number> {
   const tmp = tempFor(output)
   const fh = await open(tmp, 'wx', 0o644).catch((err: unknown) => { throw writeError(err, output) })
   let ok = false
@@ -288,6 +327,7 @@ async function copyOut (base: string, p: TaskProgress, token: string | undefined
     }
     if (p.contentLength != null && n !== p.contentLength) throw new ContentLengthMismatchError(`daemon sent ${n} of ${p.contentLength} bytes`)
     if (digest != null && `sha256:${h.digest('hex')}` !== digest) throw new DigestMismatchError(`downloaded content does not match ${digest}`)
+    if (verify != null) await verify(tmp)
     await fh.sync()
     await fh.close()
     await rename(tmp, output)

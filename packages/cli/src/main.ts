@@ -14,6 +14,12 @@ Usage: guoce <command> [options]
 
 Commands:
   get URL -O FILE      download a file through the swarm
+  get hf://ORG/REPO[/PATH][@REV] -O DIR
+                       download a model repository (or one file or folder of it) from a Hugging Face hub
+  get oci://REGISTRY/REPO:TAG -O DIR
+                       download model data stored as an OCI artifact (a file per layer, by its title)
+  import FILE          put a local file into the swarm (named by its sha256)
+  export ID -O FILE    get imported content back (ID: sha256:DIGEST, or a task id this daemon knows)
   up                   scheduler + seed peer + peer daemon in one process (embedded defaults)
   scheduler            run the scheduler
   seed                 run a seed peer
@@ -133,10 +139,16 @@ export async function main (argv: string[]): Promise<number | undefined> {
   const [cmd, ...rest] = argv
   if (cmd == null || cmd === '--help' || cmd === '-h' || cmd === 'help') { process.stdout.write(USAGE); return cmd == null ? 2 : 0 }
   // services load libp2p and fastify; `guoce get` needs neither, so load them only when asked
-  const { startScheduler, startSeed, startDaemon, logger } = cmd === 'get' || cmd === 'image' ? {} as typeof import('./services.js') : await import('./services.js')
+  const { startScheduler, startSeed, startDaemon, logger } = cmd === 'get' || cmd === 'image' || cmd === 'import' || cmd === 'export' ? {} as typeof import('./services.js') : await import('./services.js')
   switch (cmd) {
-    case 'get': return await (await import('./get.js')).get(rest)
+    // hf:// names a model repository (many files), anything else one file
+    case 'get':
+      if (rest.some(a => a.startsWith('hf://'))) return await (await import('./hf.js')).getHf(rest)
+      if (rest.some(a => a.startsWith('oci://'))) return await (await import('./artifact.js')).getOci(rest)
+      return await (await import('./get.js')).get(rest)
     case 'image': return await (await import('./image.js')).image(rest)
+    case 'import': return await (await import('./swarm.js')).importCmd(rest)
+    case 'export': return await (await import('./swarm.js')).exportCmd(rest)
     case 'scheduler': {
       const { values: v } = parse(rest, { listen: { type: 'string' }, data: { type: 'string' }, 'chain-max-peers': { type: 'string' }, 'cluster-key': { type: 'string' }, open: { type: 'boolean' } })
       if (v.help === true) { process.stdout.write(SCHEDULER_USAGE); return 0 }

@@ -1,6 +1,7 @@
 /** Wiring of the long-running services; the CLI commands and `guoce up` share it. */
 import { join } from 'node:path'
-import { mkdir } from 'node:fs/promises'
+import { mkdir, rm, writeFile } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
 import { InvalidParametersError, type Logger } from '@guoce/interface'
 import { createNode, loadOrCreateKey, loadOrCreateClusterKey, loadOrCreateSeedKey, readClusterKey, readSeedKey, jsonLogger, type Libp2p, type LogLevel, type PieceChannel } from '@guoce/transfer'
 import { openStore } from '@guoce/store'
@@ -91,7 +92,11 @@ export async function startDaemon (o: Membership & { pieceChannel?: PieceChannel
   // the registry mirror reads blobs through the daemon's reader; its counters join the daemon's /metrics
   // loaded only for a daemon that serves one
   const mirror = o.mirror != null ? (await import('@guoce/registry-mirror')).buildMirror({ reader: daemon.reader, log: o.log, defaultUpstream: o.mirror.upstream, insecure: o.mirror.insecure, maxManifestBytes: o.mirror.maxManifestBytes }) : undefined
-  const app = buildServer(daemon, mirror != null ? { extraMetrics: () => mirror.metrics() } : {})
+  // the import token: in a 0600 file of the daemon's user, so only that user (and root) may import
+  const importToken = { token: randomBytes(32).toString('hex'), file: join(o.data, 'import.token') }
+  await rm(importToken.file, { force: true })
+  await writeFile(importToken.file, importToken.token + '\n', { mode: 0o600, flag: 'wx' })
+  const app = buildServer(daemon, { importToken, ...(mirror != null ? { extraMetrics: () => mirror.metrics() } : {}) })
   const apiUrl = await listenApi(app, o.api)
   const mirrorUrl = mirror != null && o.mirror != null ? await mirror.app.listen({ host: o.mirror.host, port: o.mirror.port }) : undefined
   return { daemon, apiUrl, app, node, mirror, mirrorUrl, stop: async () => { await mirror?.app.close(); await app.close(); await daemon.stop(); await node.stop() } }

@@ -108,3 +108,12 @@ export function redactUrl (url: string): string {
   u.search = ''
   return `${u.toString()}?${names.map(k => `${encodeURIComponent(k)}=REDACTED`).join('&')}`
 }
+
+/**
+ * The URL of content put into the swarm by `guoce import`: it has no origin (`.invalid` never resolves,
+ * and sources refuse it at once), so a digest-named task with it is only ever had from its holders.
+ */
+export const IMPORT_URL_BASE = 'http://import.guoce.invalid/'
+/** The URL an imported `sha256:HEX` is registered under. */
+export function importUrl (digest: string): string { parseDigest(digest); return `${IMPORT_URL_BASE}${digest}` }
+export function isImportUrl (url: string): boolean { return url.startsWith(IMPORT_URL_BASE) }

@@ -7,6 +7,7 @@
  *   GET  /api/v1/tasks/:id/content     the bytes through the reader: Range -> 206 once those pieces are
  *                                      verified; else the whole content in order as it arrives
  *   POST /api/v1/tasks/:id/export      removed: 410 (the daemon writes no file at a caller-given path)
+ *   POST /api/v1/import                a local file into the swarm (import token: the daemon's own user only)
  *   DELETE /api/v1/tasks/:id           drop a task from the store (access token)
  *   GET  /healthz, GET /metrics (Prometheus text)
  * The bytes of a task (`/content`, `dataFile`) need its access token (header x-guoce-access), which only
@@ -25,7 +26,19 @@ import { isTaskId } from '@guoce/content'
 import { errorStatus, type PeerDaemon } from './index.js'
 import { ForbiddenError, InvalidParametersError, NotFoundError, type TaskProgress } from '@guoce/interface'
 
-export interface ApiOptions { extraMetrics?: () => string }
+export interface ApiOptions {
+  extraMetrics?: () => string
+  /**
+   * `guoce import`: the secret a caller must send (header x-guoce-import) to have the daemon read a local
+   * file into the swarm, and the file (0600, the daemon's user's) it is kept in. Whoever can read that
+   * file can read what the daemon can: only the daemon's own user (and root) may import. Without it the
+   * import route answers 403.
+   */
+  importToken?: { token: string, file: string }
+}
+
+/** Header that carries the import token. */
+export const IMPORT_HEADER = 'x-guoce-import'
 
 /** A loopback name: localhost, an IPv4 address in 127.0.0.0/8, or ::1 (brackets allowed). */
 export function isLoopbackName (host: string): boolean {
@@ -84,7 +97,22 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
     }
   })
 
-  app.get('/healthz', async () => ({ ok: true, peerId: daemon.peerId, scheduler: daemon.client.connected }))
+  app.get('/healthz', async () => ({ ok: true, peerId: daemon.peerId, scheduler: daemon.client.connected, ...(opts.importToken != null ? { importTokenFile: opts.importToken.file } : {}) }))
+
+  // a local file into the swarm, named by its sha256 (guoce import): the daemon's own user only
+  app.post<{ Body: { path: string } }>('/api/v1/import', { schema: { body: { type: 'object', required: ['path'], additionalProperties: false, properties: { path: { type: 'string', minLength: 2, maxLength: 4096 } } } } }, async (req) => {
+    const given = req.headers[IMPORT_HEADER]
+    const want = opts.importToken?.token
+    if (want == null || typeof given !== 'string' || given.length !== want.length || !timingSafeEqual(Buffer.from(given), Buffer.from(want))) {
+      throw new ForbiddenError(`importing needs the token in the daemon's import token file (header ${IMPORT_HEADER}): only the daemon's own user may import`)
+    }
+    const path = req.body.path
+    if (!path.startsWith('/') || path.includes('\0')) throw new InvalidParametersError('import path must be absolute')
+    const st = await stat(path).catch((err: NodeJS.ErrnoException) => { throw err.code === 'ENOENT' ? new NotFoundError(`no file ${path}`) : new InvalidParametersError(`cannot read ${path}: ${err.code ?? err.message}`) })
+    if (!st.isFile()) throw new InvalidParametersError(`${path} is not a regular file`)
+    const t = await daemon.importFile(path)
+    return { ...t.progress(), digest: t.digest, access: accessFor(t.taskId).toString('hex') }
+  })
 
   app.post<{ Body: { url: string, headers?: Record<string, string>, digest?: string, tag?: string, ranged?: boolean } }>('/api/v1/tasks', { schema: { body: taskBody } }, async (req) => {
     const t = await daemon.download(req.body)
@@ -98,7 +126,8 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
   app.get<{ Params: { id: string } }>('/api/v1/tasks/:id', async (req) => {
     const t = runningTask(req.params.id)
     if (t == null) throw new NotFoundError(`no task ${req.params.id}`)
-    const p = t.progress()
+    // the digest that names the task, if one does (guoce export TASKID)
+    const p = { ...t.progress(), ...(t.digest != null ? { digest: t.digest } : {}) }
     if (p.state !== 'succeeded' || !isLoopbackName(req.socket.remoteAddress ?? 'localhost') || !mayRead(t.taskId, req.headers[ACCESS_HEADER])) return p
     // where the verified bytes are: `guoce get` on this host copies them itself, as its own user
     // (a kernel copy), if that user may read the file; `ino` lets it check it opened this very file

@@ -4,11 +4,13 @@
  * Ownership: `tasks` holds the live PeerTask per task id (one download per task, shared by every
  * API caller); the TaskStore owns bytes on disk.
  */
-import { taskIdOf, parseSourceUrl, parseDigest } from '@guoce/content'
+import { createHash } from 'node:crypto'
+import { open } from 'node:fs/promises'
+import { taskIdOf, parseSourceUrl, parseDigest, pieceLayout, pieceRange, importUrl, isImportUrl } from '@guoce/content'
 import type { Startable, TaskReader, TaskRequest } from '@guoce/interface'
 import type { TaskStore } from '@guoce/store'
 import { SchedulerClient, hostInfo, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
-import { serveStore, registerRef, type HostInit } from '@guoce/seed-peer'
+import { serveStore, registerRef, announceHeld, type HostInit } from '@guoce/seed-peer'
 import { PeerTask } from './peer-task.js'
 import { UPLOAD_SLOTS } from './constants.js'
 import { taskReader, daemonResolver } from './reader.js'
@@ -83,6 +85,55 @@ export class PeerDaemon implements Startable {
   }
 
   /**
+   * Put a local file into the swarm (`guoce import`): hashed, stored as the complete task named by its
+   * sha256 under the import URL (no origin), then held like any finished download, and its layout and
+   * piece digests announced: imported content has no seed, so its holder vouches for them (children
+   * still check each piece, and the whole content against the digest). Read twice: once for the digest
+   * that names it, once into the store; a file that changed in between fails the whole-digest check.
+   * The caller (the local API) lets only the daemon's own user ask for this.
+   */
+  async importFile (path: string): Promise<PeerTask> {
+    const fh = await open(path, 'r')
+    let digest: string
+    try {
+      const size = (await fh.stat()).size
+      const h = createHash('sha256')
+      const buf = Buffer.allocUnsafe(4 * 1024 * 1024)
+      for (let off = 0; off < size;) {
+        const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - off), off)
+        if (bytesRead === 0) break
+        h.update(buf.subarray(0, bytesRead)); off += bytesRead
+      }
+      digest = `sha256:${h.digest('hex')}`
+      const req: TaskRequest = { url: importUrl(digest), digest }
+      const taskId = taskIdOf(req)
+      const held = await this.init.store.get(taskId)
+      if (held?.complete !== true) {
+        const { pieceLength, pieceCount } = pieceLayout(size)
+        const st = await this.init.store.create(taskId, { taskId, contentLength: size, pieceLength, pieceCount }, { url: req.url, digest })
+        for (let n = 0; n < pieceCount; n++) {
+          const { start, end } = pieceRange(n, pieceLength, size)
+          const piece = Buffer.allocUnsafe(end - start)
+          for (let got = 0; got < piece.length;) {
+            const { bytesRead } = await fh.read(piece, got, piece.length - got, start + got)
+            if (bytesRead === 0) break
+            got += bytesRead
+          }
+          await st.writePiece(n, piece, createHash('sha256').update(piece).digest())
+        }
+        await st.flush()
+      }
+    } finally {
+      await fh.close()
+    }
+    const task = await this.download({ url: importUrl(digest), digest })
+    await task.finished
+    const st = await this.init.store.get(task.taskId)
+    if (st?.complete === true) announceHeld((m) => this.client.send(m), st)
+    return task
+  }
+
+  /**
    * Start a download, or join the one already running for the same task.
    * A URL task without a digest is first checked with the origin (probeSource, with the request's own
    * headers): its validator becomes `req.version`, part of the task id, so a changed origin is a new
@@ -140,6 +191,10 @@ export class PeerDaemon implements Startable {
       if (t.state === 'failed') continue
       seen.add(t.taskId)
       t.register()
+      if (t.state === 'succeeded' && t.digest != null && isImportUrl(t.request.url)) {
+        const st = await this.init.store.get(t.taskId).catch(() => null)
+        if (st?.complete === true) announceHeld((m) => this.client.send(m), st)
+      }
     }
     for (const id of await this.init.store.list()) {
       if (seen.has(id)) continue
@@ -148,6 +203,8 @@ export class PeerDaemon implements Startable {
       const ref = registerRef(st)
       if (ref == null) continue // stored under an id its reference does not give: the scheduler would refuse it
       this.client.send({ register: { taskId: id, ...ref, bitmap: st.bitmap.bytes, completed: true } })
+      // imported content: nobody else can give its layout (importFile)
+      if (ref.digest != null && isImportUrl(ref.url)) announceHeld((m) => this.client.send(m), st)
     }
   }
 }

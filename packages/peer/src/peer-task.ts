@@ -392,6 +392,8 @@ export class PeerTask {
 
   private pumpQueued = false
 
+  /** The request the task stands for (its URL, digest...). */
+  get request (): TaskRequest { return this.init.request }
   /** The digest the whole content must have, when the task is named by one. */
   get digest (): string | undefined { return this.init.request.digest }
 

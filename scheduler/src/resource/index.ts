@@ -190,6 +190,8 @@ export class Task {
   forest: Forest | undefined
   /** host asked to seed this task, while it runs */
   seeding: string | undefined
+  /** imported content: the holder whose layout and piece digests stand for the task (no origin, no seed) */
+  vouchedBy: string | undefined
   /** every peer so far only reads ranges (register.lazy): the seed fetches only what is wanted */
   lazy = true
   /** source attempts that failed with a retryable error */

@@ -39,7 +39,7 @@ export interface Origin {
   close(): Promise<void>
 }
 
-class Bucket {
+export class Bucket {
   private tokens = 0
   private last = Date.now()
   /** takers in arrival order: a link shares its rate between flows, the first waiting goes first */
@@ -67,7 +67,7 @@ class Bucket {
   }
 }
 
-async function send (res: ServerResponse, body: Buffer, bucket: Bucket, count: (n: number) => void): Promise<void> {
+export async function send (res: ServerResponse, body: Buffer, bucket: Bucket, count: (n: number) => void): Promise<void> {
   const CHUNK = 64 * 1024
   for (let off = 0; off < body.length && !res.destroyed; off += CHUNK) {
     const part = body.subarray(off, Math.min(body.length, off + CHUNK))
