@@ -658,7 +658,7 @@ export class PeerTask {
     let priority = Priority.BACKGROUND as number
     for (const [n, pr] of wanted) {
       if (s.bitmap.has(n) || this.requested.has(n)) continue
-      if (!this.isSource && [...this.parents.values()].some(p => p.bitmap?.has(n) === true && this.digests[n] != null)) continue
+      if (!this.isSource && this.digests[n] != null && this.parentHolds(n)) continue
       if (now - (this.wantAt.get(n) ?? -Infinity) < WANT_RETRY_MS) continue
       this.wantAt.set(n, now)
       ask.push(n)
@@ -673,6 +673,12 @@ export class PeerTask {
       this.stallTimer = setTimeout(() => { this.stallTimer = undefined; this.pump() }, WANT_RETRY_MS)
       this.stallTimer.unref()
     }
+  }
+
+  /** Whether some parent holds piece `n` (no copy of the parent table: pump() runs this per wanted piece). */
+  private parentHolds (n: number): boolean {
+    for (const p of this.parents.values()) if (p.bitmap?.has(n) === true) return true
+    return false
   }
 
   /** Lazy task sent back to source: the wanted pieces by Range requests, adjacent ones together. */
