@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pieceLayout, sha256, taskIdOf } from '@guoce/content'
 import { openStore } from '@guoce/store'
-import { fillFromSource, openSource, probeSource } from '@guoce/seed-peer'
+import { fillFromSource, openSource, probeSource } from '@guoce/host'
 import { until, sha, startOrigin, startCluster, runGuoce, stopAll, NODE, CLI, type Origin, type OriginInit, type Cluster, type RunResult } from '@guoce/testkit'
 
 const MiB = 1024 * 1024

@@ -12,7 +12,7 @@ import { DigestMismatchError, toErrorInfo, type Logger, type Startable } from '@
 import type { TaskStore, StoredTask } from '@guoce/store'
 import { credentialHash, taskIdFrom, redactUrl } from '@guoce/content'
 import { SchedulerClient, servePieces, dataChannelFor, hostInfo, ANNOUNCE_BATCH, type PeerMessage, type PieceChannel, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
-import { fillFromSource, fetchRun, openLazy, type SourceFillInit } from './fetch.js'
+import { fillFromSource, fetchRun, openLazy, serveStore, registerRef, announceHeld, type SourceFillInit, type HostInit } from '@guoce/host'
 
 /**
  * Origin fetches a seed runs at once, and seed orders it keeps waiting beyond them.
@@ -52,68 +52,12 @@ async function changed (t: LazyTask): Promise<void> {
   t.dirty = false
 }
 
-/** What every swarm host (seed peer or peer daemon) is built from. */
-export interface HostInit {
-  node: Libp2p
-  store: TaskStore
-  /** scheduler multiaddr with /p2p/PEERID */
-  scheduler: string
-  log: Logger
-  /** concurrent children this host feeds (seed @default 16, daemon @default UPLOAD_SLOTS) */
-  uploadSlots?: number
-  idc?: string
-  location?: string
-  originTimeoutMs?: number
-  /**
-   * How piece bytes travel to and from this host.
-   * @default 'stream'
-   */
-  pieceChannel?: PieceChannel
-}
-
 export interface SeedPeerInit extends HostInit {
   /**
    * The scheduler's seed key (`guoce seed --seed-key`): hello carries a proof under it, which makes this
    * host a designated seed. Without it the scheduler treats the host as a normal one (no seed orders).
    */
   seedKey?: Uint8Array
-}
-
-/**
- * The register fields of a stored task: its reference as kept in the store's meta (doc/PROTOCOL.md
- * "Register"); undefined when the task id does not derive from them (a task stored under an older id
- * scheme), which the scheduler would refuse.
- */
-export function registerRef (t: StoredTask): { url: string, headers: Record<string, string>, digest?: string, tag?: string, version?: string, credentials?: string } | undefined {
-  const m = t.meta
-  const url = m.url ?? ''
-  let credentials = m.credentials
-  try {
-    credentials ??= credentialHash({ url, headers: m.headers })
-    if (taskIdFrom({ url, digest: m.digest, tag: m.tag, version: m.version, credentials }) !== t.taskId) return undefined
-  } catch {
-    return undefined
-  }
-  return {
-    url,
-    headers: m.headers ?? {},
-    ...(m.digest != null ? { digest: m.digest } : {}),
-    ...(m.tag != null ? { tag: m.tag } : {}),
-    ...(m.version != null && m.version !== '' ? { version: m.version } : {}),
-    ...(credentials != null ? { credentials } : {})
-  }
-}
-
-/** Serve every piece the host's store holds, over the host's piece channel. */
-export async function serveStore (init: HostInit, onUpload: (bytes: number) => void): Promise<PieceServer> {
-  return await servePieces(init.node, {
-    dataChannel: dataChannelFor(init.pieceChannel ?? 'stream'),
-    log: init.log,
-    provider: {
-      getPiece: async (taskId, n) => await init.store.getPiece(taskId, n),
-      onUpload: (_t, bytes) => { onUpload(bytes) }
-    }
-  })
 }
 
 export interface SeedStats { originBytes: number, uploadBytes: number, tasks: number }
@@ -346,18 +290,5 @@ export class SeedPeer implements Startable {
       // what the origin sent under a failed transfer is not trusted: drop it, leave no partial entry
       await this.init.store.remove(taskId).catch(() => {})
     }
-  }
-}
-
-/**
- * As a source: announce a task's layout and the digest of every piece held (after a (re)registration),
- * in messages of ANNOUNCE_BATCH pieces (the scheduler refuses messages above MAX_SCHEDULER_MESSAGE_BYTES).
- */
-export function announceHeld (send: (msg: PeerMessage) => unknown, t: StoredTask): void {
-  send({ sourceInfo: { taskId: t.taskId, info: { contentLength: t.info.contentLength, pieceLength: t.info.pieceLength, pieceCount: t.info.pieceCount } } })
-  const all = [...t.bitmap.present()]
-  for (let i = 0; i < all.length; i += ANNOUNCE_BATCH) {
-    const numbers = all.slice(i, i + ANNOUNCE_BATCH)
-    send({ pieceDone: { taskId: t.taskId, numbers, digests: numbers.map(n => t.digests[n]!) } })
   }
 }

@@ -10,12 +10,12 @@ import { taskIdOf, parseSourceUrl, parseDigest, pieceLayout, pieceRange, importU
 import type { Startable, TaskReader, TaskRequest } from '@guoce/interface'
 import type { TaskStore } from '@guoce/store'
 import { SchedulerClient, hostInfo, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
-import { serveStore, registerRef, announceHeld, type HostInit } from '@guoce/seed-peer'
+import { serveStore, registerRef, announceHeld, type HostInit } from '@guoce/host'
 import { PeerTask } from './peer-task.js'
 import { UPLOAD_SLOTS } from './constants.js'
 import { taskReader, daemonResolver } from './reader.js'
 import { daemonMetrics, type DaemonMetrics } from './metrics.js'
-import { probeSource } from '@guoce/seed-peer'
+import { probeSource } from '@guoce/host'
 
 export type PeerDaemonInit = HostInit & {
   /** longest a read waits for one piece (or the layout) @default READ_TIMEOUT_MS */

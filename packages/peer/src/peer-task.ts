@@ -26,7 +26,7 @@ import { Bitmap, verifyPieceAsync, checkPieceDigest, equalBytes, MAX_PIECE_LENGT
 import { AbortError, DigestMismatchError, ParentTimeoutError, fromErrorInfo, toErrorInfo, type Logger, type TaskProgress, type TaskRequest, type PeerState, type TaskInfo } from '@guoce/interface'
 import type { StoredTask, TaskStore } from '@guoce/store'
 import { PieceConnection, type PieceChannel, Priority, type PeerMessage, type SchedulerMessage, type WireParent } from '@guoce/transfer'
-import { fillFromSource, fetchRun, openLazy, announceHeld } from '@guoce/seed-peer'
+import { fillFromSource, fetchRun, openLazy, announceHeld } from '@guoce/host'
 import { PieceWaiters, type WaitOptions } from './piece-waiters.js'
 import { ENDGAME_PIECES, PARENT_INFLIGHT, READ_INFLIGHT, PARENT_STALL_MS, PARENT_STALL_CHECK_MS, PIECE_TIMEOUT_MS, PIECE_TIMEOUT_PER_MIB_MS, REPORT_DELAY_MS, REQUEST_BATCH, SCHEDULER_WAIT_MS, STALL_MS, STARVE_MS, STRIPE_FILL_MS, TOTAL_INFLIGHT, WANT_RETRY_MS, MAX_WANT_PIECES } from './constants.js'
 

@@ -19,7 +19,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { createHash } from 'node:crypto'
 import { Readable } from 'node:stream'
 import { parseDigest } from '@guoce/content'
-import { openSource } from '@guoce/seed-peer'
+import { openSource } from '@guoce/host'
 import type { Logger, TaskReader, TaskRequest } from '@guoce/interface'
 import { RegistryMirrorError, ociError, upstreamStatusError } from './errors.js'
 import { resolveUpstream, statusError, upstreamRequest, type Upstream } from './upstream.js'
