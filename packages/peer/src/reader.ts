@@ -5,11 +5,15 @@
  * stops. The ReadSource (a PeerTask, or a whole task in the store) owns the bytes and says when a
  * piece is held. Every byte read comes from a piece that was verified before it was stored.
  *
- * A stream of a task named by a digest yields its last bytes only once the task succeeded, that is
- * once the whole content matched the digest: a consumer that reads it to the end never gets a
- * complete answer for content that does not match (partial reads rely on the piece digests).
+ * A stream of a task named by a digest never yields the content's last bytes before the whole content
+ * matched the digest, so a consumer that reads it to the end never gets a complete answer for content
+ * that does not match: a stream from offset 0 hashes what it yields and compares before the last chunk
+ * (DigestMismatchError instead of it); a stream from a later offset waits for the task's own check, except
+ * for a lazy (ranged) task, which never completes: there, as for every ranged read, the piece digests
+ * are what the bytes were checked against.
  */
-import { AbortError, InvalidParametersError, NotFoundError, RangeNotSatisfiableError, type RangeRead, type ReadOptions, type ReadPriority, type ReadTarget, type StreamRead, type TaskInfo, type TaskReader } from '@guoce/interface'
+import { createHash } from 'node:crypto'
+import { AbortError, DigestMismatchError, InvalidParametersError, NotFoundError, RangeNotSatisfiableError, type RangeRead, type ReadOptions, type ReadPriority, type ReadTarget, type StreamRead, type TaskInfo, type TaskReader } from '@guoce/interface'
 import type { StoredTask, TaskStore } from '@guoce/store'
 import { Priority } from '@guoce/transfer'
 import type { WaitOptions } from './piece-waiters.js'
@@ -23,6 +27,8 @@ export interface ReadSource {
   whenPiece(n: number, o: WaitOptions): Promise<StoredTask>
   /** settles when the task succeeded (resolves) or failed (rejects) */
   readonly finished: Promise<void>
+  /** a ranged task that fetches only what is read (it completes only if a whole download joins it) */
+  readonly isLazy?: boolean
 }
 
 export interface ReaderInit {
@@ -156,6 +162,8 @@ class Reader implements TaskReader {
     const signal = r.signal != null ? AbortSignal.any([r.signal, ac.signal]) : ac.signal
     const o = this.wait(r, signal)
     const last = Math.floor((end - 1) / pieceLength)
+    // the whole content of a digest-named task: checked here as it goes out (see the file's head)
+    const whole = src.digest != null && offset === 0 && end === size ? createHash('sha256') : undefined
     // the piece being read and the next few are waited for (so requested) together
     const ahead = new Map<number, Promise<StoredTask>>()
     let next = Math.floor(offset / pieceLength)
@@ -178,8 +186,16 @@ class Reader implements TaskReader {
           const chunk = await s.read(pos, len)
           if (chunk.byteLength !== len) throw new NotFoundError(`task ${s.taskId.slice(0, 12)} is short on disk`)
           pos += len
+          whole?.update(chunk)
           // digest-named content: its last bytes only after the whole content matched
-          if (pos === size && src.digest != null) await untilAborted(src.finished, signal)
+          if (pos === size && src.digest != null) {
+            if (whole != null) {
+              const got = 'sha256:' + whole.digest('hex')
+              if (got !== src.digest) throw new DigestMismatchError(`task ${s.taskId.slice(0, 12)}: content is ${got}, expected ${src.digest}`)
+            } else if (src.isLazy !== true) {
+              await untilAborted(src.finished, signal)
+            }
+          }
           yield chunk
         }
       }

@@ -18,6 +18,7 @@ class HandSource implements ReadSource {
   failed: Error | undefined
   readonly done = Promise.withResolvers<void>()
   digest: string | undefined
+  isLazy = false
   constructor (private readonly store: TaskStore, readonly content: Buffer) { this.done.promise.catch(() => {}) }
   get finished (): Promise<void> { return this.done.promise }
   async layout (): Promise<void> {
@@ -30,7 +31,8 @@ class HandSource implements ReadSource {
     const data = this.content.subarray(n * PIECE, Math.min(this.content.length, (n + 1) * PIECE))
     await this.stored!.writePiece(n, data, sha(data))
     this.waiters.arrived(n)
-    if (this.stored!.complete) this.done.resolve()
+    // a lazy task completes only when a whole download joins it: never here
+    if (this.stored!.complete && !this.isLazy) this.done.resolve()
   }
 
   fail (err: Error): void { this.failed = err; this.waiters.failAll(err); this.done.reject(err) }
@@ -179,6 +181,36 @@ describe('reader', () => {
     got.push(Buffer.from((await last).value!))
     expect((await it.next()).done).toBe(true)
     expect(Buffer.concat(got).equals(content.subarray(2 * PIECE - 5))).toBe(true)
+  })
+
+  it('a lazy digest-named task: a whole stream is checked as it goes out and ends without the task completing; a later offset relies on piece digests', async () => {
+    const { src, content, reader } = await setup(3 * PIECE + 77)
+    src.digest = 'sha256:' + createHash('sha256').update(content).digest('hex')
+    src.isLazy = true
+    await src.layout()
+    for (const n of [0, 1, 2, 3]) await src.deliver(n)
+    const whole: Buffer[] = []
+    for await (const c of reader.stream({ taskId: ID })) whole.push(Buffer.from(c))
+    expect(Buffer.concat(whole).equals(content)).toBe(true)
+    const tail: Buffer[] = []
+    for await (const c of reader.stream({ taskId: ID, offset: PIECE + 9 })) tail.push(Buffer.from(c))
+    expect(Buffer.concat(tail).equals(content.subarray(PIECE + 9))).toBe(true)
+  })
+
+  it('a whole stream of content that does not match its digest fails before its last bytes', async () => {
+    const { src, content, reader } = await setup(3 * PIECE + 77)
+    src.digest = 'sha256:' + 'd'.repeat(64)
+    src.isLazy = true
+    await src.layout()
+    for (const n of [0, 1, 2, 3]) await src.deliver(n)
+    const got: Buffer[] = []
+    const err = await (async () => {
+      try { for await (const c of reader.stream({ taskId: ID })) got.push(Buffer.from(c)) } catch (e) { return e as Error }
+    })()
+    expect(err?.name).toBe('DigestMismatchError')
+    const yielded = Buffer.concat(got)
+    expect(yielded.length).toBeLessThan(content.length)
+    expect(yielded.equals(content.subarray(0, yielded.length))).toBe(true)
   })
 
   it('checks its arguments: offsets beyond the content, negative or fractional numbers', async () => {
