@@ -55,6 +55,7 @@ beforeAll(async () => {
       'size.img': NEW, 'size.img.gcidx': bigFile,
       'noidx.img': NEW,
       'digest.img': NEW, 'digest.img.gcidx': indexBytes,
+      'direct.img': NEW, 'direct.img.gcidx': indexBytes,
       'evil.img': NEW, 'evil.img.gcidx': indexBytes,
       // an index that says NEW is 3 bytes longer than the file the origin serves (the rest of it true)
       'short.img': NEW.subarray(0, NEW.length - 3), 'short.img.gcidx': indexBytes
@@ -113,6 +114,17 @@ describe('guoce get --seed-from OLD', () => {
     process.stderr.write(`delta.spec: ${plan.fetchChunks} of ${r.json.delta.chunks} chunks fetched (${plan.fetchBytes} bytes), ${pieces} pieces, origin sent ${origin.sent['os.img']} of ${NEW.length}\n`)
     // nothing else left in the output's directory (no temp file)
     expect((await readdir(dir)).filter(f => f.startsWith('.'))).toEqual([])
+  })
+
+  it('--delta-source origin: the missing chunks straight from the origin, exactly their bytes', async () => {
+    const plan = planDelta(parseIndex(indexBytes), await chunkFile(oldPath))
+    const r = await get('direct.img', ['--delta-source', 'origin'])
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.json.via).toBe('delta')
+    expect(r.json.delta.via).toBe('origin')
+    expect(sha(await readFile(r.out))).toBe(sha(NEW))
+    expect(origin.sent['direct.img']).toBe(plan.fetchBytes)
+    expect(origin.sent['direct.img.gcidx']).toBe(indexBytes.length)
   })
 
   for (const [name, what] of [

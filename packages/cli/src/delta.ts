@@ -21,8 +21,9 @@ import {
 } from '@guoce/delta'
 import { api, errorFrom, callerCwd, fmtBytes, tempFor } from './get.js'
 import { parse, sizeBytes } from './args.js'
+import { DEFAULT_PARAMS } from '@guoce/delta'
 
-export const INDEX_USAGE = `Usage: guoce index FILE [-O OUT] [--avg 64KiB] [--json]
+export const INDEX_USAGE = `Usage: guoce index FILE [-O OUT] [--avg 16KiB] [--json]
 
 Writes OUT (default FILE${INDEX_SUFFIX}): a content-defined chunk index of FILE (FastCDC; min = avg/4,
 max = avg*4; format in doc/FORMAT.md). Publish it next to FILE on the origin: \`guoce get URL -O NEW
@@ -35,7 +36,7 @@ export async function indexCmd (argv: string[]): Promise<number> {
   if (positionals.length !== 1) throw new InvalidParametersError('guoce index needs exactly one FILE')
   const file = resolve(callerCwd(), positionals[0]!)
   const avg = sizeBytes(v.avg as string | undefined, '--avg')
-  const params: ChunkParams = avg === undefined ? { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 } : { min: avg / 4, avg, max: avg * 4 }
+  const params: ChunkParams = avg === undefined ? { ...DEFAULT_PARAMS } : { min: avg / 4, avg, max: avg * 4 }
   try { checkParams(params, '--avg') } catch (err) { throw new InvalidParametersError((err as Error).message) }
   const out = resolve(callerCwd(), (v.output as string | undefined) ?? `${positionals[0]!}${INDEX_SUFFIX}`)
   await access(file, fsConstants.R_OK).catch(() => { throw new InvalidParametersError(`cannot read ${file}`) })
@@ -59,6 +60,8 @@ export function indexUrlOf (url: string): string {
 }
 
 export interface DeltaGetInit {
+  /** `swarm` (default): the index and the missing ranges through the daemon; `origin`: both straight from the origin */
+  via?: 'swarm' | 'origin'
   base: string
   url: string
   headers: Record<string, string>
@@ -70,10 +73,14 @@ export interface DeltaGetInit {
 
 export interface DeltaGetResult extends DeltaResult {
   indexBytes: number
-  /** Bytes the daemon fetched for the new file's ranged task (whole pieces), from its progress. */
+  /**
+   * Bytes fetched for the new file: through the swarm, what the daemon's ranged task fetched (whole pieces,
+   * from its progress); from the origin, the ranges asked for.
+   */
   pieceBytes: number
   pieceLength?: number
-  taskId: string
+  taskId?: string
+  via: 'swarm' | 'origin'
 }
 
 const ACCESS = 'x-guoce-access'
@@ -125,6 +132,49 @@ function daemonRanges (base: string, t: { taskId: string, access: string }, size
   }
 }
 
+/** Body of a response, exactly `length` bytes (more or fewer is an error). */
+async function bodyOf (res: Response, length: number, what: string): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(length)
+  let got = 0
+  for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
+    if (got + part.byteLength > length) throw new TaskFailedError(`${what}: more than ${length} bytes`)
+    buf.set(part, got); got += part.byteLength
+  }
+  if (got !== length) throw new TaskFailedError(`${what}: ${got} of ${length} bytes`)
+  return buf
+}
+
+/**
+ * Byte ranges straight from the origin (--delta-source origin): exact chunk ranges, no piece rounding, no
+ * swarm. Pinned to the first answer's ETag (If-Range): a file that changes meanwhile is refused, not mixed.
+ */
+function originRanges (url: string, headers: Record<string, string>, size: number, counter: { bytes: number }): RangeSource {
+  let etag: string | undefined
+  return {
+    async read (offset, length, signal) {
+      const what = `${redactUrl(url)} range ${offset}+${length}`
+      const res = await fetch(url, { headers: { ...headers, range: `bytes=${offset}-${offset + length - 1}`, ...(etag !== undefined ? { 'if-range': etag } : {}) }, signal })
+      if (res.status !== 206) { await res.body?.cancel(); throw new IndexMismatchError(`${what}: the origin answered ${res.status}${etag !== undefined && res.status === 200 ? ' (the file changed)' : ''}`) }
+      const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(res.headers.get('content-range') ?? '')
+      if (m === null || Number(m[1]) !== offset || Number(m[2]) !== offset + length - 1) { await res.body?.cancel(); throw new TaskFailedError(`${what}: answered with ${res.headers.get('content-range') ?? 'no Content-Range'}`) }
+      if (Number(m[3]) !== size) { await res.body?.cancel(); throw new IndexMismatchError(`the file is ${m[3]} bytes, the index describes ${size}`) }
+      etag ??= res.headers.get('etag') ?? undefined
+      const b = await bodyOf(res, length, what)
+      counter.bytes += length
+      return b
+    }
+  }
+}
+
+/** The index straight from the origin, at most `max` bytes. */
+async function originIndex (url: string, headers: Record<string, string>, max: number, signal: AbortSignal): Promise<Buffer> {
+  const res = await fetch(url, { headers, signal }).catch((err: Error) => { throw new TaskFailedError(`${redactUrl(url)}: ${(err.cause as Error | undefined)?.message ?? err.message}`) })
+  if (res.status !== 200) { await res.body?.cancel(); throw new TaskFailedError(`${redactUrl(url)}: HTTP ${res.status}`) }
+  const declared = Number(res.headers.get('content-length') ?? NaN)
+  if (!(declared <= max)) { await res.body?.cancel(); throw new IndexMismatchError(`${redactUrl(url)}: ${Number.isNaN(declared) ? 'no length' : `${declared} bytes`}: an index is at most ${max} bytes`) }
+  return await bodyOf(res, declared, redactUrl(url))
+}
+
 /**
  * The delta path of `guoce get --seed-from OLD`. Returns null after a message on stderr when the index is
  * missing or bad (the caller downloads the whole file); throws only when interrupted or OLD is unusable.
@@ -140,14 +190,15 @@ export async function deltaGet (o: DeltaGetInit): Promise<DeltaGetResult | null>
   let stage = 'fetching'
   const tmp = tempFor(o.output)
   try {
-    const it = await startTask(o.base, { url: indexUrl, ...withHeaders }, o.signal)
-    const bytes = await readWhole(o.base, it, MAX_INDEX_BYTES, redactUrl(indexUrl), o.signal)
+    const direct = o.via === 'origin'
+    const bytes = direct ? await originIndex(indexUrl, o.headers, MAX_INDEX_BYTES, o.signal) : await readWhole(o.base, await startTask(o.base, { url: indexUrl, ...withHeaders }, o.signal), MAX_INDEX_BYTES, redactUrl(indexUrl), o.signal)
     stage = 'reading'
     const ix: ChunkIndex = parseIndex(bytes, redactUrl(indexUrl))
     if (o.digest !== undefined && fileDigest(ix) !== o.digest) throw new IndexMismatchError(`it describes a file of ${fileDigest(ix)}, --digest names ${o.digest}`)
     stage = 'using'
-    const t = await startTask(o.base, { url: o.url, ranged: true, ...withHeaders }, o.signal)
-    const source = daemonRanges(o.base, t, ix.size)
+    const counter = { bytes: 0 }
+    const t = direct ? undefined : await startTask(o.base, { url: o.url, ranged: true, ...withHeaders }, o.signal)
+    const source = t === undefined ? originRanges(o.url, o.headers, ix.size, counter) : daemonRanges(o.base, t, ix.size)
     const r = await applyDelta({ index: ix, old, out: tmp, source, signal: o.signal })
     if (r.fetchChunks === 0 && ix.count > 0) {
       // nothing fetched: still bind the index to the file the origin serves now (its size and last chunk)
@@ -159,8 +210,9 @@ export async function deltaGet (o: DeltaGetInit): Promise<DeltaGetResult | null>
     await rename(tmp, o.output)
     const d = await open(dirname(o.output), 'r')
     try { await d.sync() } finally { await d.close() }
+    if (t === undefined) return { ...r, indexBytes: bytes.length, pieceBytes: counter.bytes, via: 'origin' }
     const p = await (await api(o.base, `/api/v1/tasks/${t.taskId}`, { signal: o.signal })).json() as TaskProgress
-    return { ...r, indexBytes: bytes.length, pieceBytes: p.bytesDone, ...(p.contentLength != null ? { pieceLength: pieceLayout(p.contentLength).pieceLength } : {}), taskId: t.taskId }
+    return { ...r, indexBytes: bytes.length, pieceBytes: p.bytesDone, ...(p.contentLength != null ? { pieceLength: pieceLayout(p.contentLength).pieceLength } : {}), taskId: t.taskId, via: 'swarm' }
   } catch (err) {
     if (o.signal.aborted) throw err
     if ((err as NodeJS.ErrnoException).code === 'ENOSPC') throw err

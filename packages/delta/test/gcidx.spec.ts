@@ -144,13 +144,13 @@ describe('applyDelta', () => {
     const B = await indexed(b)
     const out = join(await tmp(), 'new')
     const lie = parseIndex(encodeIndex(B.ix))
-    lie.digests[0] ^= 1
+    lie.digests[0] = lie.digests[0]! ^ 1
     await expect(applyDelta({ index: lie, old: A.path, out, source: memorySource(b) })).rejects.toThrow(/chunk 0 .*hash to/)
     const lie2 = parseIndex(encodeIndex(B.ix))
-    lie2.sha256[5] ^= 1
+    lie2.sha256[5] = lie2.sha256[5]! ^ 1
     await expect(applyDelta({ index: lie2, old: A.path, out, source: memorySource(b) })).rejects.toThrow(/assembled file hashes to/)
-    const corrupt = Buffer.from(b); corrupt[1000] ^= 0xff
-    const err = await applyDelta({ index: B.ix, old: A.path, out, source: memorySource(corrupt) }).catch(e => e as Error)
-    expect(err.name).toBe('IndexMismatchError')
+    const corrupt = Buffer.from(b); corrupt[1000] = corrupt[1000]! ^ 0xff
+    const err = await applyDelta({ index: B.ix, old: A.path, out, source: memorySource(corrupt) }).then(() => undefined, (e: unknown) => e as Error)
+    expect(err?.name).toBe('IndexMismatchError')
   })
 })
