@@ -15,7 +15,7 @@ import { existsSync, readFileSync, readdirSync, lstatSync, mkdirSync, renameSync
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { chunkFile, cutBuffer, indexOf, encodeIndex, DEFAULT_PARAMS, INDEX_HEADER_BYTES, INDEX_ENTRY_BYTES } from '@guoce/delta'
+import { chunkFile, cutBuffer, nativeCutter, indexOf, encodeIndex, DEFAULT_PARAMS, INDEX_HEADER_BYTES, INDEX_ENTRY_BYTES } from '@guoce/delta'
 import { pieceLayout } from '@guoce/content'
 import { startOrigin, startCluster, runGuoce, stopAll } from '@guoce/testkit'
 
@@ -124,28 +124,35 @@ for (const fs of values.fs.split(',')) {
   result.images[fs] = r
 }
 
-// 4. the chunker against sha256 of the same image, in memory and from the file; medians of 5
+// 4. the chunker against sha256 of the same image (in memory: the cut loop alone, JS and C; from the file: a
+// whole index, i.e. cut points + sha256 of each chunk + sha256 of the file); medians of 5, alternating
 {
   const img = images[`v2.${values.fs.split(',')[0]}`]
   const buf = await readFile(img)
   const mbps = (ms) => +(buf.length / 1e6 / (ms / 1000)).toFixed(0)
   const time = async (f) => { const t = performance.now(); await f(); return performance.now() - t }
   const med = (xs) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]
-  const runs = { sha256: [], cdc: [], index: [], shaFile: [] }
+  const native = await nativeCutter()
+  if (native === undefined) throw new Error('@guoce/native-cdc is not built: npm run build')
+  const runs = { sha256: [], cutJs: [], cutC: [], indexJs: [], indexC: [], shaFile: [] }
   const params = DEFAULT_PARAMS
-  createHash('sha256').update(buf).digest(); cutBuffer(buf, buf.length, true, params, []) // warm up
+  createHash('sha256').update(buf).digest(); cutBuffer(buf, buf.length, true, params, []); native(buf, buf.length, true, params, []) // warm up
   for (let i = 0; i < 5; i++) {
     runs.sha256.push(await time(() => createHash('sha256').update(buf).digest()))
-    runs.cdc.push(await time(() => cutBuffer(buf, buf.length, true, params, [])))
-    runs.index.push(await time(async () => indexOf(await chunkFile(img, params), params)))
+    runs.cutJs.push(await time(() => cutBuffer(buf, buf.length, true, params, [])))
+    runs.cutC.push(await time(() => native(buf, buf.length, true, params, [])))
+    runs.indexJs.push(await time(async () => indexOf(await chunkFile(img, params, { cutter: cutBuffer }), params)))
+    runs.indexC.push(await time(async () => indexOf(await chunkFile(img, params, { cutter: native }), params)))
     runs.shaFile.push(await time(async () => { const h = createHash('sha256'); h.update(await readFile(img)); h.digest() }))
   }
   result.speed = {
-    image: img, bytes: buf.length,
-    sha256_MBps: mbps(med(runs.sha256)), cdc_cut_MBps: mbps(med(runs.cdc)),
-    index_file_MBps: mbps(med(runs.index)), sha256_file_MBps: mbps(med(runs.shaFile)),
-    cut_over_sha256: +(med(runs.sha256) / med(runs.cdc)).toFixed(2),
-    index_over_sha256_file: +(med(runs.shaFile) / med(runs.index)).toFixed(2)
+    image: img, bytes: buf.length, avg: params.avg,
+    sha256_MBps: mbps(med(runs.sha256)), cut_js_MBps: mbps(med(runs.cutJs)), cut_c_MBps: mbps(med(runs.cutC)),
+    index_js_MBps: mbps(med(runs.indexJs)), index_c_MBps: mbps(med(runs.indexC)), sha256_file_MBps: mbps(med(runs.shaFile)),
+    cut_js_over_sha256: +(med(runs.sha256) / med(runs.cutJs)).toFixed(2),
+    cut_c_over_sha256: +(med(runs.sha256) / med(runs.cutC)).toFixed(2),
+    index_js_over_sha256_file: +(med(runs.shaFile) / med(runs.indexJs)).toFixed(2),
+    index_c_over_sha256_file: +(med(runs.shaFile) / med(runs.indexC)).toFixed(2)
   }
   log(`speed: ${JSON.stringify(result.speed)}`)
 }

@@ -69,6 +69,36 @@ export function cutBuffer (buf: Uint8Array, end: number, eof: boolean, p: ChunkP
   return start
 }
 
+let native: Promise<Cutter | undefined> | undefined
+
+/**
+ * The C loop of @guoce/native-cdc as a Cutter (same cut points: packages/delta/test/native.spec.ts), or
+ * undefined when the addon is not built or GUOCE_CDC=js: then the JS loop above is used.
+ */
+export async function nativeCutter (): Promise<Cutter | undefined> {
+  if (process.env.GUOCE_CDC === 'js') return undefined
+  native ??= (async () => {
+    try {
+      // by a name TypeScript does not follow: the addon is optional, this package builds without it
+      const name = '@guoce/native-cdc'
+      const m = await import(name) as { cut: (buf: Uint8Array, end: number, eof: boolean, min: number, avg: number, max: number, gear: Int32Array, out: Uint32Array) => number }
+      let scratch = new Uint32Array(0)
+      const cutter: Cutter = (buf, end, eof, p, out) => {
+        const need = Math.floor(end / p.min) + 1
+        if (scratch.length < need) scratch = new Uint32Array(need)
+        const n = m.cut(buf, end, eof, p.min, p.avg, p.max, GEAR, scratch)
+        let used = 0
+        for (let i = 0; i < n; i++) { out.push(scratch[i]!); used += scratch[i]! }
+        return used
+      }
+      return cutter
+    } catch {
+      return undefined
+    }
+  })()
+  return await native
+}
+
 /** One chunk of a file as the chunker found it. */
 export interface Chunk { offset: number, length: number, digest: Buffer }
 
@@ -86,7 +116,7 @@ export interface ChunkFileResult { size: number, sha256: Buffer, chunks: Chunk[]
  */
 export async function chunkFile (path: string, p: ChunkParams = DEFAULT_PARAMS, o: { maxChunks?: number, signal?: AbortSignal, cutter?: Cutter, hash?: boolean } = {}): Promise<ChunkFileResult> {
   checkParams(p)
-  const cut = o.cutter ?? cutBuffer
+  const cut = o.cutter ?? await nativeCutter() ?? cutBuffer
   const hashChunks = o.hash !== false
   const fh = await open(path, 'r')
   try {

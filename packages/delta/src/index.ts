@@ -13,7 +13,7 @@
  */
 export * from './constants.js'
 export * from './errors.js'
-export { chunkFile, cutBuffer, checkParams, masks, DEFAULT_PARAMS, READ_BUFFER, type Chunk, type ChunkParams, type ChunkFileResult, type Cutter } from './fastcdc.js'
+export { chunkFile, cutBuffer, nativeCutter, checkParams, masks, DEFAULT_PARAMS, READ_BUFFER, type Chunk, type ChunkParams, type ChunkFileResult, type Cutter } from './fastcdc.js'
 export { GEAR } from './gear.js'
 export { encodeIndex, parseIndex, indexOf, chunkDigest, fileDigest, sha256, type ChunkIndex } from './gcidx.js'
 export { planDelta, applyDelta, type RangeSource, type DeltaStep, type DeltaPlan, type ApplyDeltaInit, type DeltaResult } from './delta.js'
