@@ -5,7 +5,7 @@
 /**
  * Default FastCDC parameters: min / average / max chunk length (min = avg/4, max = 4 avg). 16 KiB average:
  * bench/delta measured the bytes a delta update needs at 8 to 128 KiB averages on EROFS and ext4 images of
- * two debootstrap trees; the smaller the chunks the fewer bytes (16 KiB: 0.70x the bytes of 64 KiB on EROFS),
+ * two debootstrap trees; the smaller the chunks the fewer bytes (16 KiB: 0.66x the bytes of 64 KiB on EROFS),
  * while the index stays small (44 bytes a chunk: 0.23% of the image at 16 KiB). Fetched through the swarm,
  * ranges are rounded up to whole pieces (1 MiB at least), which the average hardly changes.
  * @default 4 KiB / 16 KiB / 64 KiB

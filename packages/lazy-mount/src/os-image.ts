@@ -121,7 +121,7 @@ function rangedTask (api: string, url: string): RangedTask {
 async function fetchIndex (api: string, url: string, o: { indexDigest?: string, signal: AbortSignal }): Promise<ChunkIndex> {
   const what = `${url}${INDEX_SUFFIX}`
   const t = rangedTask(api, what)
-  const head = await t.read(0, INDEX_HEADER_BYTES, o.signal).catch((err: Error) => { throw new LazyMountError(`${what}: no chunk index (make one with guoce index and publish it next to the image): ${err.message}`) })
+  const head = await t.read(0, INDEX_HEADER_BYTES, o.signal).catch((err: Error) => { throw new LazyMountError(`${what}: cannot read a chunk index (make one with guoce index and publish it next to the image): ${err.message}`) })
   const count = head.readUInt32LE(28)
   if (count > MAX_INDEX_CHUNKS) parseIndex(head, what) // throws the parser's own message
   const size = INDEX_HEADER_BYTES + count * INDEX_ENTRY_BYTES

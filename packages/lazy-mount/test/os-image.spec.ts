@@ -41,7 +41,8 @@ beforeAll(async () => {
   const at = image.indexOf(fillers[5]!.subarray(MiB, MiB + 64)) + 10
   expect(at).toBeGreaterThan(10)
   const bad = Buffer.from(image); bad[at] = bad[at]! ^ 0xff
-  origin = await startOrigin({ validators: 'etag', files: { 'os.erofs': image, 'os.erofs.gcidx': index, 'bad.erofs': bad, 'bad.erofs.gcidx': index, 'noidx.erofs': image } })
+  const hugeIndex = Buffer.from(index); hugeIndex.writeUInt32LE(0xffffffff, 28)
+  origin = await startOrigin({ validators: 'etag', files: { 'os.erofs': image, 'os.erofs.gcidx': index, 'bad.erofs': bad, 'bad.erofs.gcidx': index, 'noidx.erofs': image, 'trunc.erofs': image, 'trunc.erofs.gcidx': index.subarray(0, index.length - 10), 'huge.erofs': image, 'huge.erofs.gcidx': hugeIndex } })
   cluster = await startCluster({ daemons: 1 })
   api = cluster.daemons[0]!.api
 })
@@ -120,11 +121,17 @@ describe('guoce image mount erofs+http:// (a plain EROFS OS image)', () => {
     expect(p.stderr.join('\n')).toMatch(/"refused":[1-9]/)
   })
 
-  it('an image without an index, or a --digest the index does not declare, is refused with a clear error and nothing mounted', async () => {
+  it('an image without an index, with a truncated or hostile index, or a --digest the index does not declare, is refused with a clear error and nothing mounted', async () => {
     const d = await dirs()
     const noidx = await runGuoce(mountArgs('noidx.erofs', d))
     expect(noidx.code).not.toBe(0)
-    expect(noidx.stderr).toMatch(/noidx\.erofs\.gcidx: no chunk index/)
+    expect(noidx.stderr).toMatch(/noidx\.erofs\.gcidx: cannot read a chunk index/)
+    const trunc = await runGuoce(mountArgs('trunc.erofs', d))
+    expect(trunc.code).not.toBe(0)
+    expect(trunc.stderr).toMatch(/trunc\.erofs\.gcidx: truncated: \d+ bytes, \d+ chunks need/)
+    const huge = await runGuoce(mountArgs('huge.erofs', d))
+    expect(huge.code).not.toBe(0)
+    expect(huge.stderr).toMatch(/huge\.erofs\.gcidx: declares \d+ chunks: at most/)
     const wrong = await runGuoce(mountArgs('os.erofs', d, ['--digest', `sha256:${'0'.repeat(64)}`]))
     expect(wrong.code).not.toBe(0)
     expect(wrong.stderr).toMatch(/--digest names sha256:0{64}/)
