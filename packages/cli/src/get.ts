@@ -15,7 +15,7 @@ import { unixFetch, ContentChangedError, DigestMismatchError, InvalidParametersE
 import { parse, durationMs, isLoopbackHost } from './args.js'
 
 export const GET_USAGE = `Usage: guoce get URL -O FILE [--daemon http://HOST:PORT] [--digest sha256:HEX] [--header K:V]... [--header-file FILE]
-                 [--timeout 1h] [--stream] [--json]
+                 [--timeout 1h] [--stream] [--seed-from OLD [--delta-source swarm|origin]] [--json]
        guoce get hf://ORG/REPO[/PATH][@REVISION] -O DIR ...   (a model repository: guoce get hf:// --help)
 
   -O, --output FILE    where the file goes; it appears only when complete and verified
@@ -24,6 +24,11 @@ export const GET_USAGE = `Usage: guoce get URL -O FILE [--daemon http://HOST:POR
   --header K:V         request header for the origin (repeatable)
   --header-file FILE   request headers, one K:V a line: credentials stay out of the command line
   --timeout DURATION   give up after this long (default: none)
+  --seed-from OLD      a delta update: fetch URL.gcidx (made by \`guoce index\`), copy the chunks it lists that
+                       OLD holds and fetch only the others (ranged reads through the swarm); a missing or bad
+                       index is said on stderr and the whole file is downloaded instead
+  --delta-source S     swarm (default: the index and the missing ranges through the daemon, rounded up to whole
+                       pieces) or origin (both straight from the origin: exact chunk ranges, no swarm)
   --stream             bytes through the daemon's HTTP API even when it runs on this host
   --copy               accepted for compatibility: FILE is always a file of its own (a kernel copy of the
                        daemon's data file when it runs on this host and this user may read it, else over
@@ -105,7 +110,9 @@ export async function get (argv: string[]): Promise<number> {
     'header-file': { type: 'string' },
     timeout: { type: 'string' },
     stream: { type: 'boolean' },
-    copy: { type: 'boolean' }
+    copy: { type: 'boolean' },
+    'seed-from': { type: 'string' },
+    'delta-source': { type: 'string' }
   }, true)
   if (v.help === true) { process.stdout.write(GET_USAGE); return 0 }
   const json = v.json === true
@@ -140,6 +147,18 @@ export async function get (argv: string[]): Promise<number> {
   await access(dir, fsConstants.W_OK | fsConstants.X_OK).catch(() => { throw new InvalidParametersError(`cannot write ${output}: no write permission on ${dir}`) })
 
   const started = Date.now()
+  const deltaSource = (v['delta-source'] as string | undefined) ?? 'swarm'
+  if (deltaSource !== 'swarm' && deltaSource !== 'origin') throw new InvalidParametersError(`--delta-source must be swarm or origin, got "${deltaSource}"`)
+  if (typeof v['seed-from'] === 'string') {
+    const d = await (await import('./delta.js')).deltaGet({ via: deltaSource, base, url, headers, ...(digest != null ? { digest } : {}), output, old: v['seed-from'], signal })
+    if (d !== null) {
+      const secs = (Date.now() - started) / 1000
+      const summary = { event: 'done', url: redactUrl(url), output, ...(d.taskId !== undefined ? { taskId: d.taskId } : {}), bytes: d.size, via: 'delta', seconds: secs, delta: d }
+      if (json) process.stdout.write(JSON.stringify(summary) + '\n')
+      else process.stderr.write(`${basename(output)}: ${fmtBytes(d.size)} in ${secs.toFixed(1)} s; ${d.reusedChunks} of ${d.chunks} chunks from ${v['seed-from']}, ${fmtBytes(d.fetchBytes)} of chunks fetched (${fmtBytes(d.pieceBytes)} fetched ${d.via === 'swarm' ? 'in whole pieces' : 'from the origin'})\n`)
+      return 0
+    }
+  }
   const { final, bytes, via } = await fetchToFile({ base, url, headers, ...(digest != null ? { digest } : {}), output, signal, bar: !json, stream: v.stream === true })
   const secs = (Date.now() - started) / 1000
   const summary = { event: 'done', url: redactUrl(url), output, taskId: final.taskId, bytes, via, seconds: secs, piecesFromStore: final.piecesFromStore, piecesFromPeers: final.piecesFromPeers, piecesFromSource: final.piecesFromSource }

@@ -22,11 +22,16 @@ const USAGE = `Usage: guoce image <convert|inspect|check|mount|pull|umount> ...
   guoce image check oci:DIR[:TAG] [--json]
       verify every metadata structure and every chunk digest; exits non-zero on the first fault, naming it
   guoce image mount REF DIR [--detach] [--mode erofs|fuse] [--daemon http://127.0.0.1:65001] [--state DIR] [--chunks DIR]
-                    [--chunk-quota 10GiB] [--fetch-timeout 30s] [--read-timeout 60s] [--record-trace FILE] [--no-prefetch] [--json]
+                    [--chunk-quota 10GiB] [--fetch-timeout 30s] [--read-timeout 60s] [--record-trace FILE] [--no-prefetch]
+                    [--digest sha256:HEX] [--index-digest sha256:HEX] [--json]
       show the image's whole tree at DIR at once; chunks are fetched as they are read (kernel EROFS over
       blobs served by FUSE from this process, layers stacked with overlayfs), verified, and kept in the
       node chunk store (--chunks, default $GUOCE_HOME/chunks). REF is oci:DIR[:TAG], or
-      docker://REGISTRY/REPO:TAG with chunks through the peer daemon's swarm (--daemon).
+      docker://REGISTRY/REPO:TAG with chunks through the peer daemon's swarm (--daemon), or a plain EROFS
+      OS image file: erofs+http(s)://HOST/PATH/os.erofs, its chunk index (guoce index) published beside it
+      as os.erofs.gcidx; the image file is served by FUSE from ranged reads through the daemon, each
+      chunk checked against the index before it is served, and mounted file-backed (--digest sha256:..
+      of the image must match the index; --index-digest sha256:.. pins the index itself).
       --mode fuse serves the metadata by FUSE too (kernels without file-backed EROFS). --record-trace
       writes the order of first chunk reads to FILE at unmount; an image with a stored trace is
       prefetched in that order in the background, below on-demand reads (--no-prefetch: not).
@@ -127,7 +132,7 @@ export async function image (argv: string[]): Promise<number> {
 const MOUNT_OPTIONS = {
   detach: { type: 'boolean' }, mode: { type: 'string' }, daemon: { type: 'string' }, state: { type: 'string' }, chunks: { type: 'string' },
   'chunk-quota': { type: 'string' }, 'fetch-timeout': { type: 'string' }, 'read-timeout': { type: 'string' },
-  'record-trace': { type: 'string' }, 'no-prefetch': { type: 'boolean' }
+  'record-trace': { type: 'string' }, 'no-prefetch': { type: 'boolean' }, digest: { type: 'string' }, 'index-digest': { type: 'string' }
 } as const
 
 /** `guoce image mount`: serves in the foreground until a signal, or (--detach) in a child that outlives us. */
@@ -161,7 +166,21 @@ async function mount (argv: string[]): Promise<number> {
   const readDeadlineMs = durationMs(v['read-timeout'] as string | undefined, '--read-timeout')
   const chunkQuota = sizeBytes(v['chunk-quota'] as string | undefined, '--chunk-quota')
   const verbose = process.env.GUOCE_LOG === 'debug' || process.env.GUOCE_LOG === 'info'
-  const m = await lazy.lazyMount(ref, dir, {
+  const osUrl = lazy.osImageUrl(ref)
+  if ((v.digest != null || v['index-digest'] != null) && osUrl === undefined) throw new InvalidParametersError('--digest and --index-digest are for erofs+http(s):// images')
+  const m = osUrl !== undefined
+    ? await lazy.osImageMount(osUrl, dir, {
+      daemon: (v.daemon as string | undefined) ?? process.env.GUOCE_DAEMON ?? 'http://127.0.0.1:65001',
+      stateDir,
+      chunkDir: (v.chunks as string | undefined) ?? join(defaultHome(), 'chunks'),
+      ...(chunkQuota != null ? { chunkQuota } : {}),
+      ...(typeof v.digest === 'string' ? { digest: v.digest } : {}),
+      ...(typeof v['index-digest'] === 'string' ? { indexDigest: v['index-digest'] } : {}),
+      ...(fetchTimeoutMs != null ? { fetchTimeoutMs } : {}),
+      ...(readDeadlineMs != null ? { readDeadlineMs } : {}),
+      ...(verbose ? { log: (o: Record<string, unknown>) => { process.stderr.write(JSON.stringify({ component: 'os-image', ...o }) + '\n') } } : {})
+    })
+    : await lazy.lazyMount(ref, dir, {
     mode,
     stateDir,
     chunkDir: (v.chunks as string | undefined) ?? join(defaultHome(), 'chunks'),

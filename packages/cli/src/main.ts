@@ -18,6 +18,9 @@ Commands:
                        download a model repository (or one file or folder of it) from a Hugging Face hub
   get oci://REGISTRY/REPO:TAG -O DIR
                        download model data stored as an OCI artifact (a file per layer, by its title)
+  get URL -O NEW --seed-from OLD
+                       a delta update: only the chunks of URL that OLD lacks (URL.gcidx lists them)
+  index FILE           write FILE.gcidx, the content-defined chunk index delta updates use
   import FILE          put a local file into the swarm (named by its sha256)
   export ID -O FILE    get imported content back (ID: sha256:DIGEST, or a task id this daemon knows)
   up                   scheduler + seed peer + peer daemon in one process (embedded defaults)
@@ -139,7 +142,7 @@ export async function main (argv: string[]): Promise<number | undefined> {
   const [cmd, ...rest] = argv
   if (cmd == null || cmd === '--help' || cmd === '-h' || cmd === 'help') { process.stdout.write(USAGE); return cmd == null ? 2 : 0 }
   // services load libp2p and fastify; `guoce get` needs neither, so load them only when asked
-  const { startScheduler, startSeed, startDaemon, logger } = cmd === 'get' || cmd === 'image' || cmd === 'import' || cmd === 'export' ? {} as typeof import('./services.js') : await import('./services.js')
+  const { startScheduler, startSeed, startDaemon, logger } = cmd === 'get' || cmd === 'image' || cmd === 'import' || cmd === 'export' || cmd === 'index' ? {} as typeof import('./services.js') : await import('./services.js')
   switch (cmd) {
     // hf:// names a model repository (many files), anything else one file
     case 'get':
@@ -147,6 +150,7 @@ export async function main (argv: string[]): Promise<number | undefined> {
       if (rest.some(a => a.startsWith('oci://'))) return await (await import('./artifact.js')).getOci(rest)
       return await (await import('./get.js')).get(rest)
     case 'image': return await (await import('./image.js')).image(rest)
+    case 'index': return await (await import('./delta.js')).indexCmd(rest)
     case 'import': return await (await import('./swarm.js')).importCmd(rest)
     case 'export': return await (await import('./swarm.js')).exportCmd(rest)
     case 'scheduler': {

@@ -20,5 +20,6 @@ export { openChunkStore, type ChunkStore, type ChunkStoreInit, type ChunkStoreSt
 export { localBlobSource, daemonBlobSource, type BlobSource, type DaemonSourceInit } from './source.js'
 export { serveBlobs, mergeBlob, type BlobServer, type BlobServerInit, type BlobServerStats, type BlobFile } from './blob-server.js'
 export { attachPrefetchTrace, parseTrace, MEDIA_TYPE_PREFETCH, type Trace, type TraceEntry } from './prefetch.js'
+export { osImageMount, osImageUrl, type OsImageMount, type OsImageMountOptions, type OsImageStats } from './os-image.js'
 export * from './errors.js'
 export * from './constants.js'
