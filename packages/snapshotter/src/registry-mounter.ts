@@ -35,7 +35,7 @@ import {
 } from '@guoce/lazy-mount'
 import type { RemoteLayer, RemoteLayerMounter } from './remote.js'
 import { chainIds } from './oci-mounter.js'
-import { MAX_CONFIG_BYTES, MAX_LAYER_META_BYTES } from './constants.js'
+import { MAX_CONFIG_BYTES, MAX_LAYER_META_BYTES, PREPARE_TIMEOUT_MS } from './constants.js'
 
 export interface RegistryMounterInit {
   /** Directory of the metadata layers and the FUSE mount point (created). */
@@ -57,6 +57,8 @@ export interface RegistryMounterInit {
   ranged?: boolean
   /** Milliseconds a FUSE read may wait for its chunks before it fails with EIO. */
   readDeadlineMs?: number
+  /** Registries (HOST[:PORT], as image references name them) asked over plain http; loopback ones always are. */
+  insecure?: string[]
 }
 
 export interface RegistryMounterStats {
@@ -68,6 +70,8 @@ export interface RegistryMounterStats {
   chunks: number
   /** Bytes of those chunks (uncompressed). */
   chunkBytes: number
+  /** Chunk fetches from the blob source (the daemon's reader): how many, their bytes, and their summed wall time. */
+  source: { reads: number, bytes: number, ms: number }
 }
 
 export interface RegistryMounter extends RemoteLayerMounter {
@@ -90,17 +94,30 @@ function locate (imageRef: string): { registry: string, repository: string } | u
 
 export function registryMounter (init: RegistryMounterInit): RegistryMounter {
   const log = init.log
+  const sourceStats = { reads: 0, bytes: 0, ms: 0 }
+  /** The source, its fetches counted and timed (what a cold read waits for beyond the node). */
+  const timed = (source: BlobSource): BlobSource => ({
+    read: async (digest, offset, length, signal) => {
+      const t0 = performance.now()
+      const b = await source.read(digest, offset, length, signal)
+      sourceStats.reads++; sourceStats.bytes += b.length; sourceStats.ms += performance.now() - t0
+      log?.debug('lazy chunk fetched', { blob: digest, offset, length, ms: Math.round(performance.now() - t0) })
+      return b
+    },
+    ...(source.prepare !== undefined ? { prepare: source.prepare.bind(source) } : {}),
+    close: async () => { await source.close() }
+  })
   const metaDir = join(init.dir, 'meta')
   /** blob digest -> its URL at the registry of the image that named it (the daemon's task origin) */
   const urls = new Map<string, string>()
-  let served: Promise<{ server: BlobServer, store: ChunkStore, chunks: ChunkReader }> | undefined
+  let served: Promise<{ server: BlobServer, store: ChunkStore, chunks: ChunkReader, source: BlobSource }> | undefined
   let closed = false
   let live: { server: BlobServer, store: ChunkStore } | undefined
   /** blob -> block address -> chunk length, of every chunk served */
   const known = new Map<string, Map<number, number>>()
 
   /** The blob server, started at the first lazy layer (no FUSE for a node that only runs ordinary images). */
-  const serving = async (): Promise<{ server: BlobServer, store: ChunkStore, chunks: ChunkReader }> => {
+  const serving = async (): Promise<{ server: BlobServer, store: ChunkStore, chunks: ChunkReader, source: BlobSource }> => {
     served ??= (async () => {
       await mkdir(init.dir, { recursive: true, mode: 0o700 })
       // FUSE mounts of processes before this one are dead: abort and detach them (their layers are mounted again)
@@ -112,7 +129,7 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
         await rm(p, { recursive: true, force: true }).catch(() => {})
       }
       const store = await openChunkStore({ dir: init.chunkDir, ...(init.chunkQuota !== undefined ? { quota: init.chunkQuota } : {}) })
-      const source = init.source ?? daemonBlobSource({
+      const source = timed(init.source ?? daemonBlobSource({
         api: init.daemon,
         ranged: init.ranged !== false,
         blobUrl: (digest) => {
@@ -120,7 +137,7 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
           if (u === undefined) throw new Error(`blob ${digest}: no image named it`)
           return u
         }
-      })
+      }))
       const chunks = chunkReader({ store, source, ...(log !== undefined ? { log: (o: Record<string, unknown>) => { log.warn('lazy layer', o) } } : {}) })
       const server = await serveBlobs({
         mountpoint: join(init.dir, `fuse-${randomBytes(6).toString('hex')}`),
@@ -130,7 +147,7 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
         ...(log !== undefined ? { log: (o: Record<string, unknown>) => { log.warn('lazy layer read', o) } } : {})
       })
       live = { server, store }
-      return { server, store, chunks }
+      return { server, store, chunks, source }
     })()
     served.catch(() => { served = undefined })
     return await served
@@ -172,7 +189,7 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
     if (!DIGEST.test(layer.layerDigest) || !DIGEST.test(layer.ref)) return undefined
     const at = locate(layer.imageRef)
     if (at === undefined) return undefined
-    const client = new RegistryClient(at.registry, signal !== undefined ? { signal } : {})
+    const client = new RegistryClient(at.registry, { ...(signal !== undefined ? { signal } : {}), ...(init.insecure?.includes(at.registry) === true ? { plainHttp: true } : {}) })
     const reference = DIGEST.test(layer.manifestDigest) ? layer.manifestDigest : undefined
     if (reference === undefined) return undefined
     let image: { manifest: Manifest, chain: string[] } | undefined
@@ -212,15 +229,23 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
     mount: async (layer: RemoteLayer, dir: string, opts: AbortOptions): Promise<boolean> => {
       if (closed) return false
       opts.signal?.throwIfAborted()
+      const t0 = performance.now()
       const found = await find(layer, opts.signal)
       if (found === undefined) return false
       const desc = found.manifest.layers[found.index]!
       if (desc.mediaType === MEDIA_TYPE_CHUNK_BLOB) return true
       if (desc.mediaType !== MEDIA_TYPE_EROFS_META) return false
+      const tFound = performance.now()
+      // the blob server starts (the first time) while the metadata layer is fetched and read
+      const started = serving()
+      started.catch(() => {})
       const meta = await metaOf(found, desc)
+      const tMeta = performance.now()
       const blobs = blobsOf(desc)
       const files = await blobFiles([{ meta, blobs }])
-      const { server } = await serving()
+      const tFiles = performance.now()
+      const { server, source } = await started
+      const tServing = performance.now()
       for (const b of blobs) urls.set(b, `${found.client.base}/v2/${found.repository}/blobs/${b}`)
       server.add(files)
       for (const f of files) {
@@ -228,8 +253,17 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
         for (const e of f.extents) m.set(e.blkaddr, e.length)
         known.set(f.digest, m)
       }
+      // the daemon's task of each blob (its registration, the seed's order and the seed's look at the origin) is
+      // set up while containerd finishes the pull and starts the container, not on the container's first read;
+      // no chunk is fetched for it
+      for (const b of blobs) void source.prepare?.(b, AbortSignal.timeout(PREPARE_TIMEOUT_MS)).catch((err: unknown) => { log?.debug('blob task not prepared', { blob: b, error: (err as Error).message }) })
       await mountLayer({ meta, blobs: blobs.map(b => server.path(b)) }, dir, init.mounter)
-      log?.info('lazy layer mounted', { layer: desc.digest, image: layer.imageRef, blobs: blobs.length })
+      const ms = (a: number, b: number): number => Math.round(b - a)
+      log?.info('lazy layer mounted', {
+        layer: desc.digest, image: layer.imageRef, blobs: blobs.length,
+        // where the mount's time went: manifest + config, metadata layer, chunk table, blob server, EROFS mount
+        ms: { image: ms(t0, tFound), meta: ms(tFound, tMeta), chunkTable: ms(tMeta, tFiles), server: ms(tFiles, tServing), mount: ms(tServing, performance.now()) }
+      })
       return true
     },
     unmount: async (dir: string): Promise<void> => {
@@ -242,7 +276,8 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
         server: live?.server.stats() ?? { reads: 0, bytesRead: 0, failedReads: 0, refused: 0 },
         store: live?.store.stats() ?? { hits: 0, fetches: 0, fetchedBytes: 0, corrupt: 0, evicted: 0, bytes: 0 },
         chunks,
-        chunkBytes
+        chunkBytes,
+        source: { ...sourceStats, ms: Math.round(sourceStats.ms) }
       }
     },
     close: async () => {
