@@ -27,7 +27,7 @@ const { values: v } = parseArgs({
     rootfs: { type: 'string', default: '/var/tmp/guoce-bench/python3' },
     cache: { type: 'string', default: '/var/tmp/guoce-bench/containerd' },
     'chunk-size': { type: 'string' },
-    variants: { type: 'string', default: 'overlayfs,guoce' },
+    variants: { type: 'string', default: 'overlayfs,guoce,guoce-prefetch' },
     verbose: { type: 'boolean', default: false }
   }
 })
@@ -111,13 +111,41 @@ async function images () {
     if (r.code !== 0) throw new Error(`convert failed: ${r.stderr}`)
     await writeFile(`${lazy}.done`, '')
   }
+  // the same conversion with a prefetch list: the chunks the workload read first, in order, recorded by
+  // `guoce image mount --record-trace` on the local image (how an image builder makes one)
+  const traced = `${lazy}-prefetch`
+  if (VARIANTS.includes('guoce-prefetch') && !existsSync(`${traced}.done`)) {
+    log('recording a prefetch trace (guoce image mount --record-trace) and converting with it')
+    const work = await mkdtemp(join(tmpdir(), 'gbc-trace-'))
+    const mnt = join(work, 'mnt')
+    const trace = join(v.cache, `trace${cs != null ? `-${cs}` : ''}.json`)
+    await mkdir(mnt)
+    const p = spawn(process.execPath, [join(ROOT, 'packages', 'cli', 'dist', 'src', 'bin.js'), 'image', 'mount', `oci:${lazy}:v1`, mnt, '--mode', 'erofs',
+      '--state', join(work, 'state'), '--chunks', join(work, 'chunks'), '--record-trace', trace, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let err = ''
+    p.stderr.on('data', d => { err += d })
+    const exited = new Promise(resolve => p.once('exit', resolve))
+    try {
+      await new Promise((resolve, reject) => { p.stdout.once('data', resolve); p.once('exit', () => reject(new Error(`guoce image mount failed: ${err}`))) })
+      await exec('timeout', ['-s', 'KILL', '120', 'chroot', mnt, ...WORKLOAD])
+    } finally {
+      p.kill('SIGTERM')
+      await exited
+      await unmountUnder(work)
+      await rm(work, { recursive: true, force: true })
+    }
+    await rm(traced, { recursive: true, force: true })
+    const r = await runGuoce(['image', 'convert', '--source', `oci:${oci}:v1`, '--target', `oci:${traced}:v1`, ...(cs != null ? ['--chunk-size', cs] : []), '--prefetch-trace', trace, '--json'], { timeoutMs: 600_000 })
+    if (r.code !== 0) throw new Error(`convert failed: ${r.stderr}`)
+    await writeFile(`${traced}.done`, '')
+  }
   const size = async (layout) => {
     const idx = JSON.parse(await readFile(join(layout, 'index.json'), 'utf8'))
     const m = JSON.parse(await readFile(join(layout, 'blobs', 'sha256', idx.manifests[0].digest.slice(7)), 'utf8'))
     return { layers: m.layers.map(l => ({ mediaType: l.mediaType, size: l.size })), bytes: m.layers.reduce((n, l) => n + l.size, 0) }
   }
   const { stdout: du } = await exec('du', ['-sb', v.rootfs])
-  return { oci, lazy, rootfsBytes: Number(du.split('\t')[0]), ociImage: await size(oci), lazyImage: await size(lazy) }
+  return { oci, lazy, traced, rootfsBytes: Number(du.split('\t')[0]), ociImage: await size(oci), lazyImage: await size(lazy) }
 }
 
 /** GET answers the registry logged since line `from`: body bytes, and how many. */
@@ -133,13 +161,13 @@ function metric (text, name) {
 
 /** One cold start: fresh containerd (and for guoce a fresh scheduler, seed and daemon), caches dropped. */
 async function sample (variant, rate, run, reg, hostsDir, image) {
-  const sd = join(dir, `${rate}-${variant[0]}${run}`)
+  const sd = join(dir, `${rate}-${VARIANTS.indexOf(variant)}${run}`)
   await mkdir(sd, { recursive: true })
   const id = `gbc-${rate}-${variant}-${run}`
   let cd; let api
   try {
     let extra
-    if (variant === 'guoce') {
+    if (variant !== 'overlayfs') {
       const sched = await startGuoce(['scheduler', '--listen', `/ip4/${net.ip('reg')}/tcp/0`, '--data', join(sd, 'sched')], { netns: net.ns('reg') })
       const key = sched.ready.clusterKey
       await startGuoce(['seed', '--scheduler', sched.ready.addr, '--cluster-key', key, '--seed-key', sched.ready.seedKey, '--data', join(sd, 'seed'), '--listen', `/ip4/${net.ip('reg')}/tcp/0`], { netns: net.ns('reg') })
@@ -158,7 +186,7 @@ async function sample (variant, rate, run, reg, hostsDir, image) {
     await criPull(cd.address, image)
     const pullS = (performance.now() - t0) / 1000
     cd.track('k8s.io', id)
-    const child = spawn('ctr', ['--address', cd.address, '-n', 'k8s.io', 'run', '--snapshotter', variant, ...cd.runArgs(), '--rm', image, id, ...WORKLOAD], { stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn('ctr', ['--address', cd.address, '-n', 'k8s.io', 'run', '--snapshotter', variant === 'overlayfs' ? 'overlayfs' : 'guoce', ...cd.runArgs(), '--rm', image, id, ...WORKLOAD], { stdio: ['ignore', 'pipe', 'pipe'] })
     let err = ''
     child.stderr.on('data', d => { err += d })
     const exited = new Promise(resolve => child.once('exit', resolve))
@@ -185,6 +213,7 @@ async function sample (variant, rate, run, reg, hostsDir, image) {
         chunks_fetched: metric(m, 'guoce_snapshotter_chunks_fetched_total'),
         chunk_bytes_fetched: metric(m, 'guoce_snapshotter_chunk_bytes_fetched_total'),
         daemon_download_bytes: metric(m, 'guoce_peer_download_bytes_total'),
+        prefetched_chunks: metric(m, 'guoce_snapshotter_prefetched_chunks_total'),
         source_reads: metric(m, 'guoce_snapshotter_source_reads_total'),
         source_read_s: round(metric(m, 'guoce_snapshotter_source_read_seconds_total')),
         failed_reads: metric(m, 'guoce_snapshotter_failed_reads_total')
@@ -210,13 +239,14 @@ try {
     const reg = await startRegistry(join(dir, `reg-${rate}`), { addr: `${net.ip('reg')}:5000`, netns: net.ns('reg') })
     await pushImage(img.oci, 'v1', `${reg.host}/bench/python:v1`, undefined, net.ns('reg'))
     await pushImage(img.lazy, 'v1', `${reg.host}/bench/python-guoce:v1`, undefined, net.ns('reg'))
+    if (VARIANTS.includes('guoce-prefetch')) await pushImage(img.traced, 'v1', `${reg.host}/bench/python-guoce-prefetch:v1`, undefined, net.ns('reg'))
     const hostsDir = join(dir, `hosts-${rate}`)
     await mkdir(join(hostsDir, reg.host), { recursive: true })
     await writeFile(join(hostsDir, reg.host, 'hosts.toml'), `server = "http://${reg.host}"\n[host."http://${reg.host}"]\n  capabilities = ["pull", "resolve"]\n`)
     for (let run = 1; run <= RUNS; run++) {
       // alternate which variant goes first
       for (const variant of run % 2 === 1 ? VARIANTS : [...VARIANTS].reverse()) {
-        const image = `${reg.host}/bench/${variant === 'guoce' ? 'python-guoce' : 'python'}:v1`
+        const image = `${reg.host}/bench/${variant === 'overlayfs' ? 'python' : `python-${variant}`}:v1`
         samples.push(await sample(variant, rate, run, reg, hostsDir, image))
       }
     }
@@ -224,24 +254,22 @@ try {
     net.close()
     net = undefined
     const of = (variant) => samples.filter(s => s.mbit === rate && s.variant === variant)
-    if (VARIANTS.includes('overlayfs') && VARIANTS.includes('guoce')) {
-      const o = of('overlayfs'); const g = of('guoce')
-      const target = rate <= 100 ? 10 : 5
+    const o = of('overlayfs')
+    const target = rate <= 100 ? 10 : 5
+    const row = { overlayfs_first_output_s: o.length > 0 ? median(o.map(s => s.first_output_s)) : null, overlayfs_registry_bytes: o.length > 0 ? median(o.map(s => s.registry_bytes)) : null, overlayfs_node_link_rx_bytes: o.length > 0 ? median(o.map(s => s.node_link_rx_bytes)) : null, target }
+    for (const variant of VARIANTS.filter(x => x !== 'overlayfs')) {
+      const g = of(variant)
+      const k = variant.replace('-', '_')
+      row[`${k}_first_output_s`] = median(g.map(s => s.first_output_s))
+      row[`${k}_registry_bytes`] = median(g.map(s => s.registry_bytes))
+      row[`${k}_node_link_rx_bytes`] = median(g.map(s => s.node_link_rx_bytes))
+      if (o.length === 0) continue
       const speedup = median(o.map(s => s.first_output_s)) / median(g.map(s => s.first_output_s))
-      summary[`${rate}mbit`] = {
-        overlayfs_first_output_s: median(o.map(s => s.first_output_s)),
-        guoce_first_output_s: median(g.map(s => s.first_output_s)),
-        speedup: round(speedup),
-        speedup_per_run: o.map((s, i) => round(s.first_output_s / g[i].first_output_s)),
-        median_speedup_per_run: round(median(o.map((s, i) => s.first_output_s / g[i].first_output_s))),
-        target,
-        holds: speedup >= target,
-        overlayfs_registry_bytes: median(o.map(s => s.registry_bytes)),
-        guoce_registry_bytes: median(g.map(s => s.registry_bytes)),
-        overlayfs_node_link_rx_bytes: median(o.map(s => s.node_link_rx_bytes)),
-        guoce_node_link_rx_bytes: median(g.map(s => s.node_link_rx_bytes))
-      }
+      // each run's ratio (same run, same network), and their median
+      const perRun = o.map(s => s.first_output_s / g.find(x => x.run === s.run).first_output_s)
+      Object.assign(row, { [`${k}_speedup`]: round(speedup), [`${k}_speedup_per_run`]: perRun.map(round), [`${k}_median_speedup_per_run`]: round(median(perRun)), [`${k}_holds`]: median(perRun) >= target })
     }
+    summary[`${rate}mbit`] = row
   }
   process.stdout.write(JSON.stringify({
     bench: 'containerd', workload: WORKLOAD.join(' '), rootfs_bytes: img.rootfsBytes,

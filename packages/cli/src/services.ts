@@ -135,6 +135,7 @@ export async function startSnapshotterService (o: SnapshotterOptions, log: Logge
     counted('guoce_snapshotter_reads_total', 'Reads of lazy layers\' blob files (kernel EROFS)', () => lazy.stats().server.reads)
     counted('guoce_snapshotter_source_reads_total', 'Chunk fetches of lazy layers from the daemon\'s reader', () => lazy.stats().source.reads)
     counted('guoce_snapshotter_source_read_seconds_total', 'Wall time of those fetches, summed', () => lazy.stats().source.ms / 1000)
+    counted('guoce_snapshotter_prefetched_chunks_total', 'Chunks of lazy layers fetched (or found held) from their images\' prefetch lists', () => lazy.stats().prefetch.chunks)
     counted('guoce_snapshotter_failed_reads_total', 'Reads of lazy layers answered with EIO', () => lazy.stats().server.failedReads)
     const served: Gauge<string> = new prom.Gauge({ name: 'guoce_snapshotter_chunks', help: 'Chunks in the blobs of the lazy layers served', registers: [daemon.metrics], collect () { served.set(lazy.stats().chunks) } })
   }
