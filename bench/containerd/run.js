@@ -38,7 +38,7 @@ const WORKLOAD = ['python3', '-c', 'import json, sqlite3; print("ready")']
 const exec = promisify(execFile)
 const log = (m) => process.stderr.write(`[containerd] ${m}\n`)
 const round = (x) => Math.round(x * 1000) / 1000
-const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2 }
+const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return round(s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2) }
 
 const dir = await mkdtemp(join(tmpdir(), 'gbc-'))
 let net
