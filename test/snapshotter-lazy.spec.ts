@@ -14,7 +14,7 @@
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import * as grpc from '@grpc/grpc-js'
@@ -22,6 +22,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { criPullImage } from './cri-client.js'
 import { unixFetch } from '@guoce/interface'
 import { snapshotsClient } from '@guoce/snapshotter'
+import { ANNOTATION_BLOBS, readChunkTable } from '@guoce/image'
+import { MEDIA_TYPE_PREFETCH, attachPrefetchTrace } from '@guoce/lazy-mount'
 import { ROOT, busyboxImage, runGuoce, startContainerd, startGuoce, startRegistry, stopAll, until, type Containerd, type Proc, type Registry } from '@guoce/testkit'
 
 const exec = promisify(execFile)
@@ -197,6 +199,68 @@ describe('CRI pulls a converted image lazily from its registry through the guoce
       const missing = await prepare(`k8s.io/1/missing-${tag}`, { ...base, 'containerd.io/snapshot.ref': `sha256:${'cd'.repeat(32)}`, 'containerd.io/snapshot/cri.manifest-digest': `sha256:${'ef'.repeat(32)}` })
       expect(missing.mounts).toHaveLength(1)
     } finally { client.close() }
+  })
+
+  it('an image with a prefetch list: containerd pulls it (the list is no layer to it), and the listed chunks are fetched before any container reads them', async () => {
+    await busyboxImage(join(T, 'src3'), 'v1', [async r => { await writeFile(join(r, 'listed'), randomBytes(8 << 20)) }])
+    const conv = await runGuoce(['image', 'convert', '--source', `oci:${join(T, 'src3')}:v1`, '--target', `oci:${join(T, 'lazy3')}:v1`, '--json'])
+    expect(conv.code, conv.stderr).toBe(0)
+    const m3 = JSON.parse(await readFile(join(T, 'lazy3', 'blobs', 'sha256', (JSON.parse(conv.stdout).manifestDigest as string).slice(7)), 'utf8')) as Manifest
+    const metaLayer = m3.layers.find(l => l.mediaType === META)!
+    const blobs = JSON.parse(metaLayer.annotations![ANNOTATION_BLOBS]!) as string[]
+    // four whole chunks of the random file (1 MiB each; not busybox's, which the node holds already), named as
+    // `guoce image mount --record-trace` names chunks
+    const bb = await readFile('/bin/busybox')
+    const held = new Set(Array.from({ length: Math.ceil(bb.length / (1 << 20)) }, (_, i) => createHash('sha256').update(bb.subarray(i << 20, (i + 1) << 20)).digest('hex')))
+    const listed = (await readChunkTable(join(T, 'lazy3', 'blobs', 'sha256', metaLayer.digest.slice(7)))).entries.filter(e => e.length === 1 << 20 && !held.has(e.digest.toString('hex'))).slice(0, 4)
+    expect(listed).toHaveLength(4)
+    await writeFile(join(T, 'trace3.json'), JSON.stringify({ version: 1, chunks: listed.map(e => ({ blob: blobs[e.device - 1], blkaddr: e.blkaddr })) }))
+    await attachPrefetchTrace(`oci:${join(T, 'lazy3')}:v1`, join(T, 'trace3.json'))
+    const image3 = `${registry!.host}/guoce/prefetch:v1`
+    await exec('skopeo', ['copy', '--dest-tls-verify=false', `oci:${join(T, 'lazy3')}:v1`, `docker://${image3}`])
+
+    const api = join(T, 'api.sock')
+    const metrics = async (): Promise<string> => await (await unixFetch(api, '/metrics')).text()
+    const before = await metrics()
+    expect(await criPullImage(cd!.address, image3)).toMatch(/^sha256:[0-9a-f]{64}$/)
+    // no container ran: the four listed chunks come in by themselves
+    await until(async () => metric(await metrics(), 'guoce_snapshotter_prefetched_chunks_total') - metric(before, 'guoce_snapshotter_prefetched_chunks_total') === 4, 'the prefetch list to be fetched', 30_000, 100)
+    const after = await metrics()
+    expect(metric(after, 'guoce_snapshotter_chunks_fetched_total') - metric(before, 'guoce_snapshotter_chunks_fetched_total')).toBeGreaterThanOrEqual(4)
+    expect(metric(after, 'guoce_snapshotter_failed_reads_total')).toBe(0)
+    // the image's two layers are remote snapshots; the list is not a layer
+    const meta = JSON.parse(await readFile(join(T, 'daemon', 'snapshotter', 'metadata.json'), 'utf8')) as { snapshots: Array<[string, { remote?: { layerDigest: string } }]> }
+    const remote = new Set(meta.snapshots.filter(([, r]) => r.remote !== undefined).map(([, r]) => r.remote!.layerDigest))
+    expect(m3.layers.filter(l => remote.has(l.digest)).map(l => l.mediaType).sort()).toEqual([BLOB, META].sort())
+  })
+
+  it('a prefetch list the registry serves with other bytes fails the pull (containerd checks it) and is not used', async () => {
+    await busyboxImage(join(T, 'src4'), 'v1', [async r => { await writeFile(join(r, 'listed'), randomBytes(2 << 20)) }])
+    const conv = await runGuoce(['image', 'convert', '--source', `oci:${join(T, 'src4')}:v1`, '--target', `oci:${join(T, 'lazy4')}:v1`, '--json'])
+    expect(conv.code, conv.stderr).toBe(0)
+    const m4 = JSON.parse(await readFile(join(T, 'lazy4', 'blobs', 'sha256', (JSON.parse(conv.stdout).manifestDigest as string).slice(7)), 'utf8')) as Manifest
+    const metaLayer = m4.layers.find(l => l.mediaType === META)!
+    const blob = (JSON.parse(metaLayer.annotations![ANNOTATION_BLOBS]!) as string[])[0]!
+    const e = (await readChunkTable(join(T, 'lazy4', 'blobs', 'sha256', metaLayer.digest.slice(7)))).entries.at(-1)!
+    await writeFile(join(T, 'trace4.json'), JSON.stringify({ version: 1, chunks: [{ blob, blkaddr: e.blkaddr }] }))
+    const { manifestDigest } = await attachPrefetchTrace(`oci:${join(T, 'lazy4')}:v1`, join(T, 'trace4.json'))
+    const list = (JSON.parse(await readFile(join(T, 'lazy4', 'blobs', 'sha256', manifestDigest.slice(7)), 'utf8')) as Manifest).layers.find(l => l.mediaType === MEDIA_TYPE_PREFETCH)!
+    const image4 = `${registry!.host}/guoce/prefetch-bad:v1`
+    await exec('skopeo', ['copy', '--dest-tls-verify=false', `oci:${join(T, 'lazy4')}:v1`, `docker://${image4}`])
+    const stored = registry!.blobFile(list.digest)
+    const bytes = await readFile(stored)
+    bytes[bytes.length >> 1] ^= 0x01 // same length, other bytes
+    await writeFile(stored, bytes)
+
+    const api = join(T, 'api.sock')
+    const metrics = async (): Promise<string> => await (await unixFetch(api, '/metrics')).text()
+    const before = await metrics()
+    // containerd fetches the list too (a manifest entry of no layer type) and checks its digest: the pull fails
+    await expect(criPullImage(cd!.address, image4)).rejects.toThrow(/digest/i)
+    // and the snapshotter, which fetched it for the top layer (or not, when containerd failed first), used none of it
+    const refused = daemon!.stderr.filter(l => l.includes('lazy prefetch list not used'))
+    expect(refused.every(l => l.includes(list.digest))).toBe(true)
+    expect(metric(await metrics(), 'guoce_snapshotter_prefetched_chunks_total')).toBe(metric(before, 'guoce_snapshotter_prefetched_chunks_total'))
   })
 
   it('removing the images lets containerd\'s GC remove every lazy layer through the snapshotter: unmounted', async () => {

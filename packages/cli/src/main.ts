@@ -57,10 +57,12 @@ const SNAPSHOTTER_HELP = `
                        their layers are mounted from its blobs instead of unpacked (repeatable). Without
                        it, layers of converted images are mounted lazily from their registry: chunks are
                        fetched through this daemon as containers read them (node chunk store <data>/chunks)
+  --snapshotter-insecure R   lazy layers: ask registry R (HOST:PORT) over plain http (loopback registries
+                       always are); repeatable. containerd needs the same in its hosts.toml
 `
 const DAEMON_USAGE = `Usage: guoce daemon --scheduler MULTIADDR (--cluster-key FILE | --open) [--data DIR] [--api HOST:PORT] [--listen MULTIADDR]
                     [--origin-timeout 30s] [--read-timeout 60s] [--idc NAME] [--location A|B|C] [--quota SIZE] [--piece-channel M]
-                    [--snapshotter-socket PATH [--snapshotter-root DIR] [--snapshotter-layout DIR]...] [--json]
+                    [--snapshotter-socket PATH [--snapshotter-root DIR] [--snapshotter-layout DIR]... [--snapshotter-insecure R]...] [--json]
 
   --cluster-key FILE   the scheduler's cluster.key (needed to connect to any node of the cluster)
   --open               the cluster is open (scheduler --open)
@@ -83,7 +85,7 @@ it when its registry config_path is D; \`ctr images pull --hosts-dir D\` too. --
 fallback when the mirror fails) is http, as loopback registries always are.
 `
 const UP_USAGE = `Usage: guoce up [--data DIR] [--api HOST:PORT] [--mirror HOST:PORT|off] [--listen-host IP] [--scheduler-port N] [--open] [--origin-timeout 30s] [--quota SIZE] [--piece-channel M]
-                [--snapshotter-socket PATH [--snapshotter-root DIR] [--snapshotter-layout DIR]...] [--json]
+                [--snapshotter-socket PATH [--snapshotter-root DIR] [--snapshotter-layout DIR]... [--snapshotter-insecure R]...] [--json]
 
 Runs a scheduler, a seed peer and a peer daemon in one process on embedded defaults, data under
 --data (default $GUOCE_HOME or ~/.guoce); the seed and the daemon use the scheduler's cluster key and
@@ -93,18 +95,20 @@ and \`guoce get --daemon <api>\` downloads through it. The registry mirror liste
 127.0.0.1:${DEFAULT_MIRROR_PORT}; \`off\` for none): \`guoce mirror hosts --registry R\` points containerd at it.
 ${SNAPSHOTTER_HELP}`
 
-const SNAPSHOTTER_OPTIONS = { 'snapshotter-socket': { type: 'string' }, 'snapshotter-root': { type: 'string' }, 'snapshotter-layout': { type: 'string', multiple: true } } as const
+const SNAPSHOTTER_OPTIONS = { 'snapshotter-socket': { type: 'string' }, 'snapshotter-root': { type: 'string' }, 'snapshotter-layout': { type: 'string', multiple: true }, 'snapshotter-insecure': { type: 'string', multiple: true } } as const
 
 /** The snapshotter options of `--snapshotter-socket` (checked before anything starts); undefined without it. */
 function snapshotterOptions (v: Record<string, unknown>, data: string): SnapshotterOptions | undefined {
   const socket = v['snapshotter-socket'] as string | undefined
   if (socket == null) {
-    if (v['snapshotter-root'] != null || v['snapshotter-layout'] != null) throw new InvalidParametersError('--snapshotter-root and --snapshotter-layout need --snapshotter-socket')
+    if (v['snapshotter-root'] != null || v['snapshotter-layout'] != null || v['snapshotter-insecure'] != null) throw new InvalidParametersError('--snapshotter-root, --snapshotter-layout and --snapshotter-insecure need --snapshotter-socket')
     return undefined
   }
   if (socket === '') throw new InvalidParametersError('--snapshotter-socket needs a path')
   const layouts = (v['snapshotter-layout'] as string[] | undefined)?.map(l => resolve(l))
-  return { socket: resolve(socket), root: resolve((v['snapshotter-root'] as string | undefined) ?? join(data, 'snapshotter')), layouts }
+  const insecure = v['snapshotter-insecure'] as string[] | undefined
+  if (insecure?.some(r => r === '' || /[/\s]/.test(r)) === true) throw new InvalidParametersError('--snapshotter-insecure takes a registry host (HOST or HOST:PORT)')
+  return { socket: resolve(socket), root: resolve((v['snapshotter-root'] as string | undefined) ?? join(data, 'snapshotter')), layouts, insecure }
 }
 
 async function startSnapshotterIf (o: SnapshotterOptions | undefined, log: Logger, daemon: SnapshotterDaemon): Promise<(Running & { socket: string }) | undefined> {

@@ -107,7 +107,7 @@ export interface MirrorOptions { host: string, port: number, upstream?: string |
 
 /** JSON-lines logger on stderr at GUOCE_LOG's level (default `fallback`). */
 /** Where a daemon serves containerd's snapshots API (`--snapshotter-socket`), and the layouts it mounts layers from. */
-export interface SnapshotterOptions { socket: string, root: string, layouts?: string[] | undefined }
+export interface SnapshotterOptions { socket: string, root: string, layouts?: string[] | undefined, insecure?: string[] | undefined }
 
 /** The peer daemon a snapshotter without layouts fetches lazy layers' chunks through (this process's own). */
 export interface SnapshotterDaemon { apiUrl: string, chunkDir: string, metrics: Registry }
@@ -123,7 +123,7 @@ export async function startSnapshotterService (o: SnapshotterOptions, log: Logge
   const mounter = await import('@guoce/native-mount')
   const lazy = o.layouts != null && o.layouts.length > 0
     ? undefined
-    : registryMounter({ dir: join(o.root, 'lazy'), chunkDir: daemon.chunkDir, daemon: daemon.apiUrl, mounter, log: log.child({ component: 'registry-mounter' }) })
+    : registryMounter({ dir: join(o.root, 'lazy'), chunkDir: daemon.chunkDir, daemon: daemon.apiUrl, mounter, insecure: o.insecure ?? [], log: log.child({ component: 'registry-mounter' }) })
   const remote = lazy ?? ociLayoutMounter({ layouts: o.layouts!, mounter })
   if (lazy !== undefined) {
     const prom = await import('prom-client')
@@ -133,6 +133,9 @@ export async function startSnapshotterService (o: SnapshotterOptions, log: Logge
     counted('guoce_snapshotter_chunks_fetched_total', 'Chunks of lazy layers fetched into the node chunk store', () => lazy.stats().store.fetches)
     counted('guoce_snapshotter_chunk_bytes_fetched_total', 'Bytes of chunks of lazy layers fetched', () => lazy.stats().store.fetchedBytes)
     counted('guoce_snapshotter_reads_total', 'Reads of lazy layers\' blob files (kernel EROFS)', () => lazy.stats().server.reads)
+    counted('guoce_snapshotter_source_reads_total', 'Chunk fetches of lazy layers from the daemon\'s reader', () => lazy.stats().source.reads)
+    counted('guoce_snapshotter_source_read_seconds_total', 'Wall time of those fetches, summed', () => lazy.stats().source.ms / 1000)
+    counted('guoce_snapshotter_prefetched_chunks_total', 'Chunks of lazy layers fetched (or found held) from their images\' prefetch lists', () => lazy.stats().prefetch.chunks)
     counted('guoce_snapshotter_failed_reads_total', 'Reads of lazy layers answered with EIO', () => lazy.stats().server.failedReads)
     const served: Gauge<string> = new prom.Gauge({ name: 'guoce_snapshotter_chunks', help: 'Chunks in the blobs of the lazy layers served', registers: [daemon.metrics], collect () { served.set(lazy.stats().chunks) } })
   }

@@ -16,6 +16,11 @@ import { MAX_STORED_CHUNK } from './constants.js'
 export interface BlobSource {
   /** Exactly `length` stored bytes of blob `digest` (`sha256:HEX`) from `offset`, or throws. */
   read: (digest: string, offset: number, length: number, signal: AbortSignal) => Promise<Buffer>
+  /**
+   * Optional: get ready to read blob `digest` (e.g. set up its download) without fetching any of its bytes, so
+   * that the first read does not wait for that.
+   */
+  prepare?: (digest: string, signal: AbortSignal) => Promise<void>
   close: () => Promise<void>
 }
 
@@ -131,6 +136,10 @@ export function daemonBlobSource (init: DaemonSourceInit): BlobSource {
       }
       if (got !== length) throw new BlobSourceError(`daemon: blob ${digest} range ${offset}+${length}: ${got} bytes`)
       return buf
+    },
+    async prepare (digest, signal) {
+      hexOf(digest)
+      await task(digest, signal)
     },
     async close () { tasks.clear() }
   }

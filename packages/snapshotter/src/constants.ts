@@ -36,6 +36,25 @@ export const MAX_CONFIG_BYTES = 4 << 20
  */
 export const MAX_LAYER_META_BYTES = 1 << 30
 
+/**
+ * Longest the registry mounter waits for the daemon to set up a lazy layer's blob task ahead of the first read
+ * (it does not wait on it: a failure only means the first read sets it up).
+ * @default 30000
+ */
+export const PREPARE_TIMEOUT_MS = 30_000
+
+/**
+ * Largest prefetch layer (the image's list of chunks to fetch ahead) the registry mounter fetches.
+ * @default 16 MiB
+ */
+export const MAX_PREFETCH_TRACE_BYTES = 16 << 20
+/**
+ * Chunks of an image's prefetch list the registry mounter fetches at once (the node's daemon joins those that
+ * fall in one piece); a container's reads of other chunks go on beside them.
+ * @default 8
+ */
+export const PREFETCH_CONCURRENCY = 8
+
 /** The label containerd's unpacker sets on Prepare: the name (chain id) the layer's snapshot is committed as. */
 export const LABEL_TARGET_REF = 'containerd.io/snapshot.ref'
 /** Labels CRI adds to a layer's Prepare (containerd 1.6, `disable_snapshot_annotations = false`). */

@@ -27,15 +27,15 @@ import { join } from 'node:path'
 import type { AbortOptions, Logger } from '@guoce/interface'
 import {
   ANNOTATION_FORMAT, CorruptImageError, MEDIA_TYPE_CHUNK_BLOB, MEDIA_TYPE_EROFS_META, RegistryClient, mountLayer, parseDockerRef,
-  type Descriptor, type Manifest, type Mounter
+  type ChunkExtent, type Descriptor, type Manifest, type Mounter
 } from '@guoce/image'
 import {
-  abortFuse, blobFiles, blobsOf, chunkReader, daemonBlobSource, openChunkStore, serveBlobs,
-  type BlobServer, type BlobServerStats, type BlobSource, type ChunkReader, type ChunkStore, type ChunkStoreStats
+  MEDIA_TYPE_PREFETCH, abortFuse, blobFiles, blobsOf, chunkReader, daemonBlobSource, openChunkStore, parseTrace, serveBlobs,
+  type Trace, type BlobServer, type BlobServerStats, type BlobSource, type ChunkReader, type ChunkStore, type ChunkStoreStats
 } from '@guoce/lazy-mount'
 import type { RemoteLayer, RemoteLayerMounter } from './remote.js'
 import { chainIds } from './oci-mounter.js'
-import { MAX_CONFIG_BYTES, MAX_LAYER_META_BYTES } from './constants.js'
+import { MAX_CONFIG_BYTES, MAX_LAYER_META_BYTES, MAX_PREFETCH_TRACE_BYTES, PREFETCH_CONCURRENCY, PREPARE_TIMEOUT_MS } from './constants.js'
 
 export interface RegistryMounterInit {
   /** Directory of the metadata layers and the FUSE mount point (created). */
@@ -57,6 +57,8 @@ export interface RegistryMounterInit {
   ranged?: boolean
   /** Milliseconds a FUSE read may wait for its chunks before it fails with EIO. */
   readDeadlineMs?: number
+  /** Registries (HOST[:PORT], as image references name them) asked over plain http; loopback ones always are. */
+  insecure?: string[]
 }
 
 export interface RegistryMounterStats {
@@ -68,6 +70,10 @@ export interface RegistryMounterStats {
   chunks: number
   /** Bytes of those chunks (uncompressed). */
   chunkBytes: number
+  /** Chunk fetches from the blob source (the daemon's reader): how many, their bytes, and their summed wall time. */
+  source: { reads: number, bytes: number, ms: number }
+  /** Chunks the images' prefetch lists fetched (or found held), and those that failed. */
+  prefetch: { chunks: number, failed: number }
 }
 
 export interface RegistryMounter extends RemoteLayerMounter {
@@ -78,7 +84,7 @@ export interface RegistryMounter extends RemoteLayerMounter {
 
 const DIGEST = /^sha256:([0-9a-f]{64})$/
 
-interface Found { client: RegistryClient, repository: string, manifest: Manifest, index: number }
+interface Found { client: RegistryClient, repository: string, manifest: Manifest, layers: Descriptor[], index: number }
 
 /** What registry/repository an image reference as CRI names it (`REGISTRY/REPO[:TAG][@DIGEST]`) is at; undefined if none. */
 function locate (imageRef: string): { registry: string, repository: string } | undefined {
@@ -90,17 +96,33 @@ function locate (imageRef: string): { registry: string, repository: string } | u
 
 export function registryMounter (init: RegistryMounterInit): RegistryMounter {
   const log = init.log
+  const sourceStats = { reads: 0, bytes: 0, ms: 0 }
+  /** The source, its fetches counted and timed (what a cold read waits for beyond the node). */
+  const timed = (source: BlobSource): BlobSource => ({
+    read: async (digest, offset, length, signal) => {
+      const t0 = performance.now()
+      const b = await source.read(digest, offset, length, signal)
+      sourceStats.reads++; sourceStats.bytes += b.length; sourceStats.ms += performance.now() - t0
+      log?.debug('lazy chunk fetched', { blob: digest, offset, length, ms: Math.round(performance.now() - t0) })
+      return b
+    },
+    ...(source.prepare !== undefined ? { prepare: source.prepare.bind(source) } : {}),
+    close: async () => { await source.close() }
+  })
   const metaDir = join(init.dir, 'meta')
   /** blob digest -> its URL at the registry of the image that named it (the daemon's task origin) */
   const urls = new Map<string, string>()
-  let served: Promise<{ server: BlobServer, store: ChunkStore, chunks: ChunkReader }> | undefined
+  let served: Promise<{ server: BlobServer, store: ChunkStore, chunks: ChunkReader, source: BlobSource }> | undefined
   let closed = false
   let live: { server: BlobServer, store: ChunkStore } | undefined
-  /** blob -> block address -> chunk length, of every chunk served */
-  const known = new Map<string, Map<number, number>>()
+  /** blob -> block address -> chunk extent, of every chunk served */
+  const known = new Map<string, Map<number, ChunkExtent>>()
+  /** prefetch traces (by layer digest) gone through or going: each once per process */
+  const prefetched = new Set<string>()
+  const prefetchStats = { chunks: 0, failed: 0 }
 
   /** The blob server, started at the first lazy layer (no FUSE for a node that only runs ordinary images). */
-  const serving = async (): Promise<{ server: BlobServer, store: ChunkStore, chunks: ChunkReader }> => {
+  const serving = async (): Promise<{ server: BlobServer, store: ChunkStore, chunks: ChunkReader, source: BlobSource }> => {
     served ??= (async () => {
       await mkdir(init.dir, { recursive: true, mode: 0o700 })
       // FUSE mounts of processes before this one are dead: abort and detach them (their layers are mounted again)
@@ -112,7 +134,7 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
         await rm(p, { recursive: true, force: true }).catch(() => {})
       }
       const store = await openChunkStore({ dir: init.chunkDir, ...(init.chunkQuota !== undefined ? { quota: init.chunkQuota } : {}) })
-      const source = init.source ?? daemonBlobSource({
+      const source = timed(init.source ?? daemonBlobSource({
         api: init.daemon,
         ranged: init.ranged !== false,
         blobUrl: (digest) => {
@@ -120,7 +142,7 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
           if (u === undefined) throw new Error(`blob ${digest}: no image named it`)
           return u
         }
-      })
+      }))
       const chunks = chunkReader({ store, source, ...(log !== undefined ? { log: (o: Record<string, unknown>) => { log.warn('lazy layer', o) } } : {}) })
       const server = await serveBlobs({
         mountpoint: join(init.dir, `fuse-${randomBytes(6).toString('hex')}`),
@@ -130,7 +152,7 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
         ...(log !== undefined ? { log: (o: Record<string, unknown>) => { log.warn('lazy layer read', o) } } : {})
       })
       live = { server, store }
-      return { server, store, chunks }
+      return { server, store, chunks, source }
     })()
     served.catch(() => { served = undefined })
     return await served
@@ -172,7 +194,7 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
     if (!DIGEST.test(layer.layerDigest) || !DIGEST.test(layer.ref)) return undefined
     const at = locate(layer.imageRef)
     if (at === undefined) return undefined
-    const client = new RegistryClient(at.registry, signal !== undefined ? { signal } : {})
+    const client = new RegistryClient(at.registry, { ...(signal !== undefined ? { signal } : {}), ...(init.insecure?.includes(at.registry) === true ? { plainHttp: true } : {}) })
     const reference = DIGEST.test(layer.manifestDigest) ? layer.manifestDigest : undefined
     if (reference === undefined) return undefined
     let image: { manifest: Manifest, chain: string[] } | undefined
@@ -187,9 +209,62 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
     if (image === undefined) return undefined
     const { manifest, chain } = image
     // the layer at the place in its image that containerd's chain id names
-    const index = manifest.layers.findIndex((l, i) => l.digest === layer.layerDigest && chain[i] === layer.ref)
-    if (index === -1 || chain.length !== manifest.layers.length) return undefined
-    return { client, repository: at.repository, manifest, index }
+    // containerd leaves out of an image's layers what is no layer media type (the prefetch list), as here
+    const layers = manifest.layers.filter(l => l.mediaType !== MEDIA_TYPE_PREFETCH)
+    const index = layers.findIndex((l, i) => l.digest === layer.layerDigest && chain[i] === layer.ref)
+    if (index === -1 || chain.length !== layers.length) return undefined
+    return { client, repository: at.repository, manifest, layers, index }
+  }
+
+  /** A prefetch layer's trace (size-capped, verified, parsed and bounded). */
+  const traceOf = async (f: Found, d: Descriptor): Promise<Trace> => {
+    if (!(d.size > 0 && d.size <= MAX_PREFETCH_TRACE_BYTES)) throw new CorruptImageError(`prefetch layer ${d.digest}: ${d.size} bytes (at most ${MAX_PREFETCH_TRACE_BYTES})`)
+    await mkdir(metaDir, { recursive: true, mode: 0o700 })
+    const tmp = join(metaDir, `prefetch-${randomBytes(6).toString('hex')}`)
+    try {
+      await f.client.getBlob(f.repository, d, tmp) // size and sha256 checked
+      return parseTrace(await readFile(tmp), `prefetch layer ${d.digest}`)
+    } finally { await rm(tmp, { force: true }) }
+  }
+
+  /**
+   * Fetches the chunks a trace names (in its order, PREFETCH_CONCURRENCY at a time) into the node chunk store,
+   * in the background: a container's reads of the same chunks join these fetches, and chunks it reads first
+   * are first in the list. Chunks of blobs not served here are skipped; failures are left to the reads.
+   */
+  const prefetch = async (trace: Trace, layer: string): Promise<void> => {
+    const t0 = performance.now()
+    const s = await serving().catch(() => undefined)
+    if (s === undefined) return
+    const todo = trace.chunks.flatMap(c => { const e = known.get(c.blob)?.get(c.blkaddr); return e !== undefined ? [{ blob: c.blob, e }] : [] })
+    let next = 0; let n = 0; let failed = 0
+    const worker = async (): Promise<void> => {
+      while (next < todo.length && !closed) {
+        const { blob, e } = todo[next++]!
+        await s.chunks.read(blob, e, { background: true }).then(() => { n++ }, () => { failed++ })
+      }
+    }
+    await Promise.all(Array.from({ length: PREFETCH_CONCURRENCY }, worker))
+    prefetchStats.chunks += n; prefetchStats.failed += failed
+    log?.info('lazy prefetch done', { layer, listed: trace.chunks.length, chunks: n, failed, ms: Math.round(performance.now() - t0) })
+  }
+
+  /**
+   * At the image's top layer (containerd prepares them in order: every layer below is mounted and its chunks
+   * known), the image's prefetch list if it has one: fetched, then its chunks in the background, once per process.
+   */
+  const prefetchIfTop = async (f: Found): Promise<void> => {
+    const d = f.manifest.layers.find(l => l.mediaType === MEDIA_TYPE_PREFETCH)
+    if (f.index !== f.layers.length - 1 || d === undefined || prefetched.has(d.digest)) return
+    prefetched.add(d.digest)
+    try {
+      const trace = await traceOf(f, d)
+      void prefetch(trace, d.digest)
+    } catch (err) {
+      // the image runs without it: its chunks are fetched as containers read them
+      prefetched.delete(d.digest)
+      log?.warn('lazy prefetch list not used', { layer: d.digest, error: (err as Error).message })
+    }
   }
 
   /** The metadata layer on local disk (fetched once, verified before it appears under its digest). */
@@ -212,24 +287,42 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
     mount: async (layer: RemoteLayer, dir: string, opts: AbortOptions): Promise<boolean> => {
       if (closed) return false
       opts.signal?.throwIfAborted()
+      const t0 = performance.now()
       const found = await find(layer, opts.signal)
       if (found === undefined) return false
-      const desc = found.manifest.layers[found.index]!
-      if (desc.mediaType === MEDIA_TYPE_CHUNK_BLOB) return true
+      const desc = found.layers[found.index]!
+      if (desc.mediaType === MEDIA_TYPE_CHUNK_BLOB) { await prefetchIfTop(found); return true }
       if (desc.mediaType !== MEDIA_TYPE_EROFS_META) return false
+      const tFound = performance.now()
+      // the blob server starts (the first time) while the metadata layer is fetched and read
+      const started = serving()
+      started.catch(() => {})
       const meta = await metaOf(found, desc)
+      const tMeta = performance.now()
       const blobs = blobsOf(desc)
       const files = await blobFiles([{ meta, blobs }])
-      const { server } = await serving()
+      const tFiles = performance.now()
+      const { server, source } = await started
+      const tServing = performance.now()
       for (const b of blobs) urls.set(b, `${found.client.base}/v2/${found.repository}/blobs/${b}`)
       server.add(files)
       for (const f of files) {
-        const m = known.get(f.digest) ?? new Map<number, number>()
-        for (const e of f.extents) m.set(e.blkaddr, e.length)
+        const m = known.get(f.digest) ?? new Map<number, ChunkExtent>()
+        for (const e of f.extents) m.set(e.blkaddr, e)
         known.set(f.digest, m)
       }
+      // the daemon's task of each blob (its registration, the seed's order and the seed's look at the origin) is
+      // set up while containerd finishes the pull and starts the container, not on the container's first read;
+      // no chunk is fetched for it
+      for (const b of blobs) void source.prepare?.(b, AbortSignal.timeout(PREPARE_TIMEOUT_MS)).catch((err: unknown) => { log?.debug('blob task not prepared', { blob: b, error: (err as Error).message }) })
       await mountLayer({ meta, blobs: blobs.map(b => server.path(b)) }, dir, init.mounter)
-      log?.info('lazy layer mounted', { layer: desc.digest, image: layer.imageRef, blobs: blobs.length })
+      const ms = (a: number, b: number): number => Math.round(b - a)
+      await prefetchIfTop(found)
+      log?.info('lazy layer mounted', {
+        layer: desc.digest, image: layer.imageRef, blobs: blobs.length,
+        // where the mount's time went: manifest + config, metadata layer, chunk table, blob server, EROFS mount
+        ms: { image: ms(t0, tFound), meta: ms(tFound, tMeta), chunkTable: ms(tMeta, tFiles), server: ms(tFiles, tServing), mount: ms(tServing, performance.now()) }
+      })
       return true
     },
     unmount: async (dir: string): Promise<void> => {
@@ -237,12 +330,14 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
     },
     stats: () => {
       let chunks = 0; let chunkBytes = 0
-      for (const m of known.values()) for (const n of m.values()) { chunks++; chunkBytes += n }
+      for (const m of known.values()) for (const e of m.values()) { chunks++; chunkBytes += e.length }
       return {
         server: live?.server.stats() ?? { reads: 0, bytesRead: 0, failedReads: 0, refused: 0 },
         store: live?.store.stats() ?? { hits: 0, fetches: 0, fetchedBytes: 0, corrupt: 0, evicted: 0, bytes: 0 },
         chunks,
-        chunkBytes
+        chunkBytes,
+        source: { ...sourceStats, ms: Math.round(sourceStats.ms) },
+        prefetch: { ...prefetchStats }
       }
     },
     close: async () => {

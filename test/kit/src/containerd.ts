@@ -9,6 +9,7 @@ import { copyFile, mkdir, readFile, readdir, rm, rmdir, writeFile } from 'node:f
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { until } from './wait.js'
+import { inNetns } from './procs.js'
 
 const exec = promisify(execFile)
 
@@ -21,6 +22,8 @@ export interface ContainerdInit {
   cri?: { snapshotter?: string, hostsDir: string }
   /** More configuration (TOML tables), appended as is (e.g. deploy/containerd/config.toml). */
   extra?: string
+  /** Run containerd in this network namespace (its pulls go through it), in the host's mount namespace. */
+  netns?: string
 }
 
 export interface Containerd {
@@ -57,7 +60,8 @@ export async function startContainerd (init: ContainerdInit): Promise<Containerd
   await mkdir(d, { recursive: true })
   await writeFile(join(d, 'containerd.toml'), lines.join('\n') + '\n')
   const log: string[] = []
-  const proc: ChildProcess = spawn('containerd', ['--config', join(d, 'containerd.toml')], { stdio: ['ignore', 'ignore', 'pipe'] })
+  const [cmd, ...args] = inNetns(init.netns, ['containerd', '--config', join(d, 'containerd.toml')], true)
+  const proc: ChildProcess = spawn(cmd!, args, { stdio: ['ignore', 'ignore', 'pipe'] })
   proc.stderr!.on('data', (b: Buffer) => { log.push(b.toString()) })
   const tracked: Array<[string, string]> = []
   const ctr = async (args: string[], opts: { namespace?: string, timeoutMs?: number } = {}): Promise<string> => {

@@ -10,6 +10,8 @@ export interface Network {
   ns(host: string): string
   /** the address of a host */
   ip(host: string): string
+  /** bytes a host's link (its eth0) received and sent so far (the kernel's counters) */
+  linkBytes(host: string): { rx: number, tx: number }
   close(): void
 }
 
@@ -52,5 +54,10 @@ export function createNetwork (hosts: string[], o: { mbit?: number } = {}): Netw
     throw err
   }
   const get = (h: string): { ns: string, ip: string } => { const a = addrs.get(h); if (a == null) throw new Error(`no host ${h} in the network`); return a }
-  return { ns: h => get(h).ns, ip: h => get(h).ip, close }
+  const linkBytes = (h: string): { rx: number, tx: number } => {
+    const out = execFileSync('ip', ['-n', get(h).ns, '-j', '-s', 'link', 'show', 'dev', 'eth0'], { encoding: 'utf8' })
+    const s = (JSON.parse(out) as Array<{ stats64: { rx: { bytes: number }, tx: { bytes: number } } }>)[0]!.stats64
+    return { rx: s.rx.bytes, tx: s.tx.bytes }
+  }
+  return { ns: h => get(h).ns, ip: h => get(h).ip, linkBytes, close }
 }

@@ -22,11 +22,26 @@ export interface Proc {
 
 const live = new Set<Proc>()
 
-/** Spawn `guoce ARGS --json` (inside network namespace `netns` when given) and wait for its `ready` line. */
-export async function startGuoce (args: string[], opts: { env?: Record<string, string>, timeoutMs?: number, netns?: string } = {}): Promise<Proc> {
-  // `ip netns exec` execs the command: the child is the guoce process itself
+/**
+ * `argv` run inside network namespace `netns` (none: as is): `ip netns exec` (a mount namespace of its own, /sys
+ * of the netns), or with `hostMounts` `nsenter --net` (the host's mount namespace). Both exec the command.
+ */
+export function inNetns (netns: string | undefined, argv: string[], hostMounts = false): string[] {
+  if (netns == null) return argv
+  return hostMounts ? ['nsenter', `--net=/run/netns/${netns}`, ...argv] : ['ip', 'netns', 'exec', netns, ...argv]
+}
+
+/**
+ * Spawn `guoce ARGS --json` (inside network namespace `netns` when given) and wait for its `ready` line.
+ * `hostMounts`: enter only the network namespace (nsenter), so that mounts the process makes are in the host's
+ * mount namespace (a snapshotter whose mounts containerd must see); `ip netns exec` gives it a mount namespace
+ * of its own.
+ */
+export async function startGuoce (args: string[], opts: { env?: Record<string, string>, timeoutMs?: number, netns?: string, hostMounts?: boolean } = {}): Promise<Proc> {
+  // `ip netns exec` and `nsenter` exec the command: the child is the guoce process itself
   const argv = [CLI, ...args, '--json']
-  const child = spawn(opts.netns != null ? 'ip' : NODE, opts.netns != null ? ['netns', 'exec', opts.netns, NODE, ...argv] : argv, { env: { ...process.env, GUOCE_LOG: process.env.GUOCE_TEST_LOG ?? 'warn', ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const [cmd, ...cmdArgs] = inNetns(opts.netns, [NODE, ...argv], opts.hostMounts)
+  const child = spawn(cmd!, cmdArgs, { env: { ...process.env, GUOCE_LOG: process.env.GUOCE_TEST_LOG ?? 'warn', ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] })
   const stderr: string[] = []
   createInterface({ input: child.stderr! }).on('line', l => { stderr.push(l); if (process.env.GUOCE_TEST_ECHO != null) process.stderr.write(`[${args[0]}] ${l}\n`) })
   const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>(resolve => child.once('exit', (code, signal) => { resolve({ code, signal }) }))
