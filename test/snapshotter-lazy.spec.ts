@@ -24,7 +24,7 @@ import { unixFetch } from '@guoce/interface'
 import { snapshotsClient } from '@guoce/snapshotter'
 import { ANNOTATION_BLOBS, readChunkTable } from '@guoce/image'
 import { MEDIA_TYPE_PREFETCH, attachPrefetchTrace } from '@guoce/lazy-mount'
-import { ROOT, busyboxImage, runGuoce, startContainerd, startGuoce, startRegistry, stopAll, until, type Containerd, type Proc, type Registry } from '@guoce/testkit'
+import { ROOT, busyboxImage, runGuoce, startContainerd, startGuoce, startRegistry, stopAll, unmountUnder, until, type Containerd, type Proc, type Registry } from '@guoce/testkit'
 
 const exec = promisify(execFile)
 
@@ -94,13 +94,7 @@ describe('CRI pulls a converted image lazily from its registry through the guoce
     await cd?.stop()
     // the daemon serves the blob files under every lazy layer: abort its FUSE connection first, so that no
     // unmount below can wait on a server that is gone or stuck
-    const info = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '')
-    const ours = info.split('\n').map(l => l.split(' ')).filter(f => f[4]?.startsWith(T + '/') === true)
-    for (const f of ours.filter(f => / - fuse/.test(f.join(' ')))) {
-      await exec('mount', ['-t', 'fusectl', 'none', '/sys/fs/fuse/connections']).catch(() => {})
-      await writeFile(`/sys/fs/fuse/connections/${f[2]!.split(':')[1]!}/abort`, '1').catch(() => {})
-    }
-    for (const f of ours.reverse()) await exec('umount', ['-l', f[4]!]).catch(() => {})
+    if (T !== '') await unmountUnder(T)
     await stopAll()
     await registry?.stop()
     if (T !== '') await rm(T, { recursive: true, force: true })

@@ -17,7 +17,7 @@ import * as grpc from '@grpc/grpc-js'
 import { loadSync } from '@grpc/proto-loader'
 import { unixFetch } from '@guoce/interface'
 import {
-  ROOT, runGuoce, startGuoce, stopAll, startRegistry, stopRegistries, pushImage, createNetwork, startContainerd
+  ROOT, runGuoce, startGuoce, stopAll, startRegistry, stopRegistries, pushImage, createNetwork, startContainerd, unmountUnder
 } from '@guoce/testkit'
 
 const { values: v } = parseArgs({
@@ -43,17 +43,6 @@ const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.le
 const dir = await mkdtemp(join(tmpdir(), 'gbc-'))
 let net
 const containerds = new Set()
-
-/** Abort the FUSE connections of mounts under `under` (a dead daemon's blob server), then detach every mount there. */
-async function unmountUnder (under) {
-  const info = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '')
-  const ours = info.split('\n').map(l => l.split(' ')).filter(f => f[4]?.startsWith(under + '/') === true)
-  for (const f of ours.filter(f => / - fuse/.test(f.join(' ')))) {
-    await exec('mount', ['-t', 'fusectl', 'none', '/sys/fs/fuse/connections']).catch(() => {})
-    await writeFile(`/sys/fs/fuse/connections/${f[2].split(':')[1]}/abort`, '1').catch(() => {})
-  }
-  for (const f of ours.reverse()) await exec('umount', ['-l', f[4]]).catch(() => {})
-}
 
 let cleaned = false
 const cleanup = async () => {

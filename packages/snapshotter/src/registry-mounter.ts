@@ -10,8 +10,10 @@
  * the files of its data blobs on ONE FUSE blob server this mounter owns (packages/lazy-mount blob-server.ts:
  * blob files are added as layers arrive). Each file's bytes come from the node chunk store, else the peer
  * daemon's ranged reader (daemonBlobSource: the swarm, then the registry), every chunk verified against the
- * metadata layer's chunk table. A data-blob layer is "mounted" with nothing to mount (its bytes are reached
- * through the metadata layers' devices). Anything else (an ordinary image, a registry that cannot be reached,
+ * metadata layer's chunk table; each blob's task in the daemon is set up (BlobSource.prepare) as its layer is
+ * mounted, before any read. A data-blob layer is "mounted" with nothing to mount (its bytes are reached
+ * through the metadata layers' devices). An image's prefetch list (a manifest entry containerd does not count
+ * as a layer) is fetched at its top layer and its chunks fetched in the background. Anything else (an ordinary image, a registry that cannot be reached,
  * a chain id that does not match) is declined, and containerd unpacks the layer as usual.
  *
  * Who owns what: the mounter owns the blob server (its FUSE mount under `<dir>/fuse-<random>`, one per
@@ -317,12 +319,12 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
       for (const b of blobs) void source.prepare?.(b, AbortSignal.timeout(PREPARE_TIMEOUT_MS)).catch((err: unknown) => { log?.debug('blob task not prepared', { blob: b, error: (err as Error).message }) })
       await mountLayer({ meta, blobs: blobs.map(b => server.path(b)) }, dir, init.mounter)
       const ms = (a: number, b: number): number => Math.round(b - a)
-      await prefetchIfTop(found)
       log?.info('lazy layer mounted', {
         layer: desc.digest, image: layer.imageRef, blobs: blobs.length,
         // where the mount's time went: manifest + config, metadata layer, chunk table, blob server, EROFS mount
         ms: { image: ms(t0, tFound), meta: ms(tFound, tMeta), chunkTable: ms(tMeta, tFiles), server: ms(tFiles, tServing), mount: ms(tServing, performance.now()) }
       })
+      await prefetchIfTop(found)
       return true
     },
     unmount: async (dir: string): Promise<void> => {
