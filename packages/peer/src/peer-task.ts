@@ -312,6 +312,8 @@ interface ParentState extends ParentView {
   /** stall check: bytes the connection had received at the last sample, and when that count last moved */
   seenBytes: number
   movedAt: number
+  /** busy frames the connection had received at the last sample (the parent is alive, serving others first) */
+  seenBusy: number
   /**
    * What the scheduler said the parent holds before this task's layout was known (the parents message's
    * bitmap, `have` numbers, at most EARLY_HAVES of them): applied when the layout comes, else those
@@ -344,6 +346,8 @@ export interface PeerTaskInit {
   pieceChannel?: PieceChannel
   onStats?: (kind: 'peer' | 'source', bytes: number) => void
   onBlame?: (parent: string, reason: Error) => void
+  /** a parent with requests in flight said it is busy (its answers to us wait behind its other children) */
+  onBusy?: (parent: string) => void
   /** a piece connection to a parent opened, over this channel */
   onConnection?: (channel: string) => void
   /** a parent list arrived: `striped` when it names stripe parents (stripe_count > 0), else `chain` */
@@ -599,7 +603,7 @@ export class PeerTask {
       keep.add(wp.peerId)
       let p = this.parents.get(wp.peerId)
       if (p == null) {
-        p = { id: wp.peerId, addrs: (wp.addrs ?? []).map(a => multiaddr(a).toString()), bitmap: undefined, conn: undefined, connecting: undefined, inflight: new Set(), bytes: 0, rank, stripes: 0, seenBytes: 0, movedAt: Date.now() }
+        p = { id: wp.peerId, addrs: (wp.addrs ?? []).map(a => multiaddr(a).toString()), bitmap: undefined, conn: undefined, connecting: undefined, inflight: new Set(), bytes: 0, rank, stripes: 0, seenBytes: 0, movedAt: Date.now(), seenBusy: 0 }
         this.parents.set(wp.peerId, p)
       }
       p.rank = rank++
@@ -738,8 +742,11 @@ export class PeerTask {
     const bytes = numbers.length * s.info.pieceLength
     const timeout = PIECE_TIMEOUT_MS + PIECE_TIMEOUT_PER_MIB_MS * bytes / (1024 * 1024) * (1 + p.inflight.size / REQUEST_BATCH)
     let timer: NodeJS.Timeout | undefined
+    let conn: PieceConnection | undefined
+    let busy0 = 0
     try {
-      const conn = await this.connection(p)
+      conn = await this.connection(p)
+      busy0 = conn.busy
       const writes: Array<Promise<void>> = []
       let bad: Error | undefined
       await Promise.race([
@@ -755,8 +762,11 @@ export class PeerTask {
       if (bad != null) throw bad
     } catch (err) {
       const e = err as Error
-      this.log.debug('request failed', { parent: p.id, err: e.message })
-      if (this.parents.get(p.id) === p) this.dropParent(p, BLAMED.has(e.name) ? e : undefined)
+      // a request that timed out while its parent said it was busy: a slow parent, not a hung one; it is
+      // dropped (its pieces go to others, the scheduler is asked for parents) but not blamed
+      const busy = e.name === 'ParentTimeoutError' && conn != null && conn.busy > busy0
+      this.log.debug('request failed', { parent: p.id, err: e.message, busy })
+      if (this.parents.get(p.id) === p) this.dropParent(p, BLAMED.has(e.name) && !busy ? e : undefined)
     } finally {
       clearTimeout(timer)
       for (const n of numbers) {
@@ -771,8 +781,11 @@ export class PeerTask {
 
   /**
    * One timer per download while parents have requests in flight: a parent whose connection received no
-   * byte for PARENT_STALL_MS is blamed (ParentTimeoutError) and its pieces go back to the others. The
-   * connection only counts bytes; this samples the count.
+   * byte for PARENT_STALL_MS is hung, blamed (ParentTimeoutError), and its pieces go back to the others.
+   * A busy parent is not: while our answers wait behind its other children it sends a busy frame every
+   * PIECE_BUSY_INTERVAL_MS (packages/transfer), which counts as a byte; meanwhile the piece policy asks
+   * backups (STALL_MS) and the request's own timeout bounds the wait. The connection only counts bytes
+   * and busy frames; this samples the counts.
    */
   private watchParents (): void {
     if (this.parentWatch != null) return
@@ -786,7 +799,12 @@ export class PeerTask {
         // connecting is bounded on its own (the 5 s signal of PieceConnection.open)
         if (p.connecting != null || p.conn?.isOpen !== true) { p.movedAt = now; continue }
         const got = p.conn.received
-        if (got !== p.seenBytes) { p.seenBytes = got; p.movedAt = now; continue }
+        if (got !== p.seenBytes) {
+          p.seenBytes = got; p.movedAt = now
+          const busy = p.conn.busy
+          if (busy !== p.seenBusy) { p.seenBusy = busy; this.init.onBusy?.(p.id) }
+          continue
+        }
         if (now - p.movedAt < PARENT_STALL_MS) continue
         this.dropParent(p, new ParentTimeoutError(`parent ${p.id} sent no byte for ${now - p.movedAt} ms with ${p.inflight.size} pieces asked`))
       }

@@ -364,11 +364,15 @@ export function buildMirror (init: MirrorInit): Mirror {
     return await reply.send(Readable.from(rest(), { objectMode: false }))
   }
 
-  /** The blob as a P2P task through the reader: the status waits for the first verified bytes. */
+  /**
+   * The blob as a P2P task through the reader: the status waits for the first verified bytes. A slow
+   * swarm is waited for (whileProgressing: a read fails only once the task received nothing for the
+   * reader's timeout, or when the task fails), so what the upstream serves does not grow with load.
+   */
   async function fromSwarm (request: TaskRequest, rangeHeader: string | undefined, signal: AbortSignal): Promise<{ total: number, range: { start: number, end: number } | undefined, first: IteratorResult<Uint8Array>, it: AsyncIterator<Uint8Array>, source: 'swarm' }> {
-    const info = await init.reader.stat({ request, signal })
+    const info = await init.reader.stat({ request, signal, whileProgressing: true })
     const range = byteRange(rangeHeader, info.contentLength)
-    const it = init.reader.stream({ request, signal, ...(range != null ? { offset: range.start, end: range.end + 1 } : {}) })[Symbol.asyncIterator]()
+    const it = init.reader.stream({ request, signal, whileProgressing: true, ...(range != null ? { offset: range.start, end: range.end + 1 } : {}) })[Symbol.asyncIterator]()
     const first = await it.next()
     return { total: info.contentLength, range, first, it, source: 'swarm' }
   }
