@@ -92,6 +92,7 @@ try {
     direct_s: round(directS), mirror_s: round(mirrorS), speedup: round(directS / mirrorS),
     upstream_bytes_ratio_direct: round(directBytes / imageBytes), upstream_bytes_ratio_mirror: round(mirrorBytes / imageBytes),
     mirror_upstream_fallbacks: sum('guoce_mirror_upstream_fallbacks_total'), fallback_reasons: reasons, daemon_back_to_source: backToSource, daemon_parents_blamed: blamed,
+    daemon_busy_parents: sum('guoce_peer_busy_parents_total'), daemon_silent_parents: sum('guoce_peer_silent_parents_total'),
     daemon_origin_bytes_ratio: round(sum('guoce_peer_download_bytes_total{source="origin"}') / imageBytes / N),
     daemon_peer_bytes_ratio: round(sum('guoce_peer_download_bytes_total{source="peer"}') / imageBytes / N)
   }) + '\n')
