@@ -525,7 +525,7 @@ export class SchedulerCore {
       if (!edges.includes(old)) { child.parents.delete(old); old.children.delete(child) }
     }
     for (const p of edges) { child.parents.add(p); p.children.add(child) }
-    const parents: WireParent[] = chosen.map(p => ({ peerId: p.id, addrs: p.host.info.addrs, bitmap: p.bitmap?.bytes ?? new Uint8Array(), stripes: stripes.get(p) ?? 0 }))
+    const parents: WireParent[] = chosen.map(p => ({ peerId: p.id, addrs: p.host.info.addrs, bitmap: p.bitmap?.bytes ?? new Uint8Array(), stripes: stripes.get(p) ?? 0, seed: p.host.isSeed && p.isSource }))
     this.log.debug('parents', { task: child.task.id.slice(0, 12), child: child.id, parents: chosen.map(p => p.id), stripeCount })
     child.host.send({ parents: { taskId: child.task.id, parents, stripeCount } })
   }

@@ -321,6 +321,13 @@ interface ParentState extends ParentView {
    */
   silent: boolean
   /**
+   * The task's designated seed (Parent.seed): it holds or fetches every piece and the origin is the only
+   * alternative to it, so its silence is waited out (its pieces asked of others meanwhile), never blamed
+   * as a stall; a seed that is really gone leaves the scheduler (SCHEDULER_IDLE_TIMEOUT_MS), which then
+   * orders a new source.
+   */
+  seed: boolean
+  /**
    * What the scheduler said the parent holds before this task's layout was known (the parents message's
    * bitmap, `have` numbers, at most EARLY_HAVES of them): applied when the layout comes, else those
    * pieces would stay unknown until the next parents message (often only when the parent completes).
@@ -398,6 +405,8 @@ export class PeerTask {
   private readonly waiters: PieceWaiters
   private stallTimer: NodeJS.Timeout | undefined
   private parentWatch: NodeJS.Timeout | undefined
+  /** when the stall check last ran (a late tick means this process was not running) */
+  private lastWatch = 0
   /** ranged reads only (request.ranged): fetch what reads ask for, no background fill, until upgrade() */
   private lazy: boolean
   /** lazy: when each wanted piece was last asked of the scheduler (want), so it is asked again only after WANT_RETRY_MS */
@@ -621,11 +630,12 @@ export class PeerTask {
       keep.add(wp.peerId)
       let p = this.parents.get(wp.peerId)
       if (p == null) {
-        p = { id: wp.peerId, addrs: (wp.addrs ?? []).map(a => multiaddr(a).toString()), bitmap: undefined, conn: undefined, connecting: undefined, inflight: new Set(), bytes: 0, rank, stripes: 0, seenBytes: 0, movedAt: Date.now(), seenBusy: 0, silent: false }
+        p = { id: wp.peerId, addrs: (wp.addrs ?? []).map(a => multiaddr(a).toString()), bitmap: undefined, conn: undefined, connecting: undefined, inflight: new Set(), bytes: 0, rank, stripes: 0, seenBytes: 0, movedAt: Date.now(), seenBusy: 0, silent: false, seed: false }
         this.parents.set(wp.peerId, p)
       }
       p.rank = rank++
       p.stripes = k > 0 ? (wp.stripes ?? 0) : 0
+      p.seed = wp.seed === true
       if (count != null) {
         const b = new Bitmap(count, wp.bitmap != null && wp.bitmap.length > 0 ? wp.bitmap : undefined)
         if (p.bitmap == null) p.bitmap = b
@@ -818,7 +828,7 @@ export class PeerTask {
       // a request that timed out while its parent said it was busy, or while the parent host kept sending
       // to our other downloads: a slow parent, not a hung one; it is dropped (its pieces go to others,
       // the scheduler is asked for parents) but not blamed
-      const busy = e.name === 'ParentTimeoutError' && ((conn != null && conn.busy > busy0) || Date.now() - (this.init.heard?.get(p.id) ?? -Infinity) < PARENT_STALL_MS)
+      const busy = e.name === 'ParentTimeoutError' && (p.seed || (conn != null && conn.busy > busy0) || Date.now() - (this.init.heard?.get(p.id) ?? -Infinity) < PARENT_STALL_MS)
       this.log.debug('request failed', { parent: p.id, err: e.message, busy })
       if (this.parents.get(p.id) === p) this.dropParent(p, BLAMED.has(e.name) && !busy ? e : undefined)
     } finally {
@@ -829,6 +839,8 @@ export class PeerTask {
         set?.delete(p.id)
         if (set?.size === 0) this.requested.delete(n)
       }
+      // a silent parent that answered what it was asked may be asked again
+      if (p.inflight.size === 0) p.silent = false
       this.pump()
     }
   }
@@ -838,50 +850,64 @@ export class PeerTask {
    * byte for PARENT_STALL_MS is silent: its pieces go to the other parents at once and it is asked
    * nothing more until it sends again. It is hung, blamed (ParentTimeoutError), only if its host sent
    * nothing on any of the daemon's piece connections for PARENT_STALL_MS either (`heard`): a stopped
-   * process. A busy parent is not hung: while our answers wait behind its other children it sends a busy
+   * process; never the task's designated seed (ParentState.seed), whose silence is waited out. Silence
+   * counts only while this process runs (a late tick is not the parent's). A busy parent is not hung: while our answers wait behind its other children it sends a busy
    * frame every PIECE_BUSY_INTERVAL_MS (packages/transfer), which counts as a byte, and a host whose
    * other flows move is alive; the request's own timeout bounds the wait. The connection only counts
    * bytes and busy frames; this samples the counts.
    */
   private watchParents (): void {
     if (this.parentWatch != null) return
+    this.lastWatch = Date.now()
     this.parentWatch = setInterval(() => {
-      if (this.state !== 'running') { this.unwatchParents(); return }
-      const now = Date.now()
-      let busy = false
-      let changed = false
-      for (const p of [...this.parents.values()]) {
-        if (p.inflight.size === 0) continue
-        busy = true
-        // connecting is bounded on its own (the 5 s signal of PieceConnection.open)
-        if (p.connecting != null || p.conn?.isOpen !== true) { p.movedAt = now; continue }
-        const got = p.conn.received
-        if (got !== p.seenBytes) {
-          p.seenBytes = got; p.movedAt = now
-          this.hear(p.id, now)
-          if (p.silent) { p.silent = false; changed = true; this.reclaim(p) }
-          const busy = p.conn.busy
-          if (busy !== p.seenBusy) { p.seenBusy = busy; this.init.onBusy?.(p.id) }
-          continue
-        }
-        if (now - p.movedAt < PARENT_STALL_MS) continue
-        const heard = Math.max(p.movedAt, this.init.heard?.get(p.id) ?? -Infinity)
-        if (now - heard >= PARENT_STALL_MS) {
-          this.dropParent(p, new ParentTimeoutError(`parent ${p.id} sent no byte for ${now - p.movedAt} ms with ${p.inflight.size} pieces asked`))
-          continue
-        }
-        if (!p.silent) {
-          p.silent = true
-          changed = true
-          this.release(p)
-          this.init.onSilent?.(p.id)
-          this.log.debug('parent silent here while its host sends elsewhere: its pieces go to others', { parent: p.id, ms: now - p.movedAt, pieces: p.inflight.size })
-        }
-      }
-      if (changed) this.pump()
-      if (!busy) this.unwatchParents()
+      // a tick that comes late: this process did not run (a loaded machine), so the parents' silence
+      // meanwhile is not theirs; and the verdicts wait for the I/O that piled up (setImmediate runs
+      // after the poll phase, where the bytes that came meanwhile are counted)
+      const late = Date.now() - this.lastWatch - PARENT_STALL_CHECK_MS
+      this.lastWatch = Date.now()
+      if (late > PARENT_STALL_CHECK_MS) for (const p of this.parents.values()) p.movedAt += late
+      setImmediate(() => { this.checkParents() })
     }, PARENT_STALL_CHECK_MS)
     this.parentWatch.unref()
+  }
+
+  /** The stall check's verdicts (see watchParents). */
+  private checkParents (): void {
+    if (this.parentWatch == null) return
+    if (this.state !== 'running') { this.unwatchParents(); return }
+    const now = Date.now()
+    let busy = false
+    let changed = false
+    for (const p of [...this.parents.values()]) {
+      if (p.inflight.size === 0) continue
+      busy = true
+      // connecting is bounded on its own (the 5 s signal of PieceConnection.open)
+      if (p.connecting != null || p.conn?.isOpen !== true) { p.movedAt = now; continue }
+      const got = p.conn.received
+      if (got !== p.seenBytes) {
+        p.seenBytes = got; p.movedAt = now
+        this.hear(p.id, now)
+        if (p.silent) { p.silent = false; changed = true; this.reclaim(p) }
+        const busy = p.conn.busy
+        if (busy !== p.seenBusy) { p.seenBusy = busy; this.init.onBusy?.(p.id) }
+        continue
+      }
+      if (now - p.movedAt < PARENT_STALL_MS) continue
+      const heard = Math.max(p.movedAt, this.init.heard?.get(p.id) ?? -Infinity)
+      if (now - heard >= PARENT_STALL_MS && !p.seed) {
+        this.dropParent(p, new ParentTimeoutError(`parent ${p.id} sent no byte for ${now - p.movedAt} ms with ${p.inflight.size} pieces asked`))
+        continue
+      }
+      if (!p.silent) {
+        p.silent = true
+        changed = true
+        this.release(p)
+        this.init.onSilent?.(p.id)
+        this.log.debug(p.seed ? 'the seed is silent: waited for, its pieces asked of others meanwhile' : 'parent silent here while its host sends elsewhere: its pieces go to others', { parent: p.id, ms: now - p.movedAt, pieces: p.inflight.size })
+      }
+    }
+    if (changed) this.pump()
+    if (!busy) this.unwatchParents()
   }
 
   private unwatchParents (): void {

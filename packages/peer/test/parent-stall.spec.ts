@@ -25,14 +25,16 @@ const never = new Promise<never>(() => {})
 const idOf = (name: string): string => taskIdFrom({ url: `http://origin/${name}` })
 
 /** A parent holding every piece of every task; `hang(task)` decides whether it answers that task at all. */
-async function parent (hang: (task: string) => boolean, delayMs = 0): Promise<Libp2p> {
+async function parent (hang: (task: string) => boolean | Promise<void>, delayMs = 0): Promise<Libp2p> {
   const node = await createNode({ listen: ['/ip4/127.0.0.1/tcp/0'] })
   cleanups.push(async () => { await node.stop() })
   await servePieces(node, {
     log: silentLogger,
     provider: {
       async getPiece (task, n) {
-        if (hang(task)) return await never
+        const h = hang(task)
+        if (h === true) return await never
+        if (h !== false) await h
         if (delayMs > 0) await new Promise(resolve => setTimeout(resolve, delayMs))
         return { data: pieceOf(n), digest: digests[n]! }
       }
@@ -49,7 +51,7 @@ async function childStore (): Promise<TaskStore> {
 }
 
 /** A download of `task` on the child, told its layout, digests and `parents` as the scheduler would. */
-async function download (node: Libp2p, store: TaskStore, heard: Map<string, number>, name: string, parents: Libp2p[]): Promise<{ t: PeerTask, sent: PeerMessage[] }> {
+async function download (node: Libp2p, store: TaskStore, heard: Map<string, number>, name: string, parents: Libp2p[], seed?: Libp2p): Promise<{ t: PeerTask, sent: PeerMessage[] }> {
   const sent: PeerMessage[] = []
   const task = idOf(name)
   const t = new PeerTask({ taskId: task, request: { url: `http://origin/${name}` }, node, store, send: m => { sent.push(m); return true }, log: silentLogger, heard })
@@ -58,7 +60,7 @@ async function download (node: Libp2p, store: TaskStore, heard: Map<string, numb
   t.onSchedulerMessage({ taskInfo: { taskId: task, info } })
   t.onSchedulerMessage({ digests: { taskId: task, numbers: digests.map((_, n) => n), digests } })
   const full = new Bitmap(COUNT); for (let n = 0; n < COUNT; n++) full.set(n)
-  t.onSchedulerMessage({ parents: { taskId: task, stripeCount: 0, parents: parents.map(p => ({ peerId: p.peerId.toString(), addrs: p.getMultiaddrs().map(a => a.bytes), bitmap: full.bytes, stripes: 0 })) } })
+  t.onSchedulerMessage({ parents: { taskId: task, stripeCount: 0, parents: parents.map(p => ({ peerId: p.peerId.toString(), addrs: p.getMultiaddrs().map(a => a.bytes), bitmap: full.bytes, stripes: 0, seed: p === seed })) } })
   return { t, sent }
 }
 
@@ -94,5 +96,21 @@ describe('a silent parent', () => {
     expect(blamed(c.sent)).toEqual([pid])
     expect(c.sent.find(m => m.badParent != null)!.badParent!.reason).toMatch(/sent no byte for \d+ ms/)
     expect(Date.now() - t1).toBeLessThan(6_000)
+  }, 30_000)
+
+  it('the task\'s seed is never blamed for silence: the child waits for it, and takes its pieces when they come', async () => {
+    // the seed answers nothing for 5 s (a loaded host: no byte to anyone), then everything
+    const wake = new Promise<void>(resolve => setTimeout(resolve, 5_000))
+    const seed = await parent(() => wake)
+    const node = await createNode({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    cleanups.push(async () => { await node.stop() })
+    const store = await childStore()
+    const t0 = Date.now()
+    const d = await download(node, store, new Map(), 'slow-seed', [seed], seed)
+    await d.t.finished
+    expect(Date.now() - t0).toBeGreaterThan(4_000)
+    expect(blamed(d.sent)).toEqual([])
+    expect(d.t.piecesFromPeers).toBe(COUNT)
+    expect(d.t.piecesFromSource).toBe(0)
   }, 30_000)
 })
