@@ -183,6 +183,9 @@ describe('back to source is the last resort', () => {
     // after MAX_SCHEDULE_RETRIES fruitless asks it gets the seed, whose slots are all taken
     expect(s.peer('seed').host.childCount).toBeGreaterThan(1)
     expect(s.parents('p2')).toEqual(['seed'])
+    // named as the task's seed (a child waits out its silence), a normal parent is not
+    expect(s.lastParents('p2')!.parents[0]!.seed).toBe(true)
+    expect(s.lastParents('p1')!.parents.find(p => p.peerId === 'p0')?.seed).toBe(false)
     // the seed hung: blamed by two children, it can no longer serve anyone: the origin it is
     s.send('p1', { badParent: { taskId: TASK, parent: 'seed', reason: 'sent no byte for 3000 ms' } })
     s.send('p0', { badParent: { taskId: TASK, parent: 'seed', reason: 'sent no byte for 3000 ms' } })
