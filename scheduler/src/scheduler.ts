@@ -585,8 +585,9 @@ export class SchedulerCore {
  * Why the swarm cannot serve `child` (the scheduler then sends it back to source), or undefined while
  * the task's designated seed is still here and usable for it: the seed holds or fetches every piece,
  * so a child whose parents are only busy waits for them (or for the seed) rather than load the origin
- * again. The seed is unusable once it left or failed, once this child blamed it, or once several
- * children did (a hung seed: a busy one sends busy frames, packages/transfer, and is not blamed).
+ * again. The seed is unusable once it left or failed (a hung seed leaves at SCHEDULER_IDLE_TIMEOUT_MS),
+ * once this child blamed it, or once several children did (bad pieces, protocol violations: a child
+ * never blames the seed for silence, packages/peer).
  */
 export function swarmCannotServe (child: Peer): string | undefined {
   let seed: Peer | undefined

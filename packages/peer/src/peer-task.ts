@@ -851,10 +851,11 @@ export class PeerTask {
    * nothing more until it sends again. It is hung, blamed (ParentTimeoutError), only if its host sent
    * nothing on any of the daemon's piece connections for PARENT_STALL_MS either (`heard`): a stopped
    * process; never the task's designated seed (ParentState.seed), whose silence is waited out. Silence
-   * counts only while this process runs (a late tick is not the parent's). A busy parent is not hung: while our answers wait behind its other children it sends a busy
-   * frame every PIECE_BUSY_INTERVAL_MS (packages/transfer), which counts as a byte, and a host whose
-   * other flows move is alive; the request's own timeout bounds the wait. The connection only counts
-   * bytes and busy frames; this samples the counts.
+   * counts only while this process runs (a late tick is not the parent's). A busy parent is not hung:
+   * while our answers wait behind its other children it sends a busy frame every
+   * PIECE_BUSY_INTERVAL_MS (packages/transfer), which counts as a byte, and a host whose other flows
+   * move is alive; the request's own timeout bounds the wait. The connection only counts bytes and
+   * busy frames; this samples the counts.
    */
   private watchParents (): void {
     if (this.parentWatch != null) return
