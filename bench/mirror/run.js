@@ -2,18 +2,18 @@
 // fetch one image at once, each with its own containerd: directly from the registry (baseline), then through
 // their guoce daemons' registry mirrors (hosts.toml). Prints time until all are done and the bytes that left
 // the registry, as ratios.
-// usage: npm run bench -- mirror [--n 8] [--mib 300] [--layers 6] [--mbit 100]
+// usage: npm run bench -- mirror [--n 8] [--mib 300] [--layers 6] [--mbit 100] [--skip-direct] [--log-dir DIR]
 import { parseArgs, promisify } from 'node:util'
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import {
   startGuoce, stopAll, runGuoce, startRegistry, startPullContainerd, stopRegistries, buildImage, pushImage, createNetwork
 } from '@guoce/testkit'
 
-const { values: v } = parseArgs({ options: { 'skip-direct': { type: 'boolean', default: false }, n: { type: 'string', default: '8' }, mib: { type: 'string', default: '300' }, layers: { type: 'string', default: '6' }, mbit: { type: 'string', default: '100' } } })
+const { values: v } = parseArgs({ options: { 'skip-direct': { type: 'boolean', default: false }, n: { type: 'string', default: '8' }, mib: { type: 'string', default: '300' }, layers: { type: 'string', default: '6' }, mbit: { type: 'string', default: '100' }, 'log-dir': { type: 'string' } } })
 const N = Number(v.n); const MiB = 1024 * 1024; const LAYERS = Number(v.layers); const MBIT = Number(v.mbit)
 const exec = promisify(execFile)
 const log = (m) => process.stderr.write(`[mirror] ${m}\n`)
@@ -54,7 +54,7 @@ try {
   // the swarm: scheduler and seed on their own host, a daemon with its mirror on every node
   const sched = await startGuoce(['scheduler', '--listen', `/ip4/${net.ip('infra')}/tcp/65003`, '--data', join(dir, 'scheduler')], { netns: net.ns('infra') })
   const key = sched.ready.clusterKey
-  await startGuoce(['seed', '--scheduler', sched.ready.addr, '--cluster-key', key, '--seed-key', sched.ready.seedKey, '--data', join(dir, 'seed'), '--listen', `/ip4/${net.ip('infra')}/tcp/0`], { netns: net.ns('infra') })
+  const seed = await startGuoce(['seed', '--scheduler', sched.ready.addr, '--cluster-key', key, '--seed-key', sched.ready.seedKey, '--data', join(dir, 'seed'), '--listen', `/ip4/${net.ip('infra')}/tcp/0`], { netns: net.ns('infra') })
   const viaMirror = []
   const daemons = []
   for (const n of nodes) {
@@ -80,12 +80,19 @@ try {
   const count = (pred, key) => { const c = {}; for (const d of daemons) for (const l of d.proc.stderr) { if (!pred(l)) continue; let k = 'unparsed'; try { k = String(JSON.parse(l)[key]).replace(/\d+/g, 'N').slice(0, 80) } catch {} c[k] = (c[k] ?? 0) + 1 } return c }
   const backToSource = count(l => l.includes('"back to source"'), 'reason')
   const blamed = count(l => l.includes('"parent blamed"'), 'reason')
+  // the swarm's own logs, for a look at what happened (--log-dir)
+  if (v['log-dir'] != null) {
+    await mkdir(v['log-dir'], { recursive: true })
+    const logs = [['scheduler', sched], ['seed', seed], ...daemons.map((d, i) => [`daemon-${nodes[i]}`, d.proc])]
+    for (const [name, p] of logs) await writeFile(join(v['log-dir'], `${name}.log`), p.stderr.join('\n') + '\n')
+  }
   const round = (x) => Math.round(x * 1000) / 1000
   process.stdout.write(JSON.stringify({
     bench: 'mirror', n: N, image_bytes: imageBytes, layers: LAYERS, link_mbit: MBIT,
     direct_s: round(directS), mirror_s: round(mirrorS), speedup: round(directS / mirrorS),
     upstream_bytes_ratio_direct: round(directBytes / imageBytes), upstream_bytes_ratio_mirror: round(mirrorBytes / imageBytes),
     mirror_upstream_fallbacks: sum('guoce_mirror_upstream_fallbacks_total'), fallback_reasons: reasons, daemon_back_to_source: backToSource, daemon_parents_blamed: blamed,
+    daemon_busy_parents: sum('guoce_peer_busy_parents_total'), daemon_silent_parents: sum('guoce_peer_silent_parents_total'),
     daemon_origin_bytes_ratio: round(sum('guoce_peer_download_bytes_total{source="origin"}') / imageBytes / N),
     daemon_peer_bytes_ratio: round(sum('guoce_peer_download_bytes_total{source="peer"}') / imageBytes / N)
   }) + '\n')

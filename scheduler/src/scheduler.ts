@@ -478,10 +478,17 @@ export class SchedulerCore {
     if (!task.covered) {
       this.ensureSource(task, peer)
     } else if (peer.scheduleRetries > MAX_SCHEDULE_RETRIES) {
-      peer.isSource = true
-      peer.state = 'back-to-source'
-      peer.host.send({ backToSource: { taskId, reason: `no usable parent after ${MAX_SCHEDULE_RETRIES} tries` } })
-      return
+      // the origin is the last resort: while the task's seed can serve the child (however busy it and
+      // the other parents are), the child waits in the swarm and gets the seed over its upload slots
+      const why = swarmCannotServe(peer)
+      if (why != null) {
+        peer.isSource = true
+        peer.state = 'back-to-source'
+        this.log.info('back-to-source ordered', { task: taskId.slice(0, 12), peer: peer.id, reason: why })
+        peer.host.send({ backToSource: { taskId, reason: `no usable parent after ${MAX_SCHEDULE_RETRIES} tries: ${why}` } })
+        return
+      }
+      this.log.debug('starving child kept in the swarm: the seed serves it', { task: taskId.slice(0, 12), peer: peer.id, tries: peer.scheduleRetries })
     }
     this.schedule(peer)
   }
@@ -518,7 +525,7 @@ export class SchedulerCore {
       if (!edges.includes(old)) { child.parents.delete(old); old.children.delete(child) }
     }
     for (const p of edges) { child.parents.add(p); p.children.add(child) }
-    const parents: WireParent[] = chosen.map(p => ({ peerId: p.id, addrs: p.host.info.addrs, bitmap: p.bitmap?.bytes ?? new Uint8Array(), stripes: stripes.get(p) ?? 0 }))
+    const parents: WireParent[] = chosen.map(p => ({ peerId: p.id, addrs: p.host.info.addrs, bitmap: p.bitmap?.bytes ?? new Uint8Array(), stripes: stripes.get(p) ?? 0, seed: p.host.isSeed && p.isSource }))
     this.log.debug('parents', { task: child.task.id.slice(0, 12), child: child.id, parents: chosen.map(p => p.id), stripeCount })
     child.host.send({ parents: { taskId: child.task.id, parents, stripeCount } })
   }
@@ -572,6 +579,25 @@ export class SchedulerCore {
     }
     for (const t of this.tasks.values()) if (t.seeding === host.id) { t.seeding = undefined; this.ensureSource(t) }
   }
+}
+
+/**
+ * Why the swarm cannot serve `child` (the scheduler then sends it back to source), or undefined while
+ * the task's designated seed is still here and usable for it: the seed holds or fetches every piece,
+ * so a child whose parents are only busy waits for them (or for the seed) rather than load the origin
+ * again. The seed is unusable once it left or failed (a hung seed leaves at SCHEDULER_IDLE_TIMEOUT_MS),
+ * once this child blamed it, or once several children did (bad pieces, protocol violations: a child
+ * never blames the seed for silence, packages/peer).
+ */
+export function swarmCannotServe (child: Peer): string | undefined {
+  let seed: Peer | undefined
+  for (const p of child.task.peers.values()) {
+    if (p !== child && p.isSource && p.host.isSeed && p.state !== 'failed' && p.state !== 'left') { seed = p; break }
+  }
+  if (seed == null) return 'no seed holds or fetches the task'
+  if (child.blamed.has(seed.id)) return 'the child blamed the seed'
+  if (seed.bad) return 'several children blamed the seed'
+  return undefined
 }
 
 /** A stripe parent a child may take: still in the task, not blamed. */

@@ -171,6 +171,36 @@ describe('scheduling at scale', () => {
   })
 })
 
+describe('back to source is the last resort', () => {
+  it('keeps a starving child in the swarm while the seed can serve it, over the seed\'s slots; sends it to the origin once the seed is blamed or gone', () => {
+    const s = swarm(3)
+    // p2's parents are busy (nothing arrives) and the seed has no free upload slot
+    s.peer('seed').host.info.uploadSlots = 1
+    s.send('p2', { badParent: { taskId: TASK, parent: 'p0', reason: 'digest' } })
+    s.send('p2', { badParent: { taskId: TASK, parent: 'p1', reason: 'digest' } })
+    for (let i = 0; i < 3 * MAX_SCHEDULE_RETRIES; i++) s.send('p2', { needParents: { taskId: TASK } })
+    expect(s.got('p2', 'backToSource')).toBe(0)
+    // after MAX_SCHEDULE_RETRIES fruitless asks it gets the seed, whose slots are all taken
+    expect(s.peer('seed').host.childCount).toBeGreaterThan(1)
+    expect(s.parents('p2')).toEqual(['seed'])
+    // named as the task's seed (a child waits out its silence), a normal parent is not
+    expect(s.lastParents('p2')!.parents[0]!.seed).toBe(true)
+    expect(s.lastParents('p1')!.parents.find(p => p.peerId === 'p0')?.seed).toBe(false)
+    // the seed hung: blamed by two children, it can no longer serve anyone: the origin it is
+    s.send('p1', { badParent: { taskId: TASK, parent: 'seed', reason: 'sent no byte for 3000 ms' } })
+    s.send('p0', { badParent: { taskId: TASK, parent: 'seed', reason: 'sent no byte for 3000 ms' } })
+    s.send('p2', { needParents: { taskId: TASK } })
+    expect(s.got('p2', 'backToSource')).toBe(1)
+    // a seed that left: the same
+    const t = swarm(2)
+    t.send('p1', { badParent: { taskId: TASK, parent: 'p0', reason: 'digest' } })
+    t.send('seed', { leave: { taskId: TASK } })
+    t.send('p0', { pieceDone: { taskId: TASK, numbers: Array.from({ length: info.pieceCount }, (_, i) => i) } })
+    for (let i = 0; i <= MAX_SCHEDULE_RETRIES; i++) t.send('p1', { needParents: { taskId: TASK } })
+    expect(t.got('p1', 'backToSource')).toBe(1)
+  })
+})
+
 describe('a stalled parent', () => {
   it('is not offered again to a starving child that holds all it has; a parent still making progress is', () => {
     const s = swarm(2)

@@ -97,6 +97,13 @@ export interface ReadOptions extends AbortOptions {
    * fails with ReadTimeoutError. @default the reader's own (READ_TIMEOUT_MS in packages/peer)
    */
   timeoutMs?: number
+  /**
+   * Count `timeoutMs` from the task's last progress (the last piece it received, or the start of the
+   * wait if later) instead of from the start of the wait: a read of a slow task that still receives
+   * pieces waits for it; a read of a task that receives nothing for `timeoutMs` fails as before. For a
+   * caller whose alternative to waiting is to load the origin again (the registry mirror). @default false
+   */
+  whileProgressing?: boolean
 }
 
 /** A ranged read: `length` bytes from `offset` (fewer only where the content ends). */

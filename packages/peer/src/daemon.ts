@@ -28,6 +28,10 @@ export interface DaemonStats {
   uploadBytes: number
   tasksStarted: number
   blamedParents: number
+  /** samples of the stall check in which a parent with requests in flight said it was busy (not blamed) */
+  busyParents: number
+  /** parent connections that went silent while the host still sent on others (pieces asked elsewhere, not blamed) */
+  silentParents: number
   /** piece connections opened to parents, by channel (stream, secure, integrity) */
   parentConnections: Record<string, number>
   /** parent lists received, by mode */
@@ -37,8 +41,10 @@ export interface DaemonStats {
 export class PeerDaemon implements Startable {
   readonly tasks = new Map<string, PeerTask>()
   readonly client: SchedulerClient
-  readonly stats: DaemonStats = { peerBytes: 0, sourceBytes: 0, uploadBytes: 0, tasksStarted: 0, blamedParents: 0, parentConnections: {}, parentLists: { chain: 0, striped: 0 } }
+  readonly stats: DaemonStats = { peerBytes: 0, sourceBytes: 0, uploadBytes: 0, tasksStarted: 0, blamedParents: 0, busyParents: 0, silentParents: 0, parentConnections: {}, parentLists: { chain: 0, striped: 0 } }
   private pieceServer: PieceServer | undefined
+  /** when a byte last came from each parent host, over all downloads (PeerTaskInit.heard) */
+  private readonly heard = new Map<string, number>()
   /**
    * The one way to read a task's bytes on this host, complete or still downloading (the local API's
    * content route, and every consumer in this process).
@@ -164,6 +170,9 @@ export class PeerDaemon implements Startable {
       ...(this.init.originTimeoutMs != null ? { originTimeoutMs: this.init.originTimeoutMs } : {}),
       ...(this.init.pieceChannel != null ? { pieceChannel: this.init.pieceChannel } : {}),
       onBlame: () => { this.stats.blamedParents++ },
+      onBusy: () => { this.stats.busyParents++ },
+      onSilent: () => { this.stats.silentParents++ },
+      heard: this.heard,
       onConnection: (channel) => { this.stats.parentConnections[channel] = (this.stats.parentConnections[channel] ?? 0) + 1 },
       onParentList: (mode) => { this.stats.parentLists[mode]++ },
       onStats: (kind, bytes) => { if (kind === 'peer') this.stats.peerBytes += bytes; else this.stats.sourceBytes += bytes }

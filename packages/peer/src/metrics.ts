@@ -39,6 +39,8 @@ export function daemonMetrics (): DaemonMetrics & { bind: (d: PeerDaemon) => voi
       countedBy(registry, 'guoce_peer_upload_bytes_total', 'Piece bytes this daemon served to children', [], () => [[{}, s.uploadBytes]])
       countedBy(registry, 'guoce_peer_tasks_started_total', 'Downloads started', [], () => [[{}, s.tasksStarted]])
       countedBy(registry, 'guoce_peer_blamed_parents_total', 'Parents blamed (bad digest, stall, protocol violation)', [], () => [[{}, s.blamedParents]])
+      countedBy(registry, 'guoce_peer_busy_parents_total', 'Stall checks that found a parent busy (busy frames, no piece bytes): kept, not blamed', [], () => [[{}, s.busyParents]])
+      countedBy(registry, 'guoce_peer_silent_parents_total', 'Parent connections silent for PARENT_STALL_MS while the parent host sent on others: pieces asked elsewhere, not blamed', [], () => [[{}, s.silentParents]])
       countedBy(registry, 'guoce_peer_parent_connections_total', 'Piece connections opened to parents, by channel', ['channel'], () => Object.entries(s.parentConnections).map(([channel, n]) => [{ channel }, n]))
       countedBy(registry, 'guoce_peer_parent_lists_total', 'Parent lists received, by mode', ['mode'], () => [[{ mode: 'chain' }, s.parentLists.chain], [{ mode: 'striped' }, s.parentLists.striped]])
       const waiting: Gauge<string> = new Gauge({ name: 'guoce_peer_reads_waiting', help: 'Reads waiting for pieces or layouts', registers: [registry], collect () { waiting.set(d.readsWaiting) } })

@@ -312,6 +312,21 @@ interface ParentState extends ParentView {
   /** stall check: bytes the connection had received at the last sample, and when that count last moved */
   seenBytes: number
   movedAt: number
+  /** busy frames the connection had received at the last sample (the parent is alive, serving others first) */
+  seenBusy: number
+  /**
+   * Silent for PARENT_STALL_MS on this connection while other connections from the same host still
+   * bring bytes (or not yet long enough to be called hung): its pieces were handed to other parents and
+   * it gets no new request until it sends again.
+   */
+  silent: boolean
+  /**
+   * The task's designated seed (Parent.seed): it holds or fetches every piece and the origin is the only
+   * alternative to it, so its silence is waited out (its pieces asked of others meanwhile), never blamed
+   * as a stall; a seed that is really gone leaves the scheduler (SCHEDULER_IDLE_TIMEOUT_MS), which then
+   * orders a new source.
+   */
+  seed: boolean
   /**
    * What the scheduler said the parent holds before this task's layout was known (the parents message's
    * bitmap, `have` numbers, at most EARLY_HAVES of them): applied when the layout comes, else those
@@ -319,6 +334,9 @@ interface ParentState extends ParentView {
    */
   early?: { bitmap?: Uint8Array, haves: number[] }
 }
+
+/** Parent hosts remembered in PeerTaskInit.heard. */
+const MAX_HEARD = 4096
 
 /** `have` numbers kept per parent while the task's layout is not known. */
 const EARLY_HAVES = 65_536
@@ -344,6 +362,17 @@ export interface PeerTaskInit {
   pieceChannel?: PieceChannel
   onStats?: (kind: 'peer' | 'source', bytes: number) => void
   onBlame?: (parent: string, reason: Error) => void
+  /** a parent with requests in flight said it is busy (its answers to us wait behind its other children) */
+  onBusy?: (parent: string) => void
+  /** a parent's connection went silent while its host still sent to other downloads (its pieces went to others) */
+  onSilent?: (parent: string) => void
+  /**
+   * Shared by the daemon's downloads: when a byte last came from each parent host on any of their piece
+   * connections. A parent whose connection for this task is silent is hung only if the host is silent
+   * on all of them; a host that still sends to our other downloads is busy (e.g. one TCP flow of many
+   * through its shaped uplink starved for seconds).
+   */
+  heard?: Map<string, number>
   /** a piece connection to a parent opened, over this channel */
   onConnection?: (channel: string) => void
   /** a parent list arrived: `striped` when it names stripe parents (stripe_count > 0), else `chain` */
@@ -376,6 +405,8 @@ export class PeerTask {
   private readonly waiters: PieceWaiters
   private stallTimer: NodeJS.Timeout | undefined
   private parentWatch: NodeJS.Timeout | undefined
+  /** when the stall check last ran (a late tick means this process was not running) */
+  private lastWatch = 0
   /** ranged reads only (request.ranged): fetch what reads ask for, no background fill, until upgrade() */
   private lazy: boolean
   /** lazy: when each wanted piece was last asked of the scheduler (want), so it is asked again only after WANT_RETRY_MS */
@@ -599,11 +630,12 @@ export class PeerTask {
       keep.add(wp.peerId)
       let p = this.parents.get(wp.peerId)
       if (p == null) {
-        p = { id: wp.peerId, addrs: (wp.addrs ?? []).map(a => multiaddr(a).toString()), bitmap: undefined, conn: undefined, connecting: undefined, inflight: new Set(), bytes: 0, rank, stripes: 0, seenBytes: 0, movedAt: Date.now() }
+        p = { id: wp.peerId, addrs: (wp.addrs ?? []).map(a => multiaddr(a).toString()), bitmap: undefined, conn: undefined, connecting: undefined, inflight: new Set(), bytes: 0, rank, stripes: 0, seenBytes: 0, movedAt: Date.now(), seenBusy: 0, silent: false, seed: false }
         this.parents.set(wp.peerId, p)
       }
       p.rank = rank++
       p.stripes = k > 0 ? (wp.stripes ?? 0) : 0
+      p.seed = wp.seed === true
       if (count != null) {
         const b = new Bitmap(count, wp.bitmap != null && wp.bitmap.length > 0 ? wp.bitmap : undefined)
         if (p.bitmap == null) p.bitmap = b
@@ -631,7 +663,7 @@ export class PeerTask {
     if (s == null || this.state !== 'running') return
     if (s.complete) { void this.succeed(); return }
     const now = Date.now()
-    const view: DownloadView<ParentState> = { pieceCount: s.info.pieceCount, held: s.bitmap, known: n => this.digests[n] != null, requested: this.requested, parents: this.parents }
+    const view: DownloadView<ParentState> = { pieceCount: s.info.pieceCount, held: s.bitmap, known: n => this.digests[n] != null, requested: this.requested, parents: this.askable() }
     // what reads wait for goes first, at their priority; background fill takes what capacity is left
     const wanted = this.waiters.wanted()
     if (wanted.size > 0) planWanted(view, wanted, (p, picks, priority) => { void this.requestFrom(p, picks, priority) })
@@ -677,8 +709,43 @@ export class PeerTask {
 
   /** Whether some parent holds piece `n` (no copy of the parent table: pump() runs this per wanted piece). */
   private parentHolds (n: number): boolean {
-    for (const p of this.parents.values()) if (p.bitmap?.has(n) === true) return true
+    for (const p of this.parents.values()) if (!p.silent && p.bitmap?.has(n) === true) return true
     return false
+  }
+
+  /** The parents that may be asked now: all but the silent ones (the table itself when none is). */
+  private askable (): ReadonlyMap<string, ParentState> {
+    for (const p of this.parents.values()) {
+      if (p.silent) return new Map([...this.parents].filter(([, q]) => !q.silent))
+    }
+    return this.parents
+  }
+
+  /** Hand a silent parent's pieces to the others: they may be asked elsewhere (its answers still count if they come). */
+  private release (p: ParentState): void {
+    for (const n of p.inflight) {
+      const set = this.requested.get(n)
+      set?.delete(p.id)
+      if (set?.size === 0) this.requested.delete(n)
+    }
+  }
+
+  /** A silent parent sends again: what it is still asked for counts as requested of it again. */
+  private reclaim (p: ParentState): void {
+    for (const n of p.inflight) {
+      let set = this.requested.get(n)
+      if (set == null) this.requested.set(n, set = new Set())
+      set.add(p.id)
+    }
+  }
+
+  /** A byte came from parent host `id` (shared with the daemon's other downloads, most recent last, bounded). */
+  private hear (id: string, now: number): void {
+    const heard = this.init.heard
+    if (heard == null) return
+    heard.delete(id)
+    heard.set(id, now)
+    if (heard.size > MAX_HEARD) heard.delete(heard.keys().next().value!)
   }
 
   /** Lazy task sent back to source: the wanted pieces by Range requests, adjacent ones together. */
@@ -738,8 +805,11 @@ export class PeerTask {
     const bytes = numbers.length * s.info.pieceLength
     const timeout = PIECE_TIMEOUT_MS + PIECE_TIMEOUT_PER_MIB_MS * bytes / (1024 * 1024) * (1 + p.inflight.size / REQUEST_BATCH)
     let timer: NodeJS.Timeout | undefined
+    let conn: PieceConnection | undefined
+    let busy0 = 0
     try {
-      const conn = await this.connection(p)
+      conn = await this.connection(p)
+      busy0 = conn.busy
       const writes: Array<Promise<void>> = []
       let bad: Error | undefined
       await Promise.race([
@@ -755,8 +825,12 @@ export class PeerTask {
       if (bad != null) throw bad
     } catch (err) {
       const e = err as Error
-      this.log.debug('request failed', { parent: p.id, err: e.message })
-      if (this.parents.get(p.id) === p) this.dropParent(p, BLAMED.has(e.name) ? e : undefined)
+      // a request that timed out while its parent said it was busy, or while the parent host kept sending
+      // to our other downloads: a slow parent, not a hung one; it is dropped (its pieces go to others,
+      // the scheduler is asked for parents) but not blamed
+      const busy = e.name === 'ParentTimeoutError' && (p.seed || (conn != null && conn.busy > busy0) || Date.now() - (this.init.heard?.get(p.id) ?? -Infinity) < PARENT_STALL_MS)
+      this.log.debug('request failed', { parent: p.id, err: e.message, busy })
+      if (this.parents.get(p.id) === p) this.dropParent(p, BLAMED.has(e.name) && !busy ? e : undefined)
     } finally {
       clearTimeout(timer)
       for (const n of numbers) {
@@ -765,34 +839,76 @@ export class PeerTask {
         set?.delete(p.id)
         if (set?.size === 0) this.requested.delete(n)
       }
+      // a silent parent that answered what it was asked may be asked again
+      if (p.inflight.size === 0) p.silent = false
       this.pump()
     }
   }
 
   /**
-   * One timer per download while parents have requests in flight: a parent whose connection received no
-   * byte for PARENT_STALL_MS is blamed (ParentTimeoutError) and its pieces go back to the others. The
-   * connection only counts bytes; this samples the count.
+   * One timer per download while parents have requests in flight. A parent whose connection received no
+   * byte for PARENT_STALL_MS is silent: its pieces go to the other parents at once and it is asked
+   * nothing more until it sends again. It is hung, blamed (ParentTimeoutError), only if its host sent
+   * nothing on any of the daemon's piece connections for PARENT_STALL_MS either (`heard`): a stopped
+   * process; never the task's designated seed (ParentState.seed), whose silence is waited out. Silence
+   * counts only while this process runs (a late tick is not the parent's). A busy parent is not hung:
+   * while our answers wait behind its other children it sends a busy frame every
+   * PIECE_BUSY_INTERVAL_MS (packages/transfer), which counts as a byte, and a host whose other flows
+   * move is alive; the request's own timeout bounds the wait. The connection only counts bytes and
+   * busy frames; this samples the counts.
    */
   private watchParents (): void {
     if (this.parentWatch != null) return
+    this.lastWatch = Date.now()
     this.parentWatch = setInterval(() => {
-      if (this.state !== 'running') { this.unwatchParents(); return }
-      const now = Date.now()
-      let busy = false
-      for (const p of [...this.parents.values()]) {
-        if (p.inflight.size === 0) continue
-        busy = true
-        // connecting is bounded on its own (the 5 s signal of PieceConnection.open)
-        if (p.connecting != null || p.conn?.isOpen !== true) { p.movedAt = now; continue }
-        const got = p.conn.received
-        if (got !== p.seenBytes) { p.seenBytes = got; p.movedAt = now; continue }
-        if (now - p.movedAt < PARENT_STALL_MS) continue
-        this.dropParent(p, new ParentTimeoutError(`parent ${p.id} sent no byte for ${now - p.movedAt} ms with ${p.inflight.size} pieces asked`))
-      }
-      if (!busy) this.unwatchParents()
+      // a tick that comes late: this process did not run (a loaded machine), so the parents' silence
+      // meanwhile is not theirs; and the verdicts wait for the I/O that piled up (setImmediate runs
+      // after the poll phase, where the bytes that came meanwhile are counted)
+      const late = Date.now() - this.lastWatch - PARENT_STALL_CHECK_MS
+      this.lastWatch = Date.now()
+      if (late > PARENT_STALL_CHECK_MS) for (const p of this.parents.values()) p.movedAt += late
+      setImmediate(() => { this.checkParents() })
     }, PARENT_STALL_CHECK_MS)
     this.parentWatch.unref()
+  }
+
+  /** The stall check's verdicts (see watchParents). */
+  private checkParents (): void {
+    if (this.parentWatch == null) return
+    if (this.state !== 'running') { this.unwatchParents(); return }
+    const now = Date.now()
+    let busy = false
+    let changed = false
+    for (const p of [...this.parents.values()]) {
+      if (p.inflight.size === 0) continue
+      busy = true
+      // connecting is bounded on its own (the 5 s signal of PieceConnection.open)
+      if (p.connecting != null || p.conn?.isOpen !== true) { p.movedAt = now; continue }
+      const got = p.conn.received
+      if (got !== p.seenBytes) {
+        p.seenBytes = got; p.movedAt = now
+        this.hear(p.id, now)
+        if (p.silent) { p.silent = false; changed = true; this.reclaim(p) }
+        const busy = p.conn.busy
+        if (busy !== p.seenBusy) { p.seenBusy = busy; this.init.onBusy?.(p.id) }
+        continue
+      }
+      if (now - p.movedAt < PARENT_STALL_MS) continue
+      const heard = Math.max(p.movedAt, this.init.heard?.get(p.id) ?? -Infinity)
+      if (now - heard >= PARENT_STALL_MS && !p.seed) {
+        this.dropParent(p, new ParentTimeoutError(`parent ${p.id} sent no byte for ${now - p.movedAt} ms with ${p.inflight.size} pieces asked`))
+        continue
+      }
+      if (!p.silent) {
+        p.silent = true
+        changed = true
+        this.release(p)
+        this.init.onSilent?.(p.id)
+        this.log.debug(p.seed ? 'the seed is silent: waited for, its pieces asked of others meanwhile' : 'parent silent here while its host sends elsewhere: its pieces go to others', { parent: p.id, ms: now - p.movedAt, pieces: p.inflight.size })
+      }
+    }
+    if (changed) this.pump()
+    if (!busy) this.unwatchParents()
   }
 
   private unwatchParents (): void {

@@ -13,6 +13,8 @@ export interface WaitOptions {
   priority: WirePriority
   timeoutMs: number
   signal?: AbortSignal | undefined
+  /** `timeoutMs` counts from the task's last piece (see ReadOptions.whileProgressing) */
+  whileProgressing?: boolean | undefined
 }
 
 interface Waiter {
@@ -26,6 +28,8 @@ const LAYOUT = -1
 export class PieceWaiters {
   private readonly table = new Map<number, Set<Waiter>>()
   private error: Error | undefined
+  /** when the last piece arrived (whileProgressing waits count from it) */
+  private lastArrival = -Infinity
 
   /** `onWanted`: a piece became wanted (the task should request it now) */
   constructor (private readonly describe: string, private readonly onWanted: () => void = () => {}) {}
@@ -51,7 +55,20 @@ export class PieceWaiters {
     if (set == null) this.table.set(key, set = new Set())
     const w: Waiter = { priority: o.priority, resolve, reject }
     set.add(w)
-    const timer = setTimeout(() => { reject(new ReadTimeoutError(`a read waited ${o.timeoutMs} ms for ${what} of ${this.describe}; it did not arrive`)) }, o.timeoutMs)
+    const start = Date.now()
+    let timer: NodeJS.Timeout | undefined
+    const arm = (ms: number): void => {
+      timer = setTimeout(() => {
+        // while the task receives pieces, a whileProgressing wait goes on: its clock starts at the last one
+        const from = o.whileProgressing === true ? Math.max(start, this.lastArrival) : start
+        const left = from + o.timeoutMs - Date.now()
+        if (left > 0) { arm(left); return }
+        reject(new ReadTimeoutError(o.whileProgressing === true
+          ? `a read waited for ${what} of ${this.describe} while the task received nothing for ${o.timeoutMs} ms`
+          : `a read waited ${o.timeoutMs} ms for ${what} of ${this.describe}; it did not arrive`))
+      }, ms)
+    }
+    arm(o.timeoutMs)
     const onAbort = (): void => { reject(new AbortError(`the read waiting for ${what} of ${this.describe} was aborted`)) }
     o.signal?.addEventListener('abort', onAbort, { once: true })
     if (key !== LAYOUT) this.onWanted()
@@ -69,7 +86,7 @@ export class PieceWaiters {
   layoutKnown (): void { this.wake(LAYOUT) }
 
   /** Piece `n` is held: wake its waiters. */
-  arrived (n: number): void { this.wake(n) }
+  arrived (n: number): void { this.lastArrival = Date.now(); this.wake(n) }
 
   private wake (key: number): void {
     const set = this.table.get(key)

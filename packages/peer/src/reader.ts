@@ -96,7 +96,7 @@ class Reader implements TaskReader {
   }
 
   private wait (o: ReadOptions, signal?: AbortSignal): WaitOptions {
-    return { priority: WIRE[o.priority ?? 'on-demand'], timeoutMs: o.timeoutMs ?? this.timeoutMs, signal: signal ?? o.signal }
+    return { priority: WIRE[o.priority ?? 'on-demand'], timeoutMs: o.timeoutMs ?? this.timeoutMs, signal: signal ?? o.signal, whileProgressing: o.whileProgressing }
   }
 
   async stat (t: ReadTarget & ReadOptions): Promise<TaskInfo> {

@@ -116,6 +116,27 @@ describe('reader', () => {
     expect(src.waiters.size).toBe(0)
   })
 
+  it('a whileProgressing read waits past its timeout while the task receives other pieces, and fails once it receives none', async () => {
+    const { src, content, reader } = await setup()
+    await src.layout()
+    const t0 = Date.now()
+    let failed: Error | undefined
+    const read = reader.read({ taskId: ID, offset: 9 * PIECE, length: 10, timeoutMs: 300, whileProgressing: true }).catch((err: Error) => { failed = err; return null })
+    // other pieces arrive every 100 ms for 900 ms: three times the timeout, and the read still waits
+    for (let n = 0; n < 9; n++) { await new Promise(resolve => setTimeout(resolve, 100)); await src.deliver(n) }
+    expect(failed).toBeUndefined()
+    await src.deliver(9)
+    expect(Buffer.from((await read)!).equals(content.subarray(9 * PIECE, 9 * PIECE + 10))).toBe(true)
+    expect(Date.now() - t0).toBeGreaterThan(800)
+    // nothing arrives any more: it fails within its timeout of the last piece
+    const t1 = Date.now()
+    const err = await fails(reader.read({ taskId: ID, offset: 10 * PIECE, length: 10, timeoutMs: 300, whileProgressing: true }))
+    expect(err.name).toBe(ReadTimeoutError.name)
+    expect(err.message).toMatch(/while the task received nothing for 300 ms/)
+    expect(Date.now() - t1).toBeLessThan(2_000)
+    expect(src.waiters.size).toBe(0)
+  })
+
   it('a read whose piece does not arrive fails with ReadTimeoutError after its timeout, and stops waiting', async () => {
     const { src, reader } = await setup()
     await src.layout()

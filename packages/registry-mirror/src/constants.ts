@@ -52,5 +52,13 @@ export const UPSTREAM_TIMEOUT_MS = 30_000
  * @default 4 MiB
  */
 export const VERIFY_HOLD_BYTES = 4 * 1024 * 1024
+/**
+ * How long a blob read from the swarm waits while its task receives no piece at all before the mirror
+ * calls the swarm unable to serve and fetches from the upstream itself (the reader's whileProgressing:
+ * a slow swarm is waited for however long it takes, while it moves). The daemon itself turns to the
+ * origin when there is no scheduler (15 s) or no seed (the scheduler's order), so this is a backstop.
+ * @default 5 min
+ */
+export const SWARM_STALL_MS = 5 * 60_000
 /** Port the mirror listens on by default (`guoce up`), on loopback. */
 export const DEFAULT_MIRROR_PORT = 65002

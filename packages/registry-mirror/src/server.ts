@@ -23,7 +23,7 @@ import { openSource } from '@guoce/host'
 import type { Logger, TaskReader, TaskRequest } from '@guoce/interface'
 import { RegistryMirrorError, ociError, upstreamStatusError } from './errors.js'
 import { resolveUpstream, statusError, upstreamRequest, type Upstream } from './upstream.js'
-import { CONFIRM_TTL_MS, MANIFEST_CACHE_BYTES, MAX_CACHE_ENTRIES, MAX_LIST_BYTES, MAX_MANIFEST_BYTES, TAG_CACHE_MS, UPSTREAM_TIMEOUT_MS, VERIFY_HOLD_BYTES, ANON_REFUSED_MS } from './constants.js'
+import { CONFIRM_TTL_MS, SWARM_STALL_MS, MANIFEST_CACHE_BYTES, MAX_CACHE_ENTRIES, MAX_LIST_BYTES, MAX_MANIFEST_BYTES, TAG_CACHE_MS, UPSTREAM_TIMEOUT_MS, VERIFY_HOLD_BYTES, ANON_REFUSED_MS } from './constants.js'
 
 export interface MirrorInit {
   /** the daemon's reader: blobs are tasks read through it */
@@ -37,6 +37,8 @@ export interface MirrorInit {
   maxManifestBytes?: number | undefined
   /** @default CONFIRM_TTL_MS */
   confirmTtlMs?: number | undefined
+  /** @default SWARM_STALL_MS */
+  swarmStallMs?: number | undefined
 }
 
 export interface MirrorStats {
@@ -364,11 +366,16 @@ export function buildMirror (init: MirrorInit): Mirror {
     return await reply.send(Readable.from(rest(), { objectMode: false }))
   }
 
-  /** The blob as a P2P task through the reader: the status waits for the first verified bytes. */
+  /**
+   * The blob as a P2P task through the reader: the status waits for the first verified bytes. A slow
+   * swarm is waited for (whileProgressing: a read fails only once the task received nothing for
+   * SWARM_STALL_MS, or when the task fails), so what the upstream serves does not grow with load.
+   */
   async function fromSwarm (request: TaskRequest, rangeHeader: string | undefined, signal: AbortSignal): Promise<{ total: number, range: { start: number, end: number } | undefined, first: IteratorResult<Uint8Array>, it: AsyncIterator<Uint8Array>, source: 'swarm' }> {
-    const info = await init.reader.stat({ request, signal })
+    const wait = { timeoutMs: init.swarmStallMs ?? SWARM_STALL_MS, whileProgressing: true }
+    const info = await init.reader.stat({ request, signal, ...wait })
     const range = byteRange(rangeHeader, info.contentLength)
-    const it = init.reader.stream({ request, signal, ...(range != null ? { offset: range.start, end: range.end + 1 } : {}) })[Symbol.asyncIterator]()
+    const it = init.reader.stream({ request, signal, ...wait, ...(range != null ? { offset: range.start, end: range.end + 1 } : {}) })[Symbol.asyncIterator]()
     const first = await it.next()
     return { total: info.contentLength, range, first, it, source: 'swarm' }
   }

@@ -128,6 +128,14 @@ export const MAX_BANNED_PEERS = 4096
  */
 export const UPLOAD_BUFFER_BYTES = 128 * 1024 * 1024
 /**
+ * While a child's answers wait for room in the upload budget (or behind more urgent answers to other
+ * children), its parent sends it a busy frame (kind 2, no body) this often: the parent is alive and
+ * serving others, so the child's stall rule (PARENT_STALL_MS in packages/peer, no byte at all) does not
+ * take it for a hung one. A stopped or hung parent sends nothing.
+ * @default 1 s
+ */
+export const PIECE_BUSY_INTERVAL_MS = 1_000
+/**
  * How often a parent over UPLOAD_BUFFER_BYTES looks again.
  * @default 10 ms
  */

@@ -49,6 +49,7 @@ message PeerMessage {
 message Parent {
   string peer_id = 1; repeated bytes addrs = 2; bytes bitmap = 3;
   uint32 stripes = 4;         // bit s: primary for the pieces n with n mod stripe_count = s
+  bool seed = 5;              // the task's designated seed: a child waits out its silence, never blames it for one
 }
 message Parents {
   string task_id = 1; repeated Parent parents = 2;
@@ -98,7 +99,7 @@ export interface PeerMessage {
 }
 
 /** `stripes`: bit s set = the primary for the pieces n with n mod stripeCount = s (forest mode) */
-export interface WireParent { peerId: string, addrs: Uint8Array[], bitmap?: Uint8Array, stripes?: number }
+export interface WireParent { peerId: string, addrs: Uint8Array[], bitmap?: Uint8Array, stripes?: number, seed?: boolean }
 export interface SchedulerMessage {
   taskInfo?: { taskId: string, info: WireTaskInfo }
   /** `stripeCount`: stripes of the task (0 or absent = chain mode) */

@@ -4,9 +4,11 @@
  * child -> parent: varint-length-prefixed PieceRequest (task id, piece numbers, priority), any number, pipelined.
  * parent -> child: for every requested number one frame; the parent answers its most urgent request first
  * (priority 0 on-demand, 1 prefetch, 2 background; oldest first within one), the pieces of a request in order:
- *   u8 kind (0 = piece, 1 = refused) | u32be number | u32be length | 32-byte sha256 (zero when refused) | length bytes
+ *   u8 kind (0 = piece, 1 = refused, 2 = busy) | u32be number | u32be length | 32-byte sha256 (zero unless a piece) | length bytes
  * A refused piece carries a utf-8 reason instead of data. The child never trusts the digest in the frame;
- * it verifies against the seed's digest that the scheduler relayed.
+ * it verifies against the seed's digest that the scheduler relayed. A busy frame (number 0, length 0)
+ * answers nothing: while the child's answers wait for upload room, the parent sends one every
+ * PIECE_BUSY_INTERVAL_MS so that the child can tell a busy parent from a hung one.
  *
  * Bounds: a parent reads requests of MAX_PIECE_REQUEST_BYTES at most and buffers PIECE_REQUEST_BUFFER_BYTES
  * of them per stream; a stream with no request for PIECE_CHANNEL_IDLE_MS (nothing left to send) is closed.
@@ -27,7 +29,7 @@ import { ByteReader, lpEncode } from './bytes.js'
 import {
   PIECE_PROTOCOL, PIECE_DATA_PROTOCOL, MAX_PIECE_BYTES, MAX_PIECES_PER_REQUEST, MAX_PENDING_REQUESTS_PER_STREAM, MAX_PIECE_REQUEST_BYTES,
   MAX_REFUSED_REASON_BYTES, PIECE_REQUEST_BUFFER_BYTES, PIECE_CHANNEL_IDLE_MS, DATA_CHANNEL_HELLO_MS, PEER_VIOLATION_BAN_MS, MAX_BANNED_PEERS,
-  UPLOAD_BUFFER_BYTES, UPLOAD_BUFFER_WAIT_MS
+  UPLOAD_BUFFER_BYTES, UPLOAD_BUFFER_WAIT_MS, PIECE_BUSY_INTERVAL_MS
 } from './constants.js'
 import { pieceRequest, dataChannelRequest, dataChannelOffer, type PieceRequest, type DataChannelOffer } from './messages.js'
 import { DataChannelServer, DATA_CHANNEL_MODES, PeerViolationError, openDataStream, type DataChannelMode, type PieceDuplex } from './data-channel.js'
@@ -37,6 +39,8 @@ export { PeerViolationError } from './data-channel.js'
 const HEADER = 1 + 4 + 4 + 32
 const KIND_PIECE = 0
 const KIND_REFUSED = 1
+/** no body: the parent is alive, the child's answers wait for upload room (PIECE_BUSY_INTERVAL_MS) */
+const KIND_BUSY = 2
 
 export interface StoredPiece {
   data: Uint8Array
@@ -229,7 +233,12 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
     if (over()) {
       waiting[priority]!++
       try {
-        while (over() && stream.writeStatus === 'writable') await new Promise(resolve => setTimeout(resolve, UPLOAD_BUFFER_WAIT_MS))
+        // busy, not hung: the child hears from this parent while its answers wait
+        let said = Date.now()
+        while (over() && stream.writeStatus === 'writable') {
+          await new Promise(resolve => setTimeout(resolve, UPLOAD_BUFFER_WAIT_MS))
+          if (Date.now() - said >= PIECE_BUSY_INTERVAL_MS && stream.writeStatus === 'writable') { said = Date.now(); stream.send(frame(KIND_BUSY, 0, EMPTY)) }
+        }
       } finally {
         waiting[priority]!--
       }
@@ -373,6 +382,7 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
 export type PieceResult = { n: number, data: Uint8Array, claimedDigest: Uint8Array, digest?: Uint8Array, release?: () => void } | { n: number, refused: string }
 
 const noop = (): void => {}
+const EMPTY = new Uint8Array(0)
 
 export interface PieceConnectionOptions extends AbortOptions {
   /**
@@ -401,6 +411,7 @@ export class PieceConnection {
   private closed = false
   private closeError: Error | undefined
   private bytesIn = 0
+  private busyIn = 0
 
   /** which transport this connection ended up on */
   readonly channel: 'stream' | DataChannelMode
@@ -468,8 +479,10 @@ export class PieceConnection {
   }
 
   get inflight (): number { return this.pending.reduce((s, p) => s + p.numbers.length - p.next, 0) }
-  /** bytes received from the parent so far: a caller samples it to see a parent that stopped sending */
+  /** bytes received from the parent so far (busy frames too): a caller samples it to see a parent that stopped sending */
   get received (): number { return this.bytesIn }
+  /** busy frames received so far: the parent is alive but our answers wait behind its other children */
+  get busy (): number { return this.busyIn }
   get isOpen (): boolean { return !this.closed }
 
   /**
@@ -511,6 +524,7 @@ export class PieceConnection {
         this.headFill += take
         off += take
         if (this.headFill < HEADER) return
+        if (this.head[0] === KIND_BUSY) { this.onBusy(); continue }
         this.startFrame()
         if (this.frameLen === 0) this.endFrame()
         continue
@@ -523,6 +537,14 @@ export class PieceConnection {
       off += take
       if (this.bodyFill === this.frameLen) this.endFrame()
     }
+  }
+
+  /** A busy frame: it answers nothing, so it may only come while something is asked, and has no body. */
+  private onBusy (): void {
+    this.headFill = 0
+    if (this.head.readUInt32BE(5) !== 0) throw new PeerViolationError(`busy frame with a body of ${this.head.readUInt32BE(5)} bytes`)
+    if (this.pending.length === 0) throw new PeerViolationError('busy frame with nothing asked')
+    this.busyIn++
   }
 
   private startFrame (): void {

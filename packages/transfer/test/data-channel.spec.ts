@@ -395,8 +395,8 @@ describe('a child that breaks a bound', () => {
 })
 
 describe('upload budget', () => {
-  /** pieces a parent with `budget` reads, within 1 s, for a child on a data channel that reads nothing */
-  async function servedToDeafChild (budget: number): Promise<number> {
+  /** a parent with `budget` serving `pieces` on integrity data channels; `served` counts pieces it read */
+  async function budgetParent (budget: number): Promise<{ node: Libp2p, served: () => number }> {
     const node = await createNode({ listen: ['/ip4/127.0.0.1/tcp/0'] })
     cleanup.push(async () => { await node.stop() })
     let served = 0
@@ -404,6 +404,11 @@ describe('upload budget', () => {
       log: silentLogger, dataChannel: { integrity: true }, uploadBufferBytes: budget,
       provider: { getPiece: async (_t, n) => { served++; return { data: pieces[n % COUNT]!, digest: digests[n % COUNT]! } } }
     })
+    return { node, served: () => served }
+  }
+
+  /** a child on a data channel of `node` that asks `requests` x 64 pieces and reads nothing */
+  async function deafChild (node: Libp2p, requests: number): Promise<Socket> {
     const c = await child()
     const s = await c.dialProtocol(node.getMultiaddrs(), PIECE_DATA_PROTOCOL)
     s.send(lpEncode(dataChannelRequest.encode({ mode: 2 })))
@@ -414,10 +419,38 @@ describe('upload budget', () => {
     await once(sock, 'connect')
     sock.pause()
     sock.write(offer.token!)
-    for (let i = 0; i < 2; i++) sock.write(lpEncode(pieceRequest.encode({ taskId: 't', numbers: Array.from({ length: 64 }, (_, j) => j), priority: 2 })).subarray())
-    await new Promise(resolve => setTimeout(resolve, 1000))
-    return served
+    for (let i = 0; i < requests; i++) sock.write(lpEncode(pieceRequest.encode({ taskId: 't', numbers: Array.from({ length: 64 }, (_, j) => j), priority: 2 })).subarray())
+    return sock
   }
+
+  /** pieces a parent with `budget` reads, within 1 s, for a child on a data channel that reads nothing */
+  async function servedToDeafChild (budget: number): Promise<number> {
+    const { node, served } = await budgetParent(budget)
+    await deafChild(node, 2)
+    await new Promise(resolve => setTimeout(resolve, 1000))
+    return served()
+  }
+
+  it('a child whose answers wait for upload room hears busy frames (a busy parent, not a hung one), then gets its pieces', async () => {
+    const { node } = await budgetParent(1024 * 1024)
+    // a child that reads nothing fills the parent's whole upload budget
+    const deaf = await deafChild(node, 1)
+    await new Promise(resolve => setTimeout(resolve, 500))
+    // another child's request waits for room: it gets busy frames, no piece
+    const other = await child()
+    const conn = await PieceConnection.open(other, node.getMultiaddrs(), { channel: 'integrity' })
+    cleanup.push(() => { conn.close() })
+    const got: number[] = []
+    const done = conn.request({ taskId: 't', numbers: [0, 1], priority: Priority.BACKGROUND }, r => { got.push(r.n) })
+    await new Promise(resolve => setTimeout(resolve, 2500))
+    expect(got).toEqual([])
+    expect(conn.busy).toBeGreaterThanOrEqual(1)
+    expect(conn.received).toBe(conn.busy * 41)
+    // room again (the deaf child goes): the pieces come
+    deaf.destroy()
+    await done
+    expect(got).toEqual([0, 1])
+  })
 
   it('a child that reads nothing makes a parent read only what its upload budget allows (plus what the kernel buffers)', async () => {
     const bounded = await servedToDeafChild(1024 * 1024)

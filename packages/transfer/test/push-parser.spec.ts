@@ -94,6 +94,29 @@ describe('piece frames in push mode', () => {
     }
   })
 
+  it('busy frames answer nothing and are counted; one with a body or with nothing asked breaks the protocol', async () => {
+    const a = randomBytes(5000)
+    const ch = fakeChannel()
+    const conn = PieceConnection.over(ch.duplex, 'integrity')
+    const got: number[] = []
+    const done = conn.request({ taskId: 't', numbers: [3], priority: Priority.BACKGROUND }, r => { got.push(r.n) })
+    ch.feed(frame(2, 0, new Uint8Array()))
+    ch.feed(Buffer.concat([frame(2, 0, new Uint8Array()), frame(0, 3, a, sha(a))]))
+    await done
+    expect(got).toEqual([3])
+    expect(conn.busy).toBe(2)
+    // nothing asked any more: a busy frame now is a violation
+    ch.feed(frame(2, 0, new Uint8Array()))
+    expect(conn.isOpen).toBe(false)
+    // a busy frame with a body
+    const ch2 = fakeChannel()
+    const conn2 = PieceConnection.over(ch2.duplex, 'integrity')
+    const pending = conn2.request({ taskId: 't', numbers: [1], priority: Priority.BACKGROUND }, () => {})
+    ch2.feed(frame(2, 0, randomBytes(8)))
+    await expect(pending).rejects.toThrow(/busy frame with a body of 8 bytes/)
+    expect(conn2.busy).toBe(0)
+  })
+
   it('a clean end with nothing pending closes quietly', async () => {
     const ch = fakeChannel()
     const conn = PieceConnection.over(ch.duplex, 'integrity')

@@ -9,7 +9,9 @@
  *   task, nearest first. With equal links the bound T_min is reached only when every byte crosses each
  *   link once, so each peer feeds one successor at full rate and the seed feeds one head (a chain, with
  *   the next-nearest peers as backups); the evaluator's score breaks the remaining ties.
- * - The seed feeds SEED_CHILD_LIMIT children; others get it only when nothing else is left.
+ * - The seed feeds SEED_CHILD_LIMIT children; others get it only when nothing else is left, or once they
+ *   asked MAX_SCHEDULE_RETRIES times in vain (then over its upload slots too: the seed, busy or not, is
+ *   where a child waits rather than go back to the origin).
  *
  * A decision looks at a bounded window of candidates read from the task's join-ordered PeerMap
  * (`candidates`): O(window) whatever the size of the task. Large swarms do not use the chain for their
@@ -17,7 +19,7 @@
  */
 import type { Logger } from '@guoce/interface'
 import { evaluate } from '../evaluator/index.js'
-import { CANDIDATE_AFTER_SCAN, CANDIDATE_BEFORE_SCAN, CANDIDATE_FIRST_SCAN, CANDIDATE_PARENT_LIMIT, MAX_CYCLE_WALK, SEED_CHILD_LIMIT, STALLED_PARENT_MS } from '../constants.js'
+import { CANDIDATE_AFTER_SCAN, CANDIDATE_BEFORE_SCAN, CANDIDATE_FIRST_SCAN, CANDIDATE_PARENT_LIMIT, MAX_CYCLE_WALK, MAX_SCHEDULE_RETRIES, SEED_CHILD_LIMIT, STALLED_PARENT_MS } from '../constants.js'
 import type { Peer } from '../resource/index.js'
 
 /** Is `target` reachable from `from` following child edges? (then target -> from would close a cycle) */
@@ -63,7 +65,10 @@ export function refuseReason (child: Peer, cand: Peer): string | null {
   // child lacks is no parent at all (it may be stopped: the child has nothing in flight to blame it for)
   if (child.starving && !cand.host.isSeed && !cand.isSource && Date.now() - cand.progressAt >= STALLED_PARENT_MS && !holdsMissing(cand, child)) return 'stalled with nothing the child lacks'
   const slots = cand.host.uploadSlots
-  if (!child.parents.has(cand) && cand.host.childCount >= slots) return `no free upload slot (${slots})`
+  // a child that asked MAX_SCHEDULE_RETRIES times in vain gets the task's seed over the seed's slots: the
+  // seed serves it when it can (busy frames meanwhile), where the origin would serve it once more
+  const starved = child.scheduleRetries >= MAX_SCHEDULE_RETRIES && cand.host.isSeed && cand.isSource
+  if (!child.parents.has(cand) && cand.host.childCount >= slots && !starved) return `no free upload slot (${slots})`
   // levels are a topological order (resource/): a candidate not above the child cannot be its descendant
   if (cand.level > child.level && mayReach(child, cand)) return 'would close a cycle'
   return null
@@ -145,8 +150,9 @@ export function selectParents (child: Peer, log: Logger, limit = CANDIDATE_PAREN
   // the seed: for its first SEED_CHILD_LIMIT children, and for any child with no other parent
   seeds.sort((a, b) => a.children - b.children || b.score - a.score)
   for (const s of seeds) {
-    // a ranged reader (lazy) wants pieces anywhere in the task: only the seed is sure to get them
-    if (chosen.length === 0 || s.children < SEED_CHILD_LIMIT || child.lazy) {
+    // a ranged reader (lazy) wants pieces anywhere in the task: only the seed is sure to get them; so
+    // does a child that asked MAX_SCHEDULE_RETRIES times in vain (its parents had nothing for it)
+    if (chosen.length === 0 || s.children < SEED_CHILD_LIMIT || child.lazy || child.scheduleRetries >= MAX_SCHEDULE_RETRIES) {
       if (chosen.length >= limit) chosen.pop()
       chosen.unshift(s)
     }
