@@ -5,7 +5,7 @@
  *
  *   node bench/fanout/run.js [--n 4,8,16] [--size 128MiB] [--rate 100] [--up MBIT] [--down MBIT]
  *                            [--origin-rate MBIT] [--seed-rate MBIT] [--burst 64kb] [--no-direct]
- *                            [--timeout 300] [--logs DIR] [--json]
+ *                            [--timeout 300] [--logs DIR] [--no-bittorrent] [--no-loaded] [--json]
  *
  * Topology: a bridge in a namespace of its own; one namespace per host (origin, scheduler, seed, peers),
  * each joined to the bridge by a veth pair. `tc tbf` shapes each host's uplink on its own veth end and
@@ -40,6 +40,8 @@ const { values: v } = parseArgs({
     'no-direct': { type: 'boolean', default: false },
     'no-floor': { type: 'boolean', default: false },
     'no-swarm': { type: 'boolean', default: false },
+    'no-bittorrent': { type: 'boolean', default: false },
+    'no-loaded': { type: 'boolean', default: false },
     timeout: { type: 'string', default: '300' },
     logs: { type: 'string' },
     trace: { type: 'boolean', default: false },
@@ -151,7 +153,7 @@ function buildTopology () {
 // ---- processes ----
 /** Spawn ARGS inside namespace NS; stderr goes to a log file. */
 function spawnIn (ns, args, logName, opts = {}) {
-  const child = spawn('ip', ['netns', 'exec', ns, ...args], { stdio: [opts.stdin ?? 'ignore', 'pipe', 'pipe'], env: { ...process.env, GUOCE_LOG: process.env.GUOCE_LOG ?? 'warn' } })
+  const child = spawn('ip', ['netns', 'exec', ns, ...args], { stdio: [opts.stdin ?? 'ignore', 'pipe', 'pipe'], cwd: opts.cwd, env: { ...process.env, GUOCE_LOG: process.env.GUOCE_LOG ?? 'warn' } })
   procs.add(child)
   const err = []
   createInterface({ input: child.stderr }).on('line', l => { err.push(l) })
@@ -226,7 +228,9 @@ function cpuMeter (list) {
       return sum
     },
     /** CPU seconds per process, by log name */
-    each: () => Object.fromEntries(list.map(p => [p.logName, Math.round(((last.get(p) ?? 0) - (base.get(p) ?? 0)) * 100) / 100]))
+    each: () => Object.fromEntries(list.map(p => [p.logName, Math.round(((last.get(p) ?? 0) - (base.get(p) ?? 0)) * 100) / 100])),
+    /** CPU seconds of one process of `list` */
+    of: (p) => (last.get(p) ?? 0) - (base.get(p) ?? 0)
   }
 }
 
@@ -246,8 +250,8 @@ async function originSent () {
   return JSON.parse(await line).sent
 }
 
-async function swarmRun (n) {
-  const dir = join(work, `n${n}`)
+async function swarmRun (n, tag = '') {
+  const dir = join(work, `n${n}${tag}`)
   await mkdir(dir, { recursive: true })
   const started = []
   try {
@@ -268,7 +272,7 @@ async function swarmRun (n) {
     await ready(seed, 'seed')
     await Promise.all(daemons.map((d, i) => ready(d, `daemon ${i}`)))
     await new Promise(resolve => setTimeout(resolve, 500)) // every host has said hello to the scheduler
-    const name = `swarm-${n}.bin`
+    const name = `swarm-${n}${tag}.bin`
     const url = `${originUrl}/${name}`
     const cpu0 = cpuTimes()
     const t0 = performance.now()
@@ -311,13 +315,14 @@ async function swarmRun (n) {
     await tracer
     const cpu = busySince(cpu0)
     const cpuServices = meterServices.stop()
-    log(`N=${n}: cpu-s by process ${JSON.stringify(meterServices.each())}`)
+    log(`N=${n}${tag}: cpu-s by process ${JSON.stringify(meterServices.each())}`)
+    const daemonCpu = daemons.map(d => meterServices.of(d))
     const cpuGets = meterGets.stop()
     const times = done.map(d => d.s)
     const sent = await originSent()
-    await saveLogs(join(v.logs ?? '', `n${n}`), started)
+    await saveLogs(join(v.logs ?? '', `n${n}${tag}`), started)
     const fromSource = done.reduce((a, d) => a + (d.summary.piecesFromSource ?? 0), 0)
-    return { t_all_s: Math.max(...times), p50_s: quantile(times, 0.5), p99_s: quantile(times, 0.99), origin_bytes: sent[name] ?? 0, cpu_busy: cpu.busy, cpu_irq: cpu.irq, cpu_steal: cpu.steal, cpu_services_s: cpuServices, cpu_gets_s: cpuGets, peer_pieces_from_source: fromSource }
+    return { t_all_s: Math.max(...times), p50_s: quantile(times, 0.5), p99_s: quantile(times, 0.99), origin_bytes: sent[name] ?? 0, cpu_busy: cpu.busy, cpu_irq: cpu.irq, cpu_steal: cpu.steal, cpu_services_s: cpuServices, cpu_gets_s: cpuGets, peer_pieces_from_source: fromSource, daemon_cpu_s: daemonCpu.reduce((a, b) => a + b, 0) / n, daemon_cpu_max_s: Math.max(...daemonCpu), seed_cpu_s: meterServices.of(seed), scheduler_cpu_s: meterServices.of(sched) }
   } finally {
     await Promise.all(started.map(stop))
     await rm(dir, { recursive: true, force: true })
@@ -376,11 +381,134 @@ async function floorRun (n) {
       return s
     }))
     log(`N=${n}: floor: reads per relay ${chunks.join(' ')} (${Math.round(F / quantile(chunks, 0.5))} B per read, median)`)
-    return { s: Math.max(...times.slice(1)), cpu_s: meter.stop() }
+    const cpuS = meter.stop()
+    // CPU of the peers' relays (the seed's relay reads HTTP from the origin, like our seed)
+    const peerRelayCpu = relays.slice(1).map(r => meter.of(r))
+    return { s: Math.max(...times.slice(1)), cpu_s: cpuS, relay_cpu_s: peerRelayCpu.reduce((a, b) => a + b, 0) / n }
   } finally {
     await Promise.all(relays.map(stop))
     await rm(dir, { recursive: true, force: true })
   }
+}
+
+// ---- BitTorrent, the system users would pick instead: aria2c + opentracker, same hosts, shaping, file ----
+const BT_NAME = 'fanout.bin'
+let bt // { dir, torrent, infoHash, file }
+
+/** Once per benchmark: the torrent (1 MiB pieces) of the origin's file, its info hash, the completion hook. */
+async function btPrepare () {
+  const dir = join(work, 'bt')
+  await mkdir(join(dir, 'origin'), { recursive: true })
+  const file = join(dir, 'origin', BT_NAME)
+  const torrent = join(dir, 'f.torrent')
+  sh('mktorrent', ['-a', `http://${hosts.sched.ip}:6969/announce`, '-l', '20', '-o', torrent, file])
+  const m = /Info Hash:\s*([0-9a-f]{40})/i.exec(sh('aria2c', ['-S', torrent]))
+  if (m == null) throw new Error('aria2c -S printed no info hash')
+  // aria2c calls the hook with GID, file count, first file's path: the completion time goes next to it
+  const hook = join(dir, 'done.sh')
+  await writeFile(hook, '#!/bin/sh\ndate +%s.%N > "$3.done"\n', { mode: 0o755 })
+  bt = { dir, torrent, infoHash: m[1].toLowerCase(), file, hook }
+}
+
+const ARIA = ['aria2c', '--no-conf', '--enable-dht=false', '--enable-dht6=false', '--bt-enable-lpd=false', '--seed-ratio=0',
+  '--summary-interval=0', '--console-log-level=warn', '--allow-overwrite=true']
+
+async function aria2Rpc (ns, method, params = []) {
+  const body = JSON.stringify({ jsonrpc: '2.0', id: '1', method, params })
+  const out = sh('ip', ['netns', 'exec', ns, 'curl', '-sS', '--max-time', '5', '-d', body, 'http://127.0.0.1:6800/jsonrpc'])
+  const r = JSON.parse(out)
+  if (r.error != null) throw new Error(`aria2 ${method}: ${JSON.stringify(r.error)}`)
+  return r.result
+}
+
+/**
+ * N aria2c leechers (one per peer namespace) and one aria2c seeder in the origin's namespace (the only
+ * initial holder, as our origin), opentracker on the scheduler's host (unshaped). DHT and LPD off, PEX on
+ * (aria2c's default), `--seed-ratio=0`: every leecher keeps seeding until the last one has finished. A
+ * leecher's time is when aria2c calls its `--on-bt-download-complete` hook (every piece SHA-1 checked;
+ * aria2c does not fsync). The origin's payload bytes: the seeder's `uploadLength` over RPC.
+ */
+async function btRun (n, tag = '') {
+  const dir = join(work, `bt${n}${tag}`)
+  const tdir = join(dir, 'tracker')
+  await mkdir(tdir, { recursive: true })
+  sh('chmod', ['755', dir, tdir])
+  await writeFile(join(tdir, 'whitelist.txt'), bt.infoHash + '\n', { mode: 0o644 })
+  const started = []
+  try {
+    // opentracker chroots into -d and drops to nobody; -w is read relative to it
+    const tracker = spawnIn(hosts.sched.ns, ['opentracker', '-i', hosts.sched.ip, '-p', '6969', '-P', '6969', '-d', tdir, '-u', 'nobody', '-w', 'whitelist.txt'], 'opentracker', { cwd: tdir })
+    started.push(tracker)
+    const seeder = spawnIn(hosts.origin.ns, [...ARIA, '--enable-rpc', '--rpc-listen-port=6800', '--check-integrity=true', `--dir=${dirname(bt.file)}`, bt.torrent], 'bt-seeder')
+    started.push(seeder)
+    // the seeder has checked its file and announced before the leechers start
+    const until = Date.now() + 60_000
+    for (;;) {
+      let active = []
+      try { active = await aria2Rpc(hosts.origin.ns, 'aria2.tellActive', [['seeder', 'status']]) } catch {}
+      if (active.length === 1 && active[0].seeder === 'true') break
+      if (Date.now() > until) throw new Error(`aria2c seeder not seeding after 60 s: ${seeder.err.slice(-5).join(' ')}`)
+      await new Promise(resolve => setTimeout(resolve, 100))
+    }
+    await new Promise(resolve => setTimeout(resolve, 1000))
+    const cpu0 = cpuTimes()
+    const t0wall = Date.now()
+    const t0 = performance.now()
+    const leechers = []
+    for (let i = 0; i < n; i++) {
+      const d = join(dir, `p${i}`)
+      await mkdir(d, { recursive: true })
+      const l = spawnIn(hosts[`p${i}`].ns, [...ARIA, `--dir=${d}`, `--on-bt-download-complete=${bt.hook}`, bt.torrent], `bt-${i}`)
+      started.push(l)
+      leechers.push(l)
+    }
+    const meter = cpuMeter([seeder, ...leechers])
+    const times = new Array(n).fill(null)
+    for (;;) {
+      for (let i = 0; i < n; i++) {
+        if (times[i] != null) continue
+        const f = join(dir, `p${i}`, `${BT_NAME}.done`)
+        if (existsSync(f)) {
+          const txt = readFileSync(f, 'utf8').trim()
+          if (txt !== '') times[i] = Number(txt) - t0wall / 1000
+        }
+        if (leechers[i].child.exitCode != null) throw new Error(`aria2c on peer ${i} exited ${leechers[i].child.exitCode}: ${leechers[i].err.slice(-5).join(' ')}`)
+      }
+      if (times.every(t => t != null)) break
+      if (performance.now() - t0 > TIMEOUT_MS) throw new Error(`BitTorrent N=${n}: timeout after ${TIMEOUT_MS} ms (${times.filter(t => t != null).length} done)`)
+      await new Promise(resolve => setTimeout(resolve, 50))
+    }
+    const cpu = busySince(cpu0)
+    const up = await aria2Rpc(hosts.origin.ns, 'aria2.tellActive', [['uploadLength']])
+    const cpuS = meter.stop()
+    const leecherCpu = leechers.map(l => meter.of(l))
+    await Promise.all(leechers.map(stop))
+    // every copy is the origin's file
+    for (let i = 0; i < n; i++) {
+      const h = sh('sha256sum', [join(dir, `p${i}`, BT_NAME)]).split(' ')[0]
+      if (`sha256:${h}` !== digest) throw new Error(`BitTorrent copy on peer ${i} differs from the origin's file`)
+    }
+    await saveLogs(join(v.logs ?? '', `bt${n}${tag}`), started)
+    return {
+      t_all_s: Math.max(...times),
+      p50_s: quantile(times, 0.5),
+      origin_bytes: Number(up[0]?.uploadLength ?? NaN),
+      cpu_s: cpuS,
+      leecher_cpu_s: leecherCpu.reduce((a, b) => a + b, 0) / n,
+      cpu_busy: cpu.busy
+    }
+  } finally {
+    await Promise.all(started.map(stop))
+    await rm(dir, { recursive: true, force: true })
+  }
+}
+
+// ---- the loaded variant: a CPU hog pinned to one vCPU beside the runs ----
+function startHog () {
+  const child = spawn('taskset', ['-c', '0', NODE, '-e', 'for (;;) {}'], { stdio: 'ignore' })
+  procs.add(child)
+  const exited = new Promise(resolve => child.once('exit', () => { procs.delete(child); resolve() }))
+  return { stop: async () => { child.kill('SIGKILL'); await exited } }
 }
 
 function tMin (n) {
@@ -394,13 +522,39 @@ async function main () {
   work = await mkdtemp(join(tmpdir(), 'guoce-fanout-'))
   log(`topology: origin ${ORIGIN_RATE} Mbit/s, seed ${SEED_RATE}, peers up ${UP} down ${DOWN}, burst ${v.burst}, F=${F} B, N=${NS_LIST.join(',')}`)
   buildTopology()
-  origin = spawnIn(hosts.origin.ns, [NODE, join(here, 'origin.js'), hosts.origin.ip, String(F)], 'origin', { stdin: 'pipe' })
+  const withBt = !v['no-bittorrent']
+  const btFile = join(work, 'bt', 'origin', BT_NAME)
+  if (withBt) await mkdir(dirname(btFile), { recursive: true })
+  origin = spawnIn(hosts.origin.ns, [NODE, join(here, 'origin.js'), hosts.origin.ip, String(F), ...(withBt ? [btFile] : [])], 'origin', { stdin: 'pipe' })
   const o = await ready(origin, 'origin', 60_000)
   originUrl = o.url; digest = o.digest
+  if (withBt) await btPrepare()
   const runs = []
+  const logBt = (n, b, tag) => log(`N=${n}${tag}: BitTorrent T_all ${b.t_all_s.toFixed(2)} s, p50 ${b.p50_s.toFixed(2)} s, origin ${(b.origin_bytes / F).toFixed(3)} F, aria2c ${b.cpu_s.toFixed(1)} cpu-s, machine cpu ${(b.cpu_busy * 100).toFixed(0)}%`)
   for (const n of NS_LIST) {
     log(`N=${n}: swarm`)
     const sw = v['no-swarm'] ? null : await swarmRun(n)
+    let btr = null
+    if (withBt) {
+      log(`N=${n}: BitTorrent`)
+      btr = await btRun(n)
+      logBt(n, btr, '')
+    }
+    let loaded = null
+    let btLoaded = null
+    if (!v['no-loaded']) {
+      const hog = startHog()
+      try {
+        log(`N=${n}: swarm, loaded (a busy loop pinned to cpu 0)`)
+        loaded = v['no-swarm'] ? null : await swarmRun(n, '-loaded')
+        if (loaded != null) log(`N=${n}-loaded: T_all ${loaded.t_all_s.toFixed(2)} s, origin ${(loaded.origin_bytes / F).toFixed(3)} F, machine cpu ${(loaded.cpu_busy * 100).toFixed(0)}%`)
+        if (withBt) {
+          log(`N=${n}: BitTorrent, loaded`)
+          btLoaded = await btRun(n, '-loaded')
+          logBt(n, btLoaded, '-loaded')
+        }
+      } finally { await hog.stop() }
+    }
     if (sw != null) log(`N=${n}: T_all ${sw.t_all_s.toFixed(2)} s, p50 ${sw.p50_s.toFixed(2)} s, origin ${(sw.origin_bytes / F).toFixed(3)} F, machine cpu ${(sw.cpu_busy * 100).toFixed(0)}% (irq ${(sw.cpu_irq * 100).toFixed(0)}%, steal ${(sw.cpu_steal * 100).toFixed(0)}%), ours ${sw.cpu_services_s.toFixed(1)} + gets ${sw.cpu_gets_s.toFixed(1)} cpu-s`)
     let direct = null
     if (!v['no-direct']) {
@@ -416,10 +570,38 @@ async function main () {
     }
     const tmin = tMin(n)
     const r3 = x => x == null || Number.isNaN(x) ? null : Math.round(x * 1000) / 1000
+    const GiB = F / 2 ** 30
+    const div = (a, b) => a == null || b == null ? null : r3(a / b)
     runs.push({
       n,
       file_bytes: F,
       t_all_s: r3(sw?.t_all_s),
+      // BitTorrent (aria2c) in the same hosts, shaping and file, right after the swarm
+      bittorrent_t_all_s: r3(btr?.t_all_s),
+      t_all_over_bittorrent: div(sw?.t_all_s, btr?.t_all_s),
+      bittorrent_origin_bytes_ratio: div(btr?.origin_bytes, F),
+      bittorrent_p50_s: r3(btr?.p50_s),
+      // CPU seconds per GiB received, per receiving process: our daemon (mean), the relay of the floor, aria2c
+      daemon_cpu_s_per_gib: div(sw?.daemon_cpu_s, GiB),
+      daemon_cpu_max_s_per_gib: div(sw?.daemon_cpu_max_s, GiB),
+      relay_cpu_s_per_gib: div(floor?.relay_cpu_s, GiB),
+      daemon_over_relay_cpu: div(sw?.daemon_cpu_s, floor?.relay_cpu_s),
+      bittorrent_cpu_s_per_gib: div(btr?.leecher_cpu_s, GiB),
+      seed_cpu_s: r3(sw?.seed_cpu_s),
+      scheduler_cpu_s: r3(sw?.scheduler_cpu_s),
+      // the loaded variant: the same two runs beside a busy loop pinned to cpu 0
+      loaded: loaded == null && btLoaded == null
+        ? null
+        : {
+            t_all_s: r3(loaded?.t_all_s),
+            origin_bytes_ratio: div(loaded?.origin_bytes, F),
+            p50_s: r3(loaded?.p50_s),
+            bittorrent_t_all_s: r3(btLoaded?.t_all_s),
+            bittorrent_origin_bytes_ratio: div(btLoaded?.origin_bytes, F),
+            t_all_over_bittorrent: div(loaded?.t_all_s, btLoaded?.t_all_s),
+            cpu_busy: r3(loaded?.cpu_busy),
+            peer_pieces_from_source: loaded?.peer_pieces_from_source ?? null
+          },
       t_min_s: r3(tmin),
       ratio: r3(sw == null ? null : sw.t_all_s / tmin),
       origin_bytes_ratio: r3(sw == null ? null : sw.origin_bytes / F),
@@ -444,14 +626,23 @@ async function main () {
     })
   }
   const at16 = runs.find(r => r.n === 16)
+  const every = (f) => runs.some(r => f(r) == null) ? null : runs.every(r => f(r))
+  const le = (x, lim) => x == null ? null : x <= lim
   const result = {
     runs,
     targets: {
+      // issue 14, every N
+      t_all_over_bittorrent_le_0_8: every(r => le(r.t_all_over_bittorrent, 0.8)),
+      loaded_t_all_over_bittorrent_le_0_8: every(r => le(r.loaded?.t_all_over_bittorrent, 0.8)),
+      loaded_origin_bytes_le_1_05: every(r => le(r.loaded?.origin_bytes_ratio, 1.05)),
+      t_all_over_floor_le_1_2: every(r => le(r.t_all_over_floor, 1.2)),
+      daemon_over_relay_cpu_le_1_3: every(r => le(r.daemon_over_relay_cpu, 1.3)),
+      // issue 3
       ratio_at_16_le_1_3: at16?.ratio == null ? null : at16.ratio <= 1.3,
       origin_bytes_le_1_05_every_n: runs.some(r => r.origin_bytes_ratio == null) ? null : runs.every(r => r.origin_bytes_ratio <= 1.05),
       direct_over_t_all_at_16_ge_5: at16?.direct_over_t_all == null ? null : at16.direct_over_t_all >= 5
     },
-    setup: { piece_channel: v['piece-channel'], rate_mbit: { origin: ORIGIN_RATE, seed: SEED_RATE, up: UP, down: DOWN }, burst: v.burst, cpus: (await readFile('/proc/cpuinfo', 'utf8')).split('\n').filter(l => l.startsWith('processor')).length }
+    setup: { piece_channel: v['piece-channel'], rate_mbit: { origin: ORIGIN_RATE, seed: SEED_RATE, up: UP, down: DOWN }, burst: v.burst, loaded: v['no-loaded'] ? null : 'one busy loop (node -e "for(;;){}") pinned to cpu 0 with taskset, beside the swarm and BitTorrent runs', cpu_model: ((await readFile('/proc/cpuinfo', 'utf8')).match(/model name\s*:\s*(.*)/) ?? [])[1] ?? null, cpus: (await readFile('/proc/cpuinfo', 'utf8')).split('\n').filter(l => l.startsWith('processor')).length }
   }
   process.stdout.write(v.json ? JSON.stringify(result) + '\n' : JSON.stringify(result, null, 2) + '\n')
 }

@@ -28,7 +28,9 @@ export const MAX_SCHEDULE_RETRIES = 5
  */
 export const BAD_PARENT_REPORTS = 2
 /**
- * How often piece announcements (have, digests) are batched out.
+ * How often piece announcements (have, digests) are batched out at the latest. A running scheduler also
+ * flushes them right after the turn of the event loop that queued them (Scheduler.flushSoon), so a
+ * have reaches a child one message hop after the parent reported the piece.
  * @default 20 ms
  */
 export const ANNOUNCE_INTERVAL_MS = 20

@@ -388,7 +388,14 @@ export class SchedulerCore {
       if (q == null) this.pendingHave.set(peer, q = [])
       q.push(...fresh)
     }
+    if (this.pendingHave.size > 0 || this.pendingDigests.size > 0) this.flushSoon()
   }
+
+  /**
+   * Announcements were queued. The core fed by a simulator flushes on its caller's clock only; the
+   * network service (Scheduler) flushes right after this turn of its event loop.
+   */
+  protected flushSoon (): void {}
 
   /** Send batched have/digest announcements. */
   flushAnnouncements (): void {
@@ -608,6 +615,17 @@ function usableStripeParent (child: Peer, p: Peer): boolean {
 /** The scheduler service: SchedulerCore behind /guoce/scheduler/1 streams. */
 export class Scheduler extends SchedulerCore implements Startable {
   private timer: NodeJS.Timeout | undefined
+  private flushing: NodeJS.Immediate | undefined
+
+  /**
+   * A started scheduler sends queued announcements right after this turn of the event loop (what
+   * arrived in the same turn still goes in one batch) instead of waiting for the next
+   * ANNOUNCE_INTERVAL_MS tick: availability is relayed through here, so the wait was paid once per hop.
+   */
+  protected override flushSoon (): void {
+    if (this.timer == null || this.flushing != null) return
+    this.flushing = setImmediate(() => { this.flushing = undefined; this.flushAnnouncements() })
+  }
   /** bytes of messages being received over all streams (SCHEDULER_READ_BUDGET_BYTES) */
   readonly readBudget = readBudget(SCHEDULER_READ_BUDGET_BYTES)
 
@@ -651,6 +669,9 @@ export class Scheduler extends SchedulerCore implements Startable {
 
   async stop (): Promise<void> {
     clearInterval(this.timer)
+    this.timer = undefined
+    clearImmediate(this.flushing)
+    this.flushing = undefined
     await this.init.node.unhandle(SCHEDULER_PROTOCOL)
     for (const h of this.hosts.values()) h.close()
   }

@@ -5,7 +5,7 @@
  */
 import { request, Agent, errors as undiciErrors } from 'undici'
 import { ContentChangedError, ContentLengthMismatchError, NotFoundError, OriginStatusError, OriginTimeoutError, OriginUnreachableError, type AbortOptions } from '@guoce/interface'
-import { parseSourceUrl, redactUrl, isImportUrl, CREDENTIAL_HEADERS } from '@guoce/content'
+import { parseSourceUrl, redactUrl, isImportUrl, CREDENTIAL_HEADERS, piecePool, type Lease } from '@guoce/content'
 import { parseChallenge } from '@guoce/image'
 
 /**
@@ -271,22 +271,33 @@ export async function openSource (ref: SourceRef, options: SourceOptions = {}): 
   return { status: res.statusCode, length, totalLength, body: iterate(), ranged: res.statusCode === 206 }
 }
 
-/** Re-chunk a byte stream into fixed-size pieces (the last may be short). */
+/**
+ * Re-chunk a byte stream into fixed-size pieces (the last may be short). Each piece is copied into a
+ * buffer of piecePool that goes back to the pool when the consumer asks for the next piece (or stops):
+ * a yielded piece is valid until then only. A fresh buffer per piece made a seed allocate the whole
+ * content once more, and V8 ran full collections for that external memory.
+ */
 export async function * pieces (body: AsyncIterable<Uint8Array>, pieceLength: number): AsyncGenerator<Buffer> {
-  let parts: Uint8Array[] = []
+  let lease: Lease | undefined
   let have = 0
-  for await (const chunk of body) {
-    let c = chunk
-    while (c.byteLength > 0) {
-      const take = Math.min(pieceLength - have, c.byteLength)
-      parts.push(c.subarray(0, take))
-      have += take
-      c = c.subarray(take)
-      if (have === pieceLength) {
-        yield Buffer.concat(parts, have)
-        parts = []; have = 0
+  try {
+    for await (const chunk of body) {
+      let off = 0
+      while (off < chunk.byteLength) {
+        lease ??= piecePool.acquire(pieceLength)
+        const take = Math.min(pieceLength - have, chunk.byteLength - off)
+        lease.buf.set(chunk.subarray(off, off + take), have)
+        have += take
+        off += take
+        if (have === pieceLength) {
+          const full = lease
+          lease = undefined; have = 0
+          try { yield full.buf } finally { full.release() }
+        }
       }
     }
+    if (have > 0 && lease != null) yield lease.buf.subarray(0, have)
+  } finally {
+    lease?.release()
   }
-  if (have > 0) yield Buffer.concat(parts, have)
 }

@@ -55,10 +55,12 @@ export const ENDGAME_PIECES = 4
  */
 export const UPLOAD_SLOTS = 8
 /**
- * Delay that batches piece-finished reports to the scheduler.
- * @default 10 ms
+ * Delay that batches piece-finished reports to the scheduler. A report is what the scheduler relays to
+ * the children as availability, so each millisecond here is one more per hop of a chain: 0 batches only
+ * the pieces finished in the same turn of the event loop.
+ * @default 0 ms
  */
-export const REPORT_DELAY_MS = 10
+export const REPORT_DELAY_MS = 0
 /**
  * Time a parent with requests in flight may send no byte at all before it is blamed (ParentTimeoutError,
  * reported as a bad parent) and its pieces are asked of others. A healthy parent sends a piece's bytes as

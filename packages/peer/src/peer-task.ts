@@ -19,7 +19,7 @@
  *   it has no usable primary. A stalled stripe may be served by any parent. A stripe's clocks restart
  *   when its primary changes. Endgame and starving work as in chain mode.
  */
-import { createHash } from 'node:crypto'
+import { createHash, type Hash } from 'node:crypto'
 import type { Libp2p } from 'libp2p'
 import { multiaddr } from '@multiformats/multiaddr'
 import { Bitmap, verifyPieceAsync, checkPieceDigest, equalBytes, MAX_PIECE_LENGTH, credentialHash } from '@guoce/content'
@@ -785,7 +785,7 @@ export class PeerTask {
 
   private async connection (p: ParentState): Promise<PieceConnection> {
     if (p.conn?.isOpen === true) return p.conn
-    p.connecting ??= PieceConnection.open(this.init.node, p.addrs, { signal: AbortSignal.timeout(5_000), channel: this.init.pieceChannel ?? 'stream', hashOnArrival: false }).finally(() => { p.connecting = undefined })
+    p.connecting ??= PieceConnection.open(this.init.node, p.addrs, { signal: AbortSignal.timeout(5_000), channel: this.init.pieceChannel ?? 'stream' }).finally(() => { p.connecting = undefined })
     p.conn = await p.connecting
     this.init.onConnection?.(p.conn.channel)
     return p.conn
@@ -926,6 +926,7 @@ export class PeerTask {
     if (digest != null) checkPieceDigest(n, digest, expected)
     else await verifyPieceAsync(n, data, expected)
     await s.writePiece(n, data, expected)
+    this.feedWhole(n, data)
     this.policy.onPiece(n, Date.now())
     p.bytes += data.byteLength
     this.piecesFromPeers++
@@ -1056,16 +1057,66 @@ export class PeerTask {
   }
 
   private succeeding: Promise<void> | undefined
+  /**
+   * The whole content's sha256 (a task named by a digest), over pieces [0, wholeNext) in order, fed as
+   * verified pieces are written: with the data in hand when a piece is the next one, else read back from
+   * the store once the gap before it fills. At the end only what is left is read, so success does not
+   * stall the event loop (and the children it serves) on one pass over the whole file.
+   */
+  private wholeHash: Hash | undefined
+  private wholeNext = 0
+  private wholeCatchUp: Promise<void> | undefined
+
+  private feedWhole (n: number, data: Uint8Array): void {
+    const s = this.stored
+    if (this.init.request.digest == null || s == null || this.wholeNext < 0) return
+    if (this.wholeCatchUp == null && n === this.wholeNext) {
+      (this.wholeHash ??= createHash('sha256')).update(data)
+      this.wholeNext++
+    }
+    if (this.wholeCatchUp == null && this.wholeNext < s.info.pieceCount && s.bitmap.has(this.wholeNext)) void this.catchUpWhole()
+  }
+
+  /** Feed the held pieces after wholeNext from the store, in order; a failed read gives up (succeed reads it all). */
+  private async catchUpWhole (): Promise<void> {
+    if (this.wholeCatchUp != null) { await this.wholeCatchUp; return }
+    const s = this.stored!
+    this.wholeCatchUp = (async () => {
+      try {
+        const h = this.wholeHash ??= createHash('sha256')
+        while (this.wholeNext >= 0 && this.wholeNext < s.info.pieceCount && s.bitmap.has(this.wholeNext)) {
+          const start = this.wholeNext * s.info.pieceLength
+          h.update(await s.read(start, Math.min(s.info.pieceLength, s.info.contentLength - start)))
+          this.wholeNext++
+        }
+      } catch {
+        this.wholeNext = -1
+      } finally {
+        this.wholeCatchUp = undefined
+      }
+    })()
+    await this.wholeCatchUp
+  }
+
+  /** sha256:HEX of the whole held content: the running hash when it covers every piece, else one pass over the store. */
+  private async wholeDigest (): Promise<string> {
+    const s = this.stored!
+    await this.catchUpWhole()
+    if (this.wholeNext === s.info.pieceCount && (this.wholeHash != null || s.info.pieceCount === 0)) {
+      return `sha256:${(this.wholeHash ?? createHash('sha256')).digest('hex')}`
+    }
+    const h = createHash('sha256')
+    const chunk = 4 * 1024 * 1024
+    for (let off = 0; off < s.info.contentLength; off += chunk) h.update(await s.read(off, Math.min(chunk, s.info.contentLength - off)))
+    return `sha256:${h.digest('hex')}`
+  }
   private async succeed (): Promise<void> {
     this.succeeding ??= (async () => {
       const s = this.stored!
       await s.flush()
       const want = this.init.request.digest
       if (want != null) {
-        const h = createHash('sha256')
-        const chunk = 4 * 1024 * 1024
-        for (let off = 0; off < s.info.contentLength; off += chunk) h.update(await s.read(off, Math.min(chunk, s.info.contentLength - off)))
-        if (`sha256:${h.digest('hex')}` !== want) {
+        if (await this.wholeDigest() !== want) {
           await this.init.store.remove(this.taskId).catch(() => {})
           this.stored = undefined
           await this.fail(new DigestMismatchError(`downloaded content does not match ${want}`))
