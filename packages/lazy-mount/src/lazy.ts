@@ -195,7 +195,7 @@ export async function lazyMount (ref: string, targetDir: string, opts: LazyMount
       undos.push(async () => { await m.unmount() })
       stats = s.stats
     } else {
-      const extents = new Map(files.map(f => [f.digest, new Map(f.extents.map(e => [e.blkaddr, e]))]))
+      const extents = new Map(files.map(f => [f.digest, f.extents]))
       const servers: LayerServer[] = []
       for (const [i, l] of resolved.layers.entries()) {
         const srv = await serveLayer({ mountpoint: state.layers[i]!, metaPath: l.meta, blobs: l.blobs, extents, chunks, ...deadline, ...logOpt })
