@@ -12,7 +12,7 @@
  */
 import { CorruptImageError, type ChunkExtent } from '@guoce/image'
 import type { ChunkReader } from './chunk-reader.js'
-import { DEFAULT_READ_DEADLINE_MS } from './constants.js'
+import { DEFAULT_READAHEAD, DEFAULT_READ_DEADLINE_MS } from './constants.js'
 import { Fuse, answerRead, fuseMount, type FuseOps } from './fuse.js'
 
 /** One data blob as served: its digest, view size and chunk extents sorted by blkaddr (`device` is not used). */
@@ -29,6 +29,8 @@ export interface BlobServerInit {
   log?: (obj: Record<string, unknown>) => void
   /** @default DEFAULT_READ_DEADLINE_MS */
   readDeadlineMs?: number
+  /** Bytes fetched ahead of a sequential reader (0: none). @default DEFAULT_READAHEAD */
+  readahead?: number
 }
 
 export interface BlobServerStats {
@@ -74,6 +76,9 @@ export async function serveBlobs (init: BlobServerInit): Promise<BlobServer> {
   add(init.blobs)
   const counters = { reads: 0, bytesRead: 0, failedReads: 0 }
   const epoch = new Date()
+  const readahead = init.readahead ?? DEFAULT_READAHEAD
+  /** Where the last read of each blob ended, and how far ahead its chunks were asked for. */
+  const seq = new Map<string, { end: number, ahead: number }>()
 
   /** Index of the first extent whose end is past `pos`. */
   const firstExtent = (ext: ChunkExtent[], pos: number): number => {
@@ -85,6 +90,26 @@ export async function serveBlobs (init: BlobServerInit): Promise<BlobServer> {
       else hi = mid
     }
     return lo
+  }
+
+  /**
+   * A read that starts where the previous one of the blob ended is sequential: the chunks from `end` up to
+   * `readahead` bytes further are asked for in the background (each once; failures are left to the reads).
+   */
+  const readAhead = (blob: BlobFile, pos: number, end: number): void => {
+    const s = seq.get(blob.digest)
+    const sequential = s !== undefined && s.end === pos
+    const ahead = sequential ? Math.max(s.ahead, end) : end
+    seq.set(blob.digest, { end, ahead })
+    if (!sequential || readahead <= 0 || ahead >= end + readahead / 2) return
+    const until = Math.min(blob.size, end + readahead)
+    let i = firstExtent(blob.extents, ahead)
+    for (; i < blob.extents.length; i++) {
+      const e = blob.extents[i]!
+      if (e.blkaddr * 4096 >= until) break
+      void chunks.read(blob.digest, e, { background: true }).catch(() => {})
+    }
+    seq.set(blob.digest, { end, ahead: until })
   }
 
   const fill = async (blob: BlobFile, buf: Buffer, pos: number, end: number): Promise<void> => {
@@ -127,6 +152,7 @@ export async function serveBlobs (init: BlobServerInit): Promise<BlobServer> {
       counters.reads++
       if (pos >= b.size) { cb(0); return }
       const end = Math.min(b.size, pos + len)
+      readAhead(b, pos, end)
       answerRead(cb, end - pos, async () => { await fill(b, buf, pos, end) }, { deadlineMs, counters, ...(init.log !== undefined ? { log: init.log } : {}), what: { blob: b.digest, pos, len } })
     }
   }

@@ -4,7 +4,7 @@
  * `fetchTimeoutMs`). A chunk whose fetch just failed fails further reads at once for FAILED_CHUNK_TTL_MS.
  * Both FUSE servers (the blob server of EROFS mode, the filesystem of FUSE mode) read through one of these.
  */
-import { decodeChunk, type ChunkExtent } from '@guoce/image'
+import { decodeChunkAsync, type ChunkExtent } from '@guoce/image'
 import type { ChunkStore } from './chunk-store.js'
 import type { BlobSource } from './source.js'
 import { ChunkUnavailableError } from './errors.js'
@@ -51,7 +51,7 @@ export function chunkReader (init: ChunkReaderInit): ChunkReader {
       if (closing.signal.aborted) break
       const signal = AbortSignal.any([closing.signal, AbortSignal.timeout(fetchTimeoutMs)])
       try {
-        return decodeChunk(e, await source.read(blob, e.storedOffset, e.storedLength, signal))
+        return await decodeChunkAsync(e, await source.read(blob, e.storedOffset, e.storedLength, signal))
       } catch (err) {
         last = err
         if ((err as Error).name === 'ChunkDigestMismatchError') refused++
