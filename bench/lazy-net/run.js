@@ -55,6 +55,15 @@ function cleanupSync () {
   if (cleaned) return
   cleaned = true
   for (const p of procs) { try { p.kill('SIGKILL') } catch {} }
+  // a mount's detached serving process left by a failed trial: its command line names this run's directory
+  if (work != null) {
+    try {
+      for (const line of sh('ps', ['-eo', 'pid=,args=']).split('\n')) {
+        const m = /^\s*(\d+)\s+(.*)$/.exec(line)
+        if (m != null && m[2].includes(`${work}/`) && Number(m[1]) !== process.pid) { try { process.kill(Number(m[1]), 'SIGKILL') } catch {} }
+      }
+    } catch {}
+  }
   for (const ns of namespaces.reverse()) { try { sh('ip', ['netns', 'del', ns]) } catch {} }
   if (work != null) {
     // mounts a killed trial left (in the node's mount namespace they went with it; these are the host's)
