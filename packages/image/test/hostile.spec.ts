@@ -248,6 +248,18 @@ describe('hostile chunk tables and stored chunks', () => {
     await expectCorrupt(await hostile(b => { b.writeBigUInt64LE(1n << 62n, tableAt + 32) }), /stored size .* out of range/)
   })
 
+  it('v3: check refuses a file chunk that does not fit in the entry holding it (a pack cut short)', async () => {
+    const b0 = await readFile(join(dir, 'meta.erofs'))
+    const lengths = Array.from({ length: b0.readUInt32LE(tableAt + 12) }, (_, i) => b0.readUInt32LE(entAt + 56 * i + 8))
+    const pack = lengths.findIndex(l => l > 8192) // the tails of a and b share a pack longer than one chunk
+    expect(pack).toBeGreaterThanOrEqual(0)
+    const at = entAt + 56 * pack
+    const meta = await hostile(b => { b.writeUInt32LE(b.readUInt32LE(at + 8) - 4096, at + 8) })
+    const err = await checkImage(meta, { blobs: [join(dir, 'data.blob')] }).then(() => undefined, (e: unknown) => e as Error)
+    expect(err?.name).toBe('CorruptImageError')
+    expect(err?.message).toMatch(/chunk of \d+ bytes where the file needs \d+/)
+  })
+
   it('refuses overlapping extents, in the view and in the blob', async () => {
     const e1 = entAt + 56
     await expectCorrupt(await hostile(b => { b.writeBigUInt64LE(b.readBigUInt64LE(entAt + 16), e1 + 16) }), /stored extents of blocks .* overlap/)
