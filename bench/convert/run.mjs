@@ -192,7 +192,7 @@ if (SECTIONS.has('cli')) {
       for (let i = 0; i < RUNS + 1; i++) {
         await rm(dst, { recursive: true, force: true })
         const b = await timed(`gzip -dc '${tar}.gz' | sha256sum`)
-        const c = await timed(`node '${CLI}' image convert --source 'oci:${src}:v1' --target 'oci:${dst}:v1' --compression-level ${level}`)
+        const c = await timed(`'${process.execPath}' '${CLI}' image convert --source 'oci:${src}:v1' --target 'oci:${dst}:v1' --compression-level ${level}`)
         if (i > 0) { base.push(b.seconds); ours.push(c.seconds); baseCpu.push(b.cpuSeconds); oursCpu.push(c.cpuSeconds) } // first round warms up
         const index = JSON.parse(await readFile(join(dst, 'index.json'), 'utf8'))
         const manifest = JSON.parse(await readFile(join(dst, 'blobs/sha256', index.manifests[0].digest.slice(7)), 'utf8'))

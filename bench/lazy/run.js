@@ -95,8 +95,9 @@ try {
       const stats = JSON.parse(err.split('\n').find(l => l.includes('"unmounted"')))
       results.push({
         chunkSize: cs, mode, prefetchTrace: r.traced === true, imageBlobBytes: Number(img.split('\t')[0]), mountMs: Math.round(mountedMs), mountToExitMs: Math.round(totalMs),
-        fetchedBytes: stats.store.fetchedBytes, chunksFetched: stats.store.fetches, fuseReadBytes: stats.server.bytesRead,
+        fetchedBytes: stats.store.fetchedBytes, fetchedStoredBytes: stats.server.fetchedStoredBytes, chunksFetched: stats.store.fetches, fuseReadBytes: stats.server.bytesRead,
         fetchedPerOpenedFileBytes: +(stats.store.fetchedBytes / openedBytes).toFixed(3),
+        fetchedStoredPerOpenedFileBytes: +(stats.server.fetchedStoredBytes / openedBytes).toFixed(3),
         fetchedPerFuseReadBytes: +(stats.store.fetchedBytes / Math.max(1, stats.server.bytesRead)).toFixed(3)
       })
       log(JSON.stringify(results.at(-1)))

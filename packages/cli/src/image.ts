@@ -23,7 +23,7 @@ const USAGE = `Usage: guoce image <convert|inspect|check|mount|pull|umount> ...
       verify every metadata structure and every chunk digest; exits non-zero on the first fault, naming it
   guoce image mount REF DIR [--detach] [--mode erofs|fuse] [--daemon http://127.0.0.1:65001] [--state DIR] [--chunks DIR]
                     [--chunk-quota 10GiB] [--fetch-timeout 30s] [--read-timeout 60s] [--record-trace FILE] [--no-prefetch]
-                    [--digest sha256:HEX] [--index-digest sha256:HEX] [--json]
+                    [--digest sha256:HEX] [--index-digest sha256:HEX] [--plain-http] [--whole-blobs] [--json]
       show the image's whole tree at DIR at once; chunks are fetched as they are read (kernel EROFS over
       blobs served by FUSE from this process, layers stacked with overlayfs), verified, and kept in the
       node chunk store (--chunks, default $GUOCE_HOME/chunks). REF is oci:DIR[:TAG], or
@@ -35,6 +35,8 @@ const USAGE = `Usage: guoce image <convert|inspect|check|mount|pull|umount> ...
       --mode fuse serves the metadata by FUSE too (kernels without file-backed EROFS). --record-trace
       writes the order of first chunk reads to FILE at unmount; an image with a stored trace is
       prefetched in that order in the background, below on-demand reads (--no-prefetch: not).
+      --plain-http: the registry over http whatever its host. The daemon fetches only the pieces of a
+      blob that are read; --whole-blobs: a blob's first read starts its whole download in the background.
       Serves until SIGINT/SIGTERM or \`guoce image umount DIR\`, then undoes every mount; --detach
       returns once mounted and serves in the background. Mounts left by a killed process are cleaned
       up by the next mount or umount (state in --state, default $GUOCE_HOME/mounts).
@@ -132,7 +134,7 @@ export async function image (argv: string[]): Promise<number> {
 const MOUNT_OPTIONS = {
   detach: { type: 'boolean' }, mode: { type: 'string' }, daemon: { type: 'string' }, state: { type: 'string' }, chunks: { type: 'string' },
   'chunk-quota': { type: 'string' }, 'fetch-timeout': { type: 'string' }, 'read-timeout': { type: 'string' },
-  'record-trace': { type: 'string' }, 'no-prefetch': { type: 'boolean' }, digest: { type: 'string' }, 'index-digest': { type: 'string' }
+  'record-trace': { type: 'string' }, 'no-prefetch': { type: 'boolean' }, digest: { type: 'string' }, 'index-digest': { type: 'string' }, 'plain-http': { type: 'boolean' }, 'whole-blobs': { type: 'boolean' }
 } as const
 
 /** `guoce image mount`: serves in the foreground until a signal, or (--detach) in a child that outlives us. */
@@ -190,6 +192,8 @@ async function mount (argv: string[]): Promise<number> {
     ...(readDeadlineMs != null ? { readDeadlineMs } : {}),
     ...(typeof v['record-trace'] === 'string' ? { recordTrace: v['record-trace'] } : {}),
     ...(v['no-prefetch'] === true ? { prefetch: false } : {}),
+    ...(v['plain-http'] === true ? { plainHttp: true } : {}),
+    ...(v['whole-blobs'] === true ? { ranged: false } : {}),
     onPrefetchDone: (r: { chunks: number, ms: number }) => { process.stderr.write(JSON.stringify({ event: 'prefetched', ...r }) + '\n') },
     ...(verbose ? { log: (o: Record<string, unknown>) => { process.stderr.write(JSON.stringify({ component: 'lazy-mount', ...o }) + '\n') } } : {})
   })

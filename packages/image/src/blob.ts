@@ -8,6 +8,13 @@
  * - else given the next 4 KiB-aligned address of this blob's *uncompressed view* (what EROFS chunk indexes
  *   address) and *stored* in the blob file compressed (zstd) or as is, packed back to back (chunks.ts).
  *
+ * A chunk shorter than the chunk size (a small file, or a file's last chunk) is not stored alone: it joins the
+ * open *pack*, a view extent of at most one chunk size that holds such chunks back to back (each at a 4 KiB
+ * boundary). The pack is one chunk table entry: compressed, fetched, verified and cached as one. Compressing
+ * thousands of small files together instead of one by one is what brings a converted rootfs under its OCI gzip
+ * size (doc/FORMAT.md, "Packed small chunks"). A pack reserves a whole chunk size of view when it opens (later
+ * full chunks are placed after it); what it does not use stays a hole of the view that no entry covers.
+ *
  * Compression runs on worker threads (compress.ts), several chunks at a time (bounded by COMPRESS_AHEAD bytes),
  * while the main thread goes on parsing and hashing; results are stored in the order the chunks came, so a layer
  * always converts to the same bytes.
@@ -18,7 +25,7 @@
  */
 import { createHash } from 'node:crypto'
 import type { FileHandle } from 'node:fs/promises'
-import { DEFAULT_ZSTD_LEVEL, type ChunkCompression, type ChunkCompressionOptions } from './chunks.js'
+import { DEFAULT_ZSTD_LEVEL, MAX_PACK_CHUNKS, type ChunkCompression, type ChunkCompressionOptions } from './chunks.js'
 import { CompressorPool } from './compress.js'
 import { BLOCK_SIZE } from './constants.js'
 import type { ChunkRef } from './tree.js'
@@ -29,8 +36,11 @@ export interface SparseMap { size: number, map: Array<{ offset: number, length: 
 /** Where a chunk is stored in its blob file. */
 export interface StoredExtent { compression: ChunkCompression, storedOffset: number, storedLength: number }
 
-/** A chunk known to a dictionary: which blob (1-based index in `blobs`), where in its view, how long, where stored. */
-export interface DictChunk extends StoredExtent { blob: number, blkaddr: number, length: number, digest: Buffer }
+/**
+ * A chunk known to a dictionary: which blob (1-based index in `blobs`), where in its view, how long, where stored.
+ * A chunk stored in a pack has `pack`, the chunk table entry that holds it (the stored extent is the pack's).
+ */
+export interface DictChunk extends StoredExtent { blob: number, blkaddr: number, length: number, digest: Buffer, pack?: { blkaddr: number, length: number, digest: Buffer } }
 
 /** A blob known to a dictionary: its digest (of the stored bytes), view size in blocks, stored size in bytes. */
 export interface DictBlob { digest: string, blocks: number, storedSize: number }
@@ -58,15 +68,27 @@ export interface ChunkStats {
   dedupFromDict: number
   /** Bytes of file data (sum of file sizes). */
   fileBytes: number
-  /** Uncompressed bytes of the chunks stored in this layer's blob (without padding). */
+  /** Uncompressed bytes of the entries stored in this layer's blob (whole chunks, and packs with the block padding between their chunks). */
   storedBytes: number
   /** Bytes those chunks take in the blob file (after compression). */
   compressedBytes: number
-  /** Chunks stored zstd-compressed (the others are stored as is: compression did not pay). */
+  /** Chunk table entries stored zstd-compressed (the others are stored as is: compression did not pay). */
   compressedChunks: number
+  /** Short chunks stored in packs (counted in `unique` too). */
+  packedChunks: number
+  /** Packs stored. */
+  packs: number
 }
 
-interface OwnChunk { blkaddr: number, length: number, digest: Buffer, stored?: StoredExtent }
+/** A chunk table entry of this blob: a whole chunk stored alone, or a pack of short chunks. */
+interface OwnEntry { blkaddr: number, length: number, digest: Buffer, stored?: StoredExtent }
+/** A file chunk stored in this blob, and the entry that holds it (itself, or its pack). */
+interface OwnChunk { blkaddr: number, length: number, digest: Buffer, entry: OwnEntry }
+/**
+ * The pack being filled: its entry, its view bytes, the offset where the next short chunk goes, and every ref
+ * handed out to its chunks (rewritten when the whole pack turns out to be in the dictionary already).
+ */
+interface OpenPack { entry: OwnEntry, buf: Buffer, end: number, next: number, refs: ChunkRef[], members: string[] }
 
 /** Blob bytes queued before a write is issued. */
 const WRITE_BATCH = 8 * 1024 * 1024
@@ -75,11 +97,19 @@ const COMPRESS_AHEAD = 16 * 1024 * 1024
 
 export class BlobWriter {
   readonly chunkSize: number
+  /** Longest pack of short chunks (a multiple of BLOCK_SIZE, at least the chunk size). */
+  readonly packSize: number
   /** Blob ordinal of this blob in device numbering during conversion: dict.blobs.length + 1. */
   readonly ownOrdinal: number
   private readonly fh: FileHandle
   private readonly dict: ChunkDict | undefined
   private readonly own = new Map<string, OwnChunk>()
+  /** Entry holding each chunk's view address (whole chunks and pack members). */
+  private readonly entryAt = new Map<number, OwnEntry>()
+  private readonly entries: OwnEntry[] = []
+  private pack: OpenPack | undefined
+  /** Short chunks whose whole pack was found in the dictionary: where they are there. */
+  private readonly inDict = new Map<string, DictChunk>()
   private readonly hash = createHash('sha256')
   private readonly buf: Buffer
   private readonly zero: Buffer
@@ -89,11 +119,12 @@ export class BlobWriter {
   size = 0
   /** Bytes of the blob file (stored chunks, back to back). */
   storedSize = 0
-  readonly stats: ChunkStats = { chunks: 0, holes: 0, unique: 0, dedupInLayer: 0, dedupFromDict: 0, fileBytes: 0, storedBytes: 0, compressedBytes: 0, compressedChunks: 0 }
+  readonly stats: ChunkStats = { chunks: 0, holes: 0, unique: 0, dedupInLayer: 0, dedupFromDict: 0, fileBytes: 0, storedBytes: 0, compressedBytes: 0, compressedChunks: 0, packedChunks: 0, packs: 0 }
 
-  constructor (fh: FileHandle, chunkSize: number, dict?: ChunkDict, compression: ChunkCompressionOptions = {}) {
+  constructor (fh: FileHandle, chunkSize: number, dict?: ChunkDict, compression: ChunkCompressionOptions = {}, packSize?: number) {
     this.fh = fh
     this.chunkSize = chunkSize
+    this.packSize = packSize ?? chunkSize
     this.dict = dict
     this.pool = (compression.compression ?? 'zstd') === 'zstd' ? new CompressorPool({ level: compression.level ?? DEFAULT_ZSTD_LEVEL }) : undefined
     this.ownOrdinal = (dict?.blobs.length ?? 0) + 1
@@ -201,33 +232,104 @@ export class BlobWriter {
     const mine = this.own.get(hex)
     if (mine !== undefined && mine.length === c.length) {
       this.stats.dedupInLayer++
-      return { device: this.ownOrdinal, blkaddr: mine.blkaddr }
+      const ref = { device: this.ownOrdinal, blkaddr: mine.blkaddr }
+      if (mine.entry === this.pack?.entry) this.pack.refs.push(ref)
+      return ref
+    }
+    const moved = this.inDict.get(hex)
+    if (moved !== undefined && moved.length === c.length) {
+      this.stats.dedupFromDict++
+      return { device: moved.blob, blkaddr: moved.blkaddr }
     }
     const known = this.dict?.chunks.get(hex)
-    if (known !== undefined && known.length === c.length) {
+    // a chunk in a dictionary pack longer than this table may declare is stored again
+    if (known !== undefined && known.length === c.length && (known.pack?.length ?? 0) <= this.chunkSize * MAX_PACK_CHUNKS) {
       this.stats.dedupFromDict++
       return { device: known.blob, blkaddr: known.blkaddr }
     }
+    this.stats.unique++
+    if (c.length < this.chunkSize) return await this.addToPack(c, digest, hex)
+    this.stats.storedBytes += c.length
     const blkaddr = this.size / BLOCK_SIZE
     const pad = (BLOCK_SIZE - (c.length % BLOCK_SIZE)) % BLOCK_SIZE
-    const own: OwnChunk = { blkaddr, length: c.length, digest }
-    // the compressor copies the chunk before this returns; without it, the chunk buffer is reused for the next
-    // chunk: keep a copy (stream slices are never reused)
-    const encoded = this.pool !== undefined
-      ? this.pool.compress(c)
-      : Promise.resolve({ compression: 'none' as const, bytes: c.buffer === this.buf.buffer ? Buffer.from(c) : c })
-    encoded.catch(() => {}) // surfaced when stored
-    this.ahead.push({ own, encoded })
-    this.aheadBytes += c.length
-    while (this.aheadBytes > COMPRESS_AHEAD && this.ahead.length > 1) await this.storeOldest()
+    const entry: OwnEntry = { blkaddr, length: c.length, digest }
     this.size += c.length + pad
-    this.own.set(hex, own)
-    this.stats.unique++
-    this.stats.storedBytes += c.length
+    this.remember(hex, { blkaddr, length: c.length, digest, entry })
+    await this.store(entry, c)
     return { device: this.ownOrdinal, blkaddr }
   }
 
-  private ahead: Array<{ own: OwnChunk, encoded: Promise<{ compression: ChunkCompression, bytes: Buffer }> }> = []
+  private remember (hex: string, chunk: OwnChunk): void {
+    this.own.set(hex, chunk)
+    this.entryAt.set(chunk.blkaddr, chunk.entry)
+  }
+
+  /** Hands an entry's bytes to the compressor (the chunk may be a reused buffer: the compressor copies it). */
+  private async store (entry: OwnEntry, c: Buffer): Promise<void> {
+    const encoded = this.pool !== undefined
+      ? this.pool.compress(c)
+      : Promise.resolve({ compression: 'none' as const, bytes: Buffer.from(c) })
+    encoded.catch(() => {}) // surfaced when stored
+    this.entries.push(entry)
+    this.ahead.push({ own: entry, encoded })
+    this.aheadBytes += c.length
+    while (this.aheadBytes > COMPRESS_AHEAD && this.ahead.length > 1) await this.storeOldest()
+  }
+
+  /** Puts a short chunk in the open pack (closing it first when the chunk does not fit, opening one when none is). */
+  private async addToPack (c: Buffer, digest: Buffer, hex: string): Promise<ChunkRef> {
+    if (this.pack !== undefined && this.pack.next + c.length > this.packSize) await this.closePack()
+    if (this.pack === undefined) {
+      const entry: OwnEntry = { blkaddr: this.size / BLOCK_SIZE, length: 0, digest: Buffer.alloc(0) }
+      this.pack = { entry, buf: Buffer.alloc(this.packSize), end: 0, next: 0, refs: [], members: [] }
+      this.size += this.packSize // reserved; given back at close when nothing was placed after it
+    }
+    const p = this.pack
+    const blkaddr = p.entry.blkaddr + p.next / BLOCK_SIZE
+    c.copy(p.buf, p.next)
+    p.end = p.next + c.length
+    p.next = Math.ceil(p.end / BLOCK_SIZE) * BLOCK_SIZE
+    this.remember(hex, { blkaddr, length: c.length, digest, entry: p.entry })
+    this.stats.packedChunks++
+    const ref = { device: this.ownOrdinal, blkaddr }
+    p.refs.push(ref)
+    p.members.push(hex)
+    return ref
+  }
+
+  private async closePack (): Promise<void> {
+    const p = this.pack
+    if (p === undefined) return
+    this.pack = undefined
+    const bytes = p.buf.subarray(0, p.end)
+    p.entry.length = p.end
+    p.entry.digest = createHash('sha256').update(bytes).digest()
+    const reservedEnd = p.entry.blkaddr * BLOCK_SIZE + this.packSize
+    const known = this.dict?.chunks.get(p.entry.digest.toString('hex'))
+    if (known !== undefined && known.length === p.end && known.pack === undefined) {
+      // the same pack is stored in a dictionary blob (the same short chunks in the same order, as in an image
+      // converted before): point every chunk of this pack there, and store nothing
+      if (this.size === reservedEnd) this.size = p.entry.blkaddr * BLOCK_SIZE
+      for (const r of p.refs) { r.blkaddr = known.blkaddr + (r.blkaddr - p.entry.blkaddr); r.device = known.blob }
+      for (const hex of p.members) {
+        const m = this.own.get(hex)!
+        this.own.delete(hex)
+        this.entryAt.delete(m.blkaddr)
+        const { blob, compression, storedOffset, storedLength } = known
+        this.inDict.set(hex, { blob, blkaddr: known.blkaddr + (m.blkaddr - p.entry.blkaddr), length: m.length, digest: m.digest, compression, storedOffset, storedLength, pack: { blkaddr: known.blkaddr, length: known.length, digest: known.digest } })
+        this.stats.unique--
+        this.stats.packedChunks--
+        this.stats.dedupFromDict++
+      }
+      return
+    }
+    if (this.size === reservedEnd) this.size = p.entry.blkaddr * BLOCK_SIZE + p.next
+    this.stats.packs++
+    this.stats.storedBytes += p.end
+    await this.store(p.entry, bytes)
+  }
+
+  private ahead: Array<{ own: OwnEntry, encoded: Promise<{ compression: ChunkCompression, bytes: Buffer }> }> = []
   private aheadBytes = 0
 
   /** Stores the oldest chunk handed to the compressor: appends its stored bytes to the blob file. */
@@ -289,6 +391,7 @@ export class BlobWriter {
 
   /** Stores and writes everything queued; call before closing the file. */
   async flush (): Promise<void> {
+    await this.closePack()
     while (this.ahead.length > 0) await this.storeOldest()
     await this.flushPending()
     await this.inflight
@@ -299,22 +402,19 @@ export class BlobWriter {
     await this.pool?.close()
   }
 
-  /** The chunk stored at `blkaddr` of this blob. */
-  ownChunk (blkaddr: number): OwnChunk | undefined {
-    return this.byAddr().get(blkaddr)
+  /** The chunk table entry holding the chunk at `blkaddr` of this blob (the chunk's own, or its pack). */
+  entryOf (blkaddr: number): Required<OwnEntry> | undefined {
+    return this.entryAt.get(blkaddr) as Required<OwnEntry> | undefined
   }
 
-  private addrIndex: Map<number, OwnChunk> | undefined
-  private byAddr (): Map<number, OwnChunk> {
-    if (this.addrIndex === undefined) {
-      this.addrIndex = new Map()
-      for (const c of this.own.values()) this.addrIndex.set(c.blkaddr, c)
-    }
-    return this.addrIndex
+  /** Every chunk stored in this blob (pack members too), with the entry that holds it; after flush(). */
+  ownChunks (): Array<OwnChunk & { entry: Required<OwnEntry> }> {
+    return [...this.own.values()] as Array<OwnChunk & { entry: Required<OwnEntry> }>
   }
 
-  ownChunks (): Array<Required<OwnChunk>> {
-    return [...this.own.values()] as Array<Required<OwnChunk>>
+  /** Short chunks found in the dictionary as a whole pack (convertLayer adds them to the dictionary for later layers). */
+  foundInDict (): Map<string, DictChunk> {
+    return this.inDict
   }
 
   /** sha256 hex of the blob's bytes. */

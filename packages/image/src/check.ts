@@ -6,10 +6,11 @@
  */
 import { createHash } from 'node:crypto'
 import { open } from 'node:fs/promises'
-import { decodeChunkAsync, loadChunkTable, type ChunkExtent } from './chunks.js'
+import { decodeChunkAsync, extentAt, loadChunkTable, type ChunkExtent } from './chunks.js'
 import { type ErofsInode, type ErofsReader, type ErofsSuper } from './erofs/reader.js'
 import { ChunkDigestMismatchError, CorruptImageError } from './errors.js'
 import type { NodeKind } from './tree.js'
+import { BLOCK_SIZE } from './constants.js'
 
 export interface InspectFile { path: string, kind: NodeKind, size: number, mode: number, uid: number, gid: number, chunks?: number, holes?: number }
 
@@ -105,8 +106,8 @@ export async function checkImage (metaPath: string, opts: CheckImageOptions = {}
   const { reader, table, chunkSize, storedSizes } = await load(metaPath)
   const devices = reader.sb.devices
   // bounds, order and overlap of views and stored extents were checked by loadChunkTable
-  const byAddr = new Map<string, ChunkExtent>()
-  for (const e of table) byAddr.set(`${e.device}:${e.blkaddr}`, e)
+  const byDevice = new Map<number, ChunkExtent[]>()
+  for (const e of table) { let l = byDevice.get(e.device); if (l === undefined) byDevice.set(e.device, l = []); l.push(e) } // stays sorted
   const names = new Map<number, number>()
   const inodes = new Map<number, ErofsInode>()
   const allNids = new Set<number>()
@@ -124,10 +125,12 @@ export async function checkImage (metaPath: string, opts: CheckImageOptions = {}
       if (c === null) return
       const where = `inode nid ${ino.nid} (${path}) chunk ${i}`
       if (c.device < 1 || c.device > devices.length) throw new CorruptImageError(`${where}: device ${c.device} not in the device table`)
-      const e = byAddr.get(`${c.device}:${c.blkaddr}`)
+      const e = extentAt(byDevice.get(c.device) ?? [], c.blkaddr)
       if (e === undefined) throw new CorruptImageError(`${where}: device ${c.device} block ${c.blkaddr} is not in the chunk table`)
       const expected = Math.min(chunkSize, ino.size - i * chunkSize)
-      if (e.length !== expected) throw new CorruptImageError(`${where}: chunk of ${e.length} bytes where the file needs ${expected}`)
+      const has = e.length - (c.blkaddr - e.blkaddr) * BLOCK_SIZE
+      // a whole chunk is an entry of its own; a short one is its own entry or in a pack, which may hold more after it
+      if (expected === chunkSize ? (e.blkaddr !== c.blkaddr || e.length !== expected) : has < expected) throw new CorruptImageError(`${where}: chunk of ${has} bytes where the file needs ${expected}`)
     })
   })
   for (const [nid, n] of names) {

@@ -6,6 +6,8 @@
  * - v1: chunks stored uncompressed at their view address (the blob file *is* the view);
  * - v2: each chunk stored zstd-compressed, or as is when compression does not pay, packed back to back;
  *   a per-device stored size bounds every extent.
+ * - v3: the bytes of v2; an entry may also be a *pack* of short chunks (several files' chunks back to back, each
+ *   at a block boundary), so a file chunk's block address may fall inside an entry: find it with extentAt().
  *
  * Everything here treats the metadata image and the stored bytes as hostile: readChunkTable() bounds every
  * count and extent before allocating and rejects overlaps; decodeChunk() bounds decompression to the chunk's
@@ -48,6 +50,8 @@ export interface ChunkExtent {
 export interface ChunkTable {
   version: number
   chunkSize: number
+  /** Longest entry (uncompressed bytes): the chunk size, or (v3) the pack size when larger. Bounds every decode. */
+  maxEntry: number
   /** Sorted by (device, blkaddr); views do not overlap, stored extents do not overlap. */
   entries: ChunkExtent[]
   /** Bytes of each device's blob file (index = device - 1): v2 records them, v1 blobs are their view. */
@@ -62,8 +66,11 @@ export const CHUNK_TABLE_ENTRY_V1 = 48
 export const CHUNK_TABLE_ENTRY_V2 = 56
 /** v2: one stored size (u64) per device after the header. */
 export const CHUNK_TABLE_DEVICE_V2 = 8
+/** Longest pack a v3 table may declare, as a multiple of its chunk size (bounds a decode's memory). */
+export const MAX_PACK_CHUNKS = 16
+
 /** The chunk table version convertLayer writes. */
-export const CHUNK_TABLE_VERSION = 2
+export const CHUNK_TABLE_VERSION = 3
 
 const COMPRESSION_CODE: Record<ChunkCompression, number> = { none: 0, zstd: 1, lz4: 2 }
 
@@ -71,16 +78,17 @@ function corrupt (msg: string): never {
   throw new CorruptImageError(`chunk table: ${msg}`)
 }
 
-/** Encodes a v2 chunk table. `storedSizes[d - 1]` is device d's blob file size. */
-export function encodeChunkTable (entries: ChunkExtent[], chunkSize: number, storedSizes: number[]): Buffer {
+/** Encodes a v3 chunk table (v2 layout). `storedSizes[d - 1]` is device d's blob file size. */
+export function encodeChunkTable (entries: ChunkExtent[], chunkSize: number, storedSizes: number[], maxEntry = chunkSize): Buffer {
   const devAt = CHUNK_TABLE_HEADER
   const entAt = devAt + CHUNK_TABLE_DEVICE_V2 * storedSizes.length
   const out = Buffer.alloc(entAt + CHUNK_TABLE_ENTRY_V2 * entries.length)
   out.write(CHUNK_TABLE_MAGIC, 0, 'latin1')
-  out.writeUInt32LE(2, 8)
+  out.writeUInt32LE(CHUNK_TABLE_VERSION, 8)
   out.writeUInt32LE(entries.length, 12)
   out.writeUInt32LE(chunkSize, 16)
   out.writeUInt32LE(storedSizes.length, 20)
+  out.writeUInt32LE(maxEntry, 24)
   storedSizes.forEach((s, i) => { out.writeBigUInt64LE(BigInt(s), devAt + i * CHUNK_TABLE_DEVICE_V2) })
   entries.forEach((e, i) => {
     const p = entAt + i * CHUNK_TABLE_ENTRY_V2
@@ -103,14 +111,19 @@ export function parseChunkTable (b: Buffer, viewBlocks: number[]): ChunkTable {
   if (b.length < CHUNK_TABLE_HEADER) corrupt(`missing: ${b.length} bytes after the EROFS blocks`)
   if (b.toString('latin1', 0, 8) !== CHUNK_TABLE_MAGIC) corrupt('bad magic (not a Guoce chunk table)')
   const version = b.readUInt32LE(8)
-  if (version !== 1 && version !== 2) corrupt(`version ${version} is not supported (this reader reads 1 and 2)`)
+  if (version !== 1 && version !== 2 && version !== 3) corrupt(`version ${version} is not supported (this reader reads 1, 2 and 3)`)
   const count = b.readUInt32LE(12)
   const chunkSize = b.readUInt32LE(16)
   if (chunkSize < MIN_CHUNK_SIZE || chunkSize > MAX_CHUNK_SIZE || (chunkSize & (chunkSize - 1)) !== 0) corrupt(`chunk size ${chunkSize} is not a power of two in [${MIN_CHUNK_SIZE}, ${MAX_CHUNK_SIZE}]`)
+  let maxEntry = chunkSize
+  if (version === 3) {
+    maxEntry = b.readUInt32LE(24)
+    if (maxEntry < chunkSize || maxEntry > chunkSize * MAX_PACK_CHUNKS || maxEntry % BLOCK_SIZE !== 0) corrupt(`longest entry ${maxEntry} out of range [${chunkSize}, ${chunkSize * MAX_PACK_CHUNKS}] or not a multiple of ${BLOCK_SIZE}`)
+  }
   let entAt = CHUNK_TABLE_HEADER
   let storedSizes: number[]
   const entrySize = version === 1 ? CHUNK_TABLE_ENTRY_V1 : CHUNK_TABLE_ENTRY_V2
-  if (version === 2) {
+  if (version !== 1) {
     const devCount = b.readUInt32LE(20)
     if (devCount !== viewBlocks.length) corrupt(`${devCount} devices, the device table has ${viewBlocks.length}`)
     entAt += devCount * CHUNK_TABLE_DEVICE_V2
@@ -137,7 +150,7 @@ export function parseChunkTable (b: Buffer, viewBlocks: number[]): ChunkTable {
     const where = `entry ${i} (device ${device} block ${blkaddr})`
     const blocks = viewBlocks[device - 1]
     if (device < 1 || blocks === undefined) corrupt(`${where}: device not in the device table (${viewBlocks.length} devices)`)
-    if (length < 1 || length > chunkSize) corrupt(`${where}: length ${length} out of range [1, ${chunkSize}]`)
+    if (length < 1 || length > maxEntry) corrupt(`${where}: length ${length} out of range [1, ${maxEntry}]`)
     if (blkaddr + Math.ceil(length / BLOCK_SIZE) > blocks) corrupt(`${where}: past the end of the blob's view (${blocks} blocks)`)
     if (prev !== undefined && (prev.device > device || (prev.device === device && prev.blkaddr + Math.ceil(prev.length / BLOCK_SIZE) > blkaddr))) {
       corrupt(`${where}: entries overlap or are out of order`)
@@ -146,7 +159,7 @@ export function parseChunkTable (b: Buffer, viewBlocks: number[]): ChunkTable {
     let storedOffset = blkaddr * BLOCK_SIZE
     let storedLength = length
     let digestAt = p + 16
-    if (version === 2) {
+    if (version !== 1) {
       const code = b.readUInt8(p + 2)
       if (code === 1) compression = 'zstd'
       else if (code === 2) corrupt(`${where}: lz4 chunks are reserved in the format but this reader does not decode them`)
@@ -164,7 +177,7 @@ export function parseChunkTable (b: Buffer, viewBlocks: number[]): ChunkTable {
     entries[i] = e
     prev = e
   }
-  if (version === 2) {
+  if (version !== 1) {
     // stored extents of one blob must not overlap (each chunk is stored once; the view order may differ from the stored order)
     const byStored = entries.slice().sort((x, y) => x.device - y.device || x.storedOffset - y.storedOffset)
     for (let i = 1; i < byStored.length; i++) {
@@ -175,7 +188,23 @@ export function parseChunkTable (b: Buffer, viewBlocks: number[]): ChunkTable {
       }
     }
   }
-  return { version, chunkSize, entries, storedSizes }
+  return { version, chunkSize, maxEntry, entries, storedSizes }
+}
+
+/**
+ * The entry of `sorted` (one device's entries, sorted by blkaddr as parseChunkTable returns them) whose view
+ * holds block `blkaddr`: the chunk's own entry, or the pack it is in. A file chunk at `blkaddr` is then the bytes
+ * from `(blkaddr - e.blkaddr) * 4096` of the decoded entry.
+ */
+export function extentAt (sorted: ChunkExtent[], blkaddr: number): ChunkExtent | undefined {
+  let lo = 0; let hi = sorted.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (sorted[mid]!.blkaddr <= blkaddr) lo = mid + 1
+    else hi = mid
+  }
+  const e = sorted[lo - 1]
+  return e !== undefined && (blkaddr - e.blkaddr) * BLOCK_SIZE < e.length ? e : undefined
 }
 
 /** The metadata image's EROFS reader and its validated chunk table. */

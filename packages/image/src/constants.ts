@@ -9,6 +9,13 @@ export const BLOCK_BITS = 12
  * @default 1 MiB
  */
 export const DEFAULT_CHUNK_SIZE = 1 << 20
+/**
+ * Default pack size, in chunk sizes: short chunks (small files, files' last chunks) are stored together in packs
+ * of up to this many chunk sizes. Measured on a debootstrap python3 rootfs, zstd 3, 1 MiB chunks (doc/FORMAT.md):
+ * packs of 1 chunk size store 113.2 MB, of 2 about 2 MB less (what takes the image under 0.95 of its gzip size).
+ * @default 2
+ */
+export const DEFAULT_PACK_CHUNKS = 2
 /** Smallest and largest chunk sizes accepted (EROFS chunk bits are 5 bits over the block size). */
 export const MIN_CHUNK_SIZE = BLOCK_SIZE
 export const MAX_CHUNK_SIZE = 1 << 30

@@ -10,8 +10,8 @@
 import { randomBytes, createHash } from 'node:crypto'
 import { open, rename, rm, type FileHandle } from 'node:fs/promises'
 import { BlobWriter, type ChunkDict, type ChunkStats } from './blob.js'
-import { encodeChunkTable, type ChunkCompressionOptions, type ChunkExtent } from './chunks.js'
-import { BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_LAYER_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE } from './constants.js'
+import { encodeChunkTable, extentAt, MAX_PACK_CHUNKS, type ChunkCompressionOptions, type ChunkExtent } from './chunks.js'
+import { BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_PACK_CHUNKS, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_LAYER_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE } from './constants.js'
 import { writeErofs, type ErofsDevice } from './erofs/writer.js'
 import { InvalidImageRefError, LayerDigestMismatchError } from './errors.js'
 import { LayerBuilder, type LowerDirs, type WhiteoutMode } from './layer.js'
@@ -26,6 +26,11 @@ export interface ConvertLayerOptions {
   blobPath: string
   /** @default DEFAULT_CHUNK_SIZE */
   chunkSize?: number
+  /**
+   * Longest pack of short chunks (small files, files' last chunks), stored, fetched and verified as one entry:
+   * a multiple of the chunk size from 1 to MAX_PACK_CHUNKS. @default DEFAULT_PACK_CHUNKS (2) chunk sizes
+   */
+  packSize?: number
   /** Uncompressed bytes the layer may expand to. @default DEFAULT_MAX_LAYER_SIZE */
   maxSize?: number
   /** @default DEFAULT_MAX_ENTRIES */
@@ -100,6 +105,8 @@ export function checkChunkSize (chunkSize: number): void {
 export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: ConvertLayerOptions): Promise<LayerResult> {
   const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE
   checkChunkSize(chunkSize)
+  const packSize = opts.packSize ?? chunkSize * DEFAULT_PACK_CHUNKS
+  if (packSize % chunkSize !== 0 || packSize < chunkSize || packSize > chunkSize * MAX_PACK_CHUNKS) throw new InvalidImageRefError(`pack size ${packSize} must be 1 to ${MAX_PACK_CHUNKS} times the chunk size ${chunkSize}`)
   const maxSize = opts.maxSize ?? DEFAULT_MAX_LAYER_SIZE
   const suffix = `.tmp-${randomBytes(6).toString('hex')}`
   const metaTmp = opts.metaPath + suffix
@@ -109,7 +116,7 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
   let writer: BlobWriter | undefined
   try {
     blobFh = await open(blobTmp, 'wx')
-    const blob = writer = new BlobWriter(blobFh, chunkSize, opts.chunkDict, { ...(opts.compression !== undefined ? { compression: opts.compression } : {}), ...(opts.compressionLevel !== undefined ? { level: opts.compressionLevel } : {}) })
+    const blob = writer = new BlobWriter(blobFh, chunkSize, opts.chunkDict, { ...(opts.compression !== undefined ? { compression: opts.compression } : {}), ...(opts.compressionLevel !== undefined ? { level: opts.compressionLevel } : {}) }, packSize)
     const decoded = await decodeLayer(source, { maxSize, diffId: opts.diffId === true, signal: opts.signal })
     const reader = new ByteReader(decoded.stream)
     const builder = new LayerBuilder(opts.whiteouts ?? 'overlay', opts.lowerDirs)
@@ -139,20 +146,36 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
     })
     const storedSizes = ordinals.map(o => o === blob.ownOrdinal ? blob.storedSize : dict!.blobs[o - 1]!.storedSize)
     const devOf = new Map(ordinals.map((o, i) => [o, i + 1]))
-    // Chunk table: every (device, blkaddr) the image refers to, with its digest and stored extent.
+    // Chunk table: the entry holding each (device, blkaddr) the image refers to (a whole chunk, or the pack a
+    // short chunk is in), with its digest and stored extent.
     const table = new Map<string, ChunkExtent>()
-    const dictByAddr = new Map<string, ChunkExtent>()
-    if (dict !== undefined) for (const c of dict.chunks.values()) dictByAddr.set(`${c.blob}:${c.blkaddr}`, { ...c, device: c.blob })
+    // dictionary entries per blob, sorted: a ref may point inside one (a short chunk in a pack)
+    const dictEntries = new Map<number, ChunkExtent[]>()
+    if (dict !== undefined) {
+      const seen = new Set<string>()
+      for (const c of dict.chunks.values()) {
+        if (!used.has(c.blob)) continue
+        const e = { ...c, ...(c.pack ?? {}), device: c.blob }
+        const k = `${c.blob}:${e.blkaddr}`
+        if (seen.has(k)) continue
+        seen.add(k)
+        let l = dictEntries.get(c.blob)
+        if (l === undefined) dictEntries.set(c.blob, l = [])
+        l.push(e)
+      }
+      for (const l of dictEntries.values()) l.sort((a, b) => a.blkaddr - b.blkaddr)
+    }
     forEachFile(root, f => {
       f.chunks = f.chunks.map(c => {
         if (c === null) return null
-        const key = `${c.device}:${c.blkaddr}`
         const device = devOf.get(c.device)!
+        const info = c.device === blob.ownOrdinal
+          ? (e => e === undefined ? undefined : { ...e, ...e.stored })(blob.entryOf(c.blkaddr))
+          : extentAt(dictEntries.get(c.device) ?? [], c.blkaddr)
+        if (info === undefined) throw new Error(`internal: no chunk at ${c.device}:${c.blkaddr}`)
+        const key = `${device}:${info.blkaddr}`
         if (!table.has(key)) {
-          const own = c.device === blob.ownOrdinal ? blob.ownChunk(c.blkaddr) : undefined
-          const info = own !== undefined ? { ...own, ...own.stored! } : dictByAddr.get(key)
-          if (info === undefined) throw new Error(`internal: no chunk at ${key}`)
-          table.set(key, { device, blkaddr: c.blkaddr, length: info.length, digest: info.digest, compression: info.compression, storedOffset: info.storedOffset, storedLength: info.storedLength })
+          table.set(key, { device, blkaddr: info.blkaddr, length: info.length, digest: info.digest, compression: info.compression, storedOffset: info.storedOffset, storedLength: info.storedLength })
         }
         return { device, blkaddr: c.blkaddr }
       })
@@ -160,7 +183,9 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
     const entriesSorted = [...table.values()].sort((a, b) => a.device - b.device || a.blkaddr - b.blkaddr)
     const uuid = createHash('sha256').update(decoded.compressedDigest()).update(String(chunkSize)).digest().subarray(0, 16)
     const { image, inodes } = writeErofs(root, { chunkSize, devices, uuid })
-    const ct = encodeChunkTable(entriesSorted, chunkSize, storedSizes)
+    // the longest entry any referenced blob holds (dictionary blobs may have been packed with another size)
+    const maxEntry = entriesSorted.reduce((m, e) => Math.max(m, Math.ceil(e.length / BLOCK_SIZE) * BLOCK_SIZE), chunkSize)
+    const ct = encodeChunkTable(entriesSorted, chunkSize, storedSizes, maxEntry)
     const meta = Buffer.concat([image, ct])
     metaFh = await open(metaTmp, 'wx')
     await metaFh.writeFile(meta)
@@ -173,9 +198,13 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
     else await rm(blobTmp, { force: true })
     await rename(metaTmp, opts.metaPath)
     opts.lowerDirs?.apply(root)
+    if (dict !== undefined) for (const [hex, c] of blob.foundInDict()) if (!dict.chunks.has(hex)) dict.chunks.set(hex, c)
     if (dict !== undefined && blobDigest !== undefined) {
       const ordinal = dict.blobs.push({ digest: blobDigest, blocks: blob.size / BLOCK_SIZE, storedSize: blob.storedSize })
-      for (const c of blob.ownChunks()) dict.chunks.set(c.digest.toString('hex'), { blob: ordinal, blkaddr: c.blkaddr, length: c.length, digest: c.digest, ...c.stored })
+      for (const c of blob.ownChunks()) {
+        const e = c.entry
+        dict.chunks.set(c.digest.toString('hex'), { blob: ordinal, blkaddr: c.blkaddr, length: c.length, digest: c.digest, ...e.stored, ...(e.blkaddr !== c.blkaddr || e.length !== c.length ? { pack: { blkaddr: e.blkaddr, length: e.length, digest: e.digest } } : {}) })
+      }
     }
     return {
       compression: decoded.compression,

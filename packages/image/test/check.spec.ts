@@ -52,7 +52,7 @@ describe('checkImage / inspectImage', () => {
     expect(i1.chunks.storedBytesPerDevice).toEqual([t1.entries.reduce((s, e) => s + e.storedLength, 0)])
     expect(i1.chunks.compressed).toBe(t1.entries.filter(e => e.compression === 'zstd').length)
     expect(i1.chunks.storedBytesPerDevice[0]).toBe(r1.blobSize) // the blob holds exactly the stored extents
-    expect(i1.tableVersion).toBe(2)
+    expect(i1.tableVersion).toBe(3)
     expect(i1.files?.find(f => f.path === 'h')).toMatchObject({ kind: 'file', size: 50_000, chunks: 7 })
     expect(r1.stats).toMatchObject({ unique: 7, dedupInLayer: 7, holes: 3 })
     expect(r2.stats).toMatchObject({ dedupFromDict: 7, unique: 4 })

@@ -229,7 +229,7 @@ describe('hostile chunk tables and stored chunks', () => {
 
   it('accepts the honest image, with compressed and stored chunks', async () => {
     const t = await readChunkTable(join(dir, 'meta.erofs'))
-    expect(t.version).toBe(2)
+    expect(t.version).toBe(3)
     expect(t.entries.map(e => e.compression).sort()).toEqual(expect.arrayContaining(['none', 'zstd']))
     await checkImage(join(dir, 'meta.erofs'), { blobs: [join(dir, 'data.blob')] })
   })
@@ -238,10 +238,26 @@ describe('hostile chunk tables and stored chunks', () => {
     await expectCorrupt(await hostile(b => { b.writeBigUInt64LE(10_000_000n, entAt + 16) }), /entry 0 .*stored extent .* past the end of the blob/)
     await expectCorrupt(await hostile(b => { b.writeBigUInt64LE(2n ** 60n, entAt + 16) }), /stored offset .* out of range/)
     await expectCorrupt(await hostile(b => { b.writeUInt32LE(1_000_000, entAt + 4) }), /past the end of the blob's view/)
-    await expectCorrupt(await hostile(b => { b.writeUInt32LE(9000, entAt + 8) }), /length 9000 out of range/)
+    await expectCorrupt(await hostile(b => { b.writeUInt32LE(b.readUInt32LE(tableAt + 24) + 1, entAt + 8) }), /length \d+ out of range/)
+    // v3: the longest entry bounds every decode; it must lie in [chunk size, 16 chunk sizes], in whole blocks
+    await expectCorrupt(await hostile(b => { b.writeUInt32LE(b.readUInt32LE(tableAt + 16) * 17, tableAt + 24) }), /longest entry \d+ out of range/)
+    await expectCorrupt(await hostile(b => { b.writeUInt32LE(b.readUInt32LE(tableAt + 16) - 4096, tableAt + 24) }), /longest entry \d+ out of range/)
+    await expectCorrupt(await hostile(b => { b.writeUInt32LE(b.readUInt32LE(tableAt + 16) * 2 + 1, tableAt + 24) }), /longest entry \d+ out of range/)
     await expectCorrupt(await hostile(b => { b.writeUInt32LE(b.readUInt32LE(entAt + 8) + 1, entAt + 12) }), /stored length .* out of range/)
     await expectCorrupt(await hostile(b => { b.writeUInt16LE(3, entAt) }), /device not in the device table/)
     await expectCorrupt(await hostile(b => { b.writeBigUInt64LE(1n << 62n, tableAt + 32) }), /stored size .* out of range/)
+  })
+
+  it('v3: check refuses a file chunk that does not fit in the entry holding it (a pack cut short)', async () => {
+    const b0 = await readFile(join(dir, 'meta.erofs'))
+    const lengths = Array.from({ length: b0.readUInt32LE(tableAt + 12) }, (_, i) => b0.readUInt32LE(entAt + 56 * i + 8))
+    const pack = lengths.findIndex(l => l > 8192) // the tails of a and b share a pack longer than one chunk
+    expect(pack).toBeGreaterThanOrEqual(0)
+    const at = entAt + 56 * pack
+    const meta = await hostile(b => { b.writeUInt32LE(b.readUInt32LE(at + 8) - 4096, at + 8) })
+    const err = await checkImage(meta, { blobs: [join(dir, 'data.blob')] }).then(() => undefined, (e: unknown) => e as Error)
+    expect(err?.name).toBe('CorruptImageError')
+    expect(err?.message).toMatch(/chunk of \d+ bytes where the file needs \d+/)
   })
 
   it('refuses overlapping extents, in the view and in the blob', async () => {
@@ -253,7 +269,7 @@ describe('hostile chunk tables and stored chunks', () => {
   it('refuses huge counts before allocating, and unknown versions, compressions and chunk sizes', async () => {
     await expectCorrupt(await hostile(b => { b.writeUInt32LE(0xffffffff, tableAt + 12) }), /4294967295 entries of 56 bytes do not fit/)
     await expectCorrupt(await hostile(b => { b.writeUInt32LE(1000, tableAt + 20) }), /1000 devices, the device table has 1/)
-    await expectCorrupt(await hostile(b => { b.writeUInt32LE(3, tableAt + 8) }), /version 3 is not supported/)
+    await expectCorrupt(await hostile(b => { b.writeUInt32LE(4, tableAt + 8) }), /version 4 is not supported/)
     await expectCorrupt(await hostile(b => { b.writeUInt8(7, entAt + 2) }), /unknown compression 7/)
     await expectCorrupt(await hostile(b => { b.writeUInt8(2, entAt + 2) }), /lz4 chunks are reserved/)
     await expectCorrupt(await hostile(b => { b.writeUInt32LE(12345, tableAt + 16) }), /chunk size 12345 is not a power of two/)

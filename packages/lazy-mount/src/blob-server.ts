@@ -12,7 +12,7 @@
  */
 import { CorruptImageError, type ChunkExtent } from '@guoce/image'
 import type { ChunkReader } from './chunk-reader.js'
-import { DEFAULT_READ_DEADLINE_MS } from './constants.js'
+import { DEFAULT_READAHEAD, DEFAULT_READ_DEADLINE_MS, READAHEAD_MIN_RUN } from './constants.js'
 import { Fuse, answerRead, fuseMount, type FuseOps } from './fuse.js'
 
 /** One data blob as served: its digest, view size and chunk extents sorted by blkaddr (`device` is not used). */
@@ -29,6 +29,8 @@ export interface BlobServerInit {
   log?: (obj: Record<string, unknown>) => void
   /** @default DEFAULT_READ_DEADLINE_MS */
   readDeadlineMs?: number
+  /** Bytes fetched ahead of a sequential reader (0: none). @default DEFAULT_READAHEAD */
+  readahead?: number
 }
 
 export interface BlobServerStats {
@@ -39,6 +41,8 @@ export interface BlobServerStats {
   failedReads: number
   /** Stored chunks from a source that did not decode to their digest (refused, asked again). */
   refused: number
+  /** Stored (compressed) bytes of the chunks that verified: what came over the network. */
+  fetchedStoredBytes?: number
 }
 
 export interface BlobServer {
@@ -74,6 +78,9 @@ export async function serveBlobs (init: BlobServerInit): Promise<BlobServer> {
   add(init.blobs)
   const counters = { reads: 0, bytesRead: 0, failedReads: 0 }
   const epoch = new Date()
+  const readahead = init.readahead ?? DEFAULT_READAHEAD
+  /** Per blob: where its last read ended, where that sequential run began, how far ahead chunks were asked for. */
+  const seq = new Map<string, { end: number, start: number, ahead: number }>()
 
   /** Index of the first extent whose end is past `pos`. */
   const firstExtent = (ext: ChunkExtent[], pos: number): number => {
@@ -85,6 +92,29 @@ export async function serveBlobs (init: BlobServerInit): Promise<BlobServer> {
       else hi = mid
     }
     return lo
+  }
+
+  /**
+   * A read that starts where the previous one of the blob ended continues a sequential run. Once the run is
+   * READAHEAD_MIN_RUN long, the chunks after it are asked for in the background (each once; failures are left
+   * to the reads), half as far ahead as the run is long, up to `readahead` bytes: a start-up that reads small files
+   * here and there fetches nothing more, a file streamed from start to end gets its next chunks early.
+   */
+  const readAhead = (blob: BlobFile, pos: number, end: number): void => {
+    const s = seq.get(blob.digest)
+    const run = s !== undefined && s.end === pos ? { start: s.start, ahead: Math.max(s.ahead, end) } : { start: pos, ahead: end }
+    seq.set(blob.digest, { end, ...run })
+    const length = end - run.start
+    if (readahead <= 0 || length < READAHEAD_MIN_RUN) return
+    const window = Math.min(readahead, Math.floor(length / 2))
+    if (run.ahead >= end + window / 2) return
+    const until = Math.min(blob.size, end + window)
+    for (let i = firstExtent(blob.extents, run.ahead); i < blob.extents.length; i++) {
+      const e = blob.extents[i]!
+      if (e.blkaddr * 4096 >= until) break
+      void chunks.read(blob.digest, e, { background: true }).catch(() => {})
+    }
+    seq.set(blob.digest, { end, start: run.start, ahead: until })
   }
 
   const fill = async (blob: BlobFile, buf: Buffer, pos: number, end: number): Promise<void> => {
@@ -127,6 +157,7 @@ export async function serveBlobs (init: BlobServerInit): Promise<BlobServer> {
       counters.reads++
       if (pos >= b.size) { cb(0); return }
       const end = Math.min(b.size, pos + len)
+      readAhead(b, pos, end)
       answerRead(cb, end - pos, async () => { await fill(b, buf, pos, end) }, { deadlineMs, counters, ...(init.log !== undefined ? { log: init.log } : {}), what: { blob: b.digest, pos, len } })
     }
   }
@@ -138,7 +169,7 @@ export async function serveBlobs (init: BlobServerInit): Promise<BlobServer> {
     mountpoint: init.mountpoint,
     add,
     path: (digest) => `${init.mountpoint}/${digest.replace(/^sha256:/, '')}`,
-    stats: () => ({ ...counters, refused: chunks.refused() }),
+    stats: () => ({ ...counters, refused: chunks.refused(), fetchedStoredBytes: chunks.fetchedStoredBytes() }),
     close: async () => {
       closed ??= (async () => {
         await fuse.unmount()

@@ -4,7 +4,7 @@
  * `fetchTimeoutMs`). A chunk whose fetch just failed fails further reads at once for FAILED_CHUNK_TTL_MS.
  * Both FUSE servers (the blob server of EROFS mode, the filesystem of FUSE mode) read through one of these.
  */
-import { decodeChunk, type ChunkExtent } from '@guoce/image'
+import { decodeChunkAsync, type ChunkExtent } from '@guoce/image'
 import type { ChunkStore } from './chunk-store.js'
 import type { BlobSource } from './source.js'
 import { ChunkUnavailableError } from './errors.js'
@@ -32,6 +32,8 @@ export interface ChunkReader {
   waiting: () => number
   /** Stored chunks from a source that did not decode to their digest (refused, asked again). */
   refused: () => number
+  /** Stored (compressed) bytes of the fetched chunks that verified. */
+  fetchedStoredBytes: () => number
   close: () => Promise<void>
 }
 
@@ -43,6 +45,7 @@ export function chunkReader (init: ChunkReaderInit): ChunkReader {
   const failed = new Map<string, { until: number, err: Error }>()
   const seen = new Set<string>()
   let refused = 0
+  let storedBytes = 0
   let waiting = 0
 
   const fetchChunk = async (blob: string, e: ChunkExtent): Promise<Buffer> => {
@@ -51,7 +54,9 @@ export function chunkReader (init: ChunkReaderInit): ChunkReader {
       if (closing.signal.aborted) break
       const signal = AbortSignal.any([closing.signal, AbortSignal.timeout(fetchTimeoutMs)])
       try {
-        return decodeChunk(e, await source.read(blob, e.storedOffset, e.storedLength, signal))
+        const data = await decodeChunkAsync(e, await source.read(blob, e.storedOffset, e.storedLength, signal))
+        storedBytes += e.storedLength
+        return data
       } catch (err) {
         last = err
         if ((err as Error).name === 'ChunkDigestMismatchError') refused++
@@ -87,6 +92,7 @@ export function chunkReader (init: ChunkReaderInit): ChunkReader {
     },
     waiting: () => waiting,
     refused: () => refused,
+    fetchedStoredBytes: () => storedBytes,
     close: async () => { closing.abort(); await source.close() }
   }
 }

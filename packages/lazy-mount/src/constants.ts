@@ -17,6 +17,22 @@ export const DEFAULT_CHUNK_STORE_QUOTA = 10 * 1024 ** 3
 export const DEFAULT_MEMORY_CACHE = 64 * 1024 * 1024
 
 /**
+ * Most bytes of a blob's view the blob server fetches ahead of a sequential reader (reads that start where the
+ * previous read of that blob ended, READAHEAD_MIN_RUN and more): the chunks after the one read are fetched in
+ * the background, so the kernel's 128 KiB reads find them verified in memory (bench/lazy-read). Within
+ * DEFAULT_MEMORY_CACHE.
+ * @default 8 MiB
+ */
+export const DEFAULT_READAHEAD = 8 * 1024 * 1024
+
+/**
+ * Bytes a reader must have read in one sequential run of a blob before the blob server reads ahead of it, and
+ * the first read-ahead window (it grows with the run up to DEFAULT_READAHEAD): small-file reads fetch nothing extra.
+ * @default 1 MiB
+ */
+export const READAHEAD_MIN_RUN = 1024 * 1024
+
+/**
  * Longest one fetch of a chunk's stored bytes may take (local blob file or the daemon's ranged reader).
  * @default 30 s
  */

@@ -13,7 +13,7 @@
  */
 import { readFile } from 'node:fs/promises'
 import { LRUCache } from 'lru-cache'
-import { BLOCK_SIZE, ErofsReader, type ChunkExtent, type ErofsInode } from '@guoce/image'
+import { BLOCK_SIZE, ErofsReader, extentAt, type ChunkExtent, type ErofsInode } from '@guoce/image'
 import type { ChunkReader } from './chunk-reader.js'
 import { Fuse, answerRead, fuseMount, type FuseOps, type FuseStat } from './fuse.js'
 import { DEFAULT_READ_DEADLINE_MS } from './constants.js'
@@ -23,8 +23,8 @@ export interface LayerServerInit {
   metaPath: string
   /** Blob digest per device (1-based device = index + 1). */
   blobs: string[]
-  /** Chunk extents per blob digest, by block address. */
-  extents: Map<string, Map<number, ChunkExtent>>
+  /** Chunk extents per blob digest, sorted by block address (a short chunk may be inside a pack: extentAt). */
+  extents: Map<string, ChunkExtent[]>
   chunks: ChunkReader
   readDeadlineMs?: number
   log?: (obj: Record<string, unknown>) => void
@@ -116,11 +116,12 @@ export async function serveLayer (init: LayerServerInit): Promise<LayerServer> {
       const ref = refs[i]
       if (ref === null || ref === undefined) continue // a hole
       const blob = init.blobs[ref.device - 1]
-      const e = blob === undefined ? undefined : init.extents.get(blob)?.get(ref.blkaddr)
+      const e = blob === undefined ? undefined : extentAt(init.extents.get(blob) ?? [], ref.blkaddr)
       if (blob === undefined || e === undefined) throw new Error(`nid ${ino.nid}: chunk ${i} at device ${ref.device} block ${ref.blkaddr} is not in the chunk table`)
       const start = i * cs
+      const skip = (ref.blkaddr - e.blkaddr) * BLOCK_SIZE
       jobs.push((async () => {
-        const data = await init.chunks.read(blob, e)
+        const data = (await init.chunks.read(blob, e)).subarray(skip, skip + Math.min(cs, ino.size - start))
         const from = Math.max(pos, start)
         const to = Math.min(end, start + data.length)
         if (to > from) data.copy(buf, from - pos, from - start, to - start)

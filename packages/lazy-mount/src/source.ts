@@ -78,10 +78,10 @@ export interface DaemonSourceInit {
   blobUrl: (digest: string) => string
   /**
    * A blob's task as a ranged one (TaskRequest.ranged): the swarm and the origin send only the pieces the
-   * mount reads. Off by default: with it, a read of a chunk this mount read before failed with EIO once the
-   * origin was down (packages/lazy-mount/test/swarm.spec.ts "origin down"), not yet understood; without it
-   * the first read of a blob starts its whole download in the background. A ranged task is named by the
-   * blob's URL (and the origin's validator), not by its digest: see read().
+   * mount reads; without it the first read of a blob starts its whole download in the background. Off by
+   * default here; lazyMount and the snapshotter turn it on (packages/lazy-mount/test/swarm.spec.ts runs the
+   * origin-down case both ways). A ranged task is named by the blob's URL (and the origin's validator), not
+   * by its digest: see read().
    */
   ranged?: boolean
 }

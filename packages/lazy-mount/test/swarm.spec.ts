@@ -1,7 +1,7 @@
 /**
  * `guoce image mount docker://REGISTRY/REPO:TAG --daemon API`: the metadata layers come from a real
  * registry (distribution 2.8), every chunk through the local peer daemon's ranged reader (a real scheduler,
- * seed and daemon on 127.0.0.1). With the registry gone, a read no peer can serve fails with EIO in bounded
+ * seed and daemon on 127.0.0.1), with ranged blob tasks (the default) and with whole-blob ones. With the registry gone, a read no peer can serve fails with EIO in bounded
  * time while what is held still reads; once it is back, concurrent readers (child processes) see exactly
  * the source image.
  */
@@ -23,7 +23,8 @@ describe('lazy mount of a registry image through the swarm', () => {
     expect(left, 'mounts left behind').toEqual([])
   })
 
-  it('origin down: an unheld chunk fails with EIO in bounded time, held ones still read; origin back: the image reads exactly', async () => {
+  // ranged blob tasks (the default: only the pieces read are fetched) and whole-blob tasks (--whole-blobs)
+  it.each([['ranged blob tasks', []], ['--whole-blobs', ['--whole-blobs']]] as Array<[string, string[]]>)('%s: origin down: an unheld chunk fails with EIO in bounded time, held ones still read; origin back: the image reads exactly', async (_name, extra) => {
     work = await tempDir('swarm')
     const img = await buildImage(work, 64 * 1024)
     const expected = (await sh(LIST_TREE, [img.flat])).stdout
@@ -35,7 +36,7 @@ describe('lazy mount of a registry image through the swarm', () => {
     const mnt = join(work, 'mnt')
     await mkdir(mnt)
     const state = join(work, 'state')
-    const p = await startGuoce(['image', 'mount', `docker://${reg.host}/app:v1`, mnt, '--daemon', cluster.daemons[0]!.api, '--state', state, '--chunks', join(work, 'chunks'), '--fetch-timeout', '4s'])
+    const p = await startGuoce(['image', 'mount', `docker://${reg.host}/app:v1`, mnt, '--daemon', cluster.daemons[0]!.api, '--state', state, '--chunks', join(work, 'chunks'), '--fetch-timeout', '4s', ...extra])
     // only part of the image first: /data/multi's blob is read, /data/big's is not
     const part = await sh('cd "$1" && sha256sum data/multi etc/passwd', [mnt])
     expect(part.code, part.stderr).toBe(0)
