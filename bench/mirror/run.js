@@ -94,7 +94,9 @@ try {
     mirror_upstream_fallbacks: sum('guoce_mirror_upstream_fallbacks_total'), fallback_reasons: reasons, daemon_back_to_source: backToSource, daemon_parents_blamed: blamed,
     daemon_busy_parents: sum('guoce_peer_busy_parents_total'), daemon_silent_parents: sum('guoce_peer_silent_parents_total'),
     daemon_origin_bytes_ratio: round(sum('guoce_peer_download_bytes_total{source="origin"}') / imageBytes / N),
-    daemon_peer_bytes_ratio: round(sum('guoce_peer_download_bytes_total{source="peer"}') / imageBytes / N)
+    daemon_peer_bytes_ratio: round(sum('guoce_peer_download_bytes_total{source="peer"}') / imageBytes / N),
+    // what the seed sent to the swarm: the daemons' swarm bytes less what the daemons uploaded to each other
+    seed_upload_ratio: round((sum('guoce_peer_download_bytes_total{source="peer"}') - sum('guoce_peer_upload_bytes_total')) / imageBytes)
   }) + '\n')
 } finally {
   await cleanup()
