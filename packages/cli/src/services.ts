@@ -105,7 +105,6 @@ export async function startDaemon (o: Membership & { pieceChannel?: PieceChannel
 /** `--mirror HOST:PORT` (loopback), `--mirror-upstream R` (when a request names none), `--mirror-insecure R` (plain http), `--mirror-max-manifest SIZE`. */
 export interface MirrorOptions { host: string, port: number, upstream?: string | undefined, insecure?: string[] | undefined, maxManifestBytes?: number | undefined }
 
-/** JSON-lines logger on stderr at GUOCE_LOG's level (default `fallback`). */
 /** Where a daemon serves containerd's snapshots API (`--snapshotter-socket`), and the layouts it mounts layers from. */
 export interface SnapshotterOptions { socket: string, root: string, layouts?: string[] | undefined, insecure?: string[] | undefined }
 
@@ -143,6 +142,7 @@ export async function startSnapshotterService (o: SnapshotterOptions, log: Logge
   return { socket: s.socket, stop: async () => { await s.stop(); await lazy?.close() } }
 }
 
+/** JSON-lines logger on stderr at GUOCE_LOG's level (default `fallback`). */
 export function logger (_json: boolean, fallback: LogLevel): Logger {
   const lvl = (process.env.GUOCE_LOG ?? fallback) as LogLevel
   return jsonLogger(['debug', 'info', 'warn', 'error', 'silent'].includes(lvl) ? lvl : fallback)
