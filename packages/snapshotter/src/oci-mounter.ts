@@ -15,6 +15,7 @@ import { basename, dirname, join } from 'node:path'
 import type { AbortOptions } from '@guoce/interface'
 import { mountLayer, materializeLayers, MEDIA_TYPE_EROFS_META, MEDIA_TYPE_CHUNK_BLOB, ANNOTATION_BLOBS, ANNOTATION_FORMAT, type Manifest, type Mounter } from '@guoce/image'
 import type { RemoteLayer, RemoteLayerMounter } from './remote.js'
+import { MEDIA_TYPE_PREFETCH } from '@guoce/lazy-mount'
 
 export interface OciLayoutMounterInit {
   /** Directories of OCI image layouts holding converted images. */
@@ -64,8 +65,10 @@ export function ociLayoutMounter (init: OciLayoutMounterInit): RemoteLayerMounte
         const chain = chainIds(config?.rootfs?.diff_ids ?? [])
         // the layer at the place in its image that containerd's chain id names: the label's digest alone could
         // come from an image's own annotations (outside CRI) and name another image's layer
-        const index = manifest.layers.findIndex((l, i) => l.digest === layer.layerDigest && chain[i] === layer.ref)
-        if (index !== -1 && chain.length === manifest.layers.length) return { dir, manifest, index }
+        // (containerd leaves a prefetch list out of the image's layers, and so does this)
+        const layers = manifest.layers.filter(l => l.mediaType !== MEDIA_TYPE_PREFETCH)
+        const index = layers.findIndex((l, i) => l.digest === layer.layerDigest && chain[i] === layer.ref)
+        if (index !== -1 && chain.length === layers.length) return { dir, manifest: { ...manifest, layers }, index }
       }
     }
     return undefined

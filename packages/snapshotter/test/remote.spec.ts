@@ -9,7 +9,8 @@ import { copyFile, cp, mkdir, open, readFile, readdir, rm, writeFile } from 'nod
 import { join } from 'node:path'
 import { status } from '@grpc/grpc-js'
 import * as native from '@guoce/native-mount'
-import { convertImage, readManifest, parseOciRef, MEDIA_TYPE_EROFS_META, type Manifest } from '@guoce/image'
+import { convertImage, readManifest, parseOciRef, ANNOTATION_BLOBS, MEDIA_TYPE_EROFS_META, type Manifest } from '@guoce/image'
+import { attachPrefetchTrace, MEDIA_TYPE_PREFETCH } from '@guoce/lazy-mount'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startSnapshotter, ociLayoutMounter, chainIds, LABEL_REMOTE, type RunningSnapshotter } from '../src/index.js'
 import { api, codeOf, isMounted, mountAll, run, tempDir, umount, type Api } from './helpers.js'
@@ -195,6 +196,34 @@ describe('remote layers through a RemoteLayerMounter', () => {
     } finally {
       hc.close()
       await h.stop()
+    }
+  })
+
+  it('an image with a prefetch list: its layers are taken all the same (the list is no layer, to containerd nor here)', async () => {
+    await cp(w('lazy'), w('lazyp'), { recursive: true })
+    const meta = manifest.layers.find(l => l.mediaType === MEDIA_TYPE_EROFS_META)!
+    const blobs = JSON.parse(meta.annotations![ANNOTATION_BLOBS]!) as string[]
+    await writeFile(w('trace.json'), JSON.stringify({ version: 1, chunks: [{ blob: blobs[0], blkaddr: 0 }] }))
+    const { manifestDigest: md } = await attachPrefetchTrace(`oci:${w('lazyp')}:v1`, w('trace.json'))
+    const mp = (await readManifest(parseOciRef(`oci:${w('lazyp')}:v1`))).manifest
+    expect(mp.layers.at(-1)!.mediaType).toBe(MEDIA_TYPE_PREFETCH)
+    const layers = mp.layers.filter(l => l.mediaType !== MEDIA_TYPE_PREFETCH)
+    const chain = chainIds(layers.map(l => l.digest))
+    await stop()
+    await start([w('lazyp')])
+    const refs: string[] = []
+    try {
+      let parent = ''
+      for (const [i, l] of layers.entries()) {
+        expect(await codeOf(c.prepare({ key: `k8s.io/9/extract-${i} p-${i}`, parent, labels: CRI(chain[i]!, l.digest, md) }))).toBe(status.ALREADY_EXISTS)
+        expect((await c.stat({ key: chain[i]! })).info.labels[LABEL_REMOTE]).toBe(l.digest)
+        refs.push(chain[i]!)
+        parent = chain[i]!
+      }
+    } finally {
+      for (const r of [...refs].reverse()) await c.remove({ key: r }).catch(() => {})
+      await stop()
+      await start([w('lazy')])
     }
   })
 })
