@@ -661,7 +661,7 @@ export class PeerTask {
   private pump (): void {
     const s = this.stored
     if (s == null || this.state !== 'running') return
-    if (s.complete) { void this.succeed(); return }
+    if (s.complete) { this.succeedOrFail(); return }
     const now = Date.now()
     const view: DownloadView<ParentState> = { pieceCount: s.info.pieceCount, held: s.bitmap, known: n => this.digests[n] != null, requested: this.requested, parents: this.askable() }
     // what reads wait for goes first, at their priority; background fill takes what capacity is left
@@ -776,7 +776,7 @@ export class PeerTask {
         if (err.name === 'ContentChangedError') void this.fail(err)
       }).finally(() => {
         this.sourceRuns.delete(n)
-        if (s.complete) void this.succeed()
+        if (s.complete) this.succeedOrFail()
         else this.pump()
       })
       this.sourceRuns.set(n, run)
@@ -925,14 +925,25 @@ export class PeerTask {
     // throws PieceDigestMismatchError -> parent blamed
     if (digest != null) checkPieceDigest(n, digest, expected)
     else await verifyPieceAsync(n, data, expected)
+    // the task may have ended (failed, its store entry removed) while the piece was being checked
+    if (this.ended(s)) return
     await s.writePiece(n, data, expected)
+    if (this.ended(s)) return
     this.feedWhole(n, data)
     this.policy.onPiece(n, Date.now())
     p.bytes += data.byteLength
     this.piecesFromPeers++
     this.init.onStats?.('peer', data.byteLength)
     this.reportPiece(n)
-    if (s.complete) void this.succeed()
+    if (s.complete) this.succeedOrFail()
+  }
+
+  /** the task failed (its store entry gone) since `s` was its stored task */
+  private ended (s: StoredTask): boolean { return this.stored !== s || this.state === 'failed' }
+
+  /** succeed() from a piece's arrival: an error there fails the task instead of escaping as an unhandled rejection */
+  private succeedOrFail (): void {
+    this.succeed().catch(async (err: unknown) => { await this.fail(err as Error) })
   }
 
   private reportPiece (n: number): void {
@@ -944,7 +955,9 @@ export class PeerTask {
       this.reportTimer = undefined
       const numbers = this.reportQueue.splice(0)
       if (numbers.length === 0) return
-      const digests = this.isSource ? numbers.map(i => this.stored!.digests[i]!) : undefined
+      const st = this.stored
+      if (st == null) return // the task failed meanwhile: nothing of it is announced
+      const digests = this.isSource ? numbers.map(i => st.digests[i]!) : undefined
       this.init.send({ pieceDone: { taskId: this.taskId, numbers, ...(digests != null ? { digests } : {}) } })
     }, REPORT_DELAY_MS)
   }
@@ -1112,8 +1125,11 @@ export class PeerTask {
   }
   private async succeed (): Promise<void> {
     this.succeeding ??= (async () => {
-      const s = this.stored!
+      const s = this.stored
+      // a task that failed meanwhile (its store entry removed) does not succeed
+      if (s == null || this.state === 'failed') return
       await s.flush()
+      if (this.ended(s)) return
       const want = this.init.request.digest
       if (want != null) {
         if (await this.wholeDigest() !== want) {
