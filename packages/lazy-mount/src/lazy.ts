@@ -7,7 +7,7 @@
  * made and its state file (state.ts); `unmount()` undoes them top first. A failure part-way undoes what was
  * made. The process that calls lazyMount serves the blobs: it must never read DIR itself.
  */
-import { createHash, randomBytes } from 'node:crypto'
+import { createHash } from 'node:crypto'
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
@@ -21,7 +21,7 @@ import { chunkReader } from './chunk-reader.js'
 import { serveLayer, type LayerServer } from './fs-server.js'
 import { openChunkStore, type ChunkStore, type ChunkStoreStats } from './chunk-store.js'
 import { daemonBlobSource, localBlobSource, type BlobSource } from './source.js'
-import { cleanupStale, findState, isAlive, processStart, removeState, undoMounts, writeState, type MountState } from './state.js'
+import { claimMount, removeState, undoMounts, writeState, type MountState } from './state.js'
 import { LazyMountError } from './errors.js'
 import { FILL_CONCURRENCY, PREFETCH_YIELD_MS } from './constants.js'
 import { MEDIA_TYPE_PREFETCH, parseTrace, traceRecorder, type Trace } from './prefetch.js'
@@ -155,20 +155,10 @@ export async function blobFiles (layers: ResolvedLayer[]): Promise<BlobFile[]> {
 
 /** Mounts `ref` lazily at `target`; the calling process serves its blobs until `unmount()`. */
 export async function lazyMount (ref: string, targetDir: string, opts: LazyMountOptions): Promise<LazyMount> {
-  const target = resolve(targetDir)
   const stateDir = resolve(opts.stateDir)
-  await cleanupStale(stateDir)
-  const other = await findState(stateDir, target)
-  if (other !== undefined && await isAlive(other)) throw new LazyMountError(`${target}: already a lazy mount of ${other.ref} (pid ${other.pid})`)
-  const id = randomBytes(8).toString('hex')
-  const work = join(stateDir, id)
+  const state = await claimMount(stateDir, targetDir, ref, 'blobs')
+  const { id, target, work } = state
   const layerWork = join(work, 'layers')
-  const state: MountState = {
-    id, pid: process.pid, pidStart: (await processStart(process.pid)) ?? '', ref, target, work,
-    fuse: join(work, 'blobs'), layers: [], created: new Date().toISOString()
-  }
-  await mkdir(work, { recursive: true })
-  await writeState(stateDir, state)
   /** Undo steps, last first. */
   const undos: Array<() => Promise<void>> = []
   const undo = async (): Promise<void> => {

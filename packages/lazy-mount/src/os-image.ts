@@ -17,7 +17,7 @@
  * the EROFS mount and its state file (state.ts: a dead serving process is cleaned up by the next
  * mount/umount); `unmount()` undoes them, top first. Never read DIR from this process.
  */
-import { createHash, randomBytes } from 'node:crypto'
+import { createHash } from 'node:crypto'
 import { mkdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import * as native from '@guoce/native-mount'
@@ -27,7 +27,7 @@ import { chunkDigest, fileDigest, parseIndex, IndexMismatchError, INDEX_HEADER_B
 import { chunkReader } from './chunk-reader.js'
 import { openChunkStore, type ChunkStoreStats } from './chunk-store.js'
 import { Fuse, answerRead, fuseMount, type FuseOps } from './fuse.js'
-import { cleanupStale, findState, isAlive, processStart, undoMounts, writeState, type MountState } from './state.js'
+import { claimMount, undoMounts, writeState, type MountState } from './state.js'
 import { BlobSourceError, LazyMountError } from './errors.js'
 import { DEFAULT_READ_DEADLINE_MS } from './constants.js'
 import type { BlobServerStats } from './blob-server.js'
@@ -140,16 +140,9 @@ export async function osImageMount (url: string, targetDir: string, opts: OsImag
   for (const [k, d] of [['--digest', opts.digest], ['--index-digest', opts.indexDigest]] as const) {
     if (d !== undefined && !DIGEST.test(d)) throw new LazyMountError(`${k} must be sha256:<64 hex>, got "${d}"`)
   }
-  const target = resolve(targetDir)
   const stateDir = resolve(opts.stateDir)
-  await cleanupStale(stateDir)
-  const other = await findState(stateDir, target)
-  if (other !== undefined && await isAlive(other)) throw new LazyMountError(`${target}: already a lazy mount of ${other.ref} (pid ${other.pid})`)
-  const id = randomBytes(8).toString('hex')
-  const work = join(stateDir, id)
-  const state: MountState = { id, pid: process.pid, pidStart: (await processStart(process.pid)) ?? '', ref: `erofs+${url}`, target, work, fuse: join(work, 'image'), layers: [], created: new Date().toISOString() }
-  await mkdir(work, { recursive: true })
-  await writeState(stateDir, state)
+  const state = await claimMount(stateDir, targetDir, `erofs+${url}`, 'image')
+  const { id, target, work } = state
   const undos: Array<() => Promise<void>> = []
   const undo = async (): Promise<void> => {
     for (const u of undos.splice(0).reverse()) await u().catch(() => {})

@@ -8,6 +8,7 @@
  */
 import { readdir, readFile, rename, rm, writeFile, mkdir, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
+import { randomBytes } from 'node:crypto'
 import * as native from '@guoce/native-mount'
 import { LazyMountError } from './errors.js'
 
@@ -118,6 +119,23 @@ export async function cleanupStale (stateDir: string): Promise<MountState[]> {
     gone.push(st)
   }
   return gone
+}
+
+/**
+ * Claim `targetDir` for a new mount of `ref` by this process: stale mounts cleaned up, a live mount there
+ * refused, a work dir made and the state written (its FUSE mount point `<work>/<fuseName>`).
+ */
+export async function claimMount (stateDir: string, targetDir: string, ref: string, fuseName: string): Promise<MountState> {
+  const target = resolve(targetDir)
+  await cleanupStale(stateDir)
+  const other = await findState(stateDir, target)
+  if (other !== undefined && await isAlive(other)) throw new LazyMountError(`${target}: already a lazy mount of ${other.ref} (pid ${other.pid})`)
+  const id = randomBytes(8).toString('hex')
+  const work = join(stateDir, id)
+  const state: MountState = { id, pid: process.pid, pidStart: (await processStart(process.pid)) ?? '', ref, target, work, fuse: join(work, fuseName), layers: [], created: new Date().toISOString() }
+  await mkdir(work, { recursive: true })
+  await writeState(stateDir, state)
+  return state
 }
 
 /**
