@@ -7,10 +7,10 @@
  *
  * A stream of a task named by a digest never yields the content's last bytes before the whole content
  * matched the digest, so a consumer that reads it to the end never gets a complete answer for content
- * that does not match: a stream from offset 0 hashes what it yields and compares before the last chunk
- * (DigestMismatchError instead of it); a stream from a later offset waits for the task's own check, except
- * for a lazy (ranged) task, which never completes: there, as for every ranged read, the piece digests
- * are what the bytes were checked against.
+ * that does not match: the stream waits for the task's own whole-content check before its last chunk, except
+ * on a lazy (ranged) task, which never completes: there a stream from offset 0 hashes what it yields and
+ * compares before the last chunk (DigestMismatchError instead of it), and a stream from a later offset
+ * relies, as every ranged read does, on the piece digests.
  */
 import { createHash } from 'node:crypto'
 import { AbortError, DigestMismatchError, InvalidParametersError, NotFoundError, RangeNotSatisfiableError, type RangeRead, type ReadOptions, type ReadPriority, type ReadTarget, type StreamRead, type TaskInfo, type TaskReader } from '@guoce/interface'
@@ -163,7 +163,8 @@ class Reader implements TaskReader {
     const o = this.wait(r, signal)
     const last = Math.floor((end - 1) / pieceLength)
     // the whole content of a digest-named task: checked here as it goes out (see the file's head)
-    const whole = src.digest != null && offset === 0 && end === size ? createHash('sha256') : undefined
+    // (only for a lazy task: any other task checks its whole content itself, and the stream waits for that)
+    const whole = src.digest != null && src.isLazy === true && offset === 0 && end === size ? createHash('sha256') : undefined
     // the piece being read and the next few are waited for (so requested) together
     const ahead = new Map<number, Promise<StoredTask>>()
     let next = Math.floor(offset / pieceLength)
