@@ -13,7 +13,8 @@ function hostInfo (type: 'normal' | 'seed' = 'normal'): WireHostInfo {
 }
 
 /** A scheduler with a seed that holds the whole task and `n` peers registered in order p0, p1, ... */
-function swarm (n: number) {
+/** `seedHolds`: the pieces the seed reported (all of them unless told: a seed still fetching holds fewer) */
+function swarm (n: number, seedHolds?: number[]) {
   const core = new SchedulerCore(silentLogger, 0)
   const inbox = new Map<string, SchedulerMessage[]>()
   const hosts = new Map<string, Host>()
@@ -37,7 +38,8 @@ function swarm (n: number) {
   send('seed', { register: { taskId: TASK, url: URL } })
   send('seed', { sourceInfo: { taskId: TASK, info } })
   const all = Array.from({ length: info.pieceCount }, (_, i) => i)
-  send('seed', { pieceDone: { taskId: TASK, numbers: all, digests: all.map(i => new Uint8Array(32).fill(i + 1)) } })
+  const held = seedHolds ?? all
+  send('seed', { pieceDone: { taskId: TASK, numbers: held, digests: held.map(i => new Uint8Array(32).fill(i + 1)) } })
   const ids: string[] = []
   for (let i = 0; i < n; i++) { const id = `p${i}`; ids.push(id); connect(id); send(id, { register: { taskId: TASK, url: URL } }) }
   const task = (): Task => core.tasks.get(TASK)!
@@ -224,5 +226,21 @@ describe('a stalled parent', () => {
     t.peer(t.ids[0]!).progressAt = Date.now() - STALLED_PARENT_MS
     t.send(t.ids[1]!, { needParents: { taskId: TASK } })
     expect(t.parents(t.ids[1]!)).toEqual([t.ids[0]])
+  })
+
+  it('is kept while the seed itself holds nothing more (a slow origin is what everyone waits for)', () => {
+    const five = [0, 1, 2, 3, 4]
+    // the seed has fetched pieces 0..4 so far; p0 and its child p1 hold them too
+    const s = swarm(2, five)
+    const [p0, p1] = s.ids as [string, string]
+    s.send(p0, { pieceDone: { taskId: TASK, numbers: five } })
+    s.send(p1, { pieceDone: { taskId: TASK, numbers: five } })
+    s.peer(p0).progressAt = Date.now() - STALLED_PARENT_MS
+    s.send(p1, { needParents: { taskId: TASK } })
+    expect(s.parents(p1)).toEqual([p0])
+    // the seed gets piece 5, p0 does not: now p0 lags and the starving child gets the seed
+    s.send('seed', { pieceDone: { taskId: TASK, numbers: [5], digests: [new Uint8Array(32).fill(6)] } })
+    s.send(p1, { needParents: { taskId: TASK } })
+    expect(s.parents(p1)).toEqual(['seed'])
   })
 })

@@ -32,6 +32,12 @@ export const SEED_LAZY_TASKS = 4096
  * @default 2
  */
 export const LAZY_FILL_RUN = 2
+/**
+ * Upload slots a seed announces: children with their backups over all tasks (a daemon's UPLOAD_SLOTS
+ * doubled; the scheduler gives a seed SEED_CHILD_LIMIT primary children per task besides).
+ * @default 48
+ */
+export const SEED_UPLOAD_SLOTS = 48
 
 /** A task the seed fetches piece by piece: wanted pieces first, then (once upgraded) the rest. */
 interface LazyTask {
@@ -77,7 +83,7 @@ export class SeedPeer implements Startable {
       node: init.node,
       scheduler: init.scheduler,
       log: init.log,
-      host: () => hostInfo(init.node, { type: 'seed', uploadSlots: init.uploadSlots ?? 16, idc: init.idc, location: init.location }),
+      host: () => hostInfo(init.node, { type: 'seed', uploadSlots: init.uploadSlots ?? SEED_UPLOAD_SLOTS, idc: init.idc, location: init.location }),
       ...(init.seedKey != null ? { seedKey: init.seedKey } : {}),
       onMessage: (m) => { this.onMessage(m) },
       onConnect: async () => { await this.announceAll() }

@@ -72,6 +72,9 @@ describe('node chunk store', () => {
     await expect(store.get(d, data.length, async () => { throw new Error('origin down') })).rejects.toThrow('origin down')
     expect(store.has(d)).toBe(false)
     expect((await store.get(d, data.length, async () => data)).equals(data)).toBe(true)
+    // the chunk reaches the disk in the background: wait for it (the directory is removed after the test)
+    await store.flush()
+    expect((await readFile(chunkPath(dir, d))).equals(data)).toBe(true)
   })
 
   it('evicts least recently used chunks past the quota, never pinned ones', async () => {

@@ -26,6 +26,17 @@ export const PIECE_TIMEOUT_PER_MIB_MS = 4_000
  */
 export const STALL_MS = 400
 /**
+ * The stall limit grows with the task's pace: STALL_GAPS times the moving average (weight GAP_WEIGHT
+ * per piece) of the time between its pieces' arrivals, when longer than STALL_MS, at most MAX_STALL_MS.
+ * Six layer tasks sharing a node's 100 Mbit/s link get a 1 MiB piece every ~0.5 s each: a fixed 400 ms
+ * had every child ask its backups (the seed among them) nearly all the time (bench/mirror: the seed
+ * uploaded 2.9 times the image).
+ * @default 4, 0.25, 2000 ms
+ */
+export const STALL_GAPS = 4
+export const GAP_WEIGHT = 0.25
+export const MAX_STALL_MS = 2_000
+/**
  * Striped mode (a large swarm): time a stripe waits for the first piece its primary can offer, counted
  * from when another parent first offers one of the stripe's pieces, before any parent may serve it. A
  * primary deep in its stripe's tree gets its first piece one piece time per level after the seed
@@ -50,10 +61,14 @@ export const SCHEDULER_WAIT_MS = 15_000
  */
 export const ENDGAME_PIECES = 4
 /**
- * Upload slots a daemon announces.
- * @default 8
+ * Upload slots a daemon announces: the children the scheduler lets it have at once over all tasks,
+ * counting backups (each child is handed up to three parents, a primary and two backups). Eight
+ * children with their backups; with fewer, a node pulling several tasks at once (an image's layers)
+ * ran out of slots and the scheduler sent the children to the seed (bench/mirror: 1451 refusals "no
+ * free upload slot" in one 100 MiB pull of 8 nodes, the seed the primary of a third of the children).
+ * @default 24
  */
-export const UPLOAD_SLOTS = 8
+export const UPLOAD_SLOTS = 24
 /**
  * Delay that batches piece-finished reports to the scheduler. A report is what the scheduler relays to
  * the children as availability, so each millisecond here is one more per hop of a chain: 0 batches only

@@ -7,13 +7,14 @@
  * Parent use (PiecePolicy, pure, also driven by bench/sim): the scheduler lists parents best first.
  * - Chain mode (the parents message has no stripes): the first usable parent is the primary and gets
  *   every request; the others are backups, asked only in endgame or once nothing has arrived for
- *   STALL_MS (the primary is slow, stalled or gone). Asking a backup while the primary delivers takes
+ *   stallMs() (STALL_MS, or STALL_GAPS times the task's recent time between pieces: the primary is slow,
+ *   stalled or gone). Asking a backup while the primary delivers takes
  *   upload from the backup's own primary child, which a pipeline of equal links cannot spare
  *   (bench/fanout).
  * - Striped mode (stripe_count k > 0, the scheduler's striped trees of a large swarm): piece n belongs
  *   to stripe n mod k and the parent marked for that stripe is its primary; it gets every request for
  *   the stripe. A stripe arrives at 1/k of the download rate, so once its primary has offered a piece
- *   it counts as stalled after k x STALL_MS without one of its pieces; before that, STRIPE_FILL_MS
+ *   it counts as stalled after k x stallMs() without one of its pieces; before that, STRIPE_FILL_MS
  *   after another parent first offered one (a primary deep in the stripe's tree gets its first piece
  *   late, and backups asked meanwhile would take upload from their own stripe children); at once when
  *   it has no usable primary. A stalled stripe may be served by any parent. A stripe's clocks restart
@@ -28,7 +29,7 @@ import type { StoredTask, TaskStore } from '@guoce/store'
 import { PieceConnection, type PieceChannel, Priority, type PeerMessage, type SchedulerMessage, type WireParent } from '@guoce/transfer'
 import { fillFromSource, fetchRun, openLazy, announceHeld } from '@guoce/host'
 import { PieceWaiters, type WaitOptions } from './piece-waiters.js'
-import { ENDGAME_PIECES, PARENT_INFLIGHT, READ_INFLIGHT, PARENT_STALL_MS, PARENT_STALL_CHECK_MS, PIECE_TIMEOUT_MS, PIECE_TIMEOUT_PER_MIB_MS, REPORT_DELAY_MS, REQUEST_BATCH, SCHEDULER_WAIT_MS, STALL_MS, STARVE_MS, STRIPE_FILL_MS, TOTAL_INFLIGHT, WANT_RETRY_MS, MAX_WANT_PIECES } from './constants.js'
+import { ENDGAME_PIECES, PARENT_INFLIGHT, READ_INFLIGHT, PARENT_STALL_MS, MAX_STALL_MS, STALL_GAPS, GAP_WEIGHT, PARENT_STALL_CHECK_MS, PIECE_TIMEOUT_MS, PIECE_TIMEOUT_PER_MIB_MS, REPORT_DELAY_MS, REQUEST_BATCH, SCHEDULER_WAIT_MS, STALL_MS, STARVE_MS, STRIPE_FILL_MS, TOTAL_INFLIGHT, WANT_RETRY_MS, MAX_WANT_PIECES } from './constants.js'
 
 /** What piece selection reads of a parent. */
 export interface ParentView {
@@ -130,6 +131,9 @@ export class PiecePolicy {
   private offered: Array<number | undefined> = []
   /** striped mode, per stripe: the id of its primary in the last list */
   private owners: Array<string | undefined> = []
+  /** when the last piece arrived, and the moving average of the time between arrivals (the task's pace) */
+  private lastArrival: number | undefined
+  private gap = 0
 
   constructor (private readonly random: () => number = Math.random) {}
 
@@ -157,8 +161,24 @@ export class PiecePolicy {
     }
   }
 
+  /**
+   * Time without a piece after which the primary counts as stalled: STALL_MS, or STALL_GAPS times the
+   * task's recent time between pieces when that is longer (a task sharing its links with others gets a
+   * piece less often, and asking backups then only takes upload from their own children), at most
+   * MAX_STALL_MS.
+   */
+  stallMs (): number {
+    return Math.min(MAX_STALL_MS, Math.max(STALL_MS, STALL_GAPS * this.gap))
+  }
+
   /** Piece `n` arrived. */
   onPiece (n: number, now: number): void {
+    // the pace: gaps longer than MAX_STALL_MS are stalls, not the pace
+    if (this.lastArrival != null) {
+      const g = now - this.lastArrival
+      if (g <= MAX_STALL_MS) this.gap = this.gap === 0 ? g : this.gap + (g - this.gap) * GAP_WEIGHT
+    }
+    this.lastArrival = now
     this.lastGain = now
     if (this.k > 0) this.gains[n % this.k] = now
   }
@@ -174,7 +194,7 @@ export class PiecePolicy {
   /** When stripe `s` counts as stalled if nothing changes (undefined: its clocks have not started). */
   private stallsAt (s: number): number | undefined {
     const g = this.gains[s]
-    if (g != null) return g + this.k * STALL_MS
+    if (g != null) return g + this.k * this.stallMs()
     const o = this.offered[s]
     return o != null ? o + STRIPE_FILL_MS : undefined
   }
@@ -193,8 +213,9 @@ export class PiecePolicy {
   private planChain<P extends ParentView> (v: DownloadView<P>, now: number, issue: (p: P, numbers: number[]) => void, total: number, endgame: boolean): Plan {
     const primary = primaryOf(v.parents)
     if (this.lastGain == null && primary != null && [...v.parents.values()].some(p => offers(v, p))) this.lastGain = now
-    // backups: in endgame, or when nothing has arrived for STALL_MS
-    const stalled = this.lastGain != null && now - this.lastGain >= STALL_MS
+    // backups: in endgame, or when nothing has arrived for stallMs()
+    const stall = this.stallMs()
+    const stalled = this.lastGain != null && now - this.lastGain >= stall
     const backups = endgame || stalled
     let heldBack = false
     let issued = true
@@ -216,7 +237,7 @@ export class PiecePolicy {
         issue(p, picks)
       }
     }
-    return { total, heldBack, wakeAt: this.lastGain != null ? this.lastGain + STALL_MS : undefined }
+    return { total, heldBack, wakeAt: this.lastGain != null ? this.lastGain + stall : undefined }
   }
 
   private planStriped<P extends ParentView> (v: DownloadView<P>, now: number, issue: (p: P, numbers: number[]) => void, total: number, endgame: boolean): Plan {

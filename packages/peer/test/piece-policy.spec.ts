@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest'
 import { Bitmap } from '@guoce/content'
 import { PiecePolicy, pickPieces, planWanted, type DownloadView, type ParentView } from '../src/peer-task.js'
-import { ENDGAME_PIECES, PARENT_INFLIGHT, READ_INFLIGHT, STALL_MS, STRIPE_FILL_MS } from '../src/constants.js'
+import { ENDGAME_PIECES, MAX_STALL_MS, PARENT_INFLIGHT, READ_INFLIGHT, STALL_GAPS, STALL_MS, STRIPE_FILL_MS } from '../src/constants.js'
 
 const PIECES = 64
 
@@ -70,6 +70,31 @@ describe('PiecePolicy, chain mode (no stripes)', () => {
     r = d.plan(policy, STALL_MS)
     expect(asked(r.asked, 'b').length).toBeGreaterThan(0)
     expect(asked(r.asked, 'c').length).toBeGreaterThan(0)
+  })
+
+  it('waits longer for a primary whose pieces come at a slower pace (STALL_GAPS x the time between pieces, at most MAX_STALL_MS)', () => {
+    const d = download([{ id: 'a' }, { id: 'b' }])
+    const policy = new PiecePolicy()
+    policy.onParents(d.parents, 0, undefined, 0)
+    // the primary delivers one piece every 300 ms (a task sharing its link with others)
+    let t = 0
+    for (let i = 0; i < 12; i++) {
+      const r = d.plan(policy, t)
+      expect(asked(r.asked, 'b')).toEqual([])
+      const [n] = [...d.parents.get('a')!.inflight]
+      d.deliver(policy, t, m => m === n)
+      t += 300
+    }
+    t -= 300
+    expect(policy.stallMs()).toBe(STALL_GAPS * 300)
+    // silent for longer than STALL_MS but within its pace's limit: backups still wait
+    expect(asked(d.plan(policy, t + STALL_MS).asked, 'b')).toEqual([])
+    expect(d.plan(policy, t + STALL_MS).wakeAt).toBe(t + STALL_GAPS * 300)
+    expect(asked(d.plan(policy, t + STALL_GAPS * 300).asked, 'b').length).toBeGreaterThan(0)
+    // a very slow pace is capped
+    const slow = new PiecePolicy()
+    for (let i = 0; i < 20; i++) slow.onPiece(i, i * 1900)
+    expect(slow.stallMs()).toBe(MAX_STALL_MS)
   })
 
   it('ignores the stripe bits of a list without a stripe count', () => {

@@ -85,6 +85,14 @@ export const DATA_CHANNEL_HELLO_MS = 5_000
  */
 export const DATA_CHANNEL_STALL_MS = 5_000
 /**
+ * Time with bytes queued to send and none taken by the kernel (the other side reads nothing) after which
+ * a data channel is destroyed (PeerStallError). Longer than DATA_CHANNEL_STALL_MS: one TCP flow of a
+ * congested link (tc drops, retransmission back-off) takes nothing for seconds, and what a child that
+ * reads nothing holds meanwhile is bounded by HOST_UPLOAD_BUFFER_BYTES.
+ * @default 30 s
+ */
+export const DATA_CHANNEL_WRITE_STALL_MS = 30_000
+/**
  * Time without a byte either way, and nothing queued to send, after which a data channel (or a parent's
  * piece stream waiting for a request) is closed.
  * @default 30 s
@@ -109,11 +117,20 @@ export const DATA_CHANNEL_MAX_UNAUTHENTICATED = 64
 export const DATA_CHANNEL_MAX_PER_PEER = 64
 /**
  * A child that broke a bound of the piece protocol (PeerViolationError: oversized record or request,
- * bytes far ahead of the reader, a stalled record, nothing read of its answers) gets no piece stream and
- * no data channel from that parent for this long.
+ * bytes far ahead of the reader, a stalled record; or WRITE_STALL_STRIKES channels lost for reading
+ * nothing of its answers) gets no piece stream and no data channel from that parent for this long.
  * @default 60 s
  */
 export const PEER_VIOLATION_BAN_MS = 60_000
+/**
+ * Channels a child may lose for reading nothing of its answers (PeerStallError) within
+ * PEER_VIOLATION_BAN_MS before it is banned like a violator. One stall is what a parent's own congested
+ * uplink does to one of its flows (bench/mirror: every child of a seed feeding ~50 flows through a
+ * 100 Mbit/s tbf was banned once, and the tasks waited the ban out); a child that never reads loses its
+ * channel each time and is banned at the third.
+ * @default 3
+ */
+export const WRITE_STALL_STRIKES = 3
 /**
  * Hosts a parent remembers as banned at once (PEER_VIOLATION_BAN_MS); beyond, new violators are only
  * disconnected.
@@ -127,6 +144,13 @@ export const MAX_BANNED_PEERS = 4096
  * @default 128 MiB
  */
 export const UPLOAD_BUFFER_BYTES = 128 * 1024 * 1024
+/**
+ * Bytes a parent may have queued to one remote host across all its piece streams and data channels;
+ * above it, that host's answers wait (busy frames), others' do not. A child that reads nothing holds
+ * this much of UPLOAD_BUFFER_BYTES, not all of it.
+ * @default 16 MiB
+ */
+export const HOST_UPLOAD_BUFFER_BYTES = 16 * 1024 * 1024
 /**
  * While a child's answers wait for room in the upload budget (or behind more urgent answers to other
  * children), its parent sends it a busy frame (kind 2, no body) this often: the parent is alive and

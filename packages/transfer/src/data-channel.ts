@@ -17,7 +17,8 @@
  * of PIECE_REQUEST_BUFFER_BYTES at most. A child accepts records of DATA_CHANNEL_RECORD_BYTES. Inside a
  * record, DATA_CHANNEL_STALL_MS without a byte destroys the channel; PIECE_CHANNEL_IDLE_MS without a byte
  * either way (nothing queued to send) closes it. A broken bound destroys the socket with a
- * PeerViolationError (the child blames the parent).
+ * PeerViolationError (the child blames the parent); a peer that read nothing of what was queued for it
+ * for DATA_CHANNEL_WRITE_STALL_MS loses the channel with a PeerStallError (a strike, not yet a ban).
  *
  * Modes:
  * - `secure` (default): records `u32be length | AES-256-GCM(ciphertext) | 16-byte tag`, the length as
@@ -38,12 +39,19 @@ import { Uint8ArrayList } from 'uint8arraylist'
 import { ProtocolError, defineError } from '@guoce/interface'
 import {
   DATA_CHANNEL_BUFFER_BYTES, DATA_CHANNEL_READ_BYTES, DATA_CHANNEL_RECORD_BYTES, DATA_CHANNEL_TOKEN_TTL_MS, DATA_CHANNEL_HELLO_MS,
-  DATA_CHANNEL_STALL_MS, PIECE_CHANNEL_IDLE_MS, DATA_CHANNEL_MAX_SOCKETS, DATA_CHANNEL_MAX_UNAUTHENTICATED, DATA_CHANNEL_MAX_PER_PEER,
+  DATA_CHANNEL_STALL_MS, DATA_CHANNEL_WRITE_STALL_MS, PIECE_CHANNEL_IDLE_MS, DATA_CHANNEL_MAX_SOCKETS, DATA_CHANNEL_MAX_UNAUTHENTICATED, DATA_CHANNEL_MAX_PER_PEER,
   PIECE_REQUEST_BUFFER_BYTES
 } from './constants.js'
 
 /** A peer broke the piece protocol or one of its size, count or time bounds: its channel is destroyed, a parent is blamed. */
 export const PeerViolationError = defineError('PeerViolationError', 'ERR_PEER_VIOLATION')
+/**
+ * A peer took none of what was queued for it for DATA_CHANNEL_WRITE_STALL_MS: its channel is destroyed (what
+ * it held is freed). Not proof of a hostile peer: a sender's own congested uplink (tc queue drops, TCP
+ * retransmission back-off) starves one of its flows as long, so a parent bans a child only after
+ * WRITE_STALL_STRIKES of these (piece-protocol.ts).
+ */
+export const PeerStallError = defineError('PeerStallError', 'ERR_PEER_STALL')
 
 export type DataChannelMode = 'secure' | 'integrity'
 export const DATA_CHANNEL_MODES: Record<DataChannelMode, number> = { secure: 1, integrity: 2 }
@@ -77,6 +85,8 @@ export interface DataStreamLimits {
   queueBytes?: number
   /** inside a record: time without a byte before the socket is destroyed @default DATA_CHANNEL_STALL_MS */
   stallMs?: number
+  /** bytes queued to send and none taken for this long: the socket is destroyed @default DATA_CHANNEL_WRITE_STALL_MS */
+  writeStallMs?: number
   /** no byte either way and nothing queued to send for this long: the socket is closed @default PIECE_CHANNEL_IDLE_MS */
   idleMs?: number
 }
@@ -151,7 +161,7 @@ export class DataStream implements PieceDuplex {
       this.finish(this.rLeft >= 0 || this.rHeadFill > 0 ? new ProtocolError('data channel ended inside a record') : undefined)
     })
     socket.on('close', () => { this.finish(this.lastError ?? new ProtocolError('data channel closed')) })
-    this.watch(limits.stallMs ?? DATA_CHANNEL_STALL_MS, limits.idleMs ?? PIECE_CHANNEL_IDLE_MS)
+    this.watch(limits.stallMs ?? DATA_CHANNEL_STALL_MS, limits.idleMs ?? PIECE_CHANNEL_IDLE_MS, limits.writeStallMs ?? DATA_CHANNEL_WRITE_STALL_MS)
   }
 
   /** bytes received so far (a child's parent-stall check samples it) */
@@ -159,11 +169,11 @@ export class DataStream implements PieceDuplex {
 
   /**
    * One timer per channel: it samples the byte counters, so the read path only adds to a counter.
-   * Inside a record, `stallMs` without a byte destroys the socket; so does `stallMs` with bytes queued to
-   * send and none taken by the kernel (the other side reads nothing); `idleMs` without a byte either way,
+   * Inside a record, `stallMs` without a byte destroys the socket; so does `writeStallMs` with bytes
+   * queued to send and none taken by the kernel (the other side reads nothing); `idleMs` without a byte either way,
    * with nothing queued to send, closes it.
    */
-  private watch (stallMs: number, idleMs: number): void {
+  private watch (stallMs: number, idleMs: number, writeStallMs: number): void {
     let seen = -1
     let movedAt = Date.now()
     let written = -1
@@ -174,8 +184,8 @@ export class DataStream implements PieceDuplex {
       // bytesWritten counts what is still queued too: what the kernel took is the difference
       const out = this.socket.bytesWritten - this.socket.writableLength
       if (out !== written || this.socket.writableLength === 0) { written = out; writtenAt = now }
-      if (now - writtenAt >= stallMs) {
-        this.abort(new PeerViolationError(`data channel peer read nothing for ${now - writtenAt} ms`))
+      if (now - writtenAt >= writeStallMs) {
+        this.abort(new PeerStallError(`data channel peer read nothing for ${now - writtenAt} ms`))
         return
       }
       const moved = this.bytesIn + this.bytesOut
@@ -187,7 +197,7 @@ export class DataStream implements PieceDuplex {
         this.abort(new ProtocolError(`data channel idle for ${now - movedAt} ms`))
       }
     }
-    this.watchdog = setInterval(tick, Math.max(20, Math.min(1000, Math.min(stallMs, idleMs) / 4)))
+    this.watchdog = setInterval(tick, Math.max(20, Math.min(1000, Math.min(stallMs, idleMs, writeStallMs) / 4)))
     this.watchdog.unref()
   }
 

@@ -28,13 +28,13 @@ import { ProtocolError, type AbortOptions, type Logger } from '@guoce/interface'
 import { ByteReader, lpEncode } from './bytes.js'
 import {
   PIECE_PROTOCOL, PIECE_DATA_PROTOCOL, MAX_PIECE_BYTES, MAX_PIECES_PER_REQUEST, MAX_PENDING_REQUESTS_PER_STREAM, MAX_PIECE_REQUEST_BYTES,
-  MAX_REFUSED_REASON_BYTES, PIECE_REQUEST_BUFFER_BYTES, PIECE_CHANNEL_IDLE_MS, DATA_CHANNEL_HELLO_MS, PEER_VIOLATION_BAN_MS, MAX_BANNED_PEERS,
+  MAX_REFUSED_REASON_BYTES, PIECE_REQUEST_BUFFER_BYTES, PIECE_CHANNEL_IDLE_MS, DATA_CHANNEL_HELLO_MS, PEER_VIOLATION_BAN_MS, MAX_BANNED_PEERS, WRITE_STALL_STRIKES, HOST_UPLOAD_BUFFER_BYTES,
   UPLOAD_BUFFER_BYTES, UPLOAD_BUFFER_WAIT_MS, PIECE_BUSY_INTERVAL_MS
 } from './constants.js'
 import { pieceRequest, dataChannelRequest, dataChannelOffer, type PieceRequest, type DataChannelOffer } from './messages.js'
-import { DataChannelServer, DATA_CHANNEL_MODES, PeerViolationError, openDataStream, type DataChannelMode, type PieceDuplex } from './data-channel.js'
+import { DataChannelServer, PARENT_LIMITS, DATA_CHANNEL_MODES, PeerViolationError, openDataStream, type DataChannelMode, type PieceDuplex } from './data-channel.js'
 
-export { PeerViolationError } from './data-channel.js'
+export { PeerViolationError, PeerStallError } from './data-channel.js'
 
 const HEADER = 1 + 4 + 4 + 32
 const KIND_PIECE = 0
@@ -67,6 +67,8 @@ export interface PieceServerInit {
    * @default UPLOAD_BUFFER_BYTES
    */
   uploadBufferBytes?: number
+  /** Bytes queued to one remote host above which its answers wait. @default HOST_UPLOAD_BUFFER_BYTES */
+  hostUploadBufferBytes?: number
   /**
    * Offer data channels (direct TCP, see data-channel.ts) to children that ask for one.
    * `true`: secure mode only, on a random port of the node's listen IP. Integrity-only mode must be
@@ -83,6 +85,8 @@ export interface DataChannelInit {
   host?: string
   /** also offer integrity-only channels (pieces in the clear, still sha256-verified by the child). @default false */
   integrity?: boolean
+  /** time a child may read nothing of its queued answers before its channel goes @default DATA_CHANNEL_WRITE_STALL_MS */
+  writeStallMs?: number
 }
 
 /** How piece bytes travel: the Noise-secured libp2p stream (default) or an opt-in data channel. */
@@ -115,8 +119,9 @@ function frame (kind: number, n: number, body: Uint8Array, digest?: Uint8Array):
 export async function servePieces (node: Libp2p, init: PieceServerInit): Promise<PieceServer> {
   const log = init.log.child({ component: 'transfer:piece-server' })
   // the upload budget: every stream answering requests, and the bytes reserved for pieces being read
-  const active = new Set<PieceDuplex>()
+  const active = new Map<PieceDuplex, string>()
   const uploadBudget = init.uploadBufferBytes ?? UPLOAD_BUFFER_BYTES
+  const hostBudget = init.hostUploadBufferBytes ?? HOST_UPLOAD_BUFFER_BYTES
   let reserved = 0
   /** answers waiting for room in the upload budget, by priority: one goes only when no more urgent one waits */
   const waiting = [0, 0, 0]
@@ -130,9 +135,25 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
     banned.delete(remote)
     return false
   }
+  /** write stalls (PeerStallError) per host within the ban window: [count, window end] */
+  const strikes = new Map<string, [number, number]>()
+  const struck = (remote: string): boolean => {
+    const now = Date.now()
+    let s = strikes.get(remote)
+    if (s == null || s[1] <= now) {
+      if (strikes.size >= MAX_BANNED_PEERS) for (const [k, v] of strikes) if (v[1] <= now) strikes.delete(k)
+      if (strikes.size >= MAX_BANNED_PEERS) return true // too many hosts stalling at once: treat as a violation
+      strikes.set(remote, s = [0, now + PEER_VIOLATION_BAN_MS])
+    }
+    if (++s[0] < WRITE_STALL_STRIKES) return false
+    strikes.delete(remote)
+    return true
+  }
   const serve = (stream: PieceDuplex, remote: string): void => {
     void handle(stream, remote).catch((err: Error) => {
-      if (err.name === 'PeerViolationError' || err.name === 'StreamBufferError') {
+      if (err.name === 'PeerStallError' && !struck(remote)) {
+        log.debug('child read nothing of its answers; channel closed', { peer: remote, err: err.message })
+      } else if (err.name === 'PeerViolationError' || err.name === 'StreamBufferError' || err.name === 'PeerStallError') {
         if (!isBanned(remote)) log.warn('child broke a piece protocol bound; refused for a while', { peer: remote, err: err.message, ms: PEER_VIOLATION_BAN_MS })
         if (banned.size >= MAX_BANNED_PEERS) for (const [k, t] of banned) if (t <= Date.now()) banned.delete(k)
         if (banned.size < MAX_BANNED_PEERS) banned.set(remote, Date.now() + PEER_VIOLATION_BAN_MS)
@@ -156,7 +177,7 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
   if (init.dataChannel != null && init.dataChannel !== false) {
     const dc: DataChannelInit = init.dataChannel === true ? {} : init.dataChannel
     const modes = new Set<DataChannelMode>(dc.integrity === true ? ['secure', 'integrity'] : ['secure'])
-    data = new DataChannelServer(serve, modes)
+    data = new DataChannelServer(serve, modes, dc.writeStallMs != null ? { ...PARENT_LIMITS, writeStallMs: dc.writeStallMs } : PARENT_LIMITS)
     await data.listen(dc.port ?? 0, dc.host ?? listenHost(node))
     const server = data
     await node.handle(PIECE_DATA_PROTOCOL, (stream: Stream, connection: Connection) => {
@@ -210,7 +231,7 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
   }
 
   async function handle (stream: PieceDuplex, remote: string): Promise<void> {
-    active.add(stream)
+    active.set(stream, remote)
     try {
       await answer(stream, remote)
     } finally {
@@ -220,14 +241,18 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
 
   /**
    * Wait until the bytes queued to children on every stream of this server, plus the pieces being read
-   * for them, are under the upload budget, and no more urgent answer waits for it; then reserve one
-   * piece's worth (the largest served so far).
+   * for them, are under the upload budget, the bytes queued to this child's host on all its streams are
+   * under HOST_UPLOAD_BUFFER_BYTES (a child that reads slowly or not at all holds no more than that), and
+   * no more urgent answer waits for the budget; then reserve one piece's worth (the largest served so far).
    */
-  async function room (stream: PieceDuplex, priority: number): Promise<number> {
+  async function room (stream: PieceDuplex, priority: number, remote: string): Promise<number> {
     const over = (): boolean => {
+      let host = 0
+      for (const [s, r] of active) if (r === remote) host += s.writeBufferLength ?? 0
+      if (host >= hostBudget) return true
       for (let q = 0; q < priority; q++) if (waiting[q]! > 0) return true
       let n = reserved
-      for (const s of active) n += s.writeBufferLength ?? 0
+      for (const s of active.keys()) n += s.writeBufferLength ?? 0
       return n >= uploadBudget
     }
     if (over()) {
@@ -315,7 +340,7 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
         sending = true
         let urgent = waiting.length - 1
         for (const q of queue) if (q.priority < urgent) urgent = q.priority
-        const held = await room(stream, urgent)
+        const held = await room(stream, urgent, remote)
         let full: boolean
         try {
           // chosen after the wait: a more urgent request may have come in meanwhile

@@ -354,7 +354,7 @@ describe('data channel write stall', () => {
     b.pause() // reads nothing
     cleanup.push(() => { a.destroy(); b.destroy(); srv.close() })
     await once(a, 'connect')
-    const sender = new DataStream(a, undefined, false, { stallMs: 400, idleMs: 60_000 })
+    const sender = new DataStream(a, undefined, false, { writeStallMs: 400, idleMs: 60_000 })
     for (let i = 0; i < 64; i++) sender.send(randomBytes(1024 * 1024))
     const t0 = Date.now()
     await new Promise(resolve => a.once('close', resolve))
@@ -394,14 +394,56 @@ describe('a child that breaks a bound', () => {
   })
 })
 
+describe('a child that reads nothing of its answers', () => {
+  it('loses its channel each time, and is refused only at the third time (a congested uplink stalls one flow once)', async () => {
+    const p = await parent({ integrity: true, writeStallMs: 300 })
+    const c = await child()
+    const ask = async (): Promise<{ port?: number, token?: Uint8Array, refused?: string }> => {
+      const s = await c.dialProtocol(p.getMultiaddrs(), PIECE_DATA_PROTOCOL)
+      s.send(lpEncode(dataChannelRequest.encode({ mode: 2 })))
+      const b = await new ByteReader(s).lp(1024)
+      await s.close().catch(() => {})
+      return dataChannelOffer.decode(b!)
+    }
+    /**
+     * one channel that asks for 256 pieces and reads none of them for 1 s (the parent's stall time is
+     * 300 ms), then reads on: resolves when the channel has closed (a paused socket sees the parent's
+     * reset only once it reads); a channel the parent kept open would stream on to the idle time
+     */
+    const stall = async (offer: { port?: number, token?: Uint8Array }): Promise<number> => {
+      const sock = connect(offer.port!, '127.0.0.1')
+      sock.on('error', () => {})
+      cleanup.push(() => { sock.destroy() })
+      await once(sock, 'connect')
+      sock.pause()
+      sock.write(offer.token!)
+      // 64 MiB asked: more than loopback's socket buffers (tcp_rmem up to 32 MiB) take
+      for (let i = 0; i < 4; i++) sock.write(lpEncode(pieceRequest.encode({ taskId: 't', numbers: Array.from({ length: 64 }, (_, j) => j % COUNT), priority: 2 })).subarray())
+      const t0 = Date.now()
+      const closed = new Promise(resolve => sock.once('close', resolve))
+      await new Promise(resolve => setTimeout(resolve, 1000))
+      sock.resume()
+      await closed
+      return Date.now() - t0
+    }
+    for (let strike = 1; strike <= 3; strike++) {
+      const offer = await ask()
+      expect(offer.refused).toBeUndefined()
+      expect(await stall(offer)).toBeLessThan(5000)
+      await new Promise(resolve => setTimeout(resolve, 50))
+    }
+    expect((await ask()).refused).toMatch(/broke a piece protocol bound/)
+  }, 30_000)
+})
+
 describe('upload budget', () => {
   /** a parent with `budget` serving `pieces` on integrity data channels; `served` counts pieces it read */
-  async function budgetParent (budget: number): Promise<{ node: Libp2p, served: () => number }> {
+  async function budgetParent (budget: number, hostBudget?: number): Promise<{ node: Libp2p, served: () => number }> {
     const node = await createNode({ listen: ['/ip4/127.0.0.1/tcp/0'] })
     cleanup.push(async () => { await node.stop() })
     let served = 0
     await servePieces(node, {
-      log: silentLogger, dataChannel: { integrity: true }, uploadBufferBytes: budget,
+      log: silentLogger, dataChannel: { integrity: true }, uploadBufferBytes: budget, ...(hostBudget != null ? { hostUploadBufferBytes: hostBudget } : {}),
       provider: { getPiece: async (_t, n) => { served++; return { data: pieces[n % COUNT]!, digest: digests[n % COUNT]! } } }
     })
     return { node, served: () => served }
@@ -424,8 +466,8 @@ describe('upload budget', () => {
   }
 
   /** pieces a parent with `budget` reads, within 1 s, for a child on a data channel that reads nothing */
-  async function servedToDeafChild (budget: number): Promise<number> {
-    const { node, served } = await budgetParent(budget)
+  async function servedToDeafChild (budget: number, hostBudget?: number): Promise<number> {
+    const { node, served } = await budgetParent(budget, hostBudget)
     await deafChild(node, 2)
     await new Promise(resolve => setTimeout(resolve, 1000))
     return served()
@@ -458,5 +500,22 @@ describe('upload budget', () => {
     // 256 KiB pieces: 1 MiB of budget plus the kernel's socket buffers, against the 8 MiB high-water mark
     expect(bounded).toBeLessThan(unbounded)
     expect(bounded).toBeLessThanOrEqual(40)
+  })
+
+  it('a child that reads nothing holds at most its host\'s share of the budget; another child is served at once', async () => {
+    const capped = await servedToDeafChild(Infinity, 1024 * 1024)
+    const uncapped = await servedToDeafChild(Infinity, Infinity)
+    expect(capped).toBeLessThan(uncapped)
+    expect(capped).toBeLessThanOrEqual(40)
+    // the deaf child holds its share: a second child's request is answered with no busy frame
+    const { node } = await budgetParent(Infinity, 1024 * 1024)
+    await deafChild(node, 2)
+    await new Promise(resolve => setTimeout(resolve, 500))
+    const conn = await PieceConnection.open(await child(), node.getMultiaddrs(), { channel: 'integrity' })
+    cleanup.push(() => { conn.close() })
+    const got: number[] = []
+    await conn.request({ taskId: 't', numbers: [0, 1, 2, 3], priority: Priority.BACKGROUND }, r => { got.push(r.n) })
+    expect(got).toEqual([0, 1, 2, 3])
+    expect(conn.busy).toBe(0)
   })
 })

@@ -63,7 +63,10 @@ export function refuseReason (child: Peer, cand: Peer): string | null {
   if (cand.host.isSeed && !cand.isSource && (cand.bitmap?.count ?? 0) === 0) return 'seed host without pieces'
   // a starving child's parent that has made no progress for STALLED_PARENT_MS and holds nothing the
   // child lacks is no parent at all (it may be stopped: the child has nothing in flight to blame it for)
-  if (child.starving && !cand.host.isSeed && !cand.isSource && Date.now() - cand.progressAt >= STALLED_PARENT_MS && !holdsMissing(cand, child)) return 'stalled with nothing the child lacks'
+  // (only while a source holds a piece the candidate lacks: when the source itself is what everyone
+  // waits for, a slow origin, the candidate is as current as any peer can be, and sending its children
+  // to the seed would make the seed upload each new piece many times over)
+  if (child.starving && !cand.host.isSeed && !cand.isSource && Date.now() - cand.progressAt >= STALLED_PARENT_MS && !holdsMissing(cand, child) && sourceAhead(cand)) return 'stalled with nothing the child lacks'
   const slots = cand.host.uploadSlots
   // a child that asked MAX_SCHEDULE_RETRIES times in vain gets the task's seed over the seed's slots: the
   // seed serves it when it can (busy frames meanwhile), where the origin would serve it once more
@@ -72,6 +75,14 @@ export function refuseReason (child: Peer, cand: Peer): string | null {
   // levels are a topological order (resource/): a candidate not above the child cannot be its descendant
   if (cand.level > child.level && mayReach(child, cand)) return 'would close a cycle'
   return null
+}
+
+/** Whether a source of the task (among its first joiners, where sources are) holds a piece `p` lacks. */
+function sourceAhead (p: Peer): boolean {
+  for (const q of p.task.peers.first(CANDIDATE_FIRST_SCAN)) {
+    if (q !== p && q.isSource && q.state !== 'failed' && q.state !== 'left' && (q.state === 'succeeded' || holdsMissing(q, p))) return true
+  }
+  return false
 }
 
 /** Whether `cand` holds a piece that `child` does not. */
