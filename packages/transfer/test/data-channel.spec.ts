@@ -40,6 +40,27 @@ async function child (): Promise<Libp2p> {
   return node
 }
 
+/** ask `parent` for a data channel of `mode` (1 secure, 2 integrity) as `node`: its offer or refusal */
+async function askChannel (node: Libp2p, parent: Libp2p, mode: number): Promise<{ port?: number, token?: Uint8Array, refused?: string }> {
+  const s = await node.dialProtocol(parent.getMultiaddrs(), PIECE_DATA_PROTOCOL)
+  s.send(lpEncode(dataChannelRequest.encode({ mode })))
+  const b = await new ByteReader(s).lp(1024)
+  await s.close().catch(() => {})
+  return dataChannelOffer.decode(b!)
+}
+
+/** an integrity channel from `offer` that asks `requests` x 64 pieces (numbers mod `count`) and reads nothing (paused) */
+async function deafSocket (offer: { port?: number, token?: Uint8Array }, requests: number, count = Infinity): Promise<Socket> {
+  const sock = connect(offer.port!, '127.0.0.1')
+  sock.on('error', () => {})
+  cleanup.push(() => { sock.destroy() })
+  await once(sock, 'connect')
+  sock.pause()
+  sock.write(offer.token!)
+  for (let i = 0; i < requests; i++) sock.write(lpEncode(pieceRequest.encode({ taskId: 't', numbers: Array.from({ length: 64 }, (_, j) => j % count), priority: 2 })).subarray())
+  return sock
+}
+
 /** fetch every piece; verify each against the seed's digests as the peer does */
 async function fetchAll (conn: PieceConnection): Promise<{ ok: number[], rejected: Array<{ n: number, name: string }> }> {
   const ok: number[] = []; const rejected: Array<{ n: number, name: string }> = []
@@ -366,13 +387,7 @@ describe('a child that breaks a bound', () => {
   it('is refused piece streams and data channels by that parent for a while; others are not', async () => {
     const p = await parent(true)
     const bad = await child()
-    const ask = async (node: Libp2p): Promise<{ port?: number, token?: Uint8Array, refused?: string }> => {
-      const s = await node.dialProtocol(p.getMultiaddrs(), PIECE_DATA_PROTOCOL)
-      s.send(lpEncode(dataChannelRequest.encode({ mode: 1 })))
-      const b = await new ByteReader(s).lp(1024)
-      await s.close().catch(() => {})
-      return dataChannelOffer.decode(b!)
-    }
+    const ask = async (node: Libp2p): Promise<{ port?: number, token?: Uint8Array, refused?: string }> => await askChannel(node, p, 1)
     const offer = await ask(bad)
     // the token, then a record header announcing 1 MiB: a parent accepts requests only
     const sock = connect(offer.port!, '127.0.0.1')
@@ -398,27 +413,15 @@ describe('a child that reads nothing of its answers', () => {
   it('loses its channel each time, and is refused only at the third time (a congested uplink stalls one flow once)', async () => {
     const p = await parent({ integrity: true, writeStallMs: 300 })
     const c = await child()
-    const ask = async (): Promise<{ port?: number, token?: Uint8Array, refused?: string }> => {
-      const s = await c.dialProtocol(p.getMultiaddrs(), PIECE_DATA_PROTOCOL)
-      s.send(lpEncode(dataChannelRequest.encode({ mode: 2 })))
-      const b = await new ByteReader(s).lp(1024)
-      await s.close().catch(() => {})
-      return dataChannelOffer.decode(b!)
-    }
+    const ask = async (): Promise<{ port?: number, token?: Uint8Array, refused?: string }> => await askChannel(c, p, 2)
     /**
      * one channel that asks for 256 pieces and reads none of them for 1 s (the parent's stall time is
      * 300 ms), then reads on: resolves when the channel has closed (a paused socket sees the parent's
      * reset only once it reads); a channel the parent kept open would stream on to the idle time
      */
     const stall = async (offer: { port?: number, token?: Uint8Array }): Promise<number> => {
-      const sock = connect(offer.port!, '127.0.0.1')
-      sock.on('error', () => {})
-      cleanup.push(() => { sock.destroy() })
-      await once(sock, 'connect')
-      sock.pause()
-      sock.write(offer.token!)
       // 64 MiB asked: more than loopback's socket buffers (tcp_rmem up to 32 MiB) take
-      for (let i = 0; i < 4; i++) sock.write(lpEncode(pieceRequest.encode({ taskId: 't', numbers: Array.from({ length: 64 }, (_, j) => j % COUNT), priority: 2 })).subarray())
+      const sock = await deafSocket(offer, 4, COUNT)
       const t0 = Date.now()
       const closed = new Promise(resolve => sock.once('close', resolve))
       await new Promise(resolve => setTimeout(resolve, 1000))
@@ -451,18 +454,7 @@ describe('upload budget', () => {
 
   /** a child on a data channel of `node` that asks `requests` x 64 pieces and reads nothing */
   async function deafChild (node: Libp2p, requests: number): Promise<Socket> {
-    const c = await child()
-    const s = await c.dialProtocol(node.getMultiaddrs(), PIECE_DATA_PROTOCOL)
-    s.send(lpEncode(dataChannelRequest.encode({ mode: 2 })))
-    const offer = dataChannelOffer.decode((await new ByteReader(s).lp(1024))!)
-    const sock = connect(offer.port!, '127.0.0.1')
-    sock.on('error', () => {})
-    cleanup.push(() => { sock.destroy() })
-    await once(sock, 'connect')
-    sock.pause()
-    sock.write(offer.token!)
-    for (let i = 0; i < requests; i++) sock.write(lpEncode(pieceRequest.encode({ taskId: 't', numbers: Array.from({ length: 64 }, (_, j) => j), priority: 2 })).subarray())
-    return sock
+    return await deafSocket(await askChannel(await child(), node, 2), requests)
   }
 
   /** pieces a parent with `budget` reads, within 1 s, for a child on a data channel that reads nothing */
