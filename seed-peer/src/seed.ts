@@ -40,6 +40,13 @@ export const LAZY_FILL_RUN = 2
  */
 export const SEED_FILL_RUNS = 4
 /**
+ * After a wanted piece (a ranged read waits for it) went out, and at the start of a fill, the fill runs one
+ * run at a time for this long: a read's pieces then share the origin link with one fill run, not with
+ * SEED_FILL_RUNS (test/read-during-download.spec.ts).
+ * @default 2000 ms
+ */
+export const SEED_FILL_QUIET_MS = 2_000
+/**
  * Upload slots a seed announces: children with their backups over all tasks (a daemon's UPLOAD_SLOTS
  * doubled; the scheduler gives a seed SEED_CHILD_LIMIT primary children per task besides).
  * @default 48
@@ -209,10 +216,16 @@ export class SeedPeer implements Startable {
       const free = (i: number): boolean => !t.bitmap.has(i) && !fetching.has(i)
       /** Range requests for wanted pieces in flight: the fill starts no new run meanwhile (they get the link) */
       let wantRuns = 0
+      /**
+       * when a wanted piece last went out (at first: when the fill began, as readers often start with the
+       * download): the fill keeps to one run at a time for SEED_FILL_QUIET_MS after
+       */
+      let wantedAt = Date.now()
       /** wanted pieces now, adjacent ones in one request, beside whatever else runs */
       const serveWanted = (): void => {
         const wanted = [...lazy.wanted].filter(i => i < pieceCount && free(i)).sort((a, b) => a - b)
         lazy.wanted.clear()
+        if (wanted.length > 0) wantedAt = Date.now()
         for (let i = 0; i < wanted.length;) {
           let j = i + 1
           while (j < wanted.length && wanted[j] === wanted[j - 1]! + 1 && j - i < LAZY_FILL_RUN) j++
@@ -222,14 +235,17 @@ export class SeedPeer implements Startable {
         }
       }
       let next = 0
-      /** fill runs in flight (at most SEED_FILL_RUNS: the next requests go out while one transfers) */
+      /** fill runs in flight (up to SEED_FILL_RUNS: the next requests go out while one transfers) */
       let fills = 0
       while (!t.complete && failure == null) {
         serveWanted()
         if (lazy.whole && wantRuns > 0) { await changed(lazy); continue }
         if (lazy.whole) {
           while (next < pieceCount && !free(next)) next++
-          if (next < pieceCount && fills < SEED_FILL_RUNS) {
+          // readers waiting for pieces lately: one fill run at a time, so their next pieces share the link
+          // with one run only
+          const limit = Date.now() - wantedAt < SEED_FILL_QUIET_MS ? 1 : SEED_FILL_RUNS
+          if (next < pieceCount && fills < limit) {
             let end = next
             while (end < pieceCount && end - next < LAZY_FILL_RUN && free(end)) end++
             // wanted pieces keep going out while fill runs are in flight; a failed run holds its place
