@@ -183,6 +183,7 @@ export class SchedulerCore {
   /** One message from a connected host. */
   handleMessage (host: Host, msg: PeerMessage): void {
     if (this.hosts.get(host.id) !== host) return // dropped or replaced: what it still sends is moot
+    host.heardAt = Date.now()
     if (msg.register != null) this.onRegister(host, msg.register)
     else if (msg.sourceInfo != null) this.onSourceInfo(host, msg.sourceInfo.taskId, msg.sourceInfo.info)
     else if (msg.pieceDone != null) this.onPieceDone(host, msg.pieceDone.taskId, msg.pieceDone.numbers ?? [], msg.pieceDone.digests ?? [])

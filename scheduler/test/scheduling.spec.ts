@@ -215,8 +215,12 @@ describe('a stalled parent', () => {
     // p1 starves while p0 still makes progress: p0 stays its parent
     s.send(p1, { needParents: { taskId: TASK } })
     expect(s.parents(p1)).toEqual([p0])
-    // p0 announces nothing new for STALLED_PARENT_MS: the starving child gets the seed instead
+    // p0 announces nothing new for STALLED_PARENT_MS, but its host still sends (other tasks): kept
     s.peer(p0).progressAt = Date.now() - STALLED_PARENT_MS
+    s.send(p1, { needParents: { taskId: TASK } })
+    expect(s.parents(p1)).toEqual([p0])
+    // its host sends nothing at all for as long (a stopped process): the starving child gets the seed instead
+    s.peer(p0).host.heardAt = Date.now() - STALLED_PARENT_MS
     s.send(p1, { needParents: { taskId: TASK } })
     expect(s.parents(p1)).toEqual(['seed'])
     // a stalled parent that still holds a piece the child lacks is kept
@@ -224,6 +228,7 @@ describe('a stalled parent', () => {
     t.send(t.ids[0]!, { pieceDone: { taskId: TASK, numbers: five } })
     t.send(t.ids[1]!, { pieceDone: { taskId: TASK, numbers: [0, 1] } })
     t.peer(t.ids[0]!).progressAt = Date.now() - STALLED_PARENT_MS
+    t.peer(t.ids[0]!).host.heardAt = Date.now() - STALLED_PARENT_MS
     t.send(t.ids[1]!, { needParents: { taskId: TASK } })
     expect(t.parents(t.ids[1]!)).toEqual([t.ids[0]])
   })
@@ -236,6 +241,7 @@ describe('a stalled parent', () => {
     s.send(p0, { pieceDone: { taskId: TASK, numbers: five } })
     s.send(p1, { pieceDone: { taskId: TASK, numbers: five } })
     s.peer(p0).progressAt = Date.now() - STALLED_PARENT_MS
+    s.peer(p0).host.heardAt = Date.now() - STALLED_PARENT_MS
     s.send(p1, { needParents: { taskId: TASK } })
     expect(s.parents(p1)).toEqual([p0])
     // the seed gets piece 5, p0 does not: now p0 lags and the starving child gets the seed

@@ -12,6 +12,8 @@ export class Host {
   readonly peers = new Map<string, Peer>()
   /** children fed over all tasks, kept by the peers' ChildSets (read with `childCount`) */
   children = 0
+  /** when the host last sent a message (any task, keep-alives too): a stopped host sends none */
+  heardAt = Date.now()
   /** refused messages so far (HOST_OFFENCE_LIMIT) */
   offences = 0
   /** registers in the current one-minute window, and when that window began (MAX_REGISTERS_PER_MINUTE) */

@@ -82,5 +82,5 @@ export async function runGuoce (args: string[], opts: { env?: Record<string, str
 }
 
 export async function stopAll (): Promise<void> {
-  await Promise.all([...live].map(async p => { await p.kill('SIGKILL') }))
+  await Promise.all([...live].map(async p => { await p.kill(process.env.GUOCE_STOP_SIGNAL as NodeJS.Signals ?? 'SIGKILL') }))
 }
