@@ -47,6 +47,11 @@ export const SEED_FILL_RUNS = 4
  */
 export const SEED_FILL_QUIET_MS = 2_000
 /**
+ * Pieces per fill run while no reader waits (SEED_FILL_QUIET_MS after the last wanted piece).
+ * @default 8
+ */
+export const SEED_QUIET_FILL_RUN = 8
+/**
  * Upload slots a seed announces: children with their backups over all tasks (a daemon's UPLOAD_SLOTS
  * doubled; the scheduler gives a seed SEED_CHILD_LIMIT primary children per task besides).
  * @default 48
@@ -185,14 +190,22 @@ export class SeedPeer implements Startable {
       ref,
       meta: { ...ref, ...(credentials != null ? { credentials } : {}) },
       timeoutMs: this.init.originTimeoutMs,
-      onInfo: (info) => { this.client.send({ sourceInfo: { taskId, info } }) },
-      onPiece: (n, digest) => { this.client.send({ pieceDone: { taskId, numbers: [n], digests: [digest] } }) },
+      onInfo: (info, task) => { filling = task; this.client.send({ sourceInfo: { taskId, info } }) },
+      onPiece: (n, digest) => {
+        // content named by a digest: the piece that completes it is announced only once the whole
+        // content matched, so no peer can finish (and fail) the task before the seed's verdict, which
+        // then reaches everyone as the task's failure (a peer retrying at once gets a fresh fetch)
+        if (ref.digest != null && filling?.complete === true) { last = { n, digest }; return }
+        this.client.send({ pieceDone: { taskId, numbers: [n], digests: [digest] } })
+      },
       onBytes: (n) => { this.stats.originBytes += n }
     }
+    let filling: StoredTask | undefined
+    let last: { n: number, digest: Uint8Array } | undefined
     let failure: Error | undefined
     try {
       let task = await this.init.store.get(taskId).catch(() => null)
-      if (task != null) this.announce(task)
+      if (task != null) { filling = task; this.announce(task) }
       else task = await openLazy(fill, { firstPiece: lazy.whole }) ?? null
       // empty content (416 to a range): fetched whole, which takes an empty body
       if (task == null) task = await fillFromSource(fill)
@@ -244,10 +257,14 @@ export class SeedPeer implements Startable {
           while (next < pieceCount && !free(next)) next++
           // readers waiting for pieces lately: one fill run at a time, so their next pieces share the link
           // with one run only
-          const limit = Date.now() - wantedAt < SEED_FILL_QUIET_MS ? 1 : SEED_FILL_RUNS
+          const reading = Date.now() - wantedAt < SEED_FILL_QUIET_MS
+          const limit = reading ? 1 : SEED_FILL_RUNS
           if (next < pieceCount && fills < limit) {
+            // quiet: longer runs (fewer requests, each ramping up its TCP window once); a wanted piece
+            // inside one waits for at most that run
+            const runLength = reading ? LAZY_FILL_RUN : SEED_QUIET_FILL_RUN
             let end = next
-            while (end < pieceCount && end - next < LAZY_FILL_RUN && free(end)) end++
+            while (end < pieceCount && end - next < runLength && free(end)) end++
             // wanted pieces keep going out while fill runs are in flight; a failed run holds its place
             // for a second (the origin may be struggling), and its pieces are taken up again below
             fills++
@@ -271,6 +288,7 @@ export class SeedPeer implements Startable {
         for (let off = 0; off < t.info.contentLength; off += 4 * 1024 * 1024) h.update(await t.read(off, Math.min(4 * 1024 * 1024, t.info.contentLength - off)))
         if (`sha256:${h.digest('hex')}` !== ref.digest) throw new DigestMismatchError(`content of ${redactUrl(order.url)} does not match ${ref.digest}`)
       }
+      if (last != null) this.client.send({ pieceDone: { taskId, numbers: [last.n], digests: [last.digest] } })
       this.client.send({ result: { taskId, success: true } })
       this.log.info('seeded', { task: taskId.slice(0, 12), bytes: t.info.contentLength })
     } catch (err) {
