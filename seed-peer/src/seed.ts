@@ -47,11 +47,6 @@ export const SEED_FILL_RUNS = 4
  */
 export const SEED_FILL_QUIET_MS = 2_000
 /**
- * Pieces per fill run while no reader waits (SEED_FILL_QUIET_MS after the last wanted piece).
- * @default 8
- */
-export const SEED_QUIET_FILL_RUN = 8
-/**
  * Upload slots a seed announces: children with their backups over all tasks (a daemon's UPLOAD_SLOTS
  * doubled; the scheduler gives a seed SEED_CHILD_LIMIT primary children per task besides).
  * @default 48
@@ -257,14 +252,10 @@ export class SeedPeer implements Startable {
           while (next < pieceCount && !free(next)) next++
           // readers waiting for pieces lately: one fill run at a time, so their next pieces share the link
           // with one run only
-          const reading = Date.now() - wantedAt < SEED_FILL_QUIET_MS
-          const limit = reading ? 1 : SEED_FILL_RUNS
+          const limit = Date.now() - wantedAt < SEED_FILL_QUIET_MS ? 1 : SEED_FILL_RUNS
           if (next < pieceCount && fills < limit) {
-            // quiet: longer runs (fewer requests, each ramping up its TCP window once); a wanted piece
-            // inside one waits for at most that run
-            const runLength = reading ? LAZY_FILL_RUN : SEED_QUIET_FILL_RUN
             let end = next
-            while (end < pieceCount && end - next < runLength && free(end)) end++
+            while (end < pieceCount && end - next < LAZY_FILL_RUN && free(end)) end++
             // wanted pieces keep going out while fill runs are in flight; a failed run holds its place
             // for a second (the origin may be struggling), and its pieces are taken up again below
             fills++
