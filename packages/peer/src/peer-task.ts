@@ -425,6 +425,8 @@ export class PeerTask {
   /** reads waiting for pieces (or for the layout); their pieces are requested first */
   private readonly waiters: PieceWaiters
   private stallTimer: NodeJS.Timeout | undefined
+  /** the next patient read comes due (PieceWaiters.due): pump again then */
+  private dueTimer: NodeJS.Timeout | undefined
   private parentWatch: NodeJS.Timeout | undefined
   /** when the stall check last ran (a late tick means this process was not running) */
   private lastWatch = 0
@@ -690,8 +692,16 @@ export class PeerTask {
     if (wanted.size > 0) planWanted(view, wanted, (p, picks, priority) => { void this.requestFrom(p, picks, priority) })
     if (this.lazy) { this.askForWanted(wanted, now); return }
     const { total, heldBack, wakeAt } = this.policy.plan(view, now, (p, picks) => { void this.requestFrom(p, picks, Priority.BACKGROUND) })
-    // a read ahead of every parent: its pieces are asked of the seed first
-    if (wanted.size > 0 && !this.isSource) this.askForWanted(wanted, now)
+    // a read ahead of every parent: its pieces are asked of the seed first; a read that follows the
+    // download (a stream) gives the task's parents the stall limit to bring them first
+    if (wanted.size > 0 && !this.isSource) {
+      const { due, wakeAt: dueAt } = this.waiters.due(now, this.policy.stallMs())
+      this.askForWanted(due, now)
+      if (dueAt != null && this.dueTimer == null) {
+        this.dueTimer = setTimeout(() => { this.dueTimer = undefined; this.pump() }, Math.max(1, dueAt - now))
+        this.dueTimer.unref()
+      }
+    }
     if (total === 0 && !heldBack) this.armStarve()
     else this.disarmStarve()
     // a backup has what we need: look again when the stall limit is reached
@@ -1012,6 +1022,7 @@ export class PeerTask {
     if (this.starveTimer != null) { clearTimeout(this.starveTimer); this.starveTimer = undefined }
     if (this.state !== 'running') this.unwatchParents()
     if (this.stallTimer != null && this.state !== 'running') { clearTimeout(this.stallTimer); this.stallTimer = undefined }
+    if (this.dueTimer != null && this.state !== 'running') { clearTimeout(this.dueTimer); this.dueTimer = undefined }
   }
 
   /** Fetch what is missing from the origin ourselves. */
@@ -1200,6 +1211,7 @@ export class PeerTask {
     this.unwatchParents()
     this.disarmStarve()
     clearTimeout(this.stallTimer)
+    clearTimeout(this.dueTimer)
     clearTimeout(this.waitTimer)
     clearTimeout(this.reportTimer)
     for (const p of this.parents.values()) p.conn?.close()

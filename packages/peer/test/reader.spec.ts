@@ -243,3 +243,28 @@ describe('reader', () => {
     expect((await reader.read({ taskId: ID, offset: content.length, length: 10 })).byteLength).toBe(0)
   })
 })
+
+describe('PieceWaiters.due: what is asked of the seed', () => {
+  it('a read waiting impatiently is due at once; one following a download (whileProgressing) only after the patience', async () => {
+    const w = new PieceWaiters('due test')
+    const ac = new AbortController()
+    const t0 = Date.now()
+    const reads = [
+      w.piece(1, { priority: 0, timeoutMs: 60_000, signal: ac.signal }),
+      w.piece(2, { priority: 0, timeoutMs: 60_000, signal: ac.signal, whileProgressing: true }),
+      // a piece both kinds wait for is due at once
+      w.piece(3, { priority: 1, timeoutMs: 60_000, signal: ac.signal, whileProgressing: true }),
+      w.piece(3, { priority: 0, timeoutMs: 60_000, signal: ac.signal })
+    ].map(async p => await p.catch(() => {}))
+    let r = w.due(t0, 500)
+    expect([...r.due.keys()].sort()).toEqual([1, 3])
+    expect(r.due.get(3)).toBe(0)
+    expect(r.wakeAt).toBeGreaterThanOrEqual(t0 + 500)
+    expect(r.wakeAt).toBeLessThanOrEqual(Date.now() + 500)
+    r = w.due(r.wakeAt!, 500)
+    expect([...r.due.keys()].sort()).toEqual([1, 2, 3])
+    expect(r.wakeAt).toBeUndefined()
+    ac.abort()
+    await Promise.all(reads)
+  })
+})
