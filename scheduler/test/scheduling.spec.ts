@@ -233,6 +233,25 @@ describe('a stalled parent', () => {
     expect(t.parents(t.ids[1]!)).toEqual([t.ids[0]])
   })
 
+  it('a parent host that only keeps its scheduler stream alive cannot hold a starving child: after MAX_SCHEDULE_RETRIES asks the seed feeds it', () => {
+    const s = swarm(2)
+    const [p0, p1] = s.ids as [string, string]
+    const five = [0, 1, 2, 3, 4]
+    s.send(p0, { pieceDone: { taskId: TASK, numbers: five } })
+    s.send(p1, { pieceDone: { taskId: TASK, numbers: five } })
+    // p0 makes no progress but its host sends keep-alives: not refused as stalled
+    s.peer(p0).progressAt = Date.now() - STALLED_PARENT_MS
+    for (let i = 0; i < MAX_SCHEDULE_RETRIES - 1; i++) {
+      s.send(p0, { keepalive: true })
+      s.send(p1, { needParents: { taskId: TASK } })
+      expect(s.parents(p1)![0]).toBe(p0)
+    }
+    s.send(p0, { keepalive: true })
+    s.send(p1, { needParents: { taskId: TASK } })
+    expect(s.parents(p1)![0]).toBe('seed')
+    expect(s.got(p1, 'backToSource')).toBe(0)
+  })
+
   it('is kept while the seed itself holds nothing more (a slow origin is what everyone waits for)', () => {
     const five = [0, 1, 2, 3, 4]
     // the seed has fetched pieces 0..4 so far; p0 and its child p1 hold them too

@@ -247,12 +247,16 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
    */
   async function room (stream: PieceDuplex, priority: number, remote: string): Promise<number> {
     const over = (): boolean => {
+      // one pass: what is queued to this child's host, and to everyone
       let host = 0
-      for (const [s, r] of active) if (r === remote) host += s.writeBufferLength ?? 0
+      let n = reserved
+      for (const [s, r] of active) {
+        const queued = s.writeBufferLength ?? 0
+        n += queued
+        if (r === remote) host += queued
+      }
       if (host >= hostBudget) return true
       for (let q = 0; q < priority; q++) if (waiting[q]! > 0) return true
-      let n = reserved
-      for (const s of active.keys()) n += s.writeBufferLength ?? 0
       return n >= uploadBudget
     }
     if (over()) {
