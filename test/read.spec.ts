@@ -27,7 +27,7 @@ async function setup (o: { files: Record<string, Buffer>, rate: number, daemonAr
 }
 
 /** POST the task: its id and access token */
-async function start (api: string, body: { url: string, digest?: string, ranged?: boolean }): Promise<{ taskId: string, access: string }> {
+async function start (api: string, body: { url: string, digest?: string, ranged?: boolean, pieceLength?: number }): Promise<{ taskId: string, access: string }> {
   const res = await fetch(`${api}/api/v1/tasks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
   const j = await res.json() as { taskId: string, access: string }
   expect(res.status, JSON.stringify(j)).toBe(200)
@@ -134,6 +134,50 @@ describe('ranged reads fetch only what is read', () => {
     const all = Buffer.from(await (await fetch(`${api}/api/v1/tasks/${taskId}/content`, { headers: { 'x-guoce-access': access } })).arrayBuffer())
     expect(sha(all)).toBe(sha(file))
     expect(origin.totalSent()).toBeLessThanOrEqual(file.length + 32)
+  })
+})
+
+describe('a ranged task that names its piece length', () => {
+  it('moves only pieces of that length: a read costs the origin and the swarm one such piece; a whole download keeps the layout', async () => {
+    const KiB = 1024
+    const file = stamped(8 * MiB)
+    const origin = await startOrigin({ files: { 'blob.bin': file }, validators: 'etag' })
+    cleanups.push(async () => { await origin.close() })
+    const cluster = await startCluster({ daemons: 2 })
+    cleanups.push(async () => { await cluster.close() })
+    const [a, b] = cluster.daemons.map(d => d.api) as [string, string]
+    const url = `${origin.url}/blob.bin`
+    const body = { url, ranged: true, pieceLength: 64 * KiB }
+    // a bad length is refused with 400; a named length is another task than the default layout's
+    for (const bad of [1000, 32 * KiB, 32 * MiB, 1.5]) {
+      const res = await fetch(`${a}/api/v1/tasks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ url, ranged: true, pieceLength: bad }) })
+      expect(res.status, `pieceLength ${bad}`).toBe(400)
+    }
+    const t = await start(a, body)
+    expect(t.taskId).not.toBe((await start(a, { url, ranged: true })).taskId)
+    const at = 5 * MiB + 64 * KiB + 1000 // inside one 64 KiB piece
+    const sentBefore = origin.totalSent()
+    const res = await fetch(`${a}/api/v1/tasks/${t.taskId}/content`, { headers: { 'x-guoce-access': t.access, range: `bytes=${at}-${at + 99}` } })
+    expect(res.status).toBe(206)
+    expect(Buffer.from(await res.arrayBuffer()).equals(file.subarray(at, at + 100))).toBe(true)
+    const p = await progress(a, t.taskId)
+    expect(p.pieceCount).toBe(128)
+    expect(p.piecesDone).toBe(1)
+    expect(origin.totalSent() - sentBefore).toBeLessThanOrEqual(64 * KiB + 16)
+    // another host, the same read: one 64 KiB piece from the swarm, nothing more from the origin
+    const sentAfterA = origin.totalSent()
+    const tb = await start(b, body)
+    expect(tb.taskId).toBe(t.taskId)
+    const rb = await fetch(`${b}/api/v1/tasks/${tb.taskId}/content`, { headers: { 'x-guoce-access': tb.access, range: `bytes=${at}-${at + 99}` } })
+    expect(Buffer.from(await rb.arrayBuffer()).equals(file.subarray(at, at + 100))).toBe(true)
+    expect(await metric(b, 'guoce_peer_download_bytes_total{source="peer"}')).toBe(64 * KiB)
+    expect(origin.totalSent()).toBeLessThanOrEqual(sentAfterA + 16)
+    // the whole content asked for: same task, same layout, byte-identical
+    await start(b, { url, pieceLength: 64 * KiB })
+    await until(async () => (await progress(b, t.taskId)).state === 'succeeded', 'the whole download to finish')
+    const all = Buffer.from(await (await fetch(`${b}/api/v1/tasks/${t.taskId}/content`, { headers: { 'x-guoce-access': tb.access } })).arrayBuffer())
+    expect(sha(all)).toBe(sha(file))
+    expect((await progress(b, t.taskId)).pieceCount).toBe(128)
   })
 })
 

@@ -11,7 +11,7 @@
  */
 import type { Libp2p } from 'libp2p'
 import type { Stream, Connection } from '@libp2p/interface'
-import { Bitmap, MIN_PIECE_LENGTH, credentialHash, isImportUrl, isTaskId, taskIdFrom } from '@guoce/content'
+import { Bitmap, MIN_PIECE_LENGTH, MIN_REQUEST_PIECE_LENGTH, checkPieceLength, pieceLayout, credentialHash, isImportUrl, isTaskId, taskIdFrom } from '@guoce/content'
 import { type Logger, type ErrorInfo, type Startable } from '@guoce/interface'
 import { MessageChannel, SCHEDULER_PROTOCOL, peerMessage, schedulerMessage, verifySeedProof, KEEPALIVE_INTERVAL_MS, ANNOUNCE_BATCH, SCHEDULER_READ_BUDGET_BYTES, readBudget, isBlameless, reclaimSoon, MAX_CONTENT_BYTES, MAX_PIECE_BYTES, MAX_TASK_PIECES, type PeerMessage, type SchedulerMessage, type WireParent, type WireHostInfo, type WireTaskInfo } from '@guoce/transfer'
 import { Host, Peer, Task } from './resource/index.js'
@@ -49,10 +49,13 @@ export interface ConnectOptions {
 }
 
 /** Why a layout is refused, or undefined when it is sound (doc/LIMITS.md "Layouts"). */
-export function layoutProblem (info: WireTaskInfo): string | undefined {
+export function layoutProblem (info: WireTaskInfo, named?: number): string | undefined {
   const { contentLength: cl, pieceLength: pl, pieceCount: pc } = info
   if (!Number.isSafeInteger(cl) || cl < 0 || cl > MAX_CONTENT_BYTES) return `content length ${cl} outside [0, ${MAX_CONTENT_BYTES}]`
-  if (!Number.isSafeInteger(pl) || pl < MIN_PIECE_LENGTH || pl > MAX_PIECE_BYTES) return `piece length ${pl} outside [${MIN_PIECE_LENGTH}, ${MAX_PIECE_BYTES}]`
+  if (!Number.isSafeInteger(pl) || pl < MIN_REQUEST_PIECE_LENGTH || pl > MAX_PIECE_BYTES) return `piece length ${pl} outside [${MIN_REQUEST_PIECE_LENGTH}, ${MAX_PIECE_BYTES}]`
+  // a task whose request names its piece length has exactly that layout; any other has one of at least MIN_PIECE_LENGTH
+  if (named != null && named !== 0 && pl !== pieceLayout(cl, named).pieceLength) return `piece length ${pl} is not the ${named} the task's request names`
+  if ((named == null || named === 0) && pl < MIN_PIECE_LENGTH) return `piece length ${pl} below ${MIN_PIECE_LENGTH} for a task that names none`
   if (pc !== (cl === 0 ? 0 : Math.ceil(cl / pl))) return `piece count ${pc} is not ceil(${cl} / ${pl})`
   if (pc > MAX_TASK_PIECES) return `piece count ${pc} above ${MAX_TASK_PIECES}`
   return undefined
@@ -68,7 +71,8 @@ export function registerProblem (reg: NonNullable<PeerMessage['register']>): str
   try {
     const credentials = reg.credentials != null && reg.credentials !== '' ? reg.credentials : undefined
     if (Object.keys(headers).length > 0 && credentialHash({ url: reg.url, headers }) !== credentials) return 'headers do not hash to the credentials'
-    if (taskIdFrom({ url: reg.url, digest: reg.digest, tag: reg.tag, version: reg.version, credentials }) !== reg.taskId) return 'task id does not derive from url, digest, tag, version and credentials'
+    const pieceLength = reg.pieceLength != null && reg.pieceLength !== 0 ? checkPieceLength(reg.pieceLength) : undefined
+    if (taskIdFrom({ url: reg.url, digest: reg.digest, tag: reg.tag, version: reg.version, credentials, pieceLength }) !== reg.taskId) return 'task id does not derive from url, digest, tag, version, credentials and piece length'
   } catch (err) {
     return `malformed task reference: ${(err as Error).message}`
   }
@@ -227,7 +231,7 @@ export class SchedulerCore {
         this.log.warn('new tasks above the per-host rate; register refused', { host: host.id, task: reg.taskId.slice(0, 12) })
         return
       }
-      task = new Task(reg.taskId, { url: reg.url, headers, ...(reg.digest != null && reg.digest !== '' ? { digest: reg.digest } : {}), ...(reg.tag != null && reg.tag !== '' ? { tag: reg.tag } : {}), ...(reg.version != null && reg.version !== '' ? { version: reg.version } : {}) })
+      task = new Task(reg.taskId, { url: reg.url, headers, ...(reg.digest != null && reg.digest !== '' ? { digest: reg.digest } : {}), ...(reg.tag != null && reg.tag !== '' ? { tag: reg.tag } : {}), ...(reg.version != null && reg.version !== '' ? { version: reg.version } : {}), ...(reg.pieceLength != null && reg.pieceLength !== 0 ? { pieceLength: reg.pieceLength } : {}) })
       this.tasks.set(task.id, task)
     } else if (task.ref.digest != null && isImportUrl(task.ref.url) && !isImportUrl(reg.url)) {
       // content imported somewhere (no origin) and now named by a URL that has one: a seed can fetch it
@@ -326,7 +330,7 @@ export class SchedulerCore {
       // imported content (guoce import) has no origin and no seed: the holder that registered it
       // complete vouches for its layout and piece digests; every child still checks each piece, and
       // the whole content against the digest that names it, before it succeeds
-      const problem = layoutProblem(info)
+      const problem = layoutProblem(info, task.ref.pieceLength)
       if (problem != null) { this.offence(host, `malformed layout: ${problem}`, { task: taskId.slice(0, 12) }); return }
       task.vouchedBy = host.id
       task.setInfo({ taskId, contentLength: info.contentLength, pieceLength: info.pieceLength, pieceCount: info.pieceCount })
@@ -346,7 +350,7 @@ export class SchedulerCore {
       this.log.warn('source info from a seed that is not the task\'s source; ignored', { host: host.id, task: taskId.slice(0, 12) })
       return
     }
-    const problem = layoutProblem(info)
+    const problem = layoutProblem(info, task.ref.pieceLength)
     if (problem != null) { this.offence(host, `malformed layout: ${problem}`, { task: taskId.slice(0, 12) }); return }
     if (task.info != null) {
       if (task.info.contentLength !== info.contentLength || task.info.pieceLength !== info.pieceLength) {

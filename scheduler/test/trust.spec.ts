@@ -34,6 +34,12 @@ describe('scheduler trust', () => {
     expect(registerProblem({ taskId: A, url: URL_B })).toMatch(/does not derive/)
     expect(registerProblem({ taskId: A, url: URL_A, version: 'etag:"x"' })).toMatch(/does not derive/)
     expect(registerProblem({ taskId: 'zz', url: URL_A })).toMatch(/malformed task id/)
+    // the piece length a request names is part of its id, and bounded
+    const named = taskIdFrom({ url: URL_A, pieceLength: 128 * 1024 })
+    expect(registerProblem({ taskId: named, url: URL_A, pieceLength: 128 * 1024 })).toBeUndefined()
+    expect(registerProblem({ taskId: named, url: URL_A })).toMatch(/does not derive/)
+    expect(registerProblem({ taskId: A, url: URL_A, pieceLength: 128 * 1024 })).toMatch(/does not derive/)
+    expect(registerProblem({ taskId: A, url: URL_A, pieceLength: 1000 })).toMatch(/piece length 1000/)
     const headers = { Authorization: 'Bearer s3cret' }
     const credentials = credentialHash({ url: URL_A, headers })!
     const priv = taskIdFrom({ url: URL_A, credentials })
@@ -119,6 +125,11 @@ describe('scheduler trust', () => {
     expect(layoutProblem({ contentLength: 2 ** 30 * MiB, pieceLength: MiB, pieceCount: 2 ** 30 })).toMatch(/content length/)
     expect(layoutProblem({ contentLength: 4096, pieceLength: 1024, pieceCount: 4 })).toMatch(/piece length/)
     expect(layoutProblem({ contentLength: 2 * MiB * MAX_TASK_PIECES, pieceLength: MiB, pieceCount: 2 * MAX_TASK_PIECES })).toMatch(/above/)
+    // a task whose request names its piece length (TaskRequest.pieceLength) has exactly that layout
+    expect(layoutProblem({ contentLength: 4 * MiB, pieceLength: 128 * 1024, pieceCount: 32 }, 128 * 1024)).toBeUndefined()
+    expect(layoutProblem({ contentLength: 4 * MiB, pieceLength: MiB, pieceCount: 4 }, 128 * 1024)).toMatch(/names/)
+    expect(layoutProblem({ contentLength: 4 * MiB, pieceLength: 128 * 1024, pieceCount: 32 })).toMatch(/names none/)
+    expect(layoutProblem({ contentLength: 4 * MiB, pieceLength: 32 * 1024, pieceCount: 128 }, 32 * 1024)).toMatch(/piece length/)
 
     const h = harness()
     h.connect('seed', 'seed')
@@ -132,6 +143,18 @@ describe('scheduler trust', () => {
     h.connect('p2')
     h.send('p2', { register: { taskId: A, url: URL_A, bitmap: new Uint8Array(4096).fill(255), completed: true } })
     expect(h.core.tasks.get(A)!.peers.get('p2')!.bitmap!.count).toBe(0)
+
+    // a task that names its piece length: the seed's order carries it, and only that layout is taken
+    const N = taskIdFrom({ url: URL_B, pieceLength: 128 * 1024 })
+    h.send('p1', { register: { taskId: N, url: URL_B, pieceLength: 128 * 1024, lazy: true } })
+    const order = h.inbox.get('seed')!.filter(m => m.seed?.taskId === N).map(m => m.seed!)
+    expect(order.length).toBe(1)
+    expect(order[0]!.pieceLength).toBe(128 * 1024)
+    h.send('seed', { register: { taskId: N, url: URL_B, pieceLength: 128 * 1024, lazy: true } })
+    h.send('seed', { sourceInfo: { taskId: N, info: { contentLength: 4 * MiB, pieceLength: MiB, pieceCount: 4 } } })
+    expect(h.core.tasks.get(N)!.info).toBeUndefined()
+    h.send('seed', { sourceInfo: { taskId: N, info: { contentLength: 4 * MiB, pieceLength: 128 * 1024, pieceCount: 32 } } })
+    expect(h.core.tasks.get(N)!.info?.pieceCount).toBe(32)
   })
 
   it('drops a host that registers more than MAX_HOST_TASKS tasks, and frees its state', () => {

@@ -62,6 +62,11 @@ interface LazyTask {
   wake: (() => void) | undefined
 }
 
+/** The piece length an order's task names (part of its id, so part of every register and of the stored meta). */
+function namedLength (order: { pieceLength?: number }): { pieceLength?: number } {
+  return order.pieceLength != null && order.pieceLength !== 0 ? { pieceLength: order.pieceLength } : {}
+}
+
 function poke (t: LazyTask): void {
   t.dirty = true
   const w = t.wake; t.wake = undefined; w?.()
@@ -176,14 +181,15 @@ export class SeedPeer implements Startable {
     const { taskId } = order
     const ref = { url: order.url, headers: order.headers ?? {}, ...(order.digest != null && order.digest !== '' ? { digest: order.digest } : {}), ...(order.tag != null && order.tag !== '' ? { tag: order.tag } : {}), ...(order.version != null && order.version !== '' ? { version: order.version } : {}) }
     const credentials = credentialHash(ref)
+    const named = namedLength(order)
     this.log.info(lazy.whole ? 'seeding' : 'seeding lazily', { task: taskId.slice(0, 12), url: order.url })
     this.stats.tasks++
-    this.client.send({ register: { taskId, ...ref, ...(credentials != null ? { credentials } : {}), ...(lazy.whole ? {} : { lazy: true }) } })
+    this.client.send({ register: { taskId, ...ref, ...(credentials != null ? { credentials } : {}), ...named, ...(lazy.whole ? {} : { lazy: true }) } })
     const fill: SourceFillInit = {
       store: this.init.store,
       taskId,
       ref,
-      meta: { ...ref, ...(credentials != null ? { credentials } : {}) },
+      meta: { ...ref, ...(credentials != null ? { credentials } : {}), ...named },
       timeoutMs: this.init.originTimeoutMs,
       onInfo: (info, task) => { filling = task; this.client.send({ sourceInfo: { taskId, info } }) },
       onPiece: (n, digest) => {
@@ -309,15 +315,16 @@ export class SeedPeer implements Startable {
       try { await this.seedLazy(order, t) } finally { this.lazy.delete(taskId) }
       return
     }
+    const named = namedLength(order)
     this.log.info('seeding', { task: taskId.slice(0, 12), url: order.url })
     this.stats.tasks++
-    this.client.send({ register: { taskId, ...ref, ...(credentials != null ? { credentials } : {}) } })
+    this.client.send({ register: { taskId, ...ref, ...(credentials != null ? { credentials } : {}), ...named } })
     try {
       const task = await fillFromSource({
         store: this.init.store,
         taskId,
         ref,
-        meta: { ...ref, ...(credentials != null ? { credentials } : {}) },
+        meta: { ...ref, ...(credentials != null ? { credentials } : {}), ...named },
         ...(existing != null ? { task: existing } : {}),
         timeoutMs: this.init.originTimeoutMs,
         onInfo: (info) => { this.client.send({ sourceInfo: { taskId, info } }) },

@@ -10,6 +10,14 @@ import { PieceDigestMismatchError } from '@guoce/interface'
  */
 export const MIN_PIECE_LENGTH = 1024 * 1024
 /**
+ * Smallest piece length a request may name (TaskRequest.pieceLength): for tasks read by small ranges,
+ * where a whole piece crosses the link for every read that touches it. A lazily mounted image blob
+ * reads compressed chunks of a few KiB to 1 MiB at scattered offsets: bench/containerd moved 23 MB of
+ * pieces for 13 MB of chunks at 1 MiB, 9 MB at 128 KiB.
+ * @default 64 KiB
+ */
+export const MIN_REQUEST_PIECE_LENGTH = 64 * 1024
+/**
  * Largest piece length.
  * @default 16 MiB
  */
@@ -21,6 +29,13 @@ export const MAX_PIECE_LENGTH = 16 * 1024 * 1024
  */
 export const TARGET_PIECE_COUNT = 1024
 
+/**
+ * Most pieces of one task (the scheduler's MAX_TASK_PIECES): a named piece length too small for the
+ * content is doubled until the count fits.
+ * @default 2^20
+ */
+export const MAX_PIECE_COUNT = 1 << 20
+
 export interface PieceLayout { pieceLength: number, pieceCount: number }
 
 function nextPow2 (n: number): number {
@@ -29,10 +44,21 @@ function nextPow2 (n: number): number {
   return p
 }
 
-/** Piece length chosen from the content length: next power of two of len/1024, clamped. */
+/** `n` when it is a piece length a request may name (a power of two in [MIN_REQUEST_PIECE_LENGTH, MAX_PIECE_LENGTH]); else a RangeError. */
+export function checkPieceLength (n: number): number {
+  if (!Number.isSafeInteger(n) || n < MIN_REQUEST_PIECE_LENGTH || n > MAX_PIECE_LENGTH || (n & (n - 1)) !== 0) {
+    throw new RangeError(`piece length ${n} is not a power of two in [${MIN_REQUEST_PIECE_LENGTH}, ${MAX_PIECE_LENGTH}]`)
+  }
+  return n
+}
+
+/** Piece length chosen from the content length: next power of two of len/1024, clamped; or the one a request names. */
 export function pieceLayout (contentLength: number, pieceLength?: number): PieceLayout {
   if (!Number.isSafeInteger(contentLength) || contentLength < 0) throw new RangeError(`bad content length ${contentLength}`)
-  const len = pieceLength ?? Math.min(MAX_PIECE_LENGTH, Math.max(MIN_PIECE_LENGTH, nextPow2(Math.ceil(contentLength / TARGET_PIECE_COUNT))))
+  // a named length grows (to a power of two) where the content would need more than MAX_PIECE_COUNT of them
+  const len = pieceLength != null
+    ? Math.max(pieceLength, nextPow2(Math.ceil(contentLength / MAX_PIECE_COUNT)))
+    : Math.min(MAX_PIECE_LENGTH, Math.max(MIN_PIECE_LENGTH, nextPow2(Math.ceil(contentLength / TARGET_PIECE_COUNT))))
   return { pieceLength: len, pieceCount: contentLength === 0 ? 0 : Math.ceil(contentLength / len) }
 }
 

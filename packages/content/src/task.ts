@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { checkPieceLength } from './piece.js'
 import { InvalidUrlError, type TaskRequest } from '@guoce/interface'
 import { parseDigest } from './digest.js'
 
@@ -67,7 +68,9 @@ export function credentialHash (req: { url: string, headers?: Record<string, str
  * Task id: sha256 hex of the content digest when known (so the same blob from two hosts is one task),
  * else of the normalized URL + range + tag + the origin's validator (`version`). A request that carries
  * credentials adds their hash (credentialHash), so it never shares a task with a request without them
- * or with other credentials. The scheduler recomputes this from every register and refuses a mismatch.
+ * or with other credentials. A request that names its piece length (TaskRequest.pieceLength) adds it: the
+ * layout is part of what the task is, so two layouts of one content are two tasks (as Dragonfly's task
+ * ids carry the piece length). The scheduler recomputes this from every register and refuses a mismatch.
  */
 export function taskIdOf (req: TaskRequest & { range?: string }): string {
   return taskIdFrom({ ...req, credentials: credentialHash(req) })
@@ -77,7 +80,7 @@ export function taskIdOf (req: TaskRequest & { range?: string }): string {
  * taskIdOf from its parts, with the credentials as their hash (credentialHash): what the scheduler
  * checks a register against without holding the credentials themselves.
  */
-export function taskIdFrom (p: { url: string, digest?: string | undefined, tag?: string | undefined, version?: string | undefined, range?: string | undefined, credentials?: string | undefined }): string {
+export function taskIdFrom (p: { url: string, digest?: string | undefined, tag?: string | undefined, version?: string | undefined, range?: string | undefined, credentials?: string | undefined, pieceLength?: number | undefined }): string {
   const h = createHash('sha256')
   if (p.digest != null && p.digest !== '') {
     parseDigest(p.digest)
@@ -87,6 +90,7 @@ export function taskIdFrom (p: { url: string, digest?: string | undefined, tag?:
     if (p.version != null && p.version !== '') h.update(`\0version\0${p.version}`)
   }
   if (p.credentials != null && p.credentials !== '') h.update(`\0credentials\0${p.credentials}`)
+  if (p.pieceLength != null && p.pieceLength !== 0) h.update(`\0piece-length\0${checkPieceLength(p.pieceLength)}`)
   return h.digest('hex')
 }
 

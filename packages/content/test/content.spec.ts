@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest'
 import { randomBytes } from 'node:crypto'
-import { taskIdOf, credentialHash, normalizeUrl, pieceLayout, pieceRange, verifyPiece, sha256, digestToCid, cidToDigest, parseDigest, formatDigest, Bitmap, parseSourceUrl, BufferPool, verifyPieceAsync } from '../src/index.js'
+import { taskIdOf, taskIdFrom, checkPieceLength, MAX_PIECE_COUNT, credentialHash, normalizeUrl, pieceLayout, pieceRange, verifyPiece, sha256, digestToCid, cidToDigest, parseDigest, formatDigest, Bitmap, parseSourceUrl, BufferPool, verifyPieceAsync } from '../src/index.js'
 
 describe('content', () => {
   it('maps OCI digests to CIDs and back', () => {
@@ -59,6 +59,22 @@ describe('content', () => {
     expect(pieceLayout(1024 ** 4).pieceLength).toBe(16 * 1024 * 1024)
     expect(pieceRange(1, 10, 15)).toEqual({ start: 10, end: 15 })
     expect(() => pieceRange(2, 10, 15)).toThrow(RangeError)
+  })
+
+  it('takes a piece length a request names: a power of two in bounds, part of the task id, grown past 2^20 pieces', () => {
+    const KiB = 1024
+    expect(pieceLayout(8 * 1024 * KiB, 64 * KiB)).toEqual({ pieceLength: 64 * KiB, pieceCount: 128 })
+    expect(pieceLayout(1, 64 * KiB)).toEqual({ pieceLength: 64 * KiB, pieceCount: 1 })
+    // 256 GiB at 64 KiB would be 2^22 pieces: the named length doubles until the count fits
+    expect(pieceLayout(256 * 1024 ** 3, 64 * KiB)).toEqual({ pieceLength: 256 * KiB, pieceCount: MAX_PIECE_COUNT })
+    expect(checkPieceLength(128 * KiB)).toBe(128 * KiB)
+    for (const bad of [0, 1000, 32 * KiB, 96 * KiB, 32 * 1024 * KiB, 1.5, -64 * KiB]) expect(() => checkPieceLength(bad)).toThrow(RangeError)
+    const url = 'http://h/blob'
+    const named = taskIdOf({ url, pieceLength: 128 * KiB })
+    expect(named).not.toBe(taskIdOf({ url }))
+    expect(named).not.toBe(taskIdOf({ url, pieceLength: 256 * KiB }))
+    expect(named).toBe(taskIdFrom({ url, pieceLength: 128 * KiB }))
+    expect(() => taskIdOf({ url, pieceLength: 1000 })).toThrow(RangeError)
   })
 
   it('verifies pieces and names the mismatch', () => {

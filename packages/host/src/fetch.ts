@@ -24,6 +24,12 @@ export interface SourceFillInit extends AbortOptions {
   onPiece?: (n: number, digest: Uint8Array, bytes: number) => void
   /** bytes received from the origin */
   onBytes?: (n: number) => void
+  /** the piece length the task's request names (TaskRequest.pieceLength); else meta's, else chosen from the length */
+  pieceLength?: number
+}
+
+function layoutOf (init: SourceFillInit, total: number): ReturnType<typeof pieceLayout> {
+  return pieceLayout(total, init.pieceLength ?? init.meta?.pieceLength)
 }
 
 export async function fillFromSource (init: SourceFillInit): Promise<StoredTask> {
@@ -48,7 +54,7 @@ export async function fillFromSource (init: SourceFillInit): Promise<StoredTask>
 async function fetchWhole (init: SourceFillInit): Promise<StoredTask> {
   const res = await openSource(init.ref, { signal: init.signal, timeoutMs: init.timeoutMs })
   if (res.length == null) throw new ContentLengthMismatchError(`origin sent no Content-Length for ${redactUrl(init.ref.url)}; unknown lengths are not supported`)
-  const layout = pieceLayout(res.length)
+  const layout = layoutOf(init, res.length)
   const info: TaskInfo = { taskId: init.taskId, contentLength: res.length, ...layout }
   const task = await init.store.create(init.taskId, info, init.meta ?? {})
   init.onInfo?.(info, task)
@@ -129,9 +135,11 @@ export async function fetchRun (init: SourceFillInit, task: StoredTask, n: numbe
  * (a lazy task, which may never read piece 0) one byte. Content of length 0 is answered 416: `undefined`.
  */
 export async function openLazy (init: SourceFillInit, o: { firstPiece?: boolean } = {}): Promise<StoredTask | undefined> {
+  // the first piece's length where the content is large enough for the named or the smallest default length
+  const firstLength = init.pieceLength ?? init.meta?.pieceLength ?? MIN_PIECE_LENGTH
   let res: Awaited<ReturnType<typeof openSource>>
   try {
-    res = await openSource(init.ref, { signal: init.signal, timeoutMs: init.timeoutMs, range: { start: 0, end: o.firstPiece === true ? MIN_PIECE_LENGTH : 1 } })
+    res = await openSource(init.ref, { signal: init.signal, timeoutMs: init.timeoutMs, range: { start: 0, end: o.firstPiece === true ? firstLength : 1 } })
   } catch (err) {
     if ((err as { status?: number }).status === 416) return undefined
     throw err
@@ -141,11 +149,11 @@ export async function openLazy (init: SourceFillInit, o: { firstPiece?: boolean 
     void drain(res.body, init.onBytes, true)
     throw new ContentLengthMismatchError(`origin sent no length for ${redactUrl(init.ref.url)}; unknown lengths are not supported`)
   }
-  const layout = pieceLayout(total)
+  const layout = layoutOf(init, total)
   const info: TaskInfo = { taskId: init.taskId, contentLength: total, ...layout }
   const task = await init.store.create(init.taskId, info, init.meta ?? {})
   init.onInfo?.(info, task)
-  if (o.firstPiece === true && res.ranged && total > 0 && layout.pieceLength === MIN_PIECE_LENGTH) {
+  if (o.firstPiece === true && res.ranged && total > 0 && layout.pieceLength === firstLength) {
     // the answer is piece 0, whole
     const body = countBytes(res.body, init.onBytes)
     for await (const piece of pieces(body, layout.pieceLength)) {

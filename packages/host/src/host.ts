@@ -32,13 +32,13 @@ export interface HostInit {
  * "Register"); undefined when the task id does not derive from them (a task stored under an older id
  * scheme), which the scheduler would refuse.
  */
-export function registerRef (t: StoredTask): { url: string, headers: Record<string, string>, digest?: string, tag?: string, version?: string, credentials?: string } | undefined {
+export function registerRef (t: StoredTask): { url: string, headers: Record<string, string>, digest?: string, tag?: string, version?: string, credentials?: string, pieceLength?: number } | undefined {
   const m = t.meta
   const url = m.url ?? ''
   let credentials = m.credentials
   try {
     credentials ??= credentialHash({ url, headers: m.headers })
-    if (taskIdFrom({ url, digest: m.digest, tag: m.tag, version: m.version, credentials }) !== t.taskId) return undefined
+    if (taskIdFrom({ url, digest: m.digest, tag: m.tag, version: m.version, credentials, pieceLength: m.pieceLength }) !== t.taskId) return undefined
   } catch {
     return undefined
   }
@@ -48,7 +48,8 @@ export function registerRef (t: StoredTask): { url: string, headers: Record<stri
     ...(m.digest != null ? { digest: m.digest } : {}),
     ...(m.tag != null ? { tag: m.tag } : {}),
     ...(m.version != null && m.version !== '' ? { version: m.version } : {}),
-    ...(credentials != null ? { credentials } : {})
+    ...(credentials != null ? { credentials } : {}),
+    ...(m.pieceLength != null ? { pieceLength: m.pieceLength } : {})
   }
 }
 

@@ -49,6 +49,13 @@ export interface TaskRequest {
    * Not part of the task id; a request for the same task without it turns the download into a full one.
    */
   ranged?: boolean
+  /**
+   * The piece length this task's layout must have: a power of two in [64 KiB, 16 MiB] (grown where the
+   * content would need more than 2^20 pieces); part of the task id. For content read by small ranges (an
+   * image blob mounted lazily), where every read moves whole pieces. Unset: chosen from the content length
+   * (1 MiB to 16 MiB).
+   */
+  pieceLength?: number
 }
 
 /** Piece layout of a task, fixed by the seed peer from the content length. */

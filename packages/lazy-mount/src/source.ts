@@ -11,7 +11,7 @@ import { open, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { unixFetch, type FetchInit } from '@guoce/interface'
 import { BlobSourceError } from './errors.js'
-import { MAX_STORED_CHUNK } from './constants.js'
+import { MAX_STORED_CHUNK, BLOB_PIECE_LENGTH } from './constants.js'
 
 export interface BlobSource {
   /** Exactly `length` stored bytes of blob `digest` (`sha256:HEX`) from `offset`, or throws. */
@@ -84,6 +84,11 @@ export interface DaemonSourceInit {
    * by its digest: see read().
    */
   ranged?: boolean
+  /**
+   * Piece length of a ranged blob task (TaskRequest.pieceLength, part of its id).
+   * @default BLOB_PIECE_LENGTH
+   */
+  pieceLength?: number
 }
 
 /** Header that carries a task's access token (the peer daemon's local API). */
@@ -102,7 +107,7 @@ export function daemonBlobSource (init: DaemonSourceInit): BlobSource {
         // a ranged task is named by its URL and the origin's validator, not by the digest: the daemon holds
         // back the last bytes of digest-named content until the whole content matched it, which a ranged
         // task never fetches (every chunk is verified by the caller against its chunk table either way)
-        const named = init.ranged === true ? { ranged: true } : { digest }
+        const named = init.ranged === true ? { ranged: true, pieceLength: init.pieceLength ?? BLOB_PIECE_LENGTH } : { digest }
         const res = await fetch(`${base}/api/v1/tasks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ url: init.blobUrl(digest), ...named }), signal })
         const body = await res.json().catch(() => undefined) as { taskId?: unknown, access?: unknown, error?: { message?: string } } | undefined
         if (!res.ok || typeof body?.taskId !== 'string' || typeof body.access !== 'string') {

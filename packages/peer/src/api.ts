@@ -66,7 +66,9 @@ const taskBody = {
     digest: { type: 'string' },
     tag: { type: 'string', maxLength: 256 },
     // fetch only what reads of the content route ask for (TaskRequest.ranged)
-    ranged: { type: 'boolean' }
+    ranged: { type: 'boolean' },
+    // the layout's piece length (TaskRequest.pieceLength): a power of two in [64 KiB, 16 MiB]
+    pieceLength: { type: 'integer' }
   }
 } as const
 
@@ -114,7 +116,7 @@ export function buildServer (daemon: PeerDaemon, opts: ApiOptions = {}): Fastify
     return { ...t.progress(), digest: t.digest, access: accessFor(t.taskId).toString('hex') }
   })
 
-  app.post<{ Body: { url: string, headers?: Record<string, string>, digest?: string, tag?: string, ranged?: boolean } }>('/api/v1/tasks', { schema: { body: taskBody } }, async (req) => {
+  app.post<{ Body: { url: string, headers?: Record<string, string>, digest?: string, tag?: string, ranged?: boolean, pieceLength?: number } }>('/api/v1/tasks', { schema: { body: taskBody } }, async (req) => {
     const t = await daemon.download(req.body)
     return { ...t.progress(), access: accessFor(t.taskId).toString('hex') }
   })

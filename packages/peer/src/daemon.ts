@@ -6,8 +6,9 @@
  */
 import { createHash } from 'node:crypto'
 import { open } from 'node:fs/promises'
-import { taskIdOf, parseSourceUrl, parseDigest, pieceLayout, pieceRange, importUrl, isImportUrl } from '@guoce/content'
+import { taskIdOf, parseSourceUrl, parseDigest, pieceLayout, pieceRange, importUrl, isImportUrl, checkPieceLength } from '@guoce/content'
 import type { Startable, TaskReader, TaskRequest } from '@guoce/interface'
+import { InvalidParametersError } from '@guoce/interface'
 import type { TaskStore } from '@guoce/store'
 import { SchedulerClient, hostInfo, type PieceServer, type SchedulerMessage } from '@guoce/transfer'
 import { serveStore, registerRef, announceHeld, type HostInit } from '@guoce/host'
@@ -149,6 +150,9 @@ export class PeerDaemon implements Startable {
    */
   async download (req: TaskRequest): Promise<PeerTask> {
     parseSourceUrl(req.url)
+    if (req.pieceLength != null) {
+      try { checkPieceLength(req.pieceLength) } catch (err) { throw new InvalidParametersError((err as Error).message) }
+    }
     if (req.digest != null) parseDigest(req.digest)
     else {
       const { version } = await probeSource({ url: req.url, headers: req.headers ?? {} }, this.init.originTimeoutMs != null ? { timeoutMs: this.init.originTimeoutMs } : {})

@@ -565,11 +565,11 @@ export class PeerTask {
     if (this.isSource && s != null) announceHeld(this.init.send, s)
   }
 
-  /** version and credentials: with url, digest and tag the fields the scheduler derives the task id from */
-  private idFields (): { version?: string, credentials?: string } {
+  /** version, credentials and piece length: with url, digest and tag the fields the scheduler derives the task id from */
+  private idFields (): { version?: string, credentials?: string, pieceLength?: number } {
     const r = this.init.request
     const credentials = credentialHash(r)
-    return { ...(r.version != null && r.version !== '' ? { version: r.version } : {}), ...(credentials != null ? { credentials } : {}) }
+    return { ...(r.version != null && r.version !== '' ? { version: r.version } : {}), ...(credentials != null ? { credentials } : {}), ...(r.pieceLength != null ? { pieceLength: r.pieceLength } : {}) }
   }
 
   /** Scheduler disconnected: parents we have keep serving; nothing else to do. */

@@ -28,6 +28,8 @@ export interface TaskMeta {
   version?: string
   /** credentialHash of the request (part of its id; sent in every register) */
   credentials?: string
+  /** the piece length the request named (TaskRequest.pieceLength; part of its id; sent in every register) */
+  pieceLength?: number
 }
 
 export interface StoreInit {

@@ -31,6 +31,7 @@ message Register {
   string version = 8;         // origin validator of a URL task (part of its id)
   string credentials = 9;     // credentialHash of the request (part of its id); headers, when sent, must hash to it
   bool lazy = 10;             // ranged reads: fetch only the pieces asked for (want), not the whole task
+  uint32 piece_length = 11;   // the piece length the request names (part of its id); 0 = chosen from the content length
 }
 message PieceDone { string task_id = 1; repeated uint32 numbers = 2; repeated bytes digests = 3; }
 message SourceInfo { string task_id = 1; TaskInfo info = 2; }
@@ -63,6 +64,7 @@ message SeedOrder {
   string task_id = 1; string url = 2; map<string, string> headers = 3; string digest = 4; string tag = 5; string version = 6;
   bool lazy = 7;              // learn the layout, then fetch only the pieces wanted (numbers, later orders); false = the whole task
   repeated uint32 numbers = 8; // pieces someone waits for: fetched first
+  uint32 piece_length = 9;    // the layout's piece length, when the task's request names one
 }
 message TaskFailed { string task_id = 1; ErrorInfo error = 2; }
 message SchedulerMessage {
@@ -83,7 +85,7 @@ export interface WireHostInfo {
   type: 'normal' | 'seed', uploadSlots: number, uploadBps: number, idc: string, location: string,
   addrs: Uint8Array[], hostname: string, load: number
 }
-export interface WireTaskRef { url: string, headers?: Record<string, string>, digest?: string, tag?: string, version?: string }
+export interface WireTaskRef { url: string, headers?: Record<string, string>, digest?: string, tag?: string, version?: string, pieceLength?: number }
 
 export interface PeerMessage {
   hello?: { host: WireHostInfo, seedProof?: Uint8Array }
