@@ -283,6 +283,18 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
     return path
   }
 
+  /**
+   * The daemon's task of each blob (its registration, the seed's order and the seed's look at the origin) is
+   * set up as soon as a layer names the blob, while containerd goes on with the pull (the metadata layer is
+   * fetched meanwhile), not on the container's first read; no chunk is fetched for it.
+   */
+  const prepareBlobs = (found: Found, blobs: string[]): void => {
+    for (const b of blobs) urls.set(b, `${found.client.base}/v2/${found.repository}/blobs/${b}`)
+    serving().then(({ source }) => {
+      for (const b of blobs) void source.prepare?.(b, AbortSignal.timeout(PREPARE_TIMEOUT_MS)).catch((err: unknown) => { log?.debug('blob task not prepared', { blob: b, error: (err as Error).message }) })
+    }, () => {})
+  }
+
   return {
     // every mount of an earlier process read through that process's FUSE server, which is gone
     remountOnOpen: true,
@@ -293,30 +305,26 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
       const found = await find(layer, opts.signal)
       if (found === undefined) return false
       const desc = found.layers[found.index]!
-      if (desc.mediaType === MEDIA_TYPE_CHUNK_BLOB) { await prefetchIfTop(found); return true }
+      if (desc.mediaType === MEDIA_TYPE_CHUNK_BLOB) { prepareBlobs(found, [desc.digest]); await prefetchIfTop(found); return true }
       if (desc.mediaType !== MEDIA_TYPE_EROFS_META) return false
       const tFound = performance.now()
-      // the blob server starts (the first time) while the metadata layer is fetched and read
+      const blobs = blobsOf(desc)
+      // the blob server starts (the first time) and the blobs' tasks are set up while the metadata layer is fetched and read
       const started = serving()
       started.catch(() => {})
+      prepareBlobs(found, blobs)
       const meta = await metaOf(found, desc)
       const tMeta = performance.now()
-      const blobs = blobsOf(desc)
       const files = await blobFiles([{ meta, blobs }])
       const tFiles = performance.now()
-      const { server, source } = await started
+      const { server } = await started
       const tServing = performance.now()
-      for (const b of blobs) urls.set(b, `${found.client.base}/v2/${found.repository}/blobs/${b}`)
       server.add(files)
       for (const f of files) {
         const m = known.get(f.digest) ?? new Map<number, ChunkExtent>()
         for (const e of f.extents) m.set(e.blkaddr, e)
         known.set(f.digest, m)
       }
-      // the daemon's task of each blob (its registration, the seed's order and the seed's look at the origin) is
-      // set up while containerd finishes the pull and starts the container, not on the container's first read;
-      // no chunk is fetched for it
-      for (const b of blobs) void source.prepare?.(b, AbortSignal.timeout(PREPARE_TIMEOUT_MS)).catch((err: unknown) => { log?.debug('blob task not prepared', { blob: b, error: (err as Error).message }) })
       await mountLayer({ meta, blobs: blobs.map(b => server.path(b)) }, dir, init.mounter)
       const ms = (a: number, b: number): number => Math.round(b - a)
       log?.info('lazy layer mounted', {
