@@ -52,6 +52,13 @@ export const SEED_FILL_QUIET_MS = 2_000
  * @default 48
  */
 export const SEED_UPLOAD_SLOTS = 48
+/**
+ * Longest a child's `fetch` request for a piece of a task this seed fetches waits for it (PieceProvider.whenHeld);
+ * then it is refused as not held, and the child asks again or elsewhere (within the child's own request timeout,
+ * PIECE_TIMEOUT_MS, so a slow origin does not cost the child its seed).
+ * @default 5 s
+ */
+export const SEED_HOLD_WAIT_MS = 5_000
 
 /** A task the seed fetches piece by piece: wanted pieces first, then (once upgraded) the rest. */
 interface LazyTask {
@@ -109,8 +116,48 @@ export class SeedPeer implements Startable {
     })
   }
 
+  /** children's `fetch` requests waiting for a piece: task id -> piece -> settle */
+  private readonly holds = new Map<string, Map<number, Array<(held: boolean) => void>>>()
+
+  /**
+   * A piece of a task this seed fetches (lazily or whole), asked for by a child with `fetch`: wanted at once,
+   * like a want the scheduler relays, and answered once announced (SEED_HOLD_WAIT_MS at most). Not for
+   * tasks this seed is not fetching (undefined: refused as not held).
+   */
+  private whenHeld (taskId: string, n: number): Promise<boolean> | undefined {
+    const lazy = this.lazy.get(taskId)
+    if (lazy == null || !Number.isSafeInteger(n) || n < 0) return undefined
+    let task = this.holds.get(taskId)
+    if (task == null) this.holds.set(taskId, task = new Map())
+    let waiting = task.get(n)
+    if (waiting == null) task.set(n, waiting = [])
+    if (waiting.length >= SEED_QUEUED_ORDERS) return undefined
+    const { promise, resolve } = Promise.withResolvers<boolean>()
+    const timer = setTimeout(() => { settle(false) }, SEED_HOLD_WAIT_MS)
+    timer.unref()
+    const settle = (held: boolean): void => { clearTimeout(timer); resolve(held) }
+    waiting.push(settle)
+    lazy.wanted.add(n)
+    poke(lazy)
+    // held already (a fetch that ended before this call): answered now
+    // (a complete task's last piece may wait for the whole-content check: seedLazy's end answers it)
+    void this.init.store.get(taskId).then(t => { if (t?.bitmap.has(n) === true && !t.complete) this.held(taskId, [n], true) }, () => {})
+    return promise
+  }
+
+  /** pieces announced (true) or a task given up (false, every piece): the fetch requests waiting for them are answered */
+  private held (taskId: string, numbers: number[] | undefined, held: boolean): void {
+    const task = this.holds.get(taskId)
+    if (task == null) return
+    for (const n of numbers ?? [...task.keys()]) {
+      for (const settle of task.get(n) ?? []) settle(held)
+      task.delete(n)
+    }
+    if (task.size === 0) this.holds.delete(taskId)
+  }
+
   async start (): Promise<void> {
-    this.pieceServer = await serveStore(this.init, bytes => { this.stats.uploadBytes += bytes })
+    this.pieceServer = await serveStore(this.init, bytes => { this.stats.uploadBytes += bytes }, (taskId, n) => this.whenHeld(taskId, n))
     await this.client.start()
   }
 
@@ -198,6 +245,7 @@ export class SeedPeer implements Startable {
         // then reaches everyone as the task's failure (a peer retrying at once gets a fresh fetch)
         if (ref.digest != null && filling?.complete === true) { last = { n, digest }; return }
         this.client.send({ pieceDone: { taskId, numbers: [n], digests: [digest] } })
+        this.held(taskId, [n], true)
       },
       onBytes: (n) => { this.stats.originBytes += n }
     }
@@ -292,6 +340,9 @@ export class SeedPeer implements Startable {
       this.log.warn('seeding failed', { task: taskId.slice(0, 12), err: (err as Error).message })
       this.client.send({ result: { taskId, success: false, error: toErrorInfo(err) } })
       await this.init.store.remove(taskId).catch(() => {})
+    } finally {
+      // whatever is still waited for is answered from the store as it is now (held, or refused)
+      this.held(taskId, undefined, false)
     }
   }
 

@@ -6,7 +6,7 @@ import type { Libp2p } from 'libp2p'
 import type { Logger } from '@guoce/interface'
 import type { TaskStore, StoredTask } from '@guoce/store'
 import { credentialHash, taskIdFrom } from '@guoce/content'
-import { servePieces, dataChannelFor, ANNOUNCE_BATCH, type PeerMessage, type PieceChannel, type PieceServer } from '@guoce/transfer'
+import { servePieces, dataChannelFor, ANNOUNCE_BATCH, type PeerMessage, type PieceChannel, type PieceServer, type PieceProvider } from '@guoce/transfer'
 
 /** What every swarm host (seed peer or peer daemon) is built from. */
 export interface HostInit {
@@ -54,12 +54,13 @@ export function registerRef (t: StoredTask): { url: string, headers: Record<stri
 }
 
 /** Serve every piece the host's store holds, over the host's piece channel. */
-export async function serveStore (init: HostInit, onUpload: (bytes: number) => void): Promise<PieceServer> {
+export async function serveStore (init: HostInit, onUpload: (bytes: number) => void, whenHeld?: PieceProvider['whenHeld']): Promise<PieceServer> {
   return await servePieces(init.node, {
     dataChannel: dataChannelFor(init.pieceChannel ?? 'stream'),
     log: init.log,
     provider: {
       getPiece: async (taskId, n) => await init.store.getPiece(taskId, n),
+      ...(whenHeld != null ? { whenHeld } : {}),
       onUpload: (_t, bytes) => { onUpload(bytes) }
     }
   })

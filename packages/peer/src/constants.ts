@@ -123,3 +123,13 @@ export const MAX_READ_BYTES = 64 * 1024 * 1024
 export const WANT_RETRY_MS = 1_000
 /** Pieces per want message (the scheduler's MAX_WANT_PIECES). */
 export const MAX_WANT_PIECES = 64
+
+/**
+ * Requests with `fetch` one task keeps in flight to its seed (fetchFromSeed), each for a run of at most
+ * SEED_FETCH_RUN adjacent pieces; within the parent's MAX_PENDING_REQUESTS_PER_STREAM (32) with room for
+ * ordinary requests on the same connection.
+ * @default 16
+ */
+export const SEED_FETCH_REQUESTS = 16
+/** @default 8 pieces */
+export const SEED_FETCH_RUN = 8

@@ -73,7 +73,10 @@ message SchedulerMessage {
 }
 
 // child -> parent on /guoce/piece/1
-message PieceRequest { string task_id = 1; repeated uint32 numbers = 2; uint32 priority = 3; }
+message PieceRequest {
+  string task_id = 1; repeated uint32 numbers = 2; uint32 priority = 3;
+  bool fetch = 4;             // pieces not held are answered once held: a task's seed fetches them (PieceProvider.whenHeld)
+}
 
 // child -> parent on /guoce/piece-data/1, then one answer
 message DataChannelRequest { uint32 mode = 1; }   // 1 = secure (AES-256-GCM records), 2 = integrity-only
@@ -114,7 +117,7 @@ export interface SchedulerMessage {
   keepalive?: boolean
 }
 
-export interface PieceRequest { taskId: string, numbers: number[], priority: number }
+export interface PieceRequest { taskId: string, numbers: number[], priority: number, fetch?: boolean }
 export interface DataChannelRequest { mode: number }
 export interface DataChannelOffer { port?: number, token?: Uint8Array, secret?: Uint8Array, refused?: string }
 

@@ -5,8 +5,14 @@
  * parent -> child: for every requested number one frame; the parent answers its most urgent request first
  * (priority 0 on-demand, 1 prefetch, 2 background; oldest first within one), the pieces of a request in order:
  *   u8 kind (0 = piece, 1 = refused, 2 = busy) | u32be number | u32be length | 32-byte sha256 (zero unless a piece) | length bytes
- * A refused piece carries a utf-8 reason instead of data. The child never trusts the digest in the frame;
- * it verifies against the seed's digest that the scheduler relayed. A busy frame (number 0, length 0)
+ * A refused piece carries a utf-8 reason instead of data. The child verifies every piece against the seed's
+ * digest that the scheduler relayed; the digest in the frame counts only when the parent is the task's
+ * designated seed (the scheduler names it, the stream is bound to its PeerId): the seed is where every piece
+ * digest comes from, the scheduler only relays them.
+ * A request with `fetch` (a child's ranged read of a piece no parent holds, sent to the task's seed): a piece
+ * the parent lacks is answered once the parent holds it (PieceProvider.whenHeld: the seed fetches it from the
+ * origin), with the rest of its request; the stream answers other requests meanwhile. A parent that does not
+ * fetch for others refuses it as not held. A busy frame (number 0, length 0)
  * answers nothing: while the child's answers wait for upload room, the parent sends one every
  * PIECE_BUSY_INTERVAL_MS so that the child can tell a busy parent from a hung one.
  *
@@ -52,6 +58,12 @@ export interface StoredPiece {
 /** What a parent serves from: its local store. Returns null when the piece is not held (yet). */
 export interface PieceProvider {
   getPiece(taskId: string, n: number): Promise<StoredPiece | null>
+  /**
+   * A piece not held, asked for with `fetch` (PieceRequest.fetch): a promise that settles true once it is
+   * held, false when it will not be (within the provider's own bound); undefined when this host does not fetch
+   * pieces for others (only a task's seed does). Until it settles the stream answers other requests.
+   */
+  whenHeld?(taskId: string, n: number): Promise<boolean> | undefined
   /** called with the bytes actually sent, for upload accounting */
   onUpload?(taskId: string, bytes: number, remotePeer: string): void
 }
@@ -285,7 +297,9 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
    */
   async function answer (stream: PieceDuplex, remote: string): Promise<void> {
     const reader = new ByteReader(stream)
-    const queue: Array<{ req: PieceRequest, priority: number, next: number }> = []
+    const queue: Array<{ req: PieceRequest, priority: number, next: number, waited?: number }> = []
+    /** pieces asked with `fetch` that the provider is fetching: answered (queued again) once they settle */
+    let deferred = 0
     let readDone = false
     let readError: Error | undefined
     let sending = false
@@ -299,8 +313,8 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
     const arm = (ms: number): void => {
       idle = setTimeout(() => {
         const quiet = Date.now() - lastActivity
-        if (queue.length > 0 || sending || (stream.writeBufferLength ?? 0) > 0 || quiet < PIECE_CHANNEL_IDLE_MS) {
-          if (queue.length > 0 || sending || (stream.writeBufferLength ?? 0) > 0) lastActivity = Date.now()
+        if (queue.length > 0 || deferred > 0 || sending || (stream.writeBufferLength ?? 0) > 0 || quiet < PIECE_CHANNEL_IDLE_MS) {
+          if (queue.length > 0 || deferred > 0 || sending || (stream.writeBufferLength ?? 0) > 0) lastActivity = Date.now()
           arm(Math.max(1, PIECE_CHANNEL_IDLE_MS - (Date.now() - lastActivity)))
         } else {
           stream.abort(new ProtocolError(`no piece request for ${PIECE_CHANNEL_IDLE_MS} ms`))
@@ -313,7 +327,7 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
     const reading = (async () => {
       try {
         while (true) {
-          while (queue.length >= MAX_PENDING_REQUESTS_PER_STREAM) await new Promise<void>(resolve => { wakeReader = resolve })
+          while (queue.length + deferred >= MAX_PENDING_REQUESTS_PER_STREAM) await new Promise<void>(resolve => { wakeReader = resolve })
           const len = await reader.varint()
           if (len == null) break
           if (len > MAX_PIECE_REQUEST_BYTES) throw new PeerViolationError(`piece request of ${len} bytes, limit ${MAX_PIECE_REQUEST_BYTES}`)
@@ -337,7 +351,7 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
       while (true) {
         if (readError != null) throw readError
         if (queue.length === 0) {
-          if (readDone) break
+          if (readDone && deferred === 0) break
           await new Promise<void>(resolve => { wakeWriter = resolve })
           continue
         }
@@ -363,8 +377,20 @@ export async function servePieces (node: Libp2p, init: PieceServerInit): Promise
           } catch (err) {
             reason = (err as Error).message
           }
-          if (stream.writeStatus !== 'writable') { piece?.release?.(); reading.catch(() => {}); return }
-          full = sendAnswer(stream, q.req.taskId, n, piece, reason, remote)
+          // asked to fetch it (a task's seed): this piece and the rest of its request (whose pieces go in order)
+          // are answered once it settles, as a request of their own; the stream answers others meanwhile
+          const fetching = piece == null && q.req.fetch === true && q.waited !== n ? init.provider.whenHeld?.(q.req.taskId, n) : undefined
+          if (fetching != null) {
+            const j = queue.indexOf(q)
+            if (j >= 0) { queue.splice(j, 1); const w = wakeReader; wakeReader = undefined; w?.() }
+            deferred++
+            const again = { req: { ...q.req, numbers: q.req.numbers.slice(q.next - 1) }, priority: q.priority, next: 0, waited: n }
+            void fetching.catch(() => false).then(() => { deferred--; queue.push(again); kick() })
+            full = false
+          } else {
+            if (stream.writeStatus !== 'writable') { piece?.release?.(); reading.catch(() => {}); return }
+            full = sendAnswer(stream, q.req.taskId, n, piece, reason, remote)
+          }
         } finally {
           reserved -= held
         }

@@ -74,4 +74,51 @@ describe('piece priority', () => {
     expect(order.indexOf(9)).toBe(order.indexOf(8) + 1)
     expect([...order].sort((x, y) => x - y)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
   })
+
+  it('a fetch request for pieces the parent lacks is answered once they are held, the rest of its request in order, while other requests go on; without whenHeld, or unasked, they are refused', async () => {
+    const parent: Libp2p = await createNode({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    cleanup.push(async () => { await parent.stop() })
+    const piece = randomBytes(16 * 1024)
+    const held = new Set([0, 1, 2, 3, 11])
+    const waits = new Map<number, () => void>()
+    const asked: number[] = []
+    await servePieces(parent, {
+      log: silentLogger,
+      provider: {
+        getPiece: async (_t, n) => held.has(n) ? { data: Buffer.from(piece), digest: new Uint8Array(32) } : null,
+        // piece 20 will never be held: settles false at once
+        whenHeld: (_t, n) => { asked.push(n); if (n === 20) return Promise.resolve(false); return new Promise<boolean>(resolve => { waits.set(n, () => { held.add(n); resolve(true) }) }) }
+      }
+    })
+    const child: Libp2p = await createNode({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    cleanup.push(async () => { await child.stop() })
+    const conn = await PieceConnection.open(child, parent.getMultiaddrs(), { signal: AbortSignal.timeout(5_000) })
+    cleanup.push(async () => { conn.close() })
+    const order: string[] = []
+    const onPiece = (r: PieceResult): void => { order.push('refused' in r ? `${r.n}x` : `${r.n}`); if (!('refused' in r)) r.release?.() }
+    // 10 is not held; 11 after it is, but a request's pieces go in order: both wait for 10
+    const fetched = conn.request({ taskId: 't', numbers: [10, 11], priority: Priority.ON_DEMAND, fetch: true }, onPiece)
+    await new Promise(resolve => setTimeout(resolve, 50))
+    // the stream goes on meanwhile: other requests are answered, a lacking piece asked without fetch is refused
+    await conn.request({ taskId: 't', numbers: [0, 1], priority: Priority.BACKGROUND }, onPiece)
+    await conn.request({ taskId: 't', numbers: [12], priority: Priority.ON_DEMAND }, onPiece)
+    expect(order).toEqual(['0', '1', '12x'])
+    expect(asked).toEqual([10])
+    waits.get(10)!()
+    await fetched
+    expect(order).toEqual(['0', '1', '12x', '10', '11'])
+    // a piece the provider will not get: refused once that is known
+    await conn.request({ taskId: 't', numbers: [20], priority: Priority.ON_DEMAND, fetch: true }, onPiece)
+    expect(order.at(-1)).toBe('20x')
+
+    // a parent that does not fetch for others refuses a fetch request as not held
+    const plain: Libp2p = await createNode({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    cleanup.push(async () => { await plain.stop() })
+    await servePieces(plain, { log: silentLogger, provider: { getPiece: async () => null } })
+    const c2 = await PieceConnection.open(child, plain.getMultiaddrs(), { signal: AbortSignal.timeout(5_000) })
+    cleanup.push(async () => { c2.close() })
+    const refused: string[] = []
+    await c2.request({ taskId: 't', numbers: [3], priority: Priority.ON_DEMAND, fetch: true }, r => { refused.push('refused' in r ? r.refused : 'piece') })
+    expect(refused).toEqual(['not held'])
+  })
 })
