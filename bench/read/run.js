@@ -1,45 +1,44 @@
 // bench/read: the reader against what it replaces, in one process tree.
 //  A. Time to first byte of a 1 MiB range at a random offset of a 1 GiB task: cold (only the origin has
 //     it: a fresh ranged task on daemon A) and warm (daemon B reads the range A just read: from the
-//     swarm), against a direct HTTP Range request to the origin. Every path goes through the same origin,
-//     whose shared upload is limited to --rate-mib (1 Gbit/s by default): loopback with the origin's
-//     token bucket standing in for the shaped link.
+//     swarm), against a direct HTTP Range request to the origin from A's host, over the same links:
+//     network namespaces on a bridge (origin, scheduler, seed, peers a and b), every host's link shaped
+//     both ways with tc tbf at --mbit (1 Gbit/s by default). Twice: with the default layout (1 MiB pieces
+//     for 1 GiB) and with the pieces the lazy mount's blob tasks name (TaskRequest.pieceLength, 128 KiB).
 //  B. Random 4 KiB reads per second from a complete local task: through the reader (in process, the
 //     contract every consumer calls) and through the local API (HTTP Range, what another process gets),
 //     against pread of the same file from Node, same offsets and concurrency.
 //  C. 4 KiB reads at random offsets during a full download of the task (--during-rate-mib): p99 latency
-//     against the time one piece takes on the link.
-// usage: npm run bench -- read [--samples 8] [--rate-mib 119] [--seconds 3] [--concurrency 16] [--during-rate-mib 12]
+//     against the time one piece takes on the link (loopback, the origin's token bucket as the link).
+// usage: sudo node bench/read/run.js [--samples 8] [--mbit 1000] [--seconds 3] [--concurrency 16] [--during-rate-mib 12]
 import { parseArgs } from 'node:util'
-import { randomBytes, createHash } from 'node:crypto'
-import { mkdtemp, open, rm } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
+import { mkdtemp, open, rm, writeFile, readFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { request, Pool } from 'undici'
-import { startOrigin, startCluster, stopAll, until } from '@guoce/testkit'
+import { join, dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { spawn, execFile } from 'node:child_process'
+import { createInterface } from 'node:readline'
+import { promisify } from 'node:util'
+import { request, Pool, Agent } from 'undici'
+import { startOrigin, startCluster, startGuoce, createNetwork, stopAll, until, NODE } from '@guoce/testkit'
 import { openStore } from '@guoce/store'
 import { pieceLayout, sha256, taskIdFrom } from '@guoce/content'
 import { taskReader, storedSource } from '@guoce/peer'
+import { stampedFrom } from './stamped.js'
 
-const { values } = parseArgs({ options: { samples: { type: 'string', default: '8' }, 'rate-mib': { type: 'string', default: '119' }, seconds: { type: 'string', default: '3' }, concurrency: { type: 'string', default: '16' }, 'during-rate-mib': { type: 'string', default: '12' } } })
+const { values } = parseArgs({ options: { samples: { type: 'string', default: '8' }, mbit: { type: 'string', default: '1000' }, seconds: { type: 'string', default: '3' }, concurrency: { type: 'string', default: '16' }, 'during-rate-mib': { type: 'string', default: '12' } } })
 const MiB = 1024 * 1024
 const GiB = 1024 * MiB
 const samples = Number(values.samples)
-const rate = Number(values['rate-mib']) * MiB
+const mbit = Number(values.mbit)
 const seconds = Number(values.seconds)
 const conc = Number(values.concurrency)
+const here = dirname(fileURLToPath(import.meta.url))
+const exec = promisify(execFile)
 const log = (m) => process.stderr.write(`[read] ${m}\n`)
 const median = (a) => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)] }
 const p99 = (a) => { const s = [...a].sort((x, y) => x - y); return s[Math.min(s.length - 1, Math.floor(s.length * 0.99))] }
-
-/** a random 1 MiB block repeated, each 4 KiB stamped with its offset */
-function stamped (size) {
-  const block = randomBytes(MiB)
-  const b = Buffer.allocUnsafe(size)
-  for (let off = 0; off < size; off += MiB) block.copy(b, off, 0, Math.min(MiB, size - off))
-  for (let off = 0; off + 8 <= size; off += 4096) b.writeDoubleLE(off, off)
-  return b
-}
 
 /** ms until the first body byte, and until the whole body; the body checked against `want` */
 async function timed (url, init, want) {
@@ -53,8 +52,8 @@ async function timed (url, init, want) {
   return { first, all: performance.now() - t0, status: res.statusCode }
 }
 
-async function post (api, body) {
-  const res = await request(`${api}/api/v1/tasks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+async function post (api, body, dispatcher) {
+  const res = await request(`${api}/api/v1/tasks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), ...(dispatcher != null ? { dispatcher } : {}) })
   const j = await res.body.json()
   if (res.statusCode !== 200) throw new Error(`POST /api/v1/tasks: ${JSON.stringify(j)}`)
   return j
@@ -77,49 +76,86 @@ async function hammer (size, readAt) {
   return { per_s: Math.round(n / seconds), p99_ms: +p99(lat).toFixed(3) }
 }
 
-const out = { benchmark: 'read', rate_bytes_per_s: rate, samples }
+const out = { benchmark: 'read', mbit, samples }
 const tmp = await mkdtemp(join(tmpdir(), 'guoce-bench-read-'))
+let net
+let originProc
+const cleanup = () => { try { originProc?.kill('SIGKILL') } catch {} ; try { net?.close() } catch {} }
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.once(sig, () => { cleanup(); void stopAll().finally(() => process.exit(130)) })
 try {
-  // A: time to first byte
-  log('making a 1 GiB origin file')
-  const file = stamped(GiB)
-  const origin = await startOrigin({ files: { 'big.bin': file }, validators: 'etag', rate })
-  const cluster = await startCluster({ daemons: 2 })
-  try {
-    const [a, b] = cluster.daemons.map(d => d.api)
-    const url = `${origin.url}/big.bin`
-    const direct = []; const cold = []; const warm = []
+  // A: time to first byte, over shaped links between namespaces
+  log(`network: origin, scheduler, seed, peers a and b on a bridge, every link ${mbit} Mbit/s both ways`)
+  net = createNetwork(['origin', 'sched', 'seed', 'a', 'b'], { mbit })
+  const block = randomBytes(MiB)
+  await writeFile(join(tmp, 'block'), block)
+  const file = stampedFrom(block, GiB)
+  originProc = spawn('ip', ['netns', 'exec', net.ns('origin'), NODE, join(here, 'origin.js'), net.ip('origin'), join(tmp, 'block'), String(GiB)], { stdio: ['pipe', 'pipe', 'inherit'] })
+  const originLines = createInterface({ input: originProc.stdout })[Symbol.asyncIterator]()
+  const url = JSON.parse((await originLines.next()).value).url
+  const originSent = async () => { originProc.stdin.write('stats\n'); return JSON.parse((await originLines.next()).value).sent }
+  const sched = await startGuoce(['scheduler', '--listen', `/ip4/${net.ip('sched')}/tcp/0`, '--data', join(tmp, 'sched')], { netns: net.ns('sched') })
+  const key = sched.ready.clusterKey
+  await startGuoce(['seed', '--scheduler', sched.ready.addr, '--cluster-key', key, '--seed-key', sched.ready.seedKey, '--data', join(tmp, 'seed'), '--listen', `/ip4/${net.ip('seed')}/tcp/0`], { netns: net.ns('seed') })
+  const agents = {}
+  for (const h of ['a', 'b']) {
+    const sock = join(tmp, `${h}.sock`)
+    await startGuoce(['daemon', '--scheduler', sched.ready.addr, '--cluster-key', key, '--data', join(tmp, h), '--api', `unix:${sock}`, '--listen', `/ip4/${net.ip(h)}/tcp/0`], { netns: net.ns(h) })
+    agents[h] = new Agent({ connect: { socketPath: sock } })
+  }
+  const api = 'http://localhost'
+  /** a direct Range request from host a's namespace (curl: its own time to the first byte and to the last) */
+  const direct = async (range, want) => {
+    const dst = join(tmp, 'direct.out')
+    const { stdout } = await exec('ip', ['netns', 'exec', net.ns('a'), 'curl', '-s', '-o', dst, '-r', range, '-w', '%{http_code} %{time_starttransfer} %{time_total}', url])
+    const [code, first, all] = stdout.trim().split(' ')
+    if (code !== '206' || !(await readFile(dst)).equals(want)) throw new Error(`direct request: status ${code} or wrong bytes`)
+    return { first: Number(first) * 1000, all: Number(all) * 1000 }
+  }
+  for (const [name, pieceLength] of [['ttfb_1mib', undefined], ['ttfb_1mib_128k_pieces', 128 * 1024]]) {
+    const directs = []; const cold = []; const warm = []
     let p2pOrigin = 0
     for (let i = 0; i < samples; i++) {
       const off = Math.floor(Math.random() * (GiB - MiB))
       const want = file.subarray(off, off + MiB)
       const range = `bytes=${off}-${off + MiB - 1}`
-      direct.push(await timed(url, { headers: { range } }, want))
-      const before = origin.totalSent()
+      directs.push(await direct(`${off}-${off + MiB - 1}`, want))
+      const before = await originSent()
+      const body = { url, tag: `${name}-${i}`, ranged: true, ...(pieceLength != null ? { pieceLength } : {}) }
       // cold: a task no host has (its own tag), from the request on
       let t0 = performance.now()
-      const ta = await post(a, { url, tag: `sample-${i}`, ranged: true })
-      const c = await timed(`${a}/api/v1/tasks/${ta.taskId}/content`, { headers: { range, 'x-guoce-access': ta.access } }, want)
+      const ta = await post(api, body, agents.a)
+      const c = await timed(`${api}/api/v1/tasks/${ta.taskId}/content`, { headers: { range, 'x-guoce-access': ta.access }, dispatcher: agents.a }, want)
       cold.push({ first: c.first + (performance.now() - t0 - c.all), all: performance.now() - t0 })
       // warm: another host, the same range: from the swarm
       t0 = performance.now()
-      const tb = await post(b, { url, tag: `sample-${i}`, ranged: true })
-      const w = await timed(`${b}/api/v1/tasks/${tb.taskId}/content`, { headers: { range, 'x-guoce-access': tb.access } }, want)
+      const tb = await post(api, body, agents.b)
+      const w = await timed(`${api}/api/v1/tasks/${tb.taskId}/content`, { headers: { range, 'x-guoce-access': tb.access }, dispatcher: agents.b }, want)
       warm.push({ first: w.first + (performance.now() - t0 - w.all), all: performance.now() - t0 })
-      p2pOrigin += origin.totalSent() - before
-      log(`sample ${i}: first byte direct ${direct[i].first.toFixed(1)} ms, cold ${cold[i].first.toFixed(1)} ms, warm ${warm[i].first.toFixed(1)} ms`)
+      p2pOrigin += (await originSent()) - before
+      log(`${name} sample ${i}: first byte direct ${directs[i].first.toFixed(1)} ms, cold ${cold[i].first.toFixed(1)} ms, warm ${warm[i].first.toFixed(1)} ms`)
     }
     const m = (a, k) => +median(a.map(x => x[k])).toFixed(2)
-    out.ttfb_1mib = {
-      direct_ms: m(direct, 'first'), cold_ms: m(cold, 'first'), warm_ms: m(warm, 'first'),
-      direct_all_ms: m(direct, 'all'), cold_all_ms: m(cold, 'all'), warm_all_ms: m(warm, 'all'),
-      cold_over_direct: +(m(cold, 'first') / m(direct, 'first')).toFixed(3),
-      warm_over_direct: +(m(warm, 'first') / m(direct, 'first')).toFixed(3),
-      // what the cold and warm reads together cost the origin, per byte read by the cold one (a 1 MiB
-      // range at a random offset spans two 1 MiB pieces: 2.0 is the piece granularity, not waste)
+    out[name] = {
+      piece_length: pieceLength ?? pieceLayout(GiB).pieceLength,
+      direct_ms: m(directs, 'first'), cold_ms: m(cold, 'first'), warm_ms: m(warm, 'first'),
+      direct_all_ms: m(directs, 'all'), cold_all_ms: m(cold, 'all'), warm_all_ms: m(warm, 'all'),
+      cold_over_direct: +(m(cold, 'first') / m(directs, 'first')).toFixed(3),
+      warm_over_direct: +(m(warm, 'first') / m(directs, 'first')).toFixed(3),
+      cold_all_over_direct_all: +(m(cold, 'all') / m(directs, 'all')).toFixed(3),
+      warm_all_over_direct_all: +(m(warm, 'all') / m(directs, 'all')).toFixed(3),
+      // what the cold and warm reads together cost the origin, per byte read by the cold one (a 1 MiB range
+      // at a random offset spans two 1 MiB pieces: 2.0 is the piece granularity; the warm read costs nothing)
       p2p_origin_bytes_per_cold_read_byte: +(p2pOrigin / (samples * MiB)).toFixed(4)
     }
+  }
+  for (const a of Object.values(agents)) await a.close()
+  await stopAll()
+  cleanup()
+  net = undefined; originProc = undefined
 
+  const cluster = await startCluster({ daemons: 1 })
+  try {
+    const b = cluster.daemons[0].api
     // B: random 4 KiB reads from a complete local task
     log('random 4 KiB reads')
     const F = 256 * MiB
@@ -158,15 +194,15 @@ try {
     const dsize = 96 * MiB
     const dfile = randomBytes(dsize)
     const o3 = await startOrigin({ files: { 'd.bin': dfile }, validators: 'etag', rate: Number(values['during-rate-mib']) * MiB })
-    const td = await post(a, { url: `${o3.url}/d.bin` })
-    const st = async () => (await (await request(`${a}/api/v1/tasks/${td.taskId}`)).body.json())
+    const td = await post(b, { url: `${o3.url}/d.bin` })
+    const st = async () => (await (await request(`${b}/api/v1/tasks/${td.taskId}`)).body.json())
     await until(async () => (await st()).piecesDone > 0, 'the first piece', 60_000)
     const lat = []
     let ahead = 0
     while ((await st()).state !== 'succeeded') {
       const off = Math.floor(Math.random() * (dsize - 4096))
       if (off > o3.sent['d.bin']) ahead++
-      const r = await timed(`${a}/api/v1/tasks/${td.taskId}/content`, { headers: { range: `bytes=${off}-${off + 4095}`, 'x-guoce-access': td.access } }, dfile.subarray(off, off + 4096))
+      const r = await timed(`${b}/api/v1/tasks/${td.taskId}/content`, { headers: { range: `bytes=${off}-${off + 4095}`, 'x-guoce-access': td.access } }, dfile.subarray(off, off + 4096))
       lat.push(r.all)
     }
     const pieceMs = pieceLayout(dsize).pieceLength / (Number(values['during-rate-mib']) * MiB) * 1000
@@ -186,9 +222,9 @@ try {
     }
   } finally {
     await cluster.close()
-    await origin.close()
   }
 } finally {
+  cleanup()
   await stopAll()
   await rm(tmp, { recursive: true, force: true })
 }
