@@ -141,7 +141,11 @@ export class SeedPeer implements Startable {
     poke(lazy)
     // held already (a fetch that ended before this call): answered now
     // (a complete task's last piece may wait for the whole-content check: seedLazy's end answers it)
-    void this.init.store.get(taskId).then(t => { if (t?.bitmap.has(n) === true && !t.complete) this.held(taskId, [n], true) }, () => {})
+    // a number outside the layout is refused at once
+    void this.init.store.get(taskId).then(t => {
+      if (t != null && n >= t.info.pieceCount) this.held(taskId, [n], false)
+      else if (t?.bitmap.has(n) === true && !t.complete) this.held(taskId, [n], true)
+    }, () => {})
     return promise
   }
 
