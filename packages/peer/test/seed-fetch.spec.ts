@@ -78,6 +78,15 @@ describe('a ranged read asks the seed itself', () => {
     expect(t.piecesFromPeers).toBe(1)
   })
 
+  it('the piece connection to the seed is opened when the seed is named, before any read', async () => {
+    const seed = await fetchingParent()
+    const { t } = await lazyDownload('early', seed.node, true)
+    for (let i = 0; i < 50 && seed.node.getConnections().length === 0; i++) await new Promise(resolve => setTimeout(resolve, 20))
+    expect(seed.node.getConnections().length).toBe(1)
+    expect(seed.asked).toEqual([])
+    expect(t.piecesFromPeers).toBe(0)
+  })
+
   it('bytes that do not match the seed\'s digest are refused and the seed is blamed; nothing is stored', async () => {
     const seed = await fetchingParent({ corrupt: () => true })
     const { t, sent } = await lazyDownload('corrupt', seed.node, true)
