@@ -200,7 +200,7 @@ export async function main (argv: string[]): Promise<number | undefined> {
         mirror: mirrorOptions(v, undefined)
       })
       const chunkDir = v.data != null ? join(v.data as string, 'chunks') : join(defaultHome(), 'chunks')
-      const snap = await startSnapshotterIf(snapOpts, log, { apiUrl: d.apiUrl, chunkDir, metrics: d.daemon.metrics.registry })
+      const snap = await startSnapshotterIf(snapOpts, log, { apiUrl: d.apiUrl, chunkDir, metrics: d.daemon.metrics.registry, reader: d.daemon.reader })
       out(json, { event: 'ready', service: 'daemon', api: d.apiUrl, mirror: d.mirrorUrl ?? null, peerId: d.node.peerId.toString(), addrs: d.node.getMultiaddrs().map(String), snapshotter: snap?.socket ?? null },
         `daemon ${d.node.peerId.toString()} api ${d.apiUrl}${d.mirrorUrl != null ? ` mirror ${d.mirrorUrl}` : ''}${snap != null ? `\nsnapshotter ${snap.socket}` : ''}`)
       return await runUntilSignal(snap != null ? [d, snap] : [d])
@@ -223,7 +223,7 @@ export async function main (argv: string[]): Promise<number | undefined> {
       const daemon = await startDaemon({ ...membership, data: join(data, 'daemon'), listen: `/ip4/${host}/tcp/0`, scheduler: sched.addr, api: hostPort((v.api as string | undefined) ?? '127.0.0.1:65001', '--api'), log, originTimeoutMs, quotaBytes, pieceChannel: channel, mirror: mirrorOptions(v, `127.0.0.1:${DEFAULT_MIRROR_PORT}`) })
       await seed.seed.ready
       await daemon.daemon.client.ready
-      const snap = await startSnapshotterIf(snapOpts, log, { apiUrl: daemon.apiUrl, chunkDir: join(data, 'chunks'), metrics: daemon.daemon.metrics.registry })
+      const snap = await startSnapshotterIf(snapOpts, log, { apiUrl: daemon.apiUrl, chunkDir: join(data, 'chunks'), metrics: daemon.daemon.metrics.registry, reader: daemon.daemon.reader })
       out(json, { event: 'ready', service: 'up', scheduler: sched.addr, schedulerAddrs: sched.addrs, api: daemon.apiUrl, mirror: daemon.mirrorUrl ?? null, data, clusterKey: sched.clusterKey ?? null, seedKey: sched.seedKey, snapshotter: snap?.socket ?? null },
         `guoce up\n  scheduler    ${sched.addrs.join('\n               ')}\n  api          ${daemon.apiUrl}\n  mirror       ${daemon.mirrorUrl ?? '(off)'}\n  data         ${data}\n` +
         `  cluster key  ${sched.clusterKey ?? '(none: open cluster)'}\n  seed key     ${sched.seedKey}\n` +

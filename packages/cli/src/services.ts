@@ -2,7 +2,7 @@
 import { join } from 'node:path'
 import { mkdir, rm, writeFile } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
-import { InvalidParametersError, type Logger } from '@guoce/interface'
+import { InvalidParametersError, type Logger, type TaskReader } from '@guoce/interface'
 import { createNode, loadOrCreateKey, loadOrCreateClusterKey, loadOrCreateSeedKey, readClusterKey, readSeedKey, jsonLogger, type Libp2p, type LogLevel, type PieceChannel } from '@guoce/transfer'
 import { openStore } from '@guoce/store'
 import { Scheduler, SCHEDULER_STREAM_WINDOW_BYTES, SCHEDULER_STREAMS_PER_CONNECTION } from '@guoce/scheduler'
@@ -109,7 +109,7 @@ export interface MirrorOptions { host: string, port: number, upstream?: string |
 export interface SnapshotterOptions { socket: string, root: string, layouts?: string[] | undefined, insecure?: string[] | undefined }
 
 /** The peer daemon a snapshotter without layouts fetches lazy layers' chunks through (this process's own). */
-export interface SnapshotterDaemon { apiUrl: string, chunkDir: string, metrics: Registry }
+export interface SnapshotterDaemon { apiUrl: string, chunkDir: string, metrics: Registry, /** this process's daemon's reader: chunks read in process */ reader?: TaskReader }
 
 /**
  * The containerd snapshotter (packages/snapshotter) on its unix socket. With `layouts`, layers of the converted
@@ -122,7 +122,7 @@ export async function startSnapshotterService (o: SnapshotterOptions, log: Logge
   const mounter = await import('@guoce/native-mount')
   const lazy = o.layouts != null && o.layouts.length > 0
     ? undefined
-    : registryMounter({ dir: join(o.root, 'lazy'), chunkDir: daemon.chunkDir, daemon: daemon.apiUrl, mounter, insecure: o.insecure ?? [], log: log.child({ component: 'registry-mounter' }) })
+    : registryMounter({ dir: join(o.root, 'lazy'), chunkDir: daemon.chunkDir, daemon: daemon.apiUrl, ...(daemon.reader !== undefined ? { reader: daemon.reader } : {}), mounter, insecure: o.insecure ?? [], log: log.child({ component: 'registry-mounter' }) })
   const remote = lazy ?? ociLayoutMounter({ layouts: o.layouts!, mounter })
   if (lazy !== undefined) {
     const prom = await import('prom-client')

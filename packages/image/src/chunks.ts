@@ -259,14 +259,24 @@ export function decodeChunk (e: ChunkExtent, stored: Uint8Array): Buffer {
   if (e.compression === 'none') return verify(e, buf)
   let out: Buffer
   try {
-    out = zstdDecompressSync(buf, { maxOutputLength: e.length })
+    out = zstdDecompressSync(buf, { maxOutputLength: e.length, chunkSize: outputChunk(e.length) })
   } catch (err) {
     zstdFailure(e, err)
   }
   return verify(e, out)
 }
 
-const zstdDecompressAsync = promisify(zstdDecompress) as (b: Buffer, o: { maxOutputLength: number }) => Promise<Buffer>
+const zstdDecompressAsync = promisify(zstdDecompress) as (b: Buffer, o: { maxOutputLength: number, chunkSize: number }) => Promise<Buffer>
+
+/**
+ * zlib's output chunk for a chunk of `length` bytes: the whole chunk at once, up to 4 MiB (1 MiB chunks and
+ * packs of two are one pass; a larger chunk is not allocated whole before its bytes decode). At zlib's default
+ * 16 KiB a 1 MiB chunk took 64 trips between the thread pool and the JS thread, and on a busy serving thread a
+ * decode waited 0.28 s for them (bench/containerd, traced); 7.9 ms -> 1.0 ms on an idle one.
+ */
+function outputChunk (length: number): number {
+  return Math.min(Math.max(length, 64 * 1024), 4 * 1024 * 1024)
+}
 
 /** decodeChunk() with the decompression on libuv's thread pool (keeps a serving event loop free). */
 export async function decodeChunkAsync (e: ChunkExtent, stored: Uint8Array): Promise<Buffer> {
@@ -274,7 +284,7 @@ export async function decodeChunkAsync (e: ChunkExtent, stored: Uint8Array): Pro
   if (e.compression === 'none') return verify(e, buf)
   let out: Buffer
   try {
-    out = await zstdDecompressAsync(buf, { maxOutputLength: e.length })
+    out = await zstdDecompressAsync(buf, { maxOutputLength: e.length, chunkSize: outputChunk(e.length) })
   } catch (err) {
     zstdFailure(e, err)
   }

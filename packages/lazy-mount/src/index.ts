@@ -17,7 +17,7 @@ export { lazyMount, unmountSync, fillChunks, blobFiles, blobsOf, type ResolvedLa
 export { lazyUmount, cleanupStale, listStates, findState, abortFuse, mountTable, type MountState } from './state.js'
 export { chunkReader, type ChunkReader, type ChunkReaderInit } from './chunk-reader.js'
 export { openChunkStore, type ChunkStore, type ChunkStoreInit, type ChunkStoreStats } from './chunk-store.js'
-export { localBlobSource, daemonBlobSource, type BlobSource, type DaemonSourceInit } from './source.js'
+export { localBlobSource, daemonBlobSource, readerBlobSource, type BlobSource, type DaemonSourceInit, type ReaderSourceInit } from './source.js'
 export { serveBlobs, mergeBlob, type BlobServer, type BlobServerInit, type BlobServerStats, type BlobFile } from './blob-server.js'
 export { attachPrefetchTrace, parseTrace, MEDIA_TYPE_PREFETCH, type Trace, type TraceEntry } from './prefetch.js'
 export { osImageMount, osImageUrl, type OsImageMount, type OsImageMountOptions, type OsImageStats } from './os-image.js'

@@ -6,7 +6,8 @@
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
-import { daemonBlobSource } from '../src/index.js'
+import type { TaskReader, TaskRequest } from '@guoce/interface'
+import { daemonBlobSource, readerBlobSource } from '../src/index.js'
 
 const DIGEST = `sha256:${'ab'.repeat(32)}`
 
@@ -56,5 +57,36 @@ describe('daemon blob source', () => {
     await expect(src.read(DIGEST, -1, 1, signal())).rejects.toThrow(/bad range/)
     await expect(src.read(DIGEST, 0, 2 ** 31, signal())).rejects.toThrow(/bad range/)
     expect(d.posts()).toBe(0)
+  })
+})
+
+describe('reader blob source (the daemon\'s reader in process)', () => {
+  /** A TaskReader stand-in: `answers[n]` is the n-th read's result (bytes, or an error to throw). */
+  function reader (answers: Array<Uint8Array | Error>): { r: TaskReader, stats: TaskRequest[], reads: Array<{ taskId: string, offset: number, length: number }> } {
+    const stats: TaskRequest[] = []; const reads: Array<{ taskId: string, offset: number, length: number }> = []
+    let n = 0
+    const r = {
+      async stat (t: { request?: TaskRequest }) { stats.push(t.request!); return { taskId: `${stats.length}`.padStart(64, '0'), contentLength: 1 << 20, pieceLength: 1 << 17, pieceCount: 8 } },
+      async read (q: { taskId: string, offset: number, length: number }) { reads.push({ taskId: q.taskId, offset: q.offset, length: q.length }); const a = answers[n++]!; if (a instanceof Error) throw a; return a },
+      stream () { throw new Error('not used') }
+    } as unknown as TaskReader
+    return { r, stats, reads }
+  }
+  const blobUrl = (d: string): string => `http://127.0.0.1:1/v2/app/blobs/${d}`
+  const signal = (): AbortSignal => AbortSignal.timeout(5_000)
+
+  it('reads exactly the range from a ranged task of 128 KiB pieces named once; a failed read starts the task again; a short answer is an error', async () => {
+    const { r, stats, reads } = reader([Buffer.alloc(100, 7), Buffer.alloc(100, 8), new Error('task failed'), Buffer.alloc(99)])
+    const src = readerBlobSource({ reader: r, blobUrl })
+    expect((await src.read(DIGEST, 4096, 100, signal())).equals(Buffer.alloc(100, 7))).toBe(true)
+    expect((await src.read(DIGEST, 0, 100, signal())).equals(Buffer.alloc(100, 8))).toBe(true)
+    expect(stats).toEqual([{ url: blobUrl(DIGEST), ranged: true, pieceLength: 128 * 1024 }])
+    await expect(src.read(DIGEST, 0, 100, signal())).rejects.toThrow(/task failed/)
+    await expect(src.read(DIGEST, 0, 100, signal())).rejects.toThrow(/: 99 bytes$/)
+    expect(stats).toHaveLength(2)
+    expect(reads.map(x => x.taskId)).toEqual(['1', '1', '1', '2'].map(i => i.padStart(64, '0')))
+    await expect(src.read('sha256:xyz', 0, 1, signal())).rejects.toThrow(/not a sha256 digest/)
+    await expect(src.read(DIGEST, 0, 2 ** 31, signal())).rejects.toThrow(/bad range/)
+    expect(reads).toHaveLength(4)
   })
 })

@@ -26,13 +26,13 @@
 import { randomBytes } from 'node:crypto'
 import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
-import type { AbortOptions, Logger } from '@guoce/interface'
+import type { AbortOptions, Logger, TaskReader } from '@guoce/interface'
 import {
   ANNOTATION_FORMAT, CorruptImageError, MEDIA_TYPE_CHUNK_BLOB, MEDIA_TYPE_EROFS_META, RegistryClient, mountLayer, parseDockerRef,
   type ChunkExtent, type Descriptor, type Manifest, type Mounter
 } from '@guoce/image'
 import {
-  MEDIA_TYPE_PREFETCH, abortFuse, blobFiles, blobsOf, chunkReader, daemonBlobSource, openChunkStore, parseTrace, serveBlobs,
+  MEDIA_TYPE_PREFETCH, abortFuse, blobFiles, blobsOf, chunkReader, daemonBlobSource, readerBlobSource, openChunkStore, parseTrace, serveBlobs,
   type Trace, type BlobServer, type BlobServerStats, type BlobSource, type ChunkReader, type ChunkStore, type ChunkStoreStats
 } from '@guoce/lazy-mount'
 import type { RemoteLayer, RemoteLayerMounter } from './remote.js'
@@ -47,6 +47,11 @@ export interface RegistryMounterInit {
   chunkQuota?: number
   /** The local peer daemon's API (`http://127.0.0.1:PORT` or `unix:/PATH`): chunks come through its reader. */
   daemon: string
+  /**
+   * The daemon's reader when the snapshotter runs in the daemon's own process: chunks are read through it
+   * directly (readerBlobSource) instead of one HTTP request per chunk to `daemon`.
+   */
+  reader?: TaskReader
   mounter: Mounter
   /** Replaces the daemon source (tests). */
   source?: BlobSource
@@ -136,15 +141,14 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
         await rm(p, { recursive: true, force: true }).catch(() => {})
       }
       const store = await openChunkStore({ dir: init.chunkDir, ...(init.chunkQuota !== undefined ? { quota: init.chunkQuota } : {}) })
-      const source = timed(init.source ?? daemonBlobSource({
-        api: init.daemon,
-        ranged: init.ranged !== false,
-        blobUrl: (digest) => {
-          const u = urls.get(digest)
-          if (u === undefined) throw new Error(`blob ${digest}: no image named it`)
-          return u
-        }
-      }))
+      const blobUrl = (digest: string): string => {
+        const u = urls.get(digest)
+        if (u === undefined) throw new Error(`blob ${digest}: no image named it`)
+        return u
+      }
+      const source = timed(init.source ?? (init.reader !== undefined
+        ? readerBlobSource({ reader: init.reader, ranged: init.ranged !== false, blobUrl })
+        : daemonBlobSource({ api: init.daemon, ranged: init.ranged !== false, blobUrl })))
       const chunks = chunkReader({ store, source, ...(log !== undefined ? { log: (o: Record<string, unknown>) => { log.warn('lazy layer', o) } } : {}) })
       const server = await serveBlobs({
         mountpoint: join(init.dir, `fuse-${randomBytes(6).toString('hex')}`),
