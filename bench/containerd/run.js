@@ -101,7 +101,9 @@ async function images () {
     await writeFile(`${lazy}.done`, '')
   }
   // the same conversion with a prefetch list: the chunks the workload read first, in order, recorded by
-  // `guoce image mount --record-trace` on the local image (how an image builder makes one)
+  // `guoce image mount --record-trace` on the local image while the workload runs as a container does:
+  // `ctr run --rootfs` on the mount, so that what containerd and runc read before the entrypoint (the
+  // image's /etc/passwd and /etc/group for the user and its groups) is in the list too
   const traced = `${lazy}-prefetch`
   if (VARIANTS.includes('guoce-prefetch') && !existsSync(`${traced}.done`)) {
     log('recording a prefetch trace (guoce image mount --record-trace) and converting with it')
@@ -116,7 +118,15 @@ async function images () {
     const exited = new Promise(resolve => p.once('exit', resolve))
     try {
       await new Promise((resolve, reject) => { p.stdout.once('data', resolve); p.once('exit', () => reject(new Error(`guoce image mount failed: ${err}`))) })
-      await exec('timeout', ['-s', 'KILL', '120', 'chroot', mnt, ...WORKLOAD])
+      const cd = await startContainerd({ dir: join(work, 'c') })
+      try {
+        const r = await exec('timeout', ['-s', 'KILL', '120', 'ctr', '--address', cd.address, 'run', '--rootfs', ...cd.runArgs(),
+          // containerd's default PATH for an image whose config sets none (as this one)
+          '--env', 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', '--rm', mnt, 'gbc-trace', ...WORKLOAD])
+        if (!r.stdout.includes('ready')) throw new Error(`the workload printed ${JSON.stringify(r.stdout)} while the trace was recorded`)
+      } finally {
+        await cd.stop()
+      }
     } finally {
       p.kill('SIGTERM')
       await exited
