@@ -10,6 +10,8 @@ import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { join } from 'node:path'
 import { startOrigin, startCluster, freePort, stopAll, sha, until, NODE, ROOT, type Origin, type Cluster } from '@guoce/testkit'
+import { createNode, readClusterKey, PieceConnection, Priority, type PieceResult } from '@guoce/transfer'
+import { multiaddr } from '@multiformats/multiaddr'
 
 const MiB = 1024 * 1024
 const cleanups: Array<() => Promise<void>> = []
@@ -178,6 +180,45 @@ describe('a ranged task that names its piece length', () => {
     const all = Buffer.from(await (await fetch(`${b}/api/v1/tasks/${t.taskId}/content`, { headers: { 'x-guoce-access': tb.access } })).arrayBuffer())
     expect(sha(all)).toBe(sha(file))
     expect((await progress(b, t.taskId)).pieceCount).toBe(128)
+  })
+})
+
+describe('a hostile child\'s fetch requests at the seed', () => {
+  it('a piece outside the layout and a task the seed is not fetching are refused at once; a piece of the task is fetched once and served right', async () => {
+    const KiB = 1024
+    const file = stamped(8 * MiB)
+    const origin = await startOrigin({ files: { 'blob.bin': file }, validators: 'etag' })
+    cleanups.push(async () => { await origin.close() })
+    const cluster = await startCluster({ daemons: 1 })
+    cleanups.push(async () => { await cluster.close() })
+    const api = cluster.daemons[0]!.api
+    // an honest ranged read: the seed now fetches this task lazily
+    const t = await start(api, { url: `${origin.url}/blob.bin`, ranged: true, pieceLength: 64 * KiB })
+    const res = await fetch(`${api}/api/v1/tasks/${t.taskId}/content`, { headers: { 'x-guoce-access': t.access, range: 'bytes=0-99' } })
+    expect(Buffer.from(await res.arrayBuffer()).equals(file.subarray(0, 100))).toBe(true)
+    // a cluster member built from our own packages, talking to the seed directly
+    const node = await createNode({ listen: ['/ip4/127.0.0.1/tcp/0'], clusterKey: await readClusterKey(cluster.clusterKey) })
+    cleanups.push(async () => { await node.stop() })
+    const conn = await PieceConnection.open(node, (cluster.seeds[0]!.ready.addrs as string[]).map(a => multiaddr(a)), { signal: AbortSignal.timeout(5_000) })
+    cleanups.push(async () => { conn.close() })
+    const ask = async (taskId: string, n: number): Promise<{ ms: number, r: PieceResult }> => {
+      const t0 = Date.now()
+      let got: PieceResult | undefined
+      await conn.request({ taskId, numbers: [n], priority: Priority.ON_DEMAND, fetch: true }, r => { got = r; if (!('refused' in r)) r.release?.() }, 64 * KiB)
+      return { ms: Date.now() - t0, r: got! }
+    }
+    const beyond = await ask(t.taskId, 1_000_000)
+    expect('refused' in beyond.r).toBe(true)
+    expect(beyond.ms).toBeLessThan(2_000) // not the seed's SEED_HOLD_WAIT_MS (5 s)
+    const unknown = await ask(randomBytes(32).toString('hex'), 3)
+    expect('refused' in unknown.r).toBe(true)
+    expect(unknown.ms).toBeLessThan(2_000)
+    // a piece of the task nobody fetched yet: fetched once from the origin and served as the origin's bytes
+    const sent = origin.totalSent()
+    const piece = await ask(t.taskId, 77)
+    expect('refused' in piece.r).toBe(false)
+    if (!('refused' in piece.r)) expect(Buffer.from(piece.r.data).equals(file.subarray(77 * 64 * KiB, 78 * 64 * KiB))).toBe(true)
+    expect(origin.totalSent() - sent).toBeLessThanOrEqual(64 * KiB + 16)
   })
 })
 

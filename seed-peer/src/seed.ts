@@ -133,9 +133,10 @@ export class SeedPeer implements Startable {
     if (waiting == null) task.set(n, waiting = [])
     if (waiting.length >= SEED_QUEUED_ORDERS) return undefined
     const { promise, resolve } = Promise.withResolvers<boolean>()
-    const timer = setTimeout(() => { settle(false) }, SEED_HOLD_WAIT_MS)
-    timer.unref()
     const settle = (held: boolean): void => { clearTimeout(timer); resolve(held) }
+    // given up: this request leaves the table (a piece that never comes holds no memory for it)
+    const timer = setTimeout(() => { this.unhold(taskId, n, settle); settle(false) }, SEED_HOLD_WAIT_MS)
+    timer.unref()
     waiting.push(settle)
     lazy.wanted.add(n)
     poke(lazy)
@@ -147,6 +148,16 @@ export class SeedPeer implements Startable {
       else if (t?.bitmap.has(n) === true && !t.complete) this.held(taskId, [n], true)
     }, () => {})
     return promise
+  }
+
+  private unhold (taskId: string, n: number, settle: (held: boolean) => void): void {
+    const task = this.holds.get(taskId)
+    const waiting = task?.get(n)
+    if (task == null || waiting == null) return
+    const i = waiting.indexOf(settle)
+    if (i >= 0) waiting.splice(i, 1)
+    if (waiting.length === 0) task.delete(n)
+    if (task.size === 0) this.holds.delete(taskId)
   }
 
   /** pieces announced (true) or a task given up (false, every piece): the fetch requests waiting for them are answered */

@@ -24,12 +24,11 @@ export interface SourceFillInit extends AbortOptions {
   onPiece?: (n: number, digest: Uint8Array, bytes: number) => void
   /** bytes received from the origin */
   onBytes?: (n: number) => void
-  /** the piece length the task's request names (TaskRequest.pieceLength); else meta's, else chosen from the length */
-  pieceLength?: number
 }
 
+/** The layout: the piece length the task's request names (TaskRequest.pieceLength, kept in its meta), else chosen from the length. */
 function layoutOf (init: SourceFillInit, total: number): ReturnType<typeof pieceLayout> {
-  return pieceLayout(total, init.pieceLength ?? init.meta?.pieceLength)
+  return pieceLayout(total, init.meta?.pieceLength)
 }
 
 export async function fillFromSource (init: SourceFillInit): Promise<StoredTask> {
@@ -136,7 +135,7 @@ export async function fetchRun (init: SourceFillInit, task: StoredTask, n: numbe
  */
 export async function openLazy (init: SourceFillInit, o: { firstPiece?: boolean } = {}): Promise<StoredTask | undefined> {
   // the first piece's length where the content is large enough for the named or the smallest default length
-  const firstLength = init.pieceLength ?? init.meta?.pieceLength ?? MIN_PIECE_LENGTH
+  const firstLength = init.meta?.pieceLength ?? MIN_PIECE_LENGTH
   let res: Awaited<ReturnType<typeof openSource>>
   try {
     res = await openSource(init.ref, { signal: init.signal, timeoutMs: init.timeoutMs, range: { start: 0, end: o.firstPiece === true ? firstLength : 1 } })

@@ -112,17 +112,24 @@ function blobTasks<T> (start: (digest: string, signal: AbortSignal) => Promise<T
   }
 }
 
+/**
+ * The daemon task of a blob: a ranged one (only the pieces read are fetched, in pieces of `pieceLength`), named
+ * by its URL and the origin's validator, not by the digest: the daemon holds back the last bytes of digest-named
+ * content until the whole content matched it, which a ranged task never fetches (every chunk is verified by the
+ * caller against its chunk table either way); else one named by the digest, fetched whole on first read.
+ */
+function blobRequest (url: string, digest: string, ranged: boolean, pieceLength: number | undefined): TaskRequest {
+  return ranged ? { url, ranged: true, pieceLength: pieceLength ?? BLOB_PIECE_LENGTH } : { url, digest }
+}
+
 /** Blobs through the local peer daemon's ranged reader: only the verified pieces a range needs are fetched. */
 export function daemonBlobSource (init: DaemonSourceInit): BlobSource {
   const unix = init.api.startsWith('unix:') ? init.api.slice(5) : undefined
   const base = unix !== undefined ? 'http://localhost' : init.api.replace(/\/+$/, '')
   const fetch = async (url: string, req: FetchInit): Promise<Response> => unix !== undefined ? await unixFetch(unix, new URL(url).pathname, req) : await globalThis.fetch(url, req)
   const tasks = blobTasks(async (digest, signal): Promise<{ taskId: string, access: string }> => {
-    // a ranged task is named by its URL and the origin's validator, not by the digest: the daemon holds
-    // back the last bytes of digest-named content until the whole content matched it, which a ranged
-    // task never fetches (every chunk is verified by the caller against its chunk table either way)
-    const named = init.ranged === true ? { ranged: true, pieceLength: init.pieceLength ?? BLOB_PIECE_LENGTH } : { digest }
-    const res = await fetch(`${base}/api/v1/tasks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ url: init.blobUrl(digest), ...named }), signal })
+    const req = blobRequest(init.blobUrl(digest), digest, init.ranged === true, init.pieceLength)
+    const res = await fetch(`${base}/api/v1/tasks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(req), signal })
     const body = await res.json().catch(() => undefined) as { taskId?: unknown, access?: unknown, error?: { message?: string } } | undefined
     if (!res.ok || typeof body?.taskId !== 'string' || typeof body.access !== 'string') {
       throw new BlobSourceError(`daemon refused a task for blob ${digest}: ${res.status} ${body?.error?.message ?? ''}`)
@@ -177,12 +184,9 @@ export interface ReaderSourceInit {
  * on the daemon's busy event loop).
  */
 export function readerBlobSource (init: ReaderSourceInit): BlobSource {
-  const request = (digest: string): TaskRequest => init.ranged === false
-    ? { url: init.blobUrl(digest), digest }
-    : { url: init.blobUrl(digest), ranged: true, pieceLength: init.pieceLength ?? BLOB_PIECE_LENGTH }
   const tasks = blobTasks(async (digest, signal): Promise<string> => {
     try {
-      return (await init.reader.stat({ request: request(digest), signal })).taskId
+      return (await init.reader.stat({ request: blobRequest(init.blobUrl(digest), digest, init.ranged !== false, init.pieceLength), signal })).taskId
     } catch (err) {
       throw new BlobSourceError(`daemon refused a task for blob ${digest}: ${(err as Error).message}`)
     }
