@@ -13,7 +13,8 @@ const USAGE = `Usage: guoce image <convert|inspect|check|mount|pull|umount> ...
   guoce image convert --source REF --target REF [--chunk-size 1MiB] [--chunk-dict REF]... [--compression zstd|none]
                       [--compression-level 3] [--prefetch-trace FILE] [--plain-http] [--json]
       turn an OCI image into a chunk-deduplicated lazy image (EROFS metadata layers + blobs of zstd-compressed chunks);
-      --prefetch-trace stores a trace recorded by \`guoce image mount --record-trace\` in it (oci: targets)
+      --prefetch-trace stores a trace recorded by \`guoce image mount --record-trace\` in it (oci: targets),
+      with the short chunks of the files it read packed together
       REF is oci:DIR[:TAG] (OCI image layout) or docker://REGISTRY/REPO[:TAG][@sha256:DIGEST] (registry;
       http for 127.0.0.1/localhost, https otherwise, --plain-http forces http; token/basic auth with
       credentials from GUOCE_REGISTRY_AUTH=user:pass)
@@ -60,7 +61,11 @@ export async function image (argv: string[]): Promise<number> {
       const trace = v['prefetch-trace'] as string | undefined
       if (trace != null && !v.target.startsWith('oci:')) throw new InvalidParametersError('--prefetch-trace needs an oci:DIR[:TAG] target (push the result with skopeo)')
       // a malformed trace is refused before anything is written
-      if (trace != null) (await import('@guoce/lazy-mount')).parseTrace(await readFile(trace), trace)
+      const lazy = trace != null ? await import('@guoce/lazy-mount') : undefined
+      const parsed = trace != null ? lazy!.parseTrace(await readFile(trace), trace) : undefined
+      // a trace that names the files read: their short chunks are packed together, and the stored list names
+      // the new image's entries that hold them (a trace without files is stored as it is)
+      const files = parsed?.files !== undefined && parsed.files.length > 0 ? parsed.files : undefined
       const chunkSize = sizeBytes(v['chunk-size'] as string | undefined, '--chunk-size')
       const compression = v.compression as string | undefined
       if (compression !== undefined && compression !== 'zstd' && compression !== 'none') throw new InvalidParametersError('--compression must be zstd or none')
@@ -70,10 +75,14 @@ export async function image (argv: string[]): Promise<number> {
       const t0 = Date.now()
       const r = await img.convertImage(v.source, v.target, {
         ...(chunkSize != null ? { chunkSize } : {}), ...(v['chunk-dict'] != null ? { chunkDict: v['chunk-dict'] as string[] } : {}), ...(v['plain-http'] === true ? { plainHttp: true } : {}),
-        ...(compression !== undefined ? { compression } : {}), ...(level !== undefined ? { compressionLevel: level } : {})
+        ...(compression !== undefined ? { compression } : {}), ...(level !== undefined ? { compressionLevel: level } : {}),
+        ...(files !== undefined ? { hotChunks: img.hotChunks(files) } : {})
       })
       let manifestDigest = r.manifestDigest
-      if (trace != null) manifestDigest = (await (await import('@guoce/lazy-mount')).attachPrefetchTrace(v.target, trace)).manifestDigest
+      if (lazy !== undefined && parsed !== undefined) {
+        const stored = files !== undefined ? { version: 1 as const, chunks: await lazy.entriesOfFiles(v.target, files) } : parsed
+        manifestDigest = (await lazy.attachPrefetchTrace(v.target, stored)).manifestDigest
+      }
       const summary = { event: 'converted', source: v.source, target: v.target, manifestDigest, layers: r.layers.length, seconds: (Date.now() - t0) / 1000 }
       process.stdout.write(v.json === true ? JSON.stringify(summary) + '\n' : `${v.target}: ${r.layers.length} layers, manifest ${manifestDigest}\n`)
       return 0

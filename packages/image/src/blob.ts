@@ -107,7 +107,13 @@ export class BlobWriter {
   /** Entry holding each chunk's view address (whole chunks and pack members). */
   private readonly entryAt = new Map<number, OwnEntry>()
   private readonly entries: OwnEntry[] = []
-  private pack: OpenPack | undefined
+  /**
+   * The open packs: [0] for short chunks, [1] for the short chunks a prefetch list names (`addFile`'s `hot`),
+   * so that what a start-up reads is packed with what it reads and not with its neighbours in the tar.
+   */
+  private readonly packs: [OpenPack | undefined, OpenPack | undefined] = [undefined, undefined]
+  /** The chunk indexes of the file being added that are hot (see `packs`). */
+  private hot: ReadonlySet<number> | undefined
   /** Short chunks whose whole pack was found in the dictionary: where they are there. */
   private readonly inDict = new Map<string, DictChunk>()
   private readonly hash = createHash('sha256')
@@ -136,9 +142,10 @@ export class BlobWriter {
    * Chunks a file's bytes; returns one ref per chunk (null for holes). With `sparse`, `data` holds only
    * the listed segments (as a sparse tar member stores them) and the gaps up to `sparse.size` are zeros.
    */
-  async addFile (data: AsyncIterable<Buffer>, size: number, sparse?: SparseMap): Promise<Array<ChunkRef | null>> {
+  async addFile (data: AsyncIterable<Buffer>, size: number, sparse?: SparseMap, hot?: ReadonlySet<number>): Promise<Array<ChunkRef | null>> {
     const refs: Array<ChunkRef | null> = []
     this.fill = 0
+    this.hot = hot
     let seen = 0
     if (sparse === undefined) {
       for await (const slice of data) {
@@ -173,9 +180,10 @@ export class BlobWriter {
       this.stats.fileBytes += sparse.size
     }
     if (this.fill > 0) {
-      refs.push(await this.chunk(this.buf.subarray(0, this.fill)))
+      refs.push(await this.chunk(this.buf.subarray(0, this.fill), refs.length))
       this.fill = 0
     }
+    this.hot = undefined
     return refs
   }
 
@@ -184,7 +192,7 @@ export class BlobWriter {
     let pos = 0
     while (pos < slice.length) {
       if (this.fill === 0 && slice.length - pos >= cs) {
-        refs.push(await this.chunk(slice.subarray(pos, pos + cs)))
+        refs.push(await this.chunk(slice.subarray(pos, pos + cs), refs.length))
         pos += cs
         continue
       }
@@ -193,7 +201,7 @@ export class BlobWriter {
       this.fill += take
       pos += take
       if (this.fill === cs) {
-        refs.push(await this.chunk(this.buf))
+        refs.push(await this.chunk(this.buf, refs.length))
         this.fill = 0
       }
     }
@@ -215,13 +223,14 @@ export class BlobWriter {
       this.fill += k
       n -= k
       if (this.fill === cs) {
-        refs.push(await this.chunk(this.buf))
+        refs.push(await this.chunk(this.buf, refs.length))
         this.fill = 0
       }
     }
   }
 
-  private async chunk (c: Buffer): Promise<ChunkRef | null> {
+  /** Stores (or finds) chunk number `index` of the file being added. */
+  private async chunk (c: Buffer, index: number): Promise<ChunkRef | null> {
     if (c.equals(this.zero.subarray(0, c.length))) {
       this.stats.holes++
       return null
@@ -233,7 +242,7 @@ export class BlobWriter {
     if (mine !== undefined && mine.length === c.length) {
       this.stats.dedupInLayer++
       const ref = { device: this.ownOrdinal, blkaddr: mine.blkaddr }
-      if (mine.entry === this.pack?.entry) this.pack.refs.push(ref)
+      for (const p of this.packs) if (mine.entry === p?.entry) p.refs.push(ref)
       return ref
     }
     const moved = this.inDict.get(hex)
@@ -248,7 +257,7 @@ export class BlobWriter {
       return { device: known.blob, blkaddr: known.blkaddr }
     }
     this.stats.unique++
-    if (c.length < this.chunkSize) return await this.addToPack(c, digest, hex)
+    if (c.length < this.chunkSize) return await this.addToPack(c, digest, hex, this.hot?.has(index) === true ? 1 : 0)
     this.stats.storedBytes += c.length
     const blkaddr = this.size / BLOCK_SIZE
     const pad = (BLOCK_SIZE - (c.length % BLOCK_SIZE)) % BLOCK_SIZE
@@ -276,15 +285,16 @@ export class BlobWriter {
     while (this.aheadBytes > COMPRESS_AHEAD && this.ahead.length > 1) await this.storeOldest()
   }
 
-  /** Puts a short chunk in the open pack (closing it first when the chunk does not fit, opening one when none is). */
-  private async addToPack (c: Buffer, digest: Buffer, hex: string): Promise<ChunkRef> {
-    if (this.pack !== undefined && this.pack.next + c.length > this.packSize) await this.closePack()
-    if (this.pack === undefined) {
+  /** Puts a short chunk in open pack `which` (closing it first when the chunk does not fit, opening one when none is). */
+  private async addToPack (c: Buffer, digest: Buffer, hex: string, which: 0 | 1): Promise<ChunkRef> {
+    const open = this.packs[which]
+    if (open !== undefined && open.next + c.length > this.packSize) await this.closePack(which)
+    let p = this.packs[which]
+    if (p === undefined) {
       const entry: OwnEntry = { blkaddr: this.size / BLOCK_SIZE, length: 0, digest: Buffer.alloc(0) }
-      this.pack = { entry, buf: Buffer.alloc(this.packSize), end: 0, next: 0, refs: [], members: [] }
+      p = this.packs[which] = { entry, buf: Buffer.alloc(this.packSize), end: 0, next: 0, refs: [], members: [] }
       this.size += this.packSize // reserved; given back at close when nothing was placed after it
     }
-    const p = this.pack
     const blkaddr = p.entry.blkaddr + p.next / BLOCK_SIZE
     c.copy(p.buf, p.next)
     p.end = p.next + c.length
@@ -297,10 +307,10 @@ export class BlobWriter {
     return ref
   }
 
-  private async closePack (): Promise<void> {
-    const p = this.pack
+  private async closePack (which: 0 | 1): Promise<void> {
+    const p = this.packs[which]
     if (p === undefined) return
-    this.pack = undefined
+    this.packs[which] = undefined
     const bytes = p.buf.subarray(0, p.end)
     p.entry.length = p.end
     p.entry.digest = createHash('sha256').update(bytes).digest()
@@ -391,7 +401,10 @@ export class BlobWriter {
 
   /** Stores and writes everything queued; call before closing the file. */
   async flush (): Promise<void> {
-    await this.closePack()
+    // the pack opened last first: its unused reserved view can be given back
+    const last = (this.packs[1]?.entry.blkaddr ?? -1) > (this.packs[0]?.entry.blkaddr ?? -1) ? 1 : 0
+    await this.closePack(last)
+    await this.closePack(last === 1 ? 0 : 1)
     while (this.ahead.length > 0) await this.storeOldest()
     await this.flushPending()
     await this.inflight

@@ -14,7 +14,7 @@ import { encodeChunkTable, extentAt, MAX_PACK_CHUNKS, type ChunkCompressionOptio
 import { BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_PACK_CHUNKS, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_LAYER_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE } from './constants.js'
 import { writeErofs, type ErofsDevice } from './erofs/writer.js'
 import { InvalidImageRefError, LayerDigestMismatchError } from './errors.js'
-import { LayerBuilder, type LowerDirs, type WhiteoutMode } from './layer.js'
+import { LayerBuilder, normalizePath, type LowerDirs, type WhiteoutMode } from './layer.js'
 import { readTar } from './tar/reader.js'
 import { ByteReader, decodeLayer, type Compression } from './tar/stream.js'
 import type { DirNode, Node } from './tree.js'
@@ -31,6 +31,11 @@ export interface ConvertLayerOptions {
    * a multiple of the chunk size from 1 to MAX_PACK_CHUNKS. @default DEFAULT_PACK_CHUNKS (2) chunk sizes
    */
   packSize?: number
+  /**
+   * Chunks a start-up reads, by file path (as the image names it, no leading slash) and chunk index: their short
+   * chunks are packed apart from the others, in packs of their own (a prefetch list's files, see hotChunks()).
+   */
+  hotChunks?: ReadonlyMap<string, ReadonlySet<number>>
   /** Uncompressed bytes the layer may expand to. @default DEFAULT_MAX_LAYER_SIZE */
   maxSize?: number
   /** @default DEFAULT_MAX_ENTRIES */
@@ -122,7 +127,8 @@ export async function convertLayer (source: AsyncIterable<Uint8Array>, opts: Con
     const builder = new LayerBuilder(opts.whiteouts ?? 'overlay', opts.lowerDirs)
     const { entries } = await readTar(reader, { maxEntries: opts.maxEntries ?? DEFAULT_MAX_ENTRIES, maxSize }, async (e, data) => {
       opts.signal?.throwIfAborted()
-      await builder.apply(e, data, async (d, size, sparse) => await blob.addFile(d, size, sparse))
+      const hot = opts.hotChunks === undefined ? undefined : opts.hotChunks.get(normalizePath(e.path).join('/'))
+      await builder.apply(e, data, async (d, size, sparse) => await blob.addFile(d, size, sparse, hot))
     })
     await reader.drain()
     await blob.flush()

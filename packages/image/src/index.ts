@@ -23,6 +23,7 @@
  * A ChunkDict must not be shared by conversions running at the same time (each adds its blob when it ends).
  */
 export { convertLayer, type ConvertLayerOptions, type LayerResult } from './convert.js'
+export { fileChunks, touchedFileChunks, hotChunks, type FileChunkAddress } from './file-chunks.js'
 export { createChunkDict, type ChunkDict, type ChunkStats, type DictBlob, type DictChunk, type StoredExtent } from './blob.js'
 export * from './chunks.js'
 export { writeErofs, type WriteErofsOptions, type ErofsDevice, type ErofsImageInfo } from './erofs/writer.js'

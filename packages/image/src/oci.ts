@@ -152,6 +152,8 @@ export interface ConvertImageOptions {
   /** Converted images (oci:DIR[:TAG] or docker://...) whose chunks are referenced instead of stored again. */
   chunkDict?: string[]
   maxLayerSize?: number
+  /** Chunks a start-up reads (ConvertLayerOptions.hotChunks), for every layer. */
+  hotChunks?: ReadonlyMap<string, ReadonlySet<number>>
   signal?: AbortSignal
   /** docker:// refs: use http, not https (default: only for 127.0.0.1, ::1 and localhost). */
   plainHttp?: boolean
@@ -264,7 +266,8 @@ async function convertLayout (source: string, target: string, opts: ConvertImage
         metaPath: metaTmp, blobPath: blobTmp, chunkSize, chunkDict: dict, lowerDirs, expectedDigest: l.digest, signal: opts.signal,
         ...(opts.compression !== undefined ? { compression: opts.compression } : {}),
         ...(opts.compressionLevel !== undefined ? { compressionLevel: opts.compressionLevel } : {}),
-        ...(opts.maxLayerSize !== undefined ? { maxSize: opts.maxLayerSize } : {})
+        ...(opts.maxLayerSize !== undefined ? { maxSize: opts.maxLayerSize } : {}),
+        ...(opts.hotChunks !== undefined ? { hotChunks: opts.hotChunks } : {})
       })
       results.push(r)
       if (r.blobDigest !== undefined) {

@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
-  blobViewSizes, checkImage, convertLayer, decodeChunk, ErofsReader, materializeBlob, materializeLayers, readChunkTable,
+  blobViewSizes, checkImage, convertLayer, decodeChunk, ErofsReader, extentAt, fileChunks, hotChunks, loadChunkTable, materializeBlob, materializeLayers, readChunkTable,
   CHUNK_TABLE_ENTRY_V1, CHUNK_TABLE_HEADER, CHUNK_TABLE_MAGIC, type ChunkExtent, type LayerResult
 } from '../src/index.js'
 import { cleanup, makeTar, mountErofs, requireTools, run, snapshot, tempDir, umount, type TarMember } from './helpers.js'
@@ -138,5 +138,35 @@ describe('chunk table contract', () => {
     expect(n.blobSize).toBeGreaterThan(r.blobSize)
     expect(n.blobViewSize).toBe(r.blobViewSize) // same view, same metadata layout
     await checkImage(w('none.erofs'), { blobs: [w('none.blob')] })
+  })
+
+  it('hot chunks (a prefetch list\'s files) are packed apart from the others; the image reads back the same', async () => {
+    const small = Array.from({ length: 8 }, (_, i): TarMember => ({ name: `etc/f${i}`, data: text(10 + i, 40 + i) }))
+    const tar = makeTar([{ name: 'etc/', type: '5' }, ...small, ...members])
+    const hot = hotChunks([{ path: 'etc/f1', chunk: 0 }, { path: 'etc/f6', chunk: 0 }, { path: 'tail', chunk: 1 }, { path: 'text', chunk: 0 }])
+    /** The files whose chunks share the entry that holds etc/f1's chunk. */
+    const neighbours = async (meta: string): Promise<string[]> => {
+      const { reader, table } = await loadChunkTable(meta)
+      const all = fileChunks(reader)
+      const f1 = all.find(c => c.path === 'etc/f1')!
+      const entry = extentAt(table.entries, f1.blkaddr)!
+      return all.filter(c => extentAt(table.entries, c.blkaddr) === entry).map(c => `${c.path}#${c.chunk}`).sort()
+    }
+    await convertLayer(Readable.from([tar]), { metaPath: w('cold.erofs'), blobPath: w('cold.blob'), chunkSize: 64 * 1024 })
+    expect(await neighbours(w('cold.erofs'))).toContain('etc/f0#0') // in tar order, f1 is packed beside f0
+    const h = await convertLayer(Readable.from([tar]), { metaPath: w('hot.erofs'), blobPath: w('hot.blob'), chunkSize: 64 * 1024, hotChunks: hot })
+    // text#0 is a whole chunk (stored alone whatever the list says); the short ones listed share one pack
+    expect(await neighbours(w('hot.erofs'))).toEqual(['etc/f1#0', 'etc/f6#0', 'tail#1'])
+    expect(h.stats.packs).toBe(2)
+    await checkImage(w('hot.erofs'), { blobs: [w('hot.blob')] })
+    await materializeBlob(w('hot.erofs'), 1, w('hot.blob'), w('hot.view'))
+    await run('fsck.erofs', [`--device=${w('hot.view')}`, w('hot.erofs')])
+    await mkdir(w('mnt-hot'))
+    await mountErofs(w('hot.erofs'), [w('hot.view')], w('mnt-hot'))
+    try {
+      for (const mb of [...small, ...members]) expect((await readFile(w(`mnt-hot/${mb.name}`))).equals(mb.data!), mb.name).toBe(true)
+    } finally {
+      await umount(w('mnt-hot'))
+    }
   })
 })

@@ -31,6 +31,8 @@ export interface BlobServerInit {
   readDeadlineMs?: number
   /** Bytes fetched ahead of a sequential reader (0: none). @default DEFAULT_READAHEAD */
   readahead?: number
+  /** Told of every range of a blob the kernel reads (a trace recorder). */
+  onRead?: (blob: string, pos: number, end: number) => void
 }
 
 export interface BlobServerStats {
@@ -158,6 +160,7 @@ export async function serveBlobs (init: BlobServerInit): Promise<BlobServer> {
       if (pos >= b.size) { cb(0); return }
       const end = Math.min(b.size, pos + len)
       readAhead(b, pos, end)
+      init.onRead?.(b.digest, pos, end)
       answerRead(cb, end - pos, async () => { await fill(b, buf, pos, end) }, { deadlineMs, counters, ...(init.log !== undefined ? { log: init.log } : {}), what: { blob: b.digest, pos, len } })
     }
   }

@@ -97,6 +97,12 @@ export const PREFETCH_YIELD_MS = 5
 export const MAX_TRACE_ENTRIES = 1_000_000
 
 /**
+ * View blocks a trace recorder remembers as read (4 KiB each: 8 GiB), to find the files a workload read.
+ * @default 2,097,152
+ */
+export const MAX_TRACE_BLOCKS = 2 * 1024 * 1024
+
+/**
  * Fetched chunks handed to readers before they are on disk: past this, a fetch waits for its own write.
  * @default 16
  */

@@ -28,6 +28,8 @@ export interface LayerServerInit {
   chunks: ChunkReader
   readDeadlineMs?: number
   log?: (obj: Record<string, unknown>) => void
+  /** Told of every range of a blob's view that a read of a file covers (a trace recorder). */
+  onRead?: (blob: string, pos: number, end: number) => void
 }
 
 export interface LayerServerStats { reads: number, bytesRead: number, failedReads: number }
@@ -120,6 +122,10 @@ export async function serveLayer (init: LayerServerInit): Promise<LayerServer> {
       if (blob === undefined || e === undefined) throw new Error(`nid ${ino.nid}: chunk ${i} at device ${ref.device} block ${ref.blkaddr} is not in the chunk table`)
       const start = i * cs
       const skip = (ref.blkaddr - e.blkaddr) * BLOCK_SIZE
+      if (init.onRead !== undefined) {
+        const at = ref.blkaddr * BLOCK_SIZE - start // blob view offset of file byte 0 of this chunk
+        init.onRead(blob, at + Math.max(pos, start), at + Math.min(end, start + cs, ino.size))
+      }
       jobs.push((async () => {
         const data = (await init.chunks.read(blob, e)).subarray(skip, skip + Math.min(cs, ino.size - start))
         const from = Math.max(pos, start)

@@ -182,12 +182,13 @@ export async function lazyMount (ref: string, targetDir: string, opts: LazyMount
       ...(opts.log !== undefined ? { log: opts.log } : {})
     })
     undos.push(async () => { await chunks.close() })
-    if (recorder !== undefined) undos.push(async () => { await recorder.save() })
+    if (recorder !== undefined) undos.push(async () => { await recorder.save(resolved.layers.map(l => l.meta)) })
+    const onRead = recorder !== undefined ? { onRead: recorder.touch } : {}
     const deadline = opts.readDeadlineMs !== undefined ? { readDeadlineMs: opts.readDeadlineMs } : {}
     const logOpt = opts.log !== undefined ? { log: opts.log } : {}
     let stats: () => LazyMountStats['server']
     if ((opts.mode ?? 'erofs') === 'erofs') {
-      const s = await serveBlobs({ mountpoint: state.fuse, blobs: files, chunks, ...deadline, ...logOpt })
+      const s = await serveBlobs({ mountpoint: state.fuse, blobs: files, chunks, ...deadline, ...logOpt, ...onRead })
       undos.push(async () => { await s.close() })
       const m = await mountLayers(resolved.layers.map(l => ({ meta: l.meta, blobs: l.blobs.map(d => s.path(d)) })), target, { mounter: native, workDir: layerWork })
       undos.push(async () => { await m.unmount() })
@@ -196,7 +197,7 @@ export async function lazyMount (ref: string, targetDir: string, opts: LazyMount
       const extents = new Map(files.map(f => [f.digest, f.extents]))
       const servers: LayerServer[] = []
       for (const [i, l] of resolved.layers.entries()) {
-        const srv = await serveLayer({ mountpoint: state.layers[i]!, metaPath: l.meta, blobs: l.blobs, extents, chunks, ...deadline, ...logOpt })
+        const srv = await serveLayer({ mountpoint: state.layers[i]!, metaPath: l.meta, blobs: l.blobs, extents, chunks, ...deadline, ...logOpt, ...onRead })
         undos.push(async () => { await srv.close() })
         servers.push(srv)
       }

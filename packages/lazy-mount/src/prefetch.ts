@@ -5,18 +5,28 @@
  * chunks in that order in the background, one at a time and only while no reader waits on a fetch (on-demand
  * reads first). A chunk is named by (blob digest, block address in the blob's uncompressed view): what the
  * EROFS metadata names, whatever way the blob stores it.
+ *
+ * A recorded trace also lists the file chunks the workload read (`files`: path and chunk number, in the order of
+ * their first read), resolved from the kernel's reads and the layers' metadata at unmount. Given such a trace,
+ * the converter packs those files' short chunks together (doc/FORMAT.md, "Packed small chunks") and stores the
+ * list of the new image's entries that hold them; the stored layer carries `chunks` only.
  */
 import { createHash, randomBytes } from 'node:crypto'
 import { open, readFile, rename } from 'node:fs/promises'
 import { join } from 'node:path'
-import { ANNOTATION_BLOBS, InvalidImageRefError, parseOciRef, readManifest, type Descriptor } from '@guoce/image'
-import { MAX_TRACE_ENTRIES } from './constants.js'
+import {
+  ANNOTATION_BLOBS, BLOCK_SIZE, InvalidImageRefError, MAX_PATH, convertedLayers, extentAt, fileChunks, loadChunkTable, parseOciRef, readManifest,
+  touchedFileChunks, type ChunkExtent, type Descriptor
+} from '@guoce/image'
+import { MAX_TRACE_BLOCKS, MAX_TRACE_ENTRIES } from './constants.js'
 
 /** Media type of the prefetch list layer. */
 export const MEDIA_TYPE_PREFETCH = 'application/vnd.guoce.image.prefetch.v1+json'
 
 export interface TraceEntry { blob: string, blkaddr: number }
-export interface Trace { version: 1, chunks: TraceEntry[] }
+/** A file chunk a workload read: the file's path in the image (no leading slash) and the chunk's number. */
+export interface TraceFile { path: string, chunk: number }
+export interface Trace { version: 1, chunks: TraceEntry[], files?: TraceFile[] }
 
 /** Parses and bounds a trace (a file from a user or a layer from a registry). */
 export function parseTrace (bytes: Buffer, what: string): Trace {
@@ -32,7 +42,18 @@ export function parseTrace (bytes: Buffer, what: string): Trace {
     }
     chunks.push({ blob: c.blob, blkaddr: c.blkaddr as number })
   }
-  return { version: 1, chunks }
+  const f = (doc as { files?: unknown }).files
+  if (f === undefined) return { version: 1, chunks }
+  if (!Array.isArray(f) || f.length > MAX_TRACE_ENTRIES) throw new InvalidImageRefError(`${what}: prefetch trace files must be a list of at most ${MAX_TRACE_ENTRIES}`)
+  const files: TraceFile[] = []
+  for (const x of f as Array<{ path?: unknown, chunk?: unknown }>) {
+    if (typeof x?.path !== 'string' || x.path.length === 0 || Buffer.byteLength(x.path) > MAX_PATH || x.path.includes('\0') || x.path.startsWith('/') ||
+      !Number.isSafeInteger(x.chunk) || (x.chunk as number) < 0) {
+      throw new InvalidImageRefError(`${what}: bad prefetch trace file ${JSON.stringify(x).slice(0, 200)}`)
+    }
+    files.push({ path: x.path, chunk: x.chunk as number })
+  }
+  return { version: 1, chunks, files }
 }
 
 async function writeDurable (path: string, data: Buffer | string): Promise<void> {
@@ -42,13 +63,78 @@ async function writeDurable (path: string, data: Buffer | string): Promise<void>
   await rename(tmp, path)
 }
 
+export interface TraceRecorder {
+  /** A chunk table entry's first read by a reader (not by prefetch or read-ahead). */
+  add: (blob: string, blkaddr: number) => void
+  /** Bytes [pos, end) of a blob's view that the kernel asked for. */
+  touch: (blob: string, pos: number, end: number) => void
+  /** Writes the trace atomically; with the layers' metadata images, the file chunks read too (`files`). */
+  save: (metaPaths?: string[]) => Promise<void>
+}
+
 /** Records first reads; `save()` writes the trace atomically. */
-export function traceRecorder (path: string): { add: (blob: string, blkaddr: number) => void, save: () => Promise<void> } {
+export function traceRecorder (path: string): TraceRecorder {
   const chunks: TraceEntry[] = []
+  /** blob -> view block -> order of its first touch */
+  const touched = new Map<string, Map<number, number>>()
+  let order = 0
+  let blocks = 0
   return {
     add: (blob, blkaddr) => { if (chunks.length < MAX_TRACE_ENTRIES) chunks.push({ blob, blkaddr }) },
-    save: async () => { await writeDurable(path, JSON.stringify({ version: 1, chunks })) }
+    touch: (blob, pos, end) => {
+      let m = touched.get(blob)
+      if (m === undefined) touched.set(blob, m = new Map())
+      const t = order++
+      for (let b = Math.floor(pos / BLOCK_SIZE); b * BLOCK_SIZE < end && blocks < MAX_TRACE_BLOCKS; b++) {
+        if (!m.has(b)) { m.set(b, t); blocks++ }
+      }
+    },
+    save: async (metaPaths) => {
+      const trace: Trace = { version: 1, chunks }
+      if (metaPaths !== undefined) {
+        const files: TraceFile[] = []
+        const seen = new Set<string>()
+        for (const meta of metaPaths) {
+          const { reader } = await loadChunkTable(meta)
+          for (const f of touchedFileChunks(fileChunks(reader), touched)) {
+            const k = `${f.path}\0${f.chunk}`
+            if (!seen.has(k) && files.length < MAX_TRACE_ENTRIES) { seen.add(k); files.push(f) }
+          }
+        }
+        trace.files = files
+      }
+      await writeDurable(path, JSON.stringify(trace))
+    }
   }
+}
+
+/**
+ * The chunk table entries of a converted `oci:DIR[:TAG]` image that hold the given file chunks, in their order
+ * (each entry once; a path in several layers is the top layer's): the prefetch list of an image converted with
+ * those files packed together.
+ */
+export async function entriesOfFiles (ref: string, files: TraceFile[]): Promise<TraceEntry[]> {
+  const where = new Map<string, { blob: string, blkaddr: number, device: number, table: ChunkExtent[][] }>()
+  for (const l of (await convertedLayers(ref)).reverse()) {
+    const { reader, table } = await loadChunkTable(l.meta)
+    const byDevice: ChunkExtent[][] = []
+    for (const e of table.entries) (byDevice[e.device - 1] ??= []).push(e) // sorted by (device, blkaddr)
+    for (const c of fileChunks(reader)) {
+      const k = `${c.path}\0${c.chunk}`
+      if (!where.has(k)) where.set(k, { blob: c.blob, blkaddr: c.blkaddr, device: c.device, table: byDevice })
+    }
+  }
+  const out: TraceEntry[] = []
+  const seen = new Set<string>()
+  for (const f of files) {
+    const w = where.get(`${f.path}\0${f.chunk}`)
+    if (w === undefined) continue
+    const e = extentAt(w.table[w.device - 1] ?? [], w.blkaddr)
+    if (e === undefined) continue
+    const k = `${w.blob}/${e.blkaddr}`
+    if (!seen.has(k)) { seen.add(k); out.push({ blob: w.blob, blkaddr: e.blkaddr }) }
+  }
+  return out
 }
 
 /**
@@ -56,13 +142,15 @@ export function traceRecorder (path: string): { add: (blob: string, blkaddr: num
  * manifest, and the index entries that named the old manifest pointed at the new one. Entries naming blobs
  * that are not in the image are refused.
  */
-export async function attachPrefetchTrace (ref: string, traceFile: string): Promise<{ manifestDigest: string, chunks: number }> {
+export async function attachPrefetchTrace (ref: string, traceFile: string | Trace): Promise<{ manifestDigest: string, chunks: number }> {
   const r = parseOciRef(ref)
-  const trace = parseTrace(await readFile(traceFile), traceFile)
+  const what = typeof traceFile === 'string' ? traceFile : 'prefetch trace'
+  const parsed = typeof traceFile === 'string' ? parseTrace(await readFile(traceFile), traceFile) : traceFile
+  const trace: Trace = { version: 1, chunks: parsed.chunks }
   const { manifest, descriptor } = await readManifest(r)
   const blobs = new Set(manifest.layers.flatMap(l => JSON.parse(l.annotations?.[ANNOTATION_BLOBS] ?? '[]') as string[]))
   const foreign = trace.chunks.find(c => !blobs.has(c.blob))
-  if (foreign !== undefined) throw new InvalidImageRefError(`${traceFile}: blob ${foreign.blob} is not in ${ref}`)
+  if (foreign !== undefined) throw new InvalidImageRefError(`${what}: blob ${foreign.blob} is not in ${ref}`)
   const put = async (data: Buffer): Promise<Descriptor> => {
     const digest = `sha256:${createHash('sha256').update(data).digest('hex')}`
     await writeDurable(join(r.dir, 'blobs', 'sha256', digest.slice(7)), data)

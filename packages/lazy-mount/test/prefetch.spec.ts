@@ -7,7 +7,7 @@ import { readFile, rm, writeFile, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { runGuoce, startGuoce, stopAll, until } from '@guoce/testkit'
-import { readManifest, parseOciRef } from '@guoce/image'
+import { convertedLayers, fileChunks, loadChunkTable, readManifest, parseOciRef } from '@guoce/image'
 import { MEDIA_TYPE_PREFETCH, parseTrace } from '../src/index.js'
 import { buildImage, sh, sweepMounts, tempDir } from './helpers.js'
 
@@ -40,11 +40,31 @@ describe('prefetch traces', () => {
     expect(await rec.exited).toEqual({ code: 0, signal: null })
     const t = parseTrace(await readFile(trace), trace)
     expect(t.chunks.length).toBeGreaterThan(10) // 700 KB of data/multi in 64 KiB chunks
+    // the file chunks read, resolved from the kernel's reads through the layers' metadata
+    const files = new Set(t.files!.map(f => `${f.path}#${f.chunk}`))
+    expect(files).toContain('etc/passwd#0')
+    expect(files).toContain('data/multi#0')
+    expect(files).toContain('usr/lib/multi-again#0')
+    // and little else: names of the same blocks (chunks deduplicated with what was read), and the few chunks the
+    // kernel reads ahead of a sequential reader on the blob file (past data/multi's end)
+    const addrs = new Map<string, string>()
+    for (const l of await convertedLayers(`oci:${img.lazy}:v1`)) {
+      for (const c of fileChunks((await loadChunkTable(l.meta)).reader)) addrs.set(`${c.path}#${c.chunk}`, `${c.blob}/${c.blkaddr}`)
+    }
+    const readAt = new Set([...addrs].filter(([k]) => /^(etc\/passwd|data\/multi|usr\/lib\/multi-again)#\d+$/.test(k)).map(([, a]) => a))
+    const extra = new Set([...files].filter(f => !readAt.has(addrs.get(f)!)).map(f => addrs.get(f)!))
+    expect(extra.size, [...extra].join(' ')).toBeLessThanOrEqual(4)
 
     const conv = await runGuoce(['image', 'convert', '--source', `oci:${img.src}:v1`, '--target', `oci:${join(work, 'lazy2')}:v1`, '--chunk-size', '64KiB', '--prefetch-trace', trace, '--json'])
     expect(conv.code, conv.stderr).toBe(0)
     const { manifest } = await readManifest(parseOciRef(`oci:${join(work, 'lazy2')}:v1`))
-    expect(manifest.layers.filter(l => l.mediaType === MEDIA_TYPE_PREFETCH)).toHaveLength(1)
+    const layer = manifest.layers.filter(l => l.mediaType === MEDIA_TYPE_PREFETCH)
+    expect(layer).toHaveLength(1)
+    // the stored list names the new image's entries (the files read are packed apart from the rest)
+    const stored = parseTrace(await readFile(join(work, 'lazy2', 'blobs', 'sha256', layer[0]!.digest.slice(7))), 'stored')
+    expect(stored.files).toBe(undefined)
+    expect(stored.chunks.length).toBeGreaterThan(10)
+    expect(stored.chunks).not.toEqual(t.chunks)
     expect(JSON.parse(conv.stdout).manifestDigest).not.toBe(undefined)
     const check = await runGuoce(['image', 'check', `oci:${join(work, 'lazy2')}:v1`])
     expect(check.code, check.stderr).toBe(0)
@@ -53,17 +73,19 @@ describe('prefetch traces', () => {
     const p = await startGuoce(['image', 'mount', `oci:${join(work, 'lazy2')}:v1`, join(work, 'b'), '--state', join(work, 'state-b'), '--chunks', join(work, 'chunks-b')])
     await until(() => p.stderr.some(l => l.includes('"prefetched"')), 'prefetch to finish', 30_000)
     const done = JSON.parse(p.stderr.find(l => l.includes('"prefetched"'))!) as { chunks: number }
-    expect(done.chunks).toBe(t.chunks.length)
+    expect(done.chunks).toBe(stored.chunks.length)
     expect((await sh(WORKLOAD, [join(work, 'b')])).stdout).toBe(expected)
     p.child.kill('SIGTERM')
     expect(await p.exited).toEqual({ code: 0, signal: null })
     const stats = JSON.parse(p.stderr.find(l => l.includes('"unmounted"'))!) as { store: { fetches: number } }
-    expect(stats.store.fetches).toBe(t.chunks.length) // all by prefetch: the workload itself fetched nothing
+    expect(stats.store.fetches).toBe(stored.chunks.length) // all by prefetch: the workload itself fetched nothing
   })
 
   it('refuses malformed traces before writing anything', async () => {
     expect(() => parseTrace(Buffer.from('{"version":1,"chunks":[{"blob":"sha256:zz","blkaddr":1}]}'), 't')).toThrow(/bad prefetch trace entry/)
     expect(() => parseTrace(Buffer.from('{"version":2,"chunks":[]}'), 't')).toThrow(/version 1/)
+    expect(() => parseTrace(Buffer.from('{"version":1,"chunks":[],"files":[{"path":"/etc/passwd","chunk":0}]}'), 't')).toThrow(/bad prefetch trace file/)
+    expect(() => parseTrace(Buffer.from('{"version":1,"chunks":[],"files":[{"path":"etc/passwd","chunk":-1}]}'), 't')).toThrow(/bad prefetch trace file/)
     expect(() => parseTrace(Buffer.from('not json'), 't')).toThrow(/not JSON/)
     expect(() => parseTrace(Buffer.alloc(200_000_000, 0x20), 't')).toThrow(/too large/)
     const bad = join(work, 'bad.json')
