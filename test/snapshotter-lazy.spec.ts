@@ -225,6 +225,8 @@ describe('CRI pulls a converted image lazily from its registry through the guoce
     const after = await metrics()
     expect(metric(after, 'guoce_snapshotter_chunks_fetched_total') - metric(before, 'guoce_snapshotter_chunks_fetched_total')).toBeGreaterThanOrEqual(4)
     expect(metric(after, 'guoce_snapshotter_failed_reads_total')).toBe(0)
+    // the list carries each entry's extent: its chunks were fetched from the first layer's Prepare on
+    expect(daemon!.stderr.some(l => l.includes('lazy prefetch done') && l.includes('"early":true') && l.includes('"chunks":4'))).toBe(true)
     // the image's two layers are remote snapshots; the list is not a layer
     const meta = JSON.parse(await readFile(join(T, 'daemon', 'snapshotter', 'metadata.json'), 'utf8')) as { snapshots: Array<[string, { remote?: { layerDigest: string } }]> }
     const remote = new Set(meta.snapshots.filter(([, r]) => r.remote !== undefined).map(([, r]) => r.remote!.layerDigest))
@@ -258,6 +260,50 @@ describe('CRI pulls a converted image lazily from its registry through the guoce
     const refused = daemon!.stderr.filter(l => l.includes('lazy prefetch list not used'))
     expect(refused.every(l => l.includes(list.digest))).toBe(true)
     expect(metric(await metrics(), 'guoce_snapshotter_prefetched_chunks_total')).toBe(metric(before, 'guoce_snapshotter_prefetched_chunks_total'))
+  })
+
+  it('a prefetch list whose extent lies (another chunk\'s bytes under a listed digest): what it fetched is refused, and a container reads the right bytes', async () => {
+    const a = randomBytes(1 << 20); const b = randomBytes(1 << 20)
+    await busyboxImage(join(T, 'src5'), 'v1', [async r => { await writeFile(join(r, 'a'), a); await writeFile(join(r, 'b'), b) }])
+    const conv = await runGuoce(['image', 'convert', '--source', `oci:${join(T, 'src5')}:v1`, '--target', `oci:${join(T, 'lazy5')}:v1`, '--json'])
+    expect(conv.code, conv.stderr).toBe(0)
+    const blobPath = (d: string): string => join(T, 'lazy5', 'blobs', 'sha256', d.slice(7))
+    const m5 = JSON.parse(await readFile(blobPath(JSON.parse(conv.stdout).manifestDigest as string), 'utf8')) as Manifest
+    const metaLayer = m5.layers.find(l => l.mediaType === META)!
+    const blob = (JSON.parse(metaLayer.annotations![ANNOTATION_BLOBS]!) as string[])[0]!
+    const entries = (await readChunkTable(blobPath(metaLayer.digest))).entries
+    const sha = (x: Buffer): string => createHash('sha256').update(x).digest('hex')
+    const ea = entries.find(e => e.digest.toString('hex') === sha(a))!
+    const eb = entries.find(e => e.digest.toString('hex') === sha(b))!
+    await writeFile(join(T, 'trace5.json'), JSON.stringify({ version: 1, chunks: [{ blob, blkaddr: ea.blkaddr }] }))
+    const { manifestDigest } = await attachPrefetchTrace(`oci:${join(T, 'lazy5')}:v1`, join(T, 'trace5.json'))
+    // the list names a's digest but b's stored bytes; the manifest and index are rewritten to match the list,
+    // as the image's publisher could (containerd's digest checks pass)
+    const m = JSON.parse(await readFile(blobPath(manifestDigest), 'utf8')) as Manifest & { layers: Descriptor[] }
+    const listDesc = m.layers.find(l => l.mediaType === MEDIA_TYPE_PREFETCH)!
+    const list = JSON.parse(await readFile(blobPath(listDesc.digest), 'utf8')) as { chunks: Array<{ extent: { storedOffset: number, storedLength: number, digest: string } }> }
+    expect(list.chunks[0]!.extent.digest).toBe(sha(a))
+    Object.assign(list.chunks[0]!.extent, { storedOffset: eb.storedOffset, storedLength: eb.storedLength })
+    const put = async (x: Buffer): Promise<{ digest: string, size: number }> => { const d = `sha256:${sha(x)}`; await writeFile(blobPath(d), x); return { digest: d, size: x.length } }
+    Object.assign(listDesc, await put(Buffer.from(JSON.stringify(list))))
+    const md = await put(Buffer.from(JSON.stringify(m)))
+    const index = JSON.parse(await readFile(join(T, 'lazy5', 'index.json'), 'utf8')) as { manifests: Descriptor[] }
+    Object.assign(index.manifests[0]!, md)
+    await writeFile(join(T, 'lazy5', 'index.json'), JSON.stringify(index))
+    const image5 = `${registry!.host}/guoce/prefetch-lies:v1`
+    await exec('skopeo', ['copy', '--dest-tls-verify=false', `oci:${join(T, 'lazy5')}:v1`, `docker://${image5}`])
+
+    const api = join(T, 'api.sock')
+    const metrics = async (): Promise<string> => await (await unixFetch(api, '/metrics')).text()
+    const before = await metrics()
+    expect(await criPullImage(cd!.address, image5)).toMatch(/^sha256:[0-9a-f]{64}$/)
+    await until(async () => metric(await metrics(), 'guoce_snapshotter_prefetch_failed_total') > metric(before, 'guoce_snapshotter_prefetch_failed_total'), 'the lying entry to be given up', 30_000, 100)
+    expect(metric(await metrics(), 'guoce_snapshotter_refused_chunks_total')).toBeGreaterThan(metric(before, 'guoce_snapshotter_refused_chunks_total'))
+    const id5 = `lies-${randomBytes(3).toString('hex')}`
+    cd!.track('k8s.io', id5)
+    const out = await cd!.ctr(['run', '--snapshotter', 'guoce', ...cd!.runArgs(), '--rm', image5, id5, '/bin/busybox', 'sha256sum', '/a', '/b'], { namespace: 'k8s.io' })
+    expect(out).toBe(`${sha(a)}  /a\n${sha(b)}  /b\n`)
+    expect(metric(await metrics(), 'guoce_snapshotter_failed_reads_total')).toBe(0)
   })
 
   it('removing the images lets containerd\'s GC remove every lazy layer through the snapshotter: unmounted', async () => {

@@ -182,6 +182,9 @@ async function sample (variant, rate, run, reg, hostsDir, image) {
     const from = reg.log.length
     const link0 = net.linkBytes('node')
     const t0 = performance.now()
+    // --verbose: the node link's received bytes every 50 ms (is the start waiting on the link or on round trips?)
+    const rx = []
+    const sampler = v.verbose ? setInterval(() => { rx.push([Math.round(performance.now() - t0), net.linkBytes('node').rx - link0.rx]) }, 50) : undefined
     await criPull(cd.address, image)
     const pullS = (performance.now() - t0) / 1000
     cd.track('k8s.io', id)
@@ -196,6 +199,7 @@ async function sample (variant, rate, run, reg, hostsDir, image) {
     })
     const code = await exited
     clearTimeout(timer)
+    if (sampler !== undefined) { clearInterval(sampler); log(`node link rx (ms, bytes): ${rx.map(([t, b]) => `${t}:${(b / 1e6).toFixed(2)}`).join(' ')}`) }
     const exitS = (performance.now() - t0) / 1000
     if (first?.line !== 'ready' || code !== 0) throw new Error(`${variant}: ctr run printed ${JSON.stringify(first?.line)}, exit ${code}: ${err}`)
     const link1 = net.linkBytes('node')

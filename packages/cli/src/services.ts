@@ -136,6 +136,8 @@ export async function startSnapshotterService (o: SnapshotterOptions, log: Logge
     counted('guoce_snapshotter_source_read_seconds_total', 'Wall time of those fetches, summed', () => lazy.stats().source.ms / 1000)
     counted('guoce_snapshotter_prefetched_chunks_total', 'Chunks of lazy layers fetched (or found held) from their images\' prefetch lists', () => lazy.stats().prefetch.chunks)
     counted('guoce_snapshotter_failed_reads_total', 'Reads of lazy layers answered with EIO', () => lazy.stats().server.failedReads)
+    counted('guoce_snapshotter_refused_chunks_total', 'Chunk fetches of lazy layers refused: the bytes did not decode to the digest the chunk table or the prefetch list names', () => lazy.stats().server.refused)
+    counted('guoce_snapshotter_prefetch_failed_total', 'Chunks of prefetch lists that could not be fetched (left to the reads)', () => lazy.stats().prefetch.failed)
     const served: Gauge<string> = new prom.Gauge({ name: 'guoce_snapshotter_chunks', help: 'Chunks in the blobs of the lazy layers served', registers: [daemon.metrics], collect () { served.set(lazy.stats().chunks) } })
   }
   const s = await startSnapshotter({ root: o.root, socket: o.socket, log, remote })

@@ -97,6 +97,13 @@ export const PREFETCH_YIELD_MS = 5
 export const MAX_TRACE_ENTRIES = 1_000_000
 
 /**
+ * Longest entry a prefetch list may give an extent for (fetched before any chunk table names it): 64 MiB, the
+ * longest pack of 4 MiB chunks (16 chunk sizes).
+ * @default 67,108,864
+ */
+export const MAX_PREFETCH_ENTRY_BYTES = 64 * 1024 * 1024
+
+/**
  * View blocks a trace recorder remembers as read (4 KiB each: 8 GiB), to find the files a workload read.
  * @default 2,097,152
  */

@@ -19,7 +19,7 @@ export { chunkReader, type ChunkReader, type ChunkReaderInit } from './chunk-rea
 export { openChunkStore, type ChunkStore, type ChunkStoreInit, type ChunkStoreStats } from './chunk-store.js'
 export { localBlobSource, daemonBlobSource, readerBlobSource, type BlobSource, type DaemonSourceInit, type ReaderSourceInit } from './source.js'
 export { serveBlobs, mergeBlob, type BlobServer, type BlobServerInit, type BlobServerStats, type BlobFile } from './blob-server.js'
-export { attachPrefetchTrace, entriesOfFiles, parseTrace, MEDIA_TYPE_PREFETCH, type Trace, type TraceEntry, type TraceFile } from './prefetch.js'
+export { attachPrefetchTrace, entriesOfFiles, listedExtent, parseTrace, MEDIA_TYPE_PREFETCH, type Trace, type TraceEntry, type TraceExtent, type TraceFile } from './prefetch.js'
 export { osImageMount, osImageUrl, type OsImageMount, type OsImageMountOptions, type OsImageStats } from './os-image.js'
 export * from './errors.js'
 export * from './constants.js'

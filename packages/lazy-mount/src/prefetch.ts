@@ -18,12 +18,19 @@ import {
   ANNOTATION_BLOBS, BLOCK_SIZE, InvalidImageRefError, MAX_PATH, convertedLayers, extentAt, fileChunks, loadChunkTable, parseOciRef, readManifest,
   touchedFileChunks, type ChunkExtent, type Descriptor
 } from '@guoce/image'
-import { MAX_TRACE_BLOCKS, MAX_TRACE_ENTRIES } from './constants.js'
+import { MAX_PREFETCH_ENTRY_BYTES, MAX_TRACE_BLOCKS, MAX_TRACE_ENTRIES } from './constants.js'
 
 /** Media type of the prefetch list layer. */
 export const MEDIA_TYPE_PREFETCH = 'application/vnd.guoce.image.prefetch.v1+json'
 
-export interface TraceEntry { blob: string, blkaddr: number }
+/**
+ * A chunk table entry: its blob and view block address, and (lists stored by this converter) where the blob
+ * stores it and what it decodes to, so that a snapshotter can fetch and verify it before the metadata layer
+ * that names it has arrived. The list is a layer of the image's manifest, so its digests are as trusted as the
+ * chunk table's; a chunk fetched by them is kept under the digest it verified against, nothing else.
+ */
+export interface TraceEntry { blob: string, blkaddr: number, extent?: TraceExtent }
+export interface TraceExtent { length: number, digest: string, compression: 'zstd' | 'none', storedOffset: number, storedLength: number }
 /** A file chunk a workload read: the file's path in the image (no leading slash) and the chunk's number. */
 export interface TraceFile { path: string, chunk: number }
 export interface Trace { version: 1, chunks: TraceEntry[], files?: TraceFile[] }
@@ -36,11 +43,19 @@ export function parseTrace (bytes: Buffer, what: string): Trace {
   const t = doc as { version?: unknown, chunks?: unknown }
   if (t.version !== 1 || !Array.isArray(t.chunks) || t.chunks.length > MAX_TRACE_ENTRIES) throw new InvalidImageRefError(`${what}: not a version 1 prefetch trace of at most ${MAX_TRACE_ENTRIES} chunks`)
   const chunks: TraceEntry[] = []
-  for (const c of t.chunks as Array<{ blob?: unknown, blkaddr?: unknown }>) {
+  for (const c of t.chunks as Array<{ blob?: unknown, blkaddr?: unknown, extent?: unknown }>) {
     if (typeof c?.blob !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(c.blob) || !Number.isSafeInteger(c.blkaddr) || (c.blkaddr as number) < 0) {
       throw new InvalidImageRefError(`${what}: bad prefetch trace entry ${JSON.stringify(c).slice(0, 200)}`)
     }
-    chunks.push({ blob: c.blob, blkaddr: c.blkaddr as number })
+    const x = c.extent as Partial<TraceExtent> | undefined
+    if (x === undefined) { chunks.push({ blob: c.blob, blkaddr: c.blkaddr as number }); continue }
+    const int = (n: unknown, min: number, max: number): boolean => Number.isSafeInteger(n) && (n as number) >= min && (n as number) <= max
+    if (typeof x !== 'object' || x === null || !int(x.length, 1, MAX_PREFETCH_ENTRY_BYTES) || typeof x.digest !== 'string' || !/^[0-9a-f]{64}$/.test(x.digest) ||
+      (x.compression !== 'zstd' && x.compression !== 'none') || !int(x.storedOffset, 0, Number.MAX_SAFE_INTEGER) || !int(x.storedLength, 1, x.length as number) ||
+      (x.compression === 'none' && x.storedLength !== x.length)) {
+      throw new InvalidImageRefError(`${what}: bad prefetch trace entry extent ${JSON.stringify(c).slice(0, 300)}`)
+    }
+    chunks.push({ blob: c.blob, blkaddr: c.blkaddr as number, extent: { length: x.length!, digest: x.digest, compression: x.compression, storedOffset: x.storedOffset!, storedLength: x.storedLength! } })
   }
   const f = (doc as { files?: unknown }).files
   if (f === undefined) return { version: 1, chunks }
@@ -70,6 +85,13 @@ export interface TraceRecorder {
   touch: (blob: string, pos: number, end: number) => void
   /** Writes the trace atomically; with the layers' metadata images, the file chunks read too (`files`). */
   save: (metaPaths?: string[]) => Promise<void>
+}
+
+/** The chunk extent a listed entry names (device 0: not from a device table), or undefined if it names none. */
+export function listedExtent (c: TraceEntry): ChunkExtent | undefined {
+  const x = c.extent
+  if (x === undefined) return undefined
+  return { device: 0, blkaddr: c.blkaddr, length: x.length, digest: Buffer.from(x.digest, 'hex'), compression: x.compression, storedOffset: x.storedOffset, storedLength: x.storedLength }
 }
 
 /** Records first reads; `save()` writes the trace atomically. */
@@ -146,7 +168,23 @@ export async function attachPrefetchTrace (ref: string, traceFile: string | Trac
   const r = parseOciRef(ref)
   const what = typeof traceFile === 'string' ? traceFile : 'prefetch trace'
   const parsed = typeof traceFile === 'string' ? parseTrace(await readFile(traceFile), traceFile) : traceFile
-  const trace: Trace = { version: 1, chunks: parsed.chunks }
+  // every entry that is one of the image's chunk table entries carries its stored extent and digest
+  const entries = new Map<string, ChunkExtent>()
+  for (const l of await convertedLayers(ref)) {
+    const { reader, table } = await loadChunkTable(l.meta)
+    for (const e of table.entries) {
+      const tag = reader.sb.devices[e.device - 1]?.tag
+      if (tag !== undefined) entries.set(`sha256:${tag}/${e.blkaddr}`, e)
+    }
+  }
+  const trace: Trace = {
+    version: 1,
+    chunks: parsed.chunks.map(c => {
+      const e = entries.get(`${c.blob}/${c.blkaddr}`)
+      if (e === undefined || e.length > MAX_PREFETCH_ENTRY_BYTES || e.compression === 'lz4') return { blob: c.blob, blkaddr: c.blkaddr }
+      return { blob: c.blob, blkaddr: c.blkaddr, extent: { length: e.length, digest: e.digest.toString('hex'), compression: e.compression, storedOffset: e.storedOffset, storedLength: e.storedLength } }
+    })
+  }
   const { manifest, descriptor } = await readManifest(r)
   const blobs = new Set(manifest.layers.flatMap(l => JSON.parse(l.annotations?.[ANNOTATION_BLOBS] ?? '[]') as string[]))
   const foreign = trace.chunks.find(c => !blobs.has(c.blob))

@@ -65,6 +65,7 @@ describe('prefetch traces', () => {
     expect(stored.files).toBe(undefined)
     expect(stored.chunks.length).toBeGreaterThan(10)
     expect(stored.chunks).not.toEqual(t.chunks)
+    expect(stored.chunks.every(c => c.extent !== undefined)).toBe(true) // fetchable before any chunk table is here
     expect(JSON.parse(conv.stdout).manifestDigest).not.toBe(undefined)
     const check = await runGuoce(['image', 'check', `oci:${join(work, 'lazy2')}:v1`])
     expect(check.code, check.stderr).toBe(0)
@@ -86,6 +87,13 @@ describe('prefetch traces', () => {
     expect(() => parseTrace(Buffer.from('{"version":2,"chunks":[]}'), 't')).toThrow(/version 1/)
     expect(() => parseTrace(Buffer.from('{"version":1,"chunks":[],"files":[{"path":"/etc/passwd","chunk":0}]}'), 't')).toThrow(/bad prefetch trace file/)
     expect(() => parseTrace(Buffer.from('{"version":1,"chunks":[],"files":[{"path":"etc/passwd","chunk":-1}]}'), 't')).toThrow(/bad prefetch trace file/)
+    const entry = (extent: Record<string, unknown>): Buffer => Buffer.from(JSON.stringify({ version: 1, chunks: [{ blob: `sha256:${'a'.repeat(64)}`, blkaddr: 0, extent: { length: 4096, digest: 'b'.repeat(64), compression: 'zstd', storedOffset: 0, storedLength: 100, ...extent } }] }))
+    expect(parseTrace(entry({}), 't').chunks[0]!.extent).toMatchObject({ length: 4096, storedLength: 100 })
+    expect(() => parseTrace(entry({ storedLength: 4097 }), 't')).toThrow(/bad prefetch trace entry extent/) // more stored than it decodes to
+    expect(() => parseTrace(entry({ length: 2 ** 40 }), 't')).toThrow(/bad prefetch trace entry extent/) // past the allocation bound
+    expect(() => parseTrace(entry({ compression: 'lz4' }), 't')).toThrow(/bad prefetch trace entry extent/)
+    expect(() => parseTrace(entry({ compression: 'none' }), 't')).toThrow(/bad prefetch trace entry extent/) // stored as is, yet shorter
+    expect(() => parseTrace(entry({ digest: 'zz' }), 't')).toThrow(/bad prefetch trace entry extent/)
     expect(() => parseTrace(Buffer.from('not json'), 't')).toThrow(/not JSON/)
     expect(() => parseTrace(Buffer.alloc(200_000_000, 0x20), 't')).toThrow(/too large/)
     const bad = join(work, 'bad.json')
