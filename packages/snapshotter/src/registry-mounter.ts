@@ -91,7 +91,8 @@ export interface RegistryMounter extends RemoteLayerMounter {
 
 const DIGEST = /^sha256:([0-9a-f]{64})$/
 
-interface Found { client: RegistryClient, repository: string, manifest: Manifest, layers: Descriptor[], index: number }
+/** `client` stops with the Prepare that asked; `background` (for what outlives it: beginImage's fetches) does not. */
+interface Found { client: RegistryClient, background: RegistryClient, repository: string, manifest: Manifest, layers: Descriptor[], index: number }
 
 /** What registry/repository an image reference as CRI names it (`REGISTRY/REPO[:TAG][@DIGEST]`) is at; undefined if none. */
 function locate (imageRef: string): { registry: string, repository: string } | undefined {
@@ -200,7 +201,8 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
     if (!DIGEST.test(layer.layerDigest) || !DIGEST.test(layer.ref)) return undefined
     const at = locate(layer.imageRef)
     if (at === undefined) return undefined
-    const client = new RegistryClient(at.registry, { ...(signal !== undefined ? { signal } : {}), ...(init.insecure?.includes(at.registry) === true ? { plainHttp: true } : {}) })
+    const plain = init.insecure?.includes(at.registry) === true ? { plainHttp: true } : {}
+    const client = new RegistryClient(at.registry, { ...(signal !== undefined ? { signal } : {}), ...plain })
     const reference = DIGEST.test(layer.manifestDigest) ? layer.manifestDigest : undefined
     if (reference === undefined) return undefined
     let image: { manifest: Manifest, chain: string[] } | undefined
@@ -219,7 +221,7 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
     const layers = manifest.layers.filter(l => l.mediaType !== MEDIA_TYPE_PREFETCH)
     const index = layers.findIndex((l, i) => l.digest === layer.layerDigest && chain[i] === layer.ref)
     if (index === -1 || chain.length !== layers.length) return undefined
-    return { client, repository: at.repository, manifest, layers, index }
+    return { client, background: new RegistryClient(at.registry, plain), repository: at.repository, manifest, layers, index }
   }
 
   /** A prefetch layer's trace (size-capped, verified, parsed and bounded). */
@@ -282,8 +284,10 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
    * link carries chunks from the first Prepare on, not from the top layer's mount (0.1-0.3 s of a start).
    */
   const begun = new Set<string>()
-  const beginImage = (f: Found, manifestDigest: string): void => {
+  const beginImage = (found: Found, manifestDigest: string): void => {
     if (begun.has(manifestDigest)) return
+    // the first Prepare returns long before these fetches end (a blob layer at once): they must not stop with it
+    const f = { ...found, client: found.background }
     if (begun.size >= 256) begun.clear()
     begun.add(manifestDigest)
     const blobs = new Set<string>()
@@ -309,7 +313,7 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
     const d = f.manifest.layers.find(l => l.mediaType === MEDIA_TYPE_PREFETCH)
     if (f.index !== f.layers.length - 1 || d === undefined || prefetched.has(d.digest)) return
     prefetched.add(d.digest)
-    const trace = traceOnce(f, d)
+    const trace = traceOnce({ ...f, client: f.background }, d)
     trace.catch(() => {})
     void mounted.then(async () => {
       let t: Trace
