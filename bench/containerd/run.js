@@ -204,7 +204,7 @@ async function sample (variant, rate, run, reg, hostsDir, image) {
     if (first?.line !== 'ready' || code !== 0) throw new Error(`${variant}: ctr run printed ${JSON.stringify(first?.line)}, exit ${code}: ${err}`)
     const link1 = net.linkBytes('node')
     const r = registryBytes(reg, from)
-    if (v.verbose) for (const l of reg.log.slice(from).filter(l => l.includes('response completed'))) log(`registry: ${/http\.request\.uri="([^"]+)"/.exec(l)?.[1]} ${/http\.request\.useragent="([^"]+)"/.exec(l)?.[1]?.slice(0, 20)} ${/http\.response\.written=(\d+)/.exec(l)?.[1]} ${/http\.response\.duration=(\S+)/.exec(l)?.[1]} ${/time="([^"]+)"/.exec(l)?.[1]}`)
+    if (v.verbose) for (const l of reg.log.slice(from).filter(l => l.includes('response completed'))) log(`registry: ${/http\.request\.method=(\S+)/.exec(l)?.[1]} ${/http\.request\.remoteaddr="?([^" ]+)/.exec(l)?.[1]} ${/http\.request\.uri="([^"]+)"/.exec(l)?.[1]} ${/http\.request\.useragent="([^"]+)"/.exec(l)?.[1]?.slice(0, 20)} ${/http\.response\.written=(\d+)/.exec(l)?.[1]} ${/http\.response\.duration=(\S+)/.exec(l)?.[1]} ${/time="([^"]+)"/.exec(l)?.[1]}`)
     const out = {
       mbit: rate, variant, run, pull_s: round(pullS), first_output_s: round((first.at - t0) / 1000), exit_s: round(exitS),
       registry_bytes: r.bytes, registry_gets: r.requests, node_link_rx_bytes: link1.rx - link0.rx
