@@ -111,7 +111,7 @@ async function images () {
     const mnt = join(work, 'mnt')
     const trace = join(v.cache, `trace${cs != null ? `-${cs}` : ''}.json`)
     await mkdir(mnt)
-    const p = spawn(process.execPath, [join(ROOT, 'packages', 'cli', 'dist', 'src', 'bin.js'), 'image', 'mount', `oci:${lazy}:v1`, mnt, '--mode', 'erofs',
+    const p = spawn(process.execPath, [join(ROOT, 'packages', 'cli', 'dist', 'src', 'bin.js'), 'image', 'mount', `oci:${lazy}:v1`, mnt,
       '--state', join(work, 'state'), '--chunks', join(work, 'chunks'), '--record-trace', trace, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] })
     let err = ''
     p.stderr.on('data', d => { err += d })

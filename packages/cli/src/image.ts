@@ -34,7 +34,9 @@ const USAGE = `Usage: guoce image <convert|inspect|check|mount|pull|umount> ...
       chunk checked against the index before it is served, and mounted file-backed (--digest sha256:..
       of the image must match the index; --index-digest sha256:.. pins the index itself).
       --mode fuse serves the metadata by FUSE too (kernels without file-backed EROFS). --record-trace
-      writes the order of first chunk reads to FILE at unmount; an image with a stored trace is
+      writes the order of first chunk reads, and the file chunks read, to FILE at unmount (in fuse mode
+      unless --mode erofs: the kernel reads ahead on a blob file past the files it needs, and those
+      neighbours would be listed as read); an image with a stored trace is
       prefetched in that order in the background, below on-demand reads (--no-prefetch: not).
       --plain-http: the registry over http whatever its host. The daemon fetches only the pieces of a
       blob that are read; --whole-blobs: a blob's first read starts its whole download in the background.
@@ -170,7 +172,9 @@ async function mount (argv: string[]): Promise<number> {
     process.stdout.write(json ? line + '\n' : `mounted ${ref} at ${ready.target} (served by pid ${ready.pid})\n`)
     return 0
   }
-  const mode = (v.mode as string | undefined) ?? 'erofs'
+  // a trace records the files read: in fuse mode the kernel's reads are of the files themselves (its read-ahead
+  // ends at a file's end), in erofs mode of the blob files, where read-ahead runs into the next files of the tar
+  const mode = (v.mode as string | undefined) ?? (typeof v['record-trace'] === 'string' ? 'fuse' : 'erofs')
   if (mode !== 'erofs' && mode !== 'fuse') throw new InvalidParametersError(`--mode ${mode}: erofs or fuse`)
   const lazy = await import('@guoce/lazy-mount')
   const fetchTimeoutMs = durationMs(v['fetch-timeout'] as string | undefined, '--fetch-timeout')
