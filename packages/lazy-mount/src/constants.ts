@@ -85,10 +85,11 @@ export const FAILED_CHUNK_TTL_MS = 2_000
 export const FILL_CONCURRENCY = 4
 
 /**
- * How long prefetch waits before looking again while a reader waits on a fetch (on-demand reads first).
- * @default 5 ms
+ * Chunks of an image's prefetch list a mount fetches at once (in the list's order; readers of those chunks join
+ * the fetches). The snapshotter's registry mounter has its own (packages/snapshotter PREFETCH_CONCURRENCY).
+ * @default 8
  */
-export const PREFETCH_YIELD_MS = 5
+export const PREFETCH_CONCURRENCY = 8
 
 /**
  * Entries of a prefetch trace (recorded, attached to an image, or read from one).

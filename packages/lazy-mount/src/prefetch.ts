@@ -2,8 +2,8 @@
  * Prefetch traces: `guoce image mount --record-trace FILE` records the order in which chunks were first read;
  * `guoce image convert --prefetch-trace FILE` stores that list in the converted image (an extra manifest
  * layer of media type MEDIA_TYPE_PREFETCH, `oci:` targets); a mount of an image that has one fetches those
- * chunks in that order in the background, one at a time and only while no reader waits on a fetch (on-demand
- * reads first). A chunk is named by (blob digest, block address in the blob's uncompressed view): what the
+ * chunks in that order in the background, a few at a time (PREFETCH_CONCURRENCY; readers of them join those
+ * fetches). A chunk is named by (blob digest, block address in the blob's uncompressed view): what the
  * EROFS metadata names, whatever way the blob stores it.
  *
  * A recorded trace also lists the file chunks the workload read (`files`: path and chunk number, in the order of
