@@ -116,14 +116,18 @@ export function traceRecorder (path: string): TraceRecorder {
       if (metaPaths !== undefined) {
         const files: TraceFile[] = []
         const seen = new Set<string>()
-        for (const meta of metaPaths) {
-          const { reader } = await loadChunkTable(meta)
-          for (const f of touchedFileChunks(fileChunks(reader), touched)) {
-            const k = `${f.path}\0${f.chunk}`
-            if (!seen.has(k) && files.length < MAX_TRACE_ENTRIES) { seen.add(k); files.push(f) }
+        try {
+          for (const meta of metaPaths) {
+            const { reader } = await loadChunkTable(meta)
+            for (const f of touchedFileChunks(fileChunks(reader), touched)) {
+              const k = `${f.path}\0${f.chunk}`
+              if (!seen.has(k) && files.length < MAX_TRACE_ENTRIES) { seen.add(k); files.push(f) }
+            }
           }
+          trace.files = files
+        } catch {
+          // a metadata image that no longer reads (it was checked at mount): the entries read are still a trace
         }
-        trace.files = files
       }
       await writeDurable(path, JSON.stringify(trace))
     }
