@@ -94,6 +94,17 @@ const DIGEST = /^sha256:([0-9a-f]{64})$/
 /** `client` stops with the Prepare that asked; `background` (for what outlives it: beginImage's fetches) does not. */
 interface Found { client: RegistryClient, background: RegistryClient, repository: string, manifest: Manifest, layers: Descriptor[], index: number }
 
+/** `p`, or the abort of `signal` (what `p` does goes on). */
+async function untilAborted<T> (p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (signal === undefined) return await p
+  signal.throwIfAborted()
+  return await new Promise<T>((resolve, reject) => {
+    const stop = (): void => { reject(signal.reason) }
+    signal.addEventListener('abort', stop, { once: true })
+    p.then(v => { signal.removeEventListener('abort', stop); resolve(v) }, (err: unknown) => { signal.removeEventListener('abort', stop); reject(err) })
+  })
+}
+
 /** What registry/repository an image reference as CRI names it (`REGISTRY/REPO[:TAG][@DIGEST]`) is at; undefined if none. */
 function locate (imageRef: string): { registry: string, repository: string } | undefined {
   try {
@@ -271,6 +282,7 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
   const traceOnce = (f: Found, d: Descriptor): Promise<Trace> => {
     let t = traces.get(d.digest)
     if (t === undefined) {
+      if (traces.size >= 256) traces.clear()
       traces.set(d.digest, t = traceOf(f, d))
       t.catch(() => { traces.delete(d.digest) })
     }
@@ -390,7 +402,8 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
         const started = serving()
         started.catch(() => {})
         prepareBlobs(found, blobs)
-        const meta = await metaOf(found, desc)
+        // the fetch may be beginImage's, which no Prepare's caller stops: this Prepare stops waiting when its caller goes
+        const meta = await untilAborted(metaOf(found, desc), opts.signal)
         const tMeta = performance.now()
         const files = await blobFiles([{ meta, blobs }])
         const tFiles = performance.now()
