@@ -32,10 +32,13 @@ const { values: v } = parseArgs({
     runs: { type: 'string', default: '1' },
     burst: { type: 'string', default: '64kb' },
     'whole-blobs': { type: 'boolean', default: false },
+    'chunk-size': { type: 'string' },
     json: { type: 'boolean', default: false }
   }
 })
 const RATES = v.rates.split(',').map(Number)
+/** `guoce image convert --chunk-size` (default: the converter's, 1 MiB; packs scale with it) */
+const CHUNK_SIZE = v['chunk-size'] != null ? ['--chunk-size', v['chunk-size']] : []
 const RUNS = Number(v.runs)
 const log = (...a) => { process.stderr.write(`[lazy-net] ${a.join(' ')}\n`) }
 const WORKLOAD = `/usr/bin/python3 -c 'import json, sqlite3'`
@@ -189,7 +192,7 @@ try {
   const manifest = await put(Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config }, layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: `sha256:${layerDigest}`, size: gzBytes }] })))
   await writeFile(join(src, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }))
   await writeFile(join(src, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest, annotations: { 'org.opencontainers.image.ref.name': 'v1' } }] }))
-  sh(NODE, [CLI, 'image', 'convert', '--source', `oci:${src}:v1`, '--target', `oci:${join(work, 'lazy')}:v1`])
+  sh(NODE, [CLI, 'image', 'convert', '--source', `oci:${src}:v1`, '--target', `oci:${join(work, 'lazy')}:v1`, ...CHUNK_SIZE])
   const lazyBytes = Number(sh('du', ['-sb', join(work, 'lazy', 'blobs')]).split('\t')[0])
   log(`images ready: gzip layer ${gzBytes} bytes, converted ${lazyBytes}`)
 
@@ -251,7 +254,7 @@ try {
   await lazyTrial('app', `--record-trace=${trace}`)
   // the same image converted again with that trace: the files it lists packed together, and the list stored in
   // it (other blobs, then: the seed fetches those too in a second warm-up); mounts prefetch in its order
-  sh(NODE, [CLI, 'image', 'convert', '--source', `oci:${src}:v1`, '--target', `oci:${join(work, 'traced')}:v1`, '--prefetch-trace', trace])
+  sh(NODE, [CLI, 'image', 'convert', '--source', `oci:${src}:v1`, '--target', `oci:${join(work, 'traced')}:v1`, ...CHUNK_SIZE, '--prefetch-trace', trace])
   sh('ip', ['netns', 'exec', hosts.origin.ns, NODE, '--input-type=module', '-e', `const i = await import(${JSON.stringify(join(ROOT, 'packages/image/dist/src/index.js'))}); await i.pushImage(${JSON.stringify(join(work, 'traced'))}, 'v1', 'docker://127.0.0.1:5000/app-traced:v1')`])
   await lazyTrial('app-traced')
   const results = []
@@ -267,7 +270,7 @@ try {
     }
   }
   await stop(seed); await stop(sched)
-  process.stdout.write(JSON.stringify({ bench: 'lazy-net', date: new Date().toISOString(), rootfs: v.rootfs, wholeBlobs: v['whole-blobs'], burst: v.burst, gzipLayerBytes: gzBytes, convertedBytes: lazyBytes, workload: WORKLOAD, files: FILES, loadAverage: (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).map(Number), results }, null, v.json ? 0 : 2) + '\n')
+  process.stdout.write(JSON.stringify({ bench: 'lazy-net', date: new Date().toISOString(), rootfs: v.rootfs, wholeBlobs: v['whole-blobs'], chunkSize: v['chunk-size'] ?? 'default (1 MiB)', burst: v.burst, gzipLayerBytes: gzBytes, convertedBytes: lazyBytes, workload: WORKLOAD, files: FILES, loadAverage: (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).map(Number), results }, null, v.json ? 0 : 2) + '\n')
 } finally {
   cleanupSync()
 }
