@@ -64,7 +64,7 @@ export async function image (argv: string[]): Promise<number> {
       if (trace != null && !v.target.startsWith('oci:')) throw new InvalidParametersError('--prefetch-trace needs an oci:DIR[:TAG] target (push the result with skopeo)')
       // a malformed trace is refused before anything is written
       const lazy = trace != null ? await import('@guoce/lazy-mount') : undefined
-      const parsed = trace != null ? lazy!.parseTrace(await readFile(trace), trace) : undefined
+      const parsed = lazy !== undefined && trace != null ? lazy.parseTrace(await readFile(trace), trace) : undefined
       // a trace that names the files read: their short chunks are packed together, and the stored list names
       // the new image's entries that hold them (a trace without files is stored as it is)
       const files = parsed?.files !== undefined && parsed.files.length > 0 ? parsed.files : undefined

@@ -25,11 +25,9 @@ export interface ChunkReaderInit {
 export interface ChunkReader {
   /**
    * The chunk's verified bytes (shared: copy out of it, never write to it). `background` reads (prefetch)
-   * are not recorded as first reads and do not count as readers waiting.
+   * are not recorded as first reads, and their failures do not fail a reader's next attempt at once.
    */
   read: (blob: string, e: ChunkExtent, opts?: { background?: boolean }) => Promise<Buffer>
-  /** Reads (not background) in progress: prefetch waits while there are any. */
-  waiting: () => number
   /** Stored chunks from a source that did not decode to their digest (refused, asked again). */
   refused: () => number
   /** Stored (compressed) bytes of the fetched chunks that verified. */
@@ -46,7 +44,6 @@ export function chunkReader (init: ChunkReaderInit): ChunkReader {
   const seen = new Set<string>()
   let refused = 0
   let storedBytes = 0
-  let waiting = 0
 
   const fetchChunk = async (blob: string, e: ChunkExtent): Promise<Buffer> => {
     let last: unknown
@@ -76,7 +73,6 @@ export function chunkReader (init: ChunkReaderInit): ChunkReader {
         if (f.until > Date.now()) throw f.err
         failed.delete(key)
       }
-      if (!background) waiting++
       try {
         return await store.get(e.digest, e.length, async () => await fetchChunk(blob, e))
       } catch (err) {
@@ -86,13 +82,29 @@ export function chunkReader (init: ChunkReaderInit): ChunkReader {
           failed.set(key, { until: Date.now() + FAILED_CHUNK_TTL_MS, err: err as Error })
         }
         throw err
-      } finally {
-        if (!background) waiting--
       }
     },
-    waiting: () => waiting,
     refused: () => refused,
     fetchedStoredBytes: () => storedBytes,
     close: async () => { closing.abort(); await source.close() }
   }
+}
+
+/**
+ * A prefetch list's chunks read in the background, in the list's order, `concurrency` at a time, until the list
+ * ends or `stopped()`: readers of those chunks join the fetches. Failures are counted, not thrown (the reads that
+ * need the chunk try again). The lazy mount and the snapshotter's registry mounter both prefetch with this.
+ */
+export async function readInOrder (chunks: ChunkReader, todo: ReadonlyArray<{ blob: string, e: ChunkExtent }>, concurrency: number, stopped: () => boolean): Promise<{ fetched: number, failed: number }> {
+  let next = 0
+  let fetched = 0
+  let failed = 0
+  const worker = async (): Promise<void> => {
+    while (next < todo.length && !stopped()) {
+      const { blob, e } = todo[next++]!
+      await chunks.read(blob, e, { background: true }).then(() => { fetched++ }, () => { failed++ })
+    }
+  }
+  await Promise.all(Array.from({ length: concurrency }, worker))
+  return { fetched, failed }
 }

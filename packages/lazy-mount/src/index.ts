@@ -15,7 +15,7 @@
  */
 export { lazyMount, unmountSync, fillChunks, blobFiles, blobsOf, type ResolvedLayer, type LazyMount, type LazyMountOptions, type LazyMountStats, type FillOptions, type FillResult } from './lazy.js'
 export { lazyUmount, cleanupStale, listStates, findState, abortFuse, mountTable, type MountState } from './state.js'
-export { chunkReader, type ChunkReader, type ChunkReaderInit } from './chunk-reader.js'
+export { chunkReader, readInOrder, type ChunkReader, type ChunkReaderInit } from './chunk-reader.js'
 export { openChunkStore, type ChunkStore, type ChunkStoreInit, type ChunkStoreStats } from './chunk-store.js'
 export { localBlobSource, daemonBlobSource, readerBlobSource, type BlobSource, type DaemonSourceInit, type ReaderSourceInit } from './source.js'
 export { serveBlobs, mergeBlob, type BlobServer, type BlobServerInit, type BlobServerStats, type BlobFile } from './blob-server.js'

@@ -25,7 +25,7 @@ import { claimMount, removeState, undoMounts, writeState, type MountState } from
 import { LazyMountError } from './errors.js'
 import { FILL_CONCURRENCY, PREFETCH_CONCURRENCY } from './constants.js'
 import { MEDIA_TYPE_PREFETCH, parseTrace, traceRecorder, type Trace } from './prefetch.js'
-import type { ChunkReader } from './chunk-reader.js'
+import { readInOrder, type ChunkReader } from './chunk-reader.js'
 
 export interface LazyMountOptions {
   /**
@@ -236,17 +236,8 @@ async function prefetch (trace: Trace, files: BlobFile[], chunks: ChunkReader, s
   const t0 = Date.now()
   const byBlob = new Map(files.map(f => [f.digest, new Map(f.extents.map(e => [e.blkaddr, e]))]))
   const todo = trace.chunks.flatMap(c => { const e = byBlob.get(c.blob)?.get(c.blkaddr); return e !== undefined ? [{ blob: c.blob, e }] : [] })
-  let next = 0
-  let n = 0
-  const worker = async (): Promise<void> => {
-    while (next < todo.length && !signal.aborted) {
-      const { blob, e } = todo[next++]!
-      await chunks.read(blob, e, { background: true }).catch(() => {})
-      n++
-    }
-  }
-  await Promise.all(Array.from({ length: PREFETCH_CONCURRENCY }, worker))
-  return signal.aborted ? undefined : { chunks: n, ms: Date.now() - t0 }
+  const { fetched, failed } = await readInOrder(chunks, todo, PREFETCH_CONCURRENCY, () => signal.aborted)
+  return signal.aborted ? undefined : { chunks: fetched + failed, ms: Date.now() - t0 }
 }
 
 function sum<K extends string> (xs: Array<Record<K, number>>, k: K): number { return xs.reduce((a, x) => a + x[k], 0) }

@@ -16,7 +16,7 @@ import { open, readFile, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
   ANNOTATION_BLOBS, BLOCK_SIZE, InvalidImageRefError, MAX_PATH, convertedLayers, extentAt, fileChunks, loadChunkTable, parseOciRef, readManifest,
-  touchedFileChunks, type ChunkExtent, type Descriptor
+  touchedFileChunks, type ChunkExtent, type Descriptor, type FileChunkAddress
 } from '@guoce/image'
 import { MAX_PREFETCH_ENTRY_BYTES, MAX_TRACE_BLOCKS, MAX_TRACE_ENTRIES } from './constants.js'
 
@@ -135,27 +135,45 @@ export function traceRecorder (path: string): TraceRecorder {
 }
 
 /**
+ * One walk of a converted `oci:DIR[:TAG]` image's metadata layers: each blob's chunk table entries (sorted by
+ * block address, the union over the layers that name the blob), and every file chunk, top layer first.
+ */
+async function imageChunks (ref: string): Promise<{ entries: Map<string, ChunkExtent[]>, chunks: FileChunkAddress[] }> {
+  const byBlob = new Map<string, Map<number, ChunkExtent>>()
+  const chunks: FileChunkAddress[] = []
+  for (const l of (await convertedLayers(ref)).reverse()) {
+    const { reader, table } = await loadChunkTable(l.meta)
+    for (const e of table.entries) {
+      const tag = reader.sb.devices[e.device - 1]?.tag
+      if (tag === undefined) continue
+      let m = byBlob.get(`sha256:${tag}`)
+      if (m === undefined) byBlob.set(`sha256:${tag}`, m = new Map())
+      m.set(e.blkaddr, e)
+    }
+    chunks.push(...fileChunks(reader))
+  }
+  const entries = new Map([...byBlob].map(([b, m]) => [b, [...m.values()].sort((x, y) => x.blkaddr - y.blkaddr)]))
+  return { entries, chunks }
+}
+
+/**
  * The chunk table entries of a converted `oci:DIR[:TAG]` image that hold the given file chunks, in their order
  * (each entry once; a path in several layers is the top layer's): the prefetch list of an image converted with
  * those files packed together.
  */
 export async function entriesOfFiles (ref: string, files: TraceFile[]): Promise<TraceEntry[]> {
-  const where = new Map<string, { blob: string, blkaddr: number, device: number, table: ChunkExtent[][] }>()
-  for (const l of (await convertedLayers(ref)).reverse()) {
-    const { reader, table } = await loadChunkTable(l.meta)
-    const byDevice: ChunkExtent[][] = []
-    for (const e of table.entries) (byDevice[e.device - 1] ??= []).push(e) // sorted by (device, blkaddr)
-    for (const c of fileChunks(reader)) {
-      const k = `${c.path}\0${c.chunk}`
-      if (!where.has(k)) where.set(k, { blob: c.blob, blkaddr: c.blkaddr, device: c.device, table: byDevice })
-    }
+  const { entries, chunks } = await imageChunks(ref)
+  const where = new Map<string, { blob: string, blkaddr: number }>()
+  for (const c of chunks) {
+    const k = `${c.path}\0${c.chunk}`
+    if (!where.has(k)) where.set(k, c)
   }
   const out: TraceEntry[] = []
   const seen = new Set<string>()
   for (const f of files) {
     const w = where.get(`${f.path}\0${f.chunk}`)
     if (w === undefined) continue
-    const e = extentAt(w.table[w.device - 1] ?? [], w.blkaddr)
+    const e = extentAt(entries.get(w.blob) ?? [], w.blkaddr)
     if (e === undefined) continue
     const k = `${w.blob}/${e.blkaddr}`
     if (!seen.has(k)) { seen.add(k); out.push({ blob: w.blob, blkaddr: e.blkaddr }) }
@@ -173,18 +191,12 @@ export async function attachPrefetchTrace (ref: string, traceFile: string | Trac
   const what = typeof traceFile === 'string' ? traceFile : 'prefetch trace'
   const parsed = typeof traceFile === 'string' ? parseTrace(await readFile(traceFile), traceFile) : traceFile
   // every entry that is one of the image's chunk table entries carries its stored extent and digest
-  const entries = new Map<string, ChunkExtent>()
-  for (const l of await convertedLayers(ref)) {
-    const { reader, table } = await loadChunkTable(l.meta)
-    for (const e of table.entries) {
-      const tag = reader.sb.devices[e.device - 1]?.tag
-      if (tag !== undefined) entries.set(`sha256:${tag}/${e.blkaddr}`, e)
-    }
-  }
+  const { entries } = await imageChunks(ref)
   const trace: Trace = {
     version: 1,
     chunks: parsed.chunks.map(c => {
-      const e = entries.get(`${c.blob}/${c.blkaddr}`)
+      const found = extentAt(entries.get(c.blob) ?? [], c.blkaddr)
+      const e = found?.blkaddr === c.blkaddr ? found : undefined
       if (e === undefined || e.length > MAX_PREFETCH_ENTRY_BYTES || e.compression === 'lz4') return { blob: c.blob, blkaddr: c.blkaddr }
       return { blob: c.blob, blkaddr: c.blkaddr, extent: { length: e.length, digest: e.digest.toString('hex'), compression: e.compression, storedOffset: e.storedOffset, storedLength: e.storedLength } }
     })

@@ -32,7 +32,7 @@ import {
   type ChunkExtent, type Descriptor, type Manifest, type Mounter
 } from '@guoce/image'
 import {
-  MEDIA_TYPE_PREFETCH, abortFuse, blobFiles, blobsOf, chunkReader, daemonBlobSource, listedExtent, readerBlobSource, openChunkStore, parseTrace, serveBlobs,
+  MEDIA_TYPE_PREFETCH, abortFuse, blobFiles, blobsOf, chunkReader, daemonBlobSource, listedExtent, readerBlobSource, readInOrder, openChunkStore, parseTrace, serveBlobs,
   type Trace, type BlobServer, type BlobServerStats, type BlobSource, type ChunkReader, type ChunkStore, type ChunkStoreStats
 } from '@guoce/lazy-mount'
 import type { RemoteLayer, RemoteLayerMounter } from './remote.js'
@@ -265,16 +265,9 @@ export function registryMounter (init: RegistryMounterInit): RegistryMounter {
       return e !== undefined ? [{ blob: c.blob, e }] : []
     })
     if (todo.length === 0) return
-    let next = 0; let n = 0; let failed = 0
-    const worker = async (): Promise<void> => {
-      while (next < todo.length && !closed) {
-        const { blob, e } = todo[next++]!
-        await s.chunks.read(blob, e, { background: true }).then(() => { n++ }, () => { failed++ })
-      }
-    }
-    await Promise.all(Array.from({ length: PREFETCH_CONCURRENCY }, worker))
-    prefetchStats.chunks += n; prefetchStats.failed += failed
-    log?.info('lazy prefetch done', { layer, listed: trace.chunks.length, early: listed !== undefined, chunks: n, failed, ms: Math.round(performance.now() - t0) })
+    const { fetched, failed } = await readInOrder(s.chunks, todo, PREFETCH_CONCURRENCY, () => closed)
+    prefetchStats.chunks += fetched; prefetchStats.failed += failed
+    log?.info('lazy prefetch done', { layer, listed: trace.chunks.length, early: listed !== undefined, chunks: fetched, failed, ms: Math.round(performance.now() - t0) })
   }
 
   /** Prefetch lists being fetched, by layer digest. */
